@@ -1020,7 +1020,8 @@ def build_container_config(call: Call) -> dict[str, Any]:
         "working_dir": a.get("working_dir"),
         "user": a.get("user"),
         "tty": a.get("tty", False),
-        "ports": list(port_bindings) or None,
+        # docker-py wants (port, protocol) pairs here; a "80/tcp" string would become "80/tcp/tcp"
+        "ports": [tuple(key.split("/", 1)) for key in port_bindings] or None,
         "volumes": [v["target"] for v in a.get("volumes") or []] or None,
         "host_config": api.create_host_config(**host_kwargs),
     }

@@ -1,0 +1,896 @@
+"""Tests for mcp_docker.py.
+
+Unit tests cover the pure parts (settings, policy, bounding, parsing). Integration tests start the
+real server as a subprocess and drive it through the ``mcp`` SDK's client over stdio, against the
+real container engine and the local test image ``mcp-docker-test/busybox:1`` (see ``.ci/run``).
+
+Every engine object a test makes carries the per-run prefix ``PREFIX`` and the label
+``TEST_LABEL``; a session fixture removes them all at the end, pass or fail.
+
+Set ``MCP_DOCKER_REQUIRE_ENGINE=1`` to make a missing engine a failure instead of a skip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import mcp_docker as md
+
+HERE = Path(__file__).resolve().parent
+SERVER = [sys.executable, str(HERE / "mcp_docker.py"), "serve"]
+TEST_IMAGE = os.environ.get("MCP_DOCKER_TEST_IMAGE", "mcp-docker-test/busybox:1")
+PREFIX = f"mcpt{secrets.token_hex(3)}"
+TEST_LABEL = f"io.mcp-docker.test={PREFIX}"
+REQUIRE_ENGINE = os.environ.get("MCP_DOCKER_REQUIRE_ENGINE") == "1"
+ALL_TOOLS = {
+    "docker_list_containers", "docker_inspect_container", "docker_container_logs", "docker_container_stats",
+    "docker_container_top", "docker_container_diff", "docker_create_container", "docker_run_container",
+    "docker_start_container", "docker_stop_container", "docker_restart_container", "docker_pause_container",
+    "docker_unpause_container", "docker_kill_container", "docker_rename_container", "docker_exec_command",
+    "docker_remove_container", "docker_prune_containers",
+    "docker_list_images", "docker_inspect_image", "docker_image_history", "docker_pull_image",
+    "docker_build_image", "docker_tag_image", "docker_push_image", "docker_remove_image", "docker_prune_images",
+    "docker_list_networks", "docker_inspect_network", "docker_create_network", "docker_connect_container",
+    "docker_disconnect_container", "docker_remove_network", "docker_prune_networks",
+    "docker_list_volumes", "docker_inspect_volume", "docker_create_volume", "docker_remove_volume",
+    "docker_prune_volumes",
+    "docker_version", "docker_system_info", "docker_disk_usage", "docker_events", "docker_prune_system",
+}
+DESTRUCTIVE = {"docker_remove_container", "docker_prune_containers", "docker_remove_image", "docker_prune_images",
+               "docker_remove_network", "docker_prune_networks", "docker_remove_volume", "docker_prune_volumes",
+               "docker_prune_system"}
+
+
+# =============================================================================================
+# Unit tests: pure logic
+# =============================================================================================
+
+
+def test_registry_has_exactly_the_catalogue():
+    assert set(md.TOOLS) == ALL_TOOLS
+    assert len(md.TOOLS) == 44
+    assert {n for n, s in md.TOOLS.items() if s.tier is md.Tier.DESTRUCTIVE} == DESTRUCTIVE
+
+
+def test_every_parameter_is_described_and_schemas_are_closed():
+    for spec in md.TOOLS.values():
+        schema = spec.input_schema
+        assert schema["type"] == "object" and schema["additionalProperties"] is False, spec.name
+        for name, prop in schema["properties"].items():
+            assert prop.get("description"), f"{spec.name}.{name} has no description"
+        assert set(schema.get("required", [])) <= set(schema["properties"]), spec.name
+        assert spec.output_schema["type"] == "object", spec.name
+        assert spec.title and spec.description, spec.name
+
+
+def test_a_tool_cannot_register_without_a_tier():
+    with pytest.raises(TypeError):
+        md.tool("x_test", title="t", description="d", tier="safe", toolset="system", output=md.OUT_ACTION)
+    with pytest.raises(TypeError):
+        md.tool("x_test", title="t", description="d", tier=md.Tier.SAFE, toolset="system",
+                params={"a": {"type": "string"}}, output=md.OUT_ACTION)
+
+
+def test_annotations_follow_the_tier():
+    assert md.tool_annotations(md.Tier.SAFE, idempotent=False, open_world=False) == {
+        "readOnlyHint": True, "destructiveHint": False, "idempotentHint": True, "openWorldHint": False}
+    moderate = md.tool_annotations(md.Tier.MODERATE, idempotent=False, open_world=True)
+    assert moderate["readOnlyHint"] is False and moderate["destructiveHint"] is False and moderate["openWorldHint"]
+    assert md.tool_annotations(md.Tier.DESTRUCTIVE, idempotent=False, open_world=False)["destructiveHint"] is True
+
+
+@pytest.mark.parametrize(("settings", "name", "expected"), [
+    (md.Settings(), "docker_list_containers", None),
+    (md.Settings(), "docker_remove_container", "SAFETY_ALLOW_DESTRUCTIVE_OPERATIONS"),
+    (md.Settings(allow_destructive=True), "docker_remove_container", None),
+    (md.Settings(allow_moderate=False), "docker_start_container", "SAFETY_ALLOW_MODERATE_OPERATIONS"),
+    (md.Settings(allow_moderate=False), "docker_version", None),
+    (md.Settings(denied_tools=("docker_version",)), "docker_version", "SAFETY_DENIED_TOOLS"),
+    (md.Settings(allowed_tools=("docker_version",)), "docker_list_images", "SAFETY_ALLOWED_TOOLS"),
+    (md.Settings(allowed_tools=("docker_remove_image",)), "docker_remove_image", "SAFETY_ALLOW_DESTRUCTIVE"),
+    (md.Settings(toolsets=("system",)), "docker_list_images", "MCP_TOOLSETS"),
+    (md.Settings(toolsets=("system",)), "docker_version", None),
+])
+def test_tool_denial(settings, name, expected):
+    spec = md.TOOLS[name]
+    denial = md.tool_denial(name, spec.tier, spec.toolset, settings)
+    if expected is None:
+        assert denial is None
+    else:
+        assert denial is not None and expected in denial
+
+
+def test_settings_precedence_flags_env_file():
+    env_file = {"SAFETY_ALLOW_DESTRUCTIVE_OPERATIONS": "true", "MCP_MAX_OUTPUT_BYTES": "1000",
+                "MCP_TOOLSETS": "system"}
+    environ = {"MCP_MAX_OUTPUT_BYTES": "2000", "PATH": "/bin"}
+    settings = md.load_settings({"toolsets": "images,system"}, environ, env_file)
+    assert settings.allow_destructive is True
+    assert settings.max_output_bytes == 2000
+    assert settings.toolsets == ("images", "system")
+    assert md.load_settings({}, {}, {}) == md.Settings()
+    assert md.load_settings({"allow_destructive": False}, {"SAFETY_ALLOW_DESTRUCTIVE_OPERATIONS": "1"}).allow_destructive is False
+
+
+@pytest.mark.parametrize(("cli", "environ", "env_file", "message"), [
+    ({}, {"SAFETY_ALLOW_DESTRUCTIVE_OPERATIONS": "maybe"}, {}, "expected true or false"),
+    ({}, {}, {"SAFETY_ALLOW_DESTRUCTIVE_OPERATION": "true"}, "unknown setting"),
+    ({}, {"SAFETY_ALOW_MODERATE_OPERATIONS": "false"}, {}, "unknown setting"),
+    ({"toolsets": "containers,kubernetes"}, {}, {}, "unknown toolset"),
+    ({"max_output_bytes": "-5"}, {}, {}, "outside"),
+    ({"engine_timeout": "soon"}, {}, {}, "number of seconds"),
+    ({"docker_host": "/var/run/docker.sock"}, {}, {}, "unix://"),
+    ({"denied_tools": "docker_version,rm -rf"}, {}, {}, "not a valid name"),
+])
+def test_bad_settings_are_clear_errors(cli, environ, env_file, message):
+    with pytest.raises(md.ConfigError, match=message):
+        md.load_settings(cli, environ, env_file)
+
+
+def test_parse_env_file():
+    text = "# comment\n\nexport SAFETY_ALLOW_DESTRUCTIVE_OPERATIONS=true\nMCP_TOOLSETS='system,images'\nDOCKER_HOST=\"unix:///x\"\n"
+    assert md.parse_env_file(text) == {"SAFETY_ALLOW_DESTRUCTIVE_OPERATIONS": "true",
+                                       "MCP_TOOLSETS": "system,images", "DOCKER_HOST": "unix:///x"}
+    with pytest.raises(md.ConfigError, match="line 1"):
+        md.parse_env_file("not a setting")
+
+
+def test_bound_result_keeps_newest_log_lines():
+    lines = [f"line {i:05d} " + "x" * 50 for i in range(5000)]
+    result = md.bound_result({"lines": lines, "count": 5000}, 4096, "lines", keep_newest=True)
+    assert result["truncated"] is True
+    assert result["lines"][-1] == lines[-1]
+    assert len(json.dumps(result, separators=(",", ":"))) <= 4096
+    assert len(result["lines"]) > 10
+
+
+def test_bound_result_keeps_first_items_of_lists_and_cuts_big_strings():
+    result = md.bound_result({"containers": [{"n": i} for i in range(10000)]}, 2000, "containers")
+    assert result["containers"][0] == {"n": 0} and result["truncated"] is True
+    big = md.bound_result({"value": "y" * 100000}, 10000)
+    assert big["truncated"] is True and len(json.dumps(big)) <= 10000
+    small = {"a": 1}
+    assert md.bound_result(small, 100) is small
+
+
+def test_sanitize_engine_text_hides_host_details():
+    text = md.sanitize_engine_text("Cannot connect to unix:///run/user/1000/docker.sock: open /home/alice/x: "
+                                   "denied from 10.1.2.3:2376 " + "z" * 500)
+    assert "/home" not in text and "docker.sock" not in text and "10.1.2.3" not in text
+    assert len(text) <= 240
+
+
+def test_translate_engine_errors():
+    import docker.errors
+    import requests
+
+    def api_error(status: int, explanation: str) -> Exception:
+        response = requests.Response()
+        response.status_code = status
+        return docker.errors.APIError("x", response=response, explanation=explanation)
+
+    assert md.translate_engine_error(api_error(404, "No such container: a")).category == "not_found"
+    assert md.translate_engine_error(api_error(409, "name in use")).category == "conflict"
+    assert md.translate_engine_error(api_error(400, "bad")).category == "invalid_argument"
+    assert md.translate_engine_error(api_error(500, "mkdir /var/lib/docker/x: permission denied")).category == "permission"
+    err = md.translate_engine_error(api_error(500, "failed in /var/lib/docker/overlay2/abc"))
+    assert err.category == "engine_error" and "/var/lib" not in err.message
+    assert md.translate_engine_error(requests.exceptions.ConnectionError("unix:///x.sock")).category == "engine_unavailable"
+    assert md.translate_engine_error(requests.exceptions.ReadTimeout()).category == "timeout"
+    assert md.translate_engine_error(docker.errors.DockerException(
+        "Error while fetching server API version: ('Connection aborted.')")).category == "engine_unavailable"
+    assert md.translate_engine_error(KeyError("boom")).category == "internal"
+
+
+def test_redaction_and_parsers():
+    assert md.redact_environment(["PATH=/bin", "DB_PASSWORD=hunter2", "API_TOKEN=abc", "EMPTY_SECRET="]) == [
+        "PATH=/bin", "DB_PASSWORD=<redacted>", "API_TOKEN=<redacted>", "EMPTY_SECRET="]
+    assert md.split_image_reference("alpine") == ("alpine", "latest")
+    assert md.split_image_reference("localhost:5000/team/app:1.2") == ("localhost:5000/team/app", "1.2")
+    assert md.split_image_reference("localhost:5000/app") == ("localhost:5000/app", "latest")
+    assert md.split_image_reference("app@sha256:abc") == ("app", "sha256:abc")
+    assert md.parse_memory("256m") == 256 * 1024**2
+    assert md.parse_memory("1g") == 1024**3
+    assert md.parse_memory(1000) == 1000
+    with pytest.raises(md.ToolError):
+        md.parse_memory("lots")
+    assert md.format_ports([{"IP": "127.0.0.1", "PrivatePort": 80, "PublicPort": 8080, "Type": "tcp"},
+                            {"PrivatePort": 53, "Type": "udp"}]) == ["127.0.0.1:8080->80/tcp", "53/udp"]
+    assert md.engine_filters({"all": True, "label": ["a=b"], "name": "", "x": None},
+                             {"all": "all", "label": "label", "name": "name", "x": "x"}) == {
+        "all": ["true"], "label": ["a=b"]}
+    assert md.decode_log_lines(b"a\r\nb\n\xff\n") == ["a", "b", "\ufffd"]
+    assert md.cpu_percent({"cpu_stats": {"cpu_usage": {"total_usage": 200}, "system_cpu_usage": 2000,
+                                         "online_cpus": 2},
+                           "precpu_stats": {"cpu_usage": {"total_usage": 100}, "system_cpu_usage": 1000}}) == 20.0
+
+
+def test_validation_messages_are_short_and_specific():
+    app = md.DockerMCP(md.Settings())
+    spec = md.TOOLS["docker_container_logs"]
+    cases = [
+        ({}, "missing required argument 'container'"),
+        ({"container": "a", "tail": "ten"}, "argument 'tail' must be of type integer"),
+        ({"container": "a", "bogus": 1}, "unknown argument 'bogus'"),
+        ({"container": "a" * 100000}, "longer than 128"),
+        ({"container": "../../etc"}, "not allowed"),
+        ({"container": "a", "tail": 0}, "at least 1"),
+    ]
+    for args, message in cases:
+        with pytest.raises(md.ToolError) as info:
+            app.validate(spec, args)
+        assert info.value.category == "invalid_argument"
+        assert message in info.value.message
+        assert len(info.value.message) < 300
+    with pytest.raises(md.ToolError):
+        app.validate(spec, ["not", "an", "object"])
+
+
+# =============================================================================================
+# Integration harness: the real server over stdio, driven by the SDK client
+# =============================================================================================
+
+
+def engine_client():
+    import docker
+
+    return docker.APIClient(version="auto", timeout=30)
+
+
+def engine_available() -> bool:
+    try:
+        engine_client().ping()
+        return True
+    except Exception:
+        return False
+
+
+_ENGINE_UP = None
+
+
+def require_engine():
+    global _ENGINE_UP
+    if _ENGINE_UP is None:
+        _ENGINE_UP = engine_available()
+    if not _ENGINE_UP:
+        if REQUIRE_ENGINE:
+            pytest.fail("MCP_DOCKER_REQUIRE_ENGINE=1 but no container engine answers")
+        pytest.skip("no container engine (set MCP_DOCKER_REQUIRE_ENGINE=1 to fail instead)")
+
+
+class Harness:
+    """One server subprocess and one SDK client session, kept open on a background event loop."""
+
+    def __init__(self, args: list[str] | None = None, mode: str = "legacy", env: dict[str, str] | None = None):
+        from mcp import StdioServerParameters
+
+        self.params = StdioServerParameters(command=SERVER[0], args=[*SERVER[1:], *(args or [])],
+                                            env={**os.environ, "MCP_LOG_LEVEL": "DEBUG", **(env or {})})
+        self.mode = mode
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self._stop: asyncio.Event | None = None
+        self.client: Any = None
+        ready = self.submit(self._open_start())
+        self._host = ready
+
+    async def _open_start(self) -> None:
+        started = asyncio.get_running_loop().create_future()
+        self._host_task = asyncio.ensure_future(self._host_session(started))
+        await started
+
+    async def _host_session(self, started: asyncio.Future) -> None:
+        from mcp import Client
+
+        self._stop = asyncio.Event()
+        try:
+            async with Client(self.params, mode=self.mode, read_timeout_seconds=120) as client:
+                self.client = client
+                started.set_result(None)
+                await self._stop.wait()
+        except BaseException as exc:
+            if not started.done():
+                started.set_exception(exc)
+            else:
+                raise
+
+    def submit(self, coro: Any, timeout: float = 180) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def call(self, name: str, args: dict[str, Any] | None = None) -> Any:
+        return self.submit(self.client.call_tool(name, args or {}))
+
+    def ok(self, name: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
+        result = self.call(name, args)
+        assert not result.is_error, f"{name} failed: {result.content[0].text}"
+        assert json.loads(result.content[0].text) == result.structured_content
+        return result.structured_content
+
+    def error(self, name: str, args: dict[str, Any] | None = None, category: str | None = None) -> str:
+        result = self.call(name, args)
+        assert result.is_error, f"{name} unexpectedly succeeded: {result.content[0].text[:300]}"
+        text = result.content[0].text
+        if category:
+            assert text.startswith(f"{category}:"), text
+        return text
+
+    def list_tools(self) -> Any:
+        return self.submit(self.client.list_tools())
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            if self._stop is not None:
+                self.loop.call_soon_threadsafe(self._stop.set)
+                self.submit(asyncio.wait_for(asyncio.shield(self._host_task), 30))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+def cleanup_test_objects() -> None:
+    """Remove every engine object this run made (by name prefix or test label)."""
+    try:
+        api = engine_client()
+    except Exception:
+        return
+    label_filter = {"label": [TEST_LABEL]}
+    for c in api.containers(all=True):
+        if any(n.lstrip("/").startswith(PREFIX) for n in c.get("Names") or []) or \
+                (c.get("Labels") or {}).get("io.mcp-docker.test") == PREFIX:
+            with contextlib.suppress(Exception):
+                api.remove_container(c["Id"], force=True, v=True)
+    for n in api.networks():
+        if n["Name"].startswith(PREFIX):
+            with contextlib.suppress(Exception):
+                api.remove_network(n["Id"])
+    for v in (api.volumes() or {}).get("Volumes") or []:
+        if v["Name"].startswith(PREFIX):
+            with contextlib.suppress(Exception):
+                api.remove_volume(v["Name"], force=True)
+    for image in api.images(filters=label_filter) + api.images():
+        for tag in image.get("RepoTags") or []:
+            if PREFIX in tag:
+                with contextlib.suppress(Exception):
+                    api.remove_image(tag, force=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cleanup_engine_objects():
+    yield
+    if _ENGINE_UP:
+        cleanup_test_objects()
+
+
+@pytest.fixture(scope="module")
+def full():
+    """A server with destructive operations enabled (44 tools)."""
+    require_engine()
+    harness = Harness(["--allow-destructive"])
+    yield harness
+    harness.close()
+
+
+@pytest.fixture(scope="module")
+def default():
+    """A server with the default configuration (destructive operations off)."""
+    require_engine()
+    harness = Harness()
+    yield harness
+    harness.close()
+
+
+def sleeper(h: Harness, suffix: str, **extra: Any) -> str:
+    """A running container that sleeps, named with the test prefix."""
+    name = f"{PREFIX}-{suffix}"
+    h.ok("docker_run_container", {"image": TEST_IMAGE, "name": name, "command": ["sleep", "3600"],
+                                  "network": "none", "labels": {"io.mcp-docker.test": PREFIX}, **extra})
+    return name
+
+
+# =============================================================================================
+# Integration: protocol, listing, gating
+# =============================================================================================
+
+
+def test_lists_44_tools_with_spec_annotations_when_destructive_enabled(full):
+    tools = full.list_tools().tools
+    assert {t.name for t in tools} == ALL_TOOLS
+    for t in tools:
+        wire = t.model_dump(by_alias=True, exclude_none=True)
+        ann = wire["annotations"]
+        assert set(ann) == {"title", "readOnlyHint", "destructiveHint", "idempotentHint", "openWorldHint"}
+        assert ann["destructiveHint"] is (t.name in DESTRUCTIVE)
+        assert wire["title"] and wire["outputSchema"]["type"] == "object"
+        for prop in wire["inputSchema"]["properties"].values():
+            assert prop["description"]
+
+
+def test_default_config_hides_destructive_tools_and_refuses_them(default):
+    names = {t.name for t in default.list_tools().tools}
+    assert names == ALL_TOOLS - DESTRUCTIVE and len(names) == 35
+    text = default.error("docker_remove_container", {"container": "whatever"}, "policy_denied")
+    assert "SAFETY_ALLOW_DESTRUCTIVE_OPERATIONS" in text
+    default.ok("docker_version")  # the server keeps serving
+
+
+def test_unknown_tool_is_a_jsonrpc_error(default):
+    from mcp.shared.exceptions import MCPError
+
+    with pytest.raises(MCPError) as info:
+        default.call("docker_format_disk", {})
+    assert info.value.code == -32602
+
+
+def test_raw_tools_list_uses_spec_key_names():
+    """The wire output itself (not the SDK's parsed model) carries the spec's annotation keys."""
+    proc = subprocess.Popen([*SERVER, "--allow-destructive"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, "DOCKER_HOST": "unix:///nonexistent.sock"})
+    try:
+        def send(message: dict[str, Any]) -> None:
+            proc.stdin.write((json.dumps(message) + "\n").encode())
+            proc.stdin.flush()
+
+        send({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}})
+        init = json.loads(proc.stdout.readline())
+        assert init["result"]["protocolVersion"] == "2025-06-18"
+        assert init["result"]["serverInfo"]["name"] == "mcp-docker"
+        send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        send({"jsonrpc": "2.0", "id": 2, "method": "tools/list"})
+        listing = json.loads(proc.stdout.readline())
+        tools = listing["result"]["tools"]
+        assert len(tools) == 44
+        raw = json.dumps(tools)
+        assert '"readOnly"' not in raw and '"destructive"' not in raw
+        for t in tools:
+            assert {"readOnlyHint", "destructiveHint", "idempotentHint", "openWorldHint"} <= set(t["annotations"])
+            assert "inputSchema" in t and "outputSchema" in t
+        # no engine is needed to start or to list tools
+    finally:
+        proc.stdin.close()
+        proc.wait(10)
+        proc.stderr.close()
+        proc.stdout.close()
+
+
+@pytest.mark.parametrize("mode", ["2026-07-28", "auto"])
+def test_stateless_era(mode):
+    require_engine()
+    h = Harness(["--allow-destructive"], mode=mode)
+    try:
+        assert h.client.session.protocol_version == "2026-07-28" if hasattr(h.client, "session") else True
+        assert len(h.list_tools().tools) == 44
+        assert h.ok("docker_version")["api_version"]
+        h.error("docker_inspect_container", {"container": f"{PREFIX}-missing"}, "not_found")
+    finally:
+        h.close()
+
+
+def test_gating_flags_shrink_the_list_and_are_enforced_on_call():
+    require_engine()
+    h = Harness(["--no-allow-moderate", "--toolsets", "containers,system"],
+                env={"SAFETY_DENIED_TOOLS": "docker_container_top"})
+    try:
+        names = {t.name for t in h.list_tools().tools}
+        assert "docker_list_containers" in names and "docker_version" in names
+        assert "docker_container_top" not in names
+        assert not names & {"docker_run_container", "docker_list_images", "docker_list_volumes"}
+        assert "SAFETY_ALLOW_MODERATE" in h.error("docker_run_container", {"image": TEST_IMAGE}, "policy_denied")
+        assert "MCP_TOOLSETS" in h.error("docker_list_images", {}, "policy_denied")
+        assert "SAFETY_DENIED_TOOLS" in h.error("docker_container_top", {"container": "x"}, "policy_denied")
+    finally:
+        h.close()
+
+
+def test_allowed_tools_list():
+    require_engine()
+    h = Harness(env={"SAFETY_ALLOWED_TOOLS": "docker_version,docker_list_containers"})
+    try:
+        assert {t.name for t in h.list_tools().tools} == {"docker_version", "docker_list_containers"}
+    finally:
+        h.close()
+
+
+# =============================================================================================
+# Integration: containers
+# =============================================================================================
+
+
+def test_container_lifecycle(full):
+    name = f"{PREFIX}-life"
+    created = full.ok("docker_create_container", {
+        "image": TEST_IMAGE, "name": name, "command": ["sh", "-c", "echo started; trap 'exit 0' TERM; "
+                                                      "while true; do sleep 1; done"],
+        "network": "none", "environment": {"MODE": "test", "DB_PASSWORD": "hunter2"},
+        "labels": {"io.mcp-docker.test": PREFIX}, "memory": "64m", "cpus": 0.5, "pids_limit": 64})
+    assert created["status"] == "created" and created["id"]
+    full.ok("docker_start_container", {"container": name})
+    detail = full.ok("docker_inspect_container", {"container": name})
+    assert detail["state"]["running"] is True and detail["name"] == name
+    assert "DB_PASSWORD=<redacted>" in detail["config"]["env"] and "MODE=test" in detail["config"]["env"]
+    assert detail["host_config"]["memory_bytes"] == 64 * 1024**2 and detail["host_config"]["pids_limit"] == 64
+    assert "no-new-privileges:true" in detail["host_config"]["security_opt"]
+    assert detail["config"]["labels"]["io.mcp-docker.managed"] == "true"
+
+    listed = full.ok("docker_list_containers", {"name": name})
+    assert [c["name"] for c in listed["containers"]] == [name]
+    assert set(listed["containers"][0]) == {"id", "name", "image", "state", "status", "created", "ports"}
+
+    deadline = time.time() + 10
+    while "started" not in full.ok("docker_container_logs", {"container": name})["lines"] and time.time() < deadline:
+        time.sleep(0.2)
+    assert full.ok("docker_container_logs", {"container": name, "tail": 5})["lines"] == ["started"]
+    stats = full.ok("docker_container_stats", {"container": name})
+    assert stats["memory"]["limit_bytes"] == 64 * 1024**2 and stats["pids"] >= 1
+    top = full.ok("docker_container_top", {"container": name})
+    assert top["titles"] and top["processes"]
+
+    out = full.ok("docker_exec_command", {"container": name, "command": ["sh", "-c", "echo out; echo err >&2; "
+                                                                         "touch /made; exit 3"]})
+    assert out == {"exit_code": 3, "stdout": "out\n", "stderr": "err\n", "truncated": False}
+    changes = full.ok("docker_container_diff", {"container": name})["changes"]
+    assert {"path": "/made", "kind": "A"} in changes
+
+    full.ok("docker_pause_container", {"container": name})
+    assert full.ok("docker_inspect_container", {"container": name})["state"]["paused"] is True
+    full.ok("docker_unpause_container", {"container": name})
+    full.ok("docker_restart_container", {"container": name, "timeout": 2})
+    full.ok("docker_rename_container", {"container": name, "new_name": f"{name}2"})
+    full.error("docker_inspect_container", {"container": name}, "not_found")
+    full.ok("docker_kill_container", {"container": f"{name}2", "signal": "SIGKILL"})
+    full.ok("docker_start_container", {"container": f"{name}2"})
+    full.ok("docker_stop_container", {"container": f"{name}2", "timeout": 5})
+    assert full.ok("docker_inspect_container", {"container": f"{name}2"})["state"]["running"] is False
+    full.ok("docker_remove_container", {"container": f"{name}2"})
+    full.error("docker_inspect_container", {"container": f"{name}2"}, "not_found")
+
+
+def test_run_waits_and_removes(full):
+    result = full.ok("docker_run_container", {"image": TEST_IMAGE, "name": f"{PREFIX}-once", "network": "none",
+                                              "command": ["sh", "-c", "echo one; echo two; exit 4"],
+                                              "wait": True, "remove": True, "labels": {"io.mcp-docker.test": PREFIX}})
+    assert result["exit_code"] == 4 and result["lines"] == ["one", "two"] and result["removed"] is True
+    full.error("docker_inspect_container", {"container": f"{PREFIX}-once"}, "not_found")
+    assert "wait=true" in full.error("docker_run_container", {"image": TEST_IMAGE, "remove": True},
+                                     "invalid_argument")
+
+
+def test_published_ports_bind_to_loopback_by_default(full):
+    name = sleeper(full, "ports", ports={"8080/tcp": 0}, network="bridge")
+    detail = full.ok("docker_inspect_container", {"container": name})
+    bindings = detail["ports"]["8080/tcp"]
+    assert bindings and all(b.startswith("127.0.0.1:") for b in bindings)
+    listed = full.ok("docker_list_containers", {"name": name})["containers"][0]
+    assert listed["ports"][0].startswith("127.0.0.1:") and listed["ports"][0].endswith("->8080/tcp")
+
+
+def test_logs_default_tail_and_truncation_keeps_newest():
+    require_engine()
+    h = Harness(["--max-output-bytes", "2048"])
+    try:
+        name = f"{PREFIX}-chatty"
+        h.ok("docker_run_container", {"image": TEST_IMAGE, "name": name, "network": "none", "wait": True,
+                                      "command": ["seq", "1", "3000"], "labels": {"io.mcp-docker.test": PREFIX}})
+        default = h.ok("docker_container_logs", {"container": name})
+        assert default["truncated"] is False and default["count"] == 100 and default["lines"][-1] == "3000"
+        cut = h.ok("docker_container_logs", {"container": name, "tail": 3000})
+        assert cut["truncated"] is True and cut["lines"][-1] == "3000" and 100 < len(cut["lines"]) < 3000
+        assert len(json.dumps(cut, separators=(",", ":"))) <= 2048
+        full_tail = h.ok("docker_container_logs", {"container": name, "tail": 10})
+        assert full_tail["lines"] == [str(i) for i in range(2991, 3001)] and full_tail["truncated"] is False
+        listing = h.ok("docker_list_images", {"limit": 1000})
+        assert len(json.dumps(listing)) <= 2048 + 64
+    finally:
+        h.close()
+
+
+def test_logs_default_is_100_lines(full):
+    name = f"{PREFIX}-hundred"
+    full.ok("docker_run_container", {"image": TEST_IMAGE, "name": name, "network": "none", "wait": True,
+                                     "command": ["seq", "1", "500"], "labels": {"io.mcp-docker.test": PREFIX}})
+    logs = full.ok("docker_container_logs", {"container": name})
+    assert logs["count"] == 100 and logs["lines"][0] == "401" and logs["lines"][-1] == "500"
+
+
+def test_exec_timeout_and_output_cap(full):
+    name = sleeper(full, "exec")
+    started = time.monotonic()
+    text = full.error("docker_exec_command", {"container": name, "command": ["sleep", "30"], "timeout": 1}, "timeout")
+    assert time.monotonic() - started < 10 and "1s" in text
+    capped = full.ok("docker_exec_command", {"container": name, "command": ["seq", "1", "100000"],
+                                             "max_output_bytes": 100})
+    assert capped["truncated"] is True and capped["stdout"].endswith("100000\n") and len(capped["stdout"]) <= 100
+    assert full.ok("docker_exec_command", {"container": name, "command": ["id", "-u"], "user": "65534"})["stdout"] \
+        == "65534\n"
+    assert full.ok("docker_exec_command", {"container": name, "command": ["sh", "-c", "echo $FOO; pwd"],
+                                           "environment": {"FOO": "bar"}, "workdir": "/tmp"})["stdout"] == "bar\n/tmp\n"
+    full.error("docker_exec_command", {"container": name, "command": "rm -rf /"}, "invalid_argument")
+    full.error("docker_exec_command", {"container": name, "command": []}, "invalid_argument")
+
+
+def test_prune_containers_with_label(full):
+    name = f"{PREFIX}-prunable"
+    full.ok("docker_create_container", {"image": TEST_IMAGE, "name": name, "network": "none",
+                                        "labels": {"io.mcp-docker.test": PREFIX}})
+    pruned = full.ok("docker_prune_containers", {"label": [TEST_LABEL]})
+    assert pruned["count"] >= 1
+    full.error("docker_inspect_container", {"container": name}, "not_found")
+
+
+CONTAINER_BAD_INPUT = [
+    ("docker_inspect_container", {}, "missing required argument 'container'"),
+    ("docker_inspect_container", {"container": 42}, "must be of type string"),
+    ("docker_inspect_container", {"container": "x", "verbose": True}, "unknown argument 'verbose'"),
+    ("docker_inspect_container", {"container": "x" * 1_000_000}, "longer than"),
+    ("docker_inspect_container", {"container": "a/../../etc/passwd"}, "not allowed"),
+    ("docker_inspect_container", {"container": "bad name;rm"}, "not allowed"),
+    ("docker_container_logs", {"container": "x", "tail": -1}, "at least 1"),
+    ("docker_container_logs", {"container": "x", "tail": "100"}, "must be of type integer"),
+    ("docker_list_containers", {"status": "sleeping"}, "must be one of"),
+    ("docker_create_container", {"image": TEST_IMAGE, "privileged": True}, "unknown argument 'privileged'"),
+    ("docker_create_container", {"image": TEST_IMAGE, "volumes": [{"source": "/etc", "target": "/x"}]},
+     "not allowed"),
+    ("docker_create_container", {"image": TEST_IMAGE, "ports": {"http": 80}}, "not allowed"),
+    ("docker_create_container", {"image": TEST_IMAGE, "memory": "lots"}, "not a size"),
+    ("docker_create_container", {"image": TEST_IMAGE, "environment": {"BAD NAME": "x"}}, "not allowed"),
+    ("docker_kill_container", {"container": "x", "signal": "KILL; rm -rf /"}, "not allowed"),
+]
+
+
+@pytest.mark.parametrize(("tool_name", "args", "message"), CONTAINER_BAD_INPUT)
+def test_container_bad_input(full, tool_name, args, message):
+    text = full.error(tool_name, args, "invalid_argument")
+    assert message in text and len(text) < 400
+
+
+def test_nonexistent_and_conflicting_containers(full):
+    missing = f"{PREFIX}-nope"
+    for tool_name in ("docker_inspect_container", "docker_container_logs", "docker_container_top",
+                      "docker_container_diff", "docker_start_container", "docker_stop_container",
+                      "docker_remove_container"):
+        text = full.error(tool_name, {"container": missing}, "not_found")
+        assert "/var/" not in text and "sock" not in text
+    full.error("docker_exec_command", {"container": missing, "command": ["true"]}, "not_found")
+    name = sleeper(full, "dup")
+    full.error("docker_create_container", {"image": TEST_IMAGE, "name": name}, "conflict")
+    full.error("docker_remove_container", {"container": name}, "conflict")
+    full.error("docker_create_container", {"image": f"{PREFIX}/not-here:1", "name": f"{PREFIX}-noimg"},
+               "not_found")
+    assert full.ok("docker_version")["kind"] in ("docker", "podman")  # still serving
+
+
+# =============================================================================================
+# Integration: images
+# =============================================================================================
+
+
+def test_image_tools(full):
+    images = full.ok("docker_list_images", {"name": TEST_IMAGE})["images"]
+    assert any(TEST_IMAGE in i["tags"] for i in images)
+    detail = full.ok("docker_inspect_image", {"image": TEST_IMAGE})
+    assert detail["id"] and detail["layers"] >= 1
+    history = full.ok("docker_image_history", {"image": TEST_IMAGE})
+    assert history["count"] >= 1
+
+    tag = f"{PREFIX}-built:1"
+    built = full.ok("docker_build_image", {
+        "tag": tag, "dockerfile": f"FROM {TEST_IMAGE}\nCOPY hello.txt /hello.txt\nRUN cat /hello.txt\n",
+        "files": {"hello.txt": "hello from build\n"}, "labels": {"io.mcp-docker.test": PREFIX}, "network": "none"})
+    assert built["status"] == "built" and any("hello from build" in line for line in built["log"])
+    ran = full.ok("docker_run_container", {"image": tag, "command": ["cat", "/hello.txt"], "wait": True,
+                                           "remove": True, "network": "none", "labels": {"io.mcp-docker.test": PREFIX}})
+    assert ran["lines"] == ["hello from build"]
+    failed = full.error("docker_build_image", {"tag": f"{PREFIX}-bad:1", "network": "none",
+                                               "dockerfile": f"FROM {TEST_IMAGE}\nRUN exit 7\n"})
+    assert "build failed" in failed
+    full.error("docker_build_image", {"tag": f"{PREFIX}-x:1", "dockerfile": "FROM x", "files": {"../evil": "x"}},
+               "invalid_argument")
+
+    full.ok("docker_tag_image", {"image": tag, "repository": f"127.0.0.1:9/{PREFIX}-pushme", "tag": "2"})
+    assert any(f"127.0.0.1:9/{PREFIX}-pushme:2" in i["tags"]
+               for i in full.ok("docker_list_images", {"label": [TEST_LABEL]})["images"])
+    # No registry is reachable here: push and pull must fail cleanly, quickly, without host details.
+    push_error = full.error("docker_push_image", {"image": f"127.0.0.1:9/{PREFIX}-pushme:2"})
+    pull_error = full.error("docker_pull_image", {"image": f"127.0.0.1:9/{PREFIX}-absent:1"})
+    for text in (push_error, pull_error):
+        assert "127.0.0.1" not in text and "/var/run" not in text
+    removed = full.ok("docker_remove_image", {"image": f"127.0.0.1:9/{PREFIX}-pushme:2"})
+    assert removed["count"] >= 1
+    full.ok("docker_remove_image", {"image": tag, "force": True})
+    full.error("docker_inspect_image", {"image": tag}, "not_found")
+
+
+def test_prune_images_with_label(full):
+    built = full.ok("docker_build_image", {"tag": f"{PREFIX}-dangling:1", "network": "none",
+                                           "dockerfile": f"FROM {TEST_IMAGE}\nRUN echo one > /one\n",
+                                           "labels": {"io.mcp-docker.test": PREFIX}})
+    full.ok("docker_build_image", {"tag": f"{PREFIX}-dangling:1", "network": "none", "no_cache": True,
+                                   "dockerfile": f"FROM {TEST_IMAGE}\nRUN echo two > /two\n",
+                                   "labels": {"io.mcp-docker.test": PREFIX}})
+    pruned = full.ok("docker_prune_images", {"label": [TEST_LABEL]})
+    assert built["id"] in pruned["deleted"]
+
+
+@pytest.mark.parametrize(("tool_name", "args", "message"), [
+    ("docker_inspect_image", {"image": "UPPER CASE"}, "not allowed"),
+    ("docker_pull_image", {}, "missing required argument 'image'"),
+    ("docker_pull_image", {"image": "x", "platform": "linux/amd64; rm"}, "not allowed"),
+    ("docker_build_image", {"tag": "x:1"}, "missing required argument 'dockerfile'"),
+    ("docker_build_image", {"tag": "x:1", "dockerfile": "FROM x", "path": "/"}, "unknown argument 'path'"),
+    ("docker_tag_image", {"image": "x", "repository": "Has Space"}, "not allowed"),
+    ("docker_list_images", {"limit": 10**9}, "at most"),
+])
+def test_image_bad_input(full, tool_name, args, message):
+    assert message in full.error(tool_name, args, "invalid_argument")
+
+
+# =============================================================================================
+# Integration: networks and volumes
+# =============================================================================================
+
+
+def test_network_tools(full):
+    net = f"{PREFIX}-net"
+    created = full.ok("docker_create_network", {"name": net, "internal": True,
+                                                "labels": {"io.mcp-docker.test": PREFIX}})
+    assert created["id"]
+    assert [n["name"] for n in full.ok("docker_list_networks", {"name": net})["networks"]] == [net]
+    name = f"{PREFIX}-netc"
+    full.ok("docker_run_container", {"image": TEST_IMAGE, "name": name, "command": ["sleep", "3600"],
+                                     "labels": {"io.mcp-docker.test": PREFIX}})
+    full.ok("docker_connect_container", {"network": net, "container": name, "aliases": ["svc"]})
+    detail = full.ok("docker_inspect_network", {"network": net})
+    assert detail["internal"] is True and [c["name"] for c in detail["containers"]] == [name]
+    full.error("docker_remove_network", {"network": net})  # in use
+    full.ok("docker_disconnect_container", {"network": net, "container": name})
+    assert full.ok("docker_inspect_network", {"network": net})["containers"] == []
+    full.ok("docker_remove_network", {"network": net})
+    full.error("docker_inspect_network", {"network": net}, "not_found")
+    full.ok("docker_create_network", {"name": f"{PREFIX}-net2", "labels": {"io.mcp-docker.test": PREFIX},
+                                      "subnet": "10.231.7.0/24", "gateway": "10.231.7.1"})
+    pruned = full.ok("docker_prune_networks", {"label": [TEST_LABEL]})
+    assert f"{PREFIX}-net2" in pruned["deleted"]
+    full.error("docker_create_network", {"name": "x", "gateway": "10.0.0.1"}, "invalid_argument")
+    full.error("docker_create_network", {"name": "x", "driver": "host"}, "invalid_argument")
+    full.error("docker_connect_container", {"network": f"{PREFIX}-nonet", "container": name}, "not_found")
+
+
+def test_volume_tools(full):
+    vol = f"{PREFIX}-vol"
+    full.ok("docker_create_volume", {"name": vol, "labels": {"io.mcp-docker.test": PREFIX}})
+    assert [v["name"] for v in full.ok("docker_list_volumes", {"name": vol})["volumes"]] == [vol]
+    assert full.ok("docker_inspect_volume", {"volume": vol})["driver"] == "local"
+    writer = full.ok("docker_run_container", {"image": TEST_IMAGE, "network": "none", "wait": True, "remove": True,
+                                              "volumes": [{"source": vol, "target": "/data"}],
+                                              "command": ["sh", "-c", "echo kept > /data/f && cat /data/f"],
+                                              "labels": {"io.mcp-docker.test": PREFIX}})
+    assert writer["lines"] == ["kept"]
+    reader = full.ok("docker_run_container", {"image": TEST_IMAGE, "network": "none", "wait": True, "remove": True,
+                                              "volumes": [{"source": vol, "target": "/data", "read_only": True}],
+                                              "command": ["sh", "-c", "cat /data/f; touch /data/g || echo ro"],
+                                              "labels": {"io.mcp-docker.test": PREFIX}})
+    assert "kept" in reader["lines"] and "ro" in reader["lines"]
+    full.ok("docker_remove_volume", {"volume": vol})
+    full.error("docker_inspect_volume", {"volume": vol}, "not_found")
+    full.ok("docker_create_volume", {"name": f"{PREFIX}-vol2", "labels": {"io.mcp-docker.test": PREFIX}})
+    pruned = full.ok("docker_prune_volumes", {"label": [TEST_LABEL]})
+    assert f"{PREFIX}-vol2" in pruned["deleted"]
+    full.error("docker_create_volume", {"name": "x", "driver_opts": {"device": "/etc"}}, "invalid_argument")
+    full.error("docker_create_volume", {"name": "/etc"}, "invalid_argument")
+
+
+# =============================================================================================
+# Integration: system
+# =============================================================================================
+
+
+def test_system_tools(full):
+    version = full.ok("docker_version")
+    assert version["kind"] in ("docker", "podman") and version["version"]
+    info = full.ok("docker_system_info")
+    assert info["containers"]["total"] >= 0 and info["cpus"] >= 1
+    usage = full.ok("docker_disk_usage", {"top": 2})
+    assert usage["images"]["count"] >= 1 and len(usage["images"]["largest"]) <= 2
+    name = f"{PREFIX}-evt"
+    full.ok("docker_run_container", {"image": TEST_IMAGE, "name": name, "command": ["true"], "wait": True,
+                                     "network": "none", "labels": {"io.mcp-docker.test": PREFIX}})
+    started = time.monotonic()
+    events = full.ok("docker_events", {"since_seconds": 120, "type": "container", "container": name})
+    assert time.monotonic() - started < 5
+    actions = [e["action"] for e in events["events"]]
+    assert "start" in actions and "die" in actions
+    limited = full.ok("docker_events", {"since_seconds": 600, "limit": 1})
+    assert limited["count"] <= 1
+    full.error("docker_events", {"since_seconds": 10**9}, "invalid_argument")
+    full.error("docker_disk_usage", {"top": "all"}, "invalid_argument")
+
+
+@pytest.mark.skipif(os.environ.get("MCP_DOCKER_TEST_SYSTEM_PRUNE") != "1",
+                    reason="prunes the whole engine; set MCP_DOCKER_TEST_SYSTEM_PRUNE=1 (CI does)")
+def test_prune_system(full):
+    name = f"{PREFIX}-stopped"
+    full.ok("docker_create_container", {"image": TEST_IMAGE, "name": name, "network": "none",
+                                        "labels": {"io.mcp-docker.test": PREFIX}})
+    result = full.ok("docker_prune_system")
+    assert result["containers"] >= 1
+    full.error("docker_inspect_container", {"container": name}, "not_found")
+    assert full.ok("docker_inspect_image", {"image": TEST_IMAGE})["id"]  # tagged images stay
+
+
+# =============================================================================================
+# Integration: engine availability
+# =============================================================================================
+
+
+class SocketProxy:
+    """A unix-socket proxy to the real engine that can be started late, to simulate an engine coming back."""
+
+    def __init__(self, path: str, target: str = "/var/run/docker.sock"):
+        self.path, self.target = path, target
+        self.server: socket.socket | None = None
+
+    def start(self) -> None:
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(self.path)
+        self.server.listen(16)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            upstream.connect(self.target)
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
+
+    def stop(self) -> None:
+        if self.server:
+            self.server.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+def test_engine_unavailable_then_back_without_restart(tmp_path):
+    require_engine()
+    if not os.path.exists("/var/run/docker.sock"):
+        pytest.skip("needs the engine at /var/run/docker.sock")
+    path = str(tmp_path / "late.sock")
+    h = Harness(env={"DOCKER_HOST": f"unix://{path}"})
+    proxy = SocketProxy(path)
+    try:
+        assert len(h.list_tools().tools) == 35  # listing needs no engine
+        text = h.error("docker_list_containers", {}, "engine_unavailable")
+        assert path not in text and "sock" not in text
+        proxy.start()
+        assert h.ok("docker_version")["api_version"]
+        assert h.ok("docker_list_containers", {"all": True})["count"] >= 0
+    finally:
+        h.close()
+        proxy.stop()
