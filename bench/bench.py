@@ -68,7 +68,7 @@ SERVER = REPO / "mcp_docker.py"
 IMAGE = "mcp-docker-test/busybox:1"
 CONTAINERS = 20
 PROTOCOL_VERSION = "2025-11-25"
-INITIALIZE = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+INITIALIZE: dict[str, Any] = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
               "params": {"protocolVersion": PROTOCOL_VERSION, "capabilities": {},
                          "clientInfo": {"name": "bench", "version": "0"}}}
 IMPORT_FLOOR_CODE = "import sys, mcp.server.lowlevel; sys.stdout.write('ready\\n'); sys.stdout.flush()"
@@ -177,7 +177,7 @@ class RawMCPClient:
     """One long-lived ``mcp_docker.py serve`` driven with raw JSON-RPC lines."""
 
     def __init__(self) -> None:
-        self.stderr = tempfile.TemporaryFile()
+        self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 -- lives as long as the server; closed in close()
         self.proc = spawn_server(self.stderr)
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.stdin_fd = self.proc.stdin.fileno()
@@ -372,7 +372,7 @@ class SDKClient:
 
     def __init__(self) -> None:
         self.stack = contextlib.AsyncExitStack()
-        self.stderr = tempfile.TemporaryFile(mode="w+b")
+        self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 -- closed in __aexit__
         self.client: Any = None
 
     async def __aenter__(self) -> SDKClient:
@@ -524,17 +524,16 @@ def render_table(rows: list[dict[str, Any]]) -> str:
 
 
 def environment(api: Any) -> dict[str, Any]:
-    import docker
-    import mcp
-
     from importlib.metadata import version as dist_version
+
+    import docker
 
     engine = api.version()
     git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
     return {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
             "mcp": dist_version("mcp"), "docker_py": docker.__version__,
             "engine": f"{engine.get('Version')} (API {engine.get('ApiVersion')})",
-            "git_commit": git.stdout.strip() or None, "mcp_module": os.path.dirname(mcp.__file__)}
+            "git_commit": git.stdout.strip() or None}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -542,19 +541,24 @@ def environment(api: Any) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
+def count(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}")
+        return value
+    return parse
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=positive, default=10, help="cold-start runs (default 10)")
-    parser.add_argument("--iterations", type=positive, default=200, help="timed tool calls per client (default 200)")
-    parser.add_argument("--warmup", type=int, default=20, help="discarded calls per client first (default 20)")
+    parser.add_argument("--runs", type=count(1), default=10, help="cold-start runs (default 10)")
+    parser.add_argument("--iterations", type=count(1), default=200, help="timed tool calls per client (default 200)")
+    parser.add_argument("--warmup", type=count(0), default=20, help="discarded calls per client first (default 20)")
     parser.add_argument("--json", default=str(REPO / "bench" / "results.json"), metavar="PATH",
                         help="where to write the JSON results (default bench/results.json)")
     parser.add_argument("--no-sdk", dest="sdk", action="store_false", help="skip the mcp.Client measurement")
@@ -585,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
         with BenchContainers(api, CONTAINERS) as containers:
             latency = asyncio.run(bench_latency(api, containers.prefix, args.warmup, args.iterations, args.sdk))
     except KeyboardInterrupt:
-        print("interrupted; benchmark containers removed", file=sys.stderr)
+        print("interrupted (any benchmark containers were removed)", file=sys.stderr)
         return 130
     except (BenchError, docker.errors.DockerException, subprocess.SubprocessError, OSError) as error:
         print(f"benchmark failed: {error}", file=sys.stderr)
