@@ -13,8 +13,9 @@ Sections, in order (each uses only the ones above it):
 3. Policy           -- tiers, annotations, tool gating, argument validation, output bounding (pure)
 4. Engine and tools -- the lazy engine connection, summaries, and the one tool registry
 5. MCP wiring       -- the SDK's low-level ``Server`` reading that registry
-6. Transports       -- stdio
-7. CLI              -- click commands: ``serve``, ``tools``
+6. Access control   -- principals and roles
+7. Transports       -- stdio, and our own asyncio HTTP server (h11 framing, stdlib ssl)
+8. CLI              -- click commands: ``serve``, ``tools``
 
 Heavy imports (the ``mcp`` SDK, ``docker``, ``jsonschema``) are deferred to the code paths that
 need them so that ``tools`` and ``--help`` stay fast and an engine is never needed to start.
@@ -22,6 +23,7 @@ need them so that ``tools`` and ``--help`` stay fast and an engine is never need
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import datetime as _dt
@@ -114,6 +116,56 @@ def _parse_docker_host(name: str, raw: str) -> str:
     return value
 
 
+def _parse_choice(*choices: str) -> Callable[[str, str], str]:
+    def parse(name: str, raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in choices:
+            raise ConfigError(f"{name}: expected one of {', '.join(choices)}, got {raw[:20]!r}")
+        return value
+    return parse
+
+
+def _parse_port(name: str, raw: str) -> int:
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name}: expected a port number, got {raw[:20]!r}") from None
+    if not 0 <= value <= 65535:
+        raise ConfigError(f"{name}: {value} is outside 0..65535")
+    return value
+
+
+def _parse_path(name: str, raw: str) -> str:
+    value = raw.strip()
+    if "\x00" in value or len(value) > 4096:
+        raise ConfigError(f"{name}: not a usable file path")
+    return os.path.expanduser(value) if value else ""
+
+
+def _parse_host_list(name: str, raw: str) -> tuple[str, ...]:
+    items = tuple(item.strip().lower() for item in raw.split(",") if item.strip())
+    for item in items:
+        if not re.fullmatch(r"[a-z0-9.\-\[\]:*]{1,255}", item):
+            raise ConfigError(f"{name}: {item[:40]!r} is not a host name, address or host:port")
+    return items
+
+
+def _parse_origin_list(name: str, raw: str) -> tuple[str, ...]:
+    items = tuple(item.strip().lower().rstrip("/") for item in raw.split(",") if item.strip())
+    for item in items:
+        if not re.fullmatch(r"https?://[a-z0-9.\-\[\]:*]{1,255}", item):
+            raise ConfigError(f"{name}: {item[:60]!r} is not an origin like https://example.com:8443")
+    return items
+
+
+def _positive_int(maximum: int) -> Callable[[str, str], int]:
+    return lambda name, raw: _parse_positive_int(name, raw, maximum)
+
+
+def _positive_float(maximum: float) -> Callable[[str, str], float]:
+    return lambda name, raw: _parse_positive_float(name, raw, maximum)
+
+
 @dataclasses.dataclass(frozen=True)
 class SettingSpec:
     """One setting: its field, environment name, parser and help text (shown by the CLI)."""
@@ -122,6 +174,11 @@ class SettingSpec:
     env: str
     parse: Callable[[str, str], Any]
     help: str
+    flag: str = ""  # the CLI flag when it is not --field-name
+
+    @property
+    def option(self) -> str:
+        return self.flag or "--" + self.field.replace("_", "-")
 
 
 SETTING_SPECS: tuple[SettingSpec, ...] = (
@@ -147,6 +204,45 @@ SETTING_SPECS: tuple[SettingSpec, ...] = (
                 "Seconds a pull, push or build may take in all. Default 900."),
     SettingSpec("log_level", "MCP_LOG_LEVEL", _parse_log_level,
                 "Server log level on stderr: DEBUG, INFO, WARNING, ERROR. Default INFO."),
+    # -- network transport
+    SettingSpec("transport", "MCP_TRANSPORT", _parse_choice("stdio", "http"),
+                "stdio (the client starts this process) or http (Streamable HTTP + legacy SSE on one port)."),
+    SettingSpec("host", "MCP_HOST", lambda n, r: _parse_host_list(n, r)[0] if r.strip() else "127.0.0.1",
+                "Address to bind in http mode. Default 127.0.0.1."),
+    SettingSpec("port", "MCP_PORT", _parse_port, "Port to bind in http mode (0 = any free port). Default 8000."),
+    SettingSpec("tls_enabled", "MCP_TLS_ENABLED", _parse_bool,
+                "Serve HTTPS (needs --tls-cert and --tls-key; on by itself when they are given)."),
+    SettingSpec("tls_cert", "MCP_TLS_CERT_FILE", _parse_path, "PEM certificate (chain) for HTTPS.", "--tls-cert"),
+    SettingSpec("tls_key", "MCP_TLS_KEY_FILE", _parse_path, "PEM private key for HTTPS.", "--tls-key"),
+    SettingSpec("tls_client_ca", "MCP_TLS_CLIENT_CA_FILE", _parse_path,
+                "Require client certificates issued by this CA (mTLS); the subject's CN becomes the principal.",
+                "--tls-client-ca"),
+    SettingSpec("tls_min_version", "MCP_TLS_MIN_VERSION", _parse_choice("1.2", "1.3"),
+                "Lowest TLS version accepted: 1.2 (default) or 1.3."),
+    SettingSpec("allowed_hosts", "MCP_ALLOWED_HOSTS", _parse_host_list,
+                "Extra Host header values accepted (DNS-rebinding defence); the bound address always is."),
+    SettingSpec("allowed_origins", "MCP_ALLOWED_ORIGINS", _parse_origin_list,
+                "Extra browser Origins accepted, e.g. https://app.example.com; the server's own always are."),
+    SettingSpec("http_max_header_bytes", "MCP_HTTP_MAX_HEADER_BYTES", _positive_int(1024 * 1024),
+                "Largest request head (request line + headers) in bytes. Default 16384."),
+    SettingSpec("http_max_body_bytes", "MCP_HTTP_MAX_BODY_BYTES", _positive_int(256 * 1024 * 1024),
+                "Largest request body in bytes (413 beyond). Default 4194304."),
+    SettingSpec("http_header_timeout", "MCP_HTTP_HEADER_TIMEOUT", _positive_float(600),
+                "Seconds a client may take to send a request head. Default 10."),
+    SettingSpec("http_body_timeout", "MCP_HTTP_BODY_TIMEOUT", _positive_float(3600),
+                "Seconds a client may take to send a request body. Default 30."),
+    SettingSpec("http_keepalive_timeout", "MCP_HTTP_KEEPALIVE_TIMEOUT", _positive_float(3600),
+                "Seconds an idle keep-alive connection stays open. Default 30."),
+    SettingSpec("http_max_connections", "MCP_HTTP_MAX_CONNECTIONS", _positive_int(1_000_000),
+                "Open connections at most (503 with Retry-After beyond). Default 1024."),
+    SettingSpec("http_max_streams_per_principal", "MCP_HTTP_MAX_STREAMS_PER_PRINCIPAL", _positive_int(100_000),
+                "Open SSE streams per principal at most (429 beyond). Default 32."),
+    SettingSpec("http_max_sessions", "MCP_HTTP_MAX_SESSIONS", _positive_int(1_000_000),
+                "MCP sessions at most (503 beyond). Default 1000."),
+    SettingSpec("http_session_idle_timeout", "MCP_HTTP_SESSION_IDLE_TIMEOUT", _positive_float(7 * 86400),
+                "Seconds an unused MCP session is kept. Default 1800."),
+    SettingSpec("shutdown_grace", "MCP_SHUTDOWN_GRACE", _positive_float(3600),
+                "Seconds in-flight calls get to finish on SIGTERM/SIGINT. Default 10."),
 )
 SETTINGS_BY_ENV = {spec.env: spec for spec in SETTING_SPECS}
 SETTINGS_BY_FIELD = {spec.field: spec for spec in SETTING_SPECS}
@@ -166,6 +262,26 @@ class Settings:
     engine_timeout: float = 60.0
     long_operation_timeout: float = 900.0
     log_level: str = "INFO"
+    transport: str = "stdio"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    tls_enabled: bool = False
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    tls_min_version: str = "1.2"
+    allowed_hosts: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
+    http_max_header_bytes: int = 16 * 1024
+    http_max_body_bytes: int = 4 * 1024 * 1024
+    http_header_timeout: float = 10.0
+    http_body_timeout: float = 30.0
+    http_keepalive_timeout: float = 30.0
+    http_max_connections: int = 1024
+    http_max_streams_per_principal: int = 32
+    http_max_sessions: int = 1000
+    http_session_idle_timeout: float = 1800.0
+    shutdown_grace: float = 10.0
     docker_tls_verify: str = ""
     docker_cert_path: str = ""
 
@@ -213,7 +329,7 @@ def load_settings(
     for spec in SETTING_SPECS:
         if spec.field in cli:
             raw = cli[spec.field]
-            values[spec.field] = spec.parse(f"--{spec.field.replace('_', '-')}", raw) if isinstance(raw, str) else raw
+            values[spec.field] = spec.parse(spec.option, raw) if isinstance(raw, str) else raw
         elif spec.env in environ:
             values[spec.field] = spec.parse(spec.env, environ[spec.env])
         elif spec.env in env_file:
@@ -310,6 +426,31 @@ def tool_annotations(tier: Tier, *, idempotent: bool, open_world: bool) -> dict[
         "idempotentHint": idempotent or tier is Tier.SAFE,
         "openWorldHint": open_world,
     }
+
+
+TIER_ORDER = {Tier.SAFE: 0, Tier.MODERATE: 1, Tier.DESTRUCTIVE: 2}
+
+
+@dataclasses.dataclass(frozen=True)
+class Role:
+    """What one principal may do, on top of the server-wide settings: a tier ceiling and tool lists."""
+
+    max_tier: Tier = Tier.DESTRUCTIVE
+    allowed_tools: tuple[str, ...] = ()
+    denied_tools: tuple[str, ...] = ()
+
+
+def role_denial(name: str, tier: Tier, role: Role | None) -> str | None:
+    """Why this principal's role does not permit the tool, or None when it does (or there is no role)."""
+    if role is None:
+        return None
+    if name in role.denied_tools:
+        return f"{name} is denied to this client by its role"
+    if role.allowed_tools and name not in role.allowed_tools:
+        return f"{name} is not among the tools this client's role allows"
+    if TIER_ORDER[tier] > TIER_ORDER[role.max_tier]:
+        return f"{name} is {tier.value}, above this client's role ceiling ({role.max_tier.value})"
+    return None
 
 
 def tool_denial(name: str, tier: Tier, toolset: str, settings: Settings) -> str | None:
@@ -1718,6 +1859,7 @@ class DockerMCP:
         self.engine = engine or Engine(settings)
         self._validators: dict[str, Any] = {}
         self._listed: list[Any] | None = None
+        self.in_flight = 0  # tool calls running now; a graceful shutdown waits for them
 
     def permitted_tools(self) -> list[ToolSpec]:
         return [spec for spec, denial in catalogue(self.settings) if denial is None]
@@ -1772,6 +1914,7 @@ class DockerMCP:
             call = Call(self.engine.api(), args, self.settings, time.monotonic() + budget)
             return spec.handler(call)
 
+        self.in_flight += 1
         try:
             with anyio.fail_after(budget + 5):
                 result = await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
@@ -1784,6 +1927,8 @@ class DockerMCP:
             level = logging.ERROR if error.category == "internal" else logging.INFO
             log.log(level, "%s failed (%s): %r", name, error.category, exc, exc_info=error.category == "internal")
             raise error from None
+        finally:
+            self.in_flight -= 1
         return bound_result(result, self.settings.max_output_bytes, spec.list_field, spec.keep_newest)
 
     def build_server(self) -> Any:
@@ -1820,7 +1965,61 @@ class DockerMCP:
 
 
 # ---------------------------------------------------------------------------------------------
-# 6. Transports
+# 6. Access control
+# ---------------------------------------------------------------------------------------------
+
+
+class StartupError(Exception):
+    """The server must not start; the message is the one-line reason for the operator."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Principal:
+    """Who is calling: what roles, rate limits and the audit log key on."""
+
+    client_id: str
+    kind: str  # "stdio", "anonymous", "mtls", "api_key"
+    role: Role | None = None
+    key_hash: str | None = None
+
+
+@dataclasses.dataclass
+class RequestInfo:
+    """What the transport hands to tool handlers as ``ctx.request`` (duck-typed by section 5)."""
+
+    principal: Principal
+    client_ip: str
+    session_id: str | None = None
+
+    @property
+    def role(self) -> Role | None:
+        return self.principal.role
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def certificate_principal(peer_cert: Mapping[str, Any] | None) -> str | None:
+    """The CN (else the first subject value) of a verified client certificate, as ssl reports it."""
+    if not peer_cert:
+        return None
+    fields = [(k, v) for rdn in peer_cert.get("subject", ()) for k, v in rdn]
+    for key, value in fields:
+        if key == "commonName":
+            return str(value)
+    return str(fields[0][1]) if fields else None
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. Transports: stdio, and HTTP (Streamable HTTP in both eras, legacy SSE) over asyncio + h11
 # ---------------------------------------------------------------------------------------------
 
 
@@ -1833,33 +2032,953 @@ async def serve_stdio(app: DockerMCP) -> None:
         await server.run(read_stream, write_stream, server.create_initialization_options())
 
 
+HANDSHAKE_VERSIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
+MODERN_VERSIONS = ("2026-07-28",)
+SECURITY_HEADERS = (("cache-control", "no-store"), ("x-content-type-options", "nosniff"))
+SSE_HEADERS = (("content-type", "text/event-stream"), ("x-accel-buffering", "no"))
+SSE_KEEPALIVE_SECONDS = 15.0
+EVENTS_KEPT_PER_STREAM = 1000
+
+
+@dataclasses.dataclass
+class HttpRequest:
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]  # lower-case names; repeated headers joined with ", "
+    raw_headers: list[tuple[str, str]]
+    body: bytes
+    client_ip: str
+    peer_cert_principal: str | None = None
+
+
+@dataclasses.dataclass
+class HttpResponse:
+    status: int
+    headers: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    body: bytes = b""
+    stream: Any = None  # an async iterator of bytes for SSE
+    close: bool = False
+    on_close: Callable[[], Any] | None = None  # runs once the response is over, sent or not
+
+
+def json_response(status: int, payload: Any, headers: list[tuple[str, str]] | None = None,
+                  close: bool = False) -> HttpResponse:
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    return HttpResponse(status, [("content-type", "application/json"), *(headers or [])], body, close=close)
+
+
+def rpc_error(status: int, code: int, message: str, request_id: Any = None,
+              headers: list[tuple[str, str]] | None = None, close: bool = False) -> HttpResponse:
+    return json_response(status, {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}},
+                         headers, close)
+
+
+def accepts(header: str, media_type: str) -> bool:
+    """Whether an Accept header admits ``media_type`` (``*/*`` and ``type/*`` count)."""
+    kind = media_type.split("/")[0]
+    for part in header.split(","):
+        value = part.split(";")[0].strip().lower()
+        if value in (media_type, "*/*", f"{kind}/*"):
+            return True
+    return False
+
+
+def split_host_port(value: str) -> tuple[str, str | None]:
+    """``host[:port]`` or ``[v6]:port`` -> (host, port); IPv6 keeps its brackets."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        host, _, rest = value.partition("]")
+        return host + "]", rest[1:] if rest.startswith(":") else None
+    if value.count(":") == 1:
+        host, port = value.split(":")
+        return host, port
+    return value, None
+
+
+def host_allowed(host_header: str, allowed: set[str]) -> bool:
+    """DNS-rebinding defence: the Host header must name this server; the name decides, not the port."""
+    if not host_header.strip():
+        return False
+    name, _ = split_host_port(host_header)
+    return host_header.strip().lower() in allowed or name in allowed
+
+
+def sse_event(data: str, event_id: str | None = None, event: str = "message") -> bytes:
+    head = f"id: {event_id}\n" if event_id else ""
+    return f"{head}event: {event}\ndata: {data}\n\n".encode()
+
+
+class EventStream:
+    """One SSE stream's numbered events, kept (bounded) so a client can resume with Last-Event-ID."""
+
+    def __init__(self, stream_id: str, *, expected: int = 0):
+        import collections
+
+        self.id = stream_id
+        self.events: collections.deque[tuple[int, str, bool]] = collections.deque(maxlen=EVENTS_KEPT_PER_STREAM)
+        self.next_seq = 1
+        self.expected = expected  # responses still owed on this stream; it finishes at 0
+        self.finished = False
+        self.attached = False
+        self._changed = asyncio.Event()
+
+    def push(self, data: str, *, response: bool = False) -> None:
+        self.events.append((self.next_seq, data, response))
+        self.next_seq += 1
+        if response:
+            self.expected -= 1
+            if self.expected <= 0:
+                self.finished = True
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def finish(self) -> None:
+        self.finished = True
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), timeout)
+
+    def only_responses(self) -> bool:
+        return all(is_response for _, _, is_response in self.events)
+
+    async def follow(self, after: int = 0):  # -> AsyncIterator[tuple[int, str] | None]
+        """Yield (seq, data) after ``after``, then new ones as they come; None means "send a keep-alive"."""
+        cursor = after
+        while True:
+            fresh = [(seq, data) for seq, data, _ in list(self.events) if seq > cursor]
+            for event in fresh:
+                cursor = event[0]
+                yield event
+            if self.finished and self.next_seq - 1 <= cursor:
+                return
+            if not fresh:
+                before = self.next_seq
+                await self.wait(SSE_KEEPALIVE_SECONDS)
+                if self.next_seq == before and not self.finished:
+                    yield None
+
+
+class McpChannel:
+    """One handshake-era MCP connection: the SDK's server loop fed through memory streams."""
+
+    def __init__(self, server: Any, init_options: Any, session_id: str, principal: Principal,
+                 deliver: Callable[[Any], None]):
+        import anyio
+
+        self.server, self.init_options = server, init_options
+        self.session_id, self.principal = session_id, principal
+        self.deliver = deliver
+        self.to_server, self._server_reads = anyio.create_memory_object_stream[Any](256)
+        self._server_writes, self.from_server = anyio.create_memory_object_stream[Any](256)
+        self.last_active = time.monotonic()
+        self.closed = False
+        self.task: asyncio.Task[None] | None = None
+        self.protocol_version: str | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        import anyio
+        from mcp.server.runner import serve_loop
+
+        async def pump() -> None:
+            async for message in self.from_server:
+                self.deliver(message)
+
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(pump)
+                await serve_loop(self.server, self._server_reads, self._server_writes, lifespan_state={},
+                                 session_id=self.session_id, init_options=self.init_options)
+                group.cancel_scope.cancel()
+        except Exception:
+            log.exception("session %s ended with an error", self.session_id[:8])
+        finally:
+            self.closed = True
+
+    async def send(self, message: Any, info: RequestInfo) -> None:
+        from mcp.shared.message import ServerMessageMetadata, SessionMessage
+
+        self.last_active = time.monotonic()
+        await self.to_server.send(SessionMessage(message, metadata=ServerMessageMetadata(request_context=info)))
+
+    async def close(self) -> None:
+        self.closed = True
+        self.to_server.close()
+        if self.task:
+            try:
+                await asyncio.wait_for(self.task, 5)
+            except (TimeoutError, asyncio.CancelledError):
+                self.task.cancel()
+
+
+class StreamableSession:
+    """A Streamable HTTP session: its channel plus the SSE streams its messages travel on."""
+
+    def __init__(self, session_id: str):
+        self.id = session_id
+        self.channel: McpChannel | None = None
+        self.streams: dict[str, EventStream] = {}
+        self.pending: dict[Any, EventStream] = {}
+        self.standalone: EventStream | None = None
+
+    def open_stream(self, expected: int) -> EventStream:
+        import secrets
+
+        stream = EventStream(secrets.token_hex(6), expected=expected)
+        self.streams[stream.id] = stream
+        if len(self.streams) > 64:  # forget the oldest finished streams
+            for stream_id in [k for k, v in self.streams.items() if v.finished][: len(self.streams) - 64]:
+                del self.streams[stream_id]
+        return stream
+
+    def route(self, session_message: Any) -> None:
+        """Put one message from the server on the stream it belongs to."""
+        import mcp_types
+
+        message = session_message.message
+        data = message.model_dump_json(by_alias=True, exclude_unset=True)
+        if isinstance(message, (mcp_types.JSONRPCResponse, mcp_types.JSONRPCError)):
+            stream = self.pending.pop(message.id, None)
+            if stream is not None:
+                stream.push(data, response=True)
+                return
+        else:
+            metadata = session_message.metadata
+            related = getattr(metadata, "related_request_id", None)
+            if related is not None and related in self.pending:
+                self.pending[related].push(data)
+                return
+        if self.standalone is None:
+            self.standalone = self.open_stream(0)
+        self.standalone.push(data)
+
+
+class ExchangeContext:
+    """The SDK's DispatchContext for one stateless (2026-07-28) request: notifications go to its stream."""
+
+    def __init__(self, transport: Any, request_id: Any, metadata: Any, progress_token: Any, sink: EventStream):
+        import anyio
+
+        self.transport, self.request_id, self.message_metadata = transport, request_id, metadata
+        self.progress_token, self.sink = progress_token, sink
+        self.cancel_requested = anyio.Event()
+        self.can_send_request = False
+
+    async def send_raw_request(self, method: str, params: Any, opts: Any = None) -> dict[str, Any]:
+        from mcp.shared.exceptions import NoBackChannelError
+
+        raise NoBackChannelError(method)
+
+    async def notify(self, method: str, params: Any, opts: Any = None) -> None:
+        body: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
+        if params is not None:
+            body["params"] = dict(params)
+        self.sink.push(json.dumps(body, separators=(",", ":"), default=str))
+
+    async def progress(self, progress: float, total: float | None = None, message: str | None = None) -> None:
+        if self.progress_token is None:
+            return
+        params: dict[str, Any] = {"progressToken": self.progress_token, "progress": progress}
+        if total is not None:
+            params["total"] = total
+        if message is not None:
+            params["message"] = message
+        await self.notify("notifications/progress", params)
+
+
+def build_ssl_context(settings: Settings) -> Any:
+    """A server SSLContext from the settings, refusing to start on anything unusable."""
+    import ssl
+
+    for label, path in (("certificate", settings.tls_cert), ("key", settings.tls_key)):
+        if not path:
+            raise StartupError(f"TLS needs --tls-cert and --tls-key (the {label} is missing)")
+        if not os.access(path, os.R_OK):
+            raise StartupError(f"TLS {label} file is not readable: {path}")
+    try:
+        from cryptography import x509
+
+        with open(settings.tls_cert, "rb") as handle:
+            cert = x509.load_pem_x509_certificate(handle.read())
+    except Exception as exc:
+        raise StartupError(f"TLS certificate is not a PEM certificate ({type(exc).__name__})") from None
+    now = _dt.datetime.now(_dt.UTC)
+    if cert.not_valid_after_utc < now:
+        raise StartupError(f"TLS certificate expired on {cert.not_valid_after_utc:%Y-%m-%d}")
+    if cert.not_valid_before_utc > now:
+        raise StartupError(f"TLS certificate is not valid before {cert.not_valid_before_utc:%Y-%m-%d}")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3 if settings.tls_min_version == "1.3" else ssl.TLSVersion.TLSv1_2
+    context.set_ciphers("ECDHE+AESGCM:ECDHE+CHACHA20")  # TLS 1.2 suites; 1.3's are all modern
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_RENEGOTIATION
+    try:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    except ssl.SSLError as exc:
+        reason = "the key does not match the certificate" if "KEY_VALUES_MISMATCH" in str(exc) else exc.reason
+        raise StartupError(f"TLS certificate and key cannot be used: {reason}") from None
+    except (OSError, ValueError) as exc:
+        raise StartupError(f"TLS key cannot be loaded ({type(exc).__name__}; encrypted keys are not supported)") from None
+    if settings.tls_client_ca:
+        try:
+            context.load_verify_locations(settings.tls_client_ca)
+        except (OSError, ssl.SSLError) as exc:
+            raise StartupError(f"client CA file cannot be used ({type(exc).__name__})") from None
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+class HttpServer:
+    """Our own asyncio HTTP/1.1 server (framing by h11) serving MCP on one port.
+
+    Every request passes the same gate before any MCP work: limits on head and body size and time,
+    Host and Origin checks, then authentication. Streamable HTTP sessions, stateless 2026-07-28
+    requests and legacy SSE sessions all end in the SDK's server, which runs the tool registry.
+    """
+
+    def __init__(self, app: DockerMCP, settings: Settings):
+        self.app, self.settings = app, settings
+        self.tls = settings.tls_enabled or bool(settings.tls_cert or settings.tls_key)
+        if settings.tls_client_ca and not self.tls:
+            raise StartupError("--tls-client-ca needs TLS (--tls-cert and --tls-key)")
+        self.ssl_context = build_ssl_context(settings) if self.tls else None
+        if not is_loopback(settings.host):
+            raise StartupError(f"refusing to bind {settings.host}: without authentication (API keys) only "
+                               "loopback addresses may be used")
+        self.server = app.build_server()
+        self.init_options = self.server.create_initialization_options()
+        self.sessions: dict[str, StreamableSession] = {}
+        self.sse_sessions: dict[str, McpChannel] = {}
+        self.connections = 0
+        self.streams_by_principal: dict[str, int] = {}
+        self.shutting_down = False
+        self.bound_port = settings.port
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def allowed_hosts(self) -> set[str]:
+        host = self.settings.host.lower()
+        names = {f"[{host}]" if ":" in host else host}
+        if is_loopback(host):
+            names |= {"localhost", "127.0.0.1", "[::1]"}
+        return names | set(self.settings.allowed_hosts)
+
+    def allowed_origins(self) -> set[str]:
+        scheme = "https" if self.tls else "http"
+        hosts = {split_host_port(h)[0] for h in self.allowed_hosts()}
+        origins = {f"{scheme}://{h}" for h in hosts} | {f"{scheme}://{h}:{self.bound_port}" for h in hosts}
+        return origins | set(self.settings.allowed_origins)
+
+    async def run(self) -> None:
+        import signal
+
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            tls_options = {"ssl": self.ssl_context, "ssl_handshake_timeout": self.settings.http_header_timeout} \
+                if self.ssl_context else {}
+            listener = await asyncio.start_server(self._on_connection, self.settings.host, self.settings.port,
+                                                  backlog=1024, **tls_options)
+        except OSError as exc:
+            raise StartupError(f"cannot bind {self.settings.host}:{self.settings.port}: {exc.strerror}") from None
+        self.bound_port = listener.sockets[0].getsockname()[1]
+        self._hosts, self._origins = self.allowed_hosts(), self.allowed_origins()
+        scheme = "https" if self.tls else "http"
+        host = f"[{self.settings.host}]" if ":" in self.settings.host else self.settings.host
+        print(f"mcp-docker listening on {scheme}://{host}:{self.bound_port}/mcp", file=sys.stderr, flush=True)
+        reaper = loop.create_task(self._reap_idle_sessions())
+        await stop.wait()
+        log.info("shutting down: no new connections; %d calls in flight", self.app.in_flight)
+        self.shutting_down = True
+        listener.close()
+        deadline = time.monotonic() + self.settings.shutdown_grace
+        while self.app.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        reaper.cancel()
+        for channel in [s.channel for s in self.sessions.values() if s.channel] + list(self.sse_sessions.values()):
+            await channel.close()
+        for stream in [st for s in self.sessions.values() for st in s.streams.values()]:
+            stream.finish()
+        for writer in list(self._writers):
+            writer.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.sleep(0)
+        log.info("stopped")
+
+    async def _reap_idle_sessions(self) -> None:
+        while True:
+            await asyncio.sleep(min(30.0, self.settings.http_session_idle_timeout / 2))
+            cutoff = time.monotonic() - self.settings.http_session_idle_timeout
+            for session_id, session in list(self.sessions.items()):
+                if session.channel and session.channel.last_active < cutoff and \
+                        not any(s.attached for s in session.streams.values()):
+                    log.info("session %s expired after idling", session_id[:8])
+                    await self._end_session(session_id)
+
+    async def _end_session(self, session_id: str) -> None:
+        session = self.sessions.pop(session_id, None)
+        if session is None:
+            return
+        for stream in session.streams.values():
+            stream.finish()
+        if session.channel:
+            await session.channel.close()
+
+    # -- connections and HTTP framing ----------------------------------------------------------
+
+    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        import h11
+
+        task = asyncio.current_task()
+        if task:
+            self._tasks.add(task)
+        self._writers.add(writer)
+        self.connections += 1
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        client_ip = str(peer[0])
+        try:
+            if self.connections > self.settings.http_max_connections or self.shutting_down:
+                conn = h11.Connection(h11.SERVER)
+                # The request is not read: answer at once and close, so a flood cannot hold memory.
+                await self._write_simple(writer, conn, 503, b"server busy", [("retry-after", "1")], fresh=True)
+                return
+            ssl_object = writer.get_extra_info("ssl_object")
+            cert_principal = certificate_principal(ssl_object.getpeercert()) if ssl_object else None
+            await self._serve_connection(reader, writer, client_ip, cert_principal)
+        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError, OSError):
+            pass
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("connection from %s failed", client_ip)
+        finally:
+            self.connections -= 1
+            self._writers.discard(writer)
+            if task:
+                self._tasks.discard(task)
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                                client_ip: str, cert_principal: str | None) -> None:
+        import h11
+
+        limits = self.settings
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.http_max_header_bytes)
+        while not self.shutting_down:
+            try:
+                request_event = await self._next_event(conn, reader, limits.http_keepalive_timeout,
+                                                       limits.http_header_timeout)
+            except h11.RemoteProtocolError as exc:
+                status = 431 if "exceeded" in str(exc).lower() else 400
+                if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                    await self._send(writer, conn, rpc_error(status, -32600, "malformed HTTP request", close=True))
+                return
+            except TimeoutError:
+                if conn.their_state is not h11.IDLE:  # a slow client mid-head: cut it off
+                    with contextlib.suppress(Exception):
+                        await self._send(writer, conn, rpc_error(408, -32600, "request head too slow", close=True))
+                return
+            if request_event is None or isinstance(request_event, h11.ConnectionClosed):
+                return
+            request = await self._read_request(conn, reader, request_event, client_ip, cert_principal)
+            if isinstance(request, HttpResponse):
+                await self._send(writer, conn, request)
+                return
+            response = await self._dispatch(request)
+            if request.headers.get("connection", "").lower() == "close":
+                response.close = True
+            await self._send(writer, conn, response, reader)
+            if response.close or conn.our_state is h11.MUST_CLOSE:
+                return
+            try:
+                conn.start_next_cycle()
+            except h11.LocalProtocolError:
+                return
+
+    async def _next_event(self, conn: Any, reader: asyncio.StreamReader, idle_timeout: float,
+                          rest_timeout: float) -> Any:
+        import h11
+
+        deadline: float | None = None
+        while True:
+            event = conn.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            timeout = idle_timeout if deadline is None else max(0.0, deadline - time.monotonic())
+            data = await asyncio.wait_for(reader.read(65536), timeout)
+            if deadline is None:
+                deadline = time.monotonic() + rest_timeout
+            conn.receive_data(data)  # b"" tells h11 the peer closed; next_event() then says how
+
+    async def _read_request(self, conn: Any, reader: asyncio.StreamReader, event: Any, client_ip: str,
+                            cert_principal: str | None) -> HttpRequest | HttpResponse:
+        from urllib.parse import parse_qsl, urlsplit
+
+        import h11
+
+        raw_headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in event.headers]
+        headers: dict[str, str] = {}
+        for name, value in raw_headers:
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        target = urlsplit(event.target.decode("latin-1"))
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.settings.http_max_body_bytes:
+            return rpc_error(413, -32600, "request body too large", close=True)
+        body = bytearray()
+        deadline = time.monotonic() + self.settings.http_body_timeout
+        try:
+            while True:
+                next_event = conn.next_event()
+                if next_event is h11.NEED_DATA:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise TimeoutError
+                    data = await asyncio.wait_for(reader.read(65536), remaining)
+                    conn.receive_data(data)
+                    if not data and conn.their_state is not h11.DONE:
+                        return HttpResponse(400, close=True)
+                    continue
+                if isinstance(next_event, h11.Data):
+                    body.extend(next_event.data)
+                    if len(body) > self.settings.http_max_body_bytes:
+                        return rpc_error(413, -32600, "request body too large", close=True)
+                elif isinstance(next_event, h11.EndOfMessage):
+                    break
+                else:
+                    return rpc_error(400, -32600, "malformed HTTP request", close=True)
+        except TimeoutError:
+            return rpc_error(408, -32600, "request body too slow", close=True)
+        except h11.RemoteProtocolError:
+            return rpc_error(400, -32600, "malformed HTTP body framing", close=True)
+        return HttpRequest(method=event.method.decode("latin-1").upper(), path=target.path or "/",
+                           query=dict(parse_qsl(target.query)), headers=headers, raw_headers=raw_headers,
+                           body=bytes(body), client_ip=client_ip, peer_cert_principal=cert_principal)
+
+    def _response_headers(self, response: HttpResponse) -> list[tuple[str, str]]:
+        headers = [*SECURITY_HEADERS, *response.headers]
+        if self.tls:
+            headers.append(("strict-transport-security", "max-age=63072000"))
+        if response.close:
+            headers.append(("connection", "close"))
+        return headers
+
+    async def _write_simple(self, writer: asyncio.StreamWriter, conn: Any, status: int, body: bytes,
+                            headers: list[tuple[str, str]], fresh: bool = False) -> None:
+        import h11
+
+        all_headers = [*SECURITY_HEADERS, *headers, ("content-length", str(len(body))), ("connection", "close")]
+        if fresh:  # no request was read: write the bytes directly
+            lines = [f"HTTP/1.1 {status} {http_reason(status).decode()}"] + [f"{k}: {v}" for k, v in all_headers]
+            writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        else:
+            writer.write(conn.send(h11.Response(status_code=status, headers=all_headers, reason=http_reason(status))))
+            writer.write(conn.send(h11.Data(data=body)))
+            writer.write(conn.send(h11.EndOfMessage()))
+        await writer.drain()
+
+    async def _send(self, writer: asyncio.StreamWriter, conn: Any, response: HttpResponse,
+                    reader: asyncio.StreamReader | None = None) -> None:
+        import h11
+
+        headers = self._response_headers(response)
+        if response.stream is None:
+            headers.append(("content-length", str(len(response.body))))
+        writer.write(conn.send(h11.Response(status_code=response.status, headers=headers,
+                                            reason=http_reason(response.status))))
+        if response.stream is None:
+            if response.body:
+                writer.write(conn.send(h11.Data(data=response.body)))
+            writer.write(conn.send(h11.EndOfMessage()))
+            await writer.drain()
+            return
+        await writer.drain()
+        # While streaming, watch the socket: the client going away ends the stream (not the session).
+        gone = asyncio.get_running_loop().create_task(self._wait_for_eof(conn, reader)) if reader else None
+        try:
+            async for chunk in response.stream:
+                if gone is not None and gone.done():
+                    response.close = True
+                    return
+                writer.write(conn.send(h11.Data(data=chunk)))
+                await writer.drain()
+            writer.write(conn.send(h11.EndOfMessage()))
+            await writer.drain()
+        finally:
+            if gone is not None:
+                gone.cancel()
+            await response.stream.aclose()
+            if response.on_close is not None:
+                result = response.on_close()
+                if asyncio.iscoroutine(result):
+                    await result
+
+    @staticmethod
+    async def _wait_for_eof(conn: Any, reader: asyncio.StreamReader) -> None:
+        while True:
+            data = await reader.read(65536)
+            if not data:
+                return
+            conn.receive_data(data)  # a pipelined next request waits in h11's buffer
+
+    # -- routing -------------------------------------------------------------------------------
+
+    async def _dispatch(self, request: HttpRequest) -> HttpResponse:
+        if not host_allowed(request.headers.get("host", ""), self._hosts):
+            return rpc_error(421, -32600, "Host header not allowed (DNS-rebinding protection)")
+        origin = request.headers.get("origin")
+        if origin is not None and origin.lower().rstrip("/") not in self._origins:
+            return rpc_error(403, -32600, "Origin not allowed")
+        if request.path == "/healthz":
+            if request.method not in ("GET", "HEAD"):
+                return HttpResponse(405, [("allow", "GET, HEAD")])
+            return json_response(200, {"status": "ok"})
+        principal = self.authenticate(request)
+        if isinstance(principal, HttpResponse):
+            return principal
+        info = RequestInfo(principal=principal, client_ip=request.client_ip)
+        if request.path == "/mcp":
+            if request.method == "POST":
+                return await self._mcp_post(request, info)
+            if request.method == "GET":
+                return await self._mcp_get(request, info)
+            if request.method == "DELETE":
+                return await self._mcp_delete(request, info)
+            return HttpResponse(405, [("allow", "GET, POST, DELETE")])
+        if request.path == "/sse":
+            if request.method != "GET":
+                return HttpResponse(405, [("allow", "GET")])
+            return await self._legacy_sse_open(request, info)
+        if request.path == "/messages":
+            if request.method != "POST":
+                return HttpResponse(405, [("allow", "POST")])
+            return await self._legacy_sse_post(request, info)
+        return rpc_error(404, -32601, "not found")
+
+    def authenticate(self, request: HttpRequest) -> Principal | HttpResponse:
+        if request.peer_cert_principal:
+            return Principal(client_id=request.peer_cert_principal, kind="mtls")
+        return Principal(client_id="anonymous", kind="anonymous")
+
+    def _stream_slot(self, principal: Principal) -> bool:
+        count = self.streams_by_principal.get(principal.client_id, 0)
+        if count >= self.settings.http_max_streams_per_principal:
+            return False
+        self.streams_by_principal[principal.client_id] = count + 1
+        return True
+
+    def _release_stream_slot(self, principal: Principal) -> None:
+        self.streams_by_principal[principal.client_id] = max(0, self.streams_by_principal.get(principal.client_id, 1) - 1)
+
+    def _stream_response(self, stream: EventStream, principal: Principal, after: int = 0,
+                         headers: list[tuple[str, str]] | None = None, prelude: bytes = b"") -> HttpResponse:
+        """Serve an EventStream as SSE, holding one of the principal's stream slots while it is open."""
+        if not self._stream_slot(principal):
+            return rpc_error(429, -32600, "too many open streams for this client", headers=[("retry-after", "5")])
+        stream.attached = True
+
+        async def body():  # -> AsyncIterator[bytes]
+            if prelude:
+                yield prelude
+            async for item in stream.follow(after):
+                if item is None:
+                    yield b": keep-alive\n\n"
+                else:
+                    yield sse_event(item[1], f"{stream.id}-{item[0]}")
+
+        def release() -> None:
+            stream.attached = False
+            self._release_stream_slot(principal)
+
+        return HttpResponse(200, [*SSE_HEADERS, *(headers or [])], stream=body(), on_close=release)
+
+    # -- Streamable HTTP ----------------------------------------------------------------------------
+
+    def _session_for(self, request: HttpRequest, info: RequestInfo) -> StreamableSession | HttpResponse:
+        session_id = request.headers.get("mcp-session-id")
+        if not session_id:
+            return rpc_error(400, -32600, "Bad Request: Mcp-Session-Id header is required")
+        session = self.sessions.get(session_id)
+        if session is None or session.channel is None or session.channel.closed or \
+                session.channel.principal.client_id != info.principal.client_id:
+            return rpc_error(404, -32001, "Session not found")
+        version = request.headers.get("mcp-protocol-version")
+        if version is not None and version not in HANDSHAKE_VERSIONS:
+            return rpc_error(400, -32600, f"Bad Request: unsupported MCP-Protocol-Version {version[:40]!r}")
+        info.session_id = session_id
+        return session
+
+    async def _mcp_post(self, request: HttpRequest, info: RequestInfo) -> HttpResponse:
+        import mcp_types
+        from pydantic import ValidationError
+
+        accept = request.headers.get("accept", "")
+        if not (accepts(accept, "application/json") and accepts(accept, "text/event-stream")):
+            return rpc_error(406, -32600, "Not Acceptable: Accept must list application/json and text/event-stream")
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            return rpc_error(415, -32600, "Unsupported Media Type: Content-Type must be application/json")
+        try:
+            decoded = json.loads(request.body)
+        except (ValueError, RecursionError):
+            return rpc_error(400, -32700, "Parse error")
+        if request.headers.get("mcp-protocol-version") in MODERN_VERSIONS:
+            return await self._stateless_post(request, decoded, info)
+        items = decoded if isinstance(decoded, list) else [decoded]
+        if not items:
+            return rpc_error(400, -32600, "Invalid Request: empty batch")
+        try:
+            messages = [mcp_types.jsonrpc_message_adapter.validate_python(item, by_name=False) for item in items]
+        except ValidationError:
+            return rpc_error(400, -32600, "Invalid Request: not a JSON-RPC message")
+        requests = [m for m in messages if isinstance(m, mcp_types.JSONRPCRequest)]
+        initializing = any(m.method == "initialize" for m in requests)
+        if initializing:
+            if len(messages) != 1:
+                return rpc_error(400, -32600, "Invalid Request: initialize must be sent alone")
+            if "mcp-session-id" in request.headers:
+                return rpc_error(400, -32600, "Bad Request: initialize must not carry Mcp-Session-Id")
+            session = self._new_session(info)
+            if isinstance(session, HttpResponse):
+                return session
+        else:
+            found = self._session_for(request, info)
+            if isinstance(found, HttpResponse):
+                return found
+            session = found
+            batch_allowed = session.channel is not None and session.channel.protocol_version == "2025-03-26"
+            if isinstance(decoded, list) and not batch_allowed:
+                return rpc_error(400, -32600, "Invalid Request: JSON-RPC batches are not allowed in this "
+                                              "protocol version")
+        assert session.channel is not None
+        if not requests:
+            for message in messages:
+                await session.channel.send(message, info)
+            return HttpResponse(202)
+        stream = session.open_stream(expected=len(requests))
+        for message in requests:
+            session.pending[message.id] = stream
+        for message in messages:
+            await session.channel.send(message, info)
+        headers = [("mcp-session-id", session.id)] if initializing else []
+        response = await self._answer(stream, info.principal, headers, batch=isinstance(decoded, list))
+        if initializing:
+            self._note_negotiated_version(session, stream)
+        return response
+
+    def _new_session(self, info: RequestInfo) -> StreamableSession | HttpResponse:
+        import secrets
+
+        if len(self.sessions) >= self.settings.http_max_sessions:
+            return rpc_error(503, -32600, "too many sessions", headers=[("retry-after", "30")])
+        session = StreamableSession(secrets.token_urlsafe(24))
+        session.channel = McpChannel(self.server, self.init_options, session.id, info.principal, session.route)
+        session.channel.start()
+        self.sessions[session.id] = session
+        info.session_id = session.id
+        log.info("session %s started for %s from %s", session.id[:8], info.principal.client_id, info.client_ip)
+        return session
+
+    @staticmethod
+    def _note_negotiated_version(session: StreamableSession, stream: EventStream) -> None:
+        for _, data, _ in stream.events:
+            with contextlib.suppress(ValueError, AttributeError, TypeError):
+                version = json.loads(data).get("result", {}).get("protocolVersion")
+                if version and session.channel:
+                    session.channel.protocol_version = version
+
+    async def _answer(self, stream: EventStream, principal: Principal, headers: list[tuple[str, str]],
+                      batch: bool = False, status_of: Callable[[dict[str, Any]], int] | None = None) -> HttpResponse:
+        """Plain JSON when only the answer comes; SSE as soon as a notification (progress, log) comes
+        first, or when the answer takes long enough that keep-alives are needed."""
+        while True:
+            if not stream.only_responses():
+                return self._stream_response(stream, principal, headers=headers)
+            if stream.finished:
+                break
+            before = stream.next_seq
+            await stream.wait(SSE_KEEPALIVE_SECONDS)
+            if stream.next_seq == before and not stream.finished:
+                return self._stream_response(stream, principal, headers=headers)
+        answers = [json.loads(data) for _, data, _ in stream.events]
+        payload: Any = answers if batch else answers[0]
+        status = status_of(answers[0]) if status_of and not batch else 200
+        return json_response(status, payload, headers)
+
+    async def _mcp_get(self, request: HttpRequest, info: RequestInfo) -> HttpResponse:
+        if not accepts(request.headers.get("accept", ""), "text/event-stream"):
+            return rpc_error(406, -32600, "Not Acceptable: Accept must list text/event-stream")
+        found = self._session_for(request, info)
+        if isinstance(found, HttpResponse):
+            return found
+        session = found
+        last_event_id = request.headers.get("last-event-id")
+        if last_event_id:
+            stream_id, _, seq = last_event_id.rpartition("-")
+            stream = session.streams.get(stream_id)
+            if stream is None or not seq.isdigit():
+                return rpc_error(404, -32600, "unknown Last-Event-ID")
+            if stream.attached:
+                return rpc_error(409, -32600, "that stream is already being read")
+            return self._stream_response(stream, info.principal, after=int(seq))
+        if session.standalone is None:
+            session.standalone = session.open_stream(0)
+        if session.standalone.attached:
+            return rpc_error(409, -32600, "Conflict: a GET stream is already open for this session")
+        return self._stream_response(session.standalone, info.principal, after=0)
+
+    async def _mcp_delete(self, request: HttpRequest, info: RequestInfo) -> HttpResponse:
+        found = self._session_for(request, info)
+        if isinstance(found, HttpResponse):
+            return found
+        await self._end_session(found.id)
+        log.info("session %s ended by the client", found.id[:8])
+        return HttpResponse(200)
+
+    async def _stateless_post(self, request: HttpRequest, decoded: Any, info: RequestInfo) -> HttpResponse:
+        """One self-contained 2026-07-28 request: no session, its own envelope, one answer."""
+        import mcp_types
+        from mcp.server.connection import Connection
+        from mcp.server.runner import modern_error_data, serve_one
+        from mcp.shared.inbound import (
+            ERROR_CODE_HTTP_STATUS,
+            InboundLadderRejection,
+            classify_inbound_request,
+            find_duplicated_routing_header,
+        )
+        from mcp.shared.jsonrpc_dispatcher import progress_token_from_params
+        from mcp.shared.message import ServerMessageMetadata
+        from mcp.shared.transport_context import TransportContext
+
+        if "mcp-session-id" in request.headers:
+            return rpc_error(400, -32600, "Bad Request: 2026-07-28 requests carry no Mcp-Session-Id")
+        if isinstance(decoded, dict) and "id" not in decoded:
+            return HttpResponse(202)  # this revision defines no client notifications; acknowledge and drop
+        if not isinstance(decoded, dict) or not isinstance(decoded.get("method"), str) or \
+                not isinstance(decoded.get("id"), (str, int)) or isinstance(decoded.get("id"), bool):
+            return rpc_error(400, -32600, "Invalid Request: one JSON-RPC request object expected")
+        request_id = decoded["id"]
+        duplicated = find_duplicated_routing_header(request.raw_headers)
+        if duplicated is not None:
+            return rpc_error(400, -32020, f"{duplicated} header appears more than once", request_id)
+        verdict = classify_inbound_request(decoded, headers=request.headers)
+        if isinstance(verdict, InboundLadderRejection):
+            body = {"jsonrpc": "2.0", "id": request_id,
+                    "error": {"code": verdict.code, "message": verdict.message,
+                              **({"data": verdict.data} if verdict.data is not None else {})}}
+            return json_response(ERROR_CODE_HTTP_STATUS.get(verdict.code, 400), body)
+        stream = EventStream("x", expected=1)
+        dctx = ExchangeContext(TransportContext(kind="streamable-http", can_send_request=False,
+                                                headers=request.headers),
+                               request_id, ServerMessageMetadata(request_context=info),
+                               progress_token_from_params(decoded.get("params")), stream)
+        connection = Connection.from_envelope(verdict.protocol_version, verdict.client_info,
+                                              verdict.client_capabilities)
+
+        async def run() -> None:
+            try:
+                result = await serve_one(self.server, dctx, decoded["method"], decoded.get("params"),
+                                         connection=connection, lifespan_state={})
+                reply: Any = mcp_types.JSONRPCResponse(jsonrpc="2.0", id=request_id, result=result)
+            except Exception as exc:
+                reply = mcp_types.JSONRPCError(jsonrpc="2.0", id=request_id, error=modern_error_data(exc))
+            stream.push(reply.model_dump_json(by_alias=True, exclude_none=True), response=True)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+        def status_of(answer: dict[str, Any]) -> int:
+            error = answer.get("error")
+            return ERROR_CODE_HTTP_STATUS.get(error.get("code"), 200) if isinstance(error, dict) else 200
+
+        return await self._answer(stream, info.principal, [], status_of=status_of)
+
+    # -- legacy HTTP+SSE (2024-11-05) ------------------------------------------------------------
+
+    async def _legacy_sse_open(self, request: HttpRequest, info: RequestInfo) -> HttpResponse:
+        import secrets
+
+        if not accepts(request.headers.get("accept", "*/*"), "text/event-stream"):
+            return rpc_error(406, -32600, "Not Acceptable: Accept must list text/event-stream")
+        if len(self.sse_sessions) + len(self.sessions) >= self.settings.http_max_sessions:
+            return rpc_error(503, -32600, "too many sessions", headers=[("retry-after", "30")])
+        session_id = secrets.token_hex(16)
+        stream = EventStream(session_id)
+
+        def deliver(session_message: Any) -> None:
+            stream.push(session_message.message.model_dump_json(by_alias=True, exclude_unset=True))
+
+        channel = McpChannel(self.server, self.init_options, session_id, info.principal, deliver)
+        response = self._stream_response(stream, info.principal,
+                                         prelude=sse_event(f"/messages?session_id={session_id}", event="endpoint"))
+        if response.status != 200:
+            return response
+        channel.start()
+        self.sse_sessions[session_id] = channel
+        release_slot = response.on_close
+
+        async def end_session() -> None:  # the legacy session lives exactly as long as its stream
+            if release_slot:
+                release_slot()
+            self.sse_sessions.pop(session_id, None)
+            await channel.close()
+
+        response.on_close = end_session
+        return response
+
+    async def _legacy_sse_post(self, request: HttpRequest, info: RequestInfo) -> HttpResponse:
+        import mcp_types
+        from pydantic import ValidationError
+
+        channel = self.sse_sessions.get(request.query.get("session_id", ""))
+        if channel is None or channel.principal.client_id != info.principal.client_id:
+            return rpc_error(404, -32001, "Session not found")
+        if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+            return rpc_error(415, -32600, "Unsupported Media Type: Content-Type must be application/json")
+        try:
+            message = mcp_types.jsonrpc_message_adapter.validate_json(request.body, by_name=False)
+        except (ValidationError, ValueError):
+            return rpc_error(400, -32600, "Invalid Request: not a JSON-RPC message")
+        info.session_id = channel.session_id
+        await channel.send(message, info)
+        return HttpResponse(202, [("content-type", "text/plain")], b"Accepted")
+
+
+def http_reason(status: int) -> bytes:
+    import http
+
+    try:
+        return http.HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""
+
+
 # ---------------------------------------------------------------------------------------------
-# 7. CLI
+# 8. CLI
 # ---------------------------------------------------------------------------------------------
 
 def setting_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """The settings flags shared by every command that reads the configuration."""
-    flags = [
-        click.option("--env-file", type=click.Path(dir_okay=False), default=None,
-                     help="Read KEY=VALUE settings from this file (flags and the environment win)."),
-        click.option("--docker-host", default=None, help=SETTINGS_BY_FIELD["docker_host"].help + " [DOCKER_HOST]"),
-        click.option("--allow-moderate/--no-allow-moderate", default=None,
-                     help=SETTINGS_BY_FIELD["allow_moderate"].help + " [SAFETY_ALLOW_MODERATE_OPERATIONS]"),
-        click.option("--allow-destructive/--no-allow-destructive", default=None,
-                     help=SETTINGS_BY_FIELD["allow_destructive"].help + " [SAFETY_ALLOW_DESTRUCTIVE_OPERATIONS]"),
-        click.option("--allowed-tools", default=None,
-                     help=SETTINGS_BY_FIELD["allowed_tools"].help + " [SAFETY_ALLOWED_TOOLS]"),
-        click.option("--denied-tools", default=None,
-                     help=SETTINGS_BY_FIELD["denied_tools"].help + " [SAFETY_DENIED_TOOLS]"),
-        click.option("--toolsets", default=None, help=SETTINGS_BY_FIELD["toolsets"].help + " [MCP_TOOLSETS]"),
-        click.option("--max-output-bytes", default=None,
-                     help=SETTINGS_BY_FIELD["max_output_bytes"].help + " [MCP_MAX_OUTPUT_BYTES]"),
-        click.option("--engine-timeout", default=None,
-                     help=SETTINGS_BY_FIELD["engine_timeout"].help + " [MCP_ENGINE_TIMEOUT]"),
-        click.option("--long-operation-timeout", default=None,
-                     help=SETTINGS_BY_FIELD["long_operation_timeout"].help + " [MCP_LONG_OPERATION_TIMEOUT]"),
-        click.option("--log-level", default=None, help=SETTINGS_BY_FIELD["log_level"].help + " [MCP_LOG_LEVEL]"),
-    ]
+    """Add one flag per setting (from SETTING_SPECS) plus --env-file to a command."""
+    flags = [click.option("--env-file", type=click.Path(dir_okay=False), default=None,
+                          help="Read KEY=VALUE settings from this file (flags and the environment win).")]
+    for spec in SETTING_SPECS:
+        help_text = f"{spec.help} [{spec.env}]"
+        if spec.parse is _parse_bool:
+            name = spec.option[2:]
+            flags.append(click.option(f"--{name}/--no-{name}", spec.field, default=None, help=help_text))
+        else:
+            flags.append(click.option(spec.option, spec.field, default=None, help=help_text))
     for flag in reversed(flags):
         command = flag(command)
     return command
@@ -1896,11 +3015,13 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--transport", type=click.Choice(["stdio"]), default="stdio", show_default=True,
-              help="How clients connect: stdio (the client starts this process).")
 @setting_options
-def serve(transport: str, **options: Any) -> None:
-    """Serve MCP to one client over stdin/stdout.
+def serve(**options: Any) -> None:
+    """Serve MCP over stdio (default) or HTTP(S).
+
+    stdio: the MCP client starts this process and talks over stdin/stdout.
+    http: Streamable HTTP at /mcp (both protocol eras), legacy SSE at /sse + /messages, and
+    /healthz, on one port; TLS with --tls-cert/--tls-key, mTLS with --tls-client-ca.
 
     No engine is needed to start; tools report 'engine_unavailable' until it answers.
     """
@@ -1908,7 +3029,14 @@ def serve(transport: str, **options: Any) -> None:
     configure_logging(settings.log_level)
     app = DockerMCP(settings)
     names = [spec.name for spec in app.permitted_tools()]
-    log.info("mcp-docker %s serving %d tools over %s", __version__, len(names), transport)
+    log.info("mcp-docker %s serving %d tools over %s", __version__, len(names), settings.transport)
+    if settings.transport == "http":
+        try:
+            http = HttpServer(app, settings)
+        except StartupError as error:
+            raise click.ClickException(str(error)) from None
+        asyncio.run(http.run())
+        return
     import anyio
 
     with contextlib.suppress(KeyboardInterrupt):
