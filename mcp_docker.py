@@ -13,7 +13,7 @@ Sections, in order (each uses only the ones above it):
 3. Policy           -- tiers, annotations, tool gating, argument validation, output bounding (pure)
 4. Engine and tools -- the lazy engine connection, summaries, and the one tool registry
 5. MCP wiring       -- the SDK's low-level ``Server`` reading that registry
-6. Access control   -- principals and roles
+6. Access control   -- API keys, principals, client IPs, rate limits, the audit log, signed requests
 7. Transports       -- stdio, and our own asyncio HTTP server (h11 framing, stdlib ssl)
 8. CLI              -- click commands: ``serve``, ``tools``
 
@@ -158,6 +158,20 @@ def _parse_origin_list(name: str, raw: str) -> tuple[str, ...]:
     return items
 
 
+def _parse_networks(name: str, raw: str) -> tuple[str, ...]:
+    import ipaddress
+
+    items = []
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        try:
+            items.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise ConfigError(f"{name}: {item[:60]!r} is not an IP address or CIDR range") from None
+    return tuple(items)
+
+
 def _positive_int(maximum: int) -> Callable[[str, str], int]:
     return lambda name, raw: _parse_positive_int(name, raw, maximum)
 
@@ -243,6 +257,38 @@ SETTING_SPECS: tuple[SettingSpec, ...] = (
                 "Seconds an unused MCP session is kept. Default 1800."),
     SettingSpec("shutdown_grace", "MCP_SHUTDOWN_GRACE", _positive_float(3600),
                 "Seconds in-flight calls get to finish on SIGTERM/SIGINT. Default 10."),
+    # -- access control and accountability
+    SettingSpec("auth_enabled", "SECURITY_AUTH_ENABLED", _parse_bool,
+                "Require an API key (or an mTLS certificate) in http mode. Off is allowed on loopback only.",
+                "--auth"),
+    SettingSpec("api_keys_file", "SECURITY_API_KEYS_FILE", _parse_path,
+                "Hashed API keys (JSON, mode 600). Default ~/.mcp-docker/api_keys.json."),
+    SettingSpec("ssh_authorized_keys", "SECURITY_SSH_AUTHORIZED_KEYS_FILE", _parse_path,
+                "OpenSSH public keys (one per line, comment = client id) accepted for signed requests."),
+    SettingSpec("allow_insecure_http", "SECURITY_ALLOW_INSECURE_HTTP", _parse_bool,
+                "Allow plain HTTP on a non-loopback address (credentials then cross the network in clear)."),
+    SettingSpec("rate_limit_enabled", "SECURITY_RATE_LIMIT_ENABLED", _parse_bool,
+                "Limit tool calls per client (token bucket and concurrency). Default true."),
+    SettingSpec("rate_limit_rpm", "SECURITY_RATE_LIMIT_RPM", _positive_int(1_000_000),
+                "Tool calls per minute per client (sustained). Default 120."),
+    SettingSpec("rate_limit_burst", "SECURITY_RATE_LIMIT_BURST", _positive_int(1_000_000),
+                "Tool calls a client may make at once before the per-minute rate applies. Default 30."),
+    SettingSpec("rate_limit_concurrent", "SECURITY_RATE_LIMIT_CONCURRENT", _positive_int(100_000),
+                "Tool calls one client may have running at the same time. Default 8."),
+    SettingSpec("auth_failure_limit", "SECURITY_AUTH_FAILURES_PER_MINUTE", _positive_int(1_000_000),
+                "Failed authentications per client IP per minute before it gets 429s. Default 10."),
+    SettingSpec("allowed_client_ips", "SECURITY_ALLOWED_CLIENT_IPS", _parse_networks,
+                "Comma list of CIDR ranges (IPv4/IPv6) allowed to connect; empty = any."),
+    SettingSpec("trusted_proxies", "SECURITY_TRUSTED_PROXIES", _parse_networks,
+                "Comma list of CIDR ranges whose X-Forwarded-For is believed (walked right to left)."),
+    SettingSpec("audit_log_enabled", "SECURITY_AUDIT_LOG_ENABLED", _parse_bool,
+                "Write the tamper-evident audit log. Default true."),
+    SettingSpec("audit_log_file", "SECURITY_AUDIT_LOG_FILE", _parse_path,
+                "Audit log path (JSON lines, mode 600). Default ~/.mcp-docker/audit.log."),
+    SettingSpec("audit_log_max_bytes", "SECURITY_AUDIT_LOG_MAX_BYTES", _positive_int(1 << 40),
+                "Rotate the audit log when it grows past this size. Default 52428800."),
+    SettingSpec("audit_log_backups", "SECURITY_AUDIT_LOG_BACKUPS", _positive_int(1000),
+                "Rotated audit logs to keep (.1 is the newest). Default 10."),
 )
 SETTINGS_BY_ENV = {spec.env: spec for spec in SETTING_SPECS}
 SETTINGS_BY_FIELD = {spec.field: spec for spec in SETTING_SPECS}
@@ -282,6 +328,21 @@ class Settings:
     http_max_sessions: int = 1000
     http_session_idle_timeout: float = 1800.0
     shutdown_grace: float = 10.0
+    auth_enabled: bool = True
+    api_keys_file: str = ""
+    ssh_authorized_keys: str = ""
+    allow_insecure_http: bool = False
+    rate_limit_enabled: bool = True
+    rate_limit_rpm: int = 120
+    rate_limit_burst: int = 30
+    rate_limit_concurrent: int = 8
+    auth_failure_limit: int = 10
+    allowed_client_ips: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = ()
+    audit_log_enabled: bool = True
+    audit_log_file: str = ""
+    audit_log_max_bytes: int = 50 * 1024 * 1024
+    audit_log_backups: int = 10
     docker_tls_verify: str = ""
     docker_cert_path: str = ""
 
@@ -323,7 +384,8 @@ def load_settings(
         if key not in SETTINGS_BY_ENV and key not in PASSTHROUGH_ENV:
             raise ConfigError(f"env file: unknown setting {key!r}; known: {', '.join(sorted(SETTINGS_BY_ENV))}")
     for key in environ:
-        if key.startswith(("SAFETY_", "MCP_TOOLSETS", "MCP_MAX_", "MCP_ENGINE_")) and key not in SETTINGS_BY_ENV:
+        if key.startswith(("SAFETY_", "SECURITY_", "MCP_TOOLSETS", "MCP_MAX_", "MCP_ENGINE_", "MCP_HTTP_", "MCP_TLS_")) \
+                and key not in SETTINGS_BY_ENV:
             raise ConfigError(f"environment: unknown setting {key!r}; known: {', '.join(sorted(SETTINGS_BY_ENV))}")
     values: dict[str, Any] = {}
     for spec in SETTING_SPECS:
@@ -347,7 +409,7 @@ def load_settings(
 
 ERROR_CATEGORIES = (
     "not_found", "conflict", "invalid_argument", "permission", "policy_denied",
-    "engine_unavailable", "timeout", "engine_error", "internal",
+    "engine_unavailable", "timeout", "engine_error", "rate_limited", "unavailable", "internal",
 )
 
 
@@ -451,6 +513,78 @@ def role_denial(name: str, tier: Tier, role: Role | None) -> str | None:
     if TIER_ORDER[tier] > TIER_ORDER[role.max_tier]:
         return f"{name} is {tier.value}, above this client's role ceiling ({role.max_tier.value})"
     return None
+
+
+class TokenBucket:
+    """``rate`` tokens per second up to ``burst``; the clock is passed in, so the logic stays pure."""
+
+    def __init__(self, rate: float, burst: float, now: float):
+        self.rate, self.burst = rate, burst
+        self.tokens, self.stamp = burst, now
+
+    def take(self, now: float) -> float:
+        """Take one token; return 0 when allowed, else the seconds until one is available."""
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / self.rate if self.rate > 0 else 60.0
+
+
+class RateLimiter:
+    """Token buckets and concurrency counts keyed by principal (or IP for failed authentications)."""
+
+    def __init__(self, per_minute: int, burst: int, concurrent: int | None = None):
+        self.per_minute, self.burst, self.concurrent = per_minute, burst, concurrent
+        self.buckets: dict[str, TokenBucket] = {}
+        self.active: dict[str, int] = {}
+
+    def check(self, key: str, now: float, per_minute: int | None = None, burst: int | None = None) -> float:
+        """0 when this call may go ahead, else the Retry-After seconds."""
+        bucket = self.buckets.get(key)
+        if bucket is None:
+            if len(self.buckets) > 100_000:  # forget idle keys rather than grow without bound
+                self.buckets = {k: b for k, b in self.buckets.items() if now - b.stamp < 300}
+            bucket = self.buckets[key] = TokenBucket((per_minute or self.per_minute) / 60.0,
+                                                     burst or self.burst, now)
+        return bucket.take(now)
+
+    def acquire(self, key: str) -> bool:
+        if self.concurrent is not None and self.active.get(key, 0) >= self.concurrent:
+            return False
+        self.active[key] = self.active.get(key, 0) + 1
+        return True
+
+    def release(self, key: str) -> None:
+        left = self.active.get(key, 1) - 1
+        if left <= 0:
+            self.active.pop(key, None)
+        else:
+            self.active[key] = left
+
+
+SENSITIVE_NAME_RE = re.compile(r"pass(word|wd)?|secret|token|api[_-]?key|credential|auth|private[_-]?key", re.I)
+SECRET_VALUE_RE = re.compile(
+    r"-----BEGIN [A-Z ]*PRIVATE KEY-----|\b(sk|pk|rk)-[A-Za-z0-9_-]{16,}|\bAKIA[0-9A-Z]{16}\b|\bgh[pousr]_[A-Za-z0-9]{30,}"
+    r"|\bxox[abpr]-[A-Za-z0-9-]{10,}|\bBearer\s+[A-Za-z0-9._~+/=-]{16,}|://[^/\s:@]+:[^/\s@]+@|\beyJ[A-Za-z0-9_-]{10,}\.")
+
+
+def redact_arguments(value: Any, key: str = "") -> Any:
+    """A copy of tool arguments fit for the audit log: secret-named fields and secret-shaped values hidden."""
+    if key and SENSITIVE_NAME_RE.search(key) and not isinstance(value, (bool, int, float)) and value not in (None, ""):
+        return "<redacted>"
+    if isinstance(value, dict):
+        return {k: redact_arguments(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact_arguments(v) for v in value[:64]]
+    if isinstance(value, str):
+        if SECRET_VALUE_RE.search(value):
+            return "<redacted>"
+        if "=" in value and SENSITIVE_NAME_RE.search(value.split("=", 1)[0]):
+            return value.split("=", 1)[0] + "=<redacted>"
+        return value if len(value) <= 512 else value[:512] + "..."
+    return value
 
 
 def tool_denial(name: str, tier: Tier, toolset: str, settings: Settings) -> str | None:
@@ -1852,23 +1986,33 @@ def catalogue(settings: Settings) -> list[tuple[ToolSpec, str | None]]:
 
 
 class DockerMCP:
-    """Connects the registry to the SDK: lists permitted tools and runs calls on the call path."""
+    """Connects the registry to the SDK: lists permitted tools and runs calls on the call path.
+
+    Transports say who is calling through ``ctx.request`` (anything with ``principal``, ``role``,
+    ``client_ip`` and ``session_id`` attributes; None on stdio). Accountability is injected by the
+    CLI: ``audit`` receives one record per call decision, ``audit_ready`` says whether it can, and
+    ``stdio_limiter`` guards stdio against a runaway agent.
+    """
 
     def __init__(self, settings: Settings, engine: Engine | None = None):
         self.settings = settings
         self.engine = engine or Engine(settings)
         self._validators: dict[str, Any] = {}
-        self._listed: list[Any] | None = None
+        self._listed: dict[Role | None, list[Any]] = {}
         self.in_flight = 0  # tool calls running now; a graceful shutdown waits for them
+        self.audit: Callable[[dict[str, Any]], None] | None = None
+        self.audit_ready: Callable[[], bool] = lambda: True
+        self.stdio_limiter: RateLimiter | None = None
 
-    def permitted_tools(self) -> list[ToolSpec]:
-        return [spec for spec, denial in catalogue(self.settings) if denial is None]
+    def permitted_tools(self, role: Role | None = None) -> list[ToolSpec]:
+        return [spec for spec, denial in catalogue(self.settings)
+                if denial is None and role_denial(spec.name, spec.tier, role) is None]
 
-    def mcp_tools(self) -> list[Any]:
+    def mcp_tools(self, role: Role | None = None) -> list[Any]:
         import mcp_types
 
-        if self._listed is None:  # the catalogue and settings are fixed for the server's lifetime
-            self._listed = [
+        if role not in self._listed:  # the catalogue and settings are fixed for the server's lifetime
+            self._listed[role] = [
                 mcp_types.Tool(name=spec.name, title=spec.title, description=spec.description,
                                input_schema=spec.input_schema, output_schema=spec.output_schema,
                                annotations=mcp_types.ToolAnnotations(**{
@@ -1877,9 +2021,50 @@ class DockerMCP:
                                    "destructive_hint": spec.annotations["destructiveHint"],
                                    "idempotent_hint": spec.annotations["idempotentHint"],
                                    "open_world_hint": spec.annotations["openWorldHint"]}))
-                for spec in self.permitted_tools()
+                for spec in self.permitted_tools(role)
             ]
-        return self._listed
+        return self._listed[role]
+
+    def admit(self, spec: ToolSpec, caller: Any) -> None:
+        """Checks that come before the tool's own: the caller's role, stdio's rate limit, the audit log."""
+        denial = role_denial(spec.name, spec.tier, getattr(caller, "role", None))
+        if denial:
+            raise ToolError("policy_denied", denial)
+        if caller is None and self.stdio_limiter is not None:
+            wait = self.stdio_limiter.check("stdio", time.monotonic())
+            if wait:
+                raise ToolError("rate_limited", f"too many tool calls; retry in {wait:.0f}s "
+                                                "(SECURITY_RATE_LIMIT_RPM / SECURITY_RATE_LIMIT_BURST)")
+        if not self.audit_ready():
+            raise ToolError("unavailable", "the audit log cannot be written, so tool calls are refused; "
+                                           "the server log says why")
+
+    def audit_record(self, name: str, arguments: Any, caller: Any, started: float,
+                     result: dict[str, Any] | None, error: ToolError | None) -> dict[str, Any]:
+        principal = getattr(caller, "principal", None)
+        event = "tool_call"
+        if error is not None and error.category == "policy_denied":
+            event = "policy_denied"
+        elif error is not None and error.category == "rate_limited":
+            event = "rate_limit_exceeded"
+        summary: dict[str, Any] = {"status": "error" if error else "ok"}
+        if result is not None:
+            summary["bytes"] = len(json.dumps(result, separators=(",", ":"), default=str))
+            summary["truncated"] = bool(result.get("truncated"))
+            summary.update({k: result[k] for k in ("id", "name", "count", "exit_code", "status")
+                            if isinstance(result.get(k), (str, int)) and k in result})
+        return {
+            "event_type": event,
+            "client_id": principal.client_id if principal else "stdio",
+            "client_ip": getattr(caller, "client_ip", None),
+            "api_key_hash": (principal.key_hash or "")[:16] or None if principal else None,
+            "session": getattr(caller, "session_id", None),
+            "tool_name": name,
+            "arguments": redact_arguments(arguments if isinstance(arguments, dict) else {}),
+            "result": summary,
+            "error": {"category": error.category, "message": error.message} if error else None,
+            "duration_ms": round((time.monotonic() - started) * 1000, 1),
+        }
 
     def validate(self, spec: ToolSpec, arguments: Any) -> dict[str, Any]:
         if arguments is None:
@@ -1937,22 +2122,31 @@ class DockerMCP:
         from mcp.shared.exceptions import MCPError
 
         async def on_list_tools(ctx: Any, params: Any) -> Any:
-            return mcp_types.ListToolsResult(tools=self.mcp_tools())
+            return mcp_types.ListToolsResult(tools=self.mcp_tools(getattr(ctx.request, "role", None)))
 
         async def on_call_tool(ctx: Any, params: Any) -> Any:
             name = params.name
             if name not in TOOLS:
                 raise MCPError(mcp_types.INVALID_PARAMS, f"Unknown tool: {str(name)[:80]}")
             started = time.monotonic()
+            result: dict[str, Any] | None = None
+            failure: ToolError | None = None
             try:
+                self.admit(TOOLS[name], ctx.request)
                 result = await self.call(name, params.arguments)
             except ToolError as error:
-                log.info("tool %s -> %s (%.0f ms)", name, error.category, (time.monotonic() - started) * 1000)
+                failure = error
+            finally:
+                if self.audit is not None:
+                    self.audit(self.audit_record(name, params.arguments, ctx.request, started, result, failure))
+            elapsed_ms = (time.monotonic() - started) * 1000
+            if failure is not None:
+                log.info("tool %s -> %s (%.0f ms)", name, failure.category, elapsed_ms)
                 return mcp_types.CallToolResult(
-                    content=[mcp_types.TextContent(type="text", text=f"{error.category}: {error.message}")],
-                    structured_content={"error": {"category": error.category, "message": error.message}},
+                    content=[mcp_types.TextContent(type="text", text=f"{failure.category}: {failure.message}")],
+                    structured_content={"error": {"category": failure.category, "message": failure.message}},
                     is_error=True)
-            log.debug("tool %s ok (%.0f ms)", name, (time.monotonic() - started) * 1000)
+            log.debug("tool %s ok (%.0f ms)", name, elapsed_ms)
             text = json.dumps(result, separators=(",", ":"), default=str)
             return mcp_types.CallToolResult(content=[mcp_types.TextContent(type="text", text=text)],
                                             structured_content=result)
@@ -1965,7 +2159,7 @@ class DockerMCP:
 
 
 # ---------------------------------------------------------------------------------------------
-# 6. Access control
+# 6. Access control: API keys, principals, client IPs, the audit log, signed requests
 # ---------------------------------------------------------------------------------------------
 
 
@@ -1978,9 +2172,11 @@ class Principal:
     """Who is calling: what roles, rate limits and the audit log key on."""
 
     client_id: str
-    kind: str  # "stdio", "anonymous", "mtls", "api_key"
+    kind: str  # "stdio", "anonymous", "mtls", "api_key", "ssh"
     role: Role | None = None
     key_hash: str | None = None
+    rate_limit_rpm: int | None = None
+    rate_limit_burst: int | None = None
 
 
 @dataclasses.dataclass
@@ -2016,6 +2212,770 @@ def certificate_principal(peer_cert: Mapping[str, Any] | None) -> str | None:
         if key == "commonName":
             return str(value)
     return str(fields[0][1]) if fields else None
+
+
+def default_state_path(name: str) -> str:
+    return os.path.join(os.path.expanduser("~"), ".mcp-docker", name)
+
+
+def write_private_file(path: str, data: bytes) -> None:
+    """Replace ``path`` atomically (temp file, fsync, rename) with mode 600; never half-written."""
+    import tempfile
+
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    handle, temp_path = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        os.fchmod(handle, 0o600)
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temp_path, path)
+        with contextlib.suppress(OSError):  # make the rename itself durable
+            dir_fd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp_path)
+        raise
+
+
+def private_file_problem(path: str) -> str | None:
+    """Why a secret-bearing file is unsafe to trust (readable by others, or someone else's), or None."""
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror}"
+    if info.st_mode & 0o077:
+        return f"{path} is readable by other users (mode {info.st_mode & 0o777:o}); run: chmod 600 {path}"
+    if hasattr(os, "getuid") and info.st_uid not in (os.getuid(), 0):
+        return f"{path} belongs to another user (uid {info.st_uid})"
+    return None
+
+
+# -- API keys ------------------------------------------------------------------------------------
+
+API_KEY_PREFIX = "sk-"
+MAX_PRESENTED_KEY_LENGTH = 256
+
+
+def generate_api_key() -> str:
+    import secrets
+
+    return API_KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_api_key(key: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def parse_duration(text: str) -> _dt.timedelta:
+    """``90d``, ``12h``, ``30m``, ``2w`` -> timedelta."""
+    match = re.fullmatch(r"\s*(\d{1,6})\s*([mhdw])\s*", text.lower())
+    if not match:
+        raise ConfigError(f"{text[:20]!r} is not a duration like 90d, 12h, 30m or 2w")
+    number, unit = int(match.group(1)), match.group(2)
+    return _dt.timedelta(**{"m": {"minutes": number}, "h": {"hours": number},
+                            "d": {"days": number}, "w": {"weeks": number}}[unit])
+
+
+def utc_now() -> _dt.datetime:
+    return _dt.datetime.now(_dt.UTC)
+
+
+def parse_timestamp(value: Any, field: str) -> _dt.datetime | None:
+    if value in (None, ""):
+        return None
+    try:
+        stamp = _dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"{field}: {str(value)[:40]!r} is not an ISO 8601 time") from None
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=_dt.UTC)
+
+
+def format_timestamp(value: _dt.datetime | None) -> str | None:
+    return value.astimezone(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if value else None
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyEntry:
+    client_id: str
+    key_hash: str | None  # SHA-256 hex; None for an mTLS-only entry
+    enabled: bool = True
+    description: str = ""
+    created_at: _dt.datetime | None = None
+    expires_at: _dt.datetime | None = None
+    revoked_at: _dt.datetime | None = None
+    role: Role | None = None
+    rate_limit_rpm: int | None = None
+    rate_limit_burst: int | None = None
+    mtls: bool = False  # this entry gives a role to the mTLS principal with this client id
+
+    def principal(self, kind: str) -> Principal:
+        return Principal(client_id=self.client_id, kind=kind, role=self.role, key_hash=self.key_hash,
+                         rate_limit_rpm=self.rate_limit_rpm, rate_limit_burst=self.rate_limit_burst)
+
+
+def _parse_role(raw: Any, where: str) -> Role | None:
+    if raw in (None, {}):
+        return None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: role must be an object")
+    unknown = set(raw) - {"max_tier", "allowed_tools", "denied_tools"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown role field {sorted(unknown)[0]!r}")
+    try:
+        tier = Tier(raw.get("max_tier", "destructive"))
+    except ValueError:
+        raise ConfigError(f"{where}: max_tier must be safe, moderate or destructive") from None
+    lists = {}
+    for field in ("allowed_tools", "denied_tools"):
+        value = raw.get(field, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}: {field} must be a list of tool names")
+        lists[field] = tuple(value)
+    return Role(max_tier=tier, **lists)
+
+
+def parse_keys_document(text: str) -> tuple[list[KeyEntry], list[str]]:
+    """The keys file -> entries and warnings. Raises ConfigError on anything it cannot trust."""
+    try:
+        document = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"keys file is not valid JSON (line {getattr(exc, 'lineno', '?')})") from None
+    raw_entries = document.get("keys", document.get("clients")) if isinstance(document, dict) else document
+    if not isinstance(raw_entries, list):
+        raise ConfigError('keys file must be {"keys": [...]}')
+    entries: list[KeyEntry] = []
+    warnings: list[str] = []
+    seen: set[str] = set()
+    for index, raw in enumerate(raw_entries):
+        where = f"keys[{index}]"
+        if not isinstance(raw, dict) or not isinstance(raw.get("client_id"), str) or not raw["client_id"]:
+            raise ConfigError(f"{where}: each entry needs a client_id")
+        client_id = raw["client_id"]
+        if not re.fullmatch(r"[A-Za-z0-9_.@:+-]{1,128}", client_id):
+            raise ConfigError(f"{where}: client_id has characters outside A-Z a-z 0-9 _ . @ : + -")
+        key_hash = raw.get("key_hash")
+        if isinstance(raw.get("api_key"), str):  # the seed's plaintext format
+            key_hash = hash_api_key(raw["api_key"])
+            warnings.append(f"client {client_id!r} has a plaintext api_key; run `mcp-docker keys migrate` to "
+                            "store only its hash")
+        mtls = bool(raw.get("mtls", False))
+        if key_hash is None and not mtls:
+            raise ConfigError(f"{where}: needs key_hash (or mtls: true)")
+        if key_hash is not None and not (isinstance(key_hash, str) and re.fullmatch(r"[0-9a-f]{64}", key_hash)):
+            raise ConfigError(f"{where}: key_hash must be 64 lower-case hex digits (SHA-256)")
+        limits = {}
+        for field in ("rate_limit_rpm", "rate_limit_burst"):
+            value = raw.get(field)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ConfigError(f"{where}: {field} must be a positive whole number")
+            limits[field] = value
+        key = (client_id, mtls)
+        if f"{key}" in seen:
+            raise ConfigError(f"{where}: client_id {client_id!r} appears twice")
+        seen.add(f"{key}")
+        entries.append(KeyEntry(
+            client_id=client_id, key_hash=key_hash, enabled=raw.get("enabled", True) is True,
+            description=str(raw.get("description", ""))[:500],
+            created_at=parse_timestamp(raw.get("created_at"), f"{where}.created_at"),
+            expires_at=parse_timestamp(raw.get("expires_at"), f"{where}.expires_at"),
+            revoked_at=parse_timestamp(raw.get("revoked_at"), f"{where}.revoked_at"),
+            role=_parse_role(raw.get("role"), f"{where}.role"), mtls=mtls, **limits))
+    return entries, warnings
+
+
+def keys_document(entries: list[KeyEntry]) -> bytes:
+    out = []
+    for entry in entries:
+        item: dict[str, Any] = {"client_id": entry.client_id}
+        if entry.key_hash:
+            item["key_hash"] = entry.key_hash
+        if entry.mtls:
+            item["mtls"] = True
+        item.update(enabled=entry.enabled, description=entry.description,
+                    created_at=format_timestamp(entry.created_at), expires_at=format_timestamp(entry.expires_at))
+        if entry.revoked_at:
+            item["revoked_at"] = format_timestamp(entry.revoked_at)
+        if entry.role:
+            item["role"] = {"max_tier": entry.role.max_tier.value, "allowed_tools": list(entry.role.allowed_tools),
+                            "denied_tools": list(entry.role.denied_tools)}
+        for field in ("rate_limit_rpm", "rate_limit_burst"):
+            if getattr(entry, field) is not None:
+                item[field] = getattr(entry, field)
+        out.append(item)
+    return (json.dumps({"version": 1, "keys": out}, indent=2) + "\n").encode()
+
+
+def check_key(entries: list[KeyEntry], presented: str | None, now: _dt.datetime) -> tuple[KeyEntry | None, str]:
+    """Find the entry for a presented key, comparing against every hash so timing says nothing.
+
+    Returns (entry, "ok") or (None, reason) where reason tells the audit log what went wrong.
+    """
+    import hmac
+
+    if not presented:
+        return None, "missing"
+    if len(presented) > MAX_PRESENTED_KEY_LENGTH:
+        return None, "malformed"
+    digest = hash_api_key(presented)
+    found: KeyEntry | None = None
+    for entry in entries:
+        if entry.key_hash is not None and hmac.compare_digest(entry.key_hash, digest) and found is None:
+            found = entry
+    if found is None:
+        return None, "unknown"
+    if not found.enabled or found.revoked_at is not None:
+        return None, "disabled"
+    if found.expires_at is not None and found.expires_at <= now:
+        return None, "expired"
+    return found, "ok"
+
+
+def presented_key(headers: Mapping[str, str]) -> str | None:
+    """The API key from ``Authorization: Bearer`` or ``X-MCP-API-Key`` (never from the query string)."""
+    authorization = headers.get("authorization", "")
+    scheme, _, value = authorization.strip().partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    api_key = headers.get("x-mcp-api-key", "").strip()
+    return api_key or None
+
+
+class KeyStore:
+    """The keys file, reloaded when it changes; a file that turns bad keeps the last good keys."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.entries: list[KeyEntry] = []
+        self.signature: tuple[float, int, int] | None = None
+        self.ephemeral = False
+
+    def load(self) -> list[str]:
+        problem = private_file_problem(self.path)
+        if problem:
+            raise StartupError(f"refusing the keys file: {problem}")
+        with open(self.path, encoding="utf-8") as handle:
+            entries, warnings = parse_keys_document(handle.read())
+        self.entries = entries
+        self.signature = self._stat()
+        return warnings
+
+    def _stat(self) -> tuple[float, int, int] | None:
+        try:
+            info = os.stat(self.path)
+        except OSError:
+            return None
+        return (info.st_mtime, info.st_size, info.st_ino)
+
+    def refresh(self) -> str | None:
+        """Reload if the file changed. Returns "reloaded", an error text, or None when unchanged."""
+        if self.ephemeral:
+            return None
+        signature = self._stat()
+        if signature == self.signature:
+            return None
+        self.signature = signature
+        try:
+            problem = private_file_problem(self.path)
+            if problem:
+                raise ConfigError(problem)
+            with open(self.path, encoding="utf-8") as handle:
+                entries, warnings = parse_keys_document(handle.read())
+        except (ConfigError, OSError, UnicodeDecodeError) as exc:
+            log.error("keys file reload failed, keeping the %d keys loaded before: %s", len(self.entries), exc)
+            return f"error: {exc}"
+        for warning in warnings:
+            log.warning("%s", warning)
+        self.entries = entries
+        log.info("keys file reloaded: %d entries", len(entries))
+        return "reloaded"
+
+    def mtls_entry(self, client_id: str) -> KeyEntry | None:
+        return next((e for e in self.entries if e.mtls and e.client_id == client_id), None)
+
+
+class KeysFileEditor:
+    """Read-modify-write of the keys file under an exclusive lock, for the CLI's key commands."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __enter__(self) -> KeysFileEditor:
+        import fcntl
+
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), mode=0o700, exist_ok=True)
+        self._lock = os.open(self.path + ".lock", os.O_CREAT | os.O_RDWR, 0o600)
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
+        self.entries: list[KeyEntry] = []
+        if os.path.exists(self.path):
+            problem = private_file_problem(self.path)
+            if problem:
+                self._unlock()
+                raise ConfigError(problem)
+            with open(self.path, encoding="utf-8") as handle:
+                try:
+                    self.entries, _ = parse_keys_document(handle.read())
+                except ConfigError:
+                    self._unlock()
+                    raise
+        return self
+
+    def save(self) -> None:
+        write_private_file(self.path, keys_document(self.entries))
+
+    def _unlock(self) -> None:
+        import fcntl
+
+        fcntl.flock(self._lock, fcntl.LOCK_UN)
+        os.close(self._lock)
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._unlock()
+
+
+# -- client addresses ----------------------------------------------------------------------------
+
+
+def resolve_client_ip(peer_ip: str, forwarded_for: str | None, trusted_proxies: tuple[str, ...]) -> str:
+    """The client's address: X-Forwarded-For is believed only from trusted proxies, right to left."""
+    import ipaddress
+
+    networks = [ipaddress.ip_network(n) for n in trusted_proxies]
+
+    def trusted(address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in networks)
+
+    if not forwarded_for or not trusted(peer_ip):
+        return peer_ip
+    hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
+    client = peer_ip
+    for hop in reversed(hops):
+        try:
+            ipaddress.ip_address(hop)
+        except ValueError:
+            return client  # garbage in the header: stop at the last address we could trust
+        client = hop
+        if not trusted(hop):
+            return hop
+    return client
+
+
+def ip_allowed(address: str, allowed: tuple[str, ...]) -> bool:
+    import ipaddress
+
+    if not allowed:
+        return True
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if ip.version == 6 and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return any(ip in ipaddress.ip_network(network) for network in allowed)
+
+
+# -- the audit log --------------------------------------------------------------------------------
+
+AUDIT_GENESIS = "0" * 64
+
+
+def audit_line(record: Mapping[str, Any], seq: int, previous_hash: str) -> tuple[bytes, str]:
+    """One audit line: the record, its sequence number, the previous line's hash and its own."""
+    import hashlib
+
+    body = {"seq": seq, "timestamp": _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds"),
+            **record, "prev_hash": previous_hash}
+    canonical = json.dumps(body, separators=(",", ":"), sort_keys=True, default=str)
+    line_hash = hashlib.sha256(canonical.encode()).hexdigest()
+    return (canonical[:-1] + f',"hash":"{line_hash}"}}\n').encode(), line_hash
+
+
+def verify_audit_lines(lines: list[bytes], previous_hash: str | None = None,
+                       previous_seq: int | None = None) -> list[str]:
+    """Problems in a run of audit lines: edited, removed, reordered or malformed lines (empty = intact)."""
+    import hashlib
+
+    problems: list[str] = []
+    for number, raw in enumerate(lines, start=1):
+        try:
+            record = json.loads(raw)
+            claimed = record.pop("hash")
+        except (ValueError, KeyError, AttributeError, TypeError):
+            problems.append(f"line {number}: not a complete audit record")
+            previous_hash, previous_seq = None, None
+            continue
+        canonical = json.dumps(record, separators=(",", ":"), sort_keys=True, default=str)
+        if hashlib.sha256(canonical.encode()).hexdigest() != claimed:
+            problems.append(f"line {number}: content was edited (its hash does not match)")
+        if previous_hash is not None and record.get("prev_hash") != previous_hash:
+            problems.append(f"line {number}: does not follow the line before it (a line was removed, "
+                            "inserted or reordered)")
+        if previous_seq is not None and record.get("seq") != previous_seq + 1:
+            problems.append(f"line {number}: sequence {record.get('seq')} after {previous_seq}")
+        previous_hash, previous_seq = claimed, record.get("seq")
+    return problems
+
+
+class AuditLog:
+    """Append-only JSON lines, hash-chained, mode 600, rotated by size, safe across threads and processes.
+
+    A write that fails marks the log unhealthy; tool calls are then refused (fail closed) until a
+    write succeeds again.
+    """
+
+    def __init__(self, path: str, max_bytes: int, backups: int):
+        import threading
+
+        self.path, self.max_bytes, self.backups = path, max_bytes, backups
+        self.lock = threading.Lock()
+        self.healthy = True
+        self.last_error: str | None = None
+
+    def _tail(self, fd: int) -> tuple[str, int]:
+        """The hash and sequence of the file's last complete line (genesis for an empty file)."""
+        size = os.fstat(fd).st_size
+        if size == 0:
+            return AUDIT_GENESIS, 0
+        chunk = os.pread(fd, min(size, 65536), max(0, size - 65536))
+        for raw in reversed(chunk.split(b"\n")):
+            if raw.strip():
+                try:
+                    record = json.loads(raw)
+                    return record["hash"], int(record["seq"])
+                except (ValueError, KeyError, TypeError):
+                    break
+        return AUDIT_GENESIS, 0  # the tail is damaged: start a new chain that `audit verify` will show
+
+    def write(self, record: Mapping[str, Any]) -> bool:
+        import fcntl
+
+        with self.lock:
+            try:
+                os.makedirs(os.path.dirname(os.path.abspath(self.path)), mode=0o700, exist_ok=True)
+                fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)  # other processes writing the same file wait their turn
+                    if os.fstat(fd).st_size >= self.max_bytes:
+                        fd = self._rotate(fd)
+                    previous_hash, seq = self._tail(fd)
+                    line, _ = audit_line(record, seq + 1, previous_hash)
+                    written = os.write(fd, line)
+                    if written != len(line):
+                        raise OSError("short write")
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                if self.healthy:
+                    log.error("audit log write failed (%s); refusing tool calls until it works", exc.strerror or exc)
+                self.healthy, self.last_error = False, str(exc.strerror or exc)
+                return False
+            if not self.healthy:
+                log.warning("audit log writable again")
+            self.healthy, self.last_error = True, None
+            return True
+
+    def _rotate(self, fd: int) -> int:
+        """Shift path -> path.1 -> path.2 ...; the new file's chain continues from the old file's end."""
+        import fcntl
+
+        previous_hash, seq = self._tail(fd)
+        for index in range(self.backups - 1, 0, -1):
+            if os.path.exists(f"{self.path}.{index}"):
+                os.replace(f"{self.path}.{index}", f"{self.path}.{index + 1}")
+        os.replace(self.path, f"{self.path}.1")
+        os.close(fd)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        line, _ = audit_line({"event_type": "audit_rotated", "previous_file": os.path.basename(self.path) + ".1"},
+                             seq + 1, previous_hash)
+        os.write(fd, line)
+        return fd
+
+    def probe(self) -> bool:
+        """Whether the log can be written now (used before refusing or admitting tool calls)."""
+        if self.healthy:
+            return True
+        return self.write({"event_type": "audit_recovered", "error_before": self.last_error})
+
+
+# -- signed requests (SSH keys) --------------------------------------------------------------------
+
+SIGNATURE_WINDOW_SECONDS = 60
+SIGNATURE_SCHEME = "MCP-SSH-Signature"
+
+
+def signature_payload(method: str, path: str, timestamp: str, nonce: str, body: bytes) -> bytes:
+    """What a client signs: method, path, time, nonce and the body's SHA-256, one per line."""
+    import hashlib
+
+    return "\n".join([method.upper(), path, timestamp, nonce, hashlib.sha256(body).hexdigest()]).encode()
+
+
+def parse_signature_header(value: str) -> dict[str, str] | None:
+    scheme, _, rest = value.strip().partition(" ")
+    if scheme != SIGNATURE_SCHEME:
+        return None
+    fields = dict(re.findall(r'(\w+)="([^"]{0,2048})"', rest))
+    return fields if {"keyid", "ts", "nonce", "sig"} <= set(fields) else None
+
+
+def ssh_key_fingerprint(public_key: Any) -> str:
+    import base64
+    import hashlib
+
+    from cryptography.hazmat.primitives import serialization
+
+    blob = public_key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).split()[1]
+    digest = hashlib.sha256(base64.b64decode(blob)).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def load_authorized_keys(path: str) -> dict[str, tuple[str, Any]]:
+    """OpenSSH public key lines -> {fingerprint: (client_id from the comment, key)}."""
+    from cryptography.hazmat.primitives.serialization import load_ssh_public_key
+
+    keys: dict[str, tuple[str, Any]] = {}
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            parts = line.strip().split()
+            if not parts or parts[0].startswith("#"):
+                continue
+            try:
+                key = load_ssh_public_key(" ".join(parts[:2]).encode())
+            except (ValueError, IndexError, TypeError):
+                raise ConfigError(f"{path} line {number}: not an ssh-ed25519/ecdsa/rsa public key") from None
+            client_id = parts[2] if len(parts) > 2 else f"ssh-key-{number}"
+            keys[ssh_key_fingerprint(key)] = (client_id, key)
+    return keys
+
+
+def verify_ssh_signature(public_key: Any, signature: bytes, payload: bytes) -> bool:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+
+    try:
+        if isinstance(public_key, ed25519.Ed25519PublicKey):
+            public_key.verify(signature, payload)
+        elif isinstance(public_key, ec.EllipticCurvePublicKey):
+            public_key.verify(signature, payload, ec.ECDSA(hashes.SHA256()))
+        elif isinstance(public_key, rsa.RSAPublicKey):
+            if public_key.key_size < 2048:
+                return False
+            public_key.verify(signature, payload, padding.PKCS1v15(), hashes.SHA256())
+        else:
+            return False
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def sign_request(private_key: Any, method: str, path: str, body: bytes, now: float | None = None) -> str:
+    """The header value a client sends; the CLI's ``sign-request`` prints it."""
+    import base64
+    import secrets
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+
+    timestamp, nonce = str(int(now if now is not None else time.time())), secrets.token_urlsafe(16)
+    payload = signature_payload(method, path, timestamp, nonce, body)
+    if isinstance(private_key, ed25519.Ed25519PrivateKey):
+        signature = private_key.sign(payload)
+    elif isinstance(private_key, ec.EllipticCurvePrivateKey):
+        signature = private_key.sign(payload, ec.ECDSA(hashes.SHA256()))
+    elif isinstance(private_key, rsa.RSAPrivateKey):
+        signature = private_key.sign(payload, padding.PKCS1v15(), hashes.SHA256())
+    else:
+        raise ConfigError("only ed25519, ecdsa and rsa keys can sign")
+    keyid = ssh_key_fingerprint(private_key.public_key())
+    return (f'{SIGNATURE_SCHEME} keyid="{keyid}", ts="{timestamp}", nonce="{nonce}", '
+            f'sig="{base64.b64encode(signature).decode()}"')
+
+
+class NonceCache:
+    """Nonces seen within the signature window, so a captured header cannot be replayed."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, float] = {}
+
+    def fresh(self, nonce: str, now: float) -> bool:
+        if len(self.seen) > 10_000:
+            self.seen = {n: t for n, t in self.seen.items() if now - t < 2 * SIGNATURE_WINDOW_SECONDS}
+        if nonce in self.seen and now - self.seen[nonce] < 2 * SIGNATURE_WINDOW_SECONDS:
+            return False
+        self.seen[nonce] = now
+        return True
+
+
+@dataclasses.dataclass(frozen=True)
+class Refusal:
+    """Access control's "no", which the transport turns into an HTTP response."""
+
+    status: int
+    message: str
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+class AccessControl:
+    """Everything the HTTP layer decides about a request before MCP sees it.
+
+    Requests are duck-typed (``method``, ``path``, ``headers``, ``body``, ``peer_cert_principal``),
+    so this section needs nothing from the transports below it.
+    """
+
+    UNAUTHORIZED = Refusal(401, "Unauthorized", (("www-authenticate", 'Bearer error="invalid_token"'),))
+
+    def __init__(self, settings: Settings, audit: AuditLog | None):
+        self.settings = settings
+        self.audit = audit
+        self.keys: KeyStore | None = None
+        self.ssh_keys: dict[str, tuple[str, Any]] = {}
+        self.nonces = NonceCache()
+        self.failures = RateLimiter(settings.auth_failure_limit, settings.auth_failure_limit)
+        self.calls = RateLimiter(settings.rate_limit_rpm, settings.rate_limit_burst, settings.rate_limit_concurrent)
+        self.ephemeral_key: str | None = None
+
+    def setup(self, bound_host: str, tls: bool, mtls: bool) -> None:
+        """Apply the start-up rules; raise StartupError with the reason when the server must not start."""
+        settings = self.settings
+        loopback = is_loopback(bound_host)
+        if not settings.auth_enabled and not loopback:
+            raise StartupError(f"refusing to serve {bound_host} without authentication; use API keys "
+                               "(mcp-docker genkey) or mTLS")
+        if not tls and not loopback:
+            if not settings.allow_insecure_http:
+                raise StartupError(f"refusing plain HTTP on {bound_host}: keys would cross the network in clear; "
+                                   "use --tls-cert/--tls-key (mcp-docker gencert) or --allow-insecure-http")
+            log.warning("!!! INSECURE: plain HTTP on %s; API keys and tool output travel unencrypted !!!", bound_host)
+        if settings.ssh_authorized_keys:
+            problem = private_file_problem(settings.ssh_authorized_keys)
+            if problem and "readable by other users" not in problem:  # public keys may be world-readable
+                raise StartupError(problem)
+            try:
+                self.ssh_keys = load_authorized_keys(settings.ssh_authorized_keys)
+            except (ConfigError, OSError) as exc:
+                raise StartupError(str(exc)) from None
+        if not settings.auth_enabled:
+            log.warning("authentication is OFF (loopback only): every local process can use this server")
+            return
+        path = settings.api_keys_file or default_state_path("api_keys.json")
+        self.keys = KeyStore(path)
+        if os.path.exists(path):
+            try:
+                for warning in self.keys.load():
+                    log.warning("%s", warning)
+            except ConfigError as exc:
+                raise StartupError(f"keys file {path}: {exc}") from None
+            except OSError as exc:
+                raise StartupError(f"keys file {path}: {exc.strerror}") from None
+            log.info("loaded %d API keys from %s", len(self.keys.entries), path)
+        elif mtls or self.ssh_keys:
+            log.info("no keys file: clients authenticate with %s", "certificates" if mtls else "SSH signatures")
+        elif loopback:
+            self.ephemeral_key = generate_api_key()
+            self.keys.entries = [KeyEntry(client_id="local", key_hash=hash_api_key(self.ephemeral_key),
+                                          description="ephemeral key for this run", created_at=utc_now())]
+            self.keys.ephemeral = True
+        else:
+            raise StartupError(f"refusing to serve {bound_host}: no keys file at {path}; create one with "
+                               "`mcp-docker genkey --client-id NAME`")
+
+    def record(self, event_type: str, **fields: Any) -> None:
+        if self.audit is not None:
+            self.audit.write({"event_type": event_type, **fields})
+
+    def authenticate(self, request: Any, client_ip: str) -> Principal | Refusal:
+        """One principal, or the response that refuses the request (401/403/429)."""
+        now = time.monotonic()
+        if not ip_allowed(client_ip, self.settings.allowed_client_ips):
+            self.record("auth_failure", client_ip=client_ip, reason="ip_not_allowed", path=request.path)
+            return Refusal(403, "Forbidden")
+        if request.peer_cert_principal:  # the TLS layer verified the certificate against the client CA
+            entry = self.keys.mtls_entry(request.peer_cert_principal) if self.keys else None
+            return entry.principal("mtls") if entry else Principal(request.peer_cert_principal, "mtls")
+        if self.settings.tls_client_ca:
+            self.record("auth_failure", client_ip=client_ip, reason="no_client_certificate", path=request.path)
+            return self.UNAUTHORIZED
+        if not self.settings.auth_enabled:
+            return Principal(client_id="anonymous", kind="anonymous")
+        blocked = self.failures.buckets.get(client_ip)
+        if blocked is not None and blocked.tokens < 1 and self.failures.check(client_ip, now):
+            self.record("rate_limit_exceeded", client_ip=client_ip, reason="auth_failures", path=request.path)
+            return Refusal(429, "Too many failed authentications", (("retry-after", "60"),))
+        signature = parse_signature_header(request.headers.get("authorization", ""))
+        if signature is not None:
+            principal, reason = self._check_signature(request, signature)
+        else:
+            entry, reason = check_key(self.keys.entries if self.keys else [], presented_key(request.headers),
+                                      utc_now())
+            principal = entry.principal("api_key") if entry else None
+        if principal is None:
+            self.failures.check(client_ip, now)  # spend one of this address's failure tokens
+            self.record("auth_failure", client_ip=client_ip, reason=reason, path=request.path)
+            return self.UNAUTHORIZED
+        return principal
+
+    def _check_signature(self, request: Any, fields: dict[str, str]) -> tuple[Principal | None, str]:
+        import base64
+        import binascii
+
+        known = self.ssh_keys.get(fields["keyid"])
+        if known is None:
+            return None, "unknown_ssh_key"
+        try:
+            stamp = int(fields["ts"])
+            signature = base64.b64decode(fields["sig"], validate=True)
+        except (ValueError, binascii.Error):
+            return None, "malformed_signature"
+        now = time.time()
+        if abs(now - stamp) > SIGNATURE_WINDOW_SECONDS:
+            return None, "signature_expired"
+        payload = signature_payload(request.method, request.path, fields["ts"], fields["nonce"], request.body)
+        if not verify_ssh_signature(known[1], signature, payload):
+            return None, "bad_signature"
+        if not self.nonces.fresh(fields["nonce"], now):
+            return None, "replayed_nonce"
+        client_id = known[0]
+        entry = next((e for e in self.keys.entries if e.client_id == client_id), None) if self.keys else None
+        role = entry.role if entry else None
+        return Principal(client_id=client_id, kind="ssh", role=role, key_hash=fields["keyid"]), "ok"
+
+    def admit_tool_call(self, principal: Principal, client_ip: str) -> Refusal | None:
+        """The per-principal token bucket and concurrency limit, before a tools/call reaches MCP."""
+        if not self.settings.rate_limit_enabled:
+            return None
+        wait = self.calls.check(principal.client_id, time.monotonic(), principal.rate_limit_rpm,
+                                principal.rate_limit_burst)
+        if wait:
+            self.record("rate_limit_exceeded", client_id=principal.client_id, client_ip=client_ip, reason="rate")
+            return Refusal(429, "Too Many Requests: tool call rate exceeded",
+                           (("retry-after", str(max(1, int(wait + 0.999)))),))
+        if not self.calls.acquire(principal.client_id):
+            self.record("rate_limit_exceeded", client_id=principal.client_id, client_ip=client_ip,
+                        reason="concurrency")
+            return Refusal(429, "Too Many Requests: too many tool calls running at once", (("retry-after", "1"),))
+        return None
+
+    def still_valid(self, principal: Principal) -> bool:
+        """After a keys reload: does this principal's key still open the door?"""
+        if principal.kind != "api_key" or self.keys is None:
+            return True
+        return any(e.key_hash == principal.key_hash and e.enabled and e.revoked_at is None and
+                   (e.expires_at is None or e.expires_at > utc_now()) for e in self.keys.entries)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -2178,6 +3138,9 @@ class McpChannel:
         self.closed = False
         self.task: asyncio.Task[None] | None = None
         self.protocol_version: str | None = None
+        self.calls: dict[Any, str] = {}  # tools/call request id -> client id, while the call runs
+        self.release_call: Callable[[str], None] | None = None
+        self.stream_end: Callable[[], None] = lambda: None
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._run())
@@ -2188,6 +3151,11 @@ class McpChannel:
 
         async def pump() -> None:
             async for message in self.from_server:
+                request_id = getattr(message.message, "id", None)
+                if request_id in self.calls and not hasattr(message.message, "method"):
+                    client_id = self.calls.pop(request_id)
+                    if self.release_call:
+                        self.release_call(client_id)
                 self.deliver(message)
 
         try:
@@ -2210,6 +3178,10 @@ class McpChannel:
     async def close(self) -> None:
         self.closed = True
         self.to_server.close()
+        if self.release_call:  # calls cut off by the close still free their slots
+            for client_id in self.calls.values():
+                self.release_call(client_id)
+        self.calls.clear()
         if self.task:
             try:
                 await asyncio.wait_for(self.task, 5)
@@ -2329,7 +3301,9 @@ def build_ssl_context(settings: Settings) -> Any:
             context.load_verify_locations(settings.tls_client_ca)
         except (OSError, ssl.SSLError) as exc:
             raise StartupError(f"client CA file cannot be used ({type(exc).__name__})") from None
-        context.verify_mode = ssl.CERT_REQUIRED
+        # OPTIONAL, not REQUIRED: a presented certificate must still verify, but /healthz stays reachable
+        # without one; every other path refuses a client that has none (AccessControl.authenticate).
+        context.verify_mode = ssl.CERT_OPTIONAL
     return context
 
 
@@ -2341,15 +3315,14 @@ class HttpServer:
     requests and legacy SSE sessions all end in the SDK's server, which runs the tool registry.
     """
 
-    def __init__(self, app: DockerMCP, settings: Settings):
-        self.app, self.settings = app, settings
+    def __init__(self, app: DockerMCP, settings: Settings, audit: AuditLog | None = None):
+        self.app, self.settings, self.audit = app, settings, audit
         self.tls = settings.tls_enabled or bool(settings.tls_cert or settings.tls_key)
         if settings.tls_client_ca and not self.tls:
             raise StartupError("--tls-client-ca needs TLS (--tls-cert and --tls-key)")
         self.ssl_context = build_ssl_context(settings) if self.tls else None
-        if not is_loopback(settings.host):
-            raise StartupError(f"refusing to bind {settings.host}: without authentication (API keys) only "
-                               "loopback addresses may be used")
+        self.access = AccessControl(settings, audit)
+        self.access.setup(settings.host, self.tls, bool(settings.tls_client_ca))
         self.server = app.build_server()
         self.init_options = self.server.create_initialization_options()
         self.sessions: dict[str, StreamableSession] = {}
@@ -2394,8 +3367,17 @@ class HttpServer:
         self._hosts, self._origins = self.allowed_hosts(), self.allowed_origins()
         scheme = "https" if self.tls else "http"
         host = f"[{self.settings.host}]" if ":" in self.settings.host else self.settings.host
-        print(f"mcp-docker listening on {scheme}://{host}:{self.bound_port}/mcp", file=sys.stderr, flush=True)
+        url = f"{scheme}://{host}:{self.bound_port}/mcp"
+        print(f"mcp-docker listening on {url}", file=sys.stderr, flush=True)
+        if self.access.ephemeral_key:
+            print(f"No keys file, so this run accepts one ephemeral API key (shown once):\n"
+                  f"  {self.access.ephemeral_key}\n"
+                  f"Connect with: claude mcp add --transport http docker {url} "
+                  f"--header \"Authorization: Bearer {self.access.ephemeral_key}\"", file=sys.stderr, flush=True)
+        self.access.record("server_start", transport="http", address=url, tls=self.tls,
+                           mtls=bool(self.settings.tls_client_ca), version=__version__)
         reaper = loop.create_task(self._reap_idle_sessions())
+        reloader = loop.create_task(self._watch_keys())
         await stop.wait()
         log.info("shutting down: no new connections; %d calls in flight", self.app.in_flight)
         self.shutting_down = True
@@ -2404,6 +3386,8 @@ class HttpServer:
         while self.app.in_flight and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         reaper.cancel()
+        reloader.cancel()
+        self.access.record("server_stop", transport="http")
         for channel in [s.channel for s in self.sessions.values() if s.channel] + list(self.sse_sessions.values()):
             await channel.close()
         for stream in [st for s in self.sessions.values() for st in s.streams.values()]:
@@ -2423,12 +3407,35 @@ class HttpServer:
                 if session.channel and session.channel.last_active < cutoff and \
                         not any(s.attached for s in session.streams.values()):
                     log.info("session %s expired after idling", session_id[:8])
-                    await self._end_session(session_id)
+                    await self._end_session(session_id, reason="idle")
 
-    async def _end_session(self, session_id: str) -> None:
+    async def _watch_keys(self) -> None:
+        """Hot reload: a changed keys file takes effect within a second; revoked keys lose their sessions."""
+        while self.access.keys is not None:
+            await asyncio.sleep(1.0)
+            outcome = self.access.keys.refresh()
+            if outcome is None:
+                continue
+            self.access.record("key_reload", status="ok" if outcome == "reloaded" else "error",
+                               keys=len(self.access.keys.entries),
+                               error=None if outcome == "reloaded" else outcome[:200])
+            for session_id, session in list(self.sessions.items()):
+                if session.channel and not self.access.still_valid(session.channel.principal):
+                    log.info("session %s ended: its key is no longer valid", session_id[:8])
+                    await self._end_session(session_id, reason="key_revoked")
+            for session_id, channel in list(self.sse_sessions.items()):
+                if not self.access.still_valid(channel.principal):
+                    self.sse_sessions.pop(session_id, None)
+                    channel.stream_end()
+                    await channel.close()
+
+    async def _end_session(self, session_id: str, reason: str = "ended") -> None:
         session = self.sessions.pop(session_id, None)
         if session is None:
             return
+        if session.channel:
+            self.access.record("session_end", client_id=session.channel.principal.client_id,
+                               session=session_id[:8], reason=reason)
         for stream in session.streams.values():
             stream.finish()
         if session.channel:
@@ -2643,10 +3650,12 @@ class HttpServer:
             if request.method not in ("GET", "HEAD"):
                 return HttpResponse(405, [("allow", "GET, HEAD")])
             return json_response(200, {"status": "ok"})
-        principal = self.authenticate(request)
-        if isinstance(principal, HttpResponse):
-            return principal
-        info = RequestInfo(principal=principal, client_ip=request.client_ip)
+        client_ip = resolve_client_ip(request.client_ip, request.headers.get("x-forwarded-for"),
+                                      self.settings.trusted_proxies)
+        principal = self.access.authenticate(request, client_ip)
+        if isinstance(principal, Refusal):
+            return rpc_error(principal.status, -32001, principal.message, headers=list(principal.headers))
+        info = RequestInfo(principal=principal, client_ip=client_ip)
         if request.path == "/mcp":
             if request.method == "POST":
                 return await self._mcp_post(request, info)
@@ -2665,10 +3674,33 @@ class HttpServer:
             return await self._legacy_sse_post(request, info)
         return rpc_error(404, -32601, "not found")
 
-    def authenticate(self, request: HttpRequest) -> Principal | HttpResponse:
-        if request.peer_cert_principal:
-            return Principal(client_id=request.peer_cert_principal, kind="mtls")
-        return Principal(client_id="anonymous", kind="anonymous")
+    def _admit_calls(self, messages: list[Any], info: RequestInfo, channel: McpChannel | None) -> HttpResponse | None:
+        """Rate limits for the tools/call requests in a POST; each admitted call holds a concurrency slot
+        until its response leaves the server."""
+        admitted = []
+        for message in messages:
+            if getattr(message, "method", None) != "tools/call" or not hasattr(message, "id"):
+                continue
+            refusal = self.access.admit_tool_call(info.principal, info.client_ip)
+            if refusal is not None:
+                for earlier in admitted:
+                    self._release_call(info.principal, channel, earlier)
+                return rpc_error(refusal.status, -32001, refusal.message, getattr(message, "id", None),
+                                 headers=list(refusal.headers))
+            admitted.append(message.id)
+            if channel is not None:
+                channel.calls[message.id] = info.principal.client_id
+        return None
+
+    def _release_call(self, principal: Principal, channel: McpChannel | None, request_id: Any) -> None:
+        if self.settings.rate_limit_enabled:
+            self.access.calls.release(principal.client_id)
+        if channel is not None:
+            channel.calls.pop(request_id, None)
+
+    def _release_slot(self, client_id: str) -> None:
+        if self.settings.rate_limit_enabled:
+            self.access.calls.release(client_id)
 
     def _stream_slot(self, principal: Principal) -> bool:
         count = self.streams_by_principal.get(principal.client_id, 0)
@@ -2761,6 +3793,9 @@ class HttpServer:
                 return rpc_error(400, -32600, "Invalid Request: JSON-RPC batches are not allowed in this "
                                               "protocol version")
         assert session.channel is not None
+        refused = self._admit_calls(requests, info, session.channel)
+        if refused is not None:
+            return refused
         if not requests:
             for message in messages:
                 await session.channel.send(message, info)
@@ -2783,7 +3818,10 @@ class HttpServer:
             return rpc_error(503, -32600, "too many sessions", headers=[("retry-after", "30")])
         session = StreamableSession(secrets.token_urlsafe(24))
         session.channel = McpChannel(self.server, self.init_options, session.id, info.principal, session.route)
+        session.channel.release_call = self._release_slot
         session.channel.start()
+        self.access.record("session_start", client_id=info.principal.client_id, client_ip=info.client_ip,
+                           session=session.id[:8], transport="streamable-http")
         self.sessions[session.id] = session
         info.session_id = session.id
         log.info("session %s started for %s from %s", session.id[:8], info.principal.client_id, info.client_ip)
@@ -2841,7 +3879,7 @@ class HttpServer:
         found = self._session_for(request, info)
         if isinstance(found, HttpResponse):
             return found
-        await self._end_session(found.id)
+        await self._end_session(found.id, reason="deleted")
         log.info("session %s ended by the client", found.id[:8])
         return HttpResponse(200)
 
@@ -2885,6 +3923,12 @@ class HttpServer:
         connection = Connection.from_envelope(verdict.protocol_version, verdict.client_info,
                                               verdict.client_capabilities)
 
+        message = mcp_types.JSONRPCRequest(jsonrpc="2.0", id=request_id, method=decoded["method"])
+        refused = self._admit_calls([message], info, None)
+        if refused is not None:
+            return refused
+        is_call = decoded["method"] == "tools/call"
+
         async def run() -> None:
             try:
                 result = await serve_one(self.server, dctx, decoded["method"], decoded.get("params"),
@@ -2892,6 +3936,9 @@ class HttpServer:
                 reply: Any = mcp_types.JSONRPCResponse(jsonrpc="2.0", id=request_id, result=result)
             except Exception as exc:
                 reply = mcp_types.JSONRPCError(jsonrpc="2.0", id=request_id, error=modern_error_data(exc))
+            finally:
+                if is_call:
+                    self._release_call(info.principal, None, request_id)
             stream.push(reply.model_dump_json(by_alias=True, exclude_none=True), response=True)
 
         task = asyncio.get_running_loop().create_task(run())
@@ -2920,18 +3967,24 @@ class HttpServer:
             stream.push(session_message.message.model_dump_json(by_alias=True, exclude_unset=True))
 
         channel = McpChannel(self.server, self.init_options, session_id, info.principal, deliver)
+        channel.release_call = self._release_slot
+        channel.stream_end = stream.finish
         response = self._stream_response(stream, info.principal,
                                          prelude=sse_event(f"/messages?session_id={session_id}", event="endpoint"))
         if response.status != 200:
             return response
         channel.start()
         self.sse_sessions[session_id] = channel
+        self.access.record("session_start", client_id=info.principal.client_id, client_ip=info.client_ip,
+                           session=session_id[:8], transport="sse")
         release_slot = response.on_close
 
         async def end_session() -> None:  # the legacy session lives exactly as long as its stream
             if release_slot:
                 release_slot()
-            self.sse_sessions.pop(session_id, None)
+            if self.sse_sessions.pop(session_id, None) is not None:
+                self.access.record("session_end", client_id=info.principal.client_id, session=session_id[:8],
+                                   reason="stream closed")
             await channel.close()
 
         response.on_close = end_session
@@ -2951,6 +4004,9 @@ class HttpServer:
         except (ValidationError, ValueError):
             return rpc_error(400, -32600, "Invalid Request: not a JSON-RPC message")
         info.session_id = channel.session_id
+        refused = self._admit_calls([message], info, channel)
+        if refused is not None:
+            return refused
         await channel.send(message, info)
         return HttpResponse(202, [("content-type", "text/plain")], b"Accepted")
 
@@ -3021,26 +4077,367 @@ def serve(**options: Any) -> None:
 
     stdio: the MCP client starts this process and talks over stdin/stdout.
     http: Streamable HTTP at /mcp (both protocol eras), legacy SSE at /sse + /messages, and
-    /healthz, on one port; TLS with --tls-cert/--tls-key, mTLS with --tls-client-ca.
+    /healthz, on one port; TLS with --tls-cert/--tls-key, mTLS with --tls-client-ca; API keys
+    from the keys file (mcp-docker genkey).
 
     No engine is needed to start; tools report 'engine_unavailable' until it answers.
     """
     settings = settings_from_cli(options)
     configure_logging(settings.log_level)
     app = DockerMCP(settings)
+    audit = None
+    if settings.audit_log_enabled:
+        audit = AuditLog(settings.audit_log_file or default_state_path("audit.log"),
+                         settings.audit_log_max_bytes, settings.audit_log_backups)
+        app.audit, app.audit_ready = audit.write, audit.probe
+    if settings.rate_limit_enabled and settings.transport == "stdio":
+        app.stdio_limiter = RateLimiter(settings.rate_limit_rpm, settings.rate_limit_burst)
     names = [spec.name for spec in app.permitted_tools()]
     log.info("mcp-docker %s serving %d tools over %s", __version__, len(names), settings.transport)
     if settings.transport == "http":
         try:
-            http = HttpServer(app, settings)
+            http = HttpServer(app, settings, audit)
+            asyncio.run(http.run())
         except StartupError as error:
             raise click.ClickException(str(error)) from None
-        asyncio.run(http.run())
         return
     import anyio
 
+    if audit:
+        audit.write({"event_type": "server_start", "transport": "stdio", "version": __version__})
     with contextlib.suppress(KeyboardInterrupt):
         anyio.run(serve_stdio, app)
+    if audit:
+        audit.write({"event_type": "server_stop", "transport": "stdio"})
+
+
+def keys_file_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--keys-file", envvar="SECURITY_API_KEYS_FILE", default=None,
+                        help="Keys file. Default ~/.mcp-docker/api_keys.json [SECURITY_API_KEYS_FILE]")(command)
+
+
+def keys_path(option: str | None) -> str:
+    return os.path.expanduser(option) if option else default_state_path("api_keys.json")
+
+
+@main.command()
+@click.option("--client-id", required=True, help="Name of the client this key is for (letters, digits, _ . @ : + -).")
+@click.option("--expires", default=None, help="Lifetime, e.g. 90d, 12h, 2w. Default: never expires.")
+@click.option("--tier", type=click.Choice(["safe", "moderate", "destructive"]), default=None,
+              help="Highest safety tier this key may use. Default: whatever the server allows.")
+@click.option("--allow-tools", default=None, help="Comma list: this key may call only these tools.")
+@click.option("--deny-tools", default=None, help="Comma list: this key may never call these tools.")
+@click.option("--rate-limit-rpm", type=click.IntRange(1), default=None, help="Tool calls per minute for this key.")
+@click.option("--description", default="", help="Free text shown by `keys list`.")
+@click.option("--force", is_flag=True, help="Replace an existing key with the same client id.")
+@keys_file_option
+def genkey(client_id: str, expires: str | None, tier: str | None, allow_tools: str | None, deny_tools: str | None,
+           rate_limit_rpm: int | None, description: str, force: bool, keys_file: str | None) -> None:
+    """Create an API key: store only its SHA-256 hash and print the key once."""
+    path = keys_path(keys_file)
+    if not re.fullmatch(r"[A-Za-z0-9_.@:+-]{1,128}", client_id):
+        raise click.UsageError("--client-id: use letters, digits and _ . @ : + - (at most 128)")
+    try:
+        lifetime = parse_duration(expires) if expires else None
+        allowed = _parse_name_list("--allow-tools", allow_tools or "")
+        denied = _parse_name_list("--deny-tools", deny_tools or "")
+        key = generate_api_key()
+        role = None
+        if tier or allowed or denied:
+            role = Role(max_tier=Tier(tier or "destructive"), allowed_tools=allowed, denied_tools=denied)
+        with KeysFileEditor(path) as editor:
+            entries = editor.entries
+            existing = [e for e in entries if e.client_id == client_id and not e.mtls]
+            if existing and not force:
+                raise click.ClickException(f"client id {client_id!r} already has a key; use `mcp-docker keys rotate "
+                                           f"{client_id}` or --force")
+            now = utc_now()
+            entries[:] = [e for e in entries if e not in existing]
+            entries.append(KeyEntry(client_id=client_id, key_hash=hash_api_key(key), description=description,
+                                    created_at=now, expires_at=now + lifetime if lifetime else None, role=role,
+                                    rate_limit_rpm=rate_limit_rpm))
+            editor.save()
+    except ConfigError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(key)
+    click.echo(f"Key for {client_id!r} stored (hash only) in {path}. This is the only time it is shown.", err=True)
+
+
+@main.group()
+def keys() -> None:
+    """List, revoke, rotate and migrate API keys (never shows a key's secret)."""
+
+
+@keys.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@keys_file_option
+def keys_list(as_json: bool, keys_file: str | None) -> None:
+    """Show every key's client id, state, dates and role."""
+    path = keys_path(keys_file)
+    try:
+        with KeysFileEditor(path) as editor:
+            rows = list(editor.entries)
+    except ConfigError as error:
+        raise click.ClickException(str(error)) from None
+    now = utc_now()
+    listing = []
+    for entry in rows:
+        state = "revoked" if entry.revoked_at else "disabled" if not entry.enabled else \
+            "expired" if entry.expires_at and entry.expires_at <= now else "active"
+        listing.append({"client_id": entry.client_id, "state": state, "mtls": entry.mtls,
+                        "hash_prefix": (entry.key_hash or "")[:16] or None,
+                        "created_at": format_timestamp(entry.created_at),
+                        "expires_at": format_timestamp(entry.expires_at),
+                        "max_tier": entry.role.max_tier.value if entry.role else None,
+                        "description": entry.description})
+    if as_json:
+        click.echo(json.dumps(listing, indent=2))
+        return
+    for row in listing:
+        click.echo(f"{row['client_id']:<24} {row['state']:<9} tier={row['max_tier'] or '-':<11} "
+                   f"expires={row['expires_at'] or 'never':<21} hash={row['hash_prefix'] or '-'}  {row['description']}")
+    if not listing:
+        click.echo(f"no keys in {path}")
+
+
+@keys.command("revoke")
+@click.argument("client_id")
+@keys_file_option
+def keys_revoke(client_id: str, keys_file: str | None) -> None:
+    """Revoke a client's key; a running server drops its sessions within seconds."""
+    path = keys_path(keys_file)
+    try:
+        with KeysFileEditor(path) as editor:
+            entries = editor.entries
+            found = False
+            for index, entry in enumerate(entries):
+                if entry.client_id == client_id and not entry.mtls:
+                    entries[index] = dataclasses.replace(entry, enabled=False, revoked_at=utc_now())
+                    found = True
+            if not found:
+                raise click.ClickException(f"no key for client id {client_id!r}")
+            editor.save()
+    except ConfigError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"revoked {client_id}", err=True)
+
+
+@keys.command("rotate")
+@click.argument("client_id")
+@keys_file_option
+def keys_rotate(client_id: str, keys_file: str | None) -> None:
+    """Give a client a new key (same role and limits); the old key stops working at once."""
+    path = keys_path(keys_file)
+    key = generate_api_key()
+    try:
+        with KeysFileEditor(path) as editor:
+            entries = editor.entries
+            for index, entry in enumerate(entries):
+                if entry.client_id == client_id and not entry.mtls:
+                    entries[index] = dataclasses.replace(entry, key_hash=hash_api_key(key), enabled=True,
+                                                         revoked_at=None, created_at=utc_now())
+                    break
+            else:
+                raise click.ClickException(f"no key for client id {client_id!r}")
+            editor.save()
+    except ConfigError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(key)
+    click.echo(f"New key for {client_id!r}; the old one no longer works. Shown only now.", err=True)
+
+
+@keys.command("migrate")
+@keys_file_option
+def keys_migrate(keys_file: str | None) -> None:
+    """Rewrite a keys file in the old plaintext format so it stores only hashes."""
+    path = keys_path(keys_file)
+    try:
+        with KeysFileEditor(path) as editor:
+            editor.save()
+            count = len(editor.entries)
+    except ConfigError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"{path}: {count} keys now stored as SHA-256 hashes only", err=True)
+
+
+@main.group()
+def audit() -> None:
+    """Work with the audit log."""
+
+
+@audit.command("verify")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+def audit_verify(files: tuple[str, ...]) -> None:
+    """Check audit log files (oldest first) for edited, removed or reordered lines."""
+    previous_hash: str | None = None
+    previous_seq: int | None = None
+    problems: list[str] = []
+    total = 0
+    for path in files:
+        with open(path, "rb") as handle:
+            lines = [line for line in handle.read().split(b"\n") if line.strip()]
+        total += len(lines)
+        found = verify_audit_lines(lines, previous_hash, previous_seq)
+        problems.extend(f"{path}: {problem}" for problem in found)
+        if lines:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                last = json.loads(lines[-1])
+                previous_hash, previous_seq = last["hash"], last["seq"]
+    for problem in problems:
+        click.echo(problem)
+    if problems:
+        raise SystemExit(1)
+    click.echo(f"OK: {total} lines in {len(files)} file(s), chain intact")
+
+
+def _write_new_file(path: str, data: bytes, force: bool, private: bool) -> None:
+    if os.path.exists(path) and not force:
+        raise click.ClickException(f"{path} exists; use --force to replace it")
+    if private:
+        write_private_file(path, data)
+    else:
+        write_private_file(path, data)
+        os.chmod(path, 0o644)  # certificates are public
+
+
+def _new_key() -> Any:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _pem_key(key: Any) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def _certificate(subject_cn: str, key: Any, issuer_cn: str, issuer_key: Any, days: int, *, ca: bool = False,
+                 server_names: tuple[str, ...] = (), client: bool = False) -> Any:
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = utc_now()
+    builder = (x509.CertificateBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject_cn)]))
+               .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer_cn)]))
+               .public_key(key.public_key())
+               .serial_number(x509.random_serial_number())
+               .not_valid_before(now - _dt.timedelta(minutes=5))
+               .not_valid_after(now + _dt.timedelta(days=days))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True)
+               .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False))
+    if ca:
+        builder = builder.add_extension(x509.KeyUsage(
+            digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+            key_encipherment=False, data_encipherment=False, key_agreement=False, encipher_only=False,
+            decipher_only=False), critical=True)
+    else:
+        usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
+        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+    if server_names:
+        alt_names: list[Any] = []
+        for name in server_names:
+            try:
+                alt_names.append(x509.IPAddress(ipaddress.ip_address(name.strip("[]"))))
+            except ValueError:
+                alt_names.append(x509.DNSName(name))
+        builder = builder.add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+@main.command()
+@click.option("--out-dir", default=None, help="Where to write the files. Default ~/.mcp-docker/tls.")
+@click.option("--hostname", "hostnames", multiple=True,
+              help="Extra DNS name or IP for the server certificate (repeatable); localhost, 127.0.0.1 and ::1 "
+                   "are always included.")
+@click.option("--days", type=click.IntRange(1, 3650), default=365, show_default=True, help="Validity in days.")
+@click.option("--client", "client_name", default=None,
+              help="Instead of a server certificate, issue a client certificate (CN=NAME) for mTLS from the local "
+                   "CA in --out-dir (made on first use).")
+@click.option("--force", is_flag=True, help="Overwrite existing files.")
+def gencert(out_dir: str | None, hostnames: tuple[str, ...], days: int, client_name: str | None, force: bool) -> None:
+    """Make a self-signed server certificate and key (mode 600), or a client certificate for mTLS."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    directory = os.path.expanduser(out_dir) if out_dir else default_state_path("tls")
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    pem = serialization.Encoding.PEM
+    if client_name is None:
+        names = ("localhost", "127.0.0.1", "::1", *[h for h in hostnames if h not in ("localhost", "127.0.0.1", "::1")])
+        for name in names:
+            if not re.fullmatch(r"[A-Za-z0-9.*:\[\]-]{1,253}", name):
+                raise click.UsageError(f"--hostname: {name[:40]!r} is not a DNS name or IP address")
+        key = _new_key()
+        common_name = hostnames[0] if hostnames else "localhost"
+        cert = _certificate(common_name, key, common_name, key, days, server_names=names)  # self-signed
+        cert_path, key_path = os.path.join(directory, "server.crt"), os.path.join(directory, "server.key")
+        for path in (cert_path, key_path):
+            if os.path.exists(path) and not force:
+                raise click.ClickException(f"{path} exists; use --force to replace it")
+        _write_new_file(key_path, _pem_key(key), force=True, private=True)
+        _write_new_file(cert_path, cert.public_bytes(pem), force=True, private=False)
+        click.echo(f"server certificate: {cert_path}\nserver key:         {key_path} (mode 600)\n"
+                   f"SANs: {', '.join(names)}; valid {days} days\n"
+                   f"serve with: mcp-docker serve --transport http --tls-cert {cert_path} --tls-key {key_path}")
+        return
+    if not re.fullmatch(r"[A-Za-z0-9_.@:+-]{1,64}", client_name):
+        raise click.UsageError("--client: use letters, digits and _ . @ : + - (at most 64)")
+    ca_cert_path, ca_key_path = os.path.join(directory, "ca.crt"), os.path.join(directory, "ca.key")
+    if os.path.exists(ca_cert_path) and os.path.exists(ca_key_path):
+        problem = private_file_problem(ca_key_path)
+        if problem:
+            raise click.ClickException(problem)
+        with open(ca_key_path, "rb") as handle:
+            ca_key = serialization.load_pem_private_key(handle.read(), password=None)
+        with open(ca_cert_path, "rb") as handle:
+            ca_cert = x509.load_pem_x509_certificate(handle.read())
+    else:
+        ca_key = _new_key()
+        ca_cert = _certificate("mcp-docker client CA", ca_key, "mcp-docker client CA", ca_key, 3650, ca=True)
+        _write_new_file(ca_key_path, _pem_key(ca_key), force=True, private=True)
+        _write_new_file(ca_cert_path, ca_cert.public_bytes(pem), force=True, private=False)
+        click.echo(f"created client CA: {ca_cert_path} (give it to the server with --tls-client-ca)")
+    key = _new_key()
+    issuer = ca_cert.subject.rfc4514_string().removeprefix("CN=")
+    cert = _certificate(client_name, key, issuer, ca_key, days, client=True)
+    cert_path = os.path.join(directory, f"client-{client_name}.crt")
+    key_path = os.path.join(directory, f"client-{client_name}.key")
+    for path in (cert_path, key_path):
+        if os.path.exists(path) and not force:
+            raise click.ClickException(f"{path} exists; use --force to replace it")
+    _write_new_file(key_path, _pem_key(key), force=True, private=True)
+    _write_new_file(cert_path, cert.public_bytes(pem), force=True, private=False)
+    click.echo(f"client certificate: {cert_path}\nclient key:         {key_path} (mode 600)\n"
+               f"principal (CN):     {client_name}")
+
+
+@main.command("sign-request")
+@click.option("--key", "key_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="OpenSSH or PEM private key (ed25519, ecdsa or rsa; unencrypted).")
+@click.option("--method", default="POST", show_default=True, help="HTTP method of the request.")
+@click.option("--path", "request_path", default="/mcp", show_default=True, help="Request path.")
+@click.option("--body-file", type=click.File("rb"), default=None, help="The exact request body ('-' = stdin).")
+def sign_request_command(key_path: str, method: str, request_path: str, body_file: Any) -> None:
+    """Print an Authorization header value that signs one request with an SSH key (valid 60 s, once)."""
+    from cryptography.hazmat.primitives import serialization
+
+    with open(key_path, "rb") as handle:
+        data = handle.read()
+    try:
+        if b"OPENSSH PRIVATE KEY" in data:
+            private_key = serialization.load_ssh_private_key(data, password=None)
+        else:
+            private_key = serialization.load_pem_private_key(data, password=None)
+        body = body_file.read() if body_file else b""
+        click.echo(sign_request(private_key, method, request_path, body))
+    except (ValueError, TypeError, ConfigError) as exc:
+        raise click.ClickException(f"cannot sign with that key: {exc}") from None
 
 
 @main.command("tools")
