@@ -1980,6 +1980,9 @@ def prune_system(call: Call) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
+PROGRESS_INTERVAL_SECONDS = 1.0
+
+
 def catalogue(settings: Settings) -> list[tuple[ToolSpec, str | None]]:
     """Every tool with the reason it is not permitted (None when it is), in registry order."""
     return [(spec, tool_denial(spec.name, spec.tier, spec.toolset, settings)) for spec in TOOLS.values()]
@@ -2033,7 +2036,7 @@ class DockerMCP:
         if caller is None and self.stdio_limiter is not None:
             wait = self.stdio_limiter.check("stdio", time.monotonic())
             if wait:
-                raise ToolError("rate_limited", f"too many tool calls; retry in {wait:.0f}s "
+                raise ToolError("rate_limited", f"too many tool calls; retry in {max(1, round(wait + 0.5))}s "
                                                 "(SECURITY_RATE_LIMIT_RPM / SECURITY_RATE_LIMIT_BURST)")
         if not self.audit_ready():
             raise ToolError("unavailable", "the audit log cannot be written, so tool calls are refused; "
@@ -2116,6 +2119,22 @@ class DockerMCP:
             self.in_flight -= 1
         return bound_result(result, self.settings.max_output_bytes, spec.list_field, spec.keep_newest)
 
+    async def call_reporting_progress(self, ctx: Any, name: str, arguments: Any) -> dict[str, Any]:
+        """Run a call; when the client asked for progress, report the seconds elapsed while it runs."""
+        started = time.monotonic()
+        task = asyncio.ensure_future(self.call(name, arguments))
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=PROGRESS_INTERVAL_SECONDS)
+                if done:
+                    return task.result()
+                elapsed = round(time.monotonic() - started, 1)
+                with contextlib.suppress(Exception):  # progress is best effort; the call goes on
+                    await ctx.session.report_progress(elapsed, None, f"{name} running for {elapsed:.0f}s")
+        finally:
+            if not task.done():
+                task.cancel()
+
     def build_server(self) -> Any:
         import mcp_types
         from mcp.server.lowlevel import Server
@@ -2133,7 +2152,7 @@ class DockerMCP:
             failure: ToolError | None = None
             try:
                 self.admit(TOOLS[name], ctx.request)
-                result = await self.call(name, params.arguments)
+                result = await self.call_reporting_progress(ctx, name, params.arguments)
             except ToolError as error:
                 failure = error
             finally:
@@ -3368,12 +3387,12 @@ class HttpServer:
         scheme = "https" if self.tls else "http"
         host = f"[{self.settings.host}]" if ":" in self.settings.host else self.settings.host
         url = f"{scheme}://{host}:{self.bound_port}/mcp"
-        print(f"mcp-docker listening on {url}", file=sys.stderr, flush=True)
         if self.access.ephemeral_key:
             print(f"No keys file, so this run accepts one ephemeral API key (shown once):\n"
                   f"  {self.access.ephemeral_key}\n"
                   f"Connect with: claude mcp add --transport http docker {url} "
                   f"--header \"Authorization: Bearer {self.access.ephemeral_key}\"", file=sys.stderr, flush=True)
+        print(f"mcp-docker listening on {url}", file=sys.stderr, flush=True)
         self.access.record("server_start", transport="http", address=url, tls=self.tls,
                            mtls=bool(self.settings.tls_client_ca), version=__version__)
         reaper = loop.create_task(self._reap_idle_sessions())
@@ -3456,8 +3475,11 @@ class HttpServer:
         try:
             if self.connections > self.settings.http_max_connections or self.shutting_down:
                 conn = h11.Connection(h11.SERVER)
-                # The request is not read: answer at once and close, so a flood cannot hold memory.
+                # The request is not parsed: answer at once and close, so a flood cannot hold memory.
                 await self._write_simple(writer, conn, 503, b"server busy", [("retry-after", "1")], fresh=True)
+                with contextlib.suppress(Exception):  # swallow what was sent, so closing does not reset
+                    writer.write_eof()
+                    await asyncio.wait_for(reader.read(65536), 0.5)
                 return
             ssl_object = writer.get_extra_info("ssl_object")
             cert_principal = certificate_principal(ssl_object.getpeercert()) if ssl_object else None
@@ -3491,10 +3513,9 @@ class HttpServer:
                 if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                     await self._send(writer, conn, rpc_error(status, -32600, "malformed HTTP request", close=True))
                 return
-            except TimeoutError:
-                if conn.their_state is not h11.IDLE:  # a slow client mid-head: cut it off
-                    with contextlib.suppress(Exception):
-                        await self._send(writer, conn, rpc_error(408, -32600, "request head too slow", close=True))
+            except TimeoutError:  # a slow client mid-head: cut it off
+                with contextlib.suppress(Exception):
+                    await self._send(writer, conn, rpc_error(408, -32600, "request head too slow", close=True))
                 return
             if request_event is None or isinstance(request_event, h11.ConnectionClosed):
                 return
@@ -3522,8 +3543,13 @@ class HttpServer:
             event = conn.next_event()
             if event is not h11.NEED_DATA:
                 return event
-            timeout = idle_timeout if deadline is None else max(0.0, deadline - time.monotonic())
-            data = await asyncio.wait_for(reader.read(65536), timeout)
+            if deadline is None:
+                try:
+                    data = await asyncio.wait_for(reader.read(65536), idle_timeout)
+                except TimeoutError:
+                    return None  # an idle keep-alive connection: close it quietly
+            else:
+                data = await asyncio.wait_for(reader.read(65536), max(0.0, deadline - time.monotonic()))
             if deadline is None:
                 deadline = time.monotonic() + rest_timeout
             conn.receive_data(data)  # b"" tells h11 the peer closed; next_event() then says how
@@ -3534,6 +3560,9 @@ class HttpServer:
 
         import h11
 
+        head_size = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
+        if head_size > self.settings.http_max_header_bytes:  # h11 only bounds heads that arrive in pieces
+            return rpc_error(431, -32600, "request head too large", close=True)
         raw_headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in event.headers]
         headers: dict[str, str] = {}
         for name, value in raw_headers:
@@ -3610,18 +3639,27 @@ class HttpServer:
             await writer.drain()
             return
         await writer.drain()
-        # While streaming, watch the socket: the client going away ends the stream (not the session).
-        gone = asyncio.get_running_loop().create_task(self._wait_for_eof(conn, reader)) if reader else None
-        try:
+
+        async def pump() -> None:
             async for chunk in response.stream:
-                if gone is not None and gone.done():
-                    response.close = True
-                    return
                 writer.write(conn.send(h11.Data(data=chunk)))
                 await writer.drain()
             writer.write(conn.send(h11.EndOfMessage()))
             await writer.drain()
+
+        # While streaming, watch the socket: the client going away ends the stream (not the session).
+        loop = asyncio.get_running_loop()
+        pumping = loop.create_task(pump())
+        gone = loop.create_task(self._wait_for_eof(conn, reader)) if reader else None
+        try:
+            await asyncio.wait({pumping, gone} if gone else {pumping}, return_when=asyncio.FIRST_COMPLETED)
+            if not pumping.done():
+                response.close = True
+                pumping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pumping
         finally:
+            pumping.cancel()
             if gone is not None:
                 gone.cancel()
             await response.stream.aclose()
@@ -3866,7 +3904,11 @@ class HttpServer:
             stream = session.streams.get(stream_id)
             if stream is None or not seq.isdigit():
                 return rpc_error(404, -32600, "unknown Last-Event-ID")
-            if stream.attached:
+            for _ in range(40):  # a reconnect can arrive before the old connection's close is noticed
+                if not stream.attached:
+                    break
+                await asyncio.sleep(0.05)
+            else:
                 return rpc_error(409, -32600, "that stream is already being read")
             return self._stream_response(stream, info.principal, after=int(seq))
         if session.standalone is None:

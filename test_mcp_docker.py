@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import secrets
 import socket
 import subprocess
@@ -35,6 +36,10 @@ TEST_IMAGE = os.environ.get("MCP_DOCKER_TEST_IMAGE", "mcp-docker-test/busybox:1"
 PREFIX = f"mcpt{secrets.token_hex(3)}"
 TEST_LABEL = f"io.mcp-docker.test={PREFIX}"
 REQUIRE_ENGINE = os.environ.get("MCP_DOCKER_REQUIRE_ENGINE") == "1"
+STATE_DIR = Path(os.environ.get("MCP_DOCKER_TEST_STATE", f"/tmp/{PREFIX}-state"))
+# Servers under test keep their audit log here and are not rate limited unless a test says so.
+TEST_ENV = {"SECURITY_AUDIT_LOG_FILE": str(STATE_DIR / "audit.log"), "SECURITY_RATE_LIMIT_ENABLED": "false",
+            "SECURITY_API_KEYS_FILE": str(STATE_DIR / "no-keys.json")}
 ALL_TOOLS = {
     "docker_list_containers", "docker_inspect_container", "docker_container_logs", "docker_container_stats",
     "docker_container_top", "docker_container_diff", "docker_create_container", "docker_run_container",
@@ -274,12 +279,14 @@ def require_engine():
 class Harness:
     """One server subprocess and one SDK client session, kept open on a background event loop."""
 
-    def __init__(self, args: list[str] | None = None, mode: str = "legacy", env: dict[str, str] | None = None):
+    def __init__(self, args: list[str] | None = None, mode: str = "legacy", env: dict[str, str] | None = None,
+                 connect: Any = None):
         from mcp import StdioServerParameters
 
         self.params = StdioServerParameters(command=SERVER[0], args=[*SERVER[1:], *(args or [])],
-                                            env={**os.environ, "MCP_LOG_LEVEL": "DEBUG", **(env or {})})
+                                            env={**os.environ, "MCP_LOG_LEVEL": "DEBUG", **TEST_ENV, **(env or {})})
         self.mode = mode
+        self.connect = connect  # an async context manager factory yielding a connected Client (HTTP)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
@@ -298,7 +305,8 @@ class Harness:
 
         self._stop = asyncio.Event()
         try:
-            async with Client(self.params, mode=self.mode, read_timeout_seconds=120) as client:
+            opener = self.connect() if self.connect else Client(self.params, mode=self.mode, read_timeout_seconds=120)
+            async with opener as client:
                 self.client = client
                 started.set_result(None)
                 await self._stop.wait()
@@ -369,9 +377,13 @@ def cleanup_test_objects() -> None:
 
 @pytest.fixture(scope="session", autouse=True)
 def _cleanup_engine_objects():
+    STATE_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
     yield
     if _ENGINE_UP:
         cleanup_test_objects()
+    import shutil
+
+    shutil.rmtree(STATE_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -437,7 +449,8 @@ def test_unknown_tool_is_a_jsonrpc_error(default):
 def test_raw_tools_list_uses_spec_key_names():
     """The wire output itself (not the SDK's parsed model) carries the spec's annotation keys."""
     proc = subprocess.Popen([*SERVER, "--allow-destructive"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env={**os.environ, "DOCKER_HOST": "unix:///nonexistent.sock"})
+                            stderr=subprocess.PIPE,
+                            env={**os.environ, **TEST_ENV, "DOCKER_HOST": "unix:///nonexistent.sock"})
     try:
         def send(message: dict[str, Any]) -> None:
             proc.stdin.write((json.dumps(message) + "\n").encode())
@@ -894,3 +907,721 @@ def test_engine_unavailable_then_back_without_restart(tmp_path):
     finally:
         h.close()
         proxy.stop()
+
+
+# =============================================================================================
+# HTTP transport (issue 3) and access control (issue 4): real server processes, real clients
+# =============================================================================================
+
+
+class HttpServerProcess:
+    """``mcp-docker serve --transport http`` on a free loopback port; stopped with SIGTERM."""
+
+    def __init__(self, args: list[str] | None = None, env: dict[str, str] | None = None, expect_start: bool = True):
+        self.proc = subprocess.Popen([*SERVER, "--transport", "http", "--host", "127.0.0.1", "--port", "0",
+                                      *(args or [])], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, env={**os.environ, **TEST_ENV, **(env or {})})
+        self.lines: list[str] = []
+        self.url = ""
+        ready = threading.Event()
+
+        def drain() -> None:
+            for raw in self.proc.stderr:
+                line = raw.decode(errors="replace").rstrip("\n")
+                self.lines.append(line)
+                if "listening on " in line:
+                    self.url = line.split("listening on ", 1)[1].strip()
+                    ready.set()
+            ready.set()
+
+        threading.Thread(target=drain, daemon=True).start()
+        if expect_start:
+            ready.wait(30)
+            assert self.url, "server did not start:\n" + "\n".join(self.lines[-20:])
+            self.port = int(self.url.rsplit(":", 1)[1].split("/")[0])
+            self.base = self.url[: -len("/mcp")]
+
+    def output(self, timeout: float = 15) -> str:
+        self.proc.wait(timeout)
+        time.sleep(0.1)
+        return "\n".join(self.lines)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(2)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+@contextlib.contextmanager
+def http_server(args: list[str] | None = None, env: dict[str, str] | None = None):
+    require_engine()
+    server = HttpServerProcess(args, env)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def tls_context(cafile: str | None = None, cert: str | None = None, key: str | None = None):
+    import ssl
+
+    context = ssl.create_default_context(cafile=cafile)
+    if cert:
+        context.load_cert_chain(cert, key)
+    return context
+
+
+def http_harness(url: str, mode: str = "legacy", key: str | None = None, verify: Any = None,
+                 sse: bool = False) -> Harness:
+    """An SDK client session over Streamable HTTP (or legacy SSE) to an already running server."""
+
+    @contextlib.asynccontextmanager
+    async def connect():
+        import httpx2
+        from mcp import Client
+        from mcp.client.sse import sse_client
+        from mcp.client.streamable_http import streamable_http_client
+
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        timeout = httpx2.Timeout(30, read=120)
+
+        def factory(headers: Any = None, timeout: Any = None, auth: Any = None) -> Any:
+            return httpx2.AsyncClient(headers=headers, timeout=timeout, auth=auth,
+                                      verify=verify if verify is not None else True)
+
+        if sse:
+            async with Client(sse_client(url, headers=headers, httpx_client_factory=factory), mode="legacy") as c:
+                yield c
+            return
+        async with httpx2.AsyncClient(headers=headers, timeout=timeout, verify=verify if verify is not None else True) \
+                as http, Client(streamable_http_client(url, http_client=http), mode=mode) as c:
+            yield c
+
+    return Harness(connect=connect)
+
+
+def request(server: HttpServerProcess, method: str, path: str, body: Any = None,
+            headers: dict[str, str] | None = None, context: Any = None) -> tuple[int, dict[str, str], bytes]:
+    """One plain HTTP request; JSON bodies are encoded."""
+    import http.client
+
+    conn = (http.client.HTTPSConnection("127.0.0.1", server.port, context=context, timeout=30) if context
+            else http.client.HTTPConnection("127.0.0.1", server.port, timeout=30))
+    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    conn.request(method, path, body=data, headers=headers or {})
+    response = conn.getresponse()
+    result = response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    conn.close()
+    return result
+
+
+def raw_exchange(port: int, data: bytes, timeout: float = 10) -> bytes:
+    """Send raw bytes, return everything the server sends until it closes (or the timeout)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        chunks = []
+        try:
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        except TimeoutError:
+            pass
+        return b"".join(chunks)
+
+
+MCP_HEADERS = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+    "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "test", "version": "0"}}}
+
+
+def open_session(server: HttpServerProcess, headers: dict[str, str] | None = None, context: Any = None,
+                 version: str = "2025-11-25") -> str:
+    body = {**INIT, "params": {**INIT["params"], "protocolVersion": version}}
+    status, reply_headers, _ = request(server, "POST", "/mcp", body, {**MCP_HEADERS, **(headers or {})}, context)
+    assert status == 200, status
+    session = reply_headers["mcp-session-id"]
+    request(server, "POST", "/mcp", {"jsonrpc": "2.0", "method": "notifications/initialized"},
+            {**MCP_HEADERS, **(headers or {}), "mcp-session-id": session}, context)
+    return session
+
+
+def make_keys(tmp_path: Path, *specs: list[str]) -> tuple[str, list[str]]:
+    """Keys made with the real `genkey` command: returns the keys file and each key, in order."""
+    keys_file = str(tmp_path / "keys.json")
+    made = []
+    for spec in specs:
+        done = subprocess.run([sys.executable, str(HERE / "mcp_docker.py"), "genkey", "--keys-file", keys_file,
+                               *spec], capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        made.append(done.stdout.strip())
+    return keys_file, made
+
+
+def audit_records(path: str | Path) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def test_http_both_eras_and_legacy_sse_with_sdk_client(tmp_path):
+    keys_file, (key,) = make_keys(tmp_path, ["--client-id", "eras"])
+    with http_server(["--allow-destructive"], {"SECURITY_API_KEYS_FILE": keys_file}) as server:
+        for mode in ("legacy", "2026-07-28", "auto"):
+            h = http_harness(server.url, mode=mode, key=key)
+            try:
+                assert len(h.list_tools().tools) == 44
+                assert h.ok("docker_version")["api_version"]
+                h.error("docker_inspect_container", {"container": f"{PREFIX}-missing"}, "not_found")
+            finally:
+                h.close()
+        h = http_harness(server.base + "/sse", key=key, sse=True)
+        try:
+            assert len(h.list_tools().tools) == 44
+            assert h.ok("docker_list_containers", {"all": True})["count"] >= 0
+        finally:
+            h.close()
+
+
+def test_https_and_mtls_with_certificates_from_gencert(tmp_path):
+    tls_dir = tmp_path / "tls"
+    cli = [sys.executable, str(HERE / "mcp_docker.py"), "gencert", "--out-dir", str(tls_dir)]
+    assert subprocess.run(cli, capture_output=True, timeout=60).returncode == 0
+    assert subprocess.run([*cli, "--client", "robot-1"], capture_output=True, timeout=60).returncode == 0
+    again = subprocess.run(cli, capture_output=True, text=True, timeout=60)
+    assert again.returncode != 0 and "--force" in again.stderr  # never overwrites silently
+    assert (tls_dir / "server.key").stat().st_mode & 0o777 == 0o600
+    cert, key = str(tls_dir / "server.crt"), str(tls_dir / "server.key")
+    keys_file, (api_key,) = make_keys(tmp_path, ["--client-id", "tls-user"])
+    with http_server(["--tls-cert", cert, "--tls-key", key], {"SECURITY_API_KEYS_FILE": keys_file}) as server:
+        assert server.url.startswith("https://")
+        h = http_harness(server.url, key=api_key, verify=tls_context(cert))
+        try:
+            assert h.ok("docker_version")["version"]
+        finally:
+            h.close()
+        status, headers, _ = request(server, "GET", "/healthz", context=tls_context(cert))
+        assert status == 200 and headers["strict-transport-security"].startswith("max-age=")
+    client_context = tls_context(cert, str(tls_dir / "client-robot-1.crt"), str(tls_dir / "client-robot-1.key"))
+    with http_server(["--tls-cert", cert, "--tls-key", key, "--tls-client-ca", str(tls_dir / "ca.crt")],
+                     {"SECURITY_API_KEYS_FILE": keys_file}) as server:
+        h = http_harness(server.url, verify=client_context)
+        try:
+            assert h.ok("docker_version")["version"]
+        finally:
+            h.close()
+        status, _, _ = request(server, "POST", "/mcp", INIT, MCP_HEADERS, context=tls_context(cert))
+        assert status == 401  # no client certificate
+        assert request(server, "GET", "/healthz", context=tls_context(cert))[0] == 200
+        records = audit_records(STATE_DIR / "audit.log")
+        assert any(r.get("client_id") == "robot-1" and r["event_type"] == "tool_call" for r in records)
+
+
+@pytest.mark.parametrize(("setup", "message"), [
+    (lambda d: ["--tls-cert", str(d / "missing.crt"), "--tls-key", str(d / "missing.key")], "not readable"),
+    (lambda d: ["--tls-cert", str(d / "server.crt"), "--tls-key", str(d / "other.key")], "does not match"),
+    (lambda d: ["--tls-cert", str(d / "expired.crt"), "--tls-key", str(d / "server.key")], "expired"),
+    (lambda d: ["--tls-client-ca", str(d / "server.crt")], "needs TLS"),
+    (lambda d: ["--host", "0.0.0.0", "--no-auth"], "without authentication"),
+    (lambda d: ["--host", "0.0.0.0"], "plain HTTP"),
+])
+def test_refuses_to_start_with_a_one_line_reason(tmp_path, setup, message):
+    from cryptography import x509
+
+    tls_dir = tmp_path
+    subprocess.run([sys.executable, str(HERE / "mcp_docker.py"), "gencert", "--out-dir", str(tls_dir)],
+                   capture_output=True, check=True, timeout=60)
+    (tls_dir / "other.key").write_bytes(md._pem_key(md._new_key()))
+    key = md._new_key()
+    expired = md._certificate("localhost", key, "localhost", key, 1)
+    expired = (x509.CertificateBuilder().subject_name(expired.subject).issuer_name(expired.issuer)
+               .public_key(key.public_key()).serial_number(1)
+               .not_valid_before(md.utc_now() - md._dt.timedelta(days=10))
+               .not_valid_after(md.utc_now() - md._dt.timedelta(days=1)))
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    (tls_dir / "expired.crt").write_bytes(expired.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+    server = HttpServerProcess(setup(tls_dir), expect_start=False)
+    try:
+        output = server.output()
+        assert server.proc.returncode != 0
+        assert message in output and "Traceback" not in output
+    finally:
+        server.stop()
+
+
+def test_http_status_codes_for_bad_requests(tmp_path):
+    keys_file, (key,) = make_keys(tmp_path, ["--client-id", "codes"])
+    auth = {"authorization": f"Bearer {key}"}
+    with http_server(["--http-max-body-bytes", "2048"], {"SECURITY_API_KEYS_FILE": keys_file}) as server:
+        session = open_session(server, auth)
+        with_session = {**MCP_HEADERS, **auth, "mcp-session-id": session}
+        ping = {"jsonrpc": "2.0", "id": 5, "method": "ping"}
+        assert request(server, "POST", "/mcp", ping, with_session)[0] == 200
+        cases = [
+            ("POST", "/mcp", ping, {**MCP_HEADERS, **auth}, 400),  # no session id
+            ("POST", "/mcp", ping, {**with_session, "mcp-session-id": "nope"}, 404),
+            ("POST", "/mcp", b"{not json", with_session, 400),
+            ("POST", "/mcp", [ping, ping], with_session, 400),  # batches are not allowed in 2025-11-25
+            ("POST", "/mcp", ping, {**with_session, "accept": "application/json"}, 406),
+            ("POST", "/mcp", ping, {**with_session, "content-type": "text/plain"}, 415),
+            ("POST", "/mcp", ping, {**with_session, "mcp-protocol-version": "1999-01-01"}, 400),
+            ("POST", "/mcp", {"x": "y" * 4000}, with_session, 413),
+            ("PUT", "/mcp", ping, with_session, 405),
+            ("GET", "/mcp", None, {**auth, "mcp-session-id": session, "accept": "application/json"}, 406),
+            ("GET", "/nowhere", None, auth, 404),
+            ("POST", "/mcp", ping, {**with_session, "host": "evil.example:80"}, 421),
+            ("POST", "/mcp", ping, {**with_session, "origin": "https://evil.example"}, 403),
+            ("POST", "/messages?session_id=unknown", ping, {**MCP_HEADERS, **auth}, 404),
+            ("POST", "/mcp", {"jsonrpc": "2.0", "id": 9, "method": "tools/list", "params": {"_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientCapabilities": {}}}},
+             {**MCP_HEADERS, **auth, "mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call"}, 400),
+        ]
+        for method, path, body, headers, expected in cases:
+            status, _, payload = request(server, method, path, body, headers)
+            assert status == expected, (method, path, headers, status, payload[:200])
+            if status in (400, 404, 406, 413, 415, 421, 403) and payload:
+                assert json.loads(payload)["jsonrpc"] == "2.0" and len(payload) < 400
+        assert request(server, "POST", "/mcp", ping, with_session)[0] == 200  # still serving
+        assert request(server, "DELETE", "/mcp", None, {**auth, "mcp-session-id": session})[0] == 200
+        assert request(server, "POST", "/mcp", ping, with_session)[0] == 404
+        status, headers, body = request(server, "GET", "/healthz")
+        assert status == 200 and headers["cache-control"] == "no-store" and "server" not in headers
+        assert headers["x-content-type-options"] == "nosniff"
+
+
+def test_http_framing_keepalive_chunked_and_broken(tmp_path):
+    keys_file, (key,) = make_keys(tmp_path, ["--client-id", "framing"])
+    with http_server(["--http-max-header-bytes", "4096"], {"SECURITY_API_KEYS_FILE": keys_file}) as server:
+        body = json.dumps(INIT).encode()
+        head = (f"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nAuthorization: Bearer {key}\r\n"
+                "Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n")
+        chunked = head + "Transfer-Encoding: chunked\r\n\r\n"
+        half = len(body) // 2
+        chunks = f"{half:x}\r\n".encode() + body[:half] + f"\r\n{len(body) - half:x}\r\n".encode() + body[half:] + \
+            b"\r\n0\r\n\r\n"
+        health = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        reply = raw_exchange(server.port, chunked.encode() + chunks + health)
+        assert reply.count(b"HTTP/1.1 200") == 2 and b"mcp-session-id" in reply  # keep-alive + chunked
+        conflicting = head + f"Content-Length: {len(body)}\r\nContent-Length: 5\r\n\r\n"
+        assert raw_exchange(server.port, conflicting.encode() + body).startswith(b"HTTP/1.1 400")
+        assert raw_exchange(server.port, b"GARBAGE\r\n\r\n").startswith(b"HTTP/1.1 400")
+        huge = f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: {'a' * 10000}\r\n\r\n"
+        assert raw_exchange(server.port, huge.encode()).startswith(b"HTTP/1.1 431")
+        assert request(server, "GET", "/healthz")[0] == 200
+
+
+def test_slow_clients_are_cut_off_and_do_not_block_others(tmp_path):
+    keys_file, (key,) = make_keys(tmp_path, ["--client-id", "slow"])
+    with http_server(["--http-header-timeout", "1", "--http-body-timeout", "1"],
+                     {"SECURITY_API_KEYS_FILE": keys_file}) as server:
+        slow = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(5)]
+        for sock in slow:
+            sock.sendall(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # never finishes the head
+        assert request(server, "GET", "/healthz")[0] == 200  # served while five slow heads are pending
+        session = open_session(server, {"authorization": f"Bearer {key}"})
+        assert session
+        for sock in slow:
+            sock.settimeout(5)
+            assert sock.recv(100).startswith(b"HTTP/1.1 408")
+            sock.close()
+        body_slow = socket.create_connection(("127.0.0.1", server.port))
+        body_slow.sendall(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n"
+                          b"Authorization: Bearer x\r\n\r\n{")
+        body_slow.settimeout(5)
+        assert body_slow.recv(100).startswith(b"HTTP/1.1 408")
+        body_slow.close()
+
+
+def test_connection_and_stream_limits(tmp_path):
+    keys_file, (key,) = make_keys(tmp_path, ["--client-id", "limits"])
+    with http_server(["--http-max-connections", "3", "--http-max-streams-per-principal", "1"],
+                     {"SECURITY_API_KEYS_FILE": keys_file}) as server:
+        auth = {"authorization": f"Bearer {key}"}
+        session = open_session(server, auth)
+        first = socket.create_connection(("127.0.0.1", server.port))
+        get = (f"GET /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\nMcp-Session-Id: {session}"
+               "\r\nAccept: text/event-stream\r\n\r\n").encode()
+        first.sendall(get)
+        first.settimeout(5)
+        assert first.recv(200).startswith(b"HTTP/1.1 200")
+        second = open_session(server, auth)
+        status, headers, _ = request(server, "GET", "/mcp", None, {**auth, "mcp-session-id": second,
+                                                                  "accept": "text/event-stream"})
+        assert status == 429 and headers["retry-after"]  # one stream per principal here
+        extra = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(3)]
+        time.sleep(0.3)
+        busy = raw_exchange(server.port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert busy.startswith(b"HTTP/1.1 503") and b"retry-after" in busy.lower()
+        for sock in [first, *extra]:
+            sock.close()
+        time.sleep(0.3)
+        assert request(server, "GET", "/healthz")[0] == 200
+
+
+def test_sse_resumption_with_last_event_id(tmp_path):
+    require_engine()
+    keys_file, (key,) = make_keys(tmp_path, ["--client-id", "resume"])
+    with http_server([], {"SECURITY_API_KEYS_FILE": keys_file}) as server:
+        auth = {"authorization": f"Bearer {key}"}
+        session = open_session(server, auth)
+        name = f"{PREFIX}-resume"
+        h = Harness()
+        try:
+            sleeper(h, "resume")
+        finally:
+            h.close()
+        call = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {
+            "name": "docker_exec_command", "arguments": {"container": name, "command": ["sleep", "3"]},
+            "_meta": {"progressToken": "p1"}}}
+        body = json.dumps(call).encode()
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=20)
+        sock.sendall((f"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
+                      f"Mcp-Session-Id: {session}\r\nContent-Type: application/json\r\n"
+                      f"Accept: application/json, text/event-stream\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+                     + body)
+        seen = b""
+        while b"\nid: " not in seen and b"data:" not in seen.split(b"\r\n\r\n", 1)[-1]:
+            seen += sock.recv(4096)
+        assert b"text/event-stream" in seen
+        event_id = re.search(rb"id: (\S+)", seen).group(1).decode()
+        sock.close()  # the client goes away mid-call; the session keeps the rest
+        status, headers, stream = request(server, "GET", "/mcp", None, {
+            **auth, "mcp-session-id": session, "accept": "text/event-stream", "last-event-id": event_id})
+        assert status == 200
+        messages = [json.loads(line[5:]) for line in stream.decode().splitlines() if line.startswith("data:")]
+        assert messages[-1]["id"] == 7 and messages[-1]["result"]["structuredContent"]["exit_code"] == 0
+        assert event_id not in stream.decode()  # nothing before the resumption point is sent again
+
+
+# -- access control ------------------------------------------------------------------------------
+
+
+def test_keys_are_hashed_and_every_bad_key_gets_the_same_401(tmp_path):
+    keys_file, (good, old, short) = make_keys(tmp_path, ["--client-id", "good"], ["--client-id", "old"],
+                                              ["--client-id", "short", "--expires", "1m"])
+    text = Path(keys_file).read_text()
+    assert good not in text and md.hash_api_key(good) in text
+    assert Path(keys_file).stat().st_mode & 0o777 == 0o600
+    subprocess.run([sys.executable, str(HERE / "mcp_docker.py"), "keys", "revoke", "old", "--keys-file", keys_file],
+                   check=True, capture_output=True, timeout=30)
+    document = json.loads(text)
+    for entry in document["keys"]:
+        if entry["client_id"] == "short":
+            entry["expires_at"] = "2020-01-01T00:00:00Z"
+    revoked = json.loads(Path(keys_file).read_text())
+    for entry in revoked["keys"]:
+        if entry["client_id"] == "short":
+            entry["expires_at"] = "2020-01-01T00:00:00Z"
+    md.write_private_file(keys_file, json.dumps(revoked).encode())
+    with http_server([], {"SECURITY_API_KEYS_FILE": keys_file}) as server:
+        answers = set()
+        for headers in ({}, {"authorization": "Bearer sk-unknown"}, {"authorization": f"Bearer {old}"},
+                        {"authorization": f"Bearer {short}"}, {"authorization": "Basic Zm9vOmJhcg=="},
+                        {"x-mcp-api-key": "wrong"}, {"authorization": "Bearer " + "k" * 5000}):
+            status, reply_headers, body = request(server, "POST", "/mcp", INIT, {**MCP_HEADERS, **headers})
+            assert status == 401
+            answers.add((body, reply_headers["www-authenticate"]))
+        assert answers == {(b'{"jsonrpc":"2.0","id":null,"error":{"code":-32001,"message":"Unauthorized"}}',
+                            'Bearer error="invalid_token"')}
+        assert request(server, "POST", f"/mcp?api_key={good}", INIT, MCP_HEADERS)[0] == 401  # never in the URL
+        assert open_session(server, {"x-mcp-api-key": good})
+        assert open_session(server, {"authorization": f"Bearer {good}"})
+        assert request(server, "GET", "/healthz")[0] == 200  # no auth needed
+    reasons = [r.get("reason") for r in audit_records(STATE_DIR / "audit.log") if r["event_type"] == "auth_failure"]
+    assert {"missing", "unknown", "disabled", "expired", "malformed"} <= set(reasons)
+    assert good not in (STATE_DIR / "audit.log").read_text()
+
+
+def test_roles_limit_listing_and_calls(tmp_path):
+    keys_file, (reader, limited) = make_keys(tmp_path, ["--client-id", "reader", "--tier", "safe"],
+                                             ["--client-id", "limited", "--allow-tools",
+                                              "docker_version,docker_list_containers,docker_run_container"])
+    with http_server(["--allow-destructive"], {"SECURITY_API_KEYS_FILE": keys_file}) as server:
+        h = http_harness(server.url, key=reader)
+        try:
+            names = {t.name for t in h.list_tools().tools}
+            assert names and all(md.TOOLS[n].tier is md.Tier.SAFE for n in names)
+            text = h.error("docker_run_container", {"image": TEST_IMAGE}, "policy_denied")
+            assert "role" in text
+        finally:
+            h.close()
+        h = http_harness(server.url, key=limited)
+        try:
+            assert {t.name for t in h.list_tools().tools} == {"docker_version", "docker_list_containers",
+                                                              "docker_run_container"}
+            h.error("docker_remove_container", {"container": "x"}, "policy_denied")
+            assert h.ok("docker_version")
+        finally:
+            h.close()
+    denied = [r for r in audit_records(STATE_DIR / "audit.log") if r["event_type"] == "policy_denied"]
+    assert {r["client_id"] for r in denied} >= {"reader", "limited"}
+
+
+def test_rate_limits_are_per_principal_and_spare_protocol_traffic(tmp_path):
+    keys_file, (fast, other) = make_keys(tmp_path, ["--client-id", "fast"], ["--client-id", "other"])
+    env = {"SECURITY_API_KEYS_FILE": keys_file, "SECURITY_RATE_LIMIT_ENABLED": "true",
+           "SECURITY_RATE_LIMIT_RPM": "6", "SECURITY_RATE_LIMIT_BURST": "3"}
+    with http_server([], env) as server:
+        sessions = {k: open_session(server, {"authorization": f"Bearer {k}"}) for k in (fast, other)}
+
+        def call(key: str, number: int) -> tuple[int, dict[str, str]]:
+            status, headers, _ = request(server, "POST", "/mcp", {
+                "jsonrpc": "2.0", "id": number, "method": "tools/call",
+                "params": {"name": "docker_version", "arguments": {}}},
+                {**MCP_HEADERS, "authorization": f"Bearer {key}", "mcp-session-id": sessions[key]})
+            return status, headers
+
+        statuses = [call(fast, n)[0] for n in range(5)]
+        assert statuses[:3] == [200, 200, 200] and statuses[3:] == [429, 429]
+        status, headers = call(fast, 99)
+        assert status == 429 and int(headers["retry-after"]) >= 1
+        assert [call(other, n)[0] for n in range(3)] == [200, 200, 200]  # its own bucket
+        for _ in range(5):  # protocol traffic is not counted
+            assert request(server, "POST", "/mcp", {"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+                           {**MCP_HEADERS, "authorization": f"Bearer {fast}",
+                            "mcp-session-id": sessions[fast]})[0] == 200
+    exceeded = [r for r in audit_records(STATE_DIR / "audit.log") if r["event_type"] == "rate_limit_exceeded"]
+    assert any(r.get("client_id") == "fast" for r in exceeded)
+    assert not any(r.get("client_id") == "other" for r in exceeded)
+
+
+def test_failed_authentications_are_limited_per_ip(tmp_path):
+    keys_file, (key,) = make_keys(tmp_path, ["--client-id", "ip"])
+    with http_server([], {"SECURITY_API_KEYS_FILE": keys_file, "SECURITY_AUTH_FAILURES_PER_MINUTE": "3"}) as server:
+        statuses = [request(server, "POST", "/mcp", INIT, {**MCP_HEADERS, "authorization": "Bearer sk-bad"})[0]
+                    for _ in range(5)]
+        assert statuses[:3] == [401, 401, 401] and 429 in statuses[3:]
+        # even the right key waits: the check comes before any key is looked at
+        assert request(server, "POST", "/mcp", INIT, {**MCP_HEADERS, "authorization": f"Bearer {key}"})[0] == 429
+
+
+def test_ip_allowlist_and_trusted_proxies(tmp_path):
+    keys_file, (key,) = make_keys(tmp_path, ["--client-id", "ipuser"])
+    auth = {**MCP_HEADERS, "authorization": f"Bearer {key}"}
+    with http_server([], {"SECURITY_API_KEYS_FILE": keys_file, "SECURITY_ALLOWED_CLIENT_IPS": "10.0.0.0/8,fd00::/8"}) \
+            as server:
+        assert request(server, "POST", "/mcp", INIT, auth)[0] == 403
+        assert request(server, "POST", "/mcp", INIT, {**auth, "x-forwarded-for": "10.1.2.3"})[0] == 403  # untrusted
+    with http_server([], {"SECURITY_API_KEYS_FILE": keys_file, "SECURITY_ALLOWED_CLIENT_IPS": "10.0.0.0/8",
+                          "SECURITY_TRUSTED_PROXIES": "127.0.0.1/32"}) as server:
+        assert request(server, "POST", "/mcp", INIT, {**auth, "x-forwarded-for": "10.1.2.3"})[0] == 200
+        assert request(server, "POST", "/mcp", INIT, {**auth, "x-forwarded-for": "10.1.2.3, 192.0.2.7"})[0] == 403
+        assert request(server, "POST", "/mcp", INIT, {**auth, "x-forwarded-for": "not-an-ip"})[0] == 403
+    assert md.resolve_client_ip("127.0.0.1", "203.0.113.9, 10.0.0.5", ("127.0.0.1/32", "10.0.0.0/8")) == \
+        "203.0.113.9"
+    assert md.resolve_client_ip("198.51.100.1", "10.0.0.5", ("127.0.0.1/32",)) == "198.51.100.1"
+    with pytest.raises(md.ConfigError):
+        md.load_settings({"allowed_client_ips": "10.0.0.300/8"})
+
+
+def test_key_file_edits_apply_without_restart_and_end_revoked_sessions(tmp_path):
+    keys_file, (first,) = make_keys(tmp_path, ["--client-id", "first"])
+    with http_server([], {"SECURITY_API_KEYS_FILE": keys_file}) as server:
+        assert request(server, "POST", "/mcp", INIT, {**MCP_HEADERS, "authorization": "Bearer x"})[0] == 401
+        session = open_session(server, {"authorization": f"Bearer {first}"})
+        _, (second,) = make_keys(tmp_path, ["--client-id", "second"])
+        deadline = time.time() + 5
+        while request(server, "POST", "/mcp", INIT, {**MCP_HEADERS, "authorization": f"Bearer {second}"})[0] != 200:
+            assert time.time() < deadline, "new key not honoured without restart"
+            time.sleep(0.2)
+        Path(keys_file).write_text("{ this is not json")  # a bad edit keeps the last good keys
+        time.sleep(2.5)
+        assert request(server, "POST", "/mcp", INIT, {**MCP_HEADERS, "authorization": f"Bearer {second}"})[0] == 200
+        os.chmod(keys_file, 0o600)
+        subprocess.run([sys.executable, str(HERE / "mcp_docker.py"), "keys", "migrate", "--keys-file", keys_file],
+                       capture_output=True, timeout=30)  # fails on the broken file: nothing written
+        (tmp_path / "keys.json").unlink()
+        keys_file, _ = make_keys(tmp_path, ["--client-id", "first"])  # 'first' now has a different key
+        deadline = time.time() + 5
+        ping = {"jsonrpc": "2.0", "id": 3, "method": "ping"}
+        while request(server, "POST", "/mcp", ping, {**MCP_HEADERS, "authorization": f"Bearer {first}",
+                                                      "mcp-session-id": session})[0] != 401:
+            assert time.time() < deadline, "revoked key still accepted"
+            time.sleep(0.2)
+    records = audit_records(STATE_DIR / "audit.log")
+    reloads = [r for r in records if r["event_type"] == "key_reload"]
+    assert any(r["status"] == "error" for r in reloads) and any(r["status"] == "ok" for r in reloads)
+    assert any(r["event_type"] == "session_end" and r.get("reason") == "key_revoked" for r in records)
+
+
+def test_world_readable_keys_file_refuses_start(tmp_path):
+    keys_file, _ = make_keys(tmp_path, ["--client-id", "loose"])
+    os.chmod(keys_file, 0o644)
+    server = HttpServerProcess([], {"SECURITY_API_KEYS_FILE": keys_file}, expect_start=False)
+    output = server.output()
+    assert server.proc.returncode != 0 and "readable by other users" in output and "chmod 600" in output
+
+
+def test_legacy_plaintext_keys_load_with_a_warning_and_migrate(tmp_path):
+    keys_file = tmp_path / "legacy.json"
+    md.write_private_file(str(keys_file), json.dumps({"clients": [
+        {"client_id": "seed", "api_key": "sk-legacy-plaintext-key-123", "enabled": True}]}).encode())
+    with http_server([], {"SECURITY_API_KEYS_FILE": str(keys_file)}) as server:
+        assert open_session(server, {"authorization": "Bearer sk-legacy-plaintext-key-123"})
+        assert "keys migrate" in "\n".join(server.lines)
+    done = subprocess.run([sys.executable, str(HERE / "mcp_docker.py"), "keys", "migrate", "--keys-file",
+                           str(keys_file)], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0
+    assert "sk-legacy-plaintext-key-123" not in keys_file.read_text()
+    assert md.hash_api_key("sk-legacy-plaintext-key-123") in keys_file.read_text()
+
+
+def test_ephemeral_key_on_loopback_without_keys_file(tmp_path):
+    with http_server([], {"SECURITY_API_KEYS_FILE": str(tmp_path / "absent.json")}) as server:
+        output = "\n".join(server.lines)
+        key = re.search(r"\b(sk-[A-Za-z0-9_-]{40,})", output).group(1)
+        assert "claude mcp add --transport http" in output
+        assert request(server, "POST", "/mcp", INIT, MCP_HEADERS)[0] == 401
+        assert open_session(server, {"authorization": f"Bearer {key}"})
+
+
+def test_signed_requests_with_ssh_keys_cannot_be_replayed(tmp_path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    private = ed25519.Ed25519PrivateKey.generate()
+    key_path = tmp_path / "id_ed25519"
+    key_path.write_bytes(private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                               serialization.NoEncryption()))
+    os.chmod(key_path, 0o600)
+    public = private.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    authorized = tmp_path / "authorized_keys"
+    authorized.write_text(public.decode() + " ssh-robot\n")
+    keys_file, _ = make_keys(tmp_path, ["--client-id", "unrelated"])
+    with http_server([], {"SECURITY_API_KEYS_FILE": keys_file,
+                          "SECURITY_SSH_AUTHORIZED_KEYS_FILE": str(authorized)}) as server:
+        body = json.dumps(INIT).encode()
+        signed = subprocess.run([sys.executable, str(HERE / "mcp_docker.py"), "sign-request", "--key", str(key_path),
+                                 "--body-file", "-"], input=body, capture_output=True, timeout=30)
+        assert signed.returncode == 0, signed.stderr
+        header = signed.stdout.decode().strip()
+        status, headers, _ = request(server, "POST", "/mcp", body, {**MCP_HEADERS, "authorization": header})
+        assert status == 200 and headers["mcp-session-id"]
+        assert request(server, "POST", "/mcp", body, {**MCP_HEADERS, "authorization": header})[0] == 401  # replay
+        other_body = json.dumps({**INIT, "id": 2}).encode()
+        assert request(server, "POST", "/mcp", other_body, {**MCP_HEADERS, "authorization": header})[0] == 401
+        stale = md.sign_request(private, "POST", "/mcp", body, now=time.time() - 600)
+        assert request(server, "POST", "/mcp", body, {**MCP_HEADERS, "authorization": stale})[0] == 401
+    reasons = {r.get("reason") for r in audit_records(STATE_DIR / "audit.log") if r["event_type"] == "auth_failure"}
+    assert {"replayed_nonce", "bad_signature", "signature_expired"} <= reasons
+
+
+def test_audit_log_chain_and_tamper_detection(tmp_path):
+    log_path = tmp_path / "audit.log"
+    h = Harness(env={"SECURITY_AUDIT_LOG_FILE": str(log_path)})
+    try:
+        h.ok("docker_version")
+        h.error("docker_inspect_container", {"container": f"{PREFIX}-x"}, "not_found")
+        h.ok("docker_list_containers", {"all": True})
+        h.call("docker_create_container", {"image": TEST_IMAGE, "name": f"{PREFIX}-audit", "network": "none",
+                                           "environment": {"DB_PASSWORD": "hunter2", "TOKEN": "abc"},
+                                           "labels": {"io.mcp-docker.test": PREFIX}})
+    finally:
+        h.close()
+    assert log_path.stat().st_mode & 0o777 == 0o600
+    records = audit_records(log_path)
+    calls = [r for r in records if r["event_type"] == "tool_call"]
+    assert [c["tool_name"] for c in calls] == ["docker_version", "docker_inspect_container",
+                                               "docker_list_containers", "docker_create_container"]
+    assert calls[1]["error"]["category"] == "not_found" and calls[0]["result"]["status"] == "ok"
+    assert "hunter2" not in log_path.read_text() and "DEBUG" not in log_path.read_text()
+    verify = [sys.executable, str(HERE / "mcp_docker.py"), "audit", "verify"]
+    assert subprocess.run([*verify, str(log_path)], capture_output=True, timeout=30).returncode == 0
+    lines = log_path.read_bytes().splitlines(keepends=True)
+    target = next(i for i, line in enumerate(lines) if b'"docker_list_containers"' in line)
+    edited = list(lines)
+    edited[target] = edited[target].replace(b"docker_list_containers", b"docker_version")
+    tampered = {
+        "edited": edited,
+        "removed": lines[:2] + lines[3:],
+        "reordered": [lines[0], lines[2], lines[1], *lines[3:]],
+    }
+    for kind, content in tampered.items():
+        path = tmp_path / f"{kind}.log"
+        path.write_bytes(b"".join(content))
+        done = subprocess.run([*verify, str(path)], capture_output=True, text=True, timeout=30)
+        assert done.returncode == 1 and "line" in done.stdout, kind
+
+
+def test_audit_rotation_keeps_the_chain(tmp_path):
+    log_path = tmp_path / "audit.log"
+    audit = md.AuditLog(str(log_path), max_bytes=600, backups=3)
+    for number in range(20):
+        assert audit.write({"event_type": "tool_call", "n": number})
+    files = [str(tmp_path / f"audit.log.{i}") for i in (3, 2, 1) if (tmp_path / f"audit.log.{i}").exists()]
+    assert files and all(Path(f).stat().st_mode & 0o777 == 0o600 for f in [*files, str(log_path)])
+    done = subprocess.run([sys.executable, str(HERE / "mcp_docker.py"), "audit", "verify", *files, str(log_path)],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stdout
+
+
+def test_concurrent_audit_writers_never_interleave(tmp_path):
+    log_path = str(tmp_path / "audit.log")
+    code = ("import sys, mcp_docker as md\n"
+            "log = md.AuditLog(sys.argv[1], 1 << 30, 2)\n"
+            "for i in range(100): log.write({'event_type': 'tool_call', 'writer': sys.argv[2], 'i': i,"
+            " 'pad': 'x' * 3000})\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code, log_path, str(w)], cwd=HERE) for w in range(4)]
+    threads = [threading.Thread(target=lambda: [md.AuditLog(log_path, 1 << 30, 2).write(
+        {"event_type": "tool_call", "writer": "thread", "i": i}) for i in range(50)]) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(p.wait(60) == 0 for p in procs)
+    records = audit_records(log_path)
+    assert len(records) == 4 * 100 + 2 * 50
+    assert md.verify_audit_lines(Path(log_path).read_bytes().splitlines()) == []
+
+
+def test_stdio_rate_limit_guards_against_a_runaway_agent():
+    require_engine()
+    h = Harness(env={"SECURITY_RATE_LIMIT_ENABLED": "true", "SECURITY_RATE_LIMIT_RPM": "1",
+                     "SECURITY_RATE_LIMIT_BURST": "2"})
+    try:
+        h.ok("docker_version")
+        h.ok("docker_version")
+        text = h.error("docker_version", {}, "rate_limited")
+        assert "retry in" in text
+    finally:
+        h.close()
+
+
+def test_unit_access_control_pieces():
+    now = md.utc_now()
+    entries, warnings = md.parse_keys_document(json.dumps({"keys": [
+        {"client_id": "a", "key_hash": md.hash_api_key("sk-a"), "role": {"max_tier": "safe"}},
+        {"client_id": "b", "api_key": "sk-b"},
+        {"client_id": "cn-robot", "mtls": True, "role": {"max_tier": "moderate"}}]}))
+    assert len(entries) == 3 and len(warnings) == 1 and "migrate" in warnings[0]
+    assert md.check_key(entries, "sk-a", now)[0].role.max_tier is md.Tier.SAFE
+    assert md.check_key(entries, "sk-b", now)[1] == "ok"
+    assert md.check_key(entries, "sk-c", now) == (None, "unknown")
+    assert md.check_key(entries, None, now) == (None, "missing")
+    for bad in ('{"keys": [{"client_id": "x"}]}', '{"keys": [{"client_id": "x", "key_hash": "zz"}]}',
+                '{"keys": [{"client_id": "x y", "key_hash": "' + "0" * 64 + '"}]}', "not json",
+                '{"keys": [{"client_id": "x", "mtls": true, "role": {"max_tier": "root"}}]}'):
+        with pytest.raises(md.ConfigError):
+            md.parse_keys_document(bad)
+    assert md.presented_key({"authorization": "Bearer sk-1"}) == "sk-1"
+    assert md.presented_key({"x-mcp-api-key": "sk-2"}) == "sk-2"
+    assert md.presented_key({"authorization": "Basic abc"}) is None
+    bucket = md.TokenBucket(rate=1.0, burst=2, now=0.0)
+    assert [bucket.take(0.0), bucket.take(0.0)] == [0.0, 0.0] and bucket.take(0.0) == pytest.approx(1.0)
+    assert bucket.take(1.0) == 0.0
+    assert md.parse_duration("90d").days == 90 and md.parse_duration("12h").seconds == 12 * 3600
+    with pytest.raises(md.ConfigError):
+        md.parse_duration("soon")
+    assert md.redact_arguments({"environment": {"DB_PASSWORD": "x", "MODE": "y"}, "token": "t",
+                                "command": ["curl", "https://user:pw@host/", "AKIAABCDEFGHIJKLMNOP"]}) == {
+        "environment": {"DB_PASSWORD": "<redacted>", "MODE": "y"}, "token": "<redacted>",
+        "command": ["curl", "<redacted>", "<redacted>"]}
+    assert md.role_denial("docker_remove_image", md.Tier.DESTRUCTIVE, md.Role(max_tier=md.Tier.MODERATE))
+    assert md.role_denial("docker_version", md.Tier.SAFE, md.Role(denied_tools=("docker_version",)))
+    assert md.ip_allowed("10.2.3.4", ("10.0.0.0/8",)) and not md.ip_allowed("11.0.0.1", ("10.0.0.0/8",))
+    assert md.ip_allowed("::ffff:10.0.0.1", ("10.0.0.0/8",)) and md.ip_allowed("anything", ())
+    assert md.host_allowed("localhost:8000", {"localhost"}) and not md.host_allowed("evil.com", {"localhost"})
+    assert md.host_allowed("[::1]:8000", {"[::1]"}) and not md.host_allowed("", {"localhost"})
