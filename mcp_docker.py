@@ -3363,9 +3363,11 @@ class HttpServer:
         return names | set(self.settings.allowed_hosts)
 
     def allowed_origins(self) -> set[str]:
-        scheme = "https" if self.tls else "http"
+        # Both schemes: what DNS rebinding abuses is a foreign host name, and a page on an allowed host
+        # may well be served over plain HTTP while this server speaks TLS.
         hosts = {split_host_port(h)[0] for h in self.allowed_hosts()}
-        origins = {f"{scheme}://{h}" for h in hosts} | {f"{scheme}://{h}:{self.bound_port}" for h in hosts}
+        origins = {f"{scheme}://{h}{port}" for scheme in ("http", "https") for h in hosts
+                   for port in ("", f":{self.bound_port}")}
         return origins | set(self.settings.allowed_origins)
 
     async def run(self) -> None:
