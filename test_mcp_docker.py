@@ -1513,6 +1513,88 @@ def test_signed_requests_with_ssh_keys_cannot_be_replayed(tmp_path):
     assert {"replayed_nonce", "bad_signature", "signature_expired"} <= reasons
 
 
+def test_graceful_shutdown_lets_running_calls_finish(tmp_path):
+    keys_file, (key,) = make_keys(tmp_path, ["--client-id", "drain"])
+    h = Harness()
+    try:
+        name = sleeper(h, "drain")
+    finally:
+        h.close()
+    server = HttpServerProcess(["--shutdown-grace", "15"], {"SECURITY_API_KEYS_FILE": keys_file})
+    try:
+        auth = {"authorization": f"Bearer {key}"}
+        session = open_session(server, auth)
+        outcome: dict[str, Any] = {}
+
+        def slow_call() -> None:
+            outcome["reply"] = request(server, "POST", "/mcp", {
+                "jsonrpc": "2.0", "id": 11, "method": "tools/call", "params": {
+                    "name": "docker_exec_command", "arguments": {"container": name, "command": ["sleep", "2"]}}},
+                {**MCP_HEADERS, **auth, "mcp-session-id": session})
+
+        worker = threading.Thread(target=slow_call)
+        worker.start()
+        time.sleep(0.7)  # the call is running inside the engine now
+        server.proc.send_signal(15)
+        time.sleep(0.3)
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", server.port), timeout=2).close()  # no longer accepting
+        worker.join(30)
+        status, _, body = outcome["reply"]
+        assert status == 200 and json.loads(body)["result"]["structuredContent"]["exit_code"] == 0
+        assert server.proc.wait(20) == 0
+    finally:
+        server.stop()
+
+
+def test_batches_where_the_version_allows_them(tmp_path):
+    keys_file, (key,) = make_keys(tmp_path, ["--client-id", "batch"])
+    with http_server([], {"SECURITY_API_KEYS_FILE": keys_file}) as server:
+        auth = {"authorization": f"Bearer {key}"}
+        session = open_session(server, auth, version="2025-03-26")
+        batch = [{"jsonrpc": "2.0", "id": 1, "method": "ping"},
+                 {"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+                 {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 99}}]
+        status, _, body = request(server, "POST", "/mcp", batch, {**MCP_HEADERS, **auth, "mcp-session-id": session,
+                                                                  "mcp-protocol-version": "2025-03-26"})
+        answers = json.loads(body)
+        assert status == 200 and sorted(a["id"] for a in answers) == [1, 2]
+        newer = open_session(server, auth, version="2025-06-18")
+        status, _, _ = request(server, "POST", "/mcp", batch[:2], {**MCP_HEADERS, **auth, "mcp-session-id": newer})
+        assert status == 400
+
+
+def test_certificates_from_generate_certs_sh_work_for_tls_and_mtls(tmp_path):
+    import shutil
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl CLI not installed")
+    script = [str(HERE / "generate-certs.sh"), "-o", str(tmp_path)]
+    assert subprocess.run(script, capture_output=True, timeout=60).returncode == 0
+    assert subprocess.run([*script, "-c", "sh-client"], capture_output=True, timeout=60).returncode == 0
+    again = subprocess.run(script, capture_output=True, text=True, timeout=60)
+    assert again.returncode != 0 and "-f" in again.stderr
+    assert (tmp_path / "server.key").stat().st_mode & 0o777 == 0o600
+    cert = str(tmp_path / "server.crt")
+    with http_server(["--tls-cert", cert, "--tls-key", str(tmp_path / "server.key"),
+                      "--tls-client-ca", str(tmp_path / "ca.crt")]) as server:
+        context = tls_context(cert, str(tmp_path / "client-sh-client.crt"), str(tmp_path / "client-sh-client.key"))
+        status, headers, _ = request(server, "POST", "/mcp", INIT, MCP_HEADERS, context=context)
+        assert status == 200 and headers["mcp-session-id"]
+
+
+def test_odd_header_bytes_and_oversized_keys_are_refused_cleanly(tmp_path):
+    keys_file, (key,) = make_keys(tmp_path, ["--client-id", "bytes"])
+    with http_server([], {"SECURITY_API_KEYS_FILE": keys_file}) as server:
+        body = json.dumps(INIT).encode()
+        for value in (b"Bearer \xff\xfe\x80", b"Bearer " + b"k" * 3000, b"\xc3\x28"):
+            raw = (b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                   b"Accept: application/json, text/event-stream\r\nAuthorization: " + value +
+                   b"\r\nConnection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+            assert raw_exchange(server.port, raw).startswith(b"HTTP/1.1 401")
+        assert open_session(server, {"authorization": f"Bearer {key}"})
+
+
 def test_audit_log_chain_and_tamper_detection(tmp_path):
     log_path = tmp_path / "audit.log"
     h = Harness(env={"SECURITY_AUDIT_LOG_FILE": str(log_path)})
