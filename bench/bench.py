@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
-"""Benchmark mcp-docker over stdio against floors measured in the same run.
+"""Benchmark mcp-docker over stdio and HTTPS against floors measured in the same run.
 
 Run from anywhere (needs a running Docker/Podman engine and the local image
 ``mcp-docker-test/busybox:1``; nothing is pulled, the only network traffic is to the local
-engine socket or whatever ``DOCKER_HOST`` names)::
+engine socket or whatever ``DOCKER_HOST`` names, and to 127.0.0.1)::
 
     python3 bench/bench.py [--runs 10] [--iterations 200] [--warmup 20] [--json PATH] [--no-sdk]
+                           [--no-http] [--http-seconds 5] [--http-clients 1,16,64]
+                           [--http-max-requests 200000] [--sessions 500]
 
 It prints one table and writes the same figures as JSON (default ``bench/results.json``). Every
 figure stands next to a *floor* -- the cost of the same work without mcp-docker -- measured in the
@@ -19,9 +21,9 @@ same run, and the ratio value/floor:
    (which does include teardown) and a bare ``python3 -c pass`` are reported as context.
    Value and floor runs are interleaved, after one discarded warm-up of each.
 
-2. **Tool latency** -- median and p90 of ``tools/call`` for ``docker_list_containers`` (20 running
-   containers, filtered by their unique name prefix so the answer is exactly those 20) and for
-   ``docker_version``, sent as raw newline-delimited JSON-RPC over the pipes of one long-lived
+2. **stdio tool latency** -- median and p90 of ``tools/call`` for ``docker_list_containers`` (20
+   running containers, filtered by their unique name prefix so the answer is exactly those 20) and
+   for ``docker_version``, sent as raw newline-delimited JSON-RPC over the pipes of one long-lived
    server (after ``initialize`` + ``notifications/initialized``). The clock runs from writing the
    request line to reading the response line; parsing and checking the response happen after
    the clock stops. Floor: the same engine request made directly with docker-py
@@ -31,13 +33,42 @@ same run, and the ratio value/floor:
    what a real Python client adds. Raw, SDK and direct calls are interleaved per iteration (order
    rotating) after ``--warmup`` calls of each, so engine drift affects all of them alike.
 
+3. **tools/list size** -- bytes of the raw ``tools/list`` response line from the stdio server, in
+   total and per tool. Floor: the same response with every tool cut down to the two fields the
+   protocol requires (``name`` and ``inputSchema``), so the ratio is what the optional metadata
+   (title, description, annotations, ``outputSchema``) adds to every client's context.
+
+4. **HTTPS** (skipped with ``--no-http``) -- ``mcp_docker.py serve --transport http`` on 127.0.0.1
+   with a self-signed certificate (``gencert``), an API key (``genkey``), the audit log on, and
+   rate limiting on with limits set so high that they never trigger; all of it in one temporary
+   directory that is removed at the end. Clients speak raw HTTP/1.1 over keep-alive TLS
+   connections (asyncio streams, no client library), one Streamable HTTP session each
+   (``initialize``, ``notifications/initialized``, then POSTs with ``Mcp-Session-Id``).
+
+   a. **Memory** -- VmRSS of a fresh server after start + one ``docker_version`` call, and again
+      after ``--sessions`` further sessions have been initialized and kept open. Floors: a Python
+      process that imported ``mcp.server.lowlevel`` and ``docker`` and made one
+      ``APIClient.version()`` call; for the sessions, the same server idle.
+   b. **Latency, one client** -- median and p99 of ``docker_list_containers`` (the 20),
+      ``docker_version`` and ``docker_inspect_container`` (one of the 20) over one HTTPS session,
+      interleaved with the same docker-py requests (floor) exactly like the stdio rows.
+   c. **Throughput** -- for each count in ``--http-clients``: that many concurrent HTTPS sessions
+      call ``docker_version`` back to back for ``--http-seconds`` (after a discarded warm-up of a
+      fifth of that), at most ``--http-max-requests`` in all; requests per second, p50 and p99.
+      Floor: as many threads, each with its own ``docker.APIClient``, calling ``.version()`` the
+      same way. Server, benchmark-process and engine CPU are recorded for every cell.
+
 The 20 containers are ``busybox sleep 3600`` with ``--network none``, named
 ``mcpbench-<random>-N`` and labelled ``mcpbench.run=<random>``; they are force-removed in a
-``finally`` block (also on errors, Ctrl-C and SIGTERM). Every response is checked (not an error,
-20 containers with the prefix / a version string), so a broken server cannot look fast.
+``finally`` block (also on errors, Ctrl-C and SIGTERM), and so are the servers and the temporary
+directory. Every server this script starts gets the audit log and keys file in that directory and
+rate limits too high to trigger, so nothing is written to ``~/.mcp-docker``. Every response is
+checked (status 200, not an error, 20 containers with the prefix / a version string / the right
+container), so a broken server cannot look fast; the audit log must hold a record of every HTTPS
+tool call.
 
-Percentiles: median is ``statistics.median``; p90 is the nearest-rank 90th percentile. Uses only
-the standard library, ``docker`` and ``mcp``. Exit status 0 on success, 1 on failure.
+Percentiles: median is ``statistics.median``; p90/p99 are nearest-rank. Uses only the standard
+library, ``docker`` and ``mcp``. Exit status 0 on success, 1 on failure.
 """
 
 from __future__ import annotations
@@ -51,12 +82,16 @@ import json
 import math
 import os
 import platform
+import re
 import selectors
+import shutil
 import signal
+import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -72,7 +107,16 @@ INITIALIZE: dict[str, Any] = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
               "params": {"protocolVersion": PROTOCOL_VERSION, "capabilities": {},
                          "clientInfo": {"name": "bench", "version": "0"}}}
 IMPORT_FLOOR_CODE = "import sys, mcp.server.lowlevel; sys.stdout.write('ready\\n'); sys.stdout.flush()"
+MEMORY_FLOOR_CODE = ("import sys, mcp.server.lowlevel, docker\n"
+                     "from docker.utils import kwargs_from_env\n"
+                     "docker.APIClient(version='auto', **kwargs_from_env()).version()\n"
+                     "sys.stdout.write('ready\\n'); sys.stdout.flush(); sys.stdin.read()\n")
 TIMEOUT = 30.0  # seconds any single step may take before the benchmark gives up
+HTTP_CLIENT_ID = "bench"
+# Rate limiting stays ON (its bookkeeping is part of every call) but can never refuse a call here.
+UNREACHABLE_LIMITS = {"SECURITY_RATE_LIMIT_ENABLED": "true", "SECURITY_RATE_LIMIT_RPM": "1000000",
+                      "SECURITY_RATE_LIMIT_BURST": "1000000", "SECURITY_RATE_LIMIT_CONCURRENT": "100000"}
+SESSION_CONNECTIONS = 8  # connections the --sessions sessions are opened over
 
 
 class BenchError(RuntimeError):
@@ -80,7 +124,7 @@ class BenchError(RuntimeError):
 
 
 # ---------------------------------------------------------------------------------------------
-# Statistics
+# Statistics and /proc
 # ---------------------------------------------------------------------------------------------
 
 
@@ -90,12 +134,87 @@ def percentile(samples: list[float], q: float) -> float:
     return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
 
 
-def summarize_ns(samples_ns: list[int]) -> dict[str, Any]:
+def summarize_ns(samples_ns: list[int], keep_samples: bool = True) -> dict[str, Any]:
     """Nanosecond samples -> a summary in milliseconds (samples kept for later analysis)."""
     ms = [s / 1e6 for s in samples_ns]
-    return {"n": len(ms), "median_ms": statistics.median(ms), "p90_ms": percentile(ms, 90),
-            "mean_ms": statistics.fmean(ms), "min_ms": min(ms), "max_ms": max(ms),
-            "samples_ms": [round(v, 4) for v in ms]}
+    summary = {"n": len(ms), "median_ms": statistics.median(ms), "p90_ms": percentile(ms, 90),
+               "p99_ms": percentile(ms, 99), "mean_ms": statistics.fmean(ms), "min_ms": min(ms),
+               "max_ms": max(ms)}
+    if keep_samples:
+        summary["samples_ms"] = [round(v, 4) for v in ms]
+    return summary
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of a process, from /proc/PID/status."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise BenchError(f"no VmRSS for pid {pid}")
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds a process has used so far (None when it cannot be read)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            fields = handle.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def engine_pid() -> int | None:
+    """The local dockerd's pid, when it is readable (only for CPU context)."""
+    with contextlib.suppress(OSError, ValueError):
+        return int(Path("/var/run/docker.pid").read_text().strip())
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# A scratch directory for everything a server writes: audit log, keys file, certificate, logs
+# ---------------------------------------------------------------------------------------------
+
+
+class Scratch:
+    """One temporary directory (not under HOME) for this run; removed on exit.
+
+    ``env`` is what every server started here runs with: the caller's environment minus any
+    mcp-docker settings, plus the audit log and keys file in this directory and unreachable limits.
+    """
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="mcpbench-"))
+        self.audit_log = self.dir / "audit.log"
+        self.keys_file = self.dir / "api_keys.json"
+        self.tls_dir = self.dir / "tls"
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith(("SAFETY_", "SECURITY_", "MCP_"))}
+        self.env = {**inherited, "SECURITY_AUDIT_LOG_ENABLED": "true", "SECURITY_AUDIT_LOG_FILE": str(self.audit_log),
+                    "SECURITY_API_KEYS_FILE": str(self.keys_file), **UNREACHABLE_LIMITS}
+        self.api_key = ""
+
+    def __enter__(self) -> Scratch:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def make_credentials(self) -> None:
+        """A self-signed certificate and one API key, made by mcp-docker's own commands."""
+        for argv in (["gencert", "--out-dir", str(self.tls_dir)],
+                     ["genkey", "--client-id", HTTP_CLIENT_ID, "--keys-file", str(self.keys_file)]):
+            done = subprocess.run([sys.executable, str(SERVER), *argv], cwd=REPO, env=self.env, stdin=subprocess.DEVNULL,
+                                  capture_output=True, text=True, timeout=TIMEOUT)
+            if done.returncode != 0:
+                raise BenchError(f"`mcp_docker.py {argv[0]}` failed: {done.stderr.strip()[-500:]}")
+            if argv[0] == "genkey":
+                self.api_key = (done.stdout.strip().splitlines() or [""])[0].strip()
+        if not self.api_key or not (self.tls_dir / "server.crt").is_file():
+            raise BenchError("genkey/gencert produced no key or certificate")
+
+    def client_ssl_context(self) -> ssl.SSLContext:
+        """Verifies the server against its own self-signed certificate (its SANs include 127.0.0.1)."""
+        return ssl.create_default_context(cafile=str(self.tls_dir / "server.crt"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,9 +268,9 @@ def stderr_tail(handle: Any, limit: int = 2000) -> str:
     return ""
 
 
-def spawn_server(stderr: Any) -> subprocess.Popen[bytes]:
+def spawn_server(stderr: Any, env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, str(SERVER), "serve"], cwd=REPO, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=stderr, bufsize=0)
+                            stdout=subprocess.PIPE, stderr=stderr, bufsize=0, env=env)
 
 
 def stop_process(proc: subprocess.Popen[bytes]) -> None:
@@ -176,13 +295,14 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
 class RawMCPClient:
     """One long-lived ``mcp_docker.py serve`` driven with raw JSON-RPC lines."""
 
-    def __init__(self) -> None:
+    def __init__(self, env: dict[str, str]) -> None:
         self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 -- lives as long as the server; closed in close()
-        self.proc = spawn_server(self.stderr)
+        self.proc = spawn_server(self.stderr, env)
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.stdin_fd = self.proc.stdin.fileno()
         self.reader = LineReader(self.proc.stdout.fileno())
         self.next_id = 1
+        self.last_line_bytes = 0  # size of the last response line read, newline included
 
     def request(self, method: str, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """Send one request; return (ns from write to the response line being read, response)."""
@@ -198,6 +318,7 @@ class RawMCPClient:
             if message.get("id") == request_id:  # skip server notifications, if any
                 if "error" in message:
                     raise BenchError(f"{method} failed: {message['error']}")
+                self.last_line_bytes = len(raw)
                 return elapsed, message["result"]
 
     def notify(self, method: str) -> None:
@@ -222,11 +343,11 @@ class RawMCPClient:
 # ---------------------------------------------------------------------------------------------
 
 
-def cold_start_once() -> int:
+def cold_start_once(env: dict[str, str]) -> int:
     """ns from spawning the server to reading its answer to ``initialize``."""
     with tempfile.TemporaryFile() as stderr:
         started = time.perf_counter_ns()
-        proc = spawn_server(stderr)
+        proc = spawn_server(stderr, env)
         try:
             assert proc.stdin is not None and proc.stdout is not None
             write_all(proc.stdin.fileno(), encode(INITIALIZE))  # the pipe holds it until read
@@ -275,13 +396,13 @@ def wall_time_of(argv: list[str]) -> int:
     return time.perf_counter_ns() - started
 
 
-def bench_cold_start(runs: int) -> dict[str, Any]:
+def bench_cold_start(runs: int, env: dict[str, str]) -> dict[str, Any]:
     literal = [sys.executable, "-c", "import mcp.server.lowlevel"]
     bare = [sys.executable, "-c", "pass"]
-    cold_start_once(), import_floor_once(), wall_time_of(literal)  # warm the page cache and .pyc files
+    cold_start_once(env), import_floor_once(), wall_time_of(literal)  # warm the page cache and .pyc files
     value, floor, literal_ns, bare_ns = [], [], [], []
     for _ in range(runs):
-        value.append(cold_start_once())
+        value.append(cold_start_once(env))
         floor.append(import_floor_once())
         literal_ns.append(wall_time_of(literal))
         bare_ns.append(wall_time_of(bare))
@@ -291,7 +412,7 @@ def bench_cold_start(runs: int) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
-# 2. Containers for the listing benchmark
+# Containers for the listing and inspect benchmarks
 # ---------------------------------------------------------------------------------------------
 
 
@@ -345,7 +466,7 @@ class BenchContainers:
 
 
 # ---------------------------------------------------------------------------------------------
-# 2. Tool latency: raw JSON-RPC, the SDK client, and docker-py directly
+# Checks and the direct (floor) requests
 # ---------------------------------------------------------------------------------------------
 
 
@@ -361,26 +482,77 @@ def check_version(structured: Any, where: str) -> None:
         raise BenchError(f"{where}: no version in {str(structured)[:200]}")
 
 
+def check_inspect(structured: Any, name: str, container_id: str, where: str) -> None:
+    structured = structured or {}
+    short = str(structured.get("id") or "")
+    if structured.get("name") != name or not short or not container_id.startswith(short):
+        raise BenchError(f"{where}: expected container {name} ({container_id[:12]}), got "
+                         f"{structured.get('name')!r} ({structured.get('id')!r})")
+
+
 def check_tool_result(result: dict[str, Any], where: str) -> dict[str, Any]:
     if result.get("isError"):
         raise BenchError(f"{where}: tool error {result.get('structuredContent') or result.get('content')}")
     return result.get("structuredContent") or {}
 
 
+class ToolCase:
+    """One tool, its arguments, its checker, and the docker-py request it makes (the floor)."""
+
+    def __init__(self, tool: str, arguments: dict[str, Any], check: Callable[[Any, str], None],
+                 direct: Callable[[Any], Any], direct_view: Callable[[Any], Any]):
+        self.tool, self.arguments, self.check = tool, arguments, check
+        self.direct, self.direct_view = direct, direct_view
+
+    def direct_step(self, api: Any) -> Callable[[], int]:
+        """A step that times the floor request on ``api`` and checks its answer after the clock stops."""
+        def step() -> int:
+            started = time.perf_counter_ns()
+            answer = self.direct(api)
+            elapsed = time.perf_counter_ns() - started
+            self.check(self.direct_view(answer), f"docker-py for {self.tool}")
+            return elapsed
+        return step
+
+
+def tool_cases(prefix: str, inspect_name: str, inspect_id: str) -> dict[str, ToolCase]:
+    return {
+        "docker_list_containers": ToolCase(
+            "docker_list_containers", {"name": prefix},
+            lambda s, where: check_list(s, prefix, where),
+            lambda api: api.containers(all=False, filters={"name": [prefix]}),  # what the tool sends
+            lambda rows: {"containers": [{"name": (r.get("Names") or [""])[0].lstrip("/")} for r in rows]}),
+        "docker_version": ToolCase(
+            "docker_version", {}, check_version, lambda api: api.version(),
+            lambda v: {"version": v.get("Version"), "api_version": v.get("ApiVersion")}),
+        "docker_inspect_container": ToolCase(
+            "docker_inspect_container", {"container": inspect_name},
+            lambda s, where: check_inspect(s, inspect_name, inspect_id, where),
+            lambda api: api.inspect_container(inspect_name),
+            lambda info: {"name": str(info.get("Name", "")).lstrip("/"), "id": str(info.get("Id", ""))[:12]}),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. stdio tool latency (raw JSON-RPC, the SDK client, docker-py directly) and tools/list size
+# ---------------------------------------------------------------------------------------------
+
+
 class SDKClient:
     """The same calls through ``mcp.Client`` over stdio (handshake era), its own server process."""
 
-    def __init__(self) -> None:
+    def __init__(self, env: dict[str, str]) -> None:
         self.stack = contextlib.AsyncExitStack()
         self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 -- closed in __aexit__
         self.client: Any = None
+        self.env = env
 
     async def __aenter__(self) -> SDKClient:
         from mcp import Client, StdioServerParameters
         from mcp.client.stdio import stdio_client
 
         params = StdioServerParameters(command=sys.executable, args=[str(SERVER), "serve"], cwd=str(REPO),
-                                       env=dict(os.environ))
+                                       env=dict(self.env))
         transport = stdio_client(params, errlog=self.stderr)  # type: ignore[arg-type]
         self.client = await self.stack.enter_async_context(Client(transport, mode="legacy", cache=None))
         return self
@@ -418,102 +590,574 @@ async def run_interleaved(steps: dict[str, Callable[[], Any]], warmup: int, iter
     return samples
 
 
-async def bench_latency(api: Any, prefix: str, warmup: int, iterations: int, use_sdk: bool) -> dict[str, Any]:
-    list_args = {"name": prefix}
-    list_filters = {"name": [prefix]}
+def tools_list_size(raw: RawMCPClient) -> dict[str, Any]:
+    """The tools/list answer's wire size, and the same answer with only the required tool fields."""
+    _, result = raw.request("tools/list", {})
+    wire = raw.last_line_bytes
+    tools = result.get("tools") or []
+    if not tools or result.get("nextCursor"):
+        raise BenchError(f"tools/list: expected one page of tools, got {len(tools)} (cursor {result.get('nextCursor')!r})")
+    minimal = encode({"jsonrpc": "2.0", "id": 0,
+                      "result": {"tools": [{"name": t["name"], "inputSchema": t["inputSchema"]} for t in tools]}})
+    per_tool = {t["name"]: len(json.dumps(t, separators=(",", ":")).encode()) for t in tools}
+    return {"tools": len(tools), "wire_bytes": wire, "floor_bytes": len(minimal),
+            "per_tool_bytes": wire / len(tools), "floor_per_tool_bytes": len(minimal) / len(tools),
+            "largest_tools": dict(sorted(per_tool.items(), key=lambda item: -item[1])[:5])}
 
-    def raw_step(tool: str, arguments: dict[str, Any], check: Callable[[Any], None]) -> Callable[[], int]:
+
+async def bench_latency(api: Any, cases: dict[str, ToolCase], warmup: int, iterations: int, use_sdk: bool,
+                        env: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    def raw_step(case: ToolCase) -> Callable[[], int]:
         def step() -> int:
-            elapsed, result = raw.call_tool(tool, arguments)
-            check(check_tool_result(result, f"raw {tool}"))
+            elapsed, result = raw.call_tool(case.tool, case.arguments)
+            case.check(check_tool_result(result, f"raw {case.tool}"), f"raw {case.tool}")
             return elapsed
         return step
 
-    def sdk_step(tool: str, arguments: dict[str, Any], check: Callable[[Any], None]) -> Callable[[], Any]:
+    def sdk_step(case: ToolCase) -> Callable[[], Any]:
         async def step() -> int:
-            elapsed, structured = await sdk.call_tool(tool, arguments)
-            check(structured)
+            elapsed, structured = await sdk.call_tool(case.tool, case.arguments)
+            case.check(structured, f"SDK {case.tool}")
             return elapsed
         return step
 
-    def direct_list() -> int:
-        started = time.perf_counter_ns()
-        rows = api.containers(all=False, filters=list_filters)  # what docker_list_containers sends
-        elapsed = time.perf_counter_ns() - started
-        check_list({"containers": [{"name": (r.get("Names") or [""])[0].lstrip("/")} for r in rows]},
-                   prefix, "docker-py containers()")
-        return elapsed
-
-    def direct_version() -> int:
-        started = time.perf_counter_ns()
-        answer = api.version()
-        elapsed = time.perf_counter_ns() - started
-        check_version({"version": answer.get("Version"), "api_version": answer.get("ApiVersion")},
-                      "docker-py version()")
-        return elapsed
-
-    def check_l(where: str) -> Callable[[Any], None]:
-        return lambda structured: check_list(structured, prefix, where)
-
-    def check_v(where: str) -> Callable[[Any], None]:
-        return lambda structured: check_version(structured, where)
-
-    raw = RawMCPClient()
+    raw = RawMCPClient(env)
     results: dict[str, Any] = {}
     try:
         try:
             raw.initialize()
+            sizes = tools_list_size(raw)
         except BenchError as error:
             raise BenchError(f"{error}; server stderr: {stderr_tail(raw.stderr)}") from None
         async with contextlib.AsyncExitStack() as stack:
-            sdk: Any = await stack.enter_async_context(SDKClient()) if use_sdk else None
-            for tool, arguments, direct, checker in (
-                    ("docker_list_containers", list_args, direct_list, check_l),
-                    ("docker_version", {}, direct_version, check_v)):
-                steps: dict[str, Callable[[], Any]] = {
-                    "raw": raw_step(tool, arguments, checker(f"raw {tool}")), "direct": direct}
+            sdk: Any = await stack.enter_async_context(SDKClient(env)) if use_sdk else None
+            for tool in ("docker_list_containers", "docker_version"):
+                case = cases[tool]
+                steps: dict[str, Callable[[], Any]] = {"raw": raw_step(case), "direct": case.direct_step(api)}
                 if use_sdk:
-                    steps["sdk"] = sdk_step(tool, arguments, checker(f"SDK {tool}"))
+                    steps["sdk"] = sdk_step(case)
                 samples = await run_interleaved(steps, warmup, iterations)
                 results[tool] = {name: summarize_ns(values) for name, values in samples.items()}
     finally:
         raw.close()
+    return results, sizes
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. HTTPS: the server process and a raw HTTP/1.1 client
+# ---------------------------------------------------------------------------------------------
+
+LISTENING = re.compile(rb"mcp-docker listening on https://127\.0\.0\.1:(\d+)/mcp")
+
+
+class HttpServerProcess:
+    """``mcp_docker.py serve --transport http`` on 127.0.0.1, any free port, TLS, output to a log file."""
+
+    def __init__(self, scratch: Scratch, name: str):
+        self.log_path = scratch.dir / f"{name}.log"
+        self.log = open(self.log_path, "wb")  # noqa: SIM115 -- closed in stop()
+        started = time.perf_counter()
+        self.proc = subprocess.Popen(
+            [sys.executable, str(SERVER), "serve", "--transport", "http", "--host", "127.0.0.1", "--port", "0",
+             "--tls-cert", str(scratch.tls_dir / "server.crt"), "--tls-key", str(scratch.tls_dir / "server.key")],
+            cwd=REPO, env=scratch.env, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
+        try:
+            self.port = self._wait_until_listening()
+        except BaseException:
+            self.stop()
+            raise
+        self.start_ms = (time.perf_counter() - started) * 1000
+
+    def _wait_until_listening(self) -> int:
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            found = LISTENING.search(self.log_path.read_bytes())
+            if found:
+                return int(found.group(1))
+            if self.proc.poll() is not None:
+                raise BenchError(f"the HTTP server exited with {self.proc.returncode}: {self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise BenchError(f"the HTTP server did not listen within {TIMEOUT:.0f}s: {self.log_tail()}")
+            time.sleep(0.02)
+
+    def log_tail(self, limit: int = 2000) -> str:
+        with contextlib.suppress(OSError):
+            return self.log_path.read_bytes().decode(errors="replace")[-limit:]
+        return ""
+
+    def log_problems(self) -> list[str]:
+        """Distinct WARNING/ERROR lines of the server log (timestamps cut), with counts."""
+        counts: dict[str, int] = {}
+        with contextlib.suppress(OSError):
+            for line in self.log_path.read_text(errors="replace").splitlines():
+                if " WARNING " in line or " ERROR " in line:
+                    text = line.split(" ", 2)[-1][:200]
+                    counts[text] = counts.get(text, 0) + 1
+        return [f"{count}x {text}" for text, count in counts.items()]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()  # SIGTERM: the server's graceful shutdown
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def parse_head(raw: bytes) -> tuple[int, dict[str, str]]:
+    lines = raw.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+        raise BenchError(f"bad HTTP status line {lines[0][:100]!r}")
+    fields: dict[str, str] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            fields[name.strip().lower()] = value.strip()
+    return int(parts[1]), fields
+
+
+class HttpsConnection:
+    """One keep-alive TLS connection speaking raw HTTP/1.1 to /mcp: no client library, so the client
+    stays cheap next to the server (asyncio streams; one event loop drives many of these)."""
+
+    def __init__(self, port: int, api_key: str, context: ssl.SSLContext):
+        self.port, self.context = port, context
+        self.fixed = (f"Host: 127.0.0.1:{port}\r\nAuthorization: Bearer {api_key}\r\n"
+                      "Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n").encode()
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def open(self) -> HttpsConnection:
+        async with asyncio.timeout(TIMEOUT):
+            self.reader, self.writer = await asyncio.open_connection(
+                "127.0.0.1", self.port, ssl=self.context, server_hostname="127.0.0.1")
+        return self
+
+    async def request(self, method: bytes, body: bytes = b"", headers: bytes = b"") -> tuple[int, int, dict[str, str], bytes]:
+        """One exchange: (ns from writing the request to having read the whole response, status, headers, body)."""
+        assert self.reader is not None and self.writer is not None
+        data = b"%s /mcp HTTP/1.1\r\n%s%sContent-Length: %d\r\n\r\n%s" % (method, self.fixed, headers, len(body), body)
+        started = time.perf_counter_ns()
+        try:
+            async with asyncio.timeout(TIMEOUT):
+                self.writer.write(data)
+                await self.writer.drain()
+                status, fields = parse_head(await self.reader.readuntil(b"\r\n\r\n"))
+                length = fields.get("content-length")
+                if length is None or not length.isdigit():  # an SSE stream: not expected for these calls
+                    raise BenchError(f"HTTP {status} answer without Content-Length ({fields.get('content-type')})")
+                payload = await self.reader.readexactly(int(length))
+        except TimeoutError:
+            raise BenchError(f"no complete HTTPS answer within {TIMEOUT:.0f}s") from None
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError) as exc:
+            raise BenchError(f"the HTTPS connection broke: {type(exc).__name__}") from None
+        return time.perf_counter_ns() - started, status, fields, payload
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(5):
+                    await self.writer.wait_closed()
+
+
+class HttpsSession:
+    """One Streamable HTTP session on a connection (several sessions may share one connection)."""
+
+    calls_made = 0  # tools/call requests sent over HTTPS in this run, for the audit check
+
+    def __init__(self, connection: HttpsConnection):
+        self.connection = connection
+        self.id = ""
+        self.headers = b""
+        self.next_id = 1
+
+    def body(self, method: str, params: dict[str, Any] | None) -> bytes:
+        message: dict[str, Any] = {"jsonrpc": "2.0", "id": self.next_id, "method": method}
+        if params is not None:
+            message["params"] = params
+        self.next_id += 1
+        return json.dumps(message, separators=(",", ":")).encode()
+
+    async def initialize(self) -> HttpsSession:
+        _, status, fields, payload = await self.connection.request(b"POST", self.body("initialize", INITIALIZE["params"]))
+        answer = json.loads(payload) if status == 200 else {}
+        self.id = fields.get("mcp-session-id", "")
+        if status != 200 or not self.id or answer.get("result", {}).get("protocolVersion") != PROTOCOL_VERSION:
+            raise BenchError(f"HTTPS initialize: HTTP {status}, session {self.id!r}, {payload[:300]!r}")
+        self.headers = f"Mcp-Session-Id: {self.id}\r\nMCP-Protocol-Version: {PROTOCOL_VERSION}\r\n".encode()
+        note = json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}).encode()
+        _, status, _, payload = await self.connection.request(b"POST", note, self.headers)
+        if status != 202:
+            raise BenchError(f"HTTPS notifications/initialized: HTTP {status}, {payload[:300]!r}")
+        return self
+
+    async def send(self, method: str, params: dict[str, Any] | None = None) -> tuple[int, int, bytes]:
+        """(elapsed ns, status, body) of one request on this session; checked later by the caller."""
+        if method == "tools/call":
+            HttpsSession.calls_made += 1
+        elapsed, status, _, payload = await self.connection.request(b"POST", self.body(method, params), self.headers)
+        return elapsed, status, payload
+
+    async def delete(self) -> None:
+        _, status, _, payload = await self.connection.request(b"DELETE", b"", self.headers)
+        if status != 200:
+            raise BenchError(f"HTTPS DELETE session: HTTP {status}, {payload[:200]!r}")
+
+
+def http_result(status: int, payload: bytes, where: str) -> dict[str, Any]:
+    """The structuredContent of a 200 tools/call answer, else BenchError."""
+    if status != 200:
+        raise BenchError(f"{where}: HTTP {status}: {payload[:300]!r}")
+    answer = json.loads(payload)
+    if "result" not in answer:
+        raise BenchError(f"{where}: {str(answer.get('error') or answer)[:300]}")
+    return check_tool_result(answer["result"], where)
+
+
+async def open_sessions(server: HttpServerProcess, scratch: Scratch, count: int) -> list[HttpsSession]:
+    context = scratch.client_ssl_context()
+    connections = await asyncio.gather(*(HttpsConnection(server.port, scratch.api_key, context).open()
+                                         for _ in range(count)))
+    return list(await asyncio.gather(*(HttpsSession(c).initialize() for c in connections)))
+
+
+async def close_sessions(sessions: list[HttpsSession]) -> None:
+    await asyncio.gather(*(s.delete() for s in sessions))
+    await asyncio.gather(*(c.close() for c in dict.fromkeys(s.connection for s in sessions)))
+
+
+# ---------------------------------------------------------------------------------------------
+# 3a. HTTPS memory
+# ---------------------------------------------------------------------------------------------
+
+
+def memory_floor_kib() -> int:
+    """RSS of a Python that imported mcp.server.lowlevel and docker and made one version() call."""
+    proc = subprocess.Popen([sys.executable, "-c", MEMORY_FLOOR_CODE], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, bufsize=0)
+    try:
+        assert proc.stdout is not None
+        reader = LineReader(proc.stdout.fileno())
+        try:
+            line = reader.readline()
+        finally:
+            reader.close()
+        if line != b"ready\n":
+            raise BenchError(f"memory floor printed {line!r}")
+        return rss_kib(proc.pid)
+    finally:
+        stop_process(proc)
+
+
+async def bench_memory(scratch: Scratch, session_count: int) -> dict[str, Any]:
+    floor_kib = memory_floor_kib()
+    server = HttpServerProcess(scratch, "http-memory")
+    try:
+        (first,) = await open_sessions(server, scratch, 1)
+        _, status, payload = await first.send("tools/call", {"name": "docker_version", "arguments": {}})
+        check_version(http_result(status, payload, "HTTPS docker_version"), "HTTPS docker_version")
+        await asyncio.sleep(0.2)
+        idle_kib = rss_kib(server.proc.pid)
+        connections = [await HttpsConnection(server.port, scratch.api_key, scratch.client_ssl_context()).open()
+                       for _ in range(SESSION_CONNECTIONS)]
+
+        async def open_many(connection: HttpsConnection, how_many: int) -> list[HttpsSession]:
+            return [await HttpsSession(connection).initialize() for _ in range(how_many)]
+
+        shares = [session_count // SESSION_CONNECTIONS + (i < session_count % SESSION_CONNECTIONS)
+                  for i in range(SESSION_CONNECTIONS)]
+        opened_at = time.perf_counter()
+        batches = await asyncio.gather(*(open_many(c, n) for c, n in zip(connections, shares, strict=True)))
+        open_seconds = time.perf_counter() - opened_at
+        sessions = [s for batch in batches for s in batch]
+        if len({s.id for s in sessions}) != session_count:
+            raise BenchError(f"expected {session_count} distinct sessions, got {len({s.id for s in sessions})}")
+        for session in (sessions[0], sessions[-1], first):  # still open and answering
+            _, status, payload = await session.send("ping", None)
+            if status != 200 or "result" not in json.loads(payload):
+                raise BenchError(f"ping on an open session: HTTP {status}, {payload[:200]!r}")
+        await asyncio.sleep(0.2)
+        loaded_kib = rss_kib(server.proc.pid)
+        for connection in [*connections, first.connection]:
+            await connection.close()
+    finally:
+        server.stop()
+    return {"floor_kib": floor_kib, "idle_kib": idle_kib, "sessions": session_count, "loaded_kib": loaded_kib,
+            "per_session_kib": (loaded_kib - idle_kib) / session_count,
+            "sessions_opened_per_second": session_count / open_seconds, "server_start_ms": server.start_ms,
+            "server_log_problems": server.log_problems()}
+
+
+# ---------------------------------------------------------------------------------------------
+# 3b. HTTPS latency with one client
+# ---------------------------------------------------------------------------------------------
+
+
+async def bench_https_latency(server: HttpServerProcess, scratch: Scratch, api: Any, cases: dict[str, ToolCase],
+                              warmup: int, iterations: int) -> dict[str, Any]:
+    def https_step(case: ToolCase) -> Callable[[], Any]:
+        async def step() -> int:
+            elapsed, status, payload = await session.send("tools/call", {"name": case.tool,
+                                                                         "arguments": case.arguments})
+            case.check(http_result(status, payload, f"HTTPS {case.tool}"), f"HTTPS {case.tool}")
+            return elapsed
+        return step
+
+    (session,) = await open_sessions(server, scratch, 1)
+    results: dict[str, Any] = {}
+    try:
+        for tool, case in cases.items():
+            samples = await run_interleaved({"https": https_step(case), "direct": case.direct_step(api)},
+                                            warmup, iterations)
+            results[tool] = {name: summarize_ns(values) for name, values in samples.items()}
+    finally:
+        await close_sessions([session])
     return results
+
+
+# ---------------------------------------------------------------------------------------------
+# 3c. HTTPS throughput with N clients, against N docker-py threads
+# ---------------------------------------------------------------------------------------------
+
+
+class CpuMeter:
+    """CPU used by the server, this process and the engine between start() and stop(), as % of one core."""
+
+    def __init__(self, server_pid: int | None):
+        self.pids = {"server": server_pid, "engine": engine_pid()}
+
+    def _read(self) -> dict[str, float | None]:
+        readings: dict[str, float | None] = {name: cpu_seconds(pid) if pid else None for name, pid in self.pids.items()}
+        readings["bench_client"] = time.process_time()
+        return readings
+
+    def start(self) -> None:
+        self.before, self.started = self._read(), time.perf_counter()
+
+    def stop(self) -> dict[str, float | None]:
+        after, wall = self._read(), time.perf_counter() - self.started
+        return {f"{name}_cpu_pct": None if after[name] is None or self.before[name] is None
+                else round(100 * (after[name] - self.before[name]) / wall, 1)  # type: ignore[operator]
+                for name in after}
+
+
+def throughput_summary(latencies: list[list[int]], wall: float, cpu: dict[str, Any]) -> dict[str, Any]:
+    flat = [value for per_client in latencies for value in per_client]
+    if not flat:
+        raise BenchError("no request completed in a throughput cell")
+    summary = summarize_ns(flat, keep_samples=False)
+    return {"requests": len(flat), "seconds": wall, "rps": len(flat) / wall, "p50_ms": summary["median_ms"],
+            "p99_ms": summary["p99_ms"], "latency": summary, "per_client_requests": [len(x) for x in latencies],
+            **cpu}
+
+
+async def https_cell(server: HttpServerProcess, scratch: Scratch, clients: int, warmup_s: float, seconds: float,
+                     max_requests: int) -> dict[str, Any]:
+    """``clients`` sessions calling docker_version back to back; answers are checked after the clock stops."""
+    sessions = await open_sessions(server, scratch, clients)
+    params = {"name": "docker_version", "arguments": {}}
+    per_client = max(1, max_requests // clients)
+
+    async def loop(session: HttpsSession, until: float, limit: int) -> tuple[list[int], list[tuple[int, bytes]]]:
+        samples: list[int] = []
+        answers: list[tuple[int, bytes]] = []
+        while len(samples) < limit and time.perf_counter() < until:
+            elapsed, status, payload = await session.send("tools/call", params)
+            samples.append(elapsed)
+            answers.append((status, payload))
+        return samples, answers
+
+    def verify(runs: list[tuple[list[int], list[tuple[int, bytes]]]]) -> None:
+        for _, answers in runs:
+            for status, payload in answers:
+                check_version(http_result(status, payload, "HTTPS docker_version"), "HTTPS docker_version")
+
+    try:
+        warm_until = time.perf_counter() + warmup_s
+        verify(await asyncio.gather(*(loop(s, warm_until, per_client) for s in sessions)))
+        meter = CpuMeter(server.proc.pid)
+        meter.start()
+        started = time.perf_counter()
+        runs = await asyncio.gather(*(loop(s, started + seconds, per_client) for s in sessions))
+        wall = time.perf_counter() - started
+        cpu = meter.stop()
+        verify(runs)
+    finally:
+        await close_sessions(sessions)
+    return throughput_summary([samples for samples, _ in runs], wall, cpu)
+
+
+def direct_cell(clients: int, warmup_s: float, seconds: float, max_requests: int) -> dict[str, Any]:
+    """``clients`` threads, each with its own docker.APIClient, calling version() back to back."""
+    import docker
+    from docker.utils import kwargs_from_env
+
+    apis = [docker.APIClient(version="auto", timeout=TIMEOUT, **kwargs_from_env()) for _ in range(clients)]
+    per_client = max(1, max_requests // clients)
+    window: dict[str, float] = {}
+    meter = CpuMeter(None)
+
+    def open_window() -> None:  # runs once, in one thread, after all have arrived and before any goes on
+        meter.start()
+        window["start"] = time.perf_counter()
+        window["until"] = window["start"] + seconds
+
+    warm_barrier = threading.Barrier(clients, timeout=TIMEOUT)
+    measure_barrier = threading.Barrier(clients, action=open_window, timeout=TIMEOUT)
+    samples: list[list[int]] = [[] for _ in range(clients)]
+    answers: list[list[Any]] = [[] for _ in range(clients)]
+    finished: list[float] = [0.0] * clients
+    errors: list[BaseException] = []
+
+    def worker(index: int) -> None:
+        api = apis[index]
+        try:
+            warm_barrier.wait()
+            warm_until, done = time.perf_counter() + warmup_s, 0
+            while done < per_client and time.perf_counter() < warm_until:
+                answers[index].append(api.version())
+                done += 1
+            measure_barrier.wait()
+            mine, until = samples[index], window["until"]
+            while len(mine) < per_client and time.perf_counter() < until:
+                started = time.perf_counter_ns()
+                answer = api.version()
+                mine.append(time.perf_counter_ns() - started)
+                answers[index].append(answer)
+            finished[index] = time.perf_counter()
+        except BaseException as exc:  # surfaced below; a broken barrier releases the others
+            errors.append(exc)
+            warm_barrier.abort()
+            measure_barrier.abort()
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=warmup_s + seconds + 2 * TIMEOUT)
+    for api in apis:
+        api.close()
+    if errors or any(thread.is_alive() for thread in threads):
+        raise BenchError(f"docker-py throughput floor failed: {errors[0] if errors else 'a thread hung'}")
+    cpu = meter.stop()
+    for per_thread in answers:
+        for answer in per_thread:
+            check_version({"version": answer.get("Version"), "api_version": answer.get("ApiVersion")},
+                          "docker-py version()")
+    cpu.pop("server_cpu_pct", None)
+    return throughput_summary(samples, max(finished) - window["start"], cpu)
+
+
+async def bench_throughput(server: HttpServerProcess, scratch: Scratch, client_counts: list[int], seconds: float,
+                           max_requests: int) -> dict[str, Any]:
+    warmup_s = seconds / 5
+    results: dict[str, Any] = {}
+    for clients in client_counts:
+        print(f"      {clients} client(s): HTTPS, then docker-py ...", file=sys.stderr)
+        https = await https_cell(server, scratch, clients, warmup_s, seconds, max_requests)
+        direct = await asyncio.to_thread(direct_cell, clients, warmup_s, seconds, max_requests)
+        results[str(clients)] = {"https": https, "direct": direct}
+    return results
+
+
+def audit_tool_calls(path: Path) -> int:
+    """tools/call records of the benchmark's API key in the audit log (rotated files included)."""
+    found = 0
+    for candidate in sorted(path.parent.glob(path.name + "*")):
+        with open(candidate, "rb") as handle:
+            for line in handle:
+                with contextlib.suppress(ValueError):
+                    record = json.loads(line)
+                    found += record.get("event_type") == "tool_call" and record.get("client_id") == HTTP_CLIENT_ID
+    return found
+
+
+async def bench_https(scratch: Scratch, api: Any, cases: dict[str, ToolCase], args: argparse.Namespace,
+                      stage: Callable[[str], None]) -> dict[str, Any]:
+    server = HttpServerProcess(scratch, "http-load")
+    try:
+        stage(f"HTTPS latency, 1 client (auth, audit, rate limiting on): {args.warmup} warm-up + "
+              f"{args.iterations} calls per tool")
+        latency = await bench_https_latency(server, scratch, api, cases, args.warmup, args.iterations)
+        stage(f"HTTPS throughput: {args.http_seconds:g} s per cell after {args.http_seconds / 5:g} s warm-up")
+        throughput = await bench_throughput(server, scratch, args.http_clients, args.http_seconds,
+                                            args.http_max_requests)
+        rss_after_kib = rss_kib(server.proc.pid)
+    finally:
+        server.stop()
+    return {"latency": latency, "throughput": throughput, "rss_after_load_kib": rss_after_kib,
+            "server_start_ms": server.start_ms, "server_log_problems": server.log_problems()}
 
 
 # ---------------------------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------------------------
 
-
-def row(metric: str, value_ms: float, floor_ms: float, floor_name: str) -> dict[str, Any]:
-    return {"metric": metric, "value_ms": round(value_ms, 3), "floor": floor_name,
-            "floor_ms": round(floor_ms, 3), "overhead_ms": round(value_ms - floor_ms, 3),
-            "ratio": round(value_ms / floor_ms, 3) if floor_ms else None}
+FORMATS = {"ms": "{:.2f}", "req/s": "{:.0f}", "MiB": "{:.1f}", "bytes": "{:.0f}"}
 
 
-def build_rows(cold: dict[str, Any], latency: dict[str, Any]) -> list[dict[str, Any]]:
+def row(metric: str, value: float, floor: float, floor_name: str, unit: str = "ms") -> dict[str, Any]:
+    return {"metric": metric, "unit": unit, "value": round(value, 3), "floor_value": round(floor, 3),
+            "ratio": round(value / floor, 3) if floor else None, "overhead": round(value - floor, 3),
+            "floor": floor_name}
+
+
+def build_rows(cold: dict[str, Any], latency: dict[str, Any], sizes: dict[str, Any],
+               https: dict[str, Any] | None, memory: dict[str, Any] | None) -> list[dict[str, Any]]:
     rows = [row("cold start: spawn -> initialize answer (median)", cold["value"]["median_ms"],
                 cold["floor"]["median_ms"], "spawn -> `import mcp.server.lowlevel` done")]
     labels = {"docker_list_containers": ("list_containers (20)", "docker-py containers()"),
-              "docker_version": ("version", "docker-py version()")}
-    for tool, (short, floor_name) in labels.items():
-        data = latency[tool]
-        for client, client_name in (("raw", "raw JSON-RPC"), ("sdk", "mcp.Client")):
+              "docker_version": ("version", "docker-py version()"),
+              "docker_inspect_container": ("inspect_container", "docker-py inspect_container()")}
+    for tool, data in latency.items():
+        short, floor_name = labels[tool]
+        for client, client_name in (("raw", "stdio raw JSON-RPC"), ("sdk", "stdio mcp.Client")):
             if client not in data:
                 continue
             for stat in ("median", "p90"):
                 rows.append(row(f"{short} via {client_name} ({stat})", data[client][f"{stat}_ms"],
                                 data["direct"][f"{stat}_ms"], f"{floor_name} ({stat})"))
+    rows.append(row(f"tools/list answer, {sizes['tools']} tools (stdio)", sizes["wire_bytes"], sizes["floor_bytes"],
+                    "same answer, tools cut to name + inputSchema", "bytes"))
+    rows.append(row("tools/list bytes per tool (average)", sizes["per_tool_bytes"], sizes["floor_per_tool_bytes"],
+                    "same, name + inputSchema only", "bytes"))
+    if memory is not None:
+        rows.append(row("HTTPS server RSS idle (start + 1 call)", memory["idle_kib"] / 1024, memory["floor_kib"] / 1024,
+                        "python: import mcp.server.lowlevel + docker, 1 version()", "MiB"))
+        rows.append(row(f"HTTPS server RSS with +{memory['sessions']} open sessions", memory["loaded_kib"] / 1024,
+                        memory["idle_kib"] / 1024, "the same server idle", "MiB"))
+    if https is not None:
+        for tool, data in https["latency"].items():
+            short, floor_name = labels[tool]
+            for stat in ("median", "p99"):
+                rows.append(row(f"{short} via HTTPS, 1 client ({stat})", data["https"][f"{stat}_ms"],
+                                data["direct"][f"{stat}_ms"], f"{floor_name} ({stat})"))
+        for clients, cell in https["throughput"].items():
+            who = f"{clients} client{'s' if clients != '1' else ''}"
+            threads = f"docker-py version(), {clients} thread{'s' if clients != '1' else ''}"
+            rows.append(row(f"version via HTTPS, {who}: throughput", cell["https"]["rps"], cell["direct"]["rps"],
+                            threads, "req/s"))
+            for stat in ("p50", "p99"):
+                rows.append(row(f"version via HTTPS, {who} ({stat})", cell["https"][f"{stat}_ms"],
+                                cell["direct"][f"{stat}_ms"], f"{threads} ({stat})"))
     return rows
 
 
 def render_table(rows: list[dict[str, Any]]) -> str:
-    header = ("metric", "mcp-docker ms", "floor ms", "ratio", "overhead ms", "floor")
-    body = [(r["metric"], f"{r['value_ms']:.2f}", f"{r['floor_ms']:.2f}", f"{r['ratio']:.2f}x",
-             f"{r['overhead_ms']:+.2f}", r["floor"]) for r in rows]
+    header = ("metric", "mcp-docker", "floor", "unit", "ratio", "overhead", "floor is")
+    body = []
+    for r in rows:
+        number = FORMATS.get(r["unit"], "{:.2f}")
+        ratio = f"{r['ratio']:.2f}x" if r["ratio"] is not None else "-"
+        overhead = ("+" if r["overhead"] >= 0 else "") + number.format(r["overhead"])
+        body.append((r["metric"], number.format(r["value"]), number.format(r["floor_value"]), r["unit"], ratio,
+                     overhead, r["floor"]))
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
-    right = {1, 2, 3, 4}
+    right = {1, 2, 4, 5}
 
     def fmt(line: tuple[str, ...]) -> str:
         return "  ".join(cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
@@ -521,6 +1165,36 @@ def render_table(rows: list[dict[str, Any]]) -> str:
 
     rule = "  ".join("-" * w for w in widths)
     return "\n".join([fmt(header), rule, *(fmt(line) for line in body)])
+
+
+def context_lines(cold: dict[str, Any], sizes: dict[str, Any], https: dict[str, Any] | None,
+                  memory: dict[str, Any] | None) -> list[str]:
+    context = cold["context"]
+    lines = [f"context: `python3 -c 'import mcp.server.lowlevel'` to exit (incl. teardown): "
+             f"{context['import_mcp_lowlevel_to_exit']['median_ms']:.1f} ms median; "
+             f"bare `python3 -c pass`: {context['bare_python_startup']['median_ms']:.1f} ms median",
+             "largest tools in tools/list (bytes): " + ", ".join(f"{k} {v}" for k, v in sizes["largest_tools"].items())]
+    if memory is not None:
+        lines.append(f"memory: {memory['per_session_kib']:.1f} KiB per open session; {memory['sessions']} sessions "
+                     f"opened at {memory['sessions_opened_per_second']:.0f}/s over {SESSION_CONNECTIONS} connections; "
+                     f"HTTPS server start to listening {memory['server_start_ms']:.0f} ms")
+    if https is not None:
+        def pct(value: Any) -> str:
+            return "n/a" if value is None else f"{value:.0f}%"
+
+        for clients, cell in https["throughput"].items():
+            h, d = cell["https"], cell["direct"]
+            lines.append(f"CPU (% of one core; 2 cores = 200%), {clients} client(s): HTTPS cell: server "
+                         f"{pct(h['server_cpu_pct'])}, bench client {pct(h['bench_client_cpu_pct'])}, engine "
+                         f"{pct(h['engine_cpu_pct'])}; docker-py cell: client {pct(d['bench_client_cpu_pct'])}, "
+                         f"engine {pct(d['engine_cpu_pct'])}; requests {h['requests']} vs {d['requests']}")
+        lines.append(f"HTTPS load server RSS after all the load: {https['rss_after_load_kib'] / 1024:.1f} MiB; "
+                     f"audit log tool_call records for the HTTPS key: {https['audit_tool_calls']} "
+                     f"(calls sent: {https['calls_sent']})")
+        problems = (memory or {}).get("server_log_problems", []) + https["server_log_problems"]
+        if problems:
+            lines.append("HTTPS server log warnings/errors: " + "; ".join(problems[:5]))
+    return lines
 
 
 def environment(api: Any) -> dict[str, Any]:
@@ -541,7 +1215,7 @@ def environment(api: Any) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
-def count(minimum: int) -> Callable[[str], int]:
+def count(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -549,8 +1223,30 @@ def count(minimum: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum}")
         return value
     return parse
+
+
+def seconds_value(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.1 <= value <= 600:
+        raise argparse.ArgumentTypeError("must be between 0.1 and 600 seconds")
+    return value
+
+
+def client_counts(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma list of whole numbers") from None
+    if not counts or any(not 1 <= c <= 256 for c in counts):
+        raise argparse.ArgumentTypeError("give 1 to 256 clients per cell, e.g. 1,16,64")
+    return list(dict.fromkeys(counts))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -562,6 +1258,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", default=str(REPO / "bench" / "results.json"), metavar="PATH",
                         help="where to write the JSON results (default bench/results.json)")
     parser.add_argument("--no-sdk", dest="sdk", action="store_false", help="skip the mcp.Client measurement")
+    parser.add_argument("--no-http", dest="http", action="store_false", help="skip everything over HTTPS")
+    parser.add_argument("--http-seconds", type=seconds_value, default=5.0,
+                        help="measured seconds per throughput cell; a fifth of it is warm-up first (default 5)")
+    parser.add_argument("--http-clients", type=client_counts, default=[1, 16, 64], metavar="N,N,...",
+                        help="concurrent clients per throughput cell (default 1,16,64)")
+    parser.add_argument("--http-max-requests", type=count(1), default=200_000,
+                        help="at most this many requests per throughput cell (default 200000)")
+    parser.add_argument("--sessions", type=count(1, 990), default=500,  # the server's default cap is 1000
+                        help="sessions held open for the memory figure (default 500, at most 990)")
     return parser.parse_args(argv)
 
 
@@ -576,45 +1281,73 @@ def main(argv: list[str] | None = None) -> int:
     from docker.utils import kwargs_from_env
 
     started = time.monotonic()
+    stages = iter(range(1, 6 if args.http else 3))
+    total_stages = 5 if args.http else 2
+
+    def stage(text: str) -> None:
+        print(f"[{next(stages)}/{total_stages}] {text} ...", file=sys.stderr)
+
+    https: dict[str, Any] | None = None
+    memory: dict[str, Any] | None = None
     try:
-        api = docker.APIClient(version="auto", **kwargs_from_env())  # the same client the server makes
-        api.inspect_image(IMAGE)
-        env = environment(api)
-        print(f"mcp-docker benchmark: python {env['python']}, mcp {env['mcp']}, docker-py {env['docker_py']}, "
-              f"engine {env['engine']}, {env['cpus']} CPUs", file=sys.stderr)
-        print(f"[1/2] cold start, {args.runs} runs each ...", file=sys.stderr)
-        cold = bench_cold_start(args.runs)
-        print(f"[2/2] tool latency, {CONTAINERS} containers, {args.warmup} warm-up + {args.iterations} "
-              f"calls per client ...", file=sys.stderr)
-        with BenchContainers(api, CONTAINERS) as containers:
-            latency = asyncio.run(bench_latency(api, containers.prefix, args.warmup, args.iterations, args.sdk))
+        with Scratch() as scratch:
+            api = docker.APIClient(version="auto", **kwargs_from_env())  # the same client the server makes
+            api.inspect_image(IMAGE)
+            env = environment(api)
+            print(f"mcp-docker benchmark: python {env['python']}, mcp {env['mcp']}, docker-py {env['docker_py']}, "
+                  f"engine {env['engine']}, {env['cpus']} CPUs; scratch directory {scratch.dir}", file=sys.stderr)
+            stage(f"cold start, {args.runs} runs each")
+            cold = bench_cold_start(args.runs, scratch.env)
+            if args.http:
+                scratch.make_credentials()
+                stage(f"HTTPS memory: idle, then {args.sessions} open sessions")
+                memory = asyncio.run(bench_memory(scratch, args.sessions))
+            stage(f"stdio tool latency and tools/list, {CONTAINERS} containers, {args.warmup} warm-up + "
+                  f"{args.iterations} calls per client")
+            with BenchContainers(api, CONTAINERS) as containers:
+                cases = tool_cases(containers.prefix, f"{containers.prefix}0", containers.ids[0])
+                latency, sizes = asyncio.run(bench_latency(api, cases, args.warmup, args.iterations, args.sdk,
+                                                           scratch.env))
+                if args.http:
+                    https = asyncio.run(bench_https(scratch, api, cases, args, stage))
+            if https is not None:
+                https["calls_sent"] = HttpsSession.calls_made
+                https["audit_tool_calls"] = audit_tool_calls(scratch.audit_log)
+                if https["audit_tool_calls"] < HttpsSession.calls_made:
+                    raise BenchError(f"the audit log holds {https['audit_tool_calls']} tool_call records for "
+                                     f"{HttpsSession.calls_made} HTTPS tool calls")
     except KeyboardInterrupt:
-        print("interrupted (any benchmark containers were removed)", file=sys.stderr)
+        print("interrupted (any benchmark containers, servers and files were removed)", file=sys.stderr)
         return 130
     except (BenchError, docker.errors.DockerException, subprocess.SubprocessError, OSError) as error:
         print(f"benchmark failed: {error}", file=sys.stderr)
         return 1
 
-    rows = build_rows(cold, latency)
-    context = cold["context"]
+    rows = build_rows(cold, latency, sizes, https, memory)
     print()
     print(render_table(rows))
     print()
-    print(f"context: `python3 -c 'import mcp.server.lowlevel'` to exit (incl. teardown): "
-          f"{context['import_mcp_lowlevel_to_exit']['median_ms']:.1f} ms median; "
-          f"bare `python3 -c pass`: {context['bare_python_startup']['median_ms']:.1f} ms median")
-    print(f"cold start {args.runs} runs; latency {args.iterations} calls per client after {args.warmup} "
-          f"warm-up, interleaved; ratio = mcp-docker / floor; total {time.monotonic() - started:.0f} s")
+    for line in context_lines(cold, sizes, https, memory):
+        print(line)
+    cells = f"throughput {args.http_seconds:g} s per cell; " if args.http else ""
+    print(f"cold start {args.runs} runs; latency {args.iterations} calls per client after {args.warmup} warm-up, "
+          f"interleaved; {cells}ratio = mcp-docker / floor (for req/s, below 1 means slower); "
+          f"total {time.monotonic() - started:.0f} s")
 
     report = {
         "generated": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "settings": {"runs": args.runs, "iterations": args.iterations, "warmup": args.warmup,
                      "containers": CONTAINERS, "image": IMAGE, "protocol_version": PROTOCOL_VERSION,
-                     "sdk": args.sdk},
+                     "sdk": args.sdk, "http": args.http, "http_seconds": args.http_seconds,
+                     "http_clients": args.http_clients, "http_max_requests": args.http_max_requests,
+                     "sessions": args.sessions, "server_env": UNREACHABLE_LIMITS | {"SECURITY_AUDIT_LOG_ENABLED": "true"}},
         "environment": env,
         "table": rows,
         "cold_start": cold,
         "latency": latency,
+        "tools_list": sizes,
+        "https": https,
+        "https_memory": memory,
     }
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
