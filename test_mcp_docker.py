@@ -35,6 +35,8 @@ TEST_IMAGE = os.environ.get("MCP_DOCKER_TEST_IMAGE", "mcp-docker-test/busybox:1"
 PREFIX = f"mcpt{secrets.token_hex(3)}"
 TEST_LABEL = f"io.mcp-docker.test={PREFIX}"
 REQUIRE_ENGINE = os.environ.get("MCP_DOCKER_REQUIRE_ENGINE") == "1"
+# The engine the integration tests drive (the server gets it as DOCKER_HOST); default: docker-py's default.
+TEST_HOST = os.environ.get("MCP_DOCKER_TEST_HOST", "")
 ALL_TOOLS = {
     "docker_list_containers", "docker_inspect_container", "docker_container_logs", "docker_container_stats",
     "docker_container_top", "docker_container_diff", "docker_create_container", "docker_run_container",
@@ -47,7 +49,8 @@ ALL_TOOLS = {
     "docker_disconnect_container", "docker_remove_network", "docker_prune_networks",
     "docker_list_volumes", "docker_inspect_volume", "docker_create_volume", "docker_remove_volume",
     "docker_prune_volumes",
-    "docker_version", "docker_system_info", "docker_disk_usage", "docker_events", "docker_prune_system",
+    "docker_list_engines", "docker_version", "docker_system_info", "docker_disk_usage", "docker_events",
+    "docker_prune_system",
 }
 DESTRUCTIVE = {"docker_remove_container", "docker_prune_containers", "docker_remove_image", "docker_prune_images",
                "docker_remove_network", "docker_prune_networks", "docker_remove_volume", "docker_prune_volumes",
@@ -61,7 +64,7 @@ DESTRUCTIVE = {"docker_remove_container", "docker_prune_containers", "docker_rem
 
 def test_registry_has_exactly_the_catalogue():
     assert set(md.TOOLS) == ALL_TOOLS
-    assert len(md.TOOLS) == 44
+    assert len(md.TOOLS) == 45
     assert {n for n, s in md.TOOLS.items() if s.tier is md.Tier.DESTRUCTIVE} == DESTRUCTIVE
 
 
@@ -247,7 +250,7 @@ def test_validation_messages_are_short_and_specific():
 def engine_client():
     import docker
 
-    return docker.APIClient(version="auto", timeout=30)
+    return docker.APIClient(version="auto", timeout=30, **({"base_url": TEST_HOST} if TEST_HOST else {}))
 
 
 def engine_available() -> bool:
@@ -278,7 +281,8 @@ class Harness:
         from mcp import StdioServerParameters
 
         self.params = StdioServerParameters(command=SERVER[0], args=[*SERVER[1:], *(args or [])],
-                                            env={**os.environ, "MCP_LOG_LEVEL": "DEBUG", **(env or {})})
+                                            env={**os.environ, "MCP_LOG_LEVEL": "DEBUG",
+                                                 **({"DOCKER_HOST": TEST_HOST} if TEST_HOST else {}), **(env or {})})
         self.mode = mode
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -376,7 +380,7 @@ def _cleanup_engine_objects():
 
 @pytest.fixture(scope="module")
 def full():
-    """A server with destructive operations enabled (44 tools)."""
+    """A server with destructive operations enabled (45 tools)."""
     require_engine()
     harness = Harness(["--allow-destructive"])
     yield harness
@@ -405,7 +409,7 @@ def sleeper(h: Harness, suffix: str, **extra: Any) -> str:
 # =============================================================================================
 
 
-def test_lists_44_tools_with_spec_annotations_when_destructive_enabled(full):
+def test_lists_45_tools_with_spec_annotations_when_destructive_enabled(full):
     tools = full.list_tools().tools
     assert {t.name for t in tools} == ALL_TOOLS
     for t in tools:
@@ -420,7 +424,7 @@ def test_lists_44_tools_with_spec_annotations_when_destructive_enabled(full):
 
 def test_default_config_hides_destructive_tools_and_refuses_them(default):
     names = {t.name for t in default.list_tools().tools}
-    assert names == ALL_TOOLS - DESTRUCTIVE and len(names) == 35
+    assert names == ALL_TOOLS - DESTRUCTIVE and len(names) == 36
     text = default.error("docker_remove_container", {"container": "whatever"}, "policy_denied")
     assert "SAFETY_ALLOW_DESTRUCTIVE_OPERATIONS" in text
     default.ok("docker_version")  # the server keeps serving
@@ -452,7 +456,7 @@ def test_raw_tools_list_uses_spec_key_names():
         send({"jsonrpc": "2.0", "id": 2, "method": "tools/list"})
         listing = json.loads(proc.stdout.readline())
         tools = listing["result"]["tools"]
-        assert len(tools) == 44
+        assert len(tools) == 45
         raw = json.dumps(tools)
         assert '"readOnly"' not in raw and '"destructive"' not in raw
         for t in tools:
@@ -472,7 +476,7 @@ def test_stateless_era(mode):
     h = Harness(["--allow-destructive"], mode=mode)
     try:
         assert h.client.session.protocol_version == "2026-07-28" if hasattr(h.client, "session") else True
-        assert len(h.list_tools().tools) == 44
+        assert len(h.list_tools().tools) == 45
         assert h.ok("docker_version")["api_version"]
         h.error("docker_inspect_container", {"container": f"{PREFIX}-missing"}, "not_found")
     finally:
@@ -885,7 +889,7 @@ def test_engine_unavailable_then_back_without_restart(tmp_path):
     h = Harness(env={"DOCKER_HOST": f"unix://{path}"})
     proxy = SocketProxy(path)
     try:
-        assert len(h.list_tools().tools) == 35  # listing needs no engine
+        assert len(h.list_tools().tools) == 36  # listing needs no engine
         text = h.error("docker_list_containers", {}, "engine_unavailable")
         assert path not in text and "sock" not in text
         proxy.start()
