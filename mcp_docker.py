@@ -456,6 +456,8 @@ def translate_engine_error(exc: BaseException) -> ToolError:
         return ToolError("conflict", text or "the object is in a conflicting state")
     if status in (400, 422) or name in ("InvalidArgument", "InvalidRepository", "InvalidVersion"):
         return ToolError("invalid_argument", text or "the engine rejected the arguments")
+    if status == 403 and "active endpoints" in explanation:  # Docker's word for a network in use; Podman says 409
+        return ToolError("conflict", text)
     if status in (401, 403):
         return ToolError("permission", text or "the engine refused the operation")
     if status is not None and status >= 500:
@@ -1597,7 +1599,8 @@ def reference_matches(pattern: str, tag: str) -> bool:
 
 @tool("docker_list_images", title="List images", tier=Tier.SAFE, toolset="images",
       description="List local images like `docker images`: id, tags, size, created.",
-      params={"name": s_image("Only images of this repository (a reference, wildcards * allowed)."),
+      params={"name": s_str("Only images of this repository (a reference, wildcards * allowed).",
+                            pattern=r"^[A-Za-z0-9*][A-Za-z0-9._/:@+*-]*$", max_length=512),
               "dangling": s_bool("Only untagged (dangling) images."),
               "label": s_labels_filter(),
               "all": s_bool("Include intermediate images."),
@@ -1836,8 +1839,10 @@ def create_network(call: Call) -> dict[str, Any]:
         ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=a["subnet"],
                                                                           gateway=a.get("gateway"))])
     labels = {**(a.get("labels") or {}), "io.mcp-docker.managed": "true"}
+    # check_duplicate: Docker would otherwise make a second network of the same name (Podman refuses)
     created = call.api.create_network(a["name"], driver=a.get("driver", "bridge"), internal=a.get("internal", False),
-                                      attachable=a.get("attachable") or None, labels=labels, ipam=ipam)
+                                      attachable=a.get("attachable") or None, labels=labels, ipam=ipam,
+                                      check_duplicate=True)
     return {"id": short_id(created.get("Id")), "name": a["name"], "status": "created"}
 
 

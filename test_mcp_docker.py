@@ -528,10 +528,16 @@ def test_container_lifecycle(full):
     assert detail["host_config"]["memory_bytes"] == 64 * 1024**2 and detail["host_config"]["pids_limit"] == 64
     assert "no-new-privileges:true" in detail["host_config"]["security_opt"]
     assert detail["config"]["labels"]["io.mcp-docker.managed"] == "true"
+    # the same values on every engine (Podman says localhost/..., [] and "" where Docker says these)
+    assert detail["image"] == TEST_IMAGE and detail["config"]["entrypoint"] is None
+    assert detail["state"]["health"] is None
 
     listed = full.ok("docker_list_containers", {"name": name})
     assert [c["name"] for c in listed["containers"]] == [name]
     assert set(listed["containers"][0]) == {"id", "name", "image", "state", "status", "created", "ports"}
+    assert listed["containers"][0]["image"] == TEST_IMAGE
+    by_image = full.ok("docker_list_containers", {"ancestor": TEST_IMAGE, "name": name})["containers"]
+    assert [c["name"] for c in by_image] == [name]
 
     deadline = time.time() + 10
     while "started" not in full.ok("docker_container_logs", {"container": name})["lines"] and time.time() < deadline:
@@ -539,8 +545,12 @@ def test_container_lifecycle(full):
     assert full.ok("docker_container_logs", {"container": name, "tail": 5})["lines"] == ["started"]
     stats = full.ok("docker_container_stats", {"container": name})
     assert stats["memory"]["limit_bytes"] == 64 * 1024**2 and stats["pids"] >= 1
+    assert isinstance(stats["cpu_percent"], (int, float)) and stats["memory"]["used_bytes"] > 0
+    assert set(stats) == {"container", "cpu_percent", "memory", "network", "block_io", "pids"}
     top = full.ok("docker_container_top", {"container": name})
-    assert top["titles"] and top["processes"]
+    assert {"UID", "PID", "CMD"} <= set(top["titles"]) and top["processes"]
+    assert all(len(row) == len(top["titles"]) for row in top["processes"])
+    assert any("sleep" in row[top["titles"].index("CMD")] for row in top["processes"])
 
     out = full.ok("docker_exec_command", {"container": name, "command": ["sh", "-c", "echo out; echo err >&2; "
                                                                          "touch /made; exit 3"]})
@@ -629,6 +639,8 @@ def test_prune_containers_with_label(full):
     name = f"{PREFIX}-prunable"
     full.ok("docker_create_container", {"image": TEST_IMAGE, "name": name, "network": "none",
                                         "labels": {"io.mcp-docker.test": PREFIX}})
+    idle = full.ok("docker_container_stats", {"container": name})  # not running: an answer, not an error
+    assert idle["cpu_percent"] is None and idle["memory"]["used_bytes"] == 0 and idle["pids"] is None
     pruned = full.ok("docker_prune_containers", {"label": [TEST_LABEL]})
     assert pruned["count"] >= 1
     full.error("docker_inspect_container", {"container": name}, "not_found")
@@ -685,7 +697,10 @@ def test_image_tools(full):
     images = full.ok("docker_list_images", {"name": TEST_IMAGE})["images"]
     assert any(TEST_IMAGE in i["tags"] for i in images)
     detail = full.ok("docker_inspect_image", {"image": TEST_IMAGE})
-    assert detail["id"] and detail["layers"] >= 1
+    assert detail["id"] and detail["layers"] >= 1 and TEST_IMAGE in detail["tags"]
+    # Docker's reference filter: "busybox" is not "mcp-docker-test/busybox" (Podman's own filter says it is)
+    assert not any(TEST_IMAGE in i["tags"] for i in full.ok("docker_list_images", {"name": "busybox"})["images"])
+    assert any(TEST_IMAGE in i["tags"] for i in full.ok("docker_list_images", {"name": "mcp-docker-test/*"})["images"])
     history = full.ok("docker_image_history", {"image": TEST_IMAGE})
     assert history["count"] >= 1
 
@@ -694,6 +709,8 @@ def test_image_tools(full):
         "tag": tag, "dockerfile": f"FROM {TEST_IMAGE}\nCOPY hello.txt /hello.txt\nRUN cat /hello.txt\n",
         "files": {"hello.txt": "hello from build\n"}, "labels": {"io.mcp-docker.test": PREFIX}, "network": "none"})
     assert built["status"] == "built" and any("hello from build" in line for line in built["log"])
+    assert full.ok("docker_inspect_image", {"image": tag})["tags"] == [tag]
+    assert any(tag in i["tags"] for i in full.ok("docker_list_images", {"label": [TEST_LABEL]})["images"])
     ran = full.ok("docker_run_container", {"image": tag, "command": ["cat", "/hello.txt"], "wait": True,
                                            "remove": True, "network": "none", "labels": {"io.mcp-docker.test": PREFIX}})
     assert ran["lines"] == ["hello from build"]
@@ -712,8 +729,8 @@ def test_image_tools(full):
     for text in (push_error, pull_error):
         assert "127.0.0.1" not in text and "/var/run" not in text
     removed = full.ok("docker_remove_image", {"image": f"127.0.0.1:9/{PREFIX}-pushme:2"})
-    assert removed["count"] >= 1
-    full.ok("docker_remove_image", {"image": tag, "force": True})
+    assert removed["deleted"] == [f"127.0.0.1:9/{PREFIX}-pushme:2"]
+    assert tag in full.ok("docker_remove_image", {"image": tag, "force": True})["deleted"]
     full.error("docker_inspect_image", {"image": tag}, "not_found")
 
 
@@ -758,7 +775,8 @@ def test_network_tools(full):
     full.ok("docker_connect_container", {"network": net, "container": name, "aliases": ["svc"]})
     detail = full.ok("docker_inspect_network", {"network": net})
     assert detail["internal"] is True and [c["name"] for c in detail["containers"]] == [name]
-    full.error("docker_remove_network", {"network": net})  # in use
+    full.error("docker_remove_network", {"network": net}, "conflict")  # in use
+    full.error("docker_create_network", {"name": net}, "conflict")
     full.ok("docker_disconnect_container", {"network": net, "container": name})
     assert full.ok("docker_inspect_network", {"network": net})["containers"] == []
     full.ok("docker_remove_network", {"network": net})
@@ -787,6 +805,9 @@ def test_volume_tools(full):
                                               "command": ["sh", "-c", "cat /data/f; touch /data/g || echo ro"],
                                               "labels": {"io.mcp-docker.test": PREFIX}})
     assert "kept" in reader["lines"] and "ro" in reader["lines"]
+    holder = sleeper(full, "volholder", volumes=[{"source": vol, "target": "/data"}])
+    full.error("docker_remove_volume", {"volume": vol}, "conflict")
+    full.ok("docker_remove_container", {"container": holder, "force": True})
     full.ok("docker_remove_volume", {"volume": vol})
     full.error("docker_inspect_volume", {"volume": vol}, "not_found")
     full.ok("docker_create_volume", {"name": f"{PREFIX}-vol2", "labels": {"io.mcp-docker.test": PREFIX}})
@@ -806,8 +827,11 @@ def test_system_tools(full):
     assert version["kind"] in ("docker", "podman") and version["version"]
     info = full.ok("docker_system_info")
     assert info["containers"]["total"] >= 0 and info["cpus"] >= 1
+    assert isinstance(info["rootless"], bool)
     usage = full.ok("docker_disk_usage", {"top": 2})
     assert usage["images"]["count"] >= 1 and len(usage["images"]["largest"]) <= 2
+    for item in usage["images"]["largest"]:  # a name:tag or a short ID, never a bare tag
+        assert ":" in item["name"] or len(item["name"]) == 12, item
     name = f"{PREFIX}-evt"
     full.ok("docker_run_container", {"image": TEST_IMAGE, "name": name, "command": ["true"], "wait": True,
                                      "network": "none", "labels": {"io.mcp-docker.test": PREFIX}})
