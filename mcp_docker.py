@@ -737,6 +737,13 @@ def _read_text(path: str) -> str | None:
         return None
 
 
+def answered_but_not_an_engine(exc: BaseException) -> bool:
+    """The first request got an answer (an HTTP status, a body, a greeting) that no engine gives."""
+    cause = exc.__cause__ or exc
+    status = getattr(getattr(cause, "response", None), "status_code", None)
+    return status is not None or isinstance(cause, (ValueError, KeyError, TypeError)) or "BadStatusLine" in repr(cause)
+
+
 class Engine:
     """One engine: a lazily made docker-py ``APIClient``; no engine is needed until the first tool call.
 
@@ -790,15 +797,21 @@ class Engine:
 
         found = self.discovery()
         try:
-            api = docker.APIClient(base_url=found.url, version="auto", timeout=self.settings.engine_timeout,
-                                   use_ssh_client=found.url.startswith("ssh://"), **self.client_kwargs(found))
-            self.kind = engine_kind(api.version())
+            kwargs = self.client_kwargs(found)
+            api = docker.APIClient(base_url=found.url, version=docker.constants.MINIMUM_DOCKER_API_VERSION,
+                                   timeout=self.settings.engine_timeout,
+                                   use_ssh_client=found.url.startswith("ssh://"), **kwargs)
+            if kwargs.get("tls"):  # else requests lets REQUESTS_CA_BUNDLE replace the engine's own CA
+                api.trust_env = False
+            version = api.version(api_version=False)
+            api._version = str(version["ApiVersion"])  # what version="auto" does, from the same answer
+            self.kind = engine_kind(version)
         except Exception as exc:
             log.warning("engine %r (%s, %s): connection failed: %r", self.name, found.url, found.source, exc)
             error = translate_engine_error(exc)
-            if error.category not in ("engine_unavailable", "timeout"):
-                error = ToolError("engine_unavailable", "something answers there, but not a Docker-compatible "
-                                  "engine API")
+            if answered_but_not_an_engine(exc) or error.category not in ("engine_unavailable", "timeout"):
+                error = ToolError("engine_unavailable", "something answers at the engine's address, but not the "
+                                  "Docker engine API")
             raise error from None
         log.info("engine %r: %s at %s (%s)", self.name, self.kind, found.url, found.source)
         return api
@@ -2360,7 +2373,7 @@ def describe_engines(engines: Engines) -> list[str]:
     for index, engine in enumerate(engines.all):
         found = engine.discovery()
         extras = [f"access {engine.access}"] + (["TLS client certificate"] if found.cert_path else [])
-        lines.append(f"engine {engine.name!r}{' (default)' if index == 0 else ''}: {found.url} "
+        lines.append(f"engine {engine.name!r}{' (default)' if index == 0 and engines.named else ''}: {found.url} "
                      f"from {found.source}; {', '.join(extras)}")
         if not engines.named:
             lines.extend(f"  looked at {step}" for step in found.steps)
