@@ -8,13 +8,15 @@ reported to the client as a short, sanitized result.
 
 Sections, in order (each uses only the ones above it):
 
-1. Configuration    -- ``Settings`` and the pure loader (flags > environment > env file > defaults)
-2. Errors           -- ``ToolError`` categories and the translation of engine failures
-3. Policy           -- tiers, annotations, tool gating, argument validation, output bounding (pure)
-4. Engine and tools -- the lazy engine connection, summaries, and the one tool registry
+1. Configuration    -- ``Settings`` and the pure loader (flags > environment > env file > defaults),
+                       named engines, engine discovery (pure: the caller passes the file checks)
+2. Errors           -- ``ToolError`` categories and the translation of engine failures (Docker's and Podman's)
+3. Policy           -- tiers, annotations, tool gating, per-engine ceilings, argument validation,
+                       output bounding (pure)
+4. Engine and tools -- the lazy engine connections, summaries, and the one tool registry
 5. MCP wiring       -- the SDK's low-level ``Server`` reading that registry
 6. Transports       -- stdio
-7. CLI              -- click commands: ``serve``, ``tools``
+7. CLI              -- click commands: ``serve``, ``tools``, ``engines``
 
 Heavy imports (the ``mcp`` SDK, ``docker``, ``jsonschema``) are deferred to the code paths that
 need them so that ``tools`` and ``--help`` stay fast and an engine is never needed to start.

@@ -1168,24 +1168,26 @@ def test_named_engines_each_with_its_own_limits(tmp_path):
     require_engine()
     web = NotAnEngine(str(tmp_path / "web.sock"), "http404").start()
     ssh = NotAnEngine(str(tmp_path / "ssh.sock"), "ssh").start()
-    names = ["main", "ro", "nodel", "gone", "web", "ssh"]
+    names = ["main", "ro", "nodel", "gone", "web", "ssh", "remote"]
     h = Harness(["--allow-destructive", "--engine", f"main={ENGINE_URL}", "--engine", f"ro={ENGINE_URL};read-only",
                  "--engine", f"nodel={ENGINE_URL};no-destructive", "--engine", f"gone=unix://{tmp_path}/gone.sock",
-                 "--engine", f"web=unix://{web.path},ssh=unix://{ssh.path}"])
+                 "--engine", f"web=unix://{web.path},ssh=unix://{ssh.path}", "--engine", "remote=ssh://nobody@127.0.0.1:1"])
     try:
         tools = {t.name: t for t in h.list_tools().tools}
         assert set(tools) == ALL_TOOLS
         assert tools["docker_version"].input_schema["properties"]["engine"]["enum"] == names
         listing = h.ok("docker_list_engines")
         rows = {r["name"]: r for r in listing["engines"]}
-        assert [r["name"] for r in listing["engines"]] == names and listing["count"] == 6
+        assert [r["name"] for r in listing["engines"]] == names and listing["count"] == 7
         assert rows["main"]["default"] is True and not any(rows[n]["default"] for n in names[1:])
         assert all(rows[n]["reachable"] and rows[n]["kind"] == rows["main"]["kind"] for n in ("main", "ro", "nodel"))
         assert rows["main"]["kind"] in ("docker", "podman") and rows["main"]["version"]
         assert isinstance(rows["main"]["rootless"], bool) and rows["main"]["transport"] == "unix"
         assert (rows["ro"]["access"], rows["nodel"]["access"], rows["main"]["access"]) == \
             ("read-only", "no-destructive", "full")
-        assert not rows["gone"]["reachable"] and rows["gone"]["error"].startswith("engine_unavailable")
+        for down in ("gone", "remote"):
+            assert not rows[down]["reachable"] and rows[down]["error"].startswith("engine_unavailable")
+        assert rows["remote"]["transport"] == "ssh"
         for fake in ("web", "ssh"):
             assert not rows[fake]["reachable"] and "not the Docker engine API" in rows[fake]["error"]
         assert str(tmp_path) not in json.dumps(listing) and ".sock" not in json.dumps(listing)
@@ -1199,8 +1201,9 @@ def test_named_engines_each_with_its_own_limits(tmp_path):
                                                                     "engine": "nodel"}, "policy_denied")
         assert "destructive" in h.error("docker_prune_volumes", {"engine": "ro"}, "policy_denied")
         # engines that are not there, or are not engines: a clear error naming them; the others keep working
+        # (ssh:// without the optional paramiko says how to get it; with it, port 1 refuses: not reachable)
         for bad, words in (("gone", "not reachable"), ("web", "not the Docker engine API"),
-                           ("ssh", "not the Docker engine API")):
+                           ("ssh", "not the Docker engine API"), ("remote", "")):
             text = h.error("docker_list_containers", {"engine": bad}, "engine_unavailable")
             assert f"engine '{bad}'" in text and words in text and str(tmp_path) not in text and "sock" not in text
             assert h.ok("docker_version", {"engine": "ro"})["version"]
