@@ -1669,6 +1669,11 @@ def inspect_image(call: Call) -> dict[str, Any]:
 def image_history(call: Call) -> dict[str, Any]:
     rows = call.api.history(call.args["image"]) or []
     limit = call.args.get("limit", 50)
+    if call.kind == "podman" and rows:  # Podman leaves Tags empty: fill them in as Docker does, the newest
+        # layer with the image's own tags (Podman gives that row another ID), older ones from the image list
+        tags = {str(i.get("Id")).split(":", 1)[-1]: i.get("RepoTags") for i in call.api.images(all=True)}
+        rows = [{**r, "Tags": tags.get(str(r.get("Id")).split(":", 1)[-1])} for r in rows]
+        rows[0]["Tags"] = call.api.inspect_image(call.args["image"]).get("RepoTags")
     layers = [{"id": short_id(r.get("Id")) if r.get("Id") not in (None, "<missing>") else None,
                "created": iso_time(r.get("Created")), "created_by": (r.get("CreatedBy") or "")[:500],
                "size_bytes": r.get("Size", 0), "tags": [familiar_image(t, call.kind) for t in r.get("Tags") or []]}
@@ -2103,9 +2108,14 @@ def events(call: Call) -> dict[str, Any]:
                 continue
             actor = event.get("Actor") or {}
             attrs = actor.get("Attributes") or {}
-            name = attrs.get("name") or attrs.get("image") or None
+            actor_id = str(actor.get("ID") or "")
+            hex_id = re.fullmatch(r"(sha256:)?[0-9a-f]{12,64}", actor_id)
+            # a volume's ID is its name (Docker), which must not be cut like a hex ID
+            name = attrs.get("name") or attrs.get("image") or (None if hex_id else actor_id or None)
+            if not actor_id and event.get("Type") == "volume":  # Podman leaves it empty; Docker's is the name
+                actor_id = name or ""
             items.append({"time": iso_time(event.get("time")), "type": event.get("Type", ""),
-                          "action": event.get("Action", ""), "id": short_id(actor.get("ID")),
+                          "action": event.get("Action", ""), "id": short_id(actor_id) if hex_id else actor_id,
                           "name": familiar_image(name, call.kind) if event.get("Type") == "image" else name})
             total += 1
             if len(items) > limit:

@@ -898,6 +898,7 @@ def test_image_tools(full):
         "files": {"hello.txt": "hello from build\n"}, "labels": {"io.mcp-docker.test": PREFIX}, "network": "none"})
     assert built["status"] == "built" and any("hello from build" in line for line in built["log"])
     assert full.ok("docker_inspect_image", {"image": tag})["tags"] == [tag]
+    assert tag in full.ok("docker_image_history", {"image": tag})["layers"][0]["tags"]
     assert any(tag in i["tags"] for i in full.ok("docker_list_images", {"label": [TEST_LABEL]})["images"])
     ran = full.ok("docker_run_container", {"image": tag, "command": ["cat", "/hello.txt"], "wait": True,
                                            "remove": True, "network": "none", "labels": {"io.mcp-docker.test": PREFIX}})
@@ -998,6 +999,9 @@ def test_volume_tools(full):
     full.ok("docker_remove_container", {"container": holder, "force": True})
     full.ok("docker_remove_volume", {"volume": vol})
     full.error("docker_inspect_volume", {"volume": vol}, "not_found")
+    volume_events = full.ok("docker_events", {"since_seconds": 300, "type": "volume"})["events"]
+    assert {"action": "create", "id": vol, "name": vol} in [
+        {k: e[k] for k in ("action", "id", "name")} for e in volume_events]
     full.ok("docker_create_volume", {"name": f"{PREFIX}-vol2", "labels": {"io.mcp-docker.test": PREFIX}})
     pruned = full.ok("docker_prune_volumes", {"label": [TEST_LABEL]})
     assert f"{PREFIX}-vol2" in pruned["deleted"]
