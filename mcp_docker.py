@@ -137,7 +137,6 @@ def _parse_docker_host(name: str, raw: str) -> str:
     return value
 
 
-ENGINE_ACCESS = ("full", "no-destructive", "read-only")
 ENGINE_NAME_RE = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
 ENGINE_SPEC_HELP = "NAME=URL[;read-only|;no-destructive][;cert-path=DIR]"
 
@@ -148,7 +147,7 @@ class EngineConfig:
 
     name: str
     url: str
-    access: str = "full"  # one of ENGINE_ACCESS
+    access: str = "full"  # full, no-destructive or read-only (ACCESS_CEILING maps them to tiers)
     cert_path: str = ""   # directory with ca.pem, cert.pem, key.pem: mutual TLS, server always verified
 
 

@@ -616,6 +616,9 @@ def test_default_config_hides_destructive_tools_and_refuses_them(default):
     text = default.error("docker_remove_container", {"container": "whatever"}, "policy_denied")
     assert "SAFETY_ALLOW_DESTRUCTIVE_OPERATIONS" in text
     default.ok("docker_version")  # the server keeps serving
+    # the one unnamed engine is called "default"; no other name exists
+    assert default.ok("docker_version", {"engine": "default"})["api_version"]
+    assert "configured: default" in default.error("docker_version", {"engine": "prod"}, "invalid_argument")
 
 
 def test_unknown_tool_is_a_jsonrpc_error(default):
