@@ -2899,6 +2899,65 @@ def build_container_config(call: Call, tool: str) -> dict[str, Any]:
     }
 
 
+def podman_cgroup_namespace(call: Call, container_id: str) -> str:
+    """The cgroup namespace mode Podman gave a container ("private", "host" ...), from its own (libpod 4+)
+    API, since its Docker-compatible inspect leaves CgroupnsMode empty; "" when it cannot say."""
+    api = call.api
+    try:
+        response = api.get(f"{api.base_url}/v4.0.0/libpod/containers/{container_id}/json", timeout=call.remaining())
+        return str((api._result(response, json=True).get("HostConfig") or {}).get("CgroupMode") or "")
+    except ToolError:
+        raise
+    except Exception as exc:
+        log.info("podman cgroup namespace of %s unknown: %r", container_id[:12], exc)
+        return ""
+
+
+def cgroupns_refusal(wanted: str, got: str, profile: str) -> ToolError | None:
+    """The refusal when an engine created a container in another cgroup namespace mode than was judged."""
+    if got == wanted:
+        return None
+    rule = "container_profile" if profile == "hardened" else "host_namespace"
+    return ToolError("policy_denied", f"[{rule}] this Podman does not apply the cgroup namespace ({wanted}) "
+                     "through its Docker-compatible API, so the container was not created; use a Podman release "
+                     "that does, or a cgroup v2 host (where private is Podman's default)")
+
+
+def create_judged_container(call: Call, tool: str) -> dict[str, Any]:
+    """Create the container the policy judged, and make sure the engine applied what was judged.
+
+    Podman's Docker-compatible API drops two settings: the labels of a volume a mount creates (so the
+    volume is made first, labelled, as Docker would make it), and, in Podman 4.3 (Debian 12) among others,
+    the cgroup namespace, leaving Podman's default (the host's on cgroup v1, whatever containers.conf says).
+    A container that did not get the cgroup namespace it was judged with is removed and the call refused:
+    a hardening must not be promised and not delivered.
+    """
+    api = call.api
+    config = build_container_config(call, tool)
+    made_volumes: list[str] = []
+    if call.kind == "podman":
+        for mount in config["host_config"].get("Mounts") or []:
+            labels = (mount.get("VolumeOptions") or {}).get("Labels")
+            if mount.get("Type") == "volume" and labels:  # set only for a volume that does not exist yet
+                api.create_volume(mount["Source"], labels=labels)
+                made_volumes.append(mount["Source"])
+    try:
+        created = api.create_container(**config)
+        wanted = config["host_config"].get("CgroupnsMode")
+        if call.kind == "podman" and wanted:
+            refusal = cgroupns_refusal(wanted, podman_cgroup_namespace(call, created["Id"]),
+                                       call.settings.container_profile)
+            if refusal:
+                api.remove_container(created["Id"], force=True)
+                raise refusal
+    except Exception:
+        for volume in made_volumes:
+            with contextlib.suppress(Exception):
+                api.remove_volume(volume)
+        raise
+    return created
+
+
 @tool("docker_create_container", title="Create a container", tier=Tier.MODERATE, toolset="containers",
       description="Create (but do not start) a container. Every option passes the safety policy (privileged "
                   "mode, capabilities, host namespaces, devices, bind mounts ... are refused unless configured); "
@@ -2906,7 +2965,7 @@ def build_container_config(call: Call, tool: str) -> dict[str, Any]:
                   "127.0.0.1 by default.",
       params=CONTAINER_CONFIG_PARAMS, required=("image",), output=OUT_OBJECT)
 def create_container(call: Call) -> dict[str, Any]:
-    created = call.api.create_container(**build_container_config(call, "docker_create_container"))
+    created = create_judged_container(call, "docker_create_container")
     return {"id": short_id(created["Id"]), "name": call.args.get("name"), "status": "created",
             "warnings": [sanitize_engine_text(w) for w in created.get("Warnings") or []]}
 
@@ -2925,7 +2984,7 @@ def run_container(call: Call) -> dict[str, Any]:
     if a.get("remove") and not a.get("wait"):
         raise ToolError("invalid_argument", "remove=true needs wait=true (a detached container is kept)")
     api = call.api
-    container_id = api.create_container(**build_container_config(call, "docker_run_container"))["Id"]
+    container_id = create_judged_container(call, "docker_run_container")["Id"]
     try:
         api.start(container_id)
     except Exception:
@@ -3144,8 +3203,9 @@ def _label_filter(filters: Mapping[str, list[str]]) -> dict[str, list[str]]:
 
 def prunable_containers(call: Call, filters: dict[str, list[str]]) -> tuple[list[dict[str, Any]], str | None]:
     cutoff, note = _cutoff(call)
-    rows = call.api.containers(all=True, size=True,
-                               filters={"status": ["exited", "created", "dead"], **_label_filter(filters)})
+    # Podman has no "dead" state, and refuses the word
+    statuses = ["exited", "created"] if call.kind == "podman" else ["exited", "created", "dead"]
+    rows = call.api.containers(all=True, size=True, filters={"status": statuses, **_label_filter(filters)})
     items = [{"type": "container", "id": short_id(c.get("Id")), "name": (c.get("Names") or ["/?"])[0].lstrip("/"),
               "size_bytes": c.get("SizeRw") or 0} for c in rows if _created_before(c.get("Created"), cutoff)]
     return items, note
