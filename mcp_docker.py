@@ -1965,8 +1965,9 @@ CONFIRMATION_SCHEMA = {"type": "object", "properties": {"confirm": {
     "default": False}}, "required": ["confirm"]}
 
 
-def confirmation_message(tool_name: str, preview: Mapping[str, Any]) -> str:
-    """One short paragraph for the user: what will go and how much space it frees."""
+def confirmation_message(tool_name: str, preview: Mapping[str, Any], engine: str | None = None) -> str:
+    """One short paragraph for the user: what will go (from which engine, when there are several) and how
+    much space it frees."""
     items = preview.get("would_remove") or []
     names = ", ".join(str(i.get("name") or i.get("id")) for i in items[:10])
     more = f" and {len(items) - 10} more" if len(items) > 10 else ""
@@ -1974,7 +1975,8 @@ def confirmation_message(tool_name: str, preview: Mapping[str, Any]) -> str:
     freed = f", freeing about {format_bytes(space)}" if space else ""
     what = f"{len(items)} item(s): {names}{more}" if items else "nothing that exists now"
     note = f" {preview['note']}" if preview.get("note") else ""
-    return f"{tool_name} will permanently remove {what}{freed}.{note} Proceed?"
+    where = f" on engine {engine!r}" if engine else ""
+    return f"{tool_name} will permanently remove {what}{where}{freed}.{note} Proceed?"
 
 
 def format_bytes(size: int | float) -> str:
@@ -4031,7 +4033,9 @@ class DockerMCP:
         return self._listed[role]
 
     def admit(self, spec: ToolSpec, caller: Any) -> None:
-        """Checks that come before the tool's own: the caller's role, stdio's rate limit, the audit log."""
+        """Checks that come before the tool's own: the caller's role, stdio's rate limit, the audit log.
+        The server-wide tiers and the chosen engine's ceiling follow in ``call``, on every path to an engine
+        (a confirmation's preview included), once the arguments are validated."""
         denial = role_denial(spec.name, spec.tier, getattr(caller, "role", None))
         if denial:
             raise ToolError("policy_denied", denial)
@@ -4065,11 +4069,19 @@ class DockerMCP:
             "api_key_hash": (principal.key_hash or "")[:16] or None if principal else None,
             "session": getattr(caller, "session_id", None),
             "tool_name": name,
+            "engine": self.engine_name(name, arguments),
             "arguments": redact_arguments(arguments if isinstance(arguments, dict) else {}),
             "result": summary,
             "error": {"category": error.category, "message": error.message} if error else None,
             "duration_ms": round((time.monotonic() - started) * 1000, 1),
         }
+
+    def engine_name(self, name: str, arguments: Any) -> str | None:
+        """The engine a call is addressed to (for the audit log and confirmations), None for tools without one."""
+        if not TOOLS[name].per_engine:
+            return None
+        chosen = arguments.get("engine") if isinstance(arguments, dict) else None
+        return chosen[:64] if isinstance(chosen, str) else self.engines.all[0].name
 
     def listed_schema(self, spec: ToolSpec) -> dict[str, Any]:
         """The input schema as listed: with named engines, 'engine' names the choices."""
@@ -4180,7 +4192,8 @@ class DockerMCP:
                 return None
             raise declined
         preview_result = await self.call(name, {**arguments, "dry_run": True}, client_id)
-        message = confirmation_message(name, preview_result)
+        message = confirmation_message(name, preview_result, self.engine_name(name, arguments) if self.engines.named
+                                       else None)
         if ctx.session.can_send_request:  # handshake era: ask now, on this request
             try:
                 answer = await ctx.session.elicit_form(message, CONFIRMATION_SCHEMA, related_request_id=ctx.request_id)

@@ -3044,6 +3044,12 @@ def test_named_engines_each_with_its_own_limits(tmp_path):
             assert f"engine '{bad}'" in text and words in text and str(tmp_path) not in text and "sock" not in text
             assert h.ok("docker_version", {"engine": "ro"})["version"]
         h.ok("docker_remove_container", {"container": name, "force": True, "engine": "main"})
+        # the audit log says which engine each call was for, the default when none was named
+        records = [r for r in audit_records(STATE_DIR / "audit.log") if r.get("tool_name") == "docker_remove_container"
+                   and r["arguments"].get("container") == name]
+        assert [(r["engine"], r["event_type"]) for r in records] == [("nodel", "policy_denied"), ("main", "tool_call")]
+        assert any(r.get("tool_name") == "docker_version" and r["engine"] == "main" and "engine" not in r["arguments"]
+                   for r in audit_records(STATE_DIR / "audit.log"))
         assert "configured: main, ro" in h.error("docker_version", {"engine": "nope"}, "invalid_argument")
         h.error("docker_version", {"engine": "bad name;"}, "invalid_argument")
     finally:
