@@ -3223,7 +3223,8 @@ def prunable_images(call: Call, filters: dict[str, list[str]], all_unused: bool)
         used = {c.get("ImageID") for c in call.api.containers(all=True)}
         rows = [r for r in rows if r.get("Id") not in used]
     items = [{"type": "image", "id": short_id(r.get("Id")),
-              "name": next((t for t in r.get("RepoTags") or [] if t != "<none>:<none>"), short_id(r.get("Id"))),
+              "name": familiar_image(next((t for t in r.get("RepoTags") or [] if t != "<none>:<none>"),
+                                          short_id(r.get("Id"))), call.kind),
               "size_bytes": r.get("Size") or 0} for r in rows if _created_before(r.get("Created"), cutoff)]
     shared = "sizes include layers shared with other images, so less space may be freed"
     return items, f"{note}; {shared}" if note else shared

@@ -984,6 +984,8 @@ def test_prune_images_with_label(full):
     full.ok("docker_build_image", {"tag": f"{PREFIX}-dangling:1", "network": "none", "no_cache": True,
                                    "dockerfile": f"FROM {TEST_IMAGE}\nRUN echo two > /two\n",
                                    "labels": {"io.mcp-docker.test": PREFIX}})
+    preview = full.ok("docker_prune_images", {"label": [TEST_LABEL], "all": True, "dry_run": True})
+    assert f"{PREFIX}-dangling:1" in {i["name"] for i in preview["would_remove"]}  # as Docker names it
     pruned = full.ok("docker_prune_images", {"label": [TEST_LABEL]})
     assert built["id"] in pruned["deleted"]
 
