@@ -8,15 +8,17 @@ reported to the client as a short, sanitized result.
 
 Sections, in order (each uses only the ones above it):
 
-1. Configuration    -- ``Settings`` and the pure loader (flags > environment > env file > defaults)
-2. Errors           -- ``ToolError`` categories and the translation of engine failures
-3. Policy           -- tiers, gating, validation, bounding; the container safety policy, untrusted
-                       output, destructive confirmations (pure)
-4. Engine and tools -- the lazy engine connection, summaries, and the one tool registry
+1. Configuration    -- ``Settings`` and the pure loader (flags > environment > env file > defaults),
+                       named engines, engine discovery (pure: the caller passes the file checks)
+2. Errors           -- ``ToolError`` categories and the translation of engine failures (Docker's and Podman's)
+3. Policy           -- tiers, gating, per-engine ceilings, validation, bounding; the container safety
+                       policy, untrusted output, destructive confirmations (pure)
+4. Engine and tools -- the lazy engine connections, summaries, and the one tool registry
 5. MCP wiring       -- the SDK's low-level ``Server`` reading that registry
 6. Access control   -- API keys, principals, client IPs, rate limits, the audit log, signed requests
 7. Transports       -- stdio, and our own asyncio HTTP server (h11 framing, stdlib ssl)
-8. CLI              -- click commands: ``serve``, ``tools``
+8. CLI              -- click commands: ``serve``, ``tools``, ``engines``, ``genkey``, ``keys``, ``audit``,
+                       ``gencert``, ``sign-request``
 
 Heavy imports (the ``mcp`` SDK, ``docker``, ``jsonschema``) are deferred to the code paths that
 need them so that ``tools`` and ``--help`` stay fast and an engine is never needed to start.
@@ -115,10 +117,31 @@ def _parse_log_level(name: str, raw: str) -> str:
     return value
 
 
+_HOST_PART = r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9._-]*)"
+_ENGINE_URL_FORMS = {  # what the docker SDK accepts, per scheme (it needs a port for tcp, no path for ssh)
+    "unix": (re.compile(r"unix:///[^\s,;]*"), "unix:///absolute/path/to.sock"),
+    "npipe": (re.compile(r"npipe://[^\s,;]+"), "npipe:////./pipe/docker_engine"),
+    "tcp": (re.compile(rf"tcp://{_HOST_PART}:\d{{1,5}}/?"), "tcp://host:port"),
+    "http": (re.compile(rf"http://{_HOST_PART}:\d{{1,5}}/?"), "http://host:port"),
+    "https": (re.compile(rf"https://{_HOST_PART}:\d{{1,5}}/?"), "https://host:port"),
+    "ssh": (re.compile(rf"ssh://(?:[A-Za-z0-9._-]+@)?{_HOST_PART}(?::\d{{1,5}})?"), "ssh://user@host[:port] (no path)"),
+}
+
+
+def engine_url_problem(url: str) -> str | None:
+    """Why ``url`` is not an engine URL the docker SDK can use, or None when it is."""
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if scheme not in _ENGINE_URL_FORMS:
+        return "expected unix://, tcp://, ssh:// or npipe:// URL"
+    pattern, example = _ENGINE_URL_FORMS[scheme]
+    return None if pattern.fullmatch(url) else f"expected {example}"
+
+
 def _parse_docker_host(name: str, raw: str) -> str:
     value = raw.strip()
-    if value and not re.match(r"^(unix|tcp|ssh|npipe|http|https)://", value):
-        raise ConfigError(f"{name}: expected unix://, tcp://, ssh:// or npipe:// URL, got {value[:60]!r}")
+    problem = engine_url_problem(value) if value else None
+    if problem:
+        raise ConfigError(f"{name}: {problem}, got {value[:60]!r}")
     return value
 
 
@@ -224,6 +247,65 @@ def _parse_limit_number(name: str, raw: str, maximum: float, integer: bool) -> A
     return value
 
 
+ENGINE_NAME_RE = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
+ENGINE_SPEC_HELP = "NAME=URL[;read-only|;no-destructive][;cert-path=DIR]"
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineConfig:
+    """One named engine: where it is, and the most that may be done to it."""
+
+    name: str
+    url: str
+    access: str = "full"  # full, no-destructive or read-only (ACCESS_CEILING maps them to tiers)
+    cert_path: str = ""   # directory with ca.pem, cert.pem, key.pem: mutual TLS, server always verified
+
+
+def parse_engine_spec(label: str, text: str) -> EngineConfig:
+    """``NAME=URL[;option...]`` -> EngineConfig. Options: read-only, no-destructive, cert-path=DIR."""
+    name, sep, rest = text.strip().partition("=")
+    name = name.strip()
+    if not sep or not re.fullmatch(ENGINE_NAME_RE, name):
+        raise ConfigError(f"{label}: expected {ENGINE_SPEC_HELP}, got {text.strip()[:60]!r}")
+    url, *options = (part.strip() for part in rest.split(";"))
+    problem = engine_url_problem(url)
+    if problem:
+        raise ConfigError(f"{label}: engine {name!r}: {problem}, got {url[:60]!r}")
+    access, cert_path = "full", ""
+    for option in options:
+        key, has_value, value = option.partition("=")
+        if not option:
+            continue
+        if key in ("read-only", "readonly", "no-destructive") and not has_value:
+            wanted = "no-destructive" if key == "no-destructive" else "read-only"
+            if access not in ("full", wanted):
+                raise ConfigError(f"{label}: engine {name!r}: choose one of read-only and no-destructive")
+            access = wanted
+        elif key == "cert-path" and value.startswith("/"):
+            cert_path = value.rstrip("/") or "/"
+        elif key == "cert-path":
+            raise ConfigError(f"{label}: engine {name!r}: cert-path must be an absolute directory")
+        else:
+            raise ConfigError(f"{label}: engine {name!r}: unknown option {option[:30]!r}; "
+                              "known: read-only, no-destructive, cert-path=DIR")
+    if cert_path and not url.startswith(("tcp://", "https://")):
+        raise ConfigError(f"{label}: engine {name!r}: cert-path needs a tcp:// or https:// URL")
+    return EngineConfig(name, url, access, cert_path)
+
+
+def _parse_engines(label: str, raw: str | tuple[str, ...]) -> tuple[EngineConfig, ...]:
+    """A comma list of engine specs (``--engine`` may also be repeated); the first is the default."""
+    items = [raw] if isinstance(raw, str) else list(raw)
+    engines = tuple(parse_engine_spec(label, spec) for item in items for spec in item.split(",") if spec.strip())
+    names = [engine.name for engine in engines]
+    duplicate = next((n for n in names if names.count(n) > 1), None)
+    if duplicate:
+        raise ConfigError(f"{label}: engine {duplicate!r} is named twice")
+    if len(engines) > 32:
+        raise ConfigError(f"{label}: at most 32 engines")
+    return engines
+
+
 @dataclasses.dataclass(frozen=True)
 class SettingSpec:
     """One setting: its field, environment name, parser and help text (shown by the CLI)."""
@@ -233,6 +315,8 @@ class SettingSpec:
     parse: Callable[[str, str], Any]
     help: str
     flag: str = ""  # the CLI flag when it is not --field-name
+    multiple: bool = False  # the flag may be repeated; the parser then gets a tuple of the values
+    metavar: str = ""  # what --help shows for the value
 
     @property
     def option(self) -> str:
@@ -242,6 +326,10 @@ class SettingSpec:
 SETTING_SPECS: tuple[SettingSpec, ...] = (
     SettingSpec("docker_host", "DOCKER_HOST", _parse_docker_host,
                 "Engine URL (unix://, tcp://, ssh://). Default: DOCKER_HOST, else the local socket."),
+    SettingSpec("engines", "MCP_ENGINES", _parse_engines,
+                "Named engines, comma list (or repeat --engine): " + ENGINE_SPEC_HELP + ". The first is "
+                "the default; tools take an 'engine' argument. Replaces DOCKER_HOST and discovery.",
+                "--engine", multiple=True, metavar="NAME=URL[;OPTION]"),
     SettingSpec("allow_moderate", "SAFETY_ALLOW_MODERATE_OPERATIONS", _parse_bool,
                 "Allow reversible state changes (create, start, stop, exec, pull ...). Default true."),
     SettingSpec("allow_destructive", "SAFETY_ALLOW_DESTRUCTIVE_OPERATIONS", _parse_bool,
@@ -379,6 +467,7 @@ PASSTHROUGH_ENV = ("DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH")
 @dataclasses.dataclass(frozen=True)
 class Settings:
     docker_host: str = ""
+    engines: tuple[EngineConfig, ...] = ()
     allow_moderate: bool = True
     allow_destructive: bool = False
     allowed_tools: tuple[str, ...] = ()
@@ -487,7 +576,7 @@ def load_settings(
     for spec in SETTING_SPECS:
         if spec.field in cli:
             raw = cli[spec.field]
-            values[spec.field] = spec.parse(spec.option, raw) if isinstance(raw, str) else raw
+            values[spec.field] = spec.parse(spec.option, raw) if isinstance(raw, (str, tuple)) else raw
         elif spec.env in environ:
             values[spec.field] = spec.parse(spec.env, environ[spec.env])
         elif spec.env in env_file:
@@ -497,6 +586,82 @@ def load_settings(
         if raw is not None:
             values[env_name.lower()] = raw
     return Settings(**values)
+
+
+DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
+
+
+@dataclasses.dataclass(frozen=True)
+class Discovery:
+    """Which engine URL the unnamed engine uses, and why."""
+
+    url: str
+    source: str                 # short and path-free, safe to show a client: "DOCKER_HOST", "Docker socket" ...
+    steps: tuple[str, ...]      # every candidate looked at and its verdict, for the server log
+    cert_path: str = ""         # TLS material of a docker context
+    tls_verify: bool = True
+
+
+def _docker_context(environ: Mapping[str, str], exists: Callable[[str], bool],
+                    read_text: Callable[[str], str | None]) -> tuple[Discovery | None, str]:
+    """The endpoint of the current Docker context (DOCKER_CONTEXT, else config.json's currentContext)."""
+    import hashlib
+
+    config_dir = environ.get("DOCKER_CONFIG") or (f"{environ['HOME']}/.docker" if environ.get("HOME") else "")
+    name = environ.get("DOCKER_CONTEXT", "").strip()
+    if not name and config_dir:
+        with contextlib.suppress(ValueError, AttributeError):
+            name = str(json.loads(read_text(f"{config_dir}/config.json") or "{}").get("currentContext") or "")
+    if not name or name == "default":
+        return None, "docker context: none selected"
+    if not config_dir:
+        return None, f"docker context {name!r}: no docker config directory"
+    digest = hashlib.sha256(name.encode()).hexdigest()
+    try:
+        meta = json.loads(read_text(f"{config_dir}/contexts/meta/{digest}/meta.json") or "null")
+        endpoint = meta["Endpoints"]["docker"]
+        host = str(endpoint["Host"])
+    except (ValueError, TypeError, KeyError):
+        return None, f"docker context {name!r}: not found or unreadable"
+    problem = engine_url_problem(host)
+    if problem:
+        return None, f"docker context {name!r}: ignored ({problem})"
+    tls_dir = f"{config_dir}/contexts/tls/{digest}/docker"
+    cert_path = tls_dir if exists(f"{tls_dir}/cert.pem") else ""
+    return Discovery(host, f"docker context {name!r}", (), cert_path,
+                     not endpoint.get("SkipTLSVerify", False)), f"docker context {name!r}: {host}"
+
+
+def discover_engine(docker_host: str, environ: Mapping[str, str], exists: Callable[[str], bool],
+                    read_text: Callable[[str], str | None]) -> Discovery:
+    """Find the engine when none is named: --docker-host/DOCKER_HOST, CONTAINER_HOST, the current Docker
+    context, /var/run/docker.sock, $XDG_RUNTIME_DIR/podman/podman.sock, /run/podman/podman.sock.
+
+    Pure: the caller passes the environment and the file checks, so no engine is contacted.
+    """
+    if docker_host:
+        source = "DOCKER_HOST" if environ.get("DOCKER_HOST", "").strip() == docker_host else "--docker-host"
+        return Discovery(docker_host, source, (f"{source}: {docker_host}",))
+    steps = ["--docker-host / DOCKER_HOST: not set"]
+    container_host = environ.get("CONTAINER_HOST", "").strip()
+    problem = engine_url_problem(container_host) if container_host else "not set"
+    if problem is None:
+        return Discovery(container_host, "CONTAINER_HOST", (*steps, f"CONTAINER_HOST: {container_host}"))
+    steps.append(f"CONTAINER_HOST: {problem if problem == 'not set' else f'ignored ({problem})'}")
+    context, step = _docker_context(environ, exists, read_text)
+    steps.append(step)
+    if context:
+        return dataclasses.replace(context, steps=tuple(steps))
+    sockets = [(DEFAULT_DOCKER_SOCKET, "Docker socket")]
+    if environ.get("XDG_RUNTIME_DIR"):
+        sockets.append((f"{environ['XDG_RUNTIME_DIR']}/podman/podman.sock", "rootless Podman socket"))
+    sockets.append(("/run/podman/podman.sock", "Podman socket"))
+    for path, label in sockets:
+        if exists(path):
+            return Discovery(f"unix://{path}", label, (*steps, f"{path}: found"))
+        steps.append(f"{path}: not found")
+    return Discovery(f"unix://{DEFAULT_DOCKER_SOCKET}", "default", (*steps, "nothing found: trying the Docker socket "
+                                                                    "on every call until an engine answers"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -531,6 +696,22 @@ def sanitize_engine_text(text: str, limit: int = 240) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+# Podman's Docker-compatible API answers 500 where Docker says 404 or 409; its messages end with
+# libpod's error names, which tell what Docker's status code would have.
+PODMAN_ERROR_ENDINGS = (
+    ("no such container", "not_found"), ("no such image", "not_found"), ("image not known", "not_found"),
+    ("no such volume", "not_found"), ("network not found", "not_found"), ("layer not known", "not_found"),
+    ("container state improper", "conflict"), ("network is being used", "conflict"),
+    ("volume is being used", "conflict"), ("already exists", "conflict"), ("already in use", "conflict"),
+    ("image is in use by a container", "conflict"), ("invalid argument", "invalid_argument"),
+)
+
+
+def podman_error_category(explanation: str) -> str | None:
+    text = explanation.strip().lower()
+    return next((category for ending, category in PODMAN_ERROR_ENDINGS if text.endswith(ending)), None)
+
+
 def translate_engine_error(exc: BaseException) -> ToolError:
     """Map a docker SDK / requests exception to a ToolError without leaking host details."""
     if isinstance(exc, ToolError):
@@ -541,6 +722,8 @@ def translate_engine_error(exc: BaseException) -> ToolError:
     text = sanitize_engine_text(explanation)
     if name in ("ReadTimeout", "ConnectTimeout", "Timeout", "TimeoutError") or isinstance(exc, TimeoutError):
         return ToolError("timeout", "the engine did not answer in time; try again or raise MCP_ENGINE_TIMEOUT")
+    if name in ("SSLError", "SSLCertVerificationError") or (name == "DockerException" and "SSLError" in str(exc)):
+        return ToolError("engine_unavailable", "the TLS handshake with the engine failed; check its certificates")
     if name in ("ConnectionError", "ProtocolError", "ConnectionRefusedError", "FileNotFoundError",
                 "ConnectionResetError", "BrokenPipeError", "SSHException"):
         return ToolError("engine_unavailable", "the container engine is not reachable; is it running?")
@@ -550,13 +733,23 @@ def translate_engine_error(exc: BaseException) -> ToolError:
         return ToolError("conflict", text or "the object is in a conflicting state")
     if status in (400, 422) or name in ("InvalidArgument", "InvalidRepository", "InvalidVersion"):
         return ToolError("invalid_argument", text or "the engine rejected the arguments")
+    if status == 403 and "active endpoints" in explanation:  # Docker's word for a network in use; Podman says 409
+        return ToolError("conflict", text)
     if status in (401, 403):
         return ToolError("permission", text or "the engine refused the operation")
     if status is not None and status >= 500:
+        if podman_error_category(explanation):
+            return ToolError(podman_error_category(explanation), text)
         if "permission denied" in explanation.lower():
             return ToolError("permission", text)
         return ToolError("engine_error", text or "the engine failed")
+    if name == "TLSParameterError":
+        return ToolError("engine_unavailable", "the engine's TLS files (ca.pem, cert.pem, key.pem) are missing or "
+                         "unreadable; check its cert-path")
     if name == "DockerException":
+        if "paramiko" in str(exc):
+            return ToolError("engine_unavailable", "ssh:// engines need the docker SDK's ssh support; install "
+                             "it with: pip install 'mcp-docker[ssh]' (or pipx inject mcp-docker paramiko)")
         if "Error while fetching server API version" in str(exc) or "Connection" in str(exc):
             return ToolError("engine_unavailable", "the container engine is not reachable; is it running?")
         return ToolError("engine_error", text)
@@ -566,7 +759,7 @@ def translate_engine_error(exc: BaseException) -> ToolError:
 
 
 # ---------------------------------------------------------------------------------------------
-# 3. Policy: tiers, annotations, gating, argument validation, output bounding (pure functions)
+# 3. Policy: tiers, annotations, gating, engine ceilings, argument validation, output bounding (pure functions)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -609,6 +802,20 @@ def role_denial(name: str, tier: Tier, role: Role | None) -> str | None:
     if TIER_ORDER[tier] > TIER_ORDER[role.max_tier]:
         return f"{name} is {tier.value}, above this client's role ceiling ({role.max_tier.value})"
     return None
+
+
+ACCESS_CEILING = {"full": Tier.DESTRUCTIVE, "no-destructive": Tier.MODERATE, "read-only": Tier.SAFE}
+
+
+def engine_denial(name: str, tier: Tier, engine: str, access: str) -> str | None:
+    """Why a named engine's access level forbids this tool, or None when it allows it."""
+    ceiling = ACCESS_CEILING.get(access)
+    if ceiling is None or tier not in TIER_ORDER:  # fail closed on anything unknown
+        return f"engine {engine!r} has no known access level"
+    if TIER_ORDER[tier] <= TIER_ORDER[ceiling]:
+        return None
+    rule = "is read-only" if access == "read-only" else "does not allow destructive operations"
+    return f"engine {engine!r} {rule} ({name} is {tier.value}); choose another engine"
 
 
 class TokenBucket:
@@ -697,6 +904,8 @@ def tool_denial(name: str, tier: Tier, toolset: str, settings: Settings) -> str 
         return f"{name} changes state; set SAFETY_ALLOW_MODERATE_OPERATIONS=true to allow it"
     if tier not in (Tier.SAFE, Tier.MODERATE, Tier.DESTRUCTIVE):  # fail closed on anything unknown
         return f"{name} has no known safety tier"
+    if settings.engines and all(engine_denial(name, tier, e.name, e.access) for e in settings.engines):
+        return f"{name} is {tier.value} and every configured engine is limited below that (MCP_ENGINES)"
     return None
 
 
@@ -995,13 +1204,12 @@ class HostFacts:
     remote_engine: bool = False
 
 
-def sensitive_paths(home_dirs: tuple[str, ...], engine_socket: str = "") -> tuple[str, ...]:
+def sensitive_paths(home_dirs: tuple[str, ...], *engine_sockets: str) -> tuple[str, ...]:
     paths = list(SENSITIVE_HOST_PATHS)
     for home in home_dirs:
         if home.startswith("/") and home != "/":
             paths.extend(posixpath.join(home, entry) for entry in SENSITIVE_HOME_ENTRIES)
-    if engine_socket:
-        paths.append(engine_socket)
+    paths.extend(socket for socket in engine_sockets if socket)
     return tuple(dict.fromkeys(paths))
 
 
@@ -1757,8 +1965,9 @@ CONFIRMATION_SCHEMA = {"type": "object", "properties": {"confirm": {
     "default": False}}, "required": ["confirm"]}
 
 
-def confirmation_message(tool_name: str, preview: Mapping[str, Any]) -> str:
-    """One short paragraph for the user: what will go and how much space it frees."""
+def confirmation_message(tool_name: str, preview: Mapping[str, Any], engine: str | None = None) -> str:
+    """One short paragraph for the user: what will go (from which engine, when there are several) and how
+    much space it frees."""
     items = preview.get("would_remove") or []
     names = ", ".join(str(i.get("name") or i.get("id")) for i in items[:10])
     more = f" and {len(items) - 10} more" if len(items) > 10 else ""
@@ -1766,7 +1975,8 @@ def confirmation_message(tool_name: str, preview: Mapping[str, Any]) -> str:
     freed = f", freeing about {format_bytes(space)}" if space else ""
     what = f"{len(items)} item(s): {names}{more}" if items else "nothing that exists now"
     note = f" {preview['note']}" if preview.get("note") else ""
-    return f"{tool_name} will permanently remove {what}{freed}.{note} Proceed?"
+    where = f" on engine {engine!r}" if engine else ""
+    return f"{tool_name} will permanently remove {what}{where}{freed}.{note} Proceed?"
 
 
 def format_bytes(size: int | float) -> str:
@@ -1822,37 +2032,164 @@ def parse_until(value: str | None, now: float) -> float | None:
 # ---------------------------------------------------------------------------------------------
 
 
+def engine_kind(version: Mapping[str, Any]) -> str:
+    """docker or podman, from the engine's own version report (Podman names itself in Components)."""
+    names = " ".join(str(c.get("Name", "")) for c in version.get("Components") or [])
+    return "podman" if "podman" in names.lower() or "podman" in str(version.get("Platform", "")).lower() else "docker"
+
+
+def engine_rootless(info: Mapping[str, Any]) -> bool:
+    """Rootless mode from the engine's info: Podman says Rootless, Docker lists name=rootless."""
+    return bool(info.get("Rootless")) or any("rootless" in str(s) for s in info.get("SecurityOptions") or [])
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read(1024 * 1024)
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def answered_but_not_an_engine(exc: BaseException) -> bool:
+    """The first request got an answer (an HTTP status, a body, a greeting) that no engine gives."""
+    cause = exc.__cause__ or exc
+    status = getattr(getattr(cause, "response", None), "status_code", None)
+    return status is not None or isinstance(cause, (ValueError, KeyError, TypeError)) or "BadStatusLine" in repr(cause)
+
+
 class Engine:
-    """A lazily made docker-py ``APIClient``: no engine is needed until the first tool call.
+    """One engine: a lazily made docker-py ``APIClient``; no engine is needed until the first tool call.
 
     The client is kept once made; requests opens a fresh connection when the engine restarts,
-    so calls work again without restarting the server.
+    so calls work again without restarting the server. ``config`` is None for the unnamed engine,
+    whose URL comes from discovery (re-run on every attempt until one connects).
     """
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, config: EngineConfig | None = None):
+        import threading
+
         self.settings = settings
+        self.config = config
+        self.name = config.name if config else "default"
+        self.access = config.access if config else "full"
+        self.kind: str | None = None  # docker or podman, known once connected
+        self.url = config.url if config else ""  # the unnamed engine's is known once discovery connects it
         self._api: Any = None
-        self._kind: str | None = None
+        self._lock = threading.Lock()  # one connection attempt at a time, per engine only
+
+    def discovery(self) -> Discovery:
+        if self.config:
+            return Discovery(self.config.url, "--engine / MCP_ENGINES", (f"engine {self.name!r}: {self.config.url}",),
+                             self.config.cert_path, True)
+        return discover_engine(self.settings.docker_host, os.environ, os.path.exists, _read_text)
+
+    def client_kwargs(self, found: Discovery) -> dict[str, Any]:
+        from docker.tls import TLSConfig
+        from docker.utils import kwargs_from_env
+
+        if found.cert_path:
+            path = found.cert_path
+            return {"tls": TLSConfig(client_cert=(f"{path}/cert.pem", f"{path}/key.pem"),
+                                     ca_cert=f"{path}/ca.pem" if found.tls_verify else None, verify=found.tls_verify)}
+        if self.config:
+            return {}
+        environment = dict(os.environ)  # DOCKER_TLS_VERIFY / DOCKER_CERT_PATH, for the unnamed engine only
+        if self.settings.docker_tls_verify:
+            environment["DOCKER_TLS_VERIFY"] = self.settings.docker_tls_verify
+        if self.settings.docker_cert_path:
+            environment["DOCKER_CERT_PATH"] = self.settings.docker_cert_path
+        return {k: v for k, v in kwargs_from_env(environment=environment).items() if k == "tls"}
 
     def api(self) -> Any:
-        if self._api is None:
-            import docker  # deferred: ~0.1 s, and not needed to start or list tools
-            from docker.utils import kwargs_from_env
+        with self._lock:
+            if self._api is None:
+                self._api = self._connect()
+            return self._api
 
-            environment = dict(os.environ)
-            if self.settings.docker_tls_verify:
-                environment["DOCKER_TLS_VERIFY"] = self.settings.docker_tls_verify
-            if self.settings.docker_cert_path:
-                environment["DOCKER_CERT_PATH"] = self.settings.docker_cert_path
-            kwargs = kwargs_from_env(environment=environment)
-            if self.settings.docker_host:
-                kwargs["base_url"] = self.settings.docker_host
-            try:
-                self._api = docker.APIClient(version="auto", timeout=self.settings.engine_timeout, **kwargs)
-            except Exception as exc:
-                log.warning("engine connection failed: %s", exc)
-                raise translate_engine_error(exc) from None
-        return self._api
+    def _connect(self) -> Any:
+        import docker  # deferred: ~0.1 s, and not needed to start or list tools
+
+        found = self.discovery()
+        try:
+            kwargs = self.client_kwargs(found)
+            api = docker.APIClient(base_url=found.url, version=docker.constants.MINIMUM_DOCKER_API_VERSION,
+                                   timeout=self.settings.engine_timeout,
+                                   use_ssh_client=found.url.startswith("ssh://"), **kwargs)
+            if kwargs.get("tls"):  # else requests lets REQUESTS_CA_BUNDLE replace the engine's own CA
+                api.trust_env = False
+            version = api.version(api_version=False)
+            api._version = str(version["ApiVersion"])  # what version="auto" does, from the same answer
+            self.kind = engine_kind(version)
+        except Exception as exc:
+            log.warning("engine %r (%s, %s): connection failed: %r", self.name, found.url, found.source, exc)
+            error = translate_engine_error(exc)
+            if answered_but_not_an_engine(exc) or error.category not in ("engine_unavailable", "timeout"):
+                error = ToolError("engine_unavailable", "something answers at the engine's address, but not the "
+                                  "Docker engine API")
+            raise error from None
+        log.info("engine %r: %s at %s (%s)", self.name, self.kind, found.url, found.source)
+        self.url = found.url
+        return api
+
+
+class Engines:
+    """The engines one server drives: the named ones in order, or the one unnamed engine."""
+
+    def __init__(self, settings: Settings):
+        self.named = bool(settings.engines)
+        self.all = [Engine(settings, config) for config in settings.engines] or [Engine(settings)]
+        self.by_name = {engine.name: engine for engine in self.all}
+
+    def select(self, name: str | None) -> Engine:
+        if name is None:
+            return self.all[0]
+        if name not in self.by_name:
+            raise ToolError("invalid_argument", f"unknown engine {name[:64]!r}; configured: {', '.join(self.by_name)}")
+        return self.by_name[name]
+
+
+def engine_row(engine: Engine, error: str | None = None) -> dict[str, Any]:
+    """What is known of an engine without contacting it; never its URL (paths, addresses)."""
+    found = engine.discovery()
+    return {"name": engine.name, "transport": found.url.split("://", 1)[0], "tls": bool(found.cert_path),
+            "access": engine.access, "found_by": found.source, "reachable": False, "kind": None,
+            "version": None, "api_version": None, "rootless": None, "error": error}
+
+
+def probe_engine(engine: Engine) -> dict[str, Any]:
+    """Contact one engine: reachability, kind, version, rootless mode (for docker_list_engines / CLI)."""
+    row = engine_row(engine)
+    try:
+        api = engine.api()
+        version = api.version()
+        row.update(reachable=True, kind=engine_kind(version), version=version.get("Version"),
+                   api_version=version.get("ApiVersion"), rootless=engine_rootless(api.info()),
+                   tls=row["tls"] or str(getattr(api, "base_url", "")).startswith("https://"))
+    except Exception as exc:
+        error = translate_engine_error(exc)
+        log.info("engine %r probe failed: %r", engine.name, exc)
+        row["error"] = f"{error.category}: {error.message}"
+    return row
+
+
+def probe_engines(engines: list[Engine], timeout: float) -> list[dict[str, Any]]:
+    """Probe all engines at once; one that does not answer within ``timeout`` is reported, not waited for."""
+    import concurrent.futures
+
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=len(engines), thread_name_prefix="probe")
+    try:
+        futures = [pool.submit(probe_engine, engine) for engine in engines]
+        concurrent.futures.wait(futures, timeout=timeout)
+        rows = []
+        for engine, future in zip(engines, futures, strict=True):
+            if future.done():
+                rows.append(future.result())
+            else:
+                rows.append(engine_row(engine, f"timeout: no answer within {timeout:.0f}s"))
+        return rows
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 @dataclasses.dataclass
@@ -1864,6 +2201,9 @@ class Call:
     settings: Settings
     deadline: float
     client_id: str = ""
+    kind: str = "docker"        # the engine's kind: handlers smooth over Podman's differences with it
+    engines: Any = None         # every engine (Engines), for the one tool that reports on all of them
+    engine_url: str = ""        # where the call's engine is: the policy refuses host paths on remote ones
 
     def remaining(self) -> float:
         left = self.deadline - time.monotonic()
@@ -1886,24 +2226,29 @@ def resolve_host_path(text: str) -> HostPath:
     return HostPath(given=text, path=path, real=real, is_socket=is_socket)
 
 
-def gather_host_facts(settings: Settings) -> HostFacts:
-    """Allowlists with symlinks resolved, and the sensitive paths of this host (home directories included)."""
+def gather_host_facts(settings: Settings, engine_url: str = "", other_engine_urls: tuple[str, ...] = ()) -> HostFacts:
+    """Allowlists with symlinks resolved, and the sensitive paths of this host (home directories and the
+    socket of every engine this server knows included). ``engine_url`` is the engine the call runs on:
+    when it is not local, host paths cannot be checked."""
     homes = {os.path.expanduser("~"), "/root"}
     with contextlib.suppress(ImportError, KeyError, OSError):
         import pwd
 
         homes.update(entry.pw_dir for entry in pwd.getpwall())
-    docker_host = settings.docker_host or os.environ.get("DOCKER_HOST", "")
-    socket_path = docker_host[len("unix://"):] if docker_host.startswith("unix://") else "/var/run/docker.sock"
+    engine_url = engine_url or settings.docker_host or os.environ.get("DOCKER_HOST", "")
+    sockets = {url[len("unix://"):] for url in (engine_url, *other_engine_urls) if url.startswith("unix://")}
+    sockets.add(DEFAULT_DOCKER_SOCKET)
     sensitive = sensitive_paths(tuple(sorted(os.path.realpath(h) for h in homes if h)),
-                                os.path.realpath(socket_path))
+                                *sorted(os.path.realpath(path) for path in sockets))
     return HostFacts(volume_roots=tuple(os.path.realpath(p) for p in settings.volume_mount_allowlist),
                      build_roots=tuple(os.path.realpath(p) for p in settings.build_context_allowlist),
-                     sensitive=sensitive, remote_engine=not engine_is_local(docker_host))
+                     sensitive=sensitive, remote_engine=not engine_is_local(engine_url))
 
 
 def enforce(request: PowerRequest, call: Call) -> None:
-    denials = judge_request(request, call.settings, gather_host_facts(call.settings))
+    engines = call.engines.all if call.engines is not None else []
+    facts = gather_host_facts(call.settings, call.engine_url, tuple(engine.url for engine in engines if engine.url))
+    denials = judge_request(request, call.settings, facts)
     if denials:
         log.info("policy denied %s: %s", request.tool, "; ".join(d.rule for d in denials))
         raise denial_error(denials)
@@ -1958,6 +2303,7 @@ class ToolSpec:
     long_running: bool = False
     list_field: str | None = None
     keep_newest: bool = False
+    per_engine: bool = True  # takes the optional 'engine' argument and runs against that engine
 
     @property
     def annotations(self) -> dict[str, Any]:
@@ -2022,6 +2368,10 @@ def s_labels_filter() -> dict[str, Any]:
     return s_str_list("Only items with these labels: 'key' or 'key=value' each.", max_items=16, max_length=512)
 
 
+ENGINE_PARAM = s_str("Engine to run this on, by name (see docker_list_engines). Default: the first engine.",
+                     pattern=rf"^{ENGINE_NAME_RE}$", max_length=64)
+
+
 def obj(properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
     schema: dict[str, Any] = {"type": "object", "properties": properties, "additionalProperties": False}
     if required:
@@ -2065,8 +2415,9 @@ def tool(name: str, *, title: str, description: str, tier: Tier, toolset: str,
     def register(handler: Callable[[Call], dict[str, Any]]) -> Callable[[Call], dict[str, Any]]:
         if name in TOOLS:
             raise TypeError(f"tool {name} is declared twice")
+        properties = {**(params or {}), **({"engine": ENGINE_PARAM} if options.get("per_engine", True) else {})}
         TOOLS[name] = ToolSpec(name=name, title=title, description=description, tier=tier, toolset=toolset,
-                               input_schema=obj(params or {}, required), output_schema=output,
+                               input_schema=obj(properties, required), output_schema=output,
                                handler=handler, **options)
         return handler
 
@@ -2076,12 +2427,24 @@ def tool(name: str, *, title: str, description: str, tier: Tier, toolset: str,
 # -- summaries: compact shapes the model can read, built from one engine answer ----------------
 
 
-def container_summary(c: Mapping[str, Any]) -> dict[str, Any]:
+def familiar_image(reference: str | None, kind: str = "docker") -> str:
+    """An image name as Docker shows it. Podman reports fully qualified names (docker.io/library/x,
+    localhost/x for local builds and imports) and resolves the short forms back, so show those."""
+    reference = reference or ""
+    if kind != "podman":
+        return reference
+    for prefix in ("docker.io/library/", "docker.io/", "localhost/"):
+        if reference.startswith(prefix) and len(reference) > len(prefix):
+            return reference[len(prefix):]
+    return reference
+
+
+def container_summary(c: Mapping[str, Any], kind: str = "docker") -> dict[str, Any]:
     names = c.get("Names") or []
     return {
         "id": short_id(c.get("Id")),
         "name": names[0].lstrip("/") if names else "",
-        "image": c.get("Image", ""),
+        "image": familiar_image(c.get("Image", ""), kind),
         "state": c.get("State", ""),
         "status": c.get("Status", ""),
         "created": iso_time(c.get("Created")),
@@ -2089,7 +2452,7 @@ def container_summary(c: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def container_detail(info: Mapping[str, Any], reveal_secrets: bool = False) -> dict[str, Any]:
+def container_detail(info: Mapping[str, Any], reveal_secrets: bool = False, kind: str = "docker") -> dict[str, Any]:
     state = info.get("State") or {}
     config = info.get("Config") or {}
     host = info.get("HostConfig") or {}
@@ -2099,7 +2462,7 @@ def container_detail(info: Mapping[str, Any], reveal_secrets: bool = False) -> d
     return {
         "id": short_id(info.get("Id")),
         "name": (info.get("Name") or "").lstrip("/"),
-        "image": config.get("Image", ""),
+        "image": familiar_image(config.get("Image", ""), kind),
         "image_id": short_id(info.get("Image")),
         "created": iso_time(info.get("Created")),
         "state": {
@@ -2111,13 +2474,13 @@ def container_detail(info: Mapping[str, Any], reveal_secrets: bool = False) -> d
             "exit_code": state.get("ExitCode"),
             "started_at": iso_time(state.get("StartedAt")),
             "finished_at": iso_time(state.get("FinishedAt")),
-            "health": health.get("Status"),
+            "health": health.get("Status") or None,  # Podman says "" where Docker has no Health
             "health_output": ((health.get("Log") or [{}])[-1].get("Output") or None) if health else None,
         },
         "restart_count": info.get("RestartCount", 0),
         "config": {
             "cmd": config.get("Cmd"),
-            "entrypoint": config.get("Entrypoint"),
+            "entrypoint": config.get("Entrypoint") or None,  # Podman says [] where Docker says null
             "env": list(config.get("Env") or []) if reveal_secrets else redact_environment(config.get("Env")),
             "working_dir": config.get("WorkingDir") or None,
             "user": config.get("User") or None,
@@ -2134,7 +2497,7 @@ def container_detail(info: Mapping[str, Any], reveal_secrets: bool = False) -> d
             "read_only_rootfs": bool(host.get("ReadonlyRootfs")),
             "cap_add": host.get("CapAdd") or [],
             "cap_drop": host.get("CapDrop") or [],
-            "security_opt": host.get("SecurityOpt") or [],
+            "security_opt": [docker_security_opt(o) for o in host.get("SecurityOpt") or []],
             "devices": [d.get("PathOnHost") for d in host.get("Devices") or []],
             "pid_mode": host.get("PidMode") or None,
             "ipc_mode": host.get("IpcMode") or None,
@@ -2156,8 +2519,13 @@ def container_detail(info: Mapping[str, Any], reveal_secrets: bool = False) -> d
     }
 
 
-def image_summary(img: Mapping[str, Any]) -> dict[str, Any]:
-    tags = [t for t in img.get("RepoTags") or [] if t != "<none>:<none>"]
+def docker_security_opt(option: str) -> str:
+    """Podman reports the flag ``no-new-privileges``; Docker reports what was set, ``no-new-privileges:true``."""
+    return "no-new-privileges:true" if option == "no-new-privileges" else option
+
+
+def image_summary(img: Mapping[str, Any], kind: str = "docker") -> dict[str, Any]:
+    tags = [familiar_image(t, kind) for t in img.get("RepoTags") or [] if t != "<none>:<none>"]
     return {
         "id": short_id(img.get("Id")),
         "tags": tags,
@@ -2202,12 +2570,12 @@ def untrusted_labels(result: dict[str, Any], list_field: str | None = None) -> d
     return untrusted.attach(result)
 
 
-def prune_result(report: Mapping[str, Any] | None, key: str) -> dict[str, Any]:
+def prune_result(report: Mapping[str, Any] | None, key: str, kind: str = "docker") -> dict[str, Any]:
     report = report or {}
     deleted: list[str] = []
     for item in report.get(key) or []:
         if isinstance(item, Mapping):  # image prune reports {"Deleted": id} / {"Untagged": ref}
-            deleted.extend(short_id(v) if k == "Deleted" else v for k, v in item.items() if v)
+            deleted.extend(short_id(v) if k == "Deleted" else familiar_image(v, kind) for k, v in item.items() if v)
         else:
             deleted.append(short_id(item) if re.fullmatch(r"(sha256:)?[0-9a-f]{64}", str(item)) else str(item))
     return {"deleted": deleted, "count": len(deleted), "space_reclaimed_bytes": report.get("SpaceReclaimed") or 0}
@@ -2234,6 +2602,16 @@ def stream_error(events: list[dict[str, Any]]) -> str | None:
 # -- containers ---------------------------------------------------------------------------------
 
 
+def podman_image_id(call: Call, reference: str) -> str:
+    """Podman's ancestor filter matches only the fully qualified name or the full ID: resolve to the ID."""
+    try:
+        return str(call.api.inspect_image(reference).get("Id", "")).split(":", 1)[-1] or reference
+    except Exception as exc:
+        if translate_engine_error(exc).category != "not_found":
+            raise
+        return reference
+
+
 @tool("docker_list_containers", title="List containers", tier=Tier.SAFE, toolset="containers",
       description="List containers like `docker ps`: id, name, image, state, status, ports. "
                   "Running ones only unless all=true. One engine request; use filters to narrow.",
@@ -2252,9 +2630,11 @@ def list_containers(call: Call) -> dict[str, Any]:
     a = call.args
     filters = engine_filters(a, {"name": "name", "status": "status", "label": "label",
                                  "ancestor": "ancestor", "network": "network"})
+    if "ancestor" in filters and call.kind == "podman":
+        filters["ancestor"] = [podman_image_id(call, a["ancestor"])]
     limit = a.get("limit", 100)
     rows = call.api.containers(all=a.get("all", False) or "status" in a, filters=filters or None)
-    items = [container_summary(c) for c in rows[:limit]]
+    items = [container_summary(c, call.kind) for c in rows[:limit]]
     return {"containers": items, "count": len(items), "truncated": len(rows) > limit}
 
 
@@ -2265,7 +2645,8 @@ def list_containers(call: Call) -> dict[str, Any]:
       output=out({"id": {"type": "string"}, "name": {"type": "string"}, "state": {"type": "object"},
                   "config": {"type": "object"}}, ("id", "name", "state")))
 def inspect_container(call: Call) -> dict[str, Any]:
-    detail = container_detail(call.api.inspect_container(call.args["container"]), call.settings.reveal_secrets)
+    detail = container_detail(call.api.inspect_container(call.args["container"]), call.settings.reveal_secrets,
+                              call.kind)
     # Image authors and creators chose these; SAFETY_REVEAL_SECRETS shows secret-looking values.
     untrusted = UntrustedOutput(max_chars=2048, redact=not call.settings.reveal_secrets)
     detail["config"] = untrusted.value("config", detail["config"])
@@ -2298,13 +2679,28 @@ def container_logs(call: Call) -> dict[str, Any]:
     return untrusted.attach({"container": a["container"], "lines": lines, "count": len(lines), "truncated": False})
 
 
+def podman_stats(call: Call) -> dict[str, Any]:
+    """Podman's one-shot stats carry no previous sample (so no CPU figure), and an empty body for a container
+    that is not running: take two samples a second apart as Docker does, and nothing when not running."""
+    name = call.args["container"]
+    if not (call.api.inspect_container(name).get("State") or {}).get("Running"):
+        return {}
+    try:
+        first = call.api.stats(name, stream=False)
+        time.sleep(1)
+        second = call.api.stats(name, stream=False)
+    except ValueError:  # the container stopped in between: Podman answers with an empty body
+        return {}
+    return {**second, "precpu_stats": first.get("cpu_stats") or {}}
+
+
 @tool("docker_container_stats", title="Container resource usage", tier=Tier.SAFE, toolset="containers",
       description="One snapshot of a running container's CPU, memory, network, block I/O and PIDs.",
       params={"container": s_container()}, required=("container",),
       output=out({"container": {"type": "string"}, "cpu_percent": {"type": ["number", "null"]},
                   "memory": {"type": "object"}, "pids": {"type": ["integer", "null"]}}, ("container", "memory")))
 def container_stats(call: Call) -> dict[str, Any]:
-    s = call.api.stats(call.args["container"], stream=False)
+    s = podman_stats(call) if call.kind == "podman" else call.api.stats(call.args["container"], stream=False)
     mem = s.get("memory_stats") or {}
     usage = mem.get("usage") or 0
     cache = (mem.get("stats") or {}).get("inactive_file", (mem.get("stats") or {}).get("cache", 0)) or 0
@@ -2332,10 +2728,20 @@ def container_stats(call: Call) -> dict[str, Any]:
                   "processes": {"type": "array", "items": {"type": "array"}}}, ("titles", "processes")),
       list_field="processes")
 def container_top(call: Call) -> dict[str, Any]:
-    result = call.api.top(call.args["container"])
+    if call.kind == "podman":
+        # Podman's default runs the container's own ps (absent or busybox's, one unsplit column); its
+        # built-in descriptors give docker top's columns without needing anything in the container.
+        result = call.api.top(call.args["container"], ps_args=PODMAN_TOP_DESCRIPTORS)
+        titles = [PODMAN_TOP_TITLES.get(t, t) for t in result.get("Titles") or []]
+    else:
+        result = call.api.top(call.args["container"])
+        titles = result.get("Titles") or []
     untrusted = UntrustedOutput(max_chars=4096)  # process arguments are chosen by the processes themselves
-    return untrusted.attach({"titles": result.get("Titles") or [],
-                             "processes": untrusted.value("processes", result.get("Processes") or [])})
+    return untrusted.attach({"titles": titles, "processes": untrusted.value("processes", result.get("Processes") or [])})
+
+
+PODMAN_TOP_DESCRIPTORS = "user,pid,ppid,pcpu,stime,tty,time,args"
+PODMAN_TOP_TITLES = {"USER": "UID", "%CPU": "C", "COMMAND": "CMD"}
 
 
 @tool("docker_container_diff", title="Filesystem changes of a container", tier=Tier.SAFE, toolset="containers",
@@ -2495,6 +2901,65 @@ def build_container_config(call: Call, tool: str) -> dict[str, Any]:
     }
 
 
+def podman_cgroup_namespace(call: Call, container_id: str) -> str:
+    """The cgroup namespace mode Podman gave a container ("private", "host" ...), from its own (libpod 4+)
+    API, since its Docker-compatible inspect leaves CgroupnsMode empty; "" when it cannot say."""
+    api = call.api
+    try:
+        response = api.get(f"{api.base_url}/v4.0.0/libpod/containers/{container_id}/json", timeout=call.remaining())
+        return str((api._result(response, json=True).get("HostConfig") or {}).get("CgroupMode") or "")
+    except ToolError:
+        raise
+    except Exception as exc:
+        log.info("podman cgroup namespace of %s unknown: %r", container_id[:12], exc)
+        return ""
+
+
+def cgroupns_refusal(wanted: str, got: str, profile: str) -> ToolError | None:
+    """The refusal when an engine created a container in another cgroup namespace mode than was judged."""
+    if got == wanted:
+        return None
+    rule = "container_profile" if profile == "hardened" else "host_namespace"
+    return ToolError("policy_denied", f"[{rule}] this Podman does not apply the cgroup namespace ({wanted}) "
+                     "through its Docker-compatible API, so the container was not created; use a Podman release "
+                     "that does, or a cgroup v2 host (where private is Podman's default)")
+
+
+def create_judged_container(call: Call, tool: str) -> dict[str, Any]:
+    """Create the container the policy judged, and make sure the engine applied what was judged.
+
+    Podman's Docker-compatible API drops two settings: the labels of a volume a mount creates (so the
+    volume is made first, labelled, as Docker would make it), and, in Podman 4.3 (Debian 12) among others,
+    the cgroup namespace, leaving Podman's default (the host's on cgroup v1, whatever containers.conf says).
+    A container that did not get the cgroup namespace it was judged with is removed and the call refused:
+    a hardening must not be promised and not delivered.
+    """
+    api = call.api
+    config = build_container_config(call, tool)
+    made_volumes: list[str] = []
+    if call.kind == "podman":
+        for mount in config["host_config"].get("Mounts") or []:
+            labels = (mount.get("VolumeOptions") or {}).get("Labels")
+            if mount.get("Type") == "volume" and labels:  # set only for a volume that does not exist yet
+                api.create_volume(mount["Source"], labels=labels)
+                made_volumes.append(mount["Source"])
+    try:
+        created = api.create_container(**config)
+        wanted = config["host_config"].get("CgroupnsMode")
+        if call.kind == "podman" and wanted:
+            refusal = cgroupns_refusal(wanted, podman_cgroup_namespace(call, created["Id"]),
+                                       call.settings.container_profile)
+            if refusal:
+                api.remove_container(created["Id"], force=True)
+                raise refusal
+    except Exception:
+        for volume in made_volumes:
+            with contextlib.suppress(Exception):
+                api.remove_volume(volume)
+        raise
+    return created
+
+
 @tool("docker_create_container", title="Create a container", tier=Tier.MODERATE, toolset="containers",
       description="Create (but do not start) a container. Every option passes the safety policy (privileged "
                   "mode, capabilities, host namespaces, devices, bind mounts ... are refused unless configured); "
@@ -2502,7 +2967,7 @@ def build_container_config(call: Call, tool: str) -> dict[str, Any]:
                   "127.0.0.1 by default.",
       params=CONTAINER_CONFIG_PARAMS, required=("image",), output=OUT_OBJECT)
 def create_container(call: Call) -> dict[str, Any]:
-    created = call.api.create_container(**build_container_config(call, "docker_create_container"))
+    created = create_judged_container(call, "docker_create_container")
     return {"id": short_id(created["Id"]), "name": call.args.get("name"), "status": "created",
             "warnings": [sanitize_engine_text(w) for w in created.get("Warnings") or []]}
 
@@ -2521,7 +2986,7 @@ def run_container(call: Call) -> dict[str, Any]:
     if a.get("remove") and not a.get("wait"):
         raise ToolError("invalid_argument", "remove=true needs wait=true (a detached container is kept)")
     api = call.api
-    container_id = api.create_container(**build_container_config(call, "docker_run_container"))["Id"]
+    container_id = create_judged_container(call, "docker_run_container")["Id"]
     try:
         api.start(container_id)
     except Exception:
@@ -2740,8 +3205,9 @@ def _label_filter(filters: Mapping[str, list[str]]) -> dict[str, list[str]]:
 
 def prunable_containers(call: Call, filters: dict[str, list[str]]) -> tuple[list[dict[str, Any]], str | None]:
     cutoff, note = _cutoff(call)
-    rows = call.api.containers(all=True, size=True,
-                               filters={"status": ["exited", "created", "dead"], **_label_filter(filters)})
+    # Podman has no "dead" state, and refuses the word
+    statuses = ["exited", "created"] if call.kind == "podman" else ["exited", "created", "dead"]
+    rows = call.api.containers(all=True, size=True, filters={"status": statuses, **_label_filter(filters)})
     items = [{"type": "container", "id": short_id(c.get("Id")), "name": (c.get("Names") or ["/?"])[0].lstrip("/"),
               "size_bytes": c.get("SizeRw") or 0} for c in rows if _created_before(c.get("Created"), cutoff)]
     return items, note
@@ -2757,7 +3223,8 @@ def prunable_images(call: Call, filters: dict[str, list[str]], all_unused: bool)
         used = {c.get("ImageID") for c in call.api.containers(all=True)}
         rows = [r for r in rows if r.get("Id") not in used]
     items = [{"type": "image", "id": short_id(r.get("Id")),
-              "name": next((t for t in r.get("RepoTags") or [] if t != "<none>:<none>"), short_id(r.get("Id"))),
+              "name": familiar_image(next((t for t in r.get("RepoTags") or [] if t != "<none>:<none>"),
+                                          short_id(r.get("Id"))), call.kind),
               "size_bytes": r.get("Size") or 0} for r in rows if _created_before(r.get("Created"), cutoff)]
     shared = "sizes include layers shared with other images, so less space may be freed"
     return items, f"{note}; {shared}" if note else shared
@@ -2800,9 +3267,17 @@ def prune_containers(call: Call) -> dict[str, Any]:
 # -- images -------------------------------------------------------------------------------------
 
 
+def reference_matches(pattern: str, tag: str) -> bool:
+    """Docker's reference filter: the pattern (``*`` stays within one path part) matches name:tag or name."""
+    regex = re.escape(pattern).replace(r"\*", "[^/]*").replace(r"\?", "[^/]")
+    name = tag.rsplit(":", 1)[0] if tag.rfind(":") > tag.rfind("/") else tag
+    return bool(re.fullmatch(regex, tag) or re.fullmatch(regex, name))
+
+
 @tool("docker_list_images", title="List images", tier=Tier.SAFE, toolset="images",
       description="List local images like `docker images`: id, tags, size, created.",
-      params={"name": s_image("Only images of this repository (a reference, wildcards * allowed)."),
+      params={"name": s_str("Only images of this repository (a reference, wildcards * allowed).",
+                            pattern=r"^[A-Za-z0-9*][A-Za-z0-9._/:@+*-]*$", max_length=512),
               "dangling": s_bool("Only untagged (dangling) images."),
               "label": s_labels_filter(),
               "all": s_bool("Include intermediate images."),
@@ -2813,10 +3288,14 @@ def list_images(call: Call) -> dict[str, Any]:
     filters = engine_filters(a, {"label": "label", "name": "reference"})
     if a.get("dangling"):
         filters["dangling"] = ["true"]
+    pattern = filters.pop("reference", [None])[0] if call.kind == "podman" else None
     rows = call.api.images(all=a.get("all", False), filters=filters or None)
+    if pattern:  # Podman's own reference filter also matches the last path part ("busybox" finds "x/busybox")
+        rows = [r for r in rows if any(reference_matches(pattern, familiar_image(t, call.kind))
+                                       for t in r.get("RepoTags") or [])]
     limit = a.get("limit", 100)
     rows = sorted(rows, key=lambda r: r.get("Created", 0), reverse=True)
-    items = [image_summary(r) for r in rows[:limit]]
+    items = [image_summary(r, call.kind) for r in rows[:limit]]
     return {"images": items, "count": len(items), "truncated": len(rows) > limit}
 
 
@@ -2831,8 +3310,8 @@ def inspect_image(call: Call) -> dict[str, Any]:
     env = list(config.get("Env") or []) if call.settings.reveal_secrets else redact_environment(config.get("Env"))
     return untrusted.attach({
         "id": short_id(img.get("Id")),
-        "tags": img.get("RepoTags") or [],
-        "digests": img.get("RepoDigests") or [],
+        "tags": [familiar_image(t, call.kind) for t in img.get("RepoTags") or []],
+        "digests": [familiar_image(d, call.kind) for d in img.get("RepoDigests") or []],
         "created": iso_time(img.get("Created")),
         "size_bytes": img.get("Size", 0),
         "architecture": img.get("Architecture"),
@@ -2854,11 +3333,17 @@ def inspect_image(call: Call) -> dict[str, Any]:
 def image_history(call: Call) -> dict[str, Any]:
     rows = call.api.history(call.args["image"]) or []
     limit = call.args.get("limit", 50)
+    if call.kind == "podman" and rows:  # Podman leaves Tags empty: fill them in as Docker does, the newest
+        # layer with the image's own tags (Podman gives that row another ID), older ones from the image list
+        tags = {str(i.get("Id")).split(":", 1)[-1]: i.get("RepoTags") for i in call.api.images(all=True)}
+        rows = [{**r, "Tags": tags.get(str(r.get("Id")).split(":", 1)[-1])} for r in rows]
+        rows[0]["Tags"] = call.api.inspect_image(call.args["image"]).get("RepoTags")
     untrusted = UntrustedOutput(max_chars=500)  # build steps are the image author's text
     layers = [{"id": short_id(r.get("Id")) if r.get("Id") not in (None, "<missing>") else None,
                "created": iso_time(r.get("Created")),
                "created_by": untrusted.value(f"layers[{i}].created_by", r.get("CreatedBy") or ""),
-               "size_bytes": r.get("Size", 0), "tags": r.get("Tags") or []} for i, r in enumerate(rows[:limit])]
+               "size_bytes": r.get("Size", 0), "tags": [familiar_image(t, call.kind) for t in r.get("Tags") or []]}
+              for i, r in enumerate(rows[:limit])]
     return untrusted.attach({"layers": layers, "count": len(layers), "truncated": len(rows) > limit})
 
 
@@ -3059,7 +3544,7 @@ def remove_image(call: Call) -> dict[str, Any]:
             note = f"{len(users)} container(s) use it: without force=true the removal will fail"
         return preview([item], note, deleted=[], count=0)
     report = call.api.remove_image(a["image"], force=a.get("force", False), noprune=a.get("keep_parents", False))
-    return prune_result({"ImagesDeleted": report}, "ImagesDeleted")
+    return prune_result({"ImagesDeleted": report}, "ImagesDeleted", call.kind)
 
 
 @tool("docker_prune_images", title="Remove unused images", tier=Tier.DESTRUCTIVE, toolset="images",
@@ -3075,7 +3560,7 @@ def prune_images(call: Call) -> dict[str, Any]:
         items, note = prunable_images(call, filters, bool(call.args.get("all")))
         return preview(items, note, deleted=[], count=0)
     filters["dangling"] = ["false" if call.args.get("all") else "true"]
-    return prune_result(call.api.prune_images(filters=filters), "ImagesDeleted")
+    return prune_result(call.api.prune_images(filters=filters), "ImagesDeleted", call.kind)
 
 
 # -- networks -----------------------------------------------------------------------------------
@@ -3130,8 +3615,10 @@ def create_network(call: Call) -> dict[str, Any]:
         ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=a["subnet"],
                                                                           gateway=a.get("gateway"))])
     labels = ownership_labels(call, a.get("labels"))
+    # check_duplicate: Docker would otherwise make a second network of the same name (Podman refuses)
     created = call.api.create_network(a["name"], driver=a.get("driver", "bridge"), internal=a.get("internal", False),
-                                      attachable=a.get("attachable") or None, labels=labels, ipam=ipam)
+                                      attachable=a.get("attachable") or None, labels=labels, ipam=ipam,
+                                      check_duplicate=True)
     return {"id": short_id(created.get("Id")), "name": a["name"], "status": "created"}
 
 
@@ -3265,7 +3752,9 @@ def prune_volumes(call: Call) -> dict[str, Any]:
     filters = managed_filters(call, engine_filters(call.args, {"label": "label"}))
     if call.args.get("dry_run"):
         return preview(prunable_volumes(call, filters), None, deleted=[], count=0)
-    if float(call.api.api_version) >= 1.42:  # from 1.42 the engine prunes only anonymous volumes unless all=true
+    # From API 1.42 Docker prunes only anonymous volumes unless all=true; Podman prunes every unused
+    # volume and rejects the filter.
+    if call.kind == "docker" and float(call.api.api_version) >= 1.42:
         filters["all"] = ["true"]
     return prune_result(call.api.prune_volumes(filters=filters or None), "VolumesDeleted")
 
@@ -3273,9 +3762,16 @@ def prune_volumes(call: Call) -> dict[str, Any]:
 # -- system -------------------------------------------------------------------------------------
 
 
-def engine_kind(version: Mapping[str, Any]) -> str:
-    names = " ".join(str(c.get("Name", "")) for c in version.get("Components") or [])
-    return "podman" if "podman" in names.lower() or "podman" in str(version.get("Platform", "")).lower() else "docker"
+@tool("docker_list_engines", title="List engines", tier=Tier.SAFE, toolset="system", per_engine=False,
+      description="The engines this server drives, the default first: name, kind (docker or podman), version, "
+                  "rootless mode, access (full, no-destructive, read-only) and whether each answers now. "
+                  "Pass a name as the 'engine' argument of other tools.",
+      output=out_list("engines", ("name", "reachable", "access")), list_field="engines")
+def list_engines(call: Call) -> dict[str, Any]:
+    rows = probe_engines(call.engines.all, min(call.settings.engine_timeout, 10.0))
+    for index, row in enumerate(rows):
+        row["default"] = index == 0
+    return {"engines": rows, "count": len(rows)}
 
 
 @tool("docker_version", title="Engine version", tier=Tier.SAFE, toolset="system",
@@ -3306,7 +3802,7 @@ def system_info(call: Call) -> dict[str, Any]:
         "cpus": i.get("NCPU"), "memory_bytes": i.get("MemTotal"),
         "storage_driver": i.get("Driver"), "cgroup_driver": i.get("CgroupDriver"),
         "cgroup_version": i.get("CgroupVersion"),
-        "rootless": any("rootless" in str(s) for s in security),
+        "rootless": engine_rootless(i),
         "security_options": [str(s) for s in security],
         "warnings": [sanitize_engine_text(w) for w in (i.get("Warnings") or [])[:10]],
     }
@@ -3322,6 +3818,9 @@ def disk_usage(call: Call) -> dict[str, Any]:
     df = call.api.df()
     top = call.args.get("top", 5)
     images = df.get("Images") or []
+    if call.kind == "podman":  # Podman's df reports only the tag part ("1") of each name: take the image list's
+        tags = {str(i.get("Id")).split(":", 1)[-1]: i.get("RepoTags") for i in call.api.images()}
+        images = [{**x, "RepoTags": tags.get(str(x.get("Id")).split(":", 1)[-1])} for x in images]
     containers = df.get("Containers") or []
     volumes = df.get("Volumes") or []
     cache = df.get("BuildCache") or []
@@ -3337,7 +3836,8 @@ def disk_usage(call: Call) -> dict[str, Any]:
         "images": {"count": len(images), "size_bytes": df.get("LayersSize") or sum(x.get("Size", 0) for x in images),
                    "reclaimable_bytes": sum(x.get("Size", 0) for x in images if not x.get("Containers")),
                    "largest": largest(images, lambda x: x.get("Size", 0),
-                                      lambda x: (x.get("RepoTags") or [short_id(x.get("Id"))])[0])},
+                                      lambda x: familiar_image((x.get("RepoTags") or [short_id(x.get("Id"))])[0],
+                                                               call.kind))},
         "containers": {"count": len(containers), "size_bytes": sum(x.get("SizeRw", 0) or 0 for x in containers),
                        "largest": largest(containers, lambda x: x.get("SizeRw", 0) or 0,
                                           lambda x: (x.get("Names") or ["?"])[0].lstrip("/"))},
@@ -3346,6 +3846,20 @@ def disk_usage(call: Call) -> dict[str, Any]:
         "build_cache": {"count": len(cache), "size_bytes": sum(x.get("Size", 0) for x in cache),
                         "reclaimable_bytes": sum(x.get("Size", 0) for x in cache if not x.get("InUse"))},
     }
+
+
+def podman_events(call: Call, since: str, filters: dict[str, list[str]]) -> Any:
+    """Podman answers nothing for an `until` in the past and holds the request open until one in the
+    future (cutting off a long event log); asked not to follow (stream=false, which docker-py's events()
+    cannot send) it returns what it has at once. Events after the window are dropped by the caller."""
+    import docker.types
+    from docker.utils import convert_filters
+
+    api = call.api
+    params = {"since": since, "stream": "false", "filters": convert_filters(filters) if filters else None}
+    response = api._get(api._url("/events"), params=params, stream=True, timeout=call.remaining())
+    api._raise_for_status(response)
+    return docker.types.CancellableStream(api._stream_helper(response, decode=True), response)
 
 
 @tool("docker_events", title="Recent engine events", tier=Tier.SAFE, toolset="system",
@@ -3363,21 +3877,32 @@ def events(call: Call) -> dict[str, Any]:
     a = call.args
     now = time.time()
     filters = engine_filters(a, {"type": "type", "container": "container", "event": "event"})
-    # Fractional timestamps: an integer `until` would drop the events of the current second, and one
-    # in the future would make the engine wait for it.
-    stream = call.api.events(since=f"{now - a.get('since_seconds', 300):.6f}", until=f"{now:.6f}",
-                             filters=filters or None, decode=True)
+    since = f"{now - a.get('since_seconds', 300):.6f}"
+    if call.kind == "podman":
+        stream = podman_events(call, since, filters)
+    else:
+        # Fractional timestamps: an integer `until` would drop the events of the current second, and one
+        # in the future would make the engine wait for it.
+        stream = call.api.events(since=since, until=f"{now:.6f}", filters=filters or None, decode=True)
     limit = a.get("limit", 100)
     items: list[dict[str, Any]] = []
     total = 0
     try:
         for event in stream:
             call.remaining()
+            if event.get("timeNano", 0) > now * 1e9:
+                continue
             actor = event.get("Actor") or {}
             attrs = actor.get("Attributes") or {}
+            actor_id = str(actor.get("ID") or "")
+            hex_id = re.fullmatch(r"(sha256:)?[0-9a-f]{12,64}", actor_id)
+            # a volume's ID is its name (Docker), which must not be cut like a hex ID
+            name = attrs.get("name") or attrs.get("image") or (None if hex_id else actor_id or None)
+            if not actor_id and event.get("Type") == "volume":  # Podman leaves it empty; Docker's is the name
+                actor_id = name or ""
             items.append({"time": iso_time(event.get("time")), "type": event.get("Type", ""),
-                          "action": event.get("Action", ""), "id": short_id(actor.get("ID")),
-                          "name": attrs.get("name") or attrs.get("image") or None})
+                          "action": event.get("Action", ""), "id": short_id(actor_id) if hex_id else actor_id,
+                          "name": familiar_image(name, call.kind) if event.get("Type") == "image" else name})
             total += 1
             if len(items) > limit:
                 items.pop(0)
@@ -3421,10 +3946,10 @@ def prune_system(call: Call) -> dict[str, Any]:
         "containers": prune_result(api.prune_containers(filters=managed or None), "ContainersDeleted"),
         "networks": prune_result(api.prune_networks(filters=managed or None), "NetworksDeleted"),
         "images": prune_result(api.prune_images(
-            filters={"dangling": ["false" if call.args.get("all_images") else "true"]}), "ImagesDeleted"),
+            filters={"dangling": ["false" if call.args.get("all_images") else "true"]}), "ImagesDeleted", call.kind),
     }
     if call.args.get("volumes"):
-        parts["volumes"] = prune_volumes(Call(api, {}, call.settings, call.deadline))
+        parts["volumes"] = prune_volumes(dataclasses.replace(call, args={}))
     cache_bytes = 0
     try:
         cache_bytes = (api.prune_builds() or {}).get("SpaceReclaimed") or 0
@@ -3440,6 +3965,19 @@ def prune_system(call: Call) -> dict[str, Any]:
 
 
 PROGRESS_INTERVAL_SECONDS = 1.0
+
+
+@contextlib.contextmanager
+def naming_engine(engine: Engine | None) -> Any:
+    """With several engines, a failure to reach one says which one."""
+    try:
+        yield
+    except Exception as exc:
+        error = translate_engine_error(exc)
+        if engine is None or error.category not in ("engine_unavailable", "timeout"):
+            raise
+        log.info("engine %r: %s: %r", engine.name, error.category, exc)
+        raise ToolError(error.category, f"engine {engine.name!r}: {error.message}") from None
 
 
 def catalogue(settings: Settings) -> list[tuple[ToolSpec, str | None]]:
@@ -3463,9 +4001,9 @@ class DockerMCP:
     ``stdio_limiter`` guards stdio against a runaway agent.
     """
 
-    def __init__(self, settings: Settings, engine: Engine | None = None):
+    def __init__(self, settings: Settings, engines: Engines | None = None):
         self.settings = settings
-        self.engine = engine or Engine(settings)
+        self.engines = engines or Engines(settings)
         self._validators: dict[str, Any] = {}
         self._listed: dict[Role | None, list[Any]] = {}
         self.in_flight = 0  # tool calls running now; a graceful shutdown waits for them
@@ -3484,7 +4022,7 @@ class DockerMCP:
         if role not in self._listed:  # the catalogue and settings are fixed for the server's lifetime
             self._listed[role] = [
                 mcp_types.Tool(name=spec.name, title=spec.title, description=spec.description,
-                               input_schema=spec.input_schema, output_schema=spec.output_schema,
+                               input_schema=self.listed_schema(spec), output_schema=spec.output_schema,
                                annotations=mcp_types.ToolAnnotations(**{
                                    "title": spec.title,
                                    "read_only_hint": spec.annotations["readOnlyHint"],
@@ -3496,7 +4034,9 @@ class DockerMCP:
         return self._listed[role]
 
     def admit(self, spec: ToolSpec, caller: Any) -> None:
-        """Checks that come before the tool's own: the caller's role, stdio's rate limit, the audit log."""
+        """Checks that come before the tool's own: the caller's role, stdio's rate limit, the audit log.
+        The server-wide tiers and the chosen engine's ceiling follow in ``call``, on every path to an engine
+        (a confirmation's preview included), once the arguments are validated."""
         denial = role_denial(spec.name, spec.tier, getattr(caller, "role", None))
         if denial:
             raise ToolError("policy_denied", denial)
@@ -3530,11 +4070,26 @@ class DockerMCP:
             "api_key_hash": (principal.key_hash or "")[:16] or None if principal else None,
             "session": getattr(caller, "session_id", None),
             "tool_name": name,
+            "engine": self.engine_name(name, arguments),
             "arguments": redact_arguments(arguments if isinstance(arguments, dict) else {}),
             "result": summary,
             "error": {"category": error.category, "message": error.message} if error else None,
             "duration_ms": round((time.monotonic() - started) * 1000, 1),
         }
+
+    def engine_name(self, name: str, arguments: Any) -> str | None:
+        """The engine a call is addressed to (for the audit log and confirmations), None for tools without one."""
+        if not TOOLS[name].per_engine:
+            return None
+        chosen = arguments.get("engine") if isinstance(arguments, dict) else None
+        return chosen[:64] if isinstance(chosen, str) else self.engines.all[0].name
+
+    def listed_schema(self, spec: ToolSpec) -> dict[str, Any]:
+        """The input schema as listed: with named engines, 'engine' names the choices."""
+        if not (self.engines.named and spec.per_engine):
+            return spec.input_schema
+        engine = {**spec.input_schema["properties"]["engine"], "enum": list(self.engines.by_name)}
+        return {**spec.input_schema, "properties": {**spec.input_schema["properties"], "engine": engine}}
 
     def validate(self, spec: ToolSpec, arguments: Any) -> dict[str, Any]:
         if arguments is None:
@@ -3559,15 +4114,24 @@ class DockerMCP:
         denial = tool_denial(spec.name, spec.tier, spec.toolset, self.settings)  # checked again on every call
         if denial:
             raise ToolError("policy_denied", denial)
-        args = self.validate(spec, arguments)
+        args = dict(self.validate(spec, arguments))
+        engine = self.engines.select(args.pop("engine", None)) if spec.per_engine else None
+        if engine is not None:  # a named engine's own ceiling, checked on every call
+            denial = engine_denial(spec.name, spec.tier, engine.name, engine.access)
+            if denial:
+                raise ToolError("policy_denied", denial)
         budget = self.settings.long_operation_timeout if spec.long_running else self.settings.engine_timeout
         if name in ("docker_exec_command", "docker_run_container", "docker_stop_container",
                     "docker_restart_container"):
             budget += max(args.get("timeout", 0), args.get("wait_timeout", 0))
 
         def work() -> dict[str, Any]:
-            call = Call(self.engine.api(), args, self.settings, time.monotonic() + budget, client_id)
-            return spec.handler(call)
+            with naming_engine(engine if self.engines.named else None):
+                api = engine.api() if engine else None
+                call = Call(api, args, self.settings, time.monotonic() + budget, client_id,
+                            kind=(engine.kind if engine else None) or "docker", engines=self.engines,
+                            engine_url=engine.url if engine else "")
+                return spec.handler(call)
 
         self.in_flight += 1
         try:
@@ -3629,7 +4193,8 @@ class DockerMCP:
                 return None
             raise declined
         preview_result = await self.call(name, {**arguments, "dry_run": True}, client_id)
-        message = confirmation_message(name, preview_result)
+        message = confirmation_message(name, preview_result, self.engine_name(name, arguments) if self.engines.named
+                                       else None)
         if ctx.session.can_send_request:  # handshake era: ask now, on this request
             try:
                 answer = await ctx.session.elicit_form(message, CONFIRMATION_SCHEMA, related_request_id=ctx.request_id)
@@ -5606,8 +6171,12 @@ def setting_options(command: Callable[..., Any]) -> Callable[..., Any]:
         if spec.parse is _parse_bool:
             name = spec.option[2:]
             flags.append(click.option(f"--{name}/--no-{name}", spec.field, default=None, help=help_text))
+        elif spec.multiple:
+            flags.append(click.option(spec.option, spec.field, multiple=True, metavar=spec.metavar or None,
+                                      help=help_text))
         else:
-            flags.append(click.option(spec.option, spec.field, default=None, help=help_text))
+            flags.append(click.option(spec.option, spec.field, default=None, metavar=spec.metavar or None,
+                                      help=help_text))
     for flag in reversed(flags):
         command = flag(command)
     return command
@@ -5615,6 +6184,9 @@ def setting_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 def settings_from_cli(options: dict[str, Any]) -> Settings:
     env_file_path = options.pop("env_file", None)
+    for spec in SETTING_SPECS:
+        if spec.multiple:  # click gives () for a repeatable flag that was not given
+            options[spec.field] = tuple(options.get(spec.field) or ()) or None
     env_file: dict[str, str] = {}
     try:
         if env_file_path:
@@ -5643,9 +6215,23 @@ def main() -> None:
     """mcp-docker: a security-hardened MCP server for Docker and Podman."""
 
 
+def describe_engines(engines: Engines) -> list[str]:
+    """Which engine each name means and why, without contacting any (for ``serve --verbose``)."""
+    lines = []
+    for index, engine in enumerate(engines.all):
+        found = engine.discovery()
+        extras = [f"access {engine.access}"] + (["TLS client certificate"] if found.cert_path else [])
+        lines.append(f"engine {engine.name!r}{' (default)' if index == 0 and engines.named else ''}: {found.url} "
+                     f"from {found.source}; {', '.join(extras)}")
+        if not engines.named:
+            lines.extend(f"  looked at {step}" for step in found.steps)
+    return lines
+
+
 @main.command()
+@click.option("--verbose", is_flag=True, help="Log which engine was chosen and why (stderr).")
 @setting_options
-def serve(**options: Any) -> None:
+def serve(verbose: bool, **options: Any) -> None:
     """Serve MCP over stdio (default) or HTTP(S).
 
     stdio: the MCP client starts this process and talks over stdin/stdout.
@@ -5667,6 +6253,9 @@ def serve(**options: Any) -> None:
         app.stdio_limiter = RateLimiter(settings.rate_limit_rpm, settings.rate_limit_burst)
     names = [spec.name for spec in app.permitted_tools()]
     log.info("mcp-docker %s serving %d tools over %s", __version__, len(names), settings.transport)
+    if verbose:
+        for line in describe_engines(app.engines):
+            log.log(max(log.getEffectiveLevel(), logging.INFO), "%s", line)
     if settings.transport == "http":
         try:
             http = HttpServer(app, settings, audit)
@@ -6029,6 +6618,34 @@ def tools_command(as_json: bool, **options: Any) -> None:
         state = "enabled" if denial is None else f"disabled: {denial}"
         click.echo(f"{spec.name:<{width}}  {spec.tier.value:<11}  {spec.toolset:<10}  {state}")
     click.echo(f"\n{sum(d is None for _, d in rows)} of {len(rows)} tools enabled")
+
+
+@main.command("engines")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--timeout", type=click.FloatRange(0.1, 600), default=10.0, show_default=True,
+              help="Seconds to wait for each engine.")
+@setting_options
+def engines_command(as_json: bool, timeout: float, **options: Any) -> None:
+    """Contact each configured (or discovered) engine and print its kind, version, rootless mode and reachability.
+
+    Exits with status 1 when an engine does not answer.
+    """
+    settings = settings_from_cli(options)
+    configure_logging("ERROR")  # the table says what failed; the detail is for `serve --log-level DEBUG`
+    engines = Engines(settings)
+    rows = probe_engines(engines.all, timeout)
+    for row, engine in zip(rows, engines.all, strict=True):
+        row["url"] = engine.discovery().url  # the operator's own configuration: fine to show here
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        for index, row in enumerate(rows):
+            state = (f"{row['kind']} {row['version']} (API {row['api_version']}"
+                     f"{', rootless' if row['rootless'] else ''})" if row["reachable"] else f"unreachable: {row['error']}")
+            click.echo(f"{row['name']}{' (default)' if index == 0 and engines.named else ''}: {row['url']} "
+                       f"[{row['found_by']}; access {row['access']}] {state}")
+    if not all(row["reachable"] for row in rows):
+        sys.exit(1)
 
 
 if __name__ == "__main__":
