@@ -2058,6 +2058,9 @@ def answered_but_not_an_engine(exc: BaseException) -> bool:
     return status is not None or isinstance(cause, (ValueError, KeyError, TypeError)) or "BadStatusLine" in repr(cause)
 
 
+ENGINE_POOL_SIZE = 48
+
+
 class Engine:
     """One engine: a lazily made docker-py ``APIClient``; no engine is needed until the first tool call.
 
@@ -2113,8 +2116,10 @@ class Engine:
         found = self.discovery()
         try:
             kwargs = self.client_kwargs(found)
+            # One pooled connection per worker thread that may call at once (anyio's default limiter is
+            # 40); docker-py's default of 10 makes concurrent calls reconnect and log pool warnings.
             api = docker.APIClient(base_url=found.url, version=docker.constants.MINIMUM_DOCKER_API_VERSION,
-                                   timeout=self.settings.engine_timeout,
+                                   timeout=self.settings.engine_timeout, max_pool_size=ENGINE_POOL_SIZE,
                                    use_ssh_client=found.url.startswith("ssh://"), **kwargs)
             if kwargs.get("tls"):  # else requests lets REQUESTS_CA_BUNDLE replace the engine's own CA
                 api.trust_env = False
