@@ -1788,13 +1788,17 @@ def test_graceful_shutdown_lets_running_calls_finish(tmp_path):
         def slow_call() -> None:
             outcome["reply"] = request(server, "POST", "/mcp", {
                 "jsonrpc": "2.0", "id": 11, "method": "tools/call", "params": {
-                    "name": "docker_exec_command", "arguments": {"container": name, "command": ["sleep", "2"]}}},
+                    "name": "docker_exec_command", "arguments": {"container": name, "command": ["sleep", "3"]}}},
                 {**MCP_HEADERS, **auth, "mcp-session-id": session})
 
         worker = threading.Thread(target=slow_call)
         worker.start()
-        time.sleep(0.7)  # the call is running inside the engine now
-        server.proc.send_signal(15)
+        api = engine_client()
+        deadline = time.time() + 15
+        while not any("sleep 3" in " ".join(map(str, p)) for p in api.top(name).get("Processes") or []):
+            assert time.time() < deadline, "the exec never started"
+            time.sleep(0.05)
+        server.proc.send_signal(15)  # the call is running inside the engine now
         time.sleep(0.3)
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", server.port), timeout=2).close()  # no longer accepting
