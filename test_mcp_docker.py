@@ -3293,7 +3293,7 @@ class LocalIssuer:
 
     ISSUER = "https://issuer.test"
 
-    def __init__(self) -> None:
+    def __init__(self, tls_dir: Path | None = None) -> None:
         import http.server
 
         import jwt
@@ -3320,7 +3320,15 @@ class LocalIssuer:
                 pass
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.jwks_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/jwks.json"
+        scheme = "http"
+        if tls_dir is not None:
+            import ssl
+
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(tls_dir / "server-cert.pem", tls_dir / "server-key.pem")
+            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+            scheme = "https"
+        self.jwks_url = f"{scheme}://127.0.0.1:{self.httpd.server_address[1]}/jwks.json"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     def jwk(self, private_key: Any, kid: str) -> dict[str, Any]:
@@ -3615,3 +3623,27 @@ def test_oauth_with_a_local_jwks_file_and_static_mode_unchanged(issuer, tmp_path
         token = issuer.token(server.url)
         status, headers, _ = request(server, "POST", "/mcp", INIT, {**MCP_HEADERS, "authorization": f"Bearer {token}"})
         assert status == 401 and "resource_metadata" not in headers["www-authenticate"]
+
+
+def test_oauth_jwks_over_https_trusts_only_verified_servers(tmp_path, monkeypatch):
+    make_tls_files(tmp_path / "tls", "jwks-ca")
+    https_issuer = LocalIssuer(tmp_path / "tls")
+    try:
+        settings = md.load_settings(environ={"SECURITY_OAUTH_ISSUER": https_issuer.ISSUER,
+                                             "SECURITY_OAUTH_RESOURCE": RESOURCE,
+                                             "SECURITY_OAUTH_JWKS_URL": https_issuer.jwks_url})
+        assert settings.oauth_jwks_url.startswith("https://")
+        untrusting = md.OAuthVerifier(settings)
+        assert not untrusting.fetch_keys() and not untrusting.keys  # a certificate from an unknown CA
+        monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "tls" / "ca.pem"))  # the operator's private CA
+        trusting = md.OAuthVerifier(settings)
+        assert trusting.fetch_keys() and set(trusting.keys) == {"rsa-1", "ec-1"}
+        assert trusting.verify(https_issuer.token(RESOURCE))[1] == "ok"
+        now = time.monotonic()
+        assert not trusting.wants_keys(https_issuer.token(RESOURCE), now)  # known kid, fresh cache
+        assert trusting.wants_keys(https_issuer.token(RESOURCE, kid="new"), now)
+        assert not trusting.wants_keys(https_issuer.token(RESOURCE, kid="newer"), now + 1)  # cooldown
+        assert trusting.wants_keys(https_issuer.token(RESOURCE, kid="newer"), now + 11)
+        assert not trusting.wants_keys("sk-not-a-jwt", now + 30)
+    finally:
+        https_issuer.stop()
