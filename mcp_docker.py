@@ -15,7 +15,8 @@ Sections, in order (each uses only the ones above it):
                        policy, untrusted output, destructive confirmations (pure)
 4. Engine and tools -- the lazy engine connections, summaries, and the one tool registry
 5. MCP wiring       -- the SDK's low-level ``Server`` reading that registry
-6. Access control   -- API keys, principals, client IPs, rate limits, the audit log, signed requests
+6. Access control   -- API keys, principals, client IPs, rate limits, the audit log, signed requests,
+                       OAuth access tokens (JWT) and protected-resource metadata
 7. Transports       -- stdio, and our own asyncio HTTP server (h11 framing, stdlib ssl)
 8. CLI              -- click commands: ``serve``, ``tools``, ``engines``, ``genkey``, ``keys``, ``audit``,
                        ``gencert``, ``sign-request``
@@ -306,6 +307,79 @@ def _parse_engines(label: str, raw: str | tuple[str, ...]) -> tuple[EngineConfig
     return engines
 
 
+# Asymmetric signatures only: "none" proves nothing, and an HMAC "signature" made with our public key
+# as the secret (algorithm confusion) must never verify.
+OAUTH_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+OAUTH_SCOPE_RE = re.compile(r"[A-Za-z0-9_.:/+*@-]{1,128}")
+
+
+def _parse_oauth_url(name: str, raw: str) -> str:
+    """An absolute https URL; plain http only for a loopback host (a local test issuer or proxy)."""
+    from urllib.parse import urlsplit
+
+    value = raw.strip()
+    if not value:
+        return ""
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname or ""
+    except ValueError:
+        raise ConfigError(f"{name}: {value[:80]!r} is not a URL") from None
+    if parts.scheme not in ("https", "http") or not host or parts.fragment or parts.username:
+        raise ConfigError(f"{name}: expected an absolute https:// URL without user or fragment, got {value[:80]!r}")
+    if parts.scheme == "http" and host not in ("localhost", "127.0.0.1", "::1"):
+        raise ConfigError(f"{name}: plain http is accepted for loopback hosts only; use https://")
+    return value
+
+
+def _parse_oauth_algorithms(name: str, raw: str) -> tuple[str, ...]:
+    items = tuple(item.strip() for item in raw.split(",") if item.strip())
+    for item in items:
+        if item not in OAUTH_ALGORITHMS:
+            raise ConfigError(f"{name}: {item[:20]!r} is not allowed; choose from {', '.join(OAUTH_ALGORITHMS)} "
+                              "(never none, never HMAC)")
+    if not items:
+        raise ConfigError(f"{name}: name at least one algorithm")
+    return items
+
+
+def _parse_scope_list(name: str, raw: str) -> tuple[str, ...]:
+    items = tuple(item for item in re.split(r"[\s,]+", raw) if item)
+    for item in items:
+        if not OAUTH_SCOPE_RE.fullmatch(item):
+            raise ConfigError(f"{name}: {item[:40]!r} is not a valid scope")
+    return items
+
+
+def _parse_scope_roles(name: str, raw: str) -> tuple[tuple[str, str, tuple[str, ...]], ...]:
+    """``scope=tier`` or ``scope=tier:tool|tool`` items -> (scope, tier, tools); tiers checked here, tools later."""
+    mapping = []
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        scope, sep, rule = item.rpartition("=")
+        tier, _, tools = rule.partition(":")
+        if not sep or not OAUTH_SCOPE_RE.fullmatch(scope) or tier not in ("safe", "moderate", "destructive"):
+            raise ConfigError(f"{name}: {item[:60]!r} should be scope=safe|moderate|destructive[:tool|tool...]")
+        names = tuple(t for t in tools.split("|") if t)
+        if any(not re.fullmatch(r"[A-Za-z0-9_.-]{1,128}", t) for t in names):
+            raise ConfigError(f"{name}: {item[:60]!r} names an invalid tool")
+        mapping.append((scope, tier, names))
+    if len({scope for scope, _, _ in mapping}) != len(mapping):
+        raise ConfigError(f"{name}: a scope is mapped twice")
+    return tuple(mapping)
+
+
+def _parse_clock_skew(name: str, raw: str) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name}: expected a number of seconds, got {raw[:40]!r}") from None
+    if not 0 <= value <= 300:
+        raise ConfigError(f"{name}: {value} is outside 0..300 (seconds of clock difference tolerated)")
+    return value
+
+
 @dataclasses.dataclass(frozen=True)
 class SettingSpec:
     """One setting: its field, environment name, parser and help text (shown by the CLI)."""
@@ -421,6 +495,24 @@ SETTING_SPECS: tuple[SettingSpec, ...] = (
                 "Rotate the audit log when it grows past this size. Default 52428800."),
     SettingSpec("audit_log_backups", "SECURITY_AUDIT_LOG_BACKUPS", _positive_int(1000),
                 "Rotated audit logs to keep (.1 is the newest). Default 10."),
+    # -- OAuth 2.1 resource server (off unless an issuer is set)
+    SettingSpec("oauth_issuer", "SECURITY_OAUTH_ISSUER", _parse_oauth_url,
+                "Accept OAuth access tokens (JWT) from this issuer (the exact iss value); empty = OAuth off."),
+    SettingSpec("oauth_resource", "SECURITY_OAUTH_RESOURCE", _parse_oauth_url,
+                "This server's canonical resource URL, e.g. https://mcp.example.com/mcp; tokens must name it in aud."),
+    SettingSpec("oauth_jwks_url", "SECURITY_OAUTH_JWKS_URL", _parse_oauth_url,
+                "The issuer's JWKS URL (https; http for loopback only); cached, refetched for unknown key ids."),
+    SettingSpec("oauth_jwks_file", "SECURITY_OAUTH_JWKS_FILE", _parse_path,
+                "A local JWKS file instead of the URL (air-gapped hosts); reread when it changes."),
+    SettingSpec("oauth_algorithms", "SECURITY_OAUTH_ALGORITHMS", _parse_oauth_algorithms,
+                "Comma list of accepted signature algorithms. Default RS256,ES256,EdDSA (never none or HMAC)."),
+    SettingSpec("oauth_clock_skew", "SECURITY_OAUTH_CLOCK_SKEW", _parse_clock_skew,
+                "Seconds of clock difference tolerated on exp/nbf/iat (0..300). Default 60."),
+    SettingSpec("oauth_scope_roles", "SECURITY_OAUTH_SCOPE_ROLES", _parse_scope_roles,
+                "Comma list scope=tier[:tool|tool]: what each scope allows. Default docker:read=safe,"
+                "docker:write=moderate,docker:admin=destructive."),
+    SettingSpec("oauth_required_scopes", "SECURITY_OAUTH_REQUIRED_SCOPES", _parse_scope_list,
+                "Scopes every token must carry (403 insufficient_scope otherwise). Default none."),
     # -- container safety policy
     SettingSpec("allow_privileged", "SAFETY_ALLOW_PRIVILEGED_CONTAINERS", _parse_bool,
                 "Allow containers with host powers: privileged, extra capabilities, host namespaces, devices, "
@@ -512,6 +604,15 @@ class Settings:
     audit_log_file: str = ""
     audit_log_max_bytes: int = 50 * 1024 * 1024
     audit_log_backups: int = 10
+    oauth_issuer: str = ""
+    oauth_resource: str = ""
+    oauth_jwks_url: str = ""
+    oauth_jwks_file: str = ""
+    oauth_algorithms: tuple[str, ...] = ("RS256", "ES256", "EdDSA")
+    oauth_clock_skew: float = 60.0
+    oauth_scope_roles: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+        ("docker:read", "safe", ()), ("docker:write", "moderate", ()), ("docker:admin", "destructive", ()))
+    oauth_required_scopes: tuple[str, ...] = ()
     allow_privileged: bool = False
     volume_mount_allowlist: tuple[str, ...] = ()
     build_context_allowlist: tuple[str, ...] = ()
@@ -4266,7 +4367,7 @@ class DockerMCP:
 
 
 # ---------------------------------------------------------------------------------------------
-# 6. Access control: API keys, principals, client IPs, the audit log, signed requests
+# 6. Access control: API keys, principals, client IPs, the audit log, signed requests, OAuth tokens
 # ---------------------------------------------------------------------------------------------
 
 
@@ -4279,7 +4380,7 @@ class Principal:
     """Who is calling: what roles, rate limits and the audit log key on."""
 
     client_id: str
-    kind: str  # "stdio", "anonymous", "mtls", "api_key", "ssh"
+    kind: str  # "stdio", "anonymous", "mtls", "api_key", "ssh", "oauth"
     role: Role | None = None
     key_hash: str | None = None
     rate_limit_rpm: int | None = None
@@ -4928,6 +5029,223 @@ class NonceCache:
         return True
 
 
+# -- OAuth 2.1 resource server: JWT access tokens from one issuer ---------------------------------
+
+JWT_SHAPE_RE = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+MAX_TOKEN_LENGTH = 16 * 1024
+MAX_JWKS_BYTES = 1024 * 1024
+JWKS_MAX_AGE_SECONDS = 900.0       # refetch a URL's keys this often even when every kid is known
+JWKS_REFETCH_COOLDOWN_SECONDS = 10.0  # unknown kids trigger at most one refetch per this interval
+PROTECTED_RESOURCE_WELL_KNOWN = "/.well-known/oauth-protected-resource"
+
+
+def looks_like_jwt(token: str | None) -> bool:
+    return bool(token) and JWT_SHAPE_RE.fullmatch(token) is not None
+
+
+def bearer_token(headers: Mapping[str, str]) -> str | None:
+    scheme, _, value = headers.get("authorization", "").strip().partition(" ")
+    return value.strip() or None if scheme.lower() == "bearer" else None
+
+
+def token_scopes(claims: Mapping[str, Any]) -> set[str]:
+    """Granted scopes: RFC 9068's space-separated ``scope``, or the ``scp`` list some issuers use."""
+    scopes: set[str] = set()
+    for field in ("scope", "scp"):
+        value = claims.get(field)
+        if isinstance(value, str):
+            scopes.update(value.split())
+        elif isinstance(value, list):
+            scopes.update(v for v in value if isinstance(v, str))
+    return scopes
+
+
+def scope_role(scopes: set[str], mapping: tuple[tuple[str, str, tuple[str, ...]], ...]) -> Role | None:
+    """The role a set of scopes grants: every tool any held scope allows (None when no scope maps)."""
+    held = [(Tier(tier), tools) for scope, tier, tools in mapping if scope in scopes]
+    if not held:
+        return None
+    allowed = {name for name, spec in TOOLS.items() for tier, tools in held
+               if TIER_ORDER[spec.tier] <= TIER_ORDER[tier] and (not tools or name in tools)}
+    ceiling = max((tier for tier, _ in held), key=TIER_ORDER.__getitem__)
+    return Role(max_tier=ceiling, allowed_tools=tuple(sorted(allowed)) or ("-",))
+
+
+def metadata_paths(resource: str) -> tuple[str, str]:
+    """(bare, path-suffixed) RFC 9728 metadata paths for a resource URL."""
+    from urllib.parse import urlsplit
+
+    path = urlsplit(resource).path.rstrip("/")
+    return PROTECTED_RESOURCE_WELL_KNOWN, PROTECTED_RESOURCE_WELL_KNOWN + path
+
+
+def metadata_url(resource: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(resource)
+    return f"{parts.scheme}://{parts.netloc}{metadata_paths(resource)[1]}"
+
+
+def protected_resource_metadata(settings: Settings) -> dict[str, Any]:
+    scopes = [scope for scope, _, _ in settings.oauth_scope_roles]
+    scopes += [scope for scope in settings.oauth_required_scopes if scope not in scopes]
+    return {"resource": settings.oauth_resource, "authorization_servers": [settings.oauth_issuer],
+            "scopes_supported": scopes, "bearer_methods_supported": ["header"], "resource_name": SERVER_NAME}
+
+
+def parse_jwks(text: str | bytes) -> dict[str, Any]:
+    """A JWKS document -> {kid: PyJWK}; keys that cannot sign (or are unusable) are skipped."""
+    import jwt
+
+    try:
+        document = json.loads(text)
+    except ValueError:
+        raise ConfigError("JWKS is not valid JSON") from None
+    raw_keys = document.get("keys") if isinstance(document, dict) else None
+    if not isinstance(raw_keys, list):
+        raise ConfigError('JWKS must be {"keys": [...]}')
+    keys: dict[str, Any] = {}  # kid -> (PyJWK, the alg the JWK declares or None)
+    for index, raw in enumerate(raw_keys):
+        if not isinstance(raw, dict) or raw.get("use", "sig") != "sig" or raw.get("kty") == "oct":
+            continue  # symmetric keys are never trusted: they would make HMAC tokens verify
+        try:
+            keys[str(raw.get("kid", f"#{index}"))] = (jwt.PyJWK(raw), raw.get("alg"))
+        except (jwt.PyJWTError, ValueError, TypeError, KeyError):
+            log.warning("JWKS key %s skipped: not a usable signing key", str(raw.get("kid", index))[:40])
+    return keys
+
+
+class OAuthVerifier:
+    """Validates bearer JWTs against the issuer's keys: signature, alg, iss, aud, exp/nbf, subject.
+
+    ``verify`` is pure CPU and never does I/O; the transport calls ``fetch_keys`` in a worker thread
+    when ``wants_keys`` says the cache is stale or a token names a key id it has not seen.
+    """
+
+    def __init__(self, settings: Settings):
+        import threading
+
+        self.settings = settings
+        self.keys: dict[str, Any] = {}
+        self.fetched_at = 0.0        # monotonic time of the last successful load
+        self.unknown_kid_at = -math.inf  # last refetch caused by an unknown kid
+        self.stale_at = -math.inf        # last refetch because the cache was old
+        self.file_signature: tuple[float, int, int] | None = None
+        self.lock = threading.Lock()
+
+    def _kid(self, token: str) -> str | None:
+        import jwt
+
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.PyJWTError:
+            return None
+        return str(kid) if kid is not None else None
+
+    def wants_keys(self, token: str | None, now: float) -> bool:
+        if not looks_like_jwt(token) or len(token or "") > MAX_TOKEN_LENGTH:
+            return False
+        if self.settings.oauth_jwks_url and now - self.fetched_at > JWKS_MAX_AGE_SECONDS and \
+                now - self.stale_at >= JWKS_REFETCH_COOLDOWN_SECONDS:
+            self.stale_at = now
+            return True
+        if self.settings.oauth_jwks_file and self._file_stat() != self.file_signature:
+            return True  # an edited file (a key removed after a compromise) counts at once
+        kid = self._kid(token or "")
+        if kid is None or kid in self.keys or now - self.unknown_kid_at < JWKS_REFETCH_COOLDOWN_SECONDS:
+            return False
+        self.unknown_kid_at = now
+        return True
+
+    def fetch_keys(self) -> bool:
+        """(Re)load the keys from the URL or file; on failure the last good keys stay. True when loaded."""
+        with self.lock:
+            try:
+                if self.settings.oauth_jwks_url:
+                    text = self._download(self.settings.oauth_jwks_url)
+                else:
+                    signature = self._file_stat()
+                    if signature == self.file_signature and self.keys:
+                        return True
+                    self.file_signature = signature  # a broken file is retried only once it changes again
+                    with open(self.settings.oauth_jwks_file, "rb") as handle:
+                        text = handle.read(MAX_JWKS_BYTES + 1)
+                if len(text) > MAX_JWKS_BYTES:
+                    raise ConfigError("JWKS is larger than 1 MiB")
+                keys = parse_jwks(text)
+            except (ConfigError, OSError, ValueError) as exc:
+                log.error("OAuth JWKS load failed, keeping %d keys: %s", len(self.keys), str(exc)[:200])
+                return False
+            self.keys, self.fetched_at = keys, time.monotonic()
+            log.info("OAuth JWKS loaded: %d signing keys", len(keys))
+            return True
+
+    def _file_stat(self) -> tuple[float, int, int] | None:
+        try:
+            info = os.stat(self.settings.oauth_jwks_file)
+        except OSError:
+            return None
+        return (info.st_mtime, info.st_size, info.st_ino)
+
+    @staticmethod
+    def _download(url: str) -> bytes:
+        import ssl
+        import urllib.request
+
+        request = urllib.request.Request(url, headers={"accept": "application/json",
+                                                       "user-agent": f"{SERVER_NAME}/{__version__}"})
+        opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=ssl.create_default_context()))
+        with opener.open(request, timeout=10) as response:  # noqa: S310 -- the scheme was checked at start-up
+            if response.geturl().split(":", 1)[0] != url.split(":", 1)[0]:
+                raise ConfigError("JWKS request was redirected to another scheme")
+            return response.read(MAX_JWKS_BYTES + 1)
+
+    def verify(self, token: str) -> tuple[dict[str, Any] | None, str]:
+        """(claims, "ok") or (None, reason) for the audit log; never raises."""
+        import jwt
+
+        settings = self.settings
+        if len(token) > MAX_TOKEN_LENGTH or not looks_like_jwt(token):
+            return None, "malformed_token"
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            return None, "malformed_token"
+        alg = header.get("alg")
+        if alg not in settings.oauth_algorithms:  # checked before any key is touched: no none, no HMAC
+            return None, "algorithm_not_allowed"
+        kid = header.get("kid")
+        if kid is not None:
+            key = self.keys.get(str(kid))
+        else:  # no kid: acceptable only when the issuer publishes a single key
+            key = next(iter(self.keys.values())) if len(self.keys) == 1 else None
+        if key is None:
+            return None, "unknown_key"
+        jwk, declared_alg = key
+        if declared_alg is not None and declared_alg != alg:
+            return None, "algorithm_mismatch"
+        try:
+            claims = jwt.decode(token, jwk.key, algorithms=[alg], audience=settings.oauth_resource,
+                                issuer=settings.oauth_issuer, leeway=settings.oauth_clock_skew,
+                                options={"require": ["exp", "iss", "aud"], "verify_signature": True})
+        except jwt.ExpiredSignatureError:
+            return None, "token_expired"
+        except jwt.ImmatureSignatureError:
+            return None, "token_not_yet_valid"
+        except jwt.InvalidAudienceError:
+            return None, "wrong_audience"
+        except jwt.InvalidIssuerError:
+            return None, "wrong_issuer"
+        except jwt.InvalidSignatureError:
+            return None, "bad_signature"
+        except (jwt.PyJWTError, ValueError, TypeError):
+            return None, "invalid_token"
+        subject = claims.get("sub") or claims.get("client_id")
+        if not isinstance(subject, str) or not re.fullmatch(r"[\x21-\x7e]{1,200}", subject):
+            return None, "bad_subject"
+        return claims, "ok"
+
+
 @dataclasses.dataclass(frozen=True)
 class Refusal:
     """Access control's "no", which the transport turns into an HTTP response."""
@@ -4955,6 +5273,7 @@ class AccessControl:
         self.failures = RateLimiter(settings.auth_failure_limit, settings.auth_failure_limit)
         self.calls = RateLimiter(settings.rate_limit_rpm, settings.rate_limit_burst, settings.rate_limit_concurrent)
         self.ephemeral_key: str | None = None
+        self.oauth: OAuthVerifier | None = None
 
     def setup(self, bound_host: str, tls: bool, mtls: bool) -> None:
         """Apply the start-up rules; raise StartupError with the reason when the server must not start."""
@@ -4977,8 +5296,12 @@ class AccessControl:
             except (ConfigError, OSError) as exc:
                 raise StartupError(str(exc)) from None
         if not settings.auth_enabled:
+            if settings.oauth_issuer:
+                raise StartupError("OAuth mode (SECURITY_OAUTH_ISSUER) needs authentication on (--auth)")
             log.warning("authentication is OFF (loopback only): every local process can use this server")
             return
+        if settings.oauth_issuer:
+            self._setup_oauth()
         path = settings.api_keys_file or default_state_path("api_keys.json")
         self.keys = KeyStore(path)
         if os.path.exists(path):
@@ -4990,8 +5313,9 @@ class AccessControl:
             except OSError as exc:
                 raise StartupError(f"keys file {path}: {exc.strerror}") from None
             log.info("loaded %d API keys from %s", len(self.keys.entries), path)
-        elif mtls or self.ssh_keys:
-            log.info("no keys file: clients authenticate with %s", "certificates" if mtls else "SSH signatures")
+        elif mtls or self.ssh_keys or self.oauth:
+            log.info("no keys file: clients authenticate with %s",
+                     "OAuth access tokens" if self.oauth else "certificates" if mtls else "SSH signatures")
         elif loopback:
             self.ephemeral_key = generate_api_key()
             self.keys.entries = [KeyEntry(client_id="local", key_hash=hash_api_key(self.ephemeral_key),
@@ -5000,6 +5324,58 @@ class AccessControl:
         else:
             raise StartupError(f"refusing to serve {bound_host}: no keys file at {path}; create one with "
                                "`mcp-docker genkey --client-id NAME`")
+
+    def _setup_oauth(self) -> None:
+        settings = self.settings
+        if not settings.oauth_resource:
+            raise StartupError("OAuth mode needs SECURITY_OAUTH_RESOURCE, this server's canonical URL (the audience)")
+        if bool(settings.oauth_jwks_url) == bool(settings.oauth_jwks_file):
+            raise StartupError("OAuth mode needs exactly one of SECURITY_OAUTH_JWKS_URL and SECURITY_OAUTH_JWKS_FILE")
+        unknown = sorted({t for _, _, tools in settings.oauth_scope_roles for t in tools} - set(TOOLS))
+        if unknown:
+            raise StartupError(f"SECURITY_OAUTH_SCOPE_ROLES names unknown tool {unknown[0]!r}")
+        self.oauth = OAuthVerifier(settings)
+        if settings.oauth_jwks_file:
+            problem = private_file_problem(settings.oauth_jwks_file)
+            if problem and "readable by other users" not in problem:  # public keys may be world-readable
+                raise StartupError(f"JWKS file: {problem}")
+            if not self.oauth.fetch_keys():
+                raise StartupError(f"JWKS file {settings.oauth_jwks_file} could not be loaded (see the log)")
+        elif not self.oauth.fetch_keys():
+            log.warning("OAuth: the issuer's JWKS could not be fetched yet; tokens fail until it can be")
+        log.info("OAuth resource server for %s: tokens from %s", settings.oauth_resource, settings.oauth_issuer)
+
+    def unauthorized(self, token_presented: bool) -> Refusal:
+        """401. Without OAuth exactly as before (no resource_metadata: some clients would start OAuth)."""
+        if self.oauth is None:
+            return self.UNAUTHORIZED
+        challenge = f'Bearer resource_metadata="{metadata_url(self.settings.oauth_resource)}"'
+        if token_presented:
+            challenge += ', error="invalid_token"'
+        return Refusal(401, "Unauthorized", (("www-authenticate", challenge),))
+
+    def insufficient_scope(self, needed: list[str]) -> Refusal:
+        challenge = (f'Bearer error="insufficient_scope", scope="{" ".join(needed)}", '
+                     f'resource_metadata="{metadata_url(self.settings.oauth_resource)}"')
+        return Refusal(403, "Forbidden: insufficient scope", (("www-authenticate", challenge),))
+
+    def _check_token(self, token: str, client_ip: str, path: str) -> Principal | Refusal | str:
+        """A principal, a 403 for missing scopes, or the failure reason (the caller answers 401)."""
+        assert self.oauth is not None
+        claims, reason = self.oauth.verify(token)
+        if claims is None:
+            return reason
+        subject = str(claims.get("sub") or claims.get("client_id"))
+        client_id = "oauth:" + subject  # never mistaken for an API key's client of the same name
+        scopes = token_scopes(claims)
+        missing = [scope for scope in self.settings.oauth_required_scopes if scope not in scopes]
+        role = scope_role(scopes, self.settings.oauth_scope_roles)
+        if missing or role is None:
+            needed = missing or [scope for scope, _, _ in self.settings.oauth_scope_roles[:1]]
+            self.record("auth_failure", client_id=client_id, client_ip=client_ip, reason="insufficient_scope",
+                        path=path, scopes=sorted(scopes)[:20])
+            return self.insufficient_scope(needed)
+        return Principal(client_id=client_id, kind="oauth", role=role)
 
     def record(self, event_type: str, **fields: Any) -> None:
         if self.audit is not None:
@@ -5024,8 +5400,14 @@ class AccessControl:
             self.record("rate_limit_exceeded", client_ip=client_ip, reason="auth_failures", path=request.path)
             return Refusal(429, "Too many failed authentications", (("retry-after", "60"),))
         signature = parse_signature_header(request.headers.get("authorization", ""))
+        token = bearer_token(request.headers)
         if signature is not None:
             principal, reason = self._check_signature(request, signature)
+        elif self.oauth is not None and looks_like_jwt(token):
+            checked = self._check_token(token or "", client_ip, request.path)
+            if not isinstance(checked, str):
+                return checked
+            principal, reason = None, checked
         else:
             entry, reason = check_key(self.keys.entries if self.keys else [], presented_key(request.headers),
                                       utc_now())
@@ -5033,7 +5415,7 @@ class AccessControl:
         if principal is None:
             self.failures.check(client_ip, now)  # spend one of this address's failure tokens
             self.record("auth_failure", client_ip=client_ip, reason=reason, path=request.path)
-            return self.UNAUTHORIZED
+            return self.unauthorized(reason != "missing")
         return principal
 
     def _check_signature(self, request: Any, fields: dict[str, str]) -> tuple[Principal | None, str]:
@@ -5778,6 +6160,13 @@ class HttpServer:
             if request.method not in ("GET", "HEAD"):
                 return HttpResponse(405, [("allow", "GET, HEAD")])
             return json_response(200, {"status": "ok"})
+        oauth = self.access.oauth
+        if oauth is not None and request.path in metadata_paths(self.settings.oauth_resource):
+            if request.method not in ("GET", "HEAD"):
+                return HttpResponse(405, [("allow", "GET, HEAD")])
+            return json_response(200, protected_resource_metadata(self.settings))
+        if oauth is not None and oauth.wants_keys(bearer_token(request.headers), time.monotonic()):
+            await asyncio.to_thread(oauth.fetch_keys)  # off the event loop: the issuer may be slow
         client_ip = resolve_client_ip(request.client_ip, request.headers.get("x-forwarded-for"),
                                       self.settings.trusted_proxies)
         principal = self.access.authenticate(request, client_ip)

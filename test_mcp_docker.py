@@ -3278,3 +3278,376 @@ def test_engines_command_and_verbose_discovery(tmp_path):
     assert f"engine 'default': {ENGINE_URL} from CONTAINER_HOST" in served.stderr
     assert "looked at --docker-host / DOCKER_HOST: not set" in served.stderr
     assert "docker at" not in served.stderr and "podman at" not in served.stderr  # no engine contact
+
+
+# =============================================================================================
+# OAuth 2.1 resource server (issue 10): a local issuer, its JWKS on 127.0.0.1, real tokens
+# =============================================================================================
+
+
+def b64url(data: bytes) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class LocalIssuer:
+    """An authorization server in miniature: keys made here, the JWKS served over HTTP on 127.0.0.1
+    (the server accepts http JWKS URLs for loopback hosts only), tokens minted on demand."""
+
+    ISSUER = "https://issuer.test"
+
+    def __init__(self, tls_dir: Path | None = None) -> None:
+        import http.server
+
+        import jwt
+        from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+        self.jwt = jwt
+        self.rsa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.ec = ec.generate_private_key(ec.SECP256R1())
+        self.keys = [self.jwk(self.rsa, "rsa-1"), self.jwk(self.ec, "ec-1")]
+        self.fetches = 0
+        issuer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 -- http.server's naming
+                issuer.fetches += 1
+                body = json.dumps({"keys": issuer.keys}).encode()
+                self.send_response(200 if self.path == "/jwks.json" else 404)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        scheme = "http"
+        if tls_dir is not None:
+            import ssl
+
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(tls_dir / "server-cert.pem", tls_dir / "server-key.pem")
+            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+            scheme = "https"
+        self.jwks_url = f"{scheme}://127.0.0.1:{self.httpd.server_address[1]}/jwks.json"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def jwk(self, private_key: Any, kid: str) -> dict[str, Any]:
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        algorithm = self.jwt.algorithms.RSAAlgorithm if isinstance(private_key, rsa.RSAPrivateKey) \
+            else self.jwt.algorithms.ECAlgorithm
+        return {**json.loads(algorithm.to_jwk(private_key.public_key())), "kid": kid, "use": "sig"}
+
+    def token(self, resource: str, scope: str = "docker:read", key: Any = None, kid: str = "rsa-1",
+              alg: str = "RS256", **claims: Any) -> str:
+        now = int(time.time())
+        payload = {"iss": self.ISSUER, "aud": resource, "sub": "robot", "iat": now, "exp": now + 300,
+                   "scope": scope, **claims}
+        payload = {k: v for k, v in payload.items() if v is not None}
+        return self.jwt.encode(payload, key or self.rsa, alg, headers={"kid": kid})
+
+    def forged(self, resource: str, alg: str, secret: bytes = b"") -> str:
+        """A token whose header names ``alg`` (none, HS256 ...) signed by hand, as an attacker would."""
+        now = int(time.time())
+        header = b64url(json.dumps({"alg": alg, "typ": "JWT", "kid": "rsa-1"}).encode())
+        payload = b64url(json.dumps({"iss": self.ISSUER, "aud": resource, "sub": "mallory", "exp": now + 300,
+                                     "scope": "docker:admin"}).encode())
+        signing_input = f"{header}.{payload}".encode()
+        signature = b64url(hmac_sha256(secret, signing_input)) if alg.startswith("HS") else ""
+        return f"{header}.{payload}.{signature}"
+
+    def public_pem(self) -> bytes:
+        from cryptography.hazmat.primitives import serialization
+
+        return self.rsa.public_key().public_bytes(serialization.Encoding.PEM,
+                                                  serialization.PublicFormat.SubjectPublicKeyInfo)
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def hmac_sha256(secret: bytes, data: bytes) -> bytes:
+    import hashlib
+    import hmac
+
+    return hmac.new(secret, data, hashlib.sha256).digest()
+
+
+@pytest.fixture(scope="module")
+def issuer():
+    made = LocalIssuer()
+    yield made
+    made.stop()
+
+
+RESOURCE = "http://127.0.0.1:9/mcp"
+
+
+def test_oauth_settings_parse_and_reject_bad_values():
+    settings = md.load_settings(environ={
+        "SECURITY_OAUTH_ISSUER": "https://login.example.com/realms/x", "SECURITY_OAUTH_RESOURCE": RESOURCE,
+        "SECURITY_OAUTH_JWKS_URL": "https://login.example.com/certs", "SECURITY_OAUTH_ALGORITHMS": "RS256,PS256",
+        "SECURITY_OAUTH_SCOPE_ROLES": "api://x/docker.read=safe,ops=moderate:docker_version|docker_run_container",
+        "SECURITY_OAUTH_REQUIRED_SCOPES": "mcp", "SECURITY_OAUTH_CLOCK_SKEW": "0"})
+    assert settings.oauth_algorithms == ("RS256", "PS256") and settings.oauth_clock_skew == 0
+    assert settings.oauth_scope_roles == (("api://x/docker.read", "safe", ()),
+                                          ("ops", "moderate", ("docker_version", "docker_run_container")))
+    assert md.Settings().oauth_algorithms == ("RS256", "ES256", "EdDSA") and not md.Settings().oauth_issuer
+    for env, needle in ({"SECURITY_OAUTH_ALGORITHMS": "none"}, "never none"),\
+            ({"SECURITY_OAUTH_ALGORITHMS": "RS256,HS256"}, "HMAC"),\
+            ({"SECURITY_OAUTH_JWKS_URL": "http://idp.example.com/certs"}, "loopback"),\
+            ({"SECURITY_OAUTH_RESOURCE": "ftp://x/mcp"}, "https"),\
+            ({"SECURITY_OAUTH_SCOPE_ROLES": "docker:read=root"}, "scope=safe"),\
+            ({"SECURITY_OAUTH_SCOPE_ROLES": "a=safe,a=moderate"}, "twice"),\
+            ({"SECURITY_OAUTH_CLOCK_SKEW": "3600"}, "0..300"):
+        with pytest.raises(md.ConfigError, match=needle):
+            md.load_settings(environ=env)
+    assert "--oauth-issuer" in run_cli("serve", "--help").stdout
+
+
+def test_oauth_scopes_map_to_roles():
+    mapping = md.Settings().oauth_scope_roles
+    assert md.scope_role({"profile"}, mapping) is None
+    read = md.scope_role({"docker:read", "profile"}, mapping)
+    assert read.max_tier is md.Tier.SAFE
+    assert {n for n in md.TOOLS if not md.role_denial(n, md.TOOLS[n].tier, read)} == \
+        {n for n, s in md.TOOLS.items() if s.tier is md.Tier.SAFE}
+    admin = md.scope_role({"docker:read", "docker:admin"}, mapping)
+    assert all(md.role_denial(n, s.tier, admin) is None for n, s in md.TOOLS.items())
+    narrow = md.scope_role({"docker:read", "runner"}, (*mapping, ("runner", "moderate", ("docker_run_container",))))
+    allowed = {n for n, s in md.TOOLS.items() if md.role_denial(n, s.tier, narrow) is None}
+    assert "docker_run_container" in allowed and "docker_stop_container" not in allowed and "docker_version" in allowed
+    assert md.token_scopes({"scope": "a b", "scp": ["c"]}) == {"a", "b", "c"}
+    assert md.metadata_paths("https://h.example/mcp") == ("/.well-known/oauth-protected-resource",
+                                                           "/.well-known/oauth-protected-resource/mcp")
+    assert md.metadata_url("https://h.example:8443/mcp") == \
+        "https://h.example:8443/.well-known/oauth-protected-resource/mcp"
+
+
+def test_oauth_token_failure_modes(issuer):
+    """Every way a token can be wrong, checked by the verifier the server uses (no I/O: keys given)."""
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    settings = md.Settings(oauth_issuer=issuer.ISSUER, oauth_resource=RESOURCE, oauth_clock_skew=30)
+    verifier = md.OAuthVerifier(settings)
+    verifier.keys = md.parse_jwks(json.dumps({"keys": [*issuer.keys, {"kty": "oct", "k": "c2VjcmV0", "kid": "hs"}]}))
+    assert set(verifier.keys) == {"rsa-1", "ec-1"}  # a symmetric key is never trusted
+    claims, reason = verifier.verify(issuer.token(RESOURCE))
+    assert reason == "ok" and claims["sub"] == "robot"
+    assert verifier.verify(issuer.token(RESOURCE, key=issuer.ec, kid="ec-1", alg="ES256"))[1] == "ok"
+    stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    now = int(time.time())
+    cases = {
+        "token_expired": issuer.token(RESOURCE, exp=now - 120, iat=now - 600),
+        "token_not_yet_valid": issuer.token(RESOURCE, nbf=now + 600),
+        "wrong_audience": issuer.token("https://other.example/mcp"),
+        "wrong_issuer": issuer.token(RESOURCE, iss="https://evil.example"),
+        "bad_signature": issuer.token(RESOURCE, key=stranger),
+        "unknown_key": issuer.token(RESOURCE, kid="rsa-9"),
+        "algorithm_not_allowed": issuer.forged(RESOURCE, "HS256", issuer.public_pem()),
+        "invalid_token": issuer.token(RESOURCE, exp=None),  # exp is required
+        "bad_subject": issuer.token(RESOURCE, sub=None),
+        "malformed_token": "eyJhbGciOi.not-a-token",
+    }
+    cases["ec_key_for_rsa_alg"] = issuer.token(RESOURCE, key=issuer.ec, kid="rsa-1", alg="ES256")
+    for expected, token in cases.items():
+        claims, reason = verifier.verify(token)
+        assert claims is None, expected
+        if expected != "ec_key_for_rsa_alg":
+            assert reason == expected, (expected, reason)
+    assert verifier.verify(issuer.forged(RESOURCE, "none"))[1] == "algorithm_not_allowed"
+    assert verifier.verify(issuer.token(RESOURCE, exp=now - 20, iat=now - 600))[1] == "ok"  # within the skew
+    other_curve = ec.generate_private_key(ec.SECP384R1())
+    assert verifier.verify(issuer.token(RESOURCE, key=other_curve, kid="ec-1", alg="ES384"))[0] is None
+
+
+def test_oauth_required_scopes_and_principal(issuer):
+    settings = md.Settings(oauth_issuer=issuer.ISSUER, oauth_resource=RESOURCE, oauth_required_scopes=("mcp",))
+    access = md.AccessControl(settings, None)
+    access.oauth = md.OAuthVerifier(settings)
+    access.oauth.keys = md.parse_jwks(json.dumps({"keys": issuer.keys}))
+
+    class Request:
+        method, path, body, peer_cert_principal = "POST", "/mcp", b"", None
+
+        def __init__(self, token: str | None) -> None:
+            self.headers = {"authorization": f"Bearer {token}"} if token else {}
+
+    principal = access.authenticate(Request(issuer.token(RESOURCE, scope="mcp docker:write")), "127.0.0.1")
+    assert principal.client_id == "oauth:robot" and principal.kind == "oauth"
+    assert principal.role.max_tier is md.Tier.MODERATE
+    refusal = access.authenticate(Request(issuer.token(RESOURCE, scope="docker:admin")), "127.0.0.1")
+    assert refusal.status == 403
+    assert dict(refusal.headers)["www-authenticate"] == (
+        'Bearer error="insufficient_scope", scope="mcp", '
+        'resource_metadata="http://127.0.0.1:9/.well-known/oauth-protected-resource/mcp"')
+    refusal = access.authenticate(Request(issuer.token(RESOURCE, scope="mcp")), "127.0.0.1")
+    assert refusal.status == 403 and 'scope="docker:read"' in dict(refusal.headers)["www-authenticate"]
+    missing = access.authenticate(Request(None), "127.0.0.1")
+    assert (missing.status, dict(missing.headers)["www-authenticate"]) == (
+        401, 'Bearer resource_metadata="http://127.0.0.1:9/.well-known/oauth-protected-resource/mcp"')
+    bad = access.authenticate(Request(issuer.token(RESOURCE, iss="https://evil")), "127.0.0.1")
+    assert bad.status == 401 and dict(bad.headers)["www-authenticate"].endswith(', error="invalid_token"')
+    client_token = issuer.token(RESOURCE, sub=None, client_id="svc-1", scope="mcp docker:read")
+    assert access.authenticate(Request(client_token), "127.0.0.1").client_id == "oauth:svc-1"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_oauth_mode_end_to_end(issuer, tmp_path):
+    keys_file, (api_key,) = make_keys(tmp_path, ["--client-id", "keyed", "--tier", "safe"])
+    port = free_port()
+    resource = f"http://127.0.0.1:{port}/mcp"
+    env = {"SECURITY_OAUTH_ISSUER": issuer.ISSUER, "SECURITY_OAUTH_RESOURCE": resource,
+           "SECURITY_OAUTH_JWKS_URL": issuer.jwks_url, "SECURITY_API_KEYS_FILE": keys_file,
+           "SECURITY_AUTH_FAILURES_PER_MINUTE": "1000"}  # this test fails on purpose many times
+    metadata_url = f"http://127.0.0.1:{port}/.well-known/oauth-protected-resource/mcp"
+    with http_server(["--port", str(port), "--allow-destructive"], env) as server:
+        # Discovery as a spec-following client does it: 401 -> resource_metadata -> the issuer.
+        status, headers, _ = request(server, "POST", "/mcp", INIT, MCP_HEADERS)
+        assert status == 401 and headers["www-authenticate"] == f'Bearer resource_metadata="{metadata_url}"'
+        for path in ("/.well-known/oauth-protected-resource", "/.well-known/oauth-protected-resource/mcp"):
+            status, _, body = request(server, "GET", path)
+            assert status == 200
+            assert json.loads(body) == {
+                "resource": resource, "authorization_servers": [issuer.ISSUER],
+                "scopes_supported": ["docker:read", "docker:write", "docker:admin"],
+                "bearer_methods_supported": ["header"], "resource_name": "mcp-docker"}
+        # The SDK's own discovery helpers read our 401 and metadata the way its OAuth client does.
+        import httpx2
+        from mcp.client.auth.utils import extract_resource_metadata_from_www_auth
+        from mcp.shared.auth import ProtectedResourceMetadata
+
+        with httpx2.Client() as http:
+            challenge = http.post(server.url, json=INIT, headers=MCP_HEADERS)
+            found = extract_resource_metadata_from_www_auth(challenge)
+            assert found == metadata_url
+            prm = ProtectedResourceMetadata.model_validate_json(http.get(found).content)
+        assert [str(a).rstrip("/") for a in prm.authorization_servers] == [issuer.ISSUER]
+        assert str(prm.resource) == resource
+        assert request(server, "POST", "/.well-known/oauth-protected-resource")[0] == 405
+        now = int(time.time())
+        bad_tokens = [issuer.token(resource, exp=now - 600, iat=now - 900), issuer.token("https://x/mcp"),
+                      issuer.token(resource, iss="https://evil.example"), issuer.forged(resource, "none"),
+                      issuer.forged(resource, "HS256", issuer.public_pem()),
+                      issuer.token(resource, key=issuer.ec, kid="rsa-1", alg="ES256")]
+        for token in bad_tokens:
+            status, headers, _ = request(server, "POST", "/mcp", INIT, {**MCP_HEADERS, "authorization": f"Bearer {token}"})
+            assert status == 401
+            assert headers["www-authenticate"] == f'Bearer resource_metadata="{metadata_url}", error="invalid_token"'
+        status, headers, _ = request(server, "POST", "/mcp", INIT,
+                                     {**MCP_HEADERS, "authorization": f"Bearer {issuer.token(resource, scope='openid')}"})
+        assert status == 403 and 'error="insufficient_scope", scope="docker:read"' in headers["www-authenticate"]
+
+        reader = http_harness(server.url, key=issuer.token(resource, sub="reader", scope="docker:read"))
+        try:
+            names = {t.name for t in reader.list_tools().tools}
+            assert names == {n for n, s in md.TOOLS.items() if s.tier is md.Tier.SAFE}
+            assert reader.ok("docker_version")["api_version"]
+            assert "role" in reader.error("docker_run_container", {"image": TEST_IMAGE}, "policy_denied")
+        finally:
+            reader.close()
+        admin = http_harness(server.url, key=issuer.token(resource, key=issuer.ec, kid="ec-1", alg="ES256",
+                                                          sub="boss", scope="docker:read docker:admin"))
+        try:
+            assert len(admin.list_tools().tools) == 45
+        finally:
+            admin.close()
+        keyed = http_harness(server.url, key=api_key)  # API keys still work beside OAuth
+        try:
+            assert reader_names_are_safe(keyed)
+        finally:
+            keyed.close()
+
+        # Key rotation: a kid the server has not seen makes it refetch the JWKS once...
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        rotated = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        issuer.keys.append(issuer.jwk(rotated, "rsa-2"))
+        fetched = issuer.fetches
+        token = issuer.token(resource, key=rotated, kid="rsa-2")
+        assert request(server, "POST", "/mcp", INIT, {**MCP_HEADERS, "authorization": f"Bearer {token}"})[0] == 200
+        assert issuer.fetches == fetched + 1
+        # ...and unknown kids right after it cannot make the server hammer the issuer.
+        for kid in ("rsa-7", "rsa-8", "rsa-9"):
+            token = issuer.token(resource, key=rotated, kid=kid)
+            assert request(server, "POST", "/mcp", INIT, {**MCP_HEADERS, "authorization": f"Bearer {token}"})[0] == 401
+        assert issuer.fetches == fetched + 1
+        issuer.keys.pop()
+    records = audit_records(STATE_DIR / "audit.log")
+    denied = [r for r in records if r["event_type"] == "policy_denied" and r.get("client_id") == "oauth:reader"]
+    assert denied and denied[-1]["tool_name"] == "docker_run_container"
+    reasons = {r.get("reason") for r in records if r["event_type"] == "auth_failure"}
+    assert {"token_expired", "wrong_audience", "wrong_issuer", "algorithm_not_allowed", "insufficient_scope",
+            "unknown_key", "missing"} <= reasons
+    assert not any(t in (STATE_DIR / "audit.log").read_text() for t in bad_tokens)
+
+
+def reader_names_are_safe(h: Harness) -> bool:
+    names = {t.name for t in h.list_tools().tools}
+    return bool(names) and all(md.TOOLS[n].tier is md.Tier.SAFE for n in names)
+
+
+def test_oauth_with_a_local_jwks_file_and_static_mode_unchanged(issuer, tmp_path):
+    jwks_file = tmp_path / "jwks.json"
+    jwks_file.write_text(json.dumps({"keys": issuer.keys}))
+    port = free_port()
+    resource = f"http://127.0.0.1:{port}/mcp"
+    env = {"SECURITY_OAUTH_ISSUER": issuer.ISSUER, "SECURITY_OAUTH_RESOURCE": resource,
+           "SECURITY_OAUTH_JWKS_FILE": str(jwks_file),
+           "SECURITY_OAUTH_SCOPE_ROLES": "ops=moderate:docker_version|docker_list_containers"}
+    with http_server(["--port", str(port)], env) as server:
+        h = http_harness(server.url, key=issuer.token(resource, scope="ops"))
+        try:
+            assert {t.name for t in h.list_tools().tools} == {"docker_version", "docker_list_containers"}
+            h.error("docker_list_images", {}, "policy_denied")
+        finally:
+            h.close()
+        token = issuer.token(resource, scope="ops")
+        assert request(server, "POST", "/mcp", INIT, {**MCP_HEADERS, "authorization": f"Bearer {token}"})[0] == 200
+        jwks_file.write_text(json.dumps({"keys": [issuer.keys[1]]}))  # the RSA key withdrawn
+        os.utime(jwks_file, (time.time() + 5, time.time() + 5))
+        assert request(server, "POST", "/mcp", INIT, {**MCP_HEADERS, "authorization": f"Bearer {token}"})[0] == 401
+    bad = HttpServerProcess([], {**env, "SECURITY_OAUTH_JWKS_URL": issuer.jwks_url}, expect_start=False)
+    assert "exactly one of" in bad.output()
+    # Without OAuth, /.well-known is just another authenticated path and 401s name no metadata.
+    keys_file, _ = make_keys(tmp_path, ["--client-id", "plain"])
+    with http_server([], {"SECURITY_API_KEYS_FILE": keys_file}) as server:
+        status, headers, _ = request(server, "GET", "/.well-known/oauth-protected-resource")
+        assert status == 401 and headers["www-authenticate"] == 'Bearer error="invalid_token"'
+        token = issuer.token(server.url)
+        status, headers, _ = request(server, "POST", "/mcp", INIT, {**MCP_HEADERS, "authorization": f"Bearer {token}"})
+        assert status == 401 and "resource_metadata" not in headers["www-authenticate"]
+
+
+def test_oauth_jwks_over_https_trusts_only_verified_servers(tmp_path, monkeypatch):
+    make_tls_files(tmp_path / "tls", "jwks-ca")
+    https_issuer = LocalIssuer(tmp_path / "tls")
+    try:
+        settings = md.load_settings(environ={"SECURITY_OAUTH_ISSUER": https_issuer.ISSUER,
+                                             "SECURITY_OAUTH_RESOURCE": RESOURCE,
+                                             "SECURITY_OAUTH_JWKS_URL": https_issuer.jwks_url})
+        assert settings.oauth_jwks_url.startswith("https://")
+        untrusting = md.OAuthVerifier(settings)
+        assert not untrusting.fetch_keys() and not untrusting.keys  # a certificate from an unknown CA
+        monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "tls" / "ca.pem"))  # the operator's private CA
+        trusting = md.OAuthVerifier(settings)
+        assert trusting.fetch_keys() and set(trusting.keys) == {"rsa-1", "ec-1"}
+        assert trusting.verify(https_issuer.token(RESOURCE))[1] == "ok"
+        now = time.monotonic()
+        assert not trusting.wants_keys(https_issuer.token(RESOURCE), now)  # known kid, fresh cache
+        assert trusting.wants_keys(https_issuer.token(RESOURCE, kid="new"), now)
+        assert not trusting.wants_keys(https_issuer.token(RESOURCE, kid="newer"), now + 1)  # cooldown
+        assert trusting.wants_keys(https_issuer.token(RESOURCE, kid="newer"), now + 11)
+        assert not trusting.wants_keys("sk-not-a-jwt", now + 30)
+    finally:
+        https_issuer.stop()
