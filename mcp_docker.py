@@ -18,7 +18,8 @@ Sections, in order (each uses only the ones above it):
 6. Access control   -- API keys, principals, client IPs, rate limits, the audit log, signed requests
 7. Transports       -- stdio, and our own asyncio HTTP server (h11 framing, stdlib ssl)
 8. CLI              -- click commands: ``serve``, ``tools``, ``engines``, ``genkey``, ``keys``, ``audit``,
-                       ``gencert``, ``sign-request``
+                       ``gencert``, ``sign-request``, ``doctor``,
+                       ``client-config``
 
 Heavy imports (the ``mcp`` SDK, ``docker``, ``jsonschema``) are deferred to the code paths that
 need them so that ``tools`` and ``--help`` stay fast and an engine is never needed to start.
@@ -6605,6 +6606,403 @@ def sign_request_command(key_path: str, method: str, request_path: str, body_fil
         click.echo(sign_request(private_key, method, request_path, body))
     except (ValueError, TypeError, ConfigError) as exc:
         raise click.ClickException(f"cannot sign with that key: {exc}") from None
+
+
+# -- doctor: the production checklist, automated -------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """One doctor finding: PASS, WARN or FAIL, what was seen, and the fix (empty for PASS)."""
+
+    status: str
+    area: str
+    message: str
+    fix: str = ""
+
+
+def _wildcard_host(host: str) -> bool:
+    return host.strip("[]") in ("", "0.0.0.0", "::")
+
+
+def check_keys_file(settings: Settings, now: _dt.datetime) -> list[Check]:
+    """The keys file: mode and owner, parse, plaintext (legacy) keys and their strength, expiry."""
+    path = settings.api_keys_file or default_state_path("api_keys.json")
+    if settings.transport != "http" or not settings.auth_enabled:
+        return [Check("PASS", "keys", "API keys are not used (" +
+                      ("stdio: the client starts the server)" if settings.transport != "http" else "auth is off)"))]
+    if not os.path.exists(path):
+        if settings.tls_client_ca or settings.ssh_authorized_keys:
+            return [Check("PASS", "keys", "no keys file; clients authenticate with certificates or SSH signatures")]
+        status = "WARN" if is_loopback(settings.host) else "FAIL"
+        return [Check(status, "keys", f"no keys file at {path}" + (" (a loopback server makes an ephemeral key "
+                      "each run)" if status == "WARN" else "; the server refuses to start"),
+                      f"mcp-docker genkey --client-id NAME --expires 90d --keys-file {path}")]
+    checks: list[Check] = []
+    problem = private_file_problem(path)
+    if problem:
+        checks.append(Check("FAIL", "keys file mode", problem, f"chmod 600 {path}; chown $(id -u) {path}"))
+        if problem.startswith("cannot read"):
+            return checks
+    else:
+        checks.append(Check("PASS", "keys file mode", f"{path}: mode 600, owned by you"))
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+        entries, _ = parse_keys_document(text)
+    except (OSError, UnicodeDecodeError, ConfigError) as exc:
+        return [*checks, Check("FAIL", "keys file", f"{path}: {exc}", "fix the file, or recreate it with "
+                               "`mcp-docker genkey --force`")]
+    try:
+        raw_entries = json.loads(text)
+        raw_entries = raw_entries.get("keys", raw_entries.get("clients")) if isinstance(raw_entries, dict) else raw_entries
+    except ValueError:
+        raw_entries = []
+    plaintext = [raw for raw in raw_entries if isinstance(raw, dict) and isinstance(raw.get("api_key"), str)]
+    if plaintext:
+        checks.append(Check("FAIL", "legacy plaintext keys",
+                            f"{len(plaintext)} key(s) stored in plaintext: "
+                            + ", ".join(str(raw.get("client_id"))[:40] for raw in plaintext),
+                            f"mcp-docker keys migrate --keys-file {path}"))
+        weak = [raw for raw in plaintext if len(raw["api_key"]) < 32]
+        if weak:
+            checks.append(Check("FAIL", "key strength",
+                                f"{len(weak)} plaintext key(s) shorter than 32 characters: "
+                                + ", ".join(str(raw.get("client_id"))[:40] for raw in weak),
+                                "mcp-docker keys rotate CLIENT_ID (new keys are 256-bit random)"))
+    else:
+        checks.append(Check("PASS", "legacy plaintext keys", "every key is stored as a SHA-256 hash"))
+    live = [e for e in entries if e.enabled and not e.revoked_at and e.key_hash]
+    expired = [e for e in live if e.expires_at and e.expires_at <= now]
+    soon = [e for e in live if e.expires_at and now < e.expires_at <= now + _dt.timedelta(days=14)]
+    forever = [e for e in live if not e.expires_at]
+    if expired:
+        checks.append(Check("WARN", "key expiry", "expired key(s) (refused, still listed): "
+                            + ", ".join(e.client_id for e in expired), "mcp-docker keys revoke CLIENT_ID, "
+                            "or mcp-docker keys rotate CLIENT_ID if the client still needs access"))
+    if soon:
+        checks.append(Check("WARN", "key expiry", "key(s) expiring within 14 days: "
+                            + ", ".join(f"{e.client_id} ({e.expires_at:%Y-%m-%d})" for e in soon if e.expires_at),
+                            "mcp-docker keys rotate CLIENT_ID and hand the new key to the client"))
+    if forever:
+        checks.append(Check("WARN", "key expiry", "key(s) that never expire: " + ", ".join(e.client_id for e in forever),
+                            "mcp-docker genkey --client-id CLIENT_ID --expires 90d --force"))
+    if not (expired or soon or forever):
+        checks.append(Check("PASS", "key expiry", f"{len(live)} active key(s), none expired or expiring within 14 days"))
+    return checks
+
+
+def check_tls(settings: Settings, now: _dt.datetime) -> list[Check]:
+    """Certificate readable, matching its key, not expiring within 30 days, SANs covering the bind host."""
+    if settings.transport != "http":
+        return []
+    if not (settings.tls_enabled or settings.tls_cert or settings.tls_key):
+        return []
+    gencert_fix = "mcp-docker gencert --hostname HOST, then --tls-cert/--tls-key with the files it prints"
+    try:
+        build_ssl_context(settings)  # the same rules the server starts with
+    except StartupError as error:
+        return [Check("FAIL", "tls", str(error), gencert_fix)]
+    from cryptography import x509
+
+    checks = [Check("PASS", "tls", "certificate and key load and match")]
+    problem = private_file_problem(settings.tls_key)
+    if problem:
+        checks.append(Check("FAIL", "tls key mode", problem, f"chmod 600 {settings.tls_key}"))
+    with open(settings.tls_cert, "rb") as handle:
+        cert = x509.load_pem_x509_certificate(handle.read())
+    left = cert.not_valid_after_utc - now
+    if left < _dt.timedelta(days=30):
+        checks.append(Check("WARN", "tls expiry", f"certificate expires in {max(left.days, 0)} day(s), on "
+                            f"{cert.not_valid_after_utc:%Y-%m-%d}", "renew it: " + gencert_fix))
+    else:
+        checks.append(Check("PASS", "tls expiry", f"certificate valid until {cert.not_valid_after_utc:%Y-%m-%d}"))
+    import ipaddress
+
+    try:
+        alt = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = {n.lower() for n in alt.get_values_for_type(x509.DNSName)}
+        addresses = set(alt.get_values_for_type(x509.IPAddress))
+    except x509.ExtensionNotFound:
+        names, addresses = set(), set()
+    wanted = [h for h in settings.allowed_hosts if h != "*"]
+    if not _wildcard_host(settings.host):
+        wanted.insert(0, settings.host)
+
+    def covered(host: str) -> bool:
+        host = split_host_port(host)[0].strip("[]").lower()
+        try:
+            return ipaddress.ip_address(host) in addresses
+        except ValueError:
+            return host in names or any(n.startswith("*.") and host.endswith(n[1:]) and host.count(".") == n.count(".")
+                                        for n in names)
+
+    missing = [h for h in wanted if not covered(h)]
+    shown = ", ".join(sorted(names) + sorted(str(a) for a in addresses)) or "none"
+    if missing:
+        checks.append(Check("FAIL", "tls names", f"certificate names ({shown}) do not cover {', '.join(missing)}; "
+                            "clients that verify will refuse it",
+                            "mcp-docker gencert --force " + " ".join(f"--hostname {h}" for h in missing)))
+    elif not wanted:
+        checks.append(Check("WARN", "tls names", f"bound to every address; certificate names: {shown}",
+                            "make sure clients connect by one of these names (and list them in --allowed-hosts)"))
+    else:
+        checks.append(Check("PASS", "tls names", f"certificate names cover {', '.join(wanted)}"))
+    return checks
+
+
+def check_exposure(settings: Settings) -> list[Check]:
+    """Bind address against authentication and TLS (the rules AccessControl.setup enforces, and softer ones)."""
+    if settings.transport != "http":
+        return [Check("PASS", "exposure", "stdio transport: no network listener")]
+    tls = settings.tls_enabled or bool(settings.tls_cert or settings.tls_key)
+    loopback = is_loopback(settings.host)
+    where = f"{settings.host}:{settings.port}"
+    if not settings.auth_enabled:
+        if loopback:
+            return [Check("WARN", "exposure", f"auth off on {where}: every local process and user can use it",
+                          "--auth (SECURITY_AUTH_ENABLED=true) and mcp-docker genkey")]
+        return [Check("FAIL", "exposure", f"auth off on non-loopback {where} (the server refuses to start)",
+                      "--auth (SECURITY_AUTH_ENABLED=true) and mcp-docker genkey, or --host 127.0.0.1")]
+    if not tls and not loopback:
+        return [Check("FAIL", "exposure", f"plain HTTP on non-loopback {where}: keys and output travel in clear"
+                      + (" (allowed by SECURITY_ALLOW_INSECURE_HTTP)" if settings.allow_insecure_http else
+                         " (the server refuses to start)"),
+                      "mcp-docker gencert --hostname HOST, then --tls-cert/--tls-key; drop --allow-insecure-http")]
+    if not tls:
+        return [Check("WARN", "exposure", f"plain HTTP on loopback {where}",
+                      "fine for one machine; use --tls-cert/--tls-key (mcp-docker gencert) if anything proxies it")]
+    return [Check("PASS", "exposure", f"HTTPS with authentication on {where}")]
+
+
+def check_accountability(settings: Settings) -> list[Check]:
+    """Audit log on (and private), rate limit on."""
+    checks = []
+    if not settings.audit_log_enabled:
+        checks.append(Check("FAIL", "audit log", "the audit log is off: nothing records who did what",
+                            "--audit-log-enabled (SECURITY_AUDIT_LOG_ENABLED=true)"))
+    else:
+        path = settings.audit_log_file or default_state_path("audit.log")
+        problem = private_file_problem(path) if os.path.exists(path) else None
+        if problem:
+            checks.append(Check("FAIL", "audit log", problem, f"chmod 600 {path}; chown $(id -u) {path}"))
+        else:
+            checks.append(Check("PASS", "audit log", f"on: {path}" + ("" if os.path.exists(path) else
+                                                                       " (made with mode 600 on first start)")))
+    if not settings.rate_limit_enabled:
+        checks.append(Check("FAIL" if settings.transport == "http" else "WARN", "rate limit",
+                            "tool calls are not rate limited", "--rate-limit-enabled (SECURITY_RATE_LIMIT_ENABLED=true)"))
+    else:
+        checks.append(Check("PASS", "rate limit", f"on: {settings.rate_limit_rpm}/min, burst {settings.rate_limit_burst}, "
+                            f"{settings.rate_limit_concurrent} at once per client"))
+    return checks
+
+
+def check_powers(settings: Settings) -> list[Check]:
+    """Destructive and privileged settings: each one on is a WARN or FAIL saying what it opens."""
+    checks = []
+    if settings.allow_privileged:
+        checks.append(Check("FAIL", "privileged containers", "on: a client can start containers with host root powers",
+                            "--no-allow-privileged (SAFETY_ALLOW_PRIVILEGED_CONTAINERS=false)"))
+    if settings.allow_destructive:
+        checks.append(Check("WARN", "destructive tools", "on: clients can remove and prune"
+                            + ("" if settings.managed_only else " anything on the engine"),
+                            "--no-allow-destructive unless needed; else --managed-only limits it to what this server made"))
+    if settings.allow_destructive_commands:
+        checks.append(Check("WARN", "exec screening", "off: exec runs known-destructive commands (rm -rf /, mkfs ...)",
+                            "--no-allow-destructive-commands (SAFETY_ALLOW_DESTRUCTIVE_COMMANDS=false)"))
+    if settings.reveal_secrets:
+        checks.append(Check("WARN", "secrets", "inspect shows secret-looking environment values",
+                            "--no-reveal-secrets (SAFETY_REVEAL_SECRETS=false)"))
+    if "/" in settings.volume_mount_allowlist:
+        checks.append(Check("FAIL", "bind mounts", "the whole host filesystem may be bind mounted",
+                            "--volume-mount-allowlist with only the directories clients need"))
+    if not checks:
+        checks.append(Check("PASS", "powers", "no privileged containers, no destructive tools, exec screened, "
+                            "secrets hidden"))
+    return checks
+
+
+def check_engine_rows(rows: list[dict[str, Any]], urls: list[str]) -> list[Check]:
+    """Reachability, kind, version, rootless mode and the socket's permissions of each engine."""
+    checks = []
+    for row, url in zip(rows, urls, strict=True):
+        name = f"engine {row['name']}"
+        if not row["reachable"]:
+            checks.append(Check("FAIL", name, f"{url}: {row['error']}", "start the engine, or point --docker-host / "
+                                "--engine at it (mcp-docker engines shows what was tried)"))
+            continue
+        checks.append(Check("PASS", name, f"{url}: {row['kind']} {row['version']} (API {row['api_version']})"))
+        if row["rootless"]:
+            checks.append(Check("PASS", f"{name} rootless", "rootless: the engine cannot give root on the host"))
+        else:
+            checks.append(Check("WARN", f"{name} rootless", "runs as root: whoever drives it is root on the host",
+                                "consider rootless Docker or Podman; keep privileged containers off"))
+        if url.startswith("unix://"):
+            path = url[len("unix://"):]
+            try:
+                info = os.stat(path)
+            except OSError as exc:
+                checks.append(Check("WARN", f"{name} socket", f"cannot stat {path}: {exc.strerror}"))
+                continue
+            mode = info.st_mode & 0o777
+            if mode & 0o002:
+                checks.append(Check("FAIL", f"{name} socket", f"{path} is writable by every user (mode {mode:o}): "
+                                    "anyone on the host is root", f"chmod 660 {path} (or 600)"))
+            else:
+                import grp
+
+                try:
+                    group = grp.getgrgid(info.st_gid).gr_name
+                except KeyError:
+                    group = str(info.st_gid)
+                note = f"; members of group {group} can drive it" if mode & 0o060 else ""
+                checks.append(Check("PASS", f"{name} socket", f"{path}: mode {mode:o}{note}"))
+    return checks
+
+
+def check_version() -> Check:
+    """This program's version, and whether it came from a pinned package or a file (then: its digest)."""
+    import importlib.metadata
+
+    here = os.path.abspath(__file__)
+    with open(here, "rb") as handle:
+        digest = hashlib.sha256(handle.read()).hexdigest()
+    try:
+        dist = importlib.metadata.distribution(SERVER_NAME)
+        direct = dist.read_text("direct_url.json")
+    except importlib.metadata.PackageNotFoundError:
+        dist, direct = None, None
+    files = {str(dist.locate_file(f)) for f in (dist.files or [])} if dist else set()
+    if dist and here in files and not direct and dist.version == __version__:
+        return Check("PASS", "version", f"mcp-docker {__version__} installed from a package index")
+    source = "a local or editable install" if dist and direct and here in files else "a source file"
+    return Check("WARN", "version", f"mcp-docker {__version__} running from {source}: {here} (sha256 {digest[:16]}...)",
+                 f"install a pinned release (pipx install mcp-docker=={__version__}), or record sha256 {digest} "
+                 "and compare it on every copy")
+
+
+def doctor_checks(settings: Settings, engine_rows: list[dict[str, Any]], engine_urls: list[str],
+                  now: _dt.datetime | None = None) -> list[Check]:
+    now = now or utc_now()
+    return [*check_exposure(settings), *check_keys_file(settings, now), *check_tls(settings, now),
+            *check_accountability(settings), *check_powers(settings), *check_engine_rows(engine_rows, engine_urls),
+            check_version()]
+
+
+@main.command("doctor")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of lines.")
+@click.option("--timeout", type=click.FloatRange(0.1, 600), default=10.0, show_default=True,
+              help="Seconds to wait for each engine.")
+@setting_options
+def doctor_command(as_json: bool, timeout: float, **options: Any) -> None:
+    """Check the effective configuration and environment: PASS/WARN/FAIL lines, each with its fix.
+
+    Takes the same settings as `serve` (flags, environment, --env-file). Exits 1 when anything FAILs.
+    """
+    settings = settings_from_cli(options)
+    configure_logging("CRITICAL")  # the report says what failed
+    engines = Engines(settings)
+    rows = probe_engines(engines.all, timeout)
+    checks = doctor_checks(settings, rows, [engine.discovery().url for engine in engines.all])
+    if as_json:
+        click.echo(json.dumps([dataclasses.asdict(check) for check in checks], indent=2))
+    else:
+        for check in checks:
+            click.echo(f"{check.status}  {check.area}: {check.message}")
+            if check.fix:
+                click.echo(f"      fix: {check.fix}")
+        counts = {status: sum(c.status == status for c in checks) for status in ("PASS", "WARN", "FAIL")}
+        click.echo(f"\n{counts['PASS']} passed, {counts['WARN']} warnings, {counts['FAIL']} failed")
+    if any(check.status == "FAIL" for check in checks):
+        sys.exit(1)
+
+
+# -- client-config: what to paste into each MCP client -------------------------------------------
+
+CLIENTS = ("claude-desktop", "claude-code", "cursor", "vscode", "inspector")
+
+
+def stdio_command() -> list[str]:
+    """How a client starts this server: the installed entry point, else this very file with this Python."""
+    import shutil
+
+    if shutil.which(SERVER_NAME):
+        return [SERVER_NAME, "serve"]
+    return [sys.executable, os.path.abspath(__file__), "serve"]
+
+
+def client_config(client: str, url: str | None, key_env: str, command: list[str]) -> tuple[str, str]:
+    """The exact text for ``client`` (JSON or a shell command) and a note on where it goes.
+
+    Remote configurations name the environment variable holding the key, never the key itself.
+    """
+    import shlex
+
+    header = f"Bearer ${{{key_env}}}"
+    name = "docker"
+    if client in ("claude-desktop", "cursor"):
+        where = ("claude_desktop_config.json (Settings > Developer > Edit Config)" if client == "claude-desktop"
+                 else "~/.cursor/mcp.json or .cursor/mcp.json")
+        if not url:
+            entry: dict[str, Any] = {"command": command[0], "args": command[1:]}
+        elif client == "cursor":
+            entry = {"url": url, "headers": {"Authorization": f"Bearer ${{env:{key_env}}}"}}
+        else:  # Claude Desktop starts local processes only: the mcp-remote bridge carries the header
+            entry = {"command": "npx", "args": ["-y", "mcp-remote", url, "--header", f"Authorization: {header}"]}
+            where += f"; {key_env} must be in the environment Claude Desktop starts with"
+        if url and client == "cursor":
+            where += f"; Cursor reads {key_env} from its environment"
+        return json.dumps({"mcpServers": {name: entry}}, indent=2), where
+    if client == "vscode":
+        if not url:
+            server: dict[str, Any] = {"type": "stdio", "command": command[0], "args": command[1:]}
+            return json.dumps({"servers": {name: server}}, indent=2), ".vscode/mcp.json"
+        server = {"type": "http", "url": url, "headers": {"Authorization": f"Bearer ${{env:{key_env}}}"}}
+        return json.dumps({"servers": {name: server}}, indent=2), f".vscode/mcp.json; VS Code reads {key_env} from its environment"
+    if client == "claude-code":
+        if not url:
+            return shlex.join(["claude", "mcp", "add", name, "--", *command]), "run it in a shell"
+        # single quotes: .mcp.json keeps ${VAR}, which Claude Code expands when it connects
+        return (shlex.join(["claude", "mcp", "add", "--scope", "project", "--transport", "http", name, url,
+                            "--header", f"Authorization: {header}"]),
+                f"run it in the project directory; it writes .mcp.json, which names {key_env} (set it before "
+                "starting claude)")
+    if client == "inspector":
+        if not url:
+            return shlex.join(["npx", "@modelcontextprotocol/inspector", "--cli", *command, "--method", "tools/list"]), \
+                "run it in a shell"
+        # double quotes: the shell puts the key in the header at run time; the command line holds only the name
+        return (" ".join(["npx", "@modelcontextprotocol/inspector", "--cli", shlex.quote(url), "--transport", "http",
+                          "--header", f'"Authorization: Bearer ${key_env}"', "--method", "tools/list"]),
+                f"run it in a shell where {key_env} holds the key")
+    raise click.UsageError(f"unknown client {client!r}; choose one of {', '.join(CLIENTS)}")
+
+
+@main.command("client-config")
+@click.argument("client", type=click.Choice(CLIENTS))
+@click.option("--url", default=None, help="The server's /mcp URL for a remote (HTTP) server, e.g. "
+              "https://docker-host.example.com:8443/mcp. Default: stdio (the client starts the server).")
+@click.option("--key-env", default="MCP_DOCKER_API_KEY", show_default=True,
+              help="Environment variable that holds the API key on the client's machine (remote only).")
+def client_config_command(client: str, url: str | None, key_env: str) -> None:
+    """Print the configuration (JSON) or command that connects CLIENT to this server.
+
+    Remote configurations reference the key through an environment variable; no secret is printed.
+    """
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", key_env):
+        raise click.UsageError("--key-env: an environment variable name (letters, digits, _)")
+    if url is not None:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password \
+                or parts.query or parts.fragment or any(c.isspace() or c in "'\"$`\\" for c in url):
+            raise click.UsageError("--url: an http(s) URL like https://host:8443/mcp, without credentials or query")
+        if parts.scheme == "http" and not is_loopback(parts.hostname):
+            click.echo("warning: plain http to a remote host sends the key in clear; use https", err=True)
+    text, where = client_config(client, url, key_env, stdio_command())
+    click.echo(text)
+    click.echo(f"# {where}", err=True)
 
 
 @main.command("tools")

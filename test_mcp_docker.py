@@ -3274,3 +3274,167 @@ def test_engines_command_and_verbose_discovery(tmp_path):
     assert f"engine 'default': {ENGINE_URL} from CONTAINER_HOST" in served.stderr
     assert "looked at --docker-host / DOCKER_HOST: not set" in served.stderr
     assert "docker at" not in served.stderr and "podman at" not in served.stderr  # no engine contact
+
+
+# -- doctor --------------------------------------------------------------------------------------
+
+def doctor_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("SAFETY_", "SECURITY_", "MCP_")) and k not in ("DOCKER_CONTEXT", "CONTAINER_HOST")}
+    env.update({"HOME": str(tmp_path), "DOCKER_HOST": ENGINE_URL, **extra})
+    return env
+
+
+def doctor(env: dict[str, str], *args: str) -> tuple[int, dict[str, list[dict[str, str]]]]:
+    done = run_cli("doctor", "--json", *args, env=env)
+    assert done.returncode in (0, 1), done.stderr
+    by_area: dict[str, list[dict[str, str]]] = {}
+    for check in json.loads(done.stdout):
+        assert check["status"] in ("PASS", "WARN", "FAIL")
+        assert check["status"] == "PASS" or check["fix"], check  # every finding says how to fix it
+        by_area.setdefault(check["area"], []).append(check)
+    return done.returncode, by_area
+
+
+def statuses(by_area: dict[str, list[dict[str, str]]], area: str) -> list[str]:
+    return [check["status"] for check in by_area.get(area, [])]
+
+
+def test_doctor_unit_checks(tmp_path):
+    now = md.utc_now()
+    stdio = md.Settings()
+    assert [c.status for c in md.check_exposure(stdio)] == ["PASS"]
+    exposed = md.Settings(transport="http", host="0.0.0.0", allow_insecure_http=True)
+    assert md.check_exposure(exposed)[0].status == "FAIL" and "--tls-cert" in md.check_exposure(exposed)[0].fix
+    assert md.check_exposure(md.Settings(transport="http", auth_enabled=False))[0].status == "WARN"
+    assert md.check_exposure(md.Settings(transport="http", host="10.0.0.1", auth_enabled=False))[0].status == "FAIL"
+    powers = md.check_powers(md.Settings(allow_privileged=True, allow_destructive=True,
+                                         volume_mount_allowlist=("/",)))
+    assert [c.status for c in powers] == ["FAIL", "WARN", "FAIL"]
+    assert [c.status for c in md.check_powers(md.Settings())] == ["PASS"]
+    off = md.check_accountability(md.Settings(transport="http", audit_log_enabled=False, rate_limit_enabled=False))
+    assert [c.status for c in off] == ["FAIL", "FAIL"]
+    keys = tmp_path / "keys.json"
+    old = (now - md._dt.timedelta(days=1)).isoformat()
+    keys.write_text(json.dumps({"keys": [
+        {"client_id": "legacy", "api_key": "sk-tiny9"},
+        {"client_id": "gone", "key_hash": "a" * 64, "expires_at": old}]}))
+    keys.chmod(0o600)
+    found = md.check_keys_file(md.Settings(transport="http", api_keys_file=str(keys)), now)
+    by_area = {c.area: c for c in found}
+    assert by_area["legacy plaintext keys"].status == "FAIL" and "keys migrate" in by_area["legacy plaintext keys"].fix
+    assert by_area["key strength"].status == "FAIL"
+    expiry = [c for c in found if c.area == "key expiry"]
+    assert [c.status for c in expiry] == ["WARN", "WARN"] and "gone" in expiry[0].message
+    assert "tiny9" not in json.dumps([dataclasses_asdict(c) for c in found])  # never echoes a key
+    rows = [{"name": "default", "reachable": False, "error": "engine_unavailable: no"}]
+    assert md.check_engine_rows(rows, ["unix:///nowhere.sock"])[0].status == "FAIL"
+
+
+def dataclasses_asdict(value: Any) -> dict[str, Any]:
+    import dataclasses
+
+    return dataclasses.asdict(value)
+
+
+def test_doctor_turns_fail_into_pass_by_its_own_hints(tmp_path):
+    require_engine()
+    keys = tmp_path / "keys.json"
+    audit = tmp_path / "audit.log"
+    tls = tmp_path / "tls"
+    env = doctor_env(tmp_path, MCP_TRANSPORT="http", MCP_HOST="127.0.0.1", SECURITY_API_KEYS_FILE=str(keys),
+                     SECURITY_AUDIT_LOG_FILE=str(audit), SECURITY_AUDIT_LOG_ENABLED="false",
+                     SAFETY_ALLOW_PRIVILEGED_CONTAINERS="true")
+    # keys file readable by everyone, with a plaintext key; audit off; privileged on; a cert for another name
+    keys.write_text(json.dumps({"keys": [{"client_id": "old", "api_key": "sk-" + "x" * 40}]}))
+    keys.chmod(0o644)
+    made = run_cli("gencert", "--out-dir", str(tls), "--hostname", "other.example", env=env)
+    assert made.returncode == 0, made.stderr
+    env.update(MCP_TLS_CERT_FILE=str(tls / "server.crt"), MCP_TLS_KEY_FILE=str(tls / "server.key"),
+               MCP_ALLOWED_HOSTS="mcp.example.org")
+    code, found = doctor(env)
+    assert code == 1
+    assert statuses(found, "keys file mode") == ["FAIL"]
+    assert "chmod 600" in found["keys file mode"][0]["fix"]
+    assert statuses(found, "legacy plaintext keys") == ["FAIL"]
+    assert statuses(found, "audit log") == ["FAIL"] and statuses(found, "privileged containers") == ["FAIL"]
+    assert statuses(found, "tls names") == ["FAIL"] and "--hostname mcp.example.org" in found["tls names"][0]["fix"]
+    assert statuses(found, "tls") == ["PASS"] and statuses(found, "tls expiry") == ["PASS"]
+    assert statuses(found, "engine default") == ["PASS"]
+    # follow each hint
+    keys.chmod(0o600)
+    migrated = run_cli("keys", "migrate", "--keys-file", str(keys), env=env)
+    assert migrated.returncode == 0, migrated.stderr
+    env.update(SECURITY_AUDIT_LOG_ENABLED="true", SAFETY_ALLOW_PRIVILEGED_CONTAINERS="false")
+    remade = run_cli("gencert", "--force", "--out-dir", str(tls), "--hostname", "mcp.example.org", env=env)
+    assert remade.returncode == 0, remade.stderr
+    code, fixed = doctor(env)
+    assert code == 0, fixed
+    for area in ("keys file mode", "legacy plaintext keys", "audit log", "tls", "tls names", "exposure", "powers"):
+        assert statuses(fixed, area) == ["PASS"], (area, fixed.get(area))
+    # text form: one line per finding, fixes indented, a summary
+    text = run_cli("doctor", env=env)
+    assert text.returncode == 0 and "PASS  tls names:" in text.stdout and " 0 failed" in text.stdout
+
+
+def test_doctor_tls_problems_and_unreachable_engine(tmp_path):
+    tls = tmp_path / "tls"
+    env = doctor_env(tmp_path, MCP_TRANSPORT="http", SECURITY_AUTH_ENABLED="false",
+                     DOCKER_HOST=f"unix://{tmp_path}/absent.sock")
+    assert run_cli("gencert", "--out-dir", str(tls), "--days", "10", env=env).returncode == 0
+    other = tmp_path / "other"
+    assert run_cli("gencert", "--out-dir", str(other), env=env).returncode == 0
+    env.update(MCP_TLS_CERT_FILE=str(tls / "server.crt"), MCP_TLS_KEY_FILE=str(other / "server.key"))
+    code, found = doctor(env, "--timeout", "5")
+    assert code == 1
+    assert statuses(found, "tls") == ["FAIL"] and "does not match" in found["tls"][0]["message"]
+    assert statuses(found, "engine default") == ["FAIL"]
+    env["MCP_TLS_KEY_FILE"] = str(tls / "server.key")
+    code, found = doctor(env, "--timeout", "5")
+    assert statuses(found, "tls") == ["PASS"]
+    assert statuses(found, "tls expiry") == ["WARN"] and "renew" in found["tls expiry"][0]["fix"]
+    (tls / "server.key").chmod(0o644)
+    code, found = doctor(env, "--timeout", "5")
+    assert statuses(found, "tls key mode") == ["FAIL"]
+
+
+# -- client-config -------------------------------------------------------------------------------
+
+def test_client_config_stdio_and_remote_reference_the_key_by_name():
+    import shlex
+
+    from click.testing import CliRunner
+
+    url = "https://docker-host.example.com:8443/mcp"
+
+    def config(*args: str) -> str:
+        done = CliRunner().invoke(md.main, ["client-config", *args])
+        assert done.exit_code == 0, done.output
+        return done.stdout
+
+    command = md.stdio_command()
+    assert command[-1] == "serve"
+    for client in ("claude-desktop", "cursor"):
+        entry = json.loads(config(client))["mcpServers"]["docker"]
+        assert [entry["command"], *entry["args"]] == command
+    assert json.loads(config("vscode"))["servers"]["docker"] == {"type": "stdio", "command": command[0],
+                                                                  "args": command[1:]}
+    assert shlex.split(config("claude-code")) == ["claude", "mcp", "add", "docker", "--", *command]
+    assert shlex.split(config("inspector"))[:3] == ["npx", "@modelcontextprotocol/inspector", "--cli"]
+
+    cursor = json.loads(config("cursor", "--url", url, "--key-env", "MY_KEY"))["mcpServers"]["docker"]
+    assert cursor == {"url": url, "headers": {"Authorization": "Bearer ${env:MY_KEY}"}}
+    vscode = json.loads(config("vscode", "--url", url))["servers"]["docker"]
+    assert vscode == {"type": "http", "url": url, "headers": {"Authorization": "Bearer ${env:MCP_DOCKER_API_KEY}"}}
+    desktop = json.loads(config("claude-desktop", "--url", url))["mcpServers"]["docker"]
+    assert desktop["command"] == "npx" and url in desktop["args"]
+    assert desktop["args"][desktop["args"].index("--header") + 1] == "Authorization: Bearer ${MCP_DOCKER_API_KEY}"
+    code = shlex.split(config("claude-code", "--url", url))
+    assert code[:3] == ["claude", "mcp", "add"] and url in code and "--transport" in code
+    assert code[code.index("--header") + 1] == "Authorization: Bearer ${MCP_DOCKER_API_KEY}"  # kept literal
+    inspector = config("inspector", "--url", url)
+    assert '--header "Authorization: Bearer $MCP_DOCKER_API_KEY"' in inspector and "--transport http" in inspector
+    for bad in (["vscode", "--url", "ftp://x/mcp"], ["vscode", "--url", "https://u:p@x/mcp"],
+                ["vscode", "--url", "https://x/mcp?key=1"], ["cursor", "--url", url, "--key-env", "1; rm"],
+                ["emacs"]):
+        assert CliRunner().invoke(md.main, ["client-config", *bad]).exit_code == 2, bad
