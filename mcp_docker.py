@@ -671,7 +671,7 @@ def discover_engine(docker_host: str, environ: Mapping[str, str], exists: Callab
 
 ERROR_CATEGORIES = (
     "not_found", "conflict", "invalid_argument", "permission", "policy_denied",
-    "engine_unavailable", "timeout", "engine_error", "rate_limited", "unavailable", "internal",
+    "engine_unavailable", "timeout", "engine_error", "rate_limited", "unavailable", "internal", "cancelled",
 )
 
 
@@ -2198,6 +2198,38 @@ def probe_engines(engines: list[Engine], timeout: float) -> list[dict[str, Any]]
         pool.shutdown(wait=False, cancel_futures=True)
 
 
+class Cancellation:
+    """Lets the event loop stop work running in a worker thread: a flag the work checks between engine
+    messages, and closers that end a blocking read on the engine's stream (the engine then stops too)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.event = threading.Event()
+        self._lock = threading.Lock()
+        self._closers: list[Callable[[], Any]] = []
+
+    def on_cancel(self, closer: Callable[[], Any]) -> None:
+        with self._lock:
+            if not self.event.is_set():
+                self._closers.append(closer)
+                return
+        with contextlib.suppress(Exception):
+            closer()
+
+    def cancel(self) -> None:
+        with self._lock:
+            self.event.set()
+            closers, self._closers = self._closers, []
+        for closer in closers:
+            with contextlib.suppress(Exception):
+                closer()
+
+    def check(self) -> None:
+        if self.event.is_set():
+            raise ToolError("cancelled", "the request was cancelled; the engine's work was stopped")
+
+
 @dataclasses.dataclass
 class Call:
     """What a tool handler gets: the engine client, its validated arguments, and its time budget."""
@@ -2210,8 +2242,12 @@ class Call:
     kind: str = "docker"        # the engine's kind: handlers smooth over Podman's differences with it
     engines: Any = None         # every engine (Engines), for the one tool that reports on all of them
     engine_url: str = ""        # where the call's engine is: the policy refuses host paths on remote ones
+    report: Callable[[float, float | None, str], None] | None = None  # progress, thread-safe; None: not asked
+    cancellation: Cancellation | None = None
 
     def remaining(self) -> float:
+        if self.cancellation is not None:
+            self.cancellation.check()
         left = self.deadline - time.monotonic()
         if left <= 0:
             raise ToolError("timeout", "the operation ran out of time; raise MCP_LONG_OPERATION_TIMEOUT for long work")
@@ -2587,13 +2623,83 @@ def prune_result(report: Mapping[str, Any] | None, key: str, kind: str = "docker
     return {"deleted": deleted, "count": len(deleted), "space_reclaimed_bytes": report.get("SpaceReclaimed") or 0}
 
 
-def stream_json(chunks: Any, call: Call) -> list[dict[str, Any]]:
-    """Consume a decoded JSON stream (pull/push/build) within the call's deadline."""
+class StreamProgress:
+    """Pull, push and build stream events -> strictly increasing (progress, total, message) reports (pure).
+
+    A build counts its steps. A pull or push counts bytes moved, plus one per finished layer so that a
+    layer the engine already had still moves the count; the total is known once every layer's size is.
+    """
+
+    LAYER = re.compile(r"[0-9a-f]{12,64}")
+    FINISHED = ("Pull complete", "Already exists", "Pushed", "Layer already exists", "Mounted from")
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self.layers: dict[str, tuple[int, int | None]] = {}  # layer -> (bytes moved, size if known)
+        self.finished: set[str] = set()
+        self.last = 0.0
+
+    def feed(self, event: Mapping[str, Any]) -> tuple[float, float | None, str] | None:
+        if self.kind == "build":
+            match = re.match(r"\s*step (\d+)/(\d+)", str(event.get("stream", "")), re.IGNORECASE)
+            if not match:
+                return None
+            step, steps = int(match.group(1)), int(match.group(2))
+            return self._emit(step, float(steps), f"step {step} of {steps}")
+        layer, status = event.get("id"), str(event.get("status", ""))
+        if not isinstance(layer, str) or not self.LAYER.fullmatch(layer):
+            return None
+        moved, size = self.layers.get(layer, (0, None))
+        detail = event.get("progressDetail") if isinstance(event.get("progressDetail"), dict) else {}
+        if status in ("Downloading", "Pushing") and isinstance(detail.get("current"), int):
+            total = detail.get("total") if isinstance(detail.get("total"), int) and detail["total"] > 0 else size
+            moved = max(moved, detail["current"])
+            size = total
+        if status.startswith(self.FINISHED):
+            self.finished.add(layer)
+            moved = max(moved, size or 0)
+        self.layers[layer] = (moved, size)
+        moved_bytes = sum(m for m, _ in self.layers.values())
+        known = all(size is not None or name in self.finished for name, (_, size) in self.layers.items())
+        size_bytes = sum(size or m for m, size in self.layers.values())
+        total = float(size_bytes + len(self.layers)) if known else None
+        verb = "pushed" if self.kind == "push" else "pulled"
+        message = (f"{len(self.finished)}/{len(self.layers)} layers {verb}, {format_bytes(moved_bytes)}"
+                   + (f" of {format_bytes(size_bytes)}" if known else ""))
+        return self._emit(moved_bytes + len(self.finished), total, message)
+
+    def _emit(self, value: float, total: float | None, message: str) -> tuple[float, float | None, str] | None:
+        if value <= self.last:
+            return None
+        self.last = value
+        return float(value), (max(total, value) if total is not None else None), message
+
+
+def _stream_socket(chunks: Any) -> Any:
+    """The socket under a docker-py stream generator, so that a cancellation can end its blocking read."""
+    response = getattr(getattr(chunks, "gi_frame", None), "f_locals", {}).get("response")
+    raw = getattr(getattr(getattr(getattr(response, "raw", None), "_fp", None), "fp", None), "raw", None)
+    return getattr(raw, "_sock", None)
+
+
+def stream_json(chunks: Any, call: Call, progress: StreamProgress | None = None) -> list[dict[str, Any]]:
+    """Consume a decoded JSON stream (pull/push/build) within the call's deadline, reporting progress and
+    stopping when the request is cancelled (closing the stream makes the engine stop too)."""
+    import socket
+
+    if call.cancellation is not None:
+        sock = _stream_socket(chunks)
+        if sock is not None:
+            call.cancellation.on_cancel(lambda: sock.shutdown(socket.SHUT_RDWR))
     events: list[dict[str, Any]] = []
     for chunk in chunks:
         call.remaining()
         if isinstance(chunk, dict):
             events.append(chunk)
+            update = progress.feed(chunk) if progress is not None and call.report is not None else None
+            if update is not None and call.report is not None:
+                call.report(*update)
+    call.remaining()  # a cancellation that cut the stream short is not a result
     return events
 
 
@@ -3364,7 +3470,7 @@ def pull_image(call: Call) -> dict[str, Any]:
     enforce(PowerRequest("docker_pull_image", images=(call.args["image"],)), call)
     repository, tag = split_image_reference(call.args["image"])
     events = stream_json(call.api.pull(repository, tag=tag, stream=True, decode=True,
-                                       platform=call.args.get("platform")), call)
+                                       platform=call.args.get("platform")), call, StreamProgress("pull"))
     error = stream_error(events)
     if error:
         raise ToolError("engine_error", f"pull failed: {error}")
@@ -3488,7 +3594,7 @@ def build_image(call: Call) -> dict[str, Any]:
                                         decode=True, pull=a.get("pull", False), nocache=a.get("no_cache", False),
                                         buildargs=a.get("build_args"), labels=ownership_labels(call, a.get("labels")),
                                         network_mode=a.get("network") if a.get("network") == "none" else None,
-                                        timeout=max(1, int(call.remaining()))), call)
+                                        timeout=max(1, int(call.remaining()))), call, StreamProgress("build"))
     untrusted = UntrustedOutput(max_chars=4096)  # RUN steps print whatever the base image makes them print
     log_lines = untrusted.lines("log", [line for e in events for line in str(e.get("stream", "")).splitlines()
                                         if line.strip()][-50:])
@@ -3522,7 +3628,7 @@ def push_image(call: Call) -> dict[str, Any]:
     # The registry rule applies to pushes too: an unlisted registry is also a way out for local images.
     enforce(PowerRequest("docker_push_image", images=(call.args["image"],)), call)
     repository, tag = split_image_reference(call.args["image"])
-    events = stream_json(call.api.push(repository, tag=tag, stream=True, decode=True), call)
+    events = stream_json(call.api.push(repository, tag=tag, stream=True, decode=True), call, StreamProgress("push"))
     error = stream_error(events)
     if error:
         raise ToolError("engine_error", f"push failed: {error}")
@@ -4112,8 +4218,13 @@ class DockerMCP:
             raise ToolError("invalid_argument", validation_message(error))
         return arguments
 
-    async def call(self, name: str, arguments: Any, client_id: str = "") -> dict[str, Any]:
-        """Run one permitted tool; raise ToolError for anything the client should see as isError."""
+    async def call(self, name: str, arguments: Any, client_id: str = "",
+                   report: Callable[[float, float | None, str], None] | None = None) -> dict[str, Any]:
+        """Run one permitted tool; raise ToolError for anything the client should see as isError.
+
+        ``report`` (called from the worker thread) receives the progress of pull, push and build. When the
+        caller is cancelled, the work in the worker thread is told to stop, and stops at the engine too.
+        """
         import anyio
 
         spec = TOOLS[name]
@@ -4131,18 +4242,22 @@ class DockerMCP:
                     "docker_restart_container"):
             budget += max(args.get("timeout", 0), args.get("wait_timeout", 0))
 
+        cancellation = Cancellation()
+
         def work() -> dict[str, Any]:
             with naming_engine(engine if self.engines.named else None):
                 api = engine.api() if engine else None
                 call = Call(api, args, self.settings, time.monotonic() + budget, client_id,
                             kind=(engine.kind if engine else None) or "docker", engines=self.engines,
-                            engine_url=engine.url if engine else "")
+                            engine_url=engine.url if engine else "", report=report, cancellation=cancellation)
                 return spec.handler(call)
 
         self.in_flight += 1
+        finished = False
         try:
             with anyio.fail_after(budget + 5):
                 result = await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
+            finished = True
         except TimeoutError:
             raise ToolError("timeout", f"{name} did not finish within {budget:.0f}s") from None
         except ToolError:
@@ -4154,10 +4269,15 @@ class DockerMCP:
             raise error from None
         finally:
             self.in_flight -= 1
+            if not finished:  # cancelled or timed out: the abandoned worker must not go on changing things
+                cancellation.cancel()
         return bound_result(result, self.settings.max_output_bytes, spec.list_field, spec.keep_newest)
 
     async def call_reporting_progress(self, ctx: Any, name: str, arguments: Any, client_id: str = "") -> dict[str, Any]:
-        """Run a call; when the client asked for progress, report the seconds elapsed while it runs."""
+        """Run a call; when the client asked for progress, report it: pull, push and build their layers,
+        bytes and steps as the engine reports them, other tools the seconds elapsed while they run."""
+        if name in TOOLS and TOOLS[name].long_running:
+            return await self.call_streaming_progress(ctx, name, arguments, client_id)
         started = time.monotonic()
         task = asyncio.ensure_future(self.call(name, arguments, client_id))
         try:
@@ -4168,6 +4288,41 @@ class DockerMCP:
                 elapsed = round(time.monotonic() - started, 1)
                 with contextlib.suppress(Exception):  # progress is best effort; the call goes on
                     await ctx.session.report_progress(elapsed, None, f"{name} running for {elapsed:.0f}s")
+        finally:
+            if not task.done():
+                task.cancel()
+
+    async def call_streaming_progress(self, ctx: Any, name: str, arguments: Any, client_id: str) -> dict[str, Any]:
+        """Run a long call whose worker thread reports progress; forward the newest report to the client."""
+        loop = asyncio.get_running_loop()
+        latest: list[tuple[float, float | None, str]] = []
+        wake = asyncio.Event()
+
+        def deliver(update: tuple[float, float | None, str]) -> None:
+            latest[:] = [update]
+            wake.set()
+
+        def report(progress: float, total: float | None, message: str) -> None:  # runs in the worker thread
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is listening any more
+                loop.call_soon_threadsafe(deliver, (progress, total, message))
+
+        task = asyncio.ensure_future(self.call(name, arguments, client_id, report=report))
+        sent = 0.0
+        try:
+            while True:
+                waiter = asyncio.ensure_future(wake.wait())
+                try:
+                    await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiter.cancel()
+                wake.clear()
+                if latest and latest[0][0] > sent:  # coalesced: only the newest, and only when it grew
+                    progress, total, message = latest[0]
+                    sent = progress
+                    with contextlib.suppress(Exception):  # progress is best effort; the call goes on
+                        await ctx.session.report_progress(progress, total, message)
+                if task.done():
+                    return task.result()
         finally:
             if not task.done():
                 task.cancel()

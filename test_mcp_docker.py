@@ -3438,3 +3438,100 @@ def test_client_config_stdio_and_remote_reference_the_key_by_name():
                 ["vscode", "--url", "https://x/mcp?key=1"], ["cursor", "--url", url, "--key-env", "1; rm"],
                 ["emacs"]):
         assert CliRunner().invoke(md.main, ["client-config", *bad]).exit_code == 2, bad
+
+
+# -- progress and cancellation of long operations --------------------------------------------------
+
+def test_stream_progress_counts_steps_layers_and_bytes():
+    build = md.StreamProgress("build")
+    reports = [build.feed({"stream": line}) for line in
+               ("Step 1/3 : FROM x", " ---> abc", "Step 2/3 : RUN a", "Step 2/3 : RUN a", "STEP 3/3: RUN b")]
+    assert [r[0] for r in reports if r] == [1.0, 2.0, 3.0] and reports[-1] == (3.0, 3.0, "step 3 of 3")
+    pull = md.StreamProgress("pull")
+    events = [
+        {"status": "Pulling from library/x", "id": "latest"},
+        {"status": "Pulling fs layer", "id": "aaaaaaaaaaaa", "progressDetail": {}},
+        {"status": "Already exists", "id": "bbbbbbbbbbbb", "progressDetail": {}},
+        {"status": "Downloading", "id": "aaaaaaaaaaaa", "progressDetail": {"current": 100, "total": 1000}},
+        {"status": "Downloading", "id": "aaaaaaaaaaaa", "progressDetail": {"current": 600, "total": 1000}},
+        {"status": "Extracting", "id": "aaaaaaaaaaaa", "progressDetail": {"current": 10, "total": 1000}},
+        {"status": "Pull complete", "id": "aaaaaaaaaaaa", "progressDetail": {}},
+        {"status": "Digest: sha256:..."},
+    ]
+    sent = [r for r in (pull.feed(e) for e in events) if r]
+    values = [r[0] for r in sent]
+    assert values == sorted(set(values)) and len(values) == 4  # strictly increasing; extracting moves nothing
+    assert sent[-1] == (1002.0, 1002.0, "2/2 layers pulled, 1000 B of 1000 B")
+    assert sent[2][1] == 1002.0 and "600 B of 1000 B" in sent[2][2]
+    push = md.StreamProgress("push")
+    assert push.feed({"status": "Pushing", "id": "cccccccccccc", "progressDetail": {"current": 5}}) == \
+        (5.0, None, "0/1 layers pushed, 5 B")
+    cancellation = md.Cancellation()
+    closed: list[str] = []
+    cancellation.on_cancel(lambda: closed.append("first"))
+    cancellation.cancel()
+    cancellation.on_cancel(lambda: closed.append("late"))  # registered after the cancel: runs at once
+    assert closed == ["first", "late"]
+    with pytest.raises(md.ToolError) as raised:
+        cancellation.check()
+    assert raised.value.category == "cancelled"
+
+
+def test_build_reports_progress_and_cancellation_stops_it(full):
+    import docker
+
+    updates: list[tuple[float, float | None, str | None]] = []
+
+    async def record(progress: float, total: float | None, message: str | None) -> None:
+        updates.append((progress, total, message))
+
+    tag = f"{PREFIX}-progress:1"
+    dockerfile = f"FROM {TEST_IMAGE}\nRUN sleep 1\nRUN sleep 1\nRUN echo done > /done\n"
+    result = full.submit(full.client.call_tool("docker_build_image", {
+        "tag": tag, "network": "none", "dockerfile": dockerfile, "labels": {"io.mcp-docker.test": PREFIX}},
+        progress_callback=record))
+    assert not result.is_error, result.content[0].text
+    values = [u[0] for u in updates]
+    assert len(values) >= 2 and values == sorted(set(values)), updates  # strictly increasing
+    steps = int(updates[-1][0])  # the Dockerfile's 4, plus the engine's own LABEL steps for the labels
+    assert steps >= 4 and updates[-1] == (steps, steps, f"step {steps} of {steps}")
+
+    # Cancel a build while its RUN step sleeps: the engine stops it and no image is made.
+    marker = f"{PREFIX}cancelme"
+    slow_tag = f"{PREFIX}-cancelled:1"
+    started = threading.Event()
+
+    async def first(progress: float, total: float | None, message: str | None) -> None:
+        if progress >= 2:
+            started.set()
+
+    async def cancel_midway() -> None:
+        task = asyncio.ensure_future(full.client.call_tool("docker_build_image", {
+            "tag": slow_tag, "network": "none", "labels": {"io.mcp-docker.test": PREFIX},
+            "dockerfile": f"FROM {TEST_IMAGE}\nRUN sleep 60 && echo {marker}\n"}, progress_callback=first))
+        while not started.is_set() and not task.done():
+            await asyncio.sleep(0.1)
+        assert not task.done()
+        await asyncio.sleep(1)  # the RUN step's container is up
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    full.submit(cancel_midway(), timeout=60)
+    api = docker.APIClient(base_url=ENGINE_URL)
+    try:
+        def sleeping() -> list[Any]:
+            return [c for c in api.containers() if marker in (c.get("Command") or "")]
+
+        deadline = time.monotonic() + 30
+        while sleeping() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not sleeping(), "the cancelled build is still running"
+        assert not [i for i in api.images() if slow_tag in (i.get("RepoTags") or [])]
+    finally:
+        for container in api.containers(all=True):
+            if marker in (container.get("Command") or ""):
+                with contextlib.suppress(Exception):
+                    api.remove_container(container["Id"], force=True)
+        api.close()
+    assert full.ok("docker_version")["version"]  # the server goes on serving
