@@ -502,10 +502,11 @@ class Harness:
     """One server subprocess and one SDK client session, kept open on a background event loop."""
 
     def __init__(self, args: list[str] | None = None, mode: str = "legacy", env: dict[str, str] | None = None,
-                 connect: Any = None, elicitation: Any = None):
+                 connect: Any = None, elicitation: Any = None, logging: Any = None):
         from mcp import StdioServerParameters
 
         self.elicitation = elicitation
+        self.logging = logging
 
         self.params = StdioServerParameters(command=SERVER[0], args=[*SERVER[1:], *(args or [])],
                                             env={**os.environ, "MCP_LOG_LEVEL": "DEBUG", **TEST_ENV, **(env or {})})
@@ -530,7 +531,8 @@ class Harness:
         self._stop = asyncio.Event()
         try:
             opener = self.connect() if self.connect else Client(self.params, mode=self.mode, read_timeout_seconds=120,
-                                                                elicitation_callback=self.elicitation)
+                                                                elicitation_callback=self.elicitation,
+                                                                logging_callback=self.logging)
             async with opener as client:
                 self.client = client
                 started.set_result(None)
@@ -3621,3 +3623,34 @@ def test_readme_configuration_reference_names_every_setting():
         flag, _, default, meaning = rows[spec.env][:4]
         assert re.match(rf"`{re.escape(spec.option)}[`/ ]", flag), (spec.env, flag)
         assert default and meaning, spec.env  # every setting says its default and what it does
+
+
+@pytest.mark.filterwarnings("ignore:The logging capability is deprecated")  # still the handshake era's way
+def test_log_messages_reach_clients_that_set_a_level_and_logging_can_be_off():
+    require_engine()
+    received: list[Any] = []
+
+    async def on_log(params: Any) -> None:
+        received.append(params)
+
+    h = Harness(logging=on_log)
+    try:
+        assert h.client.server_capabilities.logging is not None
+        h.ok("docker_version")
+        assert received == []  # nothing until the client sets a level
+        h.submit(h.client.set_logging_level("info"))
+        h.ok("docker_version")
+        h.error("docker_inspect_container", {"container": f"{PREFIX}-absent"}, "not_found")
+        h.submit(h.client.set_logging_level("warning"))
+        h.ok("docker_version")  # info: below the level now
+        h.submit(h.client.list_tools())  # a round trip, so every notification sent has arrived
+        assert [(m.level, m.data["tool"], m.data["status"]) for m in received] == [
+            ("info", "docker_version", "ok"), ("warning", "docker_inspect_container", "not_found")]
+        assert all(m.logger == "mcp-docker" for m in received)
+    finally:
+        h.close()
+    h = Harness(["--no-logging-enabled"])
+    try:
+        assert h.client.server_capabilities.logging is None
+    finally:
+        h.close()
