@@ -14,12 +14,12 @@ Sections, in order (each uses only the ones above it):
 3. Policy           -- tiers, gating, per-engine ceilings, validation, bounding; the container safety
                        policy, untrusted output, destructive confirmations (pure)
 4. Engine and tools -- the lazy engine connections, summaries, and the one tool registry
-5. MCP wiring       -- the SDK's low-level ``Server`` reading that registry
+5. MCP wiring       -- the SDK's low-level ``Server`` reading that registry; resources (container logs and
+                       stats, through their tools), prompts, log messages to clients, progress
 6. Access control   -- API keys, principals, client IPs, rate limits, the audit log, signed requests
 7. Transports       -- stdio, and our own asyncio HTTP server (h11 framing, stdlib ssl)
 8. CLI              -- click commands: ``serve``, ``tools``, ``engines``, ``genkey``, ``keys``, ``audit``,
-                       ``gencert``, ``sign-request``, ``doctor``,
-                       ``client-config``
+                       ``gencert``, ``sign-request``, ``doctor``, ``client-config``
 
 Heavy imports (the ``mcp`` SDK, ``docker``, ``jsonschema``) are deferred to the code paths that
 need them so that ``tools`` and ``--help`` stay fast and an engine is never needed to start.
@@ -2227,6 +2227,11 @@ class Cancellation:
         with contextlib.suppress(Exception):
             closer()
 
+    def forget(self, closer: Callable[[], Any]) -> None:
+        """The stream is done: its socket may go back to the pool, where closing it would hurt another call."""
+        with self._lock, contextlib.suppress(ValueError):
+            self._closers.remove(closer)
+
     def cancel(self) -> None:
         with self._lock:
             self.event.set()
@@ -2697,18 +2702,25 @@ def stream_json(chunks: Any, call: Call, progress: StreamProgress | None = None)
     stopping when the request is cancelled (closing the stream makes the engine stop too)."""
     import socket
 
-    if call.cancellation is not None:
-        sock = _stream_socket(chunks)
-        if sock is not None:
-            call.cancellation.on_cancel(lambda: sock.shutdown(socket.SHUT_RDWR))
+    sock = _stream_socket(chunks) if call.cancellation is not None else None
+
+    def close() -> None:
+        sock.shutdown(socket.SHUT_RDWR)
+
+    if call.cancellation is not None and sock is not None:
+        call.cancellation.on_cancel(close)
     events: list[dict[str, Any]] = []
-    for chunk in chunks:
-        call.remaining()
-        if isinstance(chunk, dict):
-            events.append(chunk)
-            update = progress.feed(chunk) if progress is not None and call.report is not None else None
-            if update is not None and call.report is not None:
-                call.report(*update)
+    try:
+        for chunk in chunks:
+            call.remaining()
+            if isinstance(chunk, dict):
+                events.append(chunk)
+                update = progress.feed(chunk) if progress is not None and call.report is not None else None
+                if update is not None and call.report is not None:
+                    call.report(*update)
+    finally:
+        if call.cancellation is not None and sock is not None:
+            call.cancellation.forget(close)
     call.remaining()  # a cancellation that cut the stream short is not a result
     return events
 
@@ -7293,14 +7305,15 @@ def client_config(client: str, url: str | None, key_env: str, command: list[str]
                             "--header", f"Authorization: {header}"]),
                 f"run it in the project directory; it writes .mcp.json, which names {key_env} (set it before "
                 "starting claude)")
-    if client == "inspector":
+    if client == "inspector":  # mcp-inspector: the bin of npm's @modelcontextprotocol/inspector
+        installed = "mcp-inspector comes with `npm install -g @modelcontextprotocol/inspector`"
         if not url:
-            return shlex.join(["npx", "@modelcontextprotocol/inspector", "--cli", *command, "--method", "tools/list"]), \
-                "run it in a shell"
+            return shlex.join(["mcp-inspector", "--cli", *command, "--method", "tools/list"]), \
+                f"run it in a shell; {installed}"
         # double quotes: the shell puts the key in the header at run time; the command line holds only the name
-        return (" ".join(["npx", "@modelcontextprotocol/inspector", "--cli", shlex.quote(url), "--transport", "http",
+        return (" ".join(["mcp-inspector", "--cli", shlex.quote(url), "--transport", "http",
                           "--header", f'"Authorization: Bearer ${key_env}"', "--method", "tools/list"]),
-                f"run it in a shell where {key_env} holds the key")
+                f"run it in a shell where {key_env} holds the key; {installed}")
     raise click.UsageError(f"unknown client {client!r}; choose one of {', '.join(CLIENTS)}")
 
 

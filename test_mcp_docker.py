@@ -3422,7 +3422,7 @@ def test_client_config_stdio_and_remote_reference_the_key_by_name():
     assert json.loads(config("vscode"))["servers"]["docker"] == {"type": "stdio", "command": command[0],
                                                                   "args": command[1:]}
     assert shlex.split(config("claude-code")) == ["claude", "mcp", "add", "docker", "--", *command]
-    assert shlex.split(config("inspector"))[:3] == ["npx", "@modelcontextprotocol/inspector", "--cli"]
+    assert shlex.split(config("inspector")) == ["mcp-inspector", "--cli", *command, "--method", "tools/list"]
 
     cursor = json.loads(config("cursor", "--url", url, "--key-env", "MY_KEY"))["mcpServers"]["docker"]
     assert cursor == {"url": url, "headers": {"Authorization": "Bearer ${env:MY_KEY}"}}
@@ -3470,6 +3470,12 @@ def test_stream_progress_counts_steps_layers_and_bytes():
         (5.0, None, "0/1 layers pushed, 5 B")
     cancellation = md.Cancellation()
     closed: list[str] = []
+
+    def done_stream() -> None:
+        closed.append("done")
+
+    cancellation.on_cancel(done_stream)
+    cancellation.forget(done_stream)  # a finished stream is not closed later (its socket is back in the pool)
     cancellation.on_cancel(lambda: closed.append("first"))
     cancellation.cancel()
     cancellation.on_cancel(lambda: closed.append("late"))  # registered after the cancel: runs at once
