@@ -60,7 +60,7 @@ conformance() {  # conformance URL SCENARIO...
 start_server "$work/conformance-tls.log" "${tls[@]}" --no-auth
 conformance "$url" server-initialize ping tools-list server-sse-multiple-streams
 start_server "$work/conformance-plain.log" --no-auth
-conformance "$url" dns-rebinding-protection server-initialize tools-list
+conformance "$url" dns-rebinding-protection server-initialize tools-list logging-set-level resources-list prompts-list
 
 # The Inspector CLI with an API key, over Streamable HTTP and legacy SSE.
 key=$(python3 mcp_docker.py genkey --client-id inspector 2>/dev/null)
@@ -82,6 +82,10 @@ check "sse tools/list" docker_version \
 check "sse tools/call" api_version \
   "$inspector" --cli "$sse_url" --transport sse --header "Authorization: Bearer $key" \
   --method tools/call --tool-name docker_version
+# What `client-config inspector --url` prints, run as printed: the key only in the environment.
+printed=$(python3 mcp_docker.py client-config inspector --url "$url" 2>/dev/null)
+check "client-config command" docker_list_containers \
+  env MCP_DOCKER_API_KEY="$key" PATH="$(dirname "$inspector"):$PATH" bash -c "$printed"
 check "stdio tools/call" '"count"' \
   "$inspector" --cli python3 "$repo/mcp_docker.py" serve --method tools/call \
   --tool-name docker_list_containers --tool-arg all=true
