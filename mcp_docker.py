@@ -5820,6 +5820,8 @@ async def serve_stdio(app: DockerMCP) -> None:
         await server.run(read_stream, write_stream, server.create_initialization_options())
 
 
+# Requests that reach the engine (resource reads run the logs/stats tools); the rest is protocol traffic.
+RATE_LIMITED_METHODS = ("tools/call", "resources/read")
 HANDSHAKE_VERSIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
 MODERN_VERSIONS = ("2026-07-28",)
 SECURITY_HEADERS = (("cache-control", "no-store"), ("x-content-type-options", "nosniff"))
@@ -6535,7 +6537,7 @@ class HttpServer:
         until its response leaves the server."""
         admitted = []
         for message in messages:
-            if getattr(message, "method", None) != "tools/call" or not hasattr(message, "id"):
+            if getattr(message, "method", None) not in RATE_LIMITED_METHODS or not hasattr(message, "id"):
                 continue
             refusal = self.access.admit_tool_call(info.principal, info.client_ip)
             if refusal is not None:
@@ -6787,7 +6789,7 @@ class HttpServer:
         refused = self._admit_calls([message], info, None)
         if refused is not None:
             return refused
-        is_call = decoded["method"] == "tools/call"
+        is_call = decoded["method"] in RATE_LIMITED_METHODS
 
         async def run() -> None:
             try:

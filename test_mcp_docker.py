@@ -1644,6 +1644,10 @@ def test_rate_limits_are_per_principal_and_spare_protocol_traffic(tmp_path):
         status, headers = call(fast, 99)
         assert status == 429 and int(headers["retry-after"]) >= 1
         assert [call(other, n)[0] for n in range(3)] == [200, 200, 200]  # its own bucket
+        read = {"jsonrpc": "2.0", "id": 50, "method": "resources/read",
+                "params": {"uri": f"docker://containers/{PREFIX}-none/logs"}}
+        assert request(server, "POST", "/mcp", read, {**MCP_HEADERS, "authorization": f"Bearer {fast}",
+                                                     "mcp-session-id": sessions[fast]})[0] == 429  # reads count
         for _ in range(5):  # protocol traffic is not counted
             assert request(server, "POST", "/mcp", {"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
                            {**MCP_HEADERS, "authorization": f"Bearer {fast}",
