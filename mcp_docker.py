@@ -43,7 +43,7 @@ import re
 import stat
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from enum import StrEnum
 from typing import Any
 
@@ -5999,11 +5999,15 @@ class McpChannel:
         finally:
             self.closed = True
 
-    async def send(self, message: Any, info: RequestInfo) -> None:
+    async def send(self, message: Any, info: RequestInfo,
+                   on_unanswered: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Hand one message to the server; ``on_unanswered`` runs if a request ends with no response
+        (cancelled), so the HTTP exchange waiting for it can end too."""
         from mcp.shared.message import ServerMessageMetadata, SessionMessage
 
         self.last_active = time.monotonic()
-        await self.to_server.send(SessionMessage(message, metadata=ServerMessageMetadata(request_context=info)))
+        metadata = ServerMessageMetadata(request_context=info, on_request_unanswered=on_unanswered)
+        await self.to_server.send(SessionMessage(message, metadata=metadata))
 
     async def close(self) -> None:
         self.closed = True
@@ -6662,12 +6666,27 @@ class HttpServer:
         for message in requests:
             session.pending[message.id] = stream
         for message in messages:
-            await session.channel.send(message, info)
+            request_id = getattr(message, "id", None) if message in requests else None
+            await session.channel.send(message, info, None if request_id is None else
+                                       self._unanswered_hook(session, request_id))
         headers = [("mcp-session-id", session.id)] if initializing else []
         response = await self._answer(stream, info.principal, headers, batch=isinstance(decoded, list))
         if initializing:
             self._note_negotiated_version(session, stream)
         return response
+
+    def _unanswered_hook(self, session: StreamableSession, request_id: Any) -> Callable[[], Awaitable[None]]:
+        async def hook() -> None:
+            stream = session.pending.pop(request_id, None)
+            if session.channel is not None and request_id in session.channel.calls:
+                client_id = session.channel.calls.pop(request_id)
+                if session.channel.release_call:
+                    session.channel.release_call(client_id)
+            if stream is not None:
+                stream.expected -= 1
+                if stream.expected <= 0:
+                    stream.finish()
+        return hook
 
     def _new_session(self, info: RequestInfo) -> StreamableSession | HttpResponse:
         import secrets
@@ -6707,6 +6726,8 @@ class HttpServer:
             if stream.next_seq == before and not stream.finished:
                 return self._stream_response(stream, principal, headers=headers)
         answers = [json.loads(data) for _, data, _ in stream.events]
+        if not answers:  # every request in it was cancelled: there is nothing to answer
+            return HttpResponse(202, headers)
         payload: Any = answers if batch else answers[0]
         status = status_of(answers[0]) if status_of and not batch else 200
         return json_response(status, payload, headers)
@@ -6997,6 +7018,7 @@ def serve(verbose: bool, **options: Any) -> None:
             asyncio.run(http.run())
         except StartupError as error:
             raise click.ClickException(str(error)) from None
+        exit_without_waiting_for_abandoned_calls()
         return
     import anyio
 
@@ -7006,6 +7028,20 @@ def serve(verbose: bool, **options: Any) -> None:
         anyio.run(serve_stdio, app)
     if audit:
         audit.write({"event_type": "server_stop", "transport": "stdio"})
+
+
+def exit_without_waiting_for_abandoned_calls() -> None:
+    """After a graceful shutdown, engine calls still blocked in worker threads (past the grace period,
+    or cancelled by their client) would hold the process until they end; the shutdown bound wins."""
+    import threading
+
+    stuck = [t for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive() and not t.daemon]
+    if stuck:
+        log.warning("exiting with %d engine call(s) still blocked in worker threads", len(stuck))
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def keys_file_option(command: Callable[..., Any]) -> Callable[..., Any]:

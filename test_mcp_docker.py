@@ -1816,6 +1816,48 @@ def test_graceful_shutdown_lets_running_calls_finish(tmp_path):
         server.stop()
 
 
+def test_cancelling_over_http_ends_the_exchange_and_frees_the_slot(tmp_path):
+    keys_file, (key,) = make_keys(tmp_path, ["--client-id", "canceller"])
+    h = Harness()
+    try:
+        name = sleeper(h, "cancel")
+    finally:
+        h.close()
+    env = {"SECURITY_API_KEYS_FILE": keys_file, "SECURITY_RATE_LIMIT_ENABLED": "true",
+           "SECURITY_RATE_LIMIT_CONCURRENT": "1"}
+    with http_server([], env) as server:
+        auth = {**MCP_HEADERS, "authorization": f"Bearer {key}"}
+        session = open_session(server, {"authorization": f"Bearer {key}"})
+        headers = {**auth, "mcp-session-id": session}
+        outcome: dict[str, Any] = {}
+
+        def slow_call() -> None:
+            outcome["reply"] = request(server, "POST", "/mcp", {
+                "jsonrpc": "2.0", "id": 21, "method": "tools/call", "params": {
+                    "name": "docker_exec_command", "arguments": {"container": name, "command": ["sleep", "20"]}}},
+                headers)
+            outcome["at"] = time.monotonic()
+
+        worker = threading.Thread(target=slow_call)
+        worker.start()
+        api = engine_client()
+        deadline = time.time() + 15
+        while not any("sleep 20" in " ".join(map(str, p)) for p in api.top(name).get("Processes") or []):
+            assert time.time() < deadline, "the exec never started"
+            time.sleep(0.05)
+        version = {"jsonrpc": "2.0", "id": 22, "method": "tools/call",
+                   "params": {"name": "docker_version", "arguments": {}}}
+        assert request(server, "POST", "/mcp", version, headers)[0] == 429  # the one slot is taken
+        cancelled_at = time.monotonic()
+        status, _, _ = request(server, "POST", "/mcp", {"jsonrpc": "2.0", "method": "notifications/cancelled",
+                                                        "params": {"requestId": 21, "reason": "test"}}, headers)
+        assert status == 202
+        worker.join(10)
+        assert "reply" in outcome, "the cancelled exchange did not end"
+        assert outcome["reply"][0] == 202 and outcome["at"] - cancelled_at < 10
+        assert request(server, "POST", "/mcp", version, headers)[0] == 200  # the slot is free again
+
+
 def test_batches_where_the_version_allows_them(tmp_path):
     keys_file, (key,) = make_keys(tmp_path, ["--client-id", "batch"])
     with http_server([], {"SECURITY_API_KEYS_FILE": keys_file}) as server:
