@@ -7028,6 +7028,7 @@ def serve(verbose: bool, **options: Any) -> None:
         anyio.run(serve_stdio, app)
     if audit:
         audit.write({"event_type": "server_stop", "transport": "stdio"})
+    exit_without_waiting_for_abandoned_calls()  # the client is gone: nobody waits for those answers
 
 
 def exit_without_waiting_for_abandoned_calls() -> None:
