@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -3970,6 +3971,202 @@ def test_build_reports_progress_and_cancellation_stops_it(full):
                     api.remove_container(container["Id"], force=True)
         api.close()
     assert full.ok("docker_version")["version"]  # the server goes on serving
+
+
+class LocalRegistry:
+    """A minimal Docker Registry HTTP API v2 on 127.0.0.1, blobs and manifests in memory, so that pull
+    and push meet a real registry without leaving the machine (the engine treats 127.0.0.0/8 as insecure,
+    so plain HTTP works). Blobs go out, and uploads come in, in small paced chunks, as over a real network:
+    the engine then reports a pull's download several times, and a push's "Pushed" well after its last
+    "Pushing" (the engine counts a push's bytes as it reads the local layer, ahead of the upload)."""
+
+    MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+    CHUNK, PAUSE = 64 * 1024, 0.02
+
+    def __init__(self) -> None:
+        import http.server
+        import uuid
+
+        self.blobs: dict[str, bytes] = {}
+        self.manifests: dict[tuple[str, str], tuple[bytes, str]] = {}  # (name, tag or digest) -> (body, type)
+        self.uploads: dict[str, bytearray] = {}
+        self.log: list[str] = []  # one line a request, for a failure's message
+        registry = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                registry.log.append(args[0] % args[1:])
+
+            def answer(self, code: int, body: bytes = b"", headers: dict[str, str] | None = None,
+                       paced: bool = False) -> None:
+                self.send_response(code)
+                for key, value in {"Docker-Distribution-API-Version": "registry/2.0", **(headers or {})}.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command == "HEAD":
+                    return
+                for start in range(0, len(body), registry.CHUNK if paced else max(len(body), 1)):
+                    self.wfile.write(body[start:start + (registry.CHUNK if paced else len(body))])
+                    if paced:
+                        self.wfile.flush()
+                        time.sleep(registry.PAUSE)
+
+            def body(self) -> bytes:
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    data = bytearray()
+                    while True:
+                        size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                        if size == 0:
+                            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                                pass
+                            return bytes(data)
+                        data += self.rfile.read(size)
+                        self.rfile.readline()
+                        time.sleep(registry.PAUSE / 4)  # a slow link: "Pushed" comes well after the bytes are read
+                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+            def route(self) -> tuple[str, str, str] | None:
+                from urllib.parse import urlsplit
+
+                path = urlsplit(self.path).path
+                match = re.fullmatch(r"/v2/(.+)/blobs/(uploads)/(.*)", path) or \
+                    re.fullmatch(r"/v2/(.+)/(manifests|blobs)/(.+)", path)
+                return (match.group(1), match.group(2), match.group(3)) if match else None
+
+            def digest_param(self) -> str:
+                from urllib.parse import parse_qs, urlsplit
+
+                return (parse_qs(urlsplit(self.path).query).get("digest") or [""])[0]
+
+            def do_GET(self) -> None:
+                if self.path.split("?")[0] in ("/v2/", "/v2"):
+                    return self.answer(200, b"{}", {"Content-Type": "application/json"})
+                route = self.route()
+                if route and route[1] == "manifests" and (route[0], route[2]) in registry.manifests:
+                    body, media_type = registry.manifests[(route[0], route[2])]
+                    digest = "sha256:" + hashlib.sha256(body).hexdigest()
+                    return self.answer(200, body, {"Content-Type": media_type, "Docker-Content-Digest": digest})
+                if route and route[1] == "blobs" and route[2] in registry.blobs:
+                    blob = registry.blobs[route[2]]
+                    return self.answer(200, blob, {"Content-Type": "application/octet-stream",
+                                                   "Docker-Content-Digest": route[2]}, paced=True)
+                self.answer(404, b'{"errors":[{"code":"NOT_FOUND","message":"unknown"}]}',
+                            {"Content-Type": "application/json"})
+
+            do_HEAD = do_GET
+
+            def do_POST(self) -> None:
+                self.body()
+                route = self.route()
+                if not route or route[1] != "uploads":
+                    return self.answer(404)
+                upload = uuid.uuid4().hex
+                registry.uploads[upload] = bytearray()
+                self.answer(202, b"", {"Location": f"/v2/{route[0]}/blobs/uploads/{upload}", "Range": "0-0",
+                                       "Docker-Upload-UUID": upload})
+
+            def do_PATCH(self) -> None:
+                data = self.body()
+                route = self.route()
+                if not route or route[1] != "uploads" or route[2] not in registry.uploads:
+                    return self.answer(404)
+                stored = registry.uploads[route[2]]
+                stored += data
+                self.answer(202, b"", {"Location": f"/v2/{route[0]}/blobs/uploads/{route[2]}",
+                                       "Range": f"0-{max(len(stored) - 1, 0)}", "Docker-Upload-UUID": route[2]})
+
+            def do_PUT(self) -> None:
+                data = self.body()
+                route = self.route()
+                if route and route[1] == "uploads" and route[2].split("?")[0] in registry.uploads:
+                    blob = bytes(registry.uploads.pop(route[2].split("?")[0]) + data)
+                    digest = self.digest_param()
+                    if digest != "sha256:" + hashlib.sha256(blob).hexdigest():
+                        return self.answer(400, b'{"errors":[{"code":"DIGEST_INVALID","message":"digest"}]}')
+                    registry.blobs[digest] = blob
+                    return self.answer(201, b"", {"Location": f"/v2/{route[0]}/blobs/{digest}",
+                                                  "Docker-Content-Digest": digest})
+                if route and route[1] == "manifests":
+                    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+                    media_type = self.headers.get("Content-Type") or registry.MANIFEST
+                    registry.manifests[(route[0], route[2])] = registry.manifests[(route[0], digest)] = \
+                        (data, media_type)
+                    return self.answer(201, b"", {"Location": f"/v2/{route[0]}/manifests/{digest}",
+                                                  "Docker-Content-Digest": digest})
+                self.answer(404)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.address = f"127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def call_with_progress(h: Harness, name: str, args: dict[str, Any]) -> tuple[Any, list[tuple[float, Any, Any]]]:
+    updates: list[tuple[float, Any, Any]] = []
+
+    async def record(progress: float, total: float | None, message: str | None) -> None:
+        updates.append((progress, total, message))
+
+    return h.submit(h.client.call_tool(name, args, progress_callback=record)), updates
+
+
+def test_pull_and_push_report_progress_through_a_local_registry(full):
+    """Push then pull through our own registry on 127.0.0.1: the real engine's progress reaches the client."""
+    import io
+    import tarfile
+
+    import docker
+
+    if engine_kind_under_test() == "podman":
+        pytest.skip("Podman refuses a plain-HTTP registry unless registries.conf lists it as insecure")
+    registry = LocalRegistry()
+    api = docker.APIClient(base_url=ENGINE_URL)
+    reference = f"{registry.address}/{PREFIX}-img:1"
+    try:
+        # An image of its own (random, so incompressible, and absent from the engine once removed): the
+        # pull must really download its layer, not find it already there.
+        archive = io.BytesIO()
+        payload = secrets.token_bytes(3 * 1024 * 1024)
+        with tarfile.open(fileobj=archive, mode="w") as tar:
+            info = tarfile.TarInfo("payload.bin")
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+        api.import_image_from_data(archive.getvalue(), repository=f"{registry.address}/{PREFIX}-img", tag="1",
+                                   changes=[f"LABEL io.mcp-docker.test={PREFIX}"])
+
+        pushed, push_updates = call_with_progress(full, "docker_push_image", {"image": reference})
+        assert not pushed.is_error, (pushed.content[0].text, registry.log)
+        assert pushed.structured_content["status"] == "pushed"
+        assert str(pushed.structured_content["digest"]).startswith("sha256:")
+        values = [u[0] for u in push_updates]
+        assert len(values) >= 2 and values == sorted(set(values)), push_updates  # strictly increasing
+        assert "layers pushed" in push_updates[-1][2], push_updates
+        assert len(registry.blobs) == 2  # the layer and the config
+
+        api.remove_image(reference)  # the only tag: the image and its layer go
+        assert not [i for i in api.images() if reference in (i.get("RepoTags") or [])]
+
+        pulled, pull_updates = call_with_progress(full, "docker_pull_image", {"image": reference})
+        assert not pulled.is_error, (pulled.content[0].text, registry.log)
+        assert pulled.structured_content["status"] == "pulled"
+        values = [u[0] for u in pull_updates]
+        assert len(values) >= 2 and values == sorted(set(values)), pull_updates
+        assert pull_updates[-1][1] == pull_updates[-1][0] and "1/1 layers pulled" in pull_updates[-1][2], \
+            pull_updates
+        assert api.inspect_image(reference)["Config"]["Labels"]["io.mcp-docker.test"] == PREFIX
+    finally:
+        with contextlib.suppress(Exception):
+            api.remove_image(reference, force=True)
+        api.close()
+        registry.stop()
 
 
 # -- resources and prompts -------------------------------------------------------------------------
