@@ -4578,9 +4578,17 @@ class DockerMCP:
         async def client_log(ctx: Any, level: str, data: dict[str, Any]) -> None:
             """A log message to the calling client, when it asked for this level (never secrets: tool names,
             outcomes and the already sanitized error messages only)."""
-            key = connection_of(ctx)
-            wanted = log_levels.get(key) if key is not None and self.settings.logging_enabled else None
-            if wanted is None or CLIENT_LOG_LEVELS.index(level) < CLIENT_LOG_LEVELS.index(wanted):
+            from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+
+            if not self.settings.logging_enabled:
+                return
+            if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:  # 2026-07-28: each request opts in itself
+                meta = ctx.meta if isinstance(ctx.meta, Mapping) else {}
+                wanted = meta.get("io.modelcontextprotocol/logLevel")
+            else:
+                key = connection_of(ctx)
+                wanted = log_levels.get(key) if key is not None else None
+            if wanted not in CLIENT_LOG_LEVELS or CLIENT_LOG_LEVELS.index(level) < CLIENT_LOG_LEVELS.index(wanted):
                 return
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # logging is deprecated from 2026-07-28 on; older clients use it

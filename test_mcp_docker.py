@@ -4284,3 +4284,27 @@ def test_log_messages_reach_clients_that_set_a_level_and_logging_can_be_off():
         assert h.client.server_capabilities.logging is None
     finally:
         h.close()
+
+
+@pytest.mark.filterwarnings("ignore:The logging capability is deprecated")
+def test_log_messages_reach_2026_clients_that_opt_in_per_request():
+    require_engine()
+    from mcp import Client, StdioServerParameters
+
+    received: list[Any] = []
+
+    async def on_log(params: Any) -> None:
+        received.append(params)
+
+    async def scenario(level: str | None) -> list[Any]:
+        received.clear()
+        params = StdioServerParameters(command=SERVER[0], args=SERVER[1:], env={**os.environ, **TEST_ENV})
+        async with Client(params, mode="2026-07-28", logging_callback=on_log, log_level=level) as client:
+            await client.call_tool("docker_version", {})
+            await client.call_tool("docker_inspect_container", {"container": f"{PREFIX}-absent"})
+            await client.list_tools()
+        return [(m.level, m.data["tool"]) for m in received]
+
+    assert asyncio.run(scenario("info")) == [("info", "docker_version"), ("warning", "docker_inspect_container")]
+    assert asyncio.run(scenario("warning")) == [("warning", "docker_inspect_container")]
+    assert asyncio.run(scenario(None)) == []  # no opt-in, no messages
