@@ -82,24 +82,36 @@ def _parse_name_list(name: str, raw: str) -> tuple[str, ...]:
     return items
 
 
-def _parse_positive_int(name: str, raw: str, maximum: int) -> int:
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        raise ConfigError(f"{name}: expected a whole number, got {raw[:40]!r}") from None
-    if not 1 <= value <= maximum:
-        raise ConfigError(f"{name}: {value} is outside 1..{maximum}")
-    return value
+def _number_setting(*, integer: bool, low: float, high: float, expected: str, low_open: bool = False,
+                    note: str = "") -> Callable[[str, str], Any]:
+    """A parser for one numeric setting: its type, its range, and how the error names what was expected."""
+    def parse(name: str, raw: str) -> Any:
+        try:
+            value = int(raw.strip()) if integer else float(raw.strip())
+        except ValueError:
+            raise ConfigError(f"{name}: expected {expected}, got {raw[:40]!r}") from None
+        if (value <= low if low_open else value < low) or value > high:
+            span = f"({low}, {high}]" if low_open else f"{low}..{high}"
+            raise ConfigError(f"{name}: {value} is outside {span}{note}")
+        return value
+    return parse
 
 
-def _parse_positive_float(name: str, raw: str, maximum: float) -> float:
-    try:
-        value = float(raw.strip())
-    except ValueError:
-        raise ConfigError(f"{name}: expected a number of seconds, got {raw[:40]!r}") from None
-    if not 0 < value <= maximum:
-        raise ConfigError(f"{name}: {value} is outside (0, {maximum}]")
-    return value
+def _positive_int(maximum: int) -> Callable[[str, str], int]:
+    return _number_setting(integer=True, low=1, high=maximum, expected="a whole number")
+
+
+def _positive_float(maximum: float) -> Callable[[str, str], float]:
+    return _number_setting(integer=False, low=0, high=maximum, low_open=True, expected="a number of seconds")
+
+
+def _limit_number(maximum: float, integer: bool) -> Callable[[str, str], Any]:
+    return _number_setting(integer=integer, low=0, high=maximum, expected="a number (0 = no limit)")
+
+
+_parse_port = _number_setting(integer=True, low=0, high=65535, expected="a port number")
+_parse_clock_skew = _number_setting(integer=False, low=0, high=300, expected="a number of seconds",
+                                    note=" (seconds of clock difference tolerated)")
 
 
 def _parse_toolsets(name: str, raw: str) -> tuple[str, ...]:
@@ -156,16 +168,6 @@ def _parse_choice(*choices: str) -> Callable[[str, str], str]:
     return parse
 
 
-def _parse_port(name: str, raw: str) -> int:
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        raise ConfigError(f"{name}: expected a port number, got {raw[:20]!r}") from None
-    if not 0 <= value <= 65535:
-        raise ConfigError(f"{name}: {value} is outside 0..65535")
-    return value
-
-
 def _parse_path(name: str, raw: str) -> str:
     value = raw.strip()
     if "\x00" in value or len(value) > 4096:
@@ -203,14 +205,6 @@ def _parse_networks(name: str, raw: str) -> tuple[str, ...]:
     return tuple(items)
 
 
-def _positive_int(maximum: int) -> Callable[[str, str], int]:
-    return lambda name, raw: _parse_positive_int(name, raw, maximum)
-
-
-def _positive_float(maximum: float) -> Callable[[str, str], float]:
-    return lambda name, raw: _parse_positive_float(name, raw, maximum)
-
-
 def _parse_path_list(name: str, raw: str) -> tuple[str, ...]:
     """Comma list of absolute host paths, lexically normalized (symlinks are resolved when used)."""
     items = []
@@ -237,16 +231,6 @@ def _parse_size_setting(name: str, raw: str) -> int:
     if not match:
         raise ConfigError(f"{name}: expected a size like 512m or 2g (0 = no limit), got {raw[:40]!r}")
     return int(float(match.group(1)) * {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[match.group(2)])
-
-
-def _parse_limit_number(name: str, raw: str, maximum: float, integer: bool) -> Any:
-    try:
-        value = int(raw.strip()) if integer else float(raw.strip())
-    except ValueError:
-        raise ConfigError(f"{name}: expected a number (0 = no limit), got {raw[:40]!r}") from None
-    if not 0 <= value <= maximum:
-        raise ConfigError(f"{name}: {value} is outside 0..{maximum}")
-    return value
 
 
 ENGINE_NAME_RE = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
@@ -371,16 +355,6 @@ def _parse_scope_roles(name: str, raw: str) -> tuple[tuple[str, str, tuple[str, 
     return tuple(mapping)
 
 
-def _parse_clock_skew(name: str, raw: str) -> float:
-    try:
-        value = float(raw.strip())
-    except ValueError:
-        raise ConfigError(f"{name}: expected a number of seconds, got {raw[:40]!r}") from None
-    if not 0 <= value <= 300:
-        raise ConfigError(f"{name}: {value} is outside 0..300 (seconds of clock difference tolerated)")
-    return value
-
-
 @dataclasses.dataclass(frozen=True)
 class SettingSpec:
     """One setting: its field, environment name, parser and help text (shown by the CLI)."""
@@ -416,12 +390,12 @@ SETTING_SPECS: tuple[SettingSpec, ...] = (
     SettingSpec("toolsets", "MCP_TOOLSETS", _parse_toolsets,
                 "Comma list of toolsets to offer: containers,images,networks,volumes,system."),
     SettingSpec("max_output_bytes", "MCP_MAX_OUTPUT_BYTES",
-                lambda n, r: _parse_positive_int(n, r, 64 * 1024 * 1024),
+                _positive_int(64 * 1024 * 1024),
                 "Cap on one tool result in bytes; larger results are cut and say truncated. Default 262144."),
-    SettingSpec("engine_timeout", "MCP_ENGINE_TIMEOUT", lambda n, r: _parse_positive_float(n, r, 3600),
+    SettingSpec("engine_timeout", "MCP_ENGINE_TIMEOUT", _positive_float(3600),
                 "Seconds one engine call may take before it fails with a timeout. Default 60."),
     SettingSpec("long_operation_timeout", "MCP_LONG_OPERATION_TIMEOUT",
-                lambda n, r: _parse_positive_float(n, r, 24 * 3600),
+                _positive_float(24 * 3600),
                 "Seconds a pull, push or build may take in all. Default 900."),
     SettingSpec("log_level", "MCP_LOG_LEVEL", _parse_log_level,
                 "Server log level on stderr: DEBUG, INFO, WARNING, ERROR. Default INFO."),
@@ -550,11 +524,11 @@ SETTING_SPECS: tuple[SettingSpec, ...] = (
                 "Memory limit given to containers that ask for none, and the most one may ask for. Default 1g "
                 "(0 = none)."),
     SettingSpec("container_cpu_limit", "SAFETY_CONTAINER_CPU_LIMIT",
-                lambda n, r: _parse_limit_number(n, r, 1024, integer=False),
+                _limit_number(1024, integer=False),
                 "CPU limit in cores for containers that ask for none, and the most one may ask for. Default 1 "
                 "(0 = none)."),
     SettingSpec("container_pids_limit", "SAFETY_CONTAINER_PIDS_LIMIT",
-                lambda n, r: _parse_limit_number(n, r, 4_000_000, integer=True),
+                _limit_number(4_000_000, integer=True),
                 "Process limit for containers that ask for none, and the most one may ask for. Default 512 "
                 "(0 = none)."),
 )
