@@ -2496,6 +2496,11 @@ def s_limit(default: int = 100, maximum: int = 1000) -> dict[str, Any]:
     return s_int("Maximum number of items to return.", 1, maximum, default)
 
 
+def s_until(things: str) -> dict[str, Any]:
+    return s_str(f"Only {things} created before this: a duration like '24h' or a timestamp.",
+                 pattern=r"^[0-9A-Za-z:.+-]+$", max_length=40)
+
+
 def s_labels_filter() -> dict[str, Any]:
     return s_str_list("Only items with these labels: 'key' or 'key=value' each.", max_items=16, max_length=512)
 
@@ -3461,8 +3466,7 @@ def prunable_volumes(call: Call, filters: dict[str, list[str]]) -> list[dict[str
 @tool("docker_prune_containers", title="Remove stopped containers", tier=Tier.DESTRUCTIVE, toolset="containers",
       description="Delete all stopped containers, optionally only those older than `until` or with labels. "
                   "dry_run=true lists what would go and the space it would free.",
-      params={"until": s_str("Only containers created before this: a duration like '24h' or a timestamp.",
-                             pattern=r"^[0-9A-Za-z:.+-]+$", max_length=40),
+      params={"until": s_until("containers"),
               "label": s_labels_filter(), "dry_run": s_dry_run()},
       output=OUT_PRUNE, list_field="deleted")
 def prune_containers(call: Call) -> dict[str, Any]:
@@ -3759,8 +3763,7 @@ def remove_image(call: Call) -> dict[str, Any]:
 @tool("docker_prune_images", title="Remove unused images", tier=Tier.DESTRUCTIVE, toolset="images",
       description="Delete dangling images, or with all=true every image no container uses.",
       params={"all": s_bool("Remove all unused images, not only dangling ones."),
-              "until": s_str("Only images created before this: '24h' or a timestamp.",
-                             pattern=r"^[0-9A-Za-z:.+-]+$", max_length=40),
+              "until": s_until("images"),
               "label": s_labels_filter(), "dry_run": s_dry_run()},
       output=OUT_PRUNE, list_field="deleted")
 def prune_images(call: Call) -> dict[str, Any]:
@@ -3882,8 +3885,7 @@ def remove_network(call: Call) -> dict[str, Any]:
 
 @tool("docker_prune_networks", title="Remove unused networks", tier=Tier.DESTRUCTIVE, toolset="networks",
       description="Delete every network no container uses (built-in networks are kept).",
-      params={"until": s_str("Only networks created before this: '24h' or a timestamp.",
-                             pattern=r"^[0-9A-Za-z:.+-]+$", max_length=40),
+      params={"until": s_until("networks"),
               "label": s_labels_filter(), "dry_run": s_dry_run()},
       output=OUT_PRUNE, list_field="deleted")
 def prune_networks(call: Call) -> dict[str, Any]:
