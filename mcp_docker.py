@@ -4848,6 +4848,16 @@ class KeyEntry:
     rate_limit_burst: int | None = None
     mtls: bool = False  # this entry gives a role to the mTLS principal with this client id
 
+    def state(self, now: _dt.datetime) -> str:
+        """active, revoked, disabled or expired: the one place that decides whether a key opens the door."""
+        if self.revoked_at is not None:
+            return "revoked"
+        if not self.enabled:
+            return "disabled"
+        if self.expires_at is not None and self.expires_at <= now:
+            return "expired"
+        return "active"
+
     def principal(self, kind: str) -> Principal:
         return Principal(client_id=self.client_id, kind=kind, role=self.role, key_hash=self.key_hash,
                          rate_limit_rpm=self.rate_limit_rpm, rate_limit_burst=self.rate_limit_burst)
@@ -4963,10 +4973,9 @@ def check_key(entries: list[KeyEntry], presented: str | None, now: _dt.datetime)
             found = entry
     if found is None:
         return None, "unknown"
-    if not found.enabled or found.revoked_at is not None:
-        return None, "disabled"
-    if found.expires_at is not None and found.expires_at <= now:
-        return None, "expired"
+    state = found.state(now)
+    if state != "active":
+        return None, "expired" if state == "expired" else "disabled"  # the audit log's reasons
     return found, "ok"
 
 
@@ -5786,8 +5795,8 @@ class AccessControl:
         """After a keys reload: does this principal's key still open the door?"""
         if principal.kind != "api_key" or self.keys is None:
             return True
-        return any(e.key_hash == principal.key_hash and e.enabled and e.revoked_at is None and
-                   (e.expires_at is None or e.expires_at > utc_now()) for e in self.keys.entries)
+        now = utc_now()
+        return any(e.key_hash == principal.key_hash and e.state(now) == "active" for e in self.keys.entries)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -7100,8 +7109,7 @@ def keys_list(as_json: bool, keys_file: str | None) -> None:
     now = utc_now()
     listing = []
     for entry in rows:
-        state = "revoked" if entry.revoked_at else "disabled" if not entry.enabled else \
-            "expired" if entry.expires_at and entry.expires_at <= now else "active"
+        state = entry.state(now)
         listing.append({"client_id": entry.client_id, "state": state, "mtls": entry.mtls,
                         "hash_prefix": (entry.key_hash or "")[:16] or None,
                         "created_at": format_timestamp(entry.created_at),
