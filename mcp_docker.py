@@ -2484,7 +2484,7 @@ def s_str_map(description: str, *, key_pattern: str = r"^[A-Za-z0-9_.\-/]{1,255}
             "additionalProperties": {"type": "string", "maxLength": 8192}}
 
 
-def s_container(description: str = "Container name or ID (full or unique prefix).") -> dict[str, Any]:
+def s_container(description: str = "Container name or ID.") -> dict[str, Any]:
     return s_str(description, pattern=NAME_PATTERN, max_length=128)
 
 
@@ -2493,7 +2493,7 @@ def s_image(description: str = "Image reference: name[:tag] or name@digest, or a
 
 
 def s_limit(default: int = 100, maximum: int = 1000) -> dict[str, Any]:
-    return s_int("Maximum number of items to return.", 1, maximum, default)
+    return s_int("Most items to return.", 1, maximum, default)
 
 
 def s_until(things: str) -> dict[str, Any]:
@@ -2502,7 +2502,7 @@ def s_until(things: str) -> dict[str, Any]:
 
 
 def s_labels_filter() -> dict[str, Any]:
-    return s_str_list("Only items with these labels: 'key' or 'key=value' each.", max_items=16, max_length=512)
+    return s_str_list("Only items with all these labels ('key' or 'key=value').", max_items=16, max_length=512)
 
 
 ENGINE_PARAM = s_str("Engine to run this on, by name (see docker_list_engines). Default: the first engine.",
@@ -2517,8 +2517,8 @@ def obj(properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str,
 
 
 def out(properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Output schemas: the promised fields are typed, extra fields are allowed."""
-    schema: dict[str, Any] = {"type": "object", "properties": {**properties, "truncated": {"type": "boolean"}}}
+    """Output schemas: the promised fields are typed, extra fields (such as ``truncated``) are allowed."""
+    schema: dict[str, Any] = {"type": "object", "properties": properties}
     if required:
         schema["required"] = list(required)
     return schema
@@ -2559,6 +2559,44 @@ def tool(name: str, *, title: str, description: str, tier: Tier, toolset: str,
         return handler
 
     return register
+
+
+# -- what tools/list carries ------------------------------------------------------------------
+# The registry's schemas are what every call is validated against. Every client pays for the listing
+# in its context on every turn, so it leaves out what only the server needs: length, count and
+# pattern limits (enforced with an error that names them), the engine choice while there is one
+# engine, and the host-power options while SAFETY_ALLOW_PRIVILEGED_CONTAINERS is off (a call that
+# uses them anyway is judged, and refused, like any other).
+
+LISTING_OMITS = frozenset({"maxLength", "pattern", "maxItems", "maxProperties", "propertyNames"})
+HOST_POWER_PARAMS = frozenset({"privileged", "pid_mode", "uts_mode", "userns_mode", "devices", "volumes_from"})
+
+
+def listing_schema(schema: Mapping[str, Any], engine_names: list[str] | None, host_powers: bool) -> dict[str, Any]:
+    """The input schema as tools/list shows it (``engine_names``: the choices when engines are named)."""
+    def slim(node: Mapping[str, Any]) -> dict[str, Any]:
+        kept: dict[str, Any] = {}
+        for key, value in node.items():
+            if key in LISTING_OMITS:
+                continue
+            if key == "properties":
+                value = {name: slim(sub) for name, sub in value.items()}
+            elif key in ("items", "additionalProperties") and isinstance(value, Mapping):
+                value = slim(value)
+            kept[key] = value
+        return kept
+
+    listed = slim(schema)
+    properties = listed.get("properties", {})
+    if not host_powers:
+        for name in HOST_POWER_PARAMS:
+            properties.pop(name, None)
+    if "engine" in properties:
+        if engine_names:
+            properties["engine"] = {**properties["engine"], "enum": list(engine_names)}
+        else:
+            del properties["engine"]
+    return listed
 
 
 # -- summaries: compact shapes the model can read, built from one engine answer ----------------
@@ -2973,23 +3011,23 @@ def container_diff(call: Call) -> dict[str, Any]:
 
 
 CONTAINER_CONFIG_PARAMS: dict[str, Any] = {
-    "image": s_image("Image to create the container from (must exist locally or be pullable)."),
+    "image": s_image("Image to create the container from."),
     "name": s_str("Container name.", pattern=NAME_PATTERN, max_length=128),
-    "command": s_str_list("Command as an argument list (no shell is added), e.g. [\"sleep\", \"60\"]."),
+    "command": s_str_list("Command as an argument list (no shell), e.g. [\"sleep\", \"60\"]."),
     "entrypoint": s_str_list("Entrypoint as an argument list, replacing the image's."),
     "environment": s_str_map("Environment variables, NAME -> value.", key_pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,254}$"),
     "labels": s_str_map("Labels to set, key -> value."),
-    "working_dir": s_str("Working directory inside the container (absolute path).", pattern=r"^/", max_length=1024),
+    "working_dir": s_str("Working directory (absolute path).", pattern=r"^/", max_length=1024),
     "user": s_str("User to run as: name, uid or uid:gid.", pattern=r"^[A-Za-z0-9_.:-]+$", max_length=64),
-    "ports": {"type": "object", "description": "Ports to publish: container port ('80' or '80/tcp') -> host "
-              "port (number), bound to 127.0.0.1 unless host_ip is given.", "maxProperties": 32,
+    "ports": {"type": "object", "description": "Ports to publish: container port ('80/tcp') -> host port, "
+              "on 127.0.0.1 unless host_ip is set.", "maxProperties": 32,
               "propertyNames": {"pattern": r"^[0-9]{1,5}(/(tcp|udp|sctp))?$"},
               "additionalProperties": {"type": "integer", "minimum": 0, "maximum": 65535}},
-    "host_ip": s_str("Host address that published ports bind to. Default 127.0.0.1.",
+    "host_ip": s_str("Address published ports bind to (default 127.0.0.1).",
                      pattern=r"^[0-9A-Fa-f:.]+$", max_length=64),
-    "network": s_str("Network to attach to ('none' for no network). Default: the engine's default.",
+    "network": s_str("Network to attach to ('none': no network).",
                      pattern=NAME_PATTERN, max_length=128),
-    "volumes": {"type": "array", "description": "Named volumes to mount (host paths are not accepted).",
+    "volumes": {"type": "array", "description": "Named volumes to mount.",
                 "maxItems": 16, "items": {"type": "object", "additionalProperties": False,
                                           "required": ["source", "target"],
                                           "properties": {
@@ -2997,19 +3035,18 @@ CONTAINER_CONFIG_PARAMS: dict[str, Any] = {
                                               "target": s_str("Mount point inside the container.",
                                                               pattern=r"^/", max_length=1024),
                                               "read_only": s_bool("Mount read-only.")}}},
-    "memory": {"type": ["string", "integer"], "description": "Memory limit, e.g. '256m' or bytes. Default and "
-               "maximum: SAFETY_CONTAINER_MEMORY_LIMIT.", "maxLength": 32},
-    "cpus": {"type": ["number", "string"], "description": "CPU limit in cores, e.g. 0.5. Default and maximum: "
-             "SAFETY_CONTAINER_CPU_LIMIT.", "maxLength": 16},
-    "pids_limit": {"type": ["integer", "string"], "description": "Maximum number of processes. Default and "
-                   "maximum: SAFETY_CONTAINER_PIDS_LIMIT.", "maxLength": 16},
+    "memory": {"type": ["string", "integer"], "description": "Memory limit, e.g. '256m' (default and maximum: "
+               "SAFETY_CONTAINER_MEMORY_LIMIT).", "maxLength": 32},
+    "cpus": {"type": ["number", "string"], "description": "CPU cores, e.g. 0.5 (default and maximum: "
+             "SAFETY_CONTAINER_CPU_LIMIT).", "maxLength": 16},
+    "pids_limit": {"type": ["integer", "string"], "description": "Most processes (default and maximum: "
+                   "SAFETY_CONTAINER_PIDS_LIMIT).", "maxLength": 16},
     "restart_policy": {"type": "string", "description": "Restart policy.",
                        "enum": ["no", "on-failure", "unless-stopped", "always"]},
-    "read_only": s_bool("Mount the root filesystem read-only (always so with the hardened profile)."),
+    "read_only": s_bool("Read-only root filesystem (always with the hardened profile)."),
     "tty": s_bool("Allocate a pseudo-terminal."),
-    "mounts": {"type": "array", "description": "Mounts: type 'volume' (a named volume), 'tmpfs', or 'bind' (a host "
-               "directory under SAFETY_VOLUME_MOUNT_ALLOWLIST; symlinks are resolved, sensitive host paths and "
-               "engine sockets are refused).", "maxItems": 32,
+    "mounts": {"type": "array", "description": "Mounts of type volume, tmpfs or bind (host directories under "
+               "SAFETY_VOLUME_MOUNT_ALLOWLIST only; sensitive paths and engine sockets never).", "maxItems": 32,
                "items": {"type": "object", "additionalProperties": False, "required": ["type", "target"],
                          "properties": {
                              "type": s_str("bind, volume or tmpfs.", max_length=16),
@@ -3019,28 +3056,28 @@ CONTAINER_CONFIG_PARAMS: dict[str, Any] = {
                              "tmpfs_size": {"type": ["string", "integer"], "maxLength": 32,
                                             "description": "Size of a tmpfs mount, e.g. '64m'."}}}},
     "privileged": s_bool("Privileged mode. Refused unless SAFETY_ALLOW_PRIVILEGED_CONTAINERS=true."),
-    "cap_add": s_str_list("Capabilities to add, e.g. ['NET_BIND_SERVICE']. Beyond the engine's default set "
-                          "they need SAFETY_ALLOW_PRIVILEGED_CONTAINERS.", max_items=48, max_length=64),
+    "cap_add": s_str_list("Capabilities to add, e.g. ['NET_BIND_SERVICE']; beyond the default set they "
+                          "need SAFETY_ALLOW_PRIVILEGED_CONTAINERS.", max_items=48, max_length=64),
     "cap_drop": s_str_list("Capabilities to drop, e.g. ['ALL'].", max_items=48, max_length=64),
-    "network_mode": s_str("Network mode: bridge, none or a network name. host and container:<id> need "
+    "network_mode": s_str("bridge, none or a network name; host or container:<id> need "
                           "SAFETY_ALLOW_PRIVILEGED_CONTAINERS.", max_length=200),
     "pid_mode": s_str("PID namespace: private (default); host or container:<id> need "
                       "SAFETY_ALLOW_PRIVILEGED_CONTAINERS.", max_length=200),
-    "ipc_mode": s_str("IPC namespace: private, shareable or none; host or container:<id> need "
+    "ipc_mode": s_str("private, shareable or none; host or container:<id> need "
                       "SAFETY_ALLOW_PRIVILEGED_CONTAINERS.", max_length=200),
     "uts_mode": s_str("UTS namespace: private (default); host needs SAFETY_ALLOW_PRIVILEGED_CONTAINERS.",
                       max_length=200),
     "userns_mode": s_str("User namespace: private (default); host needs SAFETY_ALLOW_PRIVILEGED_CONTAINERS.",
                          max_length=200),
-    "cgroupns_mode": s_str("Cgroup namespace: private; host needs SAFETY_ALLOW_PRIVILEGED_CONTAINERS.",
+    "cgroupns_mode": s_str("private; host needs SAFETY_ALLOW_PRIVILEGED_CONTAINERS.",
                            max_length=200),
     "devices": s_str_list("Host devices, 'host_path[:container_path[:rwm]]'. Need "
                           "SAFETY_ALLOW_PRIVILEGED_CONTAINERS.", max_items=16, max_length=512),
-    "security_opt": s_str_list("Security options. no-new-privileges is always set; options that weaken seccomp, "
-                               "AppArmor, SELinux or masked paths need SAFETY_ALLOW_PRIVILEGED_CONTAINERS.",
+    "security_opt": s_str_list("Security options (no-new-privileges is always set); weakening ones need "
+                               "SAFETY_ALLOW_PRIVILEGED_CONTAINERS.",
                                max_items=16, max_length=4096),
-    "sysctls": {"type": "object", "description": "Namespaced kernel parameters, name -> value. Outside a small "
-                "safe set they need SAFETY_ALLOW_PRIVILEGED_CONTAINERS.", "maxProperties": 16,
+    "sysctls": {"type": "object", "description": "Kernel parameters, name -> value; beyond a safe set they need "
+                "SAFETY_ALLOW_PRIVILEGED_CONTAINERS.", "maxProperties": 16,
                 "additionalProperties": {"type": ["string", "integer", "number"], "maxLength": 256}},
     "volumes_from": s_str_list("Containers whose mounts to copy. Needs SAFETY_ALLOW_PRIVILEGED_CONTAINERS.",
                                max_items=8, max_length=200),
@@ -3175,10 +3212,9 @@ def create_judged_container(call: Call, tool: str) -> dict[str, Any]:
 
 
 @tool("docker_create_container", title="Create a container", tier=Tier.MODERATE, toolset="containers",
-      description="Create (but do not start) a container. Every option passes the safety policy (privileged "
-                  "mode, capabilities, host namespaces, devices, bind mounts ... are refused unless configured); "
-                  "no-new-privileges and memory/CPU/PID limits are always set; published ports bind to "
-                  "127.0.0.1 by default.",
+      description="Create (not start) a container. Options pass the safety policy; no-new-privileges and "
+                  "memory/CPU/PID limits are always set. Host-power options appear with "
+                  "SAFETY_ALLOW_PRIVILEGED_CONTAINERS=true.",
       params=CONTAINER_CONFIG_PARAMS, required=("image",), output=OUT_OBJECT)
 def create_container(call: Call) -> dict[str, Any]:
     created = create_judged_container(call, "docker_create_container")
@@ -3342,10 +3378,9 @@ def read_exec_output(sock: Any, call: Call, cap: int) -> tuple[bytes, bytes, boo
 
 
 @tool("docker_exec_command", title="Run a command in a container", tier=Tier.MODERATE, toolset="containers",
-      description="Run a command (an argument list; no shell is added) inside a running container and "
-                  "return its exit code and output (marked untrusted). Bounded by `timeout` and an output cap; "
-                  "on timeout the command may keep running inside the container. Known-destructive command "
-                  "shapes (rm -rf /, mkfs, fork bombs ...) are refused as a second line of defence.",
+      description="Run a command (argument list, no shell) in a running container; returns its exit code "
+                  "and output (untrusted). Bounded by `timeout` (the command may outlive it) and an output cap. "
+                  "Known-destructive shapes (rm -rf /, mkfs, fork bombs ...) are refused.",
       params={
           "container": s_container(),
           "command": {**s_str_list("Command and arguments, e.g. [\"ls\", \"-l\", \"/\"]."), "minItems": 1},
@@ -3562,7 +3597,7 @@ def image_history(call: Call) -> dict[str, Any]:
 
 @tool("docker_pull_image", title="Pull an image", tier=Tier.MODERATE, toolset="images",
       description="Download an image from its registry (credentials come from the host's docker config, "
-                  "never from arguments). Bounded by MCP_LONG_OPERATION_TIMEOUT.",
+                  "never from arguments).",
       params={"image": s_image("Image to pull, e.g. 'alpine:3.20' (tag defaults to 'latest')."),
               "platform": s_str("Platform, e.g. linux/amd64.", pattern=r"^[a-z0-9_]+/[a-z0-9_]+(/[a-z0-9_]+)?$",
                                 max_length=64)},
@@ -3646,9 +3681,8 @@ def build_context_archive(context: str | None, dockerfile: str | None, files: Ma
 
 
 @tool("docker_build_image", title="Build an image", tier=Tier.MODERATE, toolset="images",
-      description="Build an image from a Dockerfile given as text (plus optional small files), or from a host "
-                  "directory under SAFETY_BUILD_CONTEXT_ALLOWLIST (context_path). Base images pass the image "
-                  "policy; the build log is marked untrusted.",
+      description="Build an image from a Dockerfile given as text (plus small files) or from a directory "
+                  "under SAFETY_BUILD_CONTEXT_ALLOWLIST. Base images pass the image policy; the log is untrusted.",
       params={"dockerfile": s_str("The Dockerfile's content (with context_path, replaces the context's "
                                   "Dockerfile).", max_length=65536),
               "context_path": s_str("Host directory to use as the build context; it must lie under "
@@ -3721,8 +3755,7 @@ def tag_image(call: Call) -> dict[str, Any]:
 
 
 @tool("docker_push_image", title="Push an image", tier=Tier.MODERATE, toolset="images",
-      description="Upload a local image to its registry (credentials from the host's docker config). "
-                  "Bounded by MCP_LONG_OPERATION_TIMEOUT.",
+      description="Upload a local image to its registry (credentials come from the host's docker config).",
       params={"image": s_image("Image to push, 'registry/repository[:tag]'.")}, required=("image",),
       output=OUT_ACTION, idempotent=True, open_world=True, long_running=True)
 def push_image(call: Call) -> dict[str, Any]:
@@ -3975,8 +4008,7 @@ def prune_volumes(call: Call) -> dict[str, Any]:
 
 @tool("docker_list_engines", title="List engines", tier=Tier.SAFE, toolset="system", per_engine=False,
       description="The engines this server drives, the default first: name, kind (docker or podman), version, "
-                  "rootless mode, access (full, no-destructive, read-only) and whether each answers now. "
-                  "Pass a name as the 'engine' argument of other tools.",
+                  "rootless mode, access (full, no-destructive, read-only), whether each answers now.",
       output=out_list("engines", ("name", "reachable", "access")), list_field="engines")
 def list_engines(call: Call) -> dict[str, Any]:
     rows = probe_engines(call.engines.all, min(call.settings.engine_timeout, 10.0))
@@ -4178,6 +4210,34 @@ def prune_system(call: Call) -> dict[str, Any]:
 PROGRESS_INTERVAL_SECONDS = 1.0
 
 
+def import_sdk_lightly() -> None:
+    """Let the SDK's server modules load without first running the ``mcp`` and ``mcp.server`` package
+    ``__init__`` files: those import the SDK's client and its high-level server (and their web stacks),
+    about a third of the SDK's import time and 11 MiB that this server never uses. Each skipped
+    ``__init__`` still runs, in full, the first time anything asks its package for a name it lacks, so
+    code that wants ``mcp.Client`` later gets it."""
+    import importlib.util
+
+    for name in ("mcp", "mcp.server"):
+        if name in sys.modules:
+            continue
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None or spec.submodule_search_locations is None:
+            return
+        package = importlib.util.module_from_spec(spec)
+
+        def complete(attribute: str, package: Any = package, spec: Any = spec) -> Any:
+            del package.__dict__["__getattr__"]
+            spec.loader.exec_module(package)
+            return getattr(package, attribute)
+
+        package.__dict__["__getattr__"] = complete
+        sys.modules[name] = package
+        parent, _, child = name.rpartition(".")
+        if parent:
+            setattr(sys.modules[parent], child, package)
+
+
 @contextlib.contextmanager
 def naming_engine(engine: Engine | None) -> Any:
     """With several engines, a failure to reach one says which one."""
@@ -4271,33 +4331,38 @@ class DockerMCP:
         self.settings = settings
         self.engines = engines or Engines(settings)
         self._validators: dict[str, Any] = {}
-        self._listed: dict[Role | None, list[Any]] = {}
+        self._listed: dict[tuple[Role | None, bool], list[Any]] = {}
         self.in_flight = 0  # tool calls running now; a graceful shutdown waits for them
         self.audit: Callable[[dict[str, Any]], None] | None = None
         self.audit_ready: Callable[[], bool] = lambda: True
         self.stdio_limiter: RateLimiter | None = None
         self._confirmation_key = os.urandom(32)  # binds 2026-era confirmations to this process
+        import_sdk_lightly()
 
     def permitted_tools(self, role: Role | None = None) -> list[ToolSpec]:
         return [spec for spec, denial in catalogue(self.settings)
                 if denial is None and role_denial(spec.name, spec.tier, role) is None]
 
-    def mcp_tools(self, role: Role | None = None) -> list[Any]:
+    def mcp_tools(self, role: Role | None = None, protocol_version: str | None = None) -> list[Any]:
+        """The listing for ``role``. Clients of revisions before 2025-06-18 know a tool's title only as
+        ``annotations.title``; later ones read ``title`` and get it once."""
         import mcp_types
 
-        if role not in self._listed:  # the catalogue and settings are fixed for the server's lifetime
-            self._listed[role] = [
+        titled_annotations = protocol_version in ("2024-11-05", "2025-03-26")
+        key = (role, titled_annotations)
+        if key not in self._listed:  # the catalogue and settings are fixed for the server's lifetime
+            self._listed[key] = [
                 mcp_types.Tool(name=spec.name, title=spec.title, description=spec.description,
                                input_schema=self.listed_schema(spec), output_schema=spec.output_schema,
                                annotations=mcp_types.ToolAnnotations(**{
-                                   "title": spec.title,
+                                   **({"title": spec.title} if titled_annotations else {}),
                                    "read_only_hint": spec.annotations["readOnlyHint"],
                                    "destructive_hint": spec.annotations["destructiveHint"],
                                    "idempotent_hint": spec.annotations["idempotentHint"],
                                    "open_world_hint": spec.annotations["openWorldHint"]}))
                 for spec in self.permitted_tools(role)
             ]
-        return self._listed[role]
+        return self._listed[key]
 
     def admit(self, spec: ToolSpec, caller: Any) -> None:
         """Checks that come before the tool's own: the caller's role, stdio's rate limit, the audit log.
@@ -4351,11 +4416,8 @@ class DockerMCP:
         return chosen[:64] if isinstance(chosen, str) else self.engines.all[0].name
 
     def listed_schema(self, spec: ToolSpec) -> dict[str, Any]:
-        """The input schema as listed: with named engines, 'engine' names the choices."""
-        if not (self.engines.named and spec.per_engine):
-            return spec.input_schema
-        engine = {**spec.input_schema["properties"]["engine"], "enum": list(self.engines.by_name)}
-        return {**spec.input_schema, "properties": {**spec.input_schema["properties"], "engine": engine}}
+        return listing_schema(spec.input_schema, list(self.engines.by_name) if self.engines.named else None,
+                              self.settings.allow_privileged)
 
     def validate(self, spec: ToolSpec, arguments: Any) -> dict[str, Any]:
         if arguments is None:
@@ -4575,7 +4637,8 @@ class DockerMCP:
                     log.debug("log message to the client failed: %r", exc)
 
         async def on_list_tools(ctx: Any, params: Any) -> Any:
-            return mcp_types.ListToolsResult(tools=self.mcp_tools(getattr(ctx.request, "role", None)))
+            return mcp_types.ListToolsResult(tools=self.mcp_tools(getattr(ctx.request, "role", None),
+                                                                  ctx.protocol_version))
 
         async def on_call_tool(ctx: Any, params: Any) -> Any:
             name = params.name
@@ -5806,11 +5869,137 @@ class AccessControl:
 
 async def serve_stdio(app: DockerMCP) -> None:
     """Serve one client over stdin/stdout; the SDK negotiates either protocol era."""
-    from mcp.server.stdio import stdio_server
-
     server = app.build_server()
-    async with stdio_server() as (read_stream, write_stream):
+    async with stdio_message_streams(app.settings.http_max_body_bytes) as (read_stream, write_stream):
         await server.run(read_stream, write_stream, server.create_initialization_options())
+
+
+@contextlib.asynccontextmanager
+async def claimed_stdio():  # -> AsyncIterator[tuple[int, int]]
+    """Private copies of fds 0 and 1 for the protocol, while fd 0 reads /dev/null and fd 1 writes to
+    stderr: a stray print or a child process can then neither eat client input nor corrupt the wire."""
+    import fcntl
+
+    wire_in = fcntl.fcntl(0, fcntl.F_DUPFD_CLOEXEC, 3)
+    wire_out = fcntl.fcntl(1, fcntl.F_DUPFD_CLOEXEC, 3)
+    saved_in, saved_out = os.dup(0), os.dup(1)
+    null = os.open(os.devnull, os.O_RDONLY)
+    try:
+        os.dup2(null, 0)
+        os.dup2(2, 1)
+        yield wire_in, wire_out
+    finally:
+        os.dup2(saved_in, 0)
+        os.dup2(saved_out, 1)
+        for fd in (null, saved_in, saved_out, wire_in, wire_out):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+@contextlib.asynccontextmanager
+async def stdio_message_streams(max_line_bytes: int):  # -> AsyncIterator[tuple[reads, writes]]
+    """Newline-delimited JSON-RPC over stdin/stdout on the event loop itself when they are pipes or
+    sockets: no worker thread per line read or written (the SDK's stdio transport takes three thread
+    hops per request). Terminals and files are read and written in worker threads. A line longer than
+    ``max_line_bytes`` is skipped whole and reported to the SDK as one unreadable message."""
+    import anyio
+    import mcp_types
+    from mcp.shared.message import SessionMessage
+
+    to_server, server_reads = anyio.create_memory_object_stream[Any](64)
+    server_writes, from_server = anyio.create_memory_object_stream[Any](64)
+    loop = asyncio.get_running_loop()
+    too_long = ValueError(f"message longer than {max_line_bytes} bytes")
+
+    def is_pipe(fd: int) -> bool:  # not a terminal: the event loop would leave it non-blocking
+        mode = os.fstat(fd).st_mode
+        return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+
+    async with claimed_stdio() as (wire_in, wire_out):
+        reader: asyncio.StreamReader | None = None
+        if is_pipe(wire_in):
+            reader = asyncio.StreamReader(limit=max_line_bytes)
+            await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
+                                         os.fdopen(os.dup(wire_in), "rb", 0))
+        writer: asyncio.StreamWriter | None = None
+        if is_pipe(wire_out):
+            transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin,
+                                                                os.fdopen(os.dup(wire_out), "wb", 0))
+            writer = asyncio.StreamWriter(transport, protocol, None, loop)
+
+        async def lines_from_pipe(reader: asyncio.StreamReader):  # -> AsyncIterator[bytes | Exception]
+            skipping = False
+            while True:
+                try:
+                    line = await reader.readuntil(b"\n")
+                except asyncio.IncompleteReadError as end:
+                    if end.partial and not skipping:
+                        yield end.partial
+                    return
+                except asyncio.LimitOverrunError as overrun:
+                    await reader.readexactly(overrun.consumed)
+                    skipping = True
+                    continue
+                if skipping:
+                    skipping = False
+                    yield too_long
+                else:
+                    yield line
+
+        async def lines_from_thread():  # -> AsyncIterator[bytes | Exception]
+            with os.fdopen(os.dup(wire_in), "rb") as handle:
+                skipping = False
+                while line := await asyncio.to_thread(handle.readline, max_line_bytes):
+                    complete = line.endswith(b"\n")
+                    if skipping or (not complete and len(line) >= max_line_bytes):
+                        skipping = not complete
+                        if complete:
+                            yield too_long
+                        continue
+                    yield line
+
+        async def pump_in() -> None:
+            async with to_server:
+                async for line in (lines_from_pipe(reader) if reader else lines_from_thread()):
+                    if not isinstance(line, Exception) and not line.strip():
+                        continue  # blank lines between messages are harmless
+                    try:
+                        if isinstance(line, Exception):
+                            raise line
+                        message = mcp_types.jsonrpc_message_adapter.validate_json(line, by_name=False)
+                    except Exception as exc:
+                        log.warning("stdio: unreadable message (%s)", "too long" if exc is too_long else "not JSON-RPC")
+                        # JSON-RPC's answer to what cannot be parsed: an error with a null id
+                        unreadable = mcp_types.JSONRPCError(jsonrpc="2.0", id=None, error=mcp_types.ErrorData(
+                            code=mcp_types.PARSE_ERROR, message="Parse error: not a JSON-RPC message"))
+                        await server_writes.send(SessionMessage(unreadable))
+                        continue
+                    await to_server.send(SessionMessage(message))
+
+        def write_all(data: bytes) -> None:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(wire_out, view):]
+
+        async def pump_out() -> None:
+            async with from_server:
+                async for session_message in from_server:
+                    data = session_message.message.model_dump_json(by_alias=True, exclude_unset=True).encode()
+                    if writer is not None:
+                        writer.write(data + b"\n")
+                        await writer.drain()
+                    else:
+                        await asyncio.to_thread(write_all, data + b"\n")
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(pump_in)
+            group.start_soon(pump_out)
+            try:
+                yield server_reads, server_writes
+            finally:
+                group.cancel_scope.cancel()
+                if writer is not None:
+                    writer.close()
 
 
 # Requests that reach the engine (resource reads run the logs/stats tools); the rest is protocol traffic.

@@ -127,6 +127,36 @@ def test_tool_denial(settings, name, expected):
         assert denial is not None and expected in denial
 
 
+def test_the_listing_leaves_out_what_only_the_server_needs():
+    schema = {"type": "object", "additionalProperties": False, "required": ["pattern"], "properties": {
+        "pattern": {"type": "string", "description": "A parameter that happens to be called pattern.",
+                    "pattern": "^a+$", "maxLength": 8},
+        "tags": {"type": "array", "description": "Tags.", "maxItems": 4, "items": {"type": "string", "maxLength": 9}},
+        "env": {"type": "object", "description": "Env.", "maxProperties": 3, "propertyNames": {"pattern": "^A$"},
+                "additionalProperties": {"type": "string", "maxLength": 5}},
+        "count": {"type": "integer", "description": "Count.", "minimum": 1, "maximum": 9, "default": 2},
+        "privileged": {"type": "boolean", "description": "Host power."},
+        "engine": {"type": "string", "description": "Engine.", "maxLength": 64}}}
+    listed = md.listing_schema(schema, None, host_powers=False)
+    assert listed == {"type": "object", "additionalProperties": False, "required": ["pattern"], "properties": {
+        "pattern": {"type": "string", "description": "A parameter that happens to be called pattern."},
+        "tags": {"type": "array", "description": "Tags.", "items": {"type": "string"}},
+        "env": {"type": "object", "description": "Env.", "additionalProperties": {"type": "string"}},
+        "count": {"type": "integer", "description": "Count.", "minimum": 1, "maximum": 9, "default": 2}}}
+    powers = md.listing_schema(schema, ["a", "b"], host_powers=True)["properties"]
+    assert powers["privileged"] == schema["properties"]["privileged"]
+    assert powers["engine"] == {"type": "string", "description": "Engine.", "enum": ["a", "b"]}
+    assert schema["properties"]["pattern"]["maxLength"] == 8  # the registry's schema is untouched
+    # every listed parameter is one the registry validates, with the same type
+    for spec in md.TOOLS.values():
+        for settings in (md.Settings(), md.Settings(allow_privileged=True)):
+            listed = md.DockerMCP(settings).listed_schema(spec)
+            assert set(listed.get("required", ())) <= set(listed["properties"])
+            for name, prop in listed["properties"].items():
+                assert prop["type"] == spec.input_schema["properties"][name]["type"], (spec.name, name)
+    assert "privileged" not in md.DockerMCP(md.Settings()).listed_schema(md.TOOLS["docker_run_container"])["properties"]
+
+
 def test_settings_precedence_flags_env_file():
     env_file = {"SAFETY_ALLOW_DESTRUCTIVE_OPERATIONS": "true", "MCP_MAX_OUTPUT_BYTES": "1000",
                 "MCP_TOOLSETS": "system"}
@@ -412,7 +442,8 @@ def test_engine_argument_is_offered_everywhere_but_the_engine_list():
     app = md.DockerMCP(md.Settings(engines=(md.EngineConfig("a", "unix:///a"), md.EngineConfig("b", "unix:///b"))))
     assert app.listed_schema(md.TOOLS["docker_version"])["properties"]["engine"]["enum"] == ["a", "b"]
     assert "enum" not in md.TOOLS["docker_version"].input_schema["properties"]["engine"]  # registry untouched
-    assert "enum" not in md.DockerMCP(md.Settings()).listed_schema(md.TOOLS["docker_version"])["properties"]["engine"]
+    # one engine: nothing to choose, so the listing leaves the argument out (a call may still name "default")
+    assert "engine" not in md.DockerMCP(md.Settings()).listed_schema(md.TOOLS["docker_version"])["properties"]
     with pytest.raises(md.ToolError, match="unknown engine 'c'; configured: a, b"):
         app.engines.select("c")
 
@@ -654,8 +685,8 @@ def test_lists_45_tools_with_spec_annotations_when_destructive_enabled(full):
     assert {t.name for t in tools} == ALL_TOOLS
     for t in tools:
         wire = t.model_dump(by_alias=True, exclude_none=True)
-        ann = wire["annotations"]
-        assert set(ann) == {"title", "readOnlyHint", "destructiveHint", "idempotentHint", "openWorldHint"}
+        ann = wire["annotations"]  # the title travels once, as the tool's own (2025-06-18 and later)
+        assert set(ann) == {"readOnlyHint", "destructiveHint", "idempotentHint", "openWorldHint"}
         assert ann["destructiveHint"] is (t.name in DESTRUCTIVE)
         assert wire["title"] and wire["outputSchema"]["type"] == "object"
         for prop in wire["inputSchema"]["properties"].values():
@@ -692,15 +723,16 @@ def test_raw_tools_list_uses_spec_key_names():
             proc.stdin.flush()
 
         send({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}})
+            "protocolVersion": "2025-03-26", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}})
         init = json.loads(proc.stdout.readline())
-        assert init["result"]["protocolVersion"] == "2025-06-18"
+        assert init["result"]["protocolVersion"] == "2025-03-26"
         assert init["result"]["serverInfo"]["name"] == "mcp-docker"
         send({"jsonrpc": "2.0", "method": "notifications/initialized"})
         send({"jsonrpc": "2.0", "id": 2, "method": "tools/list"})
         listing = json.loads(proc.stdout.readline())
         tools = listing["result"]["tools"]
         assert len(tools) == 45
+        assert all(t["annotations"]["title"] == t["title"] for t in tools)  # 2025-03-26 knows only this title
         raw = json.dumps(tools)
         assert '"readOnly"' not in raw and '"destructive"' not in raw
         for t in tools:
