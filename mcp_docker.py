@@ -5870,7 +5870,8 @@ class AccessControl:
 async def serve_stdio(app: DockerMCP) -> None:
     """Serve one client over stdin/stdout; the SDK negotiates either protocol era."""
     server = app.build_server()
-    async with stdio_message_streams(app.settings.http_max_body_bytes) as (read_stream, write_stream):
+    async with stdio_message_streams(app.settings.http_max_body_bytes, app.settings.shutdown_grace) as (
+            read_stream, write_stream):
         await server.run(read_stream, write_stream, server.create_initialization_options())
 
 
@@ -5897,11 +5898,12 @@ async def claimed_stdio():  # -> AsyncIterator[tuple[int, int]]
 
 
 @contextlib.asynccontextmanager
-async def stdio_message_streams(max_line_bytes: int):  # -> AsyncIterator[tuple[reads, writes]]
+async def stdio_message_streams(max_line_bytes: int, grace: float):  # -> AsyncIterator[tuple[reads, writes]]
     """Newline-delimited JSON-RPC over stdin/stdout on the event loop itself when they are pipes or
     sockets: no worker thread per line read or written (the SDK's stdio transport takes three thread
     hops per request). Terminals and files are read and written in worker threads. A line longer than
-    ``max_line_bytes`` is skipped whole and reported to the SDK as one unreadable message."""
+    ``max_line_bytes`` is skipped whole and answered as one unreadable message. At the end of input,
+    requests already read are still answered (for up to ``grace`` seconds) before the server stops."""
     import anyio
     import mcp_types
     from mcp.shared.message import SessionMessage
@@ -5910,6 +5912,8 @@ async def stdio_message_streams(max_line_bytes: int):  # -> AsyncIterator[tuple[
     server_writes, from_server = anyio.create_memory_object_stream[Any](64)
     loop = asyncio.get_running_loop()
     too_long = ValueError(f"message longer than {max_line_bytes} bytes")
+    unanswered: set[Any] = set()
+    all_answered = asyncio.Event()
 
     def is_pipe(fd: int) -> bool:  # not a terminal: the event loop would leave it non-blocking
         mode = os.fstat(fd).st_mode
@@ -5974,7 +5978,13 @@ async def stdio_message_streams(max_line_bytes: int):  # -> AsyncIterator[tuple[
                             code=mcp_types.PARSE_ERROR, message="Parse error: not a JSON-RPC message"))
                         await server_writes.send(SessionMessage(unreadable))
                         continue
+                    if isinstance(message, mcp_types.JSONRPCRequest):
+                        unanswered.add(message.id)
+                        all_answered.clear()
                     await to_server.send(SessionMessage(message))
+                if unanswered:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(all_answered.wait(), grace)
 
         def write_all(data: bytes) -> None:
             view = memoryview(data)
@@ -5984,7 +5994,12 @@ async def stdio_message_streams(max_line_bytes: int):  # -> AsyncIterator[tuple[
         async def pump_out() -> None:
             async with from_server:
                 async for session_message in from_server:
-                    data = session_message.message.model_dump_json(by_alias=True, exclude_unset=True).encode()
+                    message = session_message.message
+                    if isinstance(message, (mcp_types.JSONRPCResponse, mcp_types.JSONRPCError)):
+                        unanswered.discard(message.id)
+                        if not unanswered:
+                            all_answered.set()
+                    data = message.model_dump_json(by_alias=True, exclude_unset=True).encode()
                     if writer is not None:
                         writer.write(data + b"\n")
                         await writer.drain()

@@ -157,6 +157,14 @@ def test_the_listing_leaves_out_what_only_the_server_needs():
     assert "privileged" not in md.DockerMCP(md.Settings()).listed_schema(md.TOOLS["docker_run_container"])["properties"]
 
 
+def test_the_sdk_loads_without_its_client_and_still_offers_it():
+    code = ("import sys, mcp_docker; mcp_docker.import_sdk_lightly(); from mcp.server.lowlevel import Server; "
+            "print('mcp.client' in sys.modules, 'mcp.server.mcpserver' in sys.modules); "
+            "from mcp import Client; import mcp.server; print(Client.__name__, mcp.server.MCPServer.__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=HERE)
+    assert out.stdout.split() == ["False", "False", "Client", "MCPServer"], out.stderr
+
+
 def test_settings_precedence_flags_env_file():
     env_file = {"SAFETY_ALLOW_DESTRUCTIVE_OPERATIONS": "true", "MCP_MAX_OUTPUT_BYTES": "1000",
                 "MCP_TOOLSETS": "system"}
@@ -744,6 +752,36 @@ def test_raw_tools_list_uses_spec_key_names():
         proc.wait(10)
         proc.stderr.close()
         proc.stdout.close()
+
+
+@pytest.mark.parametrize("stdin_kind", ["pipe", "file"])
+def test_stdio_answers_unreadable_lines_and_keeps_serving(tmp_path, stdin_kind):
+    """Garbage and over-long lines each get one JSON-RPC parse error (id null); the next request is served,
+    whether stdin is a pipe (read on the event loop) or a file (read in a worker thread)."""
+    lines = [{"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}},
+        "not json at all", {"jsonrpc": "2.0", "method": "ping", "id": 2, "params": {"pad": "x" * 5000}},
+        {"jsonrpc": "2.0", "method": "notifications/initialized"}, {"jsonrpc": "2.0", "id": 3, "method": "ping"}]
+    data = b"".join((line if isinstance(line, str) else json.dumps(line)).encode() + b"\n" for line in lines)
+    env = {**os.environ, **TEST_ENV, "DOCKER_HOST": "unix:///nonexistent.sock", "MCP_HTTP_MAX_BODY_BYTES": "4096"}
+    if stdin_kind == "file":
+        (tmp_path / "in.jsonl").write_bytes(data + b"")
+        with open(tmp_path / "in.jsonl", "rb") as stdin:
+            out = subprocess.run(SERVER, stdin=stdin, capture_output=True, env=env, timeout=60).stdout
+    else:  # keep stdin open until the last answer is in, so nothing is cut short by EOF
+        proc = subprocess.Popen(SERVER, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                env=env)
+        proc.stdin.write(data)
+        proc.stdin.flush()
+        answers = [proc.stdout.readline() for _ in range(4)]
+        proc.stdin.close()
+        proc.wait(10)
+        proc.stdout.close()
+        out = b"".join(answers)
+    answers = [json.loads(line) for line in out.splitlines()]
+    errors = [a for a in answers if "error" in a]
+    assert [(e["id"], e["error"]["code"]) for e in errors] == [(None, -32700), (None, -32700)]
+    assert {a["id"] for a in answers if "result" in a} == {1, 3}
 
 
 @pytest.mark.parametrize("mode", ["2026-07-28", "auto"])
