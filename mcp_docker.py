@@ -22,7 +22,7 @@ Sections, in order (each uses only the ones above it):
 8. CLI              -- click commands: ``serve``, ``tools``, ``engines``, ``genkey``, ``keys``, ``audit``,
                        ``gencert``, ``sign-request``, ``doctor``, ``client-config``
 
-Heavy imports (the ``mcp`` SDK, ``docker``, ``jsonschema``) are deferred to the code paths that
+Heavy imports (the ``mcp`` SDK, ``docker``, ``cryptography``) are deferred to the code paths that
 need them so that ``tools`` and ``--help`` stay fast and an engine is never needed to start.
 """
 
@@ -995,13 +995,109 @@ def tool_denial(name: str, tier: Tier, toolset: str, settings: Settings) -> str 
     return None
 
 
+# -- tool arguments against their JSON Schema ------------------------------------------------------
+# The registry's schemas use a small subset of JSON Schema (2020-12 semantics); checking it here keeps
+# the jsonschema package (and its ~3 MiB and first-call import) out of the server. A tool whose schema
+# uses any other keyword cannot register, so nothing is left unchecked by accident.
+
+SCHEMA_KEYWORDS = frozenset({"type", "description", "default", "enum", "maxLength", "minLength", "pattern",
+                             "minimum", "maximum", "items", "maxItems", "minItems", "properties", "required",
+                             "additionalProperties", "maxProperties", "propertyNames"})
+
+
+@dataclasses.dataclass(frozen=True)
+class SchemaViolation:
+    """One way an instance breaks a schema (attribute names as jsonschema's errors have them)."""
+    absolute_path: tuple[str | int, ...]
+    validator: str  # the keyword
+    validator_value: Any
+    instance: Any
+    schema: Mapping[str, Any]
+
+
+def is_json_type(value: Any, name: str) -> bool:
+    if name == "boolean":
+        return isinstance(value, bool)
+    if isinstance(value, bool):  # true is not 1 in JSON
+        return False
+    if name == "integer":
+        return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    if name == "number":
+        return isinstance(value, (int, float))
+    return isinstance(value, {"string": str, "array": list, "object": dict, "null": type(None)}[name])
+
+
+def schema_violations(schema: Mapping[str, Any], instance: Any,
+                      path: tuple[str | int, ...] = ()):  # -> Iterator[SchemaViolation]
+    """Every way ``instance`` breaks ``schema``, each with the path to the offending value."""
+    def violation(keyword: str) -> SchemaViolation:
+        return SchemaViolation(path, keyword, schema[keyword], instance, schema)
+
+    types = schema.get("type")
+    if types is not None and not any(is_json_type(instance, t) for t in ([types] if isinstance(types, str) else types)):
+        yield violation("type")
+        return
+    if "enum" in schema and not any(type(option) is type(instance) and option == instance for option in schema["enum"]):
+        yield violation("enum")
+    if isinstance(instance, str):
+        if "maxLength" in schema and len(instance) > schema["maxLength"]:
+            yield violation("maxLength")
+        if "minLength" in schema and len(instance) < schema["minLength"]:
+            yield violation("minLength")
+        if "pattern" in schema and re.search(schema["pattern"], instance) is None:
+            yield violation("pattern")
+    elif isinstance(instance, (int, float)) and not isinstance(instance, bool):
+        if "minimum" in schema and instance < schema["minimum"]:
+            yield violation("minimum")
+        if "maximum" in schema and instance > schema["maximum"]:
+            yield violation("maximum")
+    elif isinstance(instance, list):
+        if "maxItems" in schema and len(instance) > schema["maxItems"]:
+            yield violation("maxItems")
+        if "minItems" in schema and len(instance) < schema["minItems"]:
+            yield violation("minItems")
+        if isinstance(schema.get("items"), Mapping):
+            for index, item in enumerate(instance):
+                yield from schema_violations(schema["items"], item, (*path, index))
+    elif isinstance(instance, dict):
+        properties = schema.get("properties", {})
+        if any(name not in instance for name in schema.get("required", ())):
+            yield violation("required")
+        extra = schema.get("additionalProperties", True)
+        if extra is False and any(name not in properties for name in instance):
+            yield violation("additionalProperties")
+        if "maxProperties" in schema and len(instance) > schema["maxProperties"]:
+            yield violation("maxProperties")
+        if "propertyNames" in schema:
+            for name in instance:
+                for problem in schema_violations(schema["propertyNames"], name, path):
+                    yield dataclasses.replace(problem, validator="propertyNames")
+        for name, subschema in properties.items():
+            if name in instance:
+                yield from schema_violations(subschema, instance[name], (*path, name))
+        if isinstance(extra, Mapping):
+            for name, value in instance.items():
+                if name not in properties:
+                    yield from schema_violations(extra, value, (*path, name))
+
+
+def unknown_schema_keywords(schema: Mapping[str, Any]) -> set[str]:
+    unknown = set(schema) - SCHEMA_KEYWORDS
+    for name in ("items", "additionalProperties", "propertyNames"):
+        if isinstance(schema.get(name), Mapping):
+            unknown |= unknown_schema_keywords(schema[name])
+    for subschema in schema.get("properties", {}).values():
+        unknown |= unknown_schema_keywords(subschema)
+    return unknown
+
+
 def _short_repr(value: Any, limit: int = 60) -> str:
     text = json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def validation_message(error: Any) -> str:
-    """One line from a jsonschema error: where, and what was wrong, never echoing a huge value."""
+    """One line from a schema violation: where, and what was wrong, never echoing a huge value."""
     where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path).lstrip(".")
     validator = error.validator
     if validator == "required":
@@ -1027,6 +1123,10 @@ def validation_message(error: Any) -> str:
         return f"{label} has more than {error.validator_value} entries"
     if validator in ("minItems", "minProperties"):
         return f"{label} must have at least {error.validator_value} entries"
+    if validator == "minLength":
+        return f"{label} is shorter than {error.validator_value} characters"
+    if validator == "propertyNames":
+        return f"{label} has a key that is not allowed: {_short_repr(error.instance, 40)}"
     return f"{label} is invalid ({validator})"
 
 
@@ -2548,6 +2648,9 @@ def tool(name: str, *, title: str, description: str, tier: Tier, toolset: str,
     for param, schema in (params or {}).items():
         if not schema.get("description"):
             raise TypeError(f"tool {name}: parameter {param} has no description")
+        if unknown_schema_keywords(schema):
+            raise TypeError(f"tool {name}: parameter {param} uses unchecked schema keywords "
+                            f"{sorted(unknown_schema_keywords(schema))}")
 
     def register(handler: Callable[[Call], dict[str, Any]]) -> Callable[[Call], dict[str, Any]]:
         if name in TOOLS:
@@ -4330,7 +4433,6 @@ class DockerMCP:
     def __init__(self, settings: Settings, engines: Engines | None = None):
         self.settings = settings
         self.engines = engines or Engines(settings)
-        self._validators: dict[str, Any] = {}
         self._listed: dict[tuple[Role | None, bool], list[Any]] = {}
         self.in_flight = 0  # tool calls running now; a graceful shutdown waits for them
         self.audit: Callable[[dict[str, Any]], None] | None = None
@@ -4424,12 +4526,7 @@ class DockerMCP:
             arguments = {}
         if not isinstance(arguments, dict):
             raise ToolError("invalid_argument", "arguments must be a JSON object")
-        validator = self._validators.get(spec.name)
-        if validator is None:
-            from jsonschema import Draft202012Validator
-
-            validator = self._validators[spec.name] = Draft202012Validator(spec.input_schema)
-        error = next(iter(sorted(validator.iter_errors(arguments), key=lambda e: list(e.absolute_path))), None)
+        error = min(schema_violations(spec.input_schema, arguments), key=lambda e: list(e.absolute_path), default=None)
         if error is not None:
             raise ToolError("invalid_argument", validation_message(error))
         return arguments

@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import json
 import os
+import random
 import re
 import secrets
 import socket
@@ -163,6 +164,83 @@ def test_the_sdk_loads_without_its_client_and_still_offers_it():
             "from mcp import Client; import mcp.server; print(Client.__name__, mcp.server.MCPServer.__name__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=HERE)
     assert out.stdout.split() == ["False", "False", "Client", "MCPServer"], out.stderr
+
+
+def _random_json(rng: random.Random, depth: int = 0) -> Any:
+    kinds = ["null", "bool", "int", "float", "str", "list", "dict"] if depth < 3 else ["null", "bool", "int", "str"]
+    kind = rng.choice(kinds)
+    if kind == "null":
+        return None
+    if kind == "bool":
+        return rng.random() < 0.5
+    if kind == "int":
+        return rng.choice([0, 1, -1, 2, 100, 65536, 10**12, rng.randint(-5, 20000)])
+    if kind == "float":
+        return rng.choice([0.5, 1.0, -2.0, 1e300, float(rng.randint(0, 100))])
+    if kind == "str":
+        return rng.choice(["", "a", "x" * 300, "../../etc", "ok-name_1", "/abs/path", "80/tcp", "k=v", "é\u202e",
+                           "NAME", "running", "alpine:3.20", "host", "ALL", "1.5", "256m", "a" * 5000])
+    if kind == "list":
+        return [_random_json(rng, depth + 1) for _ in range(rng.choice([0, 1, 2, 3, 70]))]
+    return {rng.choice(["a", "ALL", "80/tcp", "source", "target", "type", "k", "A_B", "bad key!"]): _random_json(rng, depth + 1)
+            for _ in range(rng.choice([0, 1, 2, 5]))}
+
+
+def _mutated_arguments(rng: random.Random, schema: dict[str, Any]) -> dict[str, Any]:
+    """Arguments that are mostly right: every property given a value of roughly its kind, some wrong."""
+    arguments: dict[str, Any] = {}
+    for name, prop in schema["properties"].items():
+        if rng.random() < 0.5:
+            continue
+        kind = prop["type"] if isinstance(prop["type"], str) else rng.choice(prop["type"])
+        if rng.random() < 0.2:
+            arguments[name] = _random_json(rng)
+        elif "enum" in prop:
+            arguments[name] = rng.choice(prop["enum"])
+        elif kind == "string":
+            arguments[name] = rng.choice(["web-1", "a" * rng.randint(1, 300), "../x", "/data", "x y"])
+        elif kind in ("integer", "number"):
+            arguments[name] = rng.choice([0, 1, 30, 100, 10**6, prop.get("maximum", 5)])
+        elif kind == "boolean":
+            arguments[name] = rng.random() < 0.5
+        elif kind == "array":
+            arguments[name] = [rng.choice(["ls", "a" * 70, 3, {"type": "tmpfs", "target": "/t"}])
+                               for _ in range(rng.choice([0, 1, 2, 20]))]
+        else:
+            arguments[name] = {rng.choice(["A", "80/tcp", "net.ipv4.ip_forward", "bad key"]): rng.choice(["v", 8080, 1])}
+    for name in schema.get("required", ()):
+        if rng.random() < 0.9:
+            arguments.setdefault(name, "web-1")
+    if rng.random() < 0.1:
+        arguments["unexpected"] = 1
+    return arguments
+
+
+def test_argument_validation_agrees_with_jsonschema():
+    """The server's own checker for the registry's schema subset and the reference implementation agree on
+    every generated instance (valid and invalid), and report the same first problem."""
+    from jsonschema import Draft202012Validator
+
+    rng = random.Random(20261122)
+    checked = invalid = 0
+    for spec in md.TOOLS.values():
+        reference = Draft202012Validator(spec.input_schema)
+        for round_number in range(300):
+            arguments = _mutated_arguments(rng, spec.input_schema) if round_number % 4 else _random_json(rng)
+            ours = sorted(md.schema_violations(spec.input_schema, arguments), key=lambda e: list(e.absolute_path))
+            theirs = sorted(reference.iter_errors(arguments), key=lambda e: list(e.absolute_path))
+            assert bool(ours) == bool(theirs), (spec.name, arguments, [e.message for e in theirs])
+            if ours:
+                invalid += 1
+                assert list(ours[0].absolute_path) == list(theirs[0].absolute_path), (spec.name, arguments)
+            checked += 1
+    assert checked == 300 * len(md.TOOLS) and checked / 5 < invalid < checked  # both kinds were exercised
+
+
+def test_a_tool_cannot_use_schema_keywords_the_checker_does_not_know():
+    with pytest.raises(TypeError, match="unchecked schema keywords"):
+        md.tool("docker_test_tool", title="t", description="d", tier=md.Tier.SAFE, toolset="system",
+                params={"x": {"type": "string", "description": "x", "format": "email"}}, output=md.out({}))
 
 
 def test_settings_precedence_flags_env_file():
