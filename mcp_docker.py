@@ -1248,6 +1248,27 @@ def short_id(value: str | None) -> str:
     return value.split(":", 1)[-1][:12]
 
 
+def newest_bytes(chunks: Any, limit: int) -> tuple[bytes, bool]:
+    """The last ``limit`` bytes of a stream of chunks, holding no more than about that much at any time,
+    cut at a line start; and whether anything was dropped."""
+    import collections
+
+    kept: collections.deque[bytes] = collections.deque()
+    size, dropped = 0, False
+    for chunk in chunks:
+        kept.append(chunk)
+        size += len(chunk)
+        while size - len(kept[0]) >= limit:
+            size -= len(kept.popleft())
+            dropped = True
+    data = b"".join(kept)
+    if len(data) > limit:
+        data, dropped = data[-limit:], True
+    if dropped:
+        data = data[data.find(b"\n") + 1:] if b"\n" in data else b""
+    return data, dropped
+
+
 def decode_log_lines(raw: bytes) -> list[str]:
     """Engine log bytes -> lines, decoded leniently (containers write whatever bytes they like)."""
     text = raw.decode("utf-8", errors="replace")
@@ -3026,12 +3047,15 @@ def inspect_container(call: Call) -> dict[str, Any]:
 def container_logs(call: Call) -> dict[str, Any]:
     a = call.args
     since = int(time.time()) - a["since_seconds"] if a.get("since_seconds") else None
-    raw = call.api.logs(a["container"], stdout=a.get("stdout", True), stderr=a.get("stderr", True),
-                        timestamps=a.get("timestamps", False), tail=a.get("tail", 100), since=since,
-                        stream=False, follow=False)
+    # Streamed, keeping only the newest bytes the answer can carry: the engine cuts at `tail` lines, but
+    # lines may be of any length, and nothing else bounds what would be held in memory.
+    chunks = call.api.logs(a["container"], stdout=a.get("stdout", True), stderr=a.get("stderr", True),
+                           timestamps=a.get("timestamps", False), tail=a.get("tail", 100), since=since,
+                           stream=True, follow=False)
+    raw, cut = newest_bytes(chunks, call.settings.max_output_bytes)
     untrusted = UntrustedOutput()
     lines = untrusted.lines("lines", decode_log_lines(raw))
-    return untrusted.attach({"container": a["container"], "lines": lines, "count": len(lines), "truncated": False})
+    return untrusted.attach({"container": a["container"], "lines": lines, "count": len(lines), "truncated": cut})
 
 
 def podman_stats(call: Call) -> dict[str, Any]:

@@ -278,6 +278,22 @@ def test_parse_env_file():
         md.parse_env_file("not a setting")
 
 
+def test_newest_bytes_holds_only_the_tail_of_a_stream():
+    assert md.newest_bytes([b"a\n", b"b\n", b"c\n"], 100) == (b"a\nb\nc\n", False)
+    assert md.newest_bytes([b"1111\n2222\n", b"3333\n"], 7) == (b"3333\n", True)
+    assert md.newest_bytes([b"x" * 50], 10) == (b"", True)  # one line longer than the whole budget
+
+    def fifty_megabytes():  # 50 MB of numbered lines in 64 KiB chunks, like an engine's log stream
+        line_number = 0
+        for _ in range(800):
+            chunk = b"".join(b"%07d %s\n" % (line_number + i, b"y" * 72) for i in range(800))
+            line_number += 800
+            yield chunk
+    data, cut = md.newest_bytes(fifty_megabytes(), 256 * 1024)
+    assert cut and len(data) <= 256 * 1024 and data.endswith(b"%07d %s\n" % (639999, b"y" * 72))
+    assert data.split(b"\n")[0].split(b" ")[0].isdigit()  # starts at a whole line
+
+
 def test_bound_result_keeps_newest_log_lines():
     lines = [f"line {i:05d} " + "x" * 50 for i in range(5000)]
     result = md.bound_result({"lines": lines, "count": 5000}, 4096, "lines", keep_newest=True)
