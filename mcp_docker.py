@@ -1250,7 +1250,7 @@ def short_id(value: str | None) -> str:
 
 def newest_bytes(chunks: Any, limit: int) -> tuple[bytes, bool]:
     """The last ``limit`` bytes of a stream of chunks, holding no more than about that much at any time,
-    cut at a line start; and whether anything was dropped."""
+    cut at a line start (unless they are all one line); and whether anything was dropped."""
     import collections
 
     kept: collections.deque[bytes] = collections.deque()
@@ -1264,8 +1264,8 @@ def newest_bytes(chunks: Any, limit: int) -> tuple[bytes, bool]:
     data = b"".join(kept)
     if len(data) > limit:
         data, dropped = data[-limit:], True
-    if dropped:
-        data = data[data.find(b"\n") + 1:] if b"\n" in data else b""
+    if dropped and b"\n" in data[:-1]:
+        data = data[data.find(b"\n") + 1:]
     return data, dropped
 
 
