@@ -2115,10 +2115,13 @@ class UntrustedOutput:
                         self._dropped_warnings += 1
                     break
 
-    def clean(self, text: str) -> str:
+    def clean(self, text: str, cut: bool = True) -> str:
         text = _ANSI_RE.sub("", text)
         text = _INVISIBLE_RE.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
         text = self._redact(text) if self.redact else text
+        return self._cut(text) if cut else text
+
+    def _cut(self, text: str) -> str:
         return text if len(text) <= self.max_chars else text[: self.max_chars] + "...[cut]"
 
     def text(self, where: str, text: str) -> str:
@@ -2128,10 +2131,11 @@ class UntrustedOutput:
         return cleaned
 
     def lines(self, where: str, lines: list[str]) -> list[str]:
-        """Clean lines together, so a secret spanning lines (a PEM key) is still found."""
+        """Clean lines together, so a secret spanning lines (a PEM key) is still found; each line is capped on
+        its own (how many lines fit is the answer's bound to decide, and it keeps the newest)."""
         self._mark(where)
-        cleaned = self.clean("\n".join(lines)) if lines else ""
-        out = cleaned.split("\n") if lines else []
+        cleaned = self.clean("\n".join(lines), cut=False) if lines else ""
+        out = [self._cut(line) for line in cleaned.split("\n")] if lines else []
         for number, line in enumerate(out):
             self._scan(f"{where}[{number}]", line)
         return out

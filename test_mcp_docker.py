@@ -1029,6 +1029,21 @@ def test_logs_default_is_100_lines(full):
     assert logs["count"] == 100 and logs["lines"][0] == "401" and logs["lines"][-1] == "500"
 
 
+def test_large_tails_return_the_newest_lines_whole(full):
+    """1000 lines of 100 bytes fit the answer: all of them come back, newest last, none cut (a 16 KiB cap on
+    the joined text once kept the oldest 164 instead)."""
+    name = f"{PREFIX}-wide-lines"
+    script = "i=0; while [ $i -lt 2000 ]; do printf '%05d%095d\\n' $i 0; i=$((i+1)); done"
+    ran = full.ok("docker_run_container", {"image": TEST_IMAGE, "name": name, "network": "none", "wait": True,
+                                           "tail": 1000, "command": ["sh", "-c", script],
+                                           "labels": {"io.mcp-docker.test": PREFIX}})
+    logs = full.ok("docker_container_logs", {"container": name, "tail": 1000})
+    for answer in (logs, ran):
+        assert answer["lines"][0][:5] == "01000" and answer["lines"][-1][:5] == "01999", answer["lines"][-1][:40]
+        assert len(answer["lines"]) == 1000 and {len(line) for line in answer["lines"]} == {100}
+        assert answer.get("truncated", False) is False
+
+
 def test_exec_timeout_and_output_cap(full):
     name = sleeper(full, "exec")
     started = time.monotonic()
