@@ -8,7 +8,7 @@ engine socket or whatever ``DOCKER_HOST`` names, and to 127.0.0.1)::
     python3 bench/bench.py [--runs 10] [--iterations 200] [--warmup 20] [--json PATH] [--no-sdk]
                            [--no-http] [--http-seconds 5] [--http-clients 1,16,64]
                            [--http-max-requests 200000] [--sessions 500]
-                           [--only cold,genkey,stdio,tools-list,memory,https,logs] [--require-targets]
+                           [--only cold,genkey,memory,tools-list,stdio,https,logs] [--require-targets]
 
 It prints one table and the issue's targets, and writes the same as JSON (default ``bench/results.json``). Every
 figure stands next to a *floor* -- the cost of the same work without mcp-docker -- measured in the
@@ -142,7 +142,7 @@ HTTP_CLIENT_ID = "bench"
 UNREACHABLE_LIMITS = {"SECURITY_RATE_LIMIT_ENABLED": "true", "SECURITY_RATE_LIMIT_RPM": "1000000",
                       "SECURITY_RATE_LIMIT_BURST": "1000000", "SECURITY_RATE_LIMIT_CONCURRENT": "100000"}
 SESSION_CONNECTIONS = 8  # connections the --sessions sessions are opened over
-STAGES = ("cold", "genkey", "stdio", "tools-list", "memory", "https", "logs")
+STAGES = ("cold", "genkey", "memory", "tools-list", "stdio", "https", "logs")  # in the order they run
 HTTP_STAGES = ("memory", "https")
 LOG_BYTES = 50_000_000
 LOG_LINE = "mcpbench log line " + "0" * 81  # 99 characters + newline: 500000 whole lines make 50 MB
