@@ -8,8 +8,9 @@ engine socket or whatever ``DOCKER_HOST`` names, and to 127.0.0.1)::
     python3 bench/bench.py [--runs 10] [--iterations 200] [--warmup 20] [--json PATH] [--no-sdk]
                            [--no-http] [--http-seconds 5] [--http-clients 1,16,64]
                            [--http-max-requests 200000] [--sessions 500]
+                           [--only cold,genkey,memory,tools-list,stdio,https,logs] [--require-targets]
 
-It prints one table and writes the same figures as JSON (default ``bench/results.json``). Every
+It prints one table and the issue's targets, and writes the same as JSON (default ``bench/results.json``). Every
 figure stands next to a *floor* -- the cost of the same work without mcp-docker -- measured in the
 same run, and the ratio value/floor:
 
@@ -20,6 +21,12 @@ same run, and the ratio value/floor:
    that neither side pays for interpreter teardown. The literal command's wall time to exit
    (which does include teardown) and a bare ``python3 -c pass`` are reported as context.
    Value and floor runs are interleaved, after one discarded warm-up of each.
+
+   **genkey** -- wall time of ``python3 mcp_docker.py genkey --client-id <fresh id>`` (a keys file
+   of its own in the scratch directory), spawn to exit, median of ``--runs``. Floor: a bare
+   ``python3 -c pass``; ``python3 -c "import click"`` (the CLI library) and ``python3 -c "import
+   mcp_docker"`` (the module without any command) are reported as context. Every key printed is
+   checked to be distinct and stored (its SHA-256) under its client id.
 
 2. **stdio tool latency** -- median and p90 of ``tools/call`` for ``docker_list_containers`` (20
    running containers, filtered by their unique name prefix so the answer is exactly those 20) and
@@ -58,8 +65,23 @@ same run, and the ratio value/floor:
       Floor: as many threads, each with its own ``docker.APIClient``, calling ``.version()`` the
       same way. Server, benchmark-process and engine CPU are recorded for every cell.
 
+5. **Memory for logs** -- a container that has written 50 MB of 100-byte lines and then a marker
+   line (the engine's last log line is awaited, so its log holds it all); a fresh stdio server
+   (``initialize`` and one ``docker_version`` call first, so the engine client exists) answers
+   ``docker_container_logs`` with ``tail=1000``: RSS before, the peak RSS during the call (VmHWM
+   after resetting it through ``/proc/PID/clear_refs``, or VmRSS sampled every 0.5 ms where that
+   file is not writable) and RSS after; growth = peak - before. The answer must be the last 1000
+   lines. Floor: a fresh Python that imported docker, made one ``version()`` call and then the same
+   ``APIClient.logs(..., tail=1000)`` request, measured the same way.
+
+After the table, **TARGETS** lists the issue's targets (each MET / NOT MET with its value and limit,
+or "not measured" when its stage did not run). Sizes there are SI: 1 MB = 10**6 bytes, 1 kB = 1000
+bytes (the table uses MB too). ``--only`` runs a subset of the stages (default: all);
+``--no-http`` leaves out ``memory`` and ``https``.
+
 The 20 containers are ``busybox sleep 3600`` with ``--network none``, named
-``mcpbench-<random>-N`` and labelled ``mcpbench.run=<random>``; they are force-removed in a
+``mcpbench-<random>-N`` and labelled ``mcpbench.run=<random>`` (the log container likewise, with a
+random id of its own); they are force-removed in a
 ``finally`` block (also on errors, Ctrl-C and SIGTERM), and so are the servers and the temporary
 directory. Every server this script starts gets the audit log and keys file in that directory and
 rate limits too high to trigger, so nothing is written to ``~/.mcp-docker``. Every response is
@@ -68,7 +90,9 @@ container), so a broken server cannot look fast; the audit log must hold a recor
 tool call.
 
 Percentiles: median is ``statistics.median``; p90/p99 are nearest-rank. Uses only the standard
-library, ``docker`` and ``mcp``. Exit status 0 on success, 1 on failure.
+library, ``docker`` and ``mcp``. Exit status 0 on success (also when targets are missed: the
+benchmark measures, it does not judge), 1 on failure; with ``--require-targets``, 2 when a target
+is NOT MET.
 """
 
 from __future__ import annotations
@@ -77,6 +101,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as _dt
+import hashlib
 import inspect
 import json
 import math
@@ -117,6 +142,31 @@ HTTP_CLIENT_ID = "bench"
 UNREACHABLE_LIMITS = {"SECURITY_RATE_LIMIT_ENABLED": "true", "SECURITY_RATE_LIMIT_RPM": "1000000",
                       "SECURITY_RATE_LIMIT_BURST": "1000000", "SECURITY_RATE_LIMIT_CONCURRENT": "100000"}
 SESSION_CONNECTIONS = 8  # connections the --sessions sessions are opened over
+STAGES = ("cold", "genkey", "memory", "tools-list", "stdio", "https", "logs")  # in the order they run
+HTTP_STAGES = ("memory", "https")
+LOG_BYTES = 50_000_000
+LOG_LINE = "mcpbench log line " + "0" * 81  # 99 characters + newline: 500000 whole lines make 50 MB
+LOG_END = "mcpbench-log-end"  # written after the 50 MB; the engine's last line once it holds them all
+LOG_TAIL = 1000
+LOG_FLOOR_CODE = ("import json, sys, docker\n"
+                  "from docker.utils import kwargs_from_env\n"
+                  "api = docker.APIClient(version='auto', **kwargs_from_env())\n"
+                  "api.version()\n"
+                  "sys.stdout.write('ready\\n'); sys.stdout.flush()\n"
+                  "name = sys.stdin.readline().strip()\n"
+                  f"raw = api.logs(name, stdout=True, stderr=True, timestamps=False, tail={LOG_TAIL}, since=None,\n"
+                  "               stream=False, follow=False)\n"
+                  "sys.stdout.write(json.dumps(raw.decode('utf-8', 'replace')) + '\\n'); sys.stdout.flush()\n"
+                  "sys.stdin.read()\n")
+GENKEY_CONTEXT = {"import_click": "import click", "import_mcp_docker": "import mcp_docker"}
+# The issue's targets; SI units (1 MB = 10**6 bytes).
+TARGET_COLD_RATIO = 1.15
+TARGET_LATENCY_OVERHEAD_MS = 1.5
+TARGET_THROUGHPUT_CLIENTS, TARGET_THROUGHPUT_RATIO = 16, 0.5
+TARGET_RSS_IDLE_BYTES = 70e6
+TARGET_SESSIONS, TARGET_RSS_SESSIONS_BYTES = 500, 200e6
+TARGET_LOG_GROWTH_BYTES = 30e6
+TARGET_TOOL_BYTES = 1000
 
 
 class BenchError(RuntimeError):
@@ -145,13 +195,64 @@ def summarize_ns(samples_ns: list[int], keep_samples: bool = True) -> dict[str, 
     return summary
 
 
-def rss_kib(pid: int) -> int:
-    """Resident set size of a process, from /proc/PID/status."""
+def status_kib(pid: int, field: str) -> int:
+    """A kB figure of /proc/PID/status (VmRSS: resident now; VmHWM: the peak since start or reset)."""
     with open(f"/proc/{pid}/status", encoding="ascii") as handle:
         for line in handle:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
-    raise BenchError(f"no VmRSS for pid {pid}")
+    raise BenchError(f"no {field} for pid {pid}")
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of a process, from /proc/PID/status."""
+    return status_kib(pid, "VmRSS")
+
+
+class PeakMeter:
+    """RSS of a process before, at its peak during, and after a window.
+
+    The peak is VmHWM after resetting it (writing 5 to /proc/PID/clear_refs, which needs the right
+    to write there: root or the same user); where that fails, VmRSS is sampled every 0.5 ms by a
+    thread, which can miss a peak shorter than that.
+    """
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.samples: list[int] = []
+        self.sampling = threading.Event()
+        self.sampler: threading.Thread | None = None
+        self.method = "VmHWM"
+
+    def start(self) -> None:
+        try:
+            with open(f"/proc/{self.pid}/clear_refs", "w", encoding="ascii") as handle:
+                handle.write("5")
+        except OSError:
+            self.method = "VmRSS sampled every 0.5 ms"
+        self.before_kib = rss_kib(self.pid)
+        if self.method != "VmHWM":
+            self.sampling.set()
+            self.sampler = threading.Thread(target=self._sample, daemon=True)
+            self.sampler.start()
+
+    def _sample(self) -> None:
+        while self.sampling.is_set():
+            with contextlib.suppress(OSError, BenchError):
+                self.samples.append(rss_kib(self.pid))
+            time.sleep(0.0005)
+
+    def stop(self) -> dict[str, Any]:
+        if self.sampler is not None:
+            self.sampling.clear()
+            self.sampler.join()
+            peak_kib = max([self.before_kib, *self.samples])
+        else:
+            peak_kib = status_kib(self.pid, "VmHWM")
+        after_kib = rss_kib(self.pid)
+        peak_kib = max(peak_kib, after_kib)
+        return {"before_bytes": self.before_kib * 1024, "peak_bytes": peak_kib * 1024, "after_bytes": after_kib * 1024,
+                "growth_bytes": (peak_kib - self.before_kib) * 1024, "method": self.method}
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -411,17 +512,62 @@ def bench_cold_start(runs: int, env: dict[str, str]) -> dict[str, Any]:
                         "bare_python_startup": summarize_ns(bare_ns)}}
 
 
+def bench_genkey(runs: int, scratch: Scratch) -> dict[str, Any]:
+    """``mcp_docker.py genkey`` spawn to exit (fresh client id each time) vs a bare interpreter."""
+    keys_file = scratch.dir / "genkey_keys.json"  # its own file: the HTTPS server's keys stay one key
+    env = {**scratch.env, "SECURITY_API_KEYS_FILE": str(keys_file)}
+    run_id = uuid.uuid4().hex[:10]
+    keys: dict[str, str] = {}
+
+    def genkey_once() -> int:
+        client_id = f"bench-genkey-{run_id}-{len(keys)}"
+        started = time.perf_counter_ns()
+        done = subprocess.run([sys.executable, str(SERVER), "genkey", "--client-id", client_id], cwd=REPO, env=env,
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=TIMEOUT)
+        elapsed = time.perf_counter_ns() - started
+        if done.returncode != 0:
+            raise BenchError(f"`mcp_docker.py genkey` failed: {done.stderr.strip()[-500:]}")
+        keys[client_id] = (done.stdout.strip().splitlines() or [""])[0].strip()
+        return elapsed
+
+    bare = [sys.executable, "-c", "pass"]
+    contexts = {name: [sys.executable, "-c", code] for name, code in GENKEY_CONTEXT.items()}
+
+    def context_time(argv: list[str]) -> int:
+        started = time.perf_counter_ns()
+        subprocess.run(argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, check=True, timeout=TIMEOUT)
+        return time.perf_counter_ns() - started
+
+    genkey_once(), wall_time_of(bare), *(context_time(argv) for argv in contexts.values())  # warm-up
+    value, floor = [], []
+    context_ns: dict[str, list[int]] = {name: [] for name in contexts}
+    for _ in range(runs):
+        value.append(genkey_once())
+        floor.append(wall_time_of(bare))
+        for name, argv in contexts.items():
+            context_ns[name].append(context_time(argv))
+    stored = json.loads(keys_file.read_text(encoding="utf-8"))
+    text = json.dumps(stored)
+    missing = [cid for cid, key in keys.items() if not key or cid not in text
+               or hashlib.sha256(key.encode()).hexdigest() not in text]
+    if missing or len(set(keys.values())) != len(keys):
+        raise BenchError(f"genkey: {len(keys)} runs, keys not distinct or not stored for {missing[:3]}")
+    return {"value": summarize_ns(value), "floor": summarize_ns(floor),
+            "context": {name: summarize_ns(samples) for name, samples in context_ns.items()}}
+
+
 # ---------------------------------------------------------------------------------------------
 # Containers for the listing and inspect benchmarks
 # ---------------------------------------------------------------------------------------------
 
 
 class BenchContainers:
-    """Creates N sleeping containers; removes them (and anything with the run label) on exit."""
+    """Creates N sleeping (or ``command``) containers; removes them (and anything with the run label) on exit."""
 
-    def __init__(self, api: Any, count: int):
+    def __init__(self, api: Any, count: int, command: list[str] | None = None):
         self.api = api
         self.count = count
+        self.command = command or ["sleep", "3600"]
         self.run_id = uuid.uuid4().hex[:10]
         self.prefix = f"mcpbench-{self.run_id}-"
         self.label = f"mcpbench.run={self.run_id}"
@@ -432,7 +578,7 @@ class BenchContainers:
             host_config = self.api.create_host_config(network_mode="none")
             for number in range(self.count):
                 created = self.api.create_container(
-                    IMAGE, command=["sleep", "3600"], name=f"{self.prefix}{number}", host_config=host_config,
+                    IMAGE, command=self.command, name=f"{self.prefix}{number}", host_config=host_config,
                     labels={"mcpbench.run": self.run_id})
                 self.ids.append(created["Id"])
                 self.api.start(created["Id"])
@@ -605,8 +751,19 @@ def tools_list_size(raw: RawMCPClient) -> dict[str, Any]:
             "largest_tools": dict(sorted(per_tool.items(), key=lambda item: -item[1])[:5])}
 
 
+def bench_tools_list(env: dict[str, str]) -> dict[str, Any]:
+    raw = RawMCPClient(env)
+    try:
+        raw.initialize()
+        return tools_list_size(raw)
+    except BenchError as error:
+        raise BenchError(f"{error}; server stderr: {stderr_tail(raw.stderr)}") from None
+    finally:
+        raw.close()
+
+
 async def bench_latency(api: Any, cases: dict[str, ToolCase], warmup: int, iterations: int, use_sdk: bool,
-                        env: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
+                        env: dict[str, str]) -> dict[str, Any]:
     def raw_step(case: ToolCase) -> Callable[[], int]:
         def step() -> int:
             elapsed, result = raw.call_tool(case.tool, case.arguments)
@@ -626,7 +783,6 @@ async def bench_latency(api: Any, cases: dict[str, ToolCase], warmup: int, itera
     try:
         try:
             raw.initialize()
-            sizes = tools_list_size(raw)
         except BenchError as error:
             raise BenchError(f"{error}; server stderr: {stderr_tail(raw.stderr)}") from None
         async with contextlib.AsyncExitStack() as stack:
@@ -640,7 +796,7 @@ async def bench_latency(api: Any, cases: dict[str, ToolCase], warmup: int, itera
                 results[tool] = {name: summarize_ns(values) for name, values in samples.items()}
     finally:
         raw.close()
-    return results, sizes
+    return results
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1094,10 +1250,105 @@ async def bench_https(scratch: Scratch, api: Any, cases: dict[str, ToolCase], ar
 
 
 # ---------------------------------------------------------------------------------------------
+# 5. Memory for the last 1000 lines of a 50 MB log (stdio server), against docker-py alone
+# ---------------------------------------------------------------------------------------------
+
+
+def check_log_tail(lines: list[str], where: str) -> None:
+    """The last LOG_TAIL lines of the log container: LOG_TAIL - 1 copies of LOG_LINE, then LOG_END."""
+    if len(lines) != LOG_TAIL or lines[-1] != LOG_END or any(line != LOG_LINE for line in lines[:-1]):
+        raise BenchError(f"{where}: expected the last {LOG_TAIL} log lines ending with {LOG_END!r}, got "
+                         f"{len(lines)} lines, the last ending with {(lines or [''])[-1][-40:]!r}")
+
+
+def wait_for_log(api: Any, container_id: str) -> float:
+    """Seconds until the engine's last log line is LOG_END, i.e. its log holds all LOG_BYTES."""
+    started = time.monotonic()
+    while api.logs(container_id, tail=1, stream=False, follow=False).decode(errors="replace").strip() != LOG_END:
+        if not api.inspect_container(container_id)["State"]["Running"]:
+            raise BenchError("the log container stopped before writing its log")
+        if time.monotonic() - started > 10 * TIMEOUT:
+            raise BenchError(f"the log container had not written {LOG_BYTES} bytes after {10 * TIMEOUT:.0f}s")
+        time.sleep(0.2)
+    return time.monotonic() - started
+
+
+def log_floor(container_id: str) -> dict[str, Any]:
+    """Peak RSS growth of a Python that makes only the tool's docker-py logs request."""
+    proc = subprocess.Popen([sys.executable, "-c", LOG_FLOOR_CODE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            bufsize=0)
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        reader = LineReader(proc.stdout.fileno())
+        try:
+            if reader.readline() != b"ready\n":
+                raise BenchError("the log floor did not start")
+            time.sleep(0.2)
+            meter = PeakMeter(proc.pid)
+            meter.start()
+            write_all(proc.stdin.fileno(), container_id.encode() + b"\n")
+            raw = reader.readline()
+            memory = meter.stop()
+        finally:
+            reader.close()
+        text = json.loads(raw)
+        lines = text.split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()
+        check_log_tail(lines, "docker-py logs()")
+        return memory
+    finally:
+        stop_process(proc)
+
+
+def bench_logs(api: Any, env: dict[str, str]) -> dict[str, Any]:
+    script = f"yes '{LOG_LINE}' | head -c {LOG_BYTES}; echo {LOG_END}; exec sleep 3600"
+    with BenchContainers(api, 1, ["sh", "-c", script]) as containers:
+        container_id = containers.ids[0]
+        write_seconds = wait_for_log(api, container_id)
+        log_file_bytes = None
+        with contextlib.suppress(OSError, KeyError, TypeError):  # the engine's own file, when readable
+            log_file_bytes = os.path.getsize(api.inspect_container(container_id)["LogPath"])
+        raw = RawMCPClient(env)
+        try:
+            try:
+                raw.initialize()
+                _, result = raw.call_tool("docker_version", {})  # the engine client exists before the window
+                check_version(check_tool_result(result, "stdio docker_version"), "stdio docker_version")
+                time.sleep(0.2)
+                meter = PeakMeter(raw.proc.pid)
+                meter.start()
+                elapsed, result = raw.call_tool("docker_container_logs", {"container": container_id,
+                                                                          "tail": LOG_TAIL})
+                memory = meter.stop()
+            except BenchError as error:
+                raise BenchError(f"{error}; server stderr: {stderr_tail(raw.stderr)}") from None
+        finally:
+            raw.close()
+        structured = check_tool_result(result, "stdio docker_container_logs")
+        # A wrong answer fails the run (status 1), but only after the figures are printed: they show
+        # what the server did, and the other stages' figures are not thrown away.
+        answer_error = None
+        try:
+            if structured.get("truncated"):
+                raise BenchError(f"stdio docker_container_logs: the answer was cut: {str(structured)[:200]}")
+            check_log_tail(list(structured.get("lines") or []), "stdio docker_container_logs")
+        except BenchError as error:
+            answer_error = str(error)
+        floor = log_floor(container_id)
+    return {"value": memory, "floor": floor, "call_ms": elapsed / 1e6, "answer_bytes": raw.last_line_bytes,
+            "answer_error": answer_error, "log_bytes": LOG_BYTES, "log_write_seconds": write_seconds,
+            "log_file_bytes": log_file_bytes, "tail": LOG_TAIL}
+
+
+# ---------------------------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------------------------
 
-FORMATS = {"ms": "{:.2f}", "req/s": "{:.0f}", "MiB": "{:.1f}", "bytes": "{:.0f}"}
+FORMATS = {"ms": "{:.2f}", "req/s": "{:.0f}", "MB": "{:.1f}", "bytes": "{:.0f}"}
+LABELS = {"docker_list_containers": ("list_containers (20)", "docker-py containers()"),
+          "docker_version": ("version", "docker-py version()"),
+          "docker_inspect_container": ("inspect_container", "docker-py inspect_container()")}
 
 
 def row(metric: str, value: float, floor: float, floor_name: str, unit: str = "ms") -> dict[str, Any]:
@@ -1106,33 +1357,41 @@ def row(metric: str, value: float, floor: float, floor_name: str, unit: str = "m
             "floor": floor_name}
 
 
-def build_rows(cold: dict[str, Any], latency: dict[str, Any], sizes: dict[str, Any],
-               https: dict[str, Any] | None, memory: dict[str, Any] | None) -> list[dict[str, Any]]:
-    rows = [row("cold start: spawn -> initialize answer (median)", cold["value"]["median_ms"],
-                cold["floor"]["median_ms"], "spawn -> `import mcp.server.lowlevel` done")]
-    labels = {"docker_list_containers": ("list_containers (20)", "docker-py containers()"),
-              "docker_version": ("version", "docker-py version()"),
-              "docker_inspect_container": ("inspect_container", "docker-py inspect_container()")}
-    for tool, data in latency.items():
-        short, floor_name = labels[tool]
+def build_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The table, from whichever stages ran."""
+    rows = []
+    cold, genkey, latency = results.get("cold_start"), results.get("genkey"), results.get("latency")
+    sizes, memory, https, logs = (results.get("tools_list"), results.get("https_memory"), results.get("https"),
+                                  results.get("logs"))
+    if cold is not None:
+        rows.append(row("cold start: spawn -> initialize answer (median)", cold["value"]["median_ms"],
+                        cold["floor"]["median_ms"], "spawn -> `import mcp.server.lowlevel` done"))
+    if genkey is not None:
+        rows.append(row("genkey: spawn -> exit (median)", genkey["value"]["median_ms"], genkey["floor"]["median_ms"],
+                        "spawn -> exit of `python3 -c pass`"))
+    for tool, data in (latency or {}).items():
+        short, floor_name = LABELS[tool]
         for client, client_name in (("raw", "stdio raw JSON-RPC"), ("sdk", "stdio mcp.Client")):
             if client not in data:
                 continue
             for stat in ("median", "p90"):
                 rows.append(row(f"{short} via {client_name} ({stat})", data[client][f"{stat}_ms"],
                                 data["direct"][f"{stat}_ms"], f"{floor_name} ({stat})"))
-    rows.append(row(f"tools/list answer, {sizes['tools']} tools (stdio)", sizes["wire_bytes"], sizes["floor_bytes"],
-                    "same answer, tools cut to name + inputSchema", "bytes"))
-    rows.append(row("tools/list bytes per tool (average)", sizes["per_tool_bytes"], sizes["floor_per_tool_bytes"],
-                    "same, name + inputSchema only", "bytes"))
+    if sizes is not None:
+        rows.append(row(f"tools/list answer, {sizes['tools']} tools (stdio)", sizes["wire_bytes"],
+                        sizes["floor_bytes"], "same answer, tools cut to name + inputSchema", "bytes"))
+        rows.append(row("tools/list bytes per tool (average)", sizes["per_tool_bytes"], sizes["floor_per_tool_bytes"],
+                        "same, name + inputSchema only", "bytes"))
     if memory is not None:
-        rows.append(row("HTTPS server RSS idle (start + 1 call)", memory["idle_kib"] / 1024, memory["floor_kib"] / 1024,
-                        "python: import mcp.server.lowlevel + docker, 1 version()", "MiB"))
-        rows.append(row(f"HTTPS server RSS with +{memory['sessions']} open sessions", memory["loaded_kib"] / 1024,
-                        memory["idle_kib"] / 1024, "the same server idle", "MiB"))
+        rows.append(row("HTTPS server RSS idle (start + 1 call)", memory["idle_kib"] * 1024 / 1e6,
+                        memory["floor_kib"] * 1024 / 1e6, "python: import mcp.server.lowlevel + docker, 1 version()",
+                        "MB"))
+        rows.append(row(f"HTTPS server RSS with +{memory['sessions']} open sessions",
+                        memory["loaded_kib"] * 1024 / 1e6, memory["idle_kib"] * 1024 / 1e6, "the same server idle",
+                        "MB"))
     if https is not None:
         for tool, data in https["latency"].items():
-            short, floor_name = labels[tool]
+            short, floor_name = LABELS[tool]
             for stat in ("median", "p99"):
                 rows.append(row(f"{short} via HTTPS, 1 client ({stat})", data["https"][f"{stat}_ms"],
                                 data["direct"][f"{stat}_ms"], f"{floor_name} ({stat})"))
@@ -1144,7 +1403,98 @@ def build_rows(cold: dict[str, Any], latency: dict[str, Any], sizes: dict[str, A
             for stat in ("p50", "p99"):
                 rows.append(row(f"version via HTTPS, {who} ({stat})", cell["https"][f"{stat}_ms"],
                                 cell["direct"][f"{stat}_ms"], f"{threads} ({stat})"))
+    if logs is not None:
+        what = f"logs tail={logs['tail']} of {logs['log_bytes'] / 1e6:g} MB, stdio server RSS"
+        floor_name = f"python: docker-py logs(tail={logs['tail']}) only"
+        for key, label in (("before", "before"), ("peak", "peak during the call"), ("after", "after"),
+                           ("growth", "growth (peak - before)")):
+            rows.append(row(f"{what} {label}", logs["value"][f"{key}_bytes"] / 1e6,
+                            logs["floor"][f"{key}_bytes"] / 1e6, f"{floor_name}: {label}", "MB"))
     return rows
+
+
+def target(name: str, value: float | None, limit: float | None, unit: str, compare: str,
+           not_measured: str | None = None, wrong_answer: str | None = None) -> dict[str, Any]:
+    """One target: ``value compare limit`` (``<=`` or ``>=``); met is None when it was not measured,
+    and False whatever the figure when the answer measured was wrong."""
+    if not_measured is not None or value is None or limit is None:
+        return {"target": name, "value": None, "limit": None, "unit": unit, "compare": compare, "met": None,
+                "note": f"not measured ({not_measured})"}
+    met = value <= limit if compare == "<=" else value >= limit
+    found = {"target": name, "value": round(value, 3), "limit": round(limit, 3), "unit": unit, "compare": compare,
+             "met": met and wrong_answer is None}
+    if wrong_answer is not None:
+        found["note"] = f"the answer was wrong: {wrong_answer}"
+    return found
+
+
+def build_targets(results: dict[str, Any], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The issue's targets from this run's figures (ms, req/s, bytes)."""
+    def why(stage: str) -> str | None:
+        if stage in args.only:
+            return None
+        return "--no-http" if stage in HTTP_STAGES and not args.http else f"stage {stage!r} not run"
+
+    targets = []
+    cold = results.get("cold_start")
+    targets.append(target(f"cold start median <= {TARGET_COLD_RATIO:g}x the import floor",
+                          cold and cold["value"]["median_ms"],
+                          cold and TARGET_COLD_RATIO * cold["floor"]["median_ms"], "ms", "<=", why("cold")))
+    latency_rows = [(f"stdio raw JSON-RPC {tool}", "stdio", tool, "raw")
+                    for tool in ("docker_list_containers", "docker_version")]
+    latency_rows += [(f"HTTPS 1 client {tool}", "https", tool, "https") for tool in LABELS]
+    for name, stage, tool, client in latency_rows:
+        data = (results.get("latency") if stage == "stdio" else (results.get("https") or {}).get("latency")) or {}
+        cell = data.get(tool)
+        targets.append(target(f"{name} median <= direct + {TARGET_LATENCY_OVERHEAD_MS:g} ms",
+                              cell and cell[client]["median_ms"],
+                              cell and cell["direct"]["median_ms"] + TARGET_LATENCY_OVERHEAD_MS, "ms", "<=",
+                              why(stage)))
+    cell = ((results.get("https") or {}).get("throughput") or {}).get(str(TARGET_THROUGHPUT_CLIENTS))
+    reason = why("https")
+    if reason is None and cell is None:
+        reason = f"{TARGET_THROUGHPUT_CLIENTS} not in --http-clients"
+    targets.append(target(f"HTTPS throughput at {TARGET_THROUGHPUT_CLIENTS} clients >= "
+                          f"{TARGET_THROUGHPUT_RATIO:g}x direct", cell and cell["https"]["rps"],
+                          cell and TARGET_THROUGHPUT_RATIO * cell["direct"]["rps"], "req/s", ">=", reason))
+    memory = results.get("https_memory")
+    targets.append(target(f"HTTPS server RSS idle <= {TARGET_RSS_IDLE_BYTES / 1e6:g} MB",
+                          memory and memory["idle_kib"] * 1024, TARGET_RSS_IDLE_BYTES, "bytes", "<=", why("memory")))
+    reason = why("memory")
+    if reason is None and args.sessions != TARGET_SESSIONS:
+        reason = f"--sessions {args.sessions}; the target is for {TARGET_SESSIONS}"
+    targets.append(target(f"HTTPS server RSS with {TARGET_SESSIONS} sessions <= "
+                          f"{TARGET_RSS_SESSIONS_BYTES / 1e6:g} MB", memory and memory["loaded_kib"] * 1024,
+                          TARGET_RSS_SESSIONS_BYTES, "bytes", "<=", reason))
+    logs = results.get("logs")
+    targets.append(target(f"RSS growth for tail={LOG_TAIL} of a {LOG_BYTES / 1e6:g} MB log <= "
+                          f"{TARGET_LOG_GROWTH_BYTES / 1e6:g} MB", logs and logs["value"]["growth_bytes"],
+                          TARGET_LOG_GROWTH_BYTES, "bytes", "<=", why("logs"), logs and logs["answer_error"]))
+    sizes = results.get("tools_list")
+    targets.append(target(f"tools/list <= {TARGET_TOOL_BYTES / 1000:g} kB per tool on average",
+                          sizes and sizes["per_tool_bytes"], TARGET_TOOL_BYTES, "bytes", "<=", why("tools-list")))
+    return targets
+
+
+def render_targets(targets: list[dict[str, Any]]) -> str:
+    def amount(value: float, t: dict[str, Any]) -> str:  # in the scale of the limit: MB for MB limits
+        if t["unit"] == "bytes":
+            return f"{value / 1e6:.1f} MB" if t["limit"] >= 1e6 else f"{value:.0f} B"
+        return f"{value:.2f} ms" if t["unit"] == "ms" else f"{value:.0f} {t['unit']}"
+
+    width = max(len(t["target"]) for t in targets)
+    lines = ["TARGETS"]
+    for t in targets:
+        if t["met"] is None:
+            lines.append(f"  {'-':<8} {t['target']:<{width}}  {t['note']}")
+        else:
+            note = f" -- {t['note']}" if t.get("note") else ""
+            lines.append(f"  {'MET' if t['met'] else 'NOT MET':<8} {t['target']:<{width}}  "
+                         f"{amount(t['value'], t)} {t['compare']} {amount(t['limit'], t)}{note}")
+    measured = [t for t in targets if t["met"] is not None]
+    lines.append(f"  {sum(t['met'] for t in measured)} of {len(measured)} measured targets met, "
+                 f"{len(targets) - len(measured)} not measured")
+    return "\n".join(lines)
 
 
 def render_table(rows: list[dict[str, Any]]) -> str:
@@ -1167,17 +1517,27 @@ def render_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join([fmt(header), rule, *(fmt(line) for line in body)])
 
 
-def context_lines(cold: dict[str, Any], sizes: dict[str, Any], https: dict[str, Any] | None,
-                  memory: dict[str, Any] | None) -> list[str]:
-    context = cold["context"]
-    lines = [f"context: `python3 -c 'import mcp.server.lowlevel'` to exit (incl. teardown): "
-             f"{context['import_mcp_lowlevel_to_exit']['median_ms']:.1f} ms median; "
-             f"bare `python3 -c pass`: {context['bare_python_startup']['median_ms']:.1f} ms median",
-             "largest tools in tools/list (bytes): " + ", ".join(f"{k} {v}" for k, v in sizes["largest_tools"].items())]
+def context_lines(results: dict[str, Any]) -> list[str]:
+    lines = []
+    cold, genkey, sizes = results.get("cold_start"), results.get("genkey"), results.get("tools_list")
+    memory, https, logs = results.get("https_memory"), results.get("https"), results.get("logs")
+    if cold is not None:
+        context = cold["context"]
+        lines.append(f"context: `python3 -c 'import mcp.server.lowlevel'` to exit (incl. teardown): "
+                     f"{context['import_mcp_lowlevel_to_exit']['median_ms']:.1f} ms median; "
+                     f"bare `python3 -c pass`: {context['bare_python_startup']['median_ms']:.1f} ms median")
+    if genkey is not None:
+        lines.append("genkey context (spawn -> exit, median): " + "; ".join(
+            f"`python3 -c '{code}'` {genkey['context'][name]['median_ms']:.1f} ms"
+            for name, code in GENKEY_CONTEXT.items()))
+    if sizes is not None:
+        lines.append("largest tools in tools/list (bytes): "
+                     + ", ".join(f"{k} {v}" for k, v in sizes["largest_tools"].items()))
     if memory is not None:
-        lines.append(f"memory: {memory['per_session_kib']:.1f} KiB per open session; {memory['sessions']} sessions "
-                     f"opened at {memory['sessions_opened_per_second']:.0f}/s over {SESSION_CONNECTIONS} connections; "
-                     f"HTTPS server start to listening {memory['server_start_ms']:.0f} ms")
+        lines.append(f"memory: {memory['per_session_kib'] * 1024 / 1e3:.1f} kB per open session; "
+                     f"{memory['sessions']} sessions opened at {memory['sessions_opened_per_second']:.0f}/s over "
+                     f"{SESSION_CONNECTIONS} connections; HTTPS server start to listening "
+                     f"{memory['server_start_ms']:.0f} ms")
     if https is not None:
         def pct(value: Any) -> str:
             return "n/a" if value is None else f"{value:.0f}%"
@@ -1188,12 +1548,17 @@ def context_lines(cold: dict[str, Any], sizes: dict[str, Any], https: dict[str, 
                          f"{pct(h['server_cpu_pct'])}, bench client {pct(h['bench_client_cpu_pct'])}, engine "
                          f"{pct(h['engine_cpu_pct'])}; docker-py cell: client {pct(d['bench_client_cpu_pct'])}, "
                          f"engine {pct(d['engine_cpu_pct'])}; requests {h['requests']} vs {d['requests']}")
-        lines.append(f"HTTPS load server RSS after all the load: {https['rss_after_load_kib'] / 1024:.1f} MiB; "
+        lines.append(f"HTTPS load server RSS after all the load: {https['rss_after_load_kib'] * 1024 / 1e6:.1f} MB; "
                      f"audit log tool_call records for the HTTPS key: {https['audit_tool_calls']} "
                      f"(calls sent: {https['calls_sent']})")
-        problems = (memory or {}).get("server_log_problems", []) + https["server_log_problems"]
-        if problems:
-            lines.append("HTTPS server log warnings/errors: " + "; ".join(problems[:5]))
+    problems = (memory or {}).get("server_log_problems", []) + (https or {}).get("server_log_problems", [])
+    if problems:
+        lines.append("HTTPS server log warnings/errors: " + "; ".join(problems[:5]))
+    if logs is not None:
+        on_disk = "" if logs["log_file_bytes"] is None else f", {logs['log_file_bytes'] / 1e6:.1f} MB in the engine's file"
+        lines.append(f"logs: {logs['log_bytes'] / 1e6:g} MB written in {logs['log_write_seconds']:.1f} s{on_disk}; "
+                     f"the tail={logs['tail']} call took {logs['call_ms']:.0f} ms, answer {logs['answer_bytes']} "
+                     f"bytes; peak by {logs['value']['method']} (floor: {logs['floor']['method']})")
     return lines
 
 
@@ -1249,6 +1614,14 @@ def client_counts(text: str) -> list[int]:
     return list(dict.fromkeys(counts))
 
 
+def stage_names(text: str) -> list[str]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [name for name in names if name not in STAGES]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"unknown stage {', '.join(unknown) or text!r}; choose from {','.join(STAGES)}")
+    return [name for name in STAGES if name in names]  # always in the order they run
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1267,7 +1640,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="at most this many requests per throughput cell (default 200000)")
     parser.add_argument("--sessions", type=count(1, 990), default=500,  # the server's default cap is 1000
                         help="sessions held open for the memory figure (default 500, at most 990)")
-    return parser.parse_args(argv)
+    parser.add_argument("--only", type=stage_names, default=list(STAGES), metavar="STAGE,...",
+                        help=f"run only these stages (default all: {','.join(STAGES)})")
+    parser.add_argument("--require-targets", action="store_true",
+                        help="exit with status 2 when a measured target is not met (default: report only)")
+    args = parser.parse_args(argv)
+    if not args.http:
+        args.only = [name for name in args.only if name not in HTTP_STAGES]
+    if not args.only:
+        parser.error("nothing to run: --only named only HTTPS stages and --no-http leaves them out")
+    return args
 
 
 def on_sigterm(signum: int, frame: Any) -> None:
@@ -1281,35 +1663,50 @@ def main(argv: list[str] | None = None) -> int:
     from docker.utils import kwargs_from_env
 
     started = time.monotonic()
-    stages = iter(range(1, 6 if args.http else 3))
-    total_stages = 5 if args.http else 2
+    selected = set(args.only)
+    total_stages = len(selected) + ("https" in selected)  # HTTPS latency and throughput are two
+    stages = iter(range(1, total_stages + 1))
 
     def stage(text: str) -> None:
         print(f"[{next(stages)}/{total_stages}] {text} ...", file=sys.stderr)
 
-    https: dict[str, Any] | None = None
-    memory: dict[str, Any] | None = None
+    results: dict[str, Any] = {}
     try:
         with Scratch() as scratch:
             api = docker.APIClient(version="auto", **kwargs_from_env())  # the same client the server makes
             api.inspect_image(IMAGE)
             env = environment(api)
             print(f"mcp-docker benchmark: python {env['python']}, mcp {env['mcp']}, docker-py {env['docker_py']}, "
-                  f"engine {env['engine']}, {env['cpus']} CPUs; scratch directory {scratch.dir}", file=sys.stderr)
-            stage(f"cold start, {args.runs} runs each")
-            cold = bench_cold_start(args.runs, scratch.env)
-            if args.http:
+                  f"engine {env['engine']}, {env['cpus']} CPUs; stages {','.join(args.only)}; "
+                  f"scratch directory {scratch.dir}", file=sys.stderr)
+            if "cold" in selected:
+                stage(f"cold start, {args.runs} runs each")
+                results["cold_start"] = bench_cold_start(args.runs, scratch.env)
+            if "genkey" in selected:
+                stage(f"genkey, {args.runs} runs each")
+                results["genkey"] = bench_genkey(args.runs, scratch)
+            if selected & {"memory", "https"}:
                 scratch.make_credentials()
+            if "memory" in selected:
                 stage(f"HTTPS memory: idle, then {args.sessions} open sessions")
-                memory = asyncio.run(bench_memory(scratch, args.sessions))
-            stage(f"stdio tool latency and tools/list, {CONTAINERS} containers, {args.warmup} warm-up + "
-                  f"{args.iterations} calls per client")
-            with BenchContainers(api, CONTAINERS) as containers:
-                cases = tool_cases(containers.prefix, f"{containers.prefix}0", containers.ids[0])
-                latency, sizes = asyncio.run(bench_latency(api, cases, args.warmup, args.iterations, args.sdk,
-                                                           scratch.env))
-                if args.http:
-                    https = asyncio.run(bench_https(scratch, api, cases, args, stage))
+                results["https_memory"] = asyncio.run(bench_memory(scratch, args.sessions))
+            if "tools-list" in selected:
+                stage("tools/list size")
+                results["tools_list"] = bench_tools_list(scratch.env)
+            if selected & {"stdio", "https"}:
+                with BenchContainers(api, CONTAINERS) as containers:
+                    cases = tool_cases(containers.prefix, f"{containers.prefix}0", containers.ids[0])
+                    if "stdio" in selected:
+                        stage(f"stdio tool latency, {CONTAINERS} containers, {args.warmup} warm-up + "
+                              f"{args.iterations} calls per client")
+                        results["latency"] = asyncio.run(bench_latency(api, cases, args.warmup, args.iterations,
+                                                                       args.sdk, scratch.env))
+                    if "https" in selected:
+                        results["https"] = asyncio.run(bench_https(scratch, api, cases, args, stage))
+            if "logs" in selected:
+                stage(f"memory for the last {LOG_TAIL} lines of a {LOG_BYTES / 1e6:g} MB log (stdio server)")
+                results["logs"] = bench_logs(api, scratch.env)
+            https = results.get("https")
             if https is not None:
                 https["calls_sent"] = HttpsSession.calls_made
                 https["audit_tool_calls"] = audit_tool_calls(scratch.audit_log)
@@ -1323,16 +1720,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"benchmark failed: {error}", file=sys.stderr)
         return 1
 
-    rows = build_rows(cold, latency, sizes, https, memory)
+    rows = build_rows(results)
+    targets = build_targets(results, args)
     print()
     print(render_table(rows))
     print()
-    for line in context_lines(cold, sizes, https, memory):
+    for line in context_lines(results):
         print(line)
-    cells = f"throughput {args.http_seconds:g} s per cell; " if args.http else ""
-    print(f"cold start {args.runs} runs; latency {args.iterations} calls per client after {args.warmup} warm-up, "
-          f"interleaved; {cells}ratio = mcp-docker / floor (for req/s, below 1 means slower); "
-          f"total {time.monotonic() - started:.0f} s")
+    how = []
+    if selected & {"cold", "genkey"}:
+        how.append(f"{' and '.join(n for n in ('cold', 'genkey') if n in selected)} {args.runs} runs")
+    if selected & {"stdio", "https"}:
+        how.append(f"latency {args.iterations} calls per client after {args.warmup} warm-up, interleaved")
+    if "https" in selected:
+        how.append(f"throughput {args.http_seconds:g} s per cell")
+    print("; ".join([*how, "ratio = mcp-docker / floor (for req/s, below 1 means slower)", "MB = 10^6 bytes",
+                     f"total {time.monotonic() - started:.0f} s"]))
+    print()
+    print(render_targets(targets))
 
     report = {
         "generated": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -1340,19 +1745,29 @@ def main(argv: list[str] | None = None) -> int:
                      "containers": CONTAINERS, "image": IMAGE, "protocol_version": PROTOCOL_VERSION,
                      "sdk": args.sdk, "http": args.http, "http_seconds": args.http_seconds,
                      "http_clients": args.http_clients, "http_max_requests": args.http_max_requests,
-                     "sessions": args.sessions, "server_env": UNREACHABLE_LIMITS | {"SECURITY_AUDIT_LOG_ENABLED": "true"}},
+                     "sessions": args.sessions, "only": args.only, "require_targets": args.require_targets,
+                     "log_bytes": LOG_BYTES, "log_tail": LOG_TAIL,
+                     "server_env": UNREACHABLE_LIMITS | {"SECURITY_AUDIT_LOG_ENABLED": "true"}},
         "environment": env,
         "table": rows,
-        "cold_start": cold,
-        "latency": latency,
-        "tools_list": sizes,
-        "https": https,
-        "https_memory": memory,
+        "targets": targets,
+        "cold_start": results.get("cold_start"),
+        "genkey": results.get("genkey"),
+        "latency": results.get("latency"),
+        "tools_list": results.get("tools_list"),
+        "https": results.get("https"),
+        "https_memory": results.get("https_memory"),
+        "logs": results.get("logs"),
     }
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {path}", file=sys.stderr)
+    if (results.get("logs") or {}).get("answer_error"):
+        print(f"benchmark failed: {results['logs']['answer_error']}", file=sys.stderr)
+        return 1
+    if args.require_targets and any(t["met"] is False for t in targets):
+        return 2
     return 0
 
 
