@@ -125,6 +125,11 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 SERVER = REPO / "mcp_docker.py"
+# How servers are started: "installed" runs the module from its compiled bytecode, as an installed
+# `mcp-docker` (pip and pipx compile at install) does; "file" runs `python3 mcp_docker.py`, which
+# CPython compiles anew on every start (no bytecode cache for a script). Set by --server.
+SERVER_FORMS = {"installed": [sys.executable, "-m", "mcp_docker"], "file": [sys.executable, str(SERVER)]}
+server_argv = SERVER_FORMS["installed"]
 IMAGE = "mcp-docker-test/busybox:1"
 CONTAINERS = 20
 PROTOCOL_VERSION = "2025-11-25"
@@ -304,7 +309,7 @@ class Scratch:
         """A self-signed certificate and one API key, made by mcp-docker's own commands."""
         for argv in (["gencert", "--out-dir", str(self.tls_dir)],
                      ["genkey", "--client-id", HTTP_CLIENT_ID, "--keys-file", str(self.keys_file)]):
-            done = subprocess.run([sys.executable, str(SERVER), *argv], cwd=REPO, env=self.env, stdin=subprocess.DEVNULL,
+            done = subprocess.run([*server_argv, *argv], cwd=REPO, env=self.env, stdin=subprocess.DEVNULL,
                                   capture_output=True, text=True, timeout=TIMEOUT)
             if done.returncode != 0:
                 raise BenchError(f"`mcp_docker.py {argv[0]}` failed: {done.stderr.strip()[-500:]}")
@@ -369,8 +374,12 @@ def stderr_tail(handle: Any, limit: int = 2000) -> str:
     return ""
 
 
-def spawn_server(stderr: Any, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, str(SERVER), "serve"], cwd=REPO, stdin=subprocess.PIPE,
+def server_is_single_file() -> bool:
+    return server_argv == SERVER_FORMS["file"]
+
+
+def spawn_server(stderr: Any, env: dict[str, str], argv: list[str] | None = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([*(argv or server_argv), "serve"], cwd=REPO, stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=stderr, bufsize=0, env=env)
 
 
@@ -444,11 +453,11 @@ class RawMCPClient:
 # ---------------------------------------------------------------------------------------------
 
 
-def cold_start_once(env: dict[str, str]) -> int:
+def cold_start_once(env: dict[str, str], argv: list[str] | None = None) -> int:
     """ns from spawning the server to reading its answer to ``initialize``."""
     with tempfile.TemporaryFile() as stderr:
         started = time.perf_counter_ns()
-        proc = spawn_server(stderr, env)
+        proc = spawn_server(stderr, env, argv)
         try:
             assert proc.stdin is not None and proc.stdout is not None
             write_all(proc.stdin.fileno(), encode(INITIALIZE))  # the pipe holds it until read
@@ -500,14 +509,18 @@ def wall_time_of(argv: list[str]) -> int:
 def bench_cold_start(runs: int, env: dict[str, str]) -> dict[str, Any]:
     literal = [sys.executable, "-c", "import mcp.server.lowlevel"]
     bare = [sys.executable, "-c", "pass"]
+    single_file = None if server_is_single_file() else SERVER_FORMS["file"]
     cold_start_once(env), import_floor_once(), wall_time_of(literal)  # warm the page cache and .pyc files
-    value, floor, literal_ns, bare_ns = [], [], [], []
+    value, floor, literal_ns, bare_ns, file_ns = [], [], [], [], []
     for _ in range(runs):
         value.append(cold_start_once(env))
         floor.append(import_floor_once())
+        if single_file:
+            file_ns.append(cold_start_once(env, single_file))
         literal_ns.append(wall_time_of(literal))
         bare_ns.append(wall_time_of(bare))
     return {"value": summarize_ns(value), "floor": summarize_ns(floor),
+            "single_file": summarize_ns(file_ns) if file_ns else None,
             "context": {"import_mcp_lowlevel_to_exit": summarize_ns(literal_ns),
                         "bare_python_startup": summarize_ns(bare_ns)}}
 
@@ -522,7 +535,7 @@ def bench_genkey(runs: int, scratch: Scratch) -> dict[str, Any]:
     def genkey_once() -> int:
         client_id = f"bench-genkey-{run_id}-{len(keys)}"
         started = time.perf_counter_ns()
-        done = subprocess.run([sys.executable, str(SERVER), "genkey", "--client-id", client_id], cwd=REPO, env=env,
+        done = subprocess.run([*server_argv, "genkey", "--client-id", client_id], cwd=REPO, env=env,
                               stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=TIMEOUT)
         elapsed = time.perf_counter_ns() - started
         if done.returncode != 0:
@@ -697,7 +710,7 @@ class SDKClient:
         from mcp import Client, StdioServerParameters
         from mcp.client.stdio import stdio_client
 
-        params = StdioServerParameters(command=sys.executable, args=[str(SERVER), "serve"], cwd=str(REPO),
+        params = StdioServerParameters(command=server_argv[0], args=[*server_argv[1:], "serve"], cwd=str(REPO),
                                        env=dict(self.env))
         transport = stdio_client(params, errlog=self.stderr)  # type: ignore[arg-type]
         self.client = await self.stack.enter_async_context(Client(transport, mode="legacy", cache=None))
@@ -814,7 +827,7 @@ class HttpServerProcess:
         self.log = open(self.log_path, "wb")  # noqa: SIM115 -- closed in stop()
         started = time.perf_counter()
         self.proc = subprocess.Popen(
-            [sys.executable, str(SERVER), "serve", "--transport", "http", "--host", "127.0.0.1", "--port", "0",
+            [*server_argv, "serve", "--transport", "http", "--host", "127.0.0.1", "--port", "0",
              "--tls-cert", str(scratch.tls_dir / "server.crt"), "--tls-key", str(scratch.tls_dir / "server.key")],
             cwd=REPO, env=scratch.env, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
         try:
@@ -1366,6 +1379,10 @@ def build_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     if cold is not None:
         rows.append(row("cold start: spawn -> initialize answer (median)", cold["value"]["median_ms"],
                         cold["floor"]["median_ms"], "spawn -> `import mcp.server.lowlevel` done"))
+        if cold.get("single_file"):
+            rows.append(row("cold start, single file `python3 mcp_docker.py` (median)",
+                            cold["single_file"]["median_ms"], cold["floor"]["median_ms"],
+                            "spawn -> `import mcp.server.lowlevel` done"))
     if genkey is not None:
         rows.append(row("genkey: spawn -> exit (median)", genkey["value"]["median_ms"], genkey["floor"]["median_ms"],
                         "spawn -> exit of `python3 -c pass`"))
@@ -1642,6 +1659,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="sessions held open for the memory figure (default 500, at most 990)")
     parser.add_argument("--only", type=stage_names, default=list(STAGES), metavar="STAGE,...",
                         help=f"run only these stages (default all: {','.join(STAGES)})")
+    parser.add_argument("--server", choices=sorted(SERVER_FORMS), default="installed",
+                        help="how servers are started: 'installed' runs the module from compiled bytecode as an "
+                             "installed mcp-docker does (compiled first, like pip/pipx do at install); 'file' runs "
+                             "`python3 mcp_docker.py`, compiled on every start (default installed)")
     parser.add_argument("--require-targets", action="store_true",
                         help="exit with status 2 when a measured target is not met (default: report only)")
     args = parser.parse_args(argv)
@@ -1657,8 +1678,15 @@ def on_sigterm(signum: int, frame: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global server_argv
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, on_sigterm)
+    server_argv = SERVER_FORMS[args.server]
+    if args.server == "installed":  # what pip and pipx do at install time; bytecode goes to __pycache__
+        import importlib.util
+        import py_compile
+
+        py_compile.compile(str(SERVER), cfile=importlib.util.cache_from_source(str(SERVER)), doraise=True)
     import docker
     from docker.utils import kwargs_from_env
 
@@ -1743,6 +1771,7 @@ def main(argv: list[str] | None = None) -> int:
         "generated": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "settings": {"runs": args.runs, "iterations": args.iterations, "warmup": args.warmup,
                      "containers": CONTAINERS, "image": IMAGE, "protocol_version": PROTOCOL_VERSION,
+                     "server": args.server, "server_command": [*server_argv, "serve"],
                      "sdk": args.sdk, "http": args.http, "http_seconds": args.http_seconds,
                      "http_clients": args.http_clients, "http_max_requests": args.http_max_requests,
                      "sessions": args.sessions, "only": args.only, "require_targets": args.require_targets,
