@@ -5363,13 +5363,14 @@ class AuditLog:
     write succeeds again.
     """
 
-    def __init__(self, path: str, max_bytes: int, backups: int):
+    def __init__(self, path: str, max_bytes: int, backups: int, sync_in_background: bool = False):
         import threading
 
         self.path, self.max_bytes, self.backups = path, max_bytes, backups
         self.lock = threading.Lock()
         self.healthy = True
         self.last_error: str | None = None
+        self.syncer = AuditSyncer(self) if sync_in_background else None
 
     def _tail(self, fd: int) -> tuple[str, int]:
         """The hash and sequence of the file's last complete line (genesis for an empty file)."""
@@ -5402,7 +5403,10 @@ class AuditLog:
                     written = os.write(fd, line)
                     if written != len(line):
                         raise OSError("short write")
-                    os.fsync(fd)
+                    if self.syncer is None:
+                        os.fsync(fd)
+                    else:
+                        self.syncer.request()
                 finally:
                     os.close(fd)
             except OSError as exc:
@@ -5424,6 +5428,7 @@ class AuditLog:
             if os.path.exists(f"{self.path}.{index}"):
                 os.replace(f"{self.path}.{index}", f"{self.path}.{index + 1}")
         os.replace(self.path, f"{self.path}.1")
+        os.fsync(fd)  # the background syncer only knows the new file
         os.close(fd)
         fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -5437,6 +5442,56 @@ class AuditLog:
         if self.healthy:
             return True
         return self.write({"event_type": "audit_recovered", "error_before": self.last_error})
+
+
+class AuditSyncer:
+    """fsyncs the audit log in a thread of its own, soon after each write. A server's answer then does
+    not wait for the disk and one fsync covers every line written meanwhile; each line is in the kernel
+    before the answer leaves, so a killed process loses nothing, and only a power cut can lose the
+    last few milliseconds of records. A failed fsync marks the log unhealthy, so tool calls are refused
+    until writing works again. ``flush`` waits for the lines written so far (at shutdown)."""
+
+    def __init__(self, audit: AuditLog):
+        import threading
+
+        self.audit = audit
+        self.changed = threading.Condition()
+        self.requested = self.synced = 0
+        self.thread: threading.Thread | None = None
+
+    def request(self) -> None:
+        import threading
+
+        with self.changed:
+            self.requested += 1
+            self.changed.notify_all()
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="audit-fsync", daemon=True)
+                self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self.changed:
+                while self.synced >= self.requested:
+                    self.changed.wait()
+                target = self.requested
+            try:
+                fd = os.open(self.audit.path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                log.error("audit log fsync failed (%s); refusing tool calls until it works", exc.strerror or exc)
+                self.audit.healthy, self.audit.last_error = False, str(exc.strerror or exc)
+            with self.changed:
+                self.synced = target
+                self.changed.notify_all()
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        with self.changed:
+            target = self.requested
+            return self.changed.wait_for(lambda: self.synced >= target, timeout)
 
 
 # -- signed requests (SSH keys) --------------------------------------------------------------------
@@ -7325,7 +7380,7 @@ def serve(verbose: bool, **options: Any) -> None:
     audit = None
     if settings.audit_log_enabled:
         audit = AuditLog(settings.audit_log_file or default_state_path("audit.log"),
-                         settings.audit_log_max_bytes, settings.audit_log_backups)
+                         settings.audit_log_max_bytes, settings.audit_log_backups, sync_in_background=True)
         app.audit, app.audit_ready = audit.write, audit.probe
     if settings.rate_limit_enabled and settings.transport == "stdio":
         app.stdio_limiter = RateLimiter(settings.rate_limit_rpm, settings.rate_limit_burst)
@@ -7340,6 +7395,9 @@ def serve(verbose: bool, **options: Any) -> None:
             asyncio.run(http.run())
         except StartupError as error:
             raise click.ClickException(str(error)) from None
+        finally:
+            if audit and audit.syncer:
+                audit.syncer.flush()
         exit_without_waiting_for_abandoned_calls()
         return
     import anyio
@@ -7350,6 +7408,8 @@ def serve(verbose: bool, **options: Any) -> None:
         anyio.run(serve_stdio, app)
     if audit:
         audit.write({"event_type": "server_stop", "transport": "stdio"})
+        if audit.syncer:
+            audit.syncer.flush()
     exit_without_waiting_for_abandoned_calls()  # the client is gone: nobody waits for those answers
 
 

@@ -2135,6 +2135,20 @@ def test_audit_rotation_keeps_the_chain(tmp_path):
     assert done.returncode == 0, done.stdout
 
 
+def test_background_audit_sync_flushes_and_fails_closed(tmp_path):
+    audit = md.AuditLog(str(tmp_path / "audit.log"), 1 << 30, 2, sync_in_background=True)
+    for number in range(50):
+        assert audit.write({"event_type": "tool_call", "n": number})
+    assert audit.syncer.flush(10) and audit.healthy
+    assert [r["n"] for r in audit_records(tmp_path / "audit.log")] == list(range(50))
+    assert subprocess.run([*SERVER[:-1], "audit", "verify", str(tmp_path / "audit.log")]).returncode == 0
+    # an fsync that fails marks the log unhealthy, so tool calls are refused until a write works again
+    gone = md.AuditLog(str(tmp_path / "missing" / "audit.log"), 1 << 30, 2, sync_in_background=True)
+    gone.syncer.request()
+    assert gone.syncer.flush(10) and not gone.healthy and gone.last_error
+    assert gone.probe() and gone.healthy  # writing works (the directory is made): admitted again
+
+
 def test_concurrent_audit_writers_never_interleave(tmp_path):
     log_path = str(tmp_path / "audit.log")
     code = ("import sys, mcp_docker as md\n"
