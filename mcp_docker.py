@@ -6475,6 +6475,59 @@ class ExchangeContext:
         await self.notify("notifications/progress", params)
 
 
+def _der_element(data: bytes, at: int) -> tuple[int, int, int]:
+    """(tag, start of content, end of content) of the DER element at ``at``."""
+    tag, length = data[at], data[at + 1]
+    at += 2
+    if length & 0x80:
+        count = length & 0x7F
+        if not 1 <= count <= 4:
+            raise ValueError("unsupported DER length")
+        length = int.from_bytes(data[at:at + count], "big")
+        at += count
+    if at + length > len(data):
+        raise ValueError("truncated DER")
+    return tag, at, at + length
+
+
+def certificate_validity(pem: bytes) -> tuple[_dt.datetime, _dt.datetime]:
+    """notBefore and notAfter of the first certificate in a PEM file. Reading these two fields of the
+    DER is a few lines, so the server need not load the cryptography package (7 MiB) for its own
+    certificate; ValueError for anything that is not a certificate."""
+    import base64
+    import binascii
+
+    match = re.search(rb"-----BEGIN CERTIFICATE-----\s*([A-Za-z0-9+/=\s]+?)\s*-----END CERTIFICATE-----", pem)
+    if not match:
+        raise ValueError("no PEM certificate")
+    try:
+        der = base64.b64decode(b"".join(match.group(1).split()), validate=True)
+        tag, start, _ = _der_element(der, 0)  # Certificate
+        tag_tbs, at, _ = _der_element(der, start)  # TBSCertificate
+        if tag != 0x30 or tag_tbs != 0x30:
+            raise ValueError("not a certificate")
+        if der[at] == 0xA0:  # [0] version
+            at = _der_element(der, at)[2]
+        for _ in range(3):  # serialNumber, signature, issuer
+            at = _der_element(der, at)[2]
+        tag, at, _ = _der_element(der, at)  # Validity
+        if tag != 0x30:
+            raise ValueError("no validity")
+        times = []
+        for _ in range(2):
+            tag, start, end = _der_element(der, at)
+            text, at = der[start:end].decode("ascii"), end
+            if tag == 0x17:  # UTCTime: YYMMDDHHMMSSZ, years 1950-2049
+                year = int(text[:2])
+                text = f"{1900 + year if year >= 50 else 2000 + year}{text[2:]}"
+            elif tag != 0x18:  # GeneralizedTime: YYYYMMDDHHMMSSZ
+                raise ValueError("unknown time")
+            times.append(_dt.datetime.strptime(text, "%Y%m%d%H%M%SZ").replace(tzinfo=_dt.UTC))
+    except (IndexError, binascii.Error, UnicodeDecodeError) as exc:
+        raise ValueError(f"malformed certificate ({type(exc).__name__})") from None
+    return times[0], times[1]
+
+
 def build_ssl_context(settings: Settings) -> Any:
     """A server SSLContext from the settings, refusing to start on anything unusable."""
     import ssl
@@ -6485,17 +6538,15 @@ def build_ssl_context(settings: Settings) -> Any:
         if not os.access(path, os.R_OK):
             raise StartupError(f"TLS {label} file is not readable: {path}")
     try:
-        from cryptography import x509
-
         with open(settings.tls_cert, "rb") as handle:
-            cert = x509.load_pem_x509_certificate(handle.read())
-    except Exception as exc:
+            not_before, not_after = certificate_validity(handle.read())
+    except (OSError, ValueError) as exc:
         raise StartupError(f"TLS certificate is not a PEM certificate ({type(exc).__name__})") from None
     now = _dt.datetime.now(_dt.UTC)
-    if cert.not_valid_after_utc < now:
-        raise StartupError(f"TLS certificate expired on {cert.not_valid_after_utc:%Y-%m-%d}")
-    if cert.not_valid_before_utc > now:
-        raise StartupError(f"TLS certificate is not valid before {cert.not_valid_before_utc:%Y-%m-%d}")
+    if not_after < now:
+        raise StartupError(f"TLS certificate expired on {not_after:%Y-%m-%d}")
+    if not_before > now:
+        raise StartupError(f"TLS certificate is not valid before {not_before:%Y-%m-%d}")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_3 if settings.tls_min_version == "1.3" else ssl.TLSVersion.TLSv1_2
     context.set_ciphers("ECDHE+AESGCM:ECDHE+CHACHA20")  # TLS 1.2 suites; 1.3's are all modern

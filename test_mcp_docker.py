@@ -243,6 +243,53 @@ def test_a_tool_cannot_use_schema_keywords_the_checker_does_not_know():
                 params={"x": {"type": "string", "description": "x", "format": "email"}}, output=md.out({}))
 
 
+def _self_signed(not_before, not_after) -> bytes:
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "validity-test")])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(not_before).not_valid_after(not_after)
+            .sign(key, hashes.SHA256()))
+    assert cert.not_valid_before_utc == not_before.replace(tzinfo=dt.UTC)
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def test_certificate_validity_reads_both_time_forms_and_rejects_the_rest():
+    import base64
+    import datetime as dt
+
+    cases = [(dt.datetime(2026, 1, 2, 3, 4, 5), dt.datetime(2027, 6, 7, 8, 9, 10)),  # UTCTime
+             (dt.datetime(1951, 1, 1), dt.datetime(2049, 12, 31, 23, 59, 59)),
+             (dt.datetime(2050, 1, 1), dt.datetime(2100, 1, 1))]  # GeneralizedTime on both ends
+    for not_before, not_after in cases:
+        pem = _self_signed(not_before, not_after)
+        assert md.certificate_validity(b"junk before\n" + pem) == (not_before.replace(tzinfo=dt.UTC),
+                                                                     not_after.replace(tzinfo=dt.UTC))
+    for bad in (b"", b"-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n",
+                b"-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----\n"):
+        with pytest.raises(ValueError):
+            md.certificate_validity(bad)
+    # corrupted certificates: a clear ValueError or (if the corruption missed those fields) two dates, never a crash
+    der = bytearray(base64.b64decode(b"".join(_self_signed(*cases[0]).split(b"\n")[1:-2])))
+    rng = random.Random(7)
+    for _ in range(2000):
+        broken = bytearray(der)
+        for _ in range(rng.randint(1, 4)):
+            broken[rng.randrange(len(broken))] = rng.randrange(256)
+        pem = b"-----BEGIN CERTIFICATE-----\n" + base64.b64encode(bytes(broken[:rng.randint(0, len(broken))]))
+        try:
+            before, after = md.certificate_validity(pem + b"\n-----END CERTIFICATE-----\n")
+        except ValueError:
+            continue
+        assert before.tzinfo is dt.UTC and after.tzinfo is dt.UTC
+
+
 def test_settings_precedence_flags_env_file():
     env_file = {"SAFETY_ALLOW_DESTRUCTIVE_OPERATIONS": "true", "MCP_MAX_OUTPUT_BYTES": "1000",
                 "MCP_TOOLSETS": "system"}
