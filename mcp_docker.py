@@ -5236,9 +5236,9 @@ def audit_torn_tail(path: str) -> bool:
 class AuditLog:
     """Append-only JSON lines, hash-chained, mode 600, rotated by size, safe across threads and processes.
 
-    Fail closed: a write that fails marks the log unhealthy, and ``problem`` (checked before every tool
-    call and by /healthz) then says why until a write succeeds again (an ``audit_recovered`` line). A
-    healthy log is also checked without writing: its directory, a read-only or full file system.
+    Fail closed: ``problem`` (checked before every tool call and by /healthz) says why the log cannot be
+    written: seen without writing (its directory gone, a read-only or full file system) or from a write
+    that failed. It stays so until the location looks fit and an ``audit_recovered`` line is written.
 
     Nothing half-written stays: each write is one write(2) of whole lines under an exclusive lock, and one
     that fails part-way (a full disk) is cut back to the size before it. A writer killed in the middle of a
@@ -5368,7 +5368,8 @@ class AuditLog:
                 fd = self._open_locked()
                 try:
                     if os.fstat(fd).st_size >= self.max_bytes:
-                        fd = self._rotate(fd)
+                        fd, old = self._rotate(fd), fd
+                        os.close(old)  # held until the new file is in place: writers waiting on it then reopen
                     self._append(fd, [record])
                 finally:
                     os.close(fd)
@@ -5383,7 +5384,8 @@ class AuditLog:
             return True  # an unhealthy log stays so until ``problem`` sees its location fit and recovers it
 
     def _rotate(self, fd: int) -> int:
-        """Shift path -> path.1 -> path.2 ...; the new file's chain continues from the old file's end."""
+        """Shift path -> path.1 -> path.2 ...; the new file's chain continues from the old file's end.
+        Returns the new file, locked; the caller closes ``fd`` (the old one)."""
         previous_hash, seq, events, end, torn = self._chain_end(fd)
         if events:  # a torn tail is cut and reported in the file it was found in
             self._write_lines(fd, events, previous_hash, seq, end if torn else None, torn)
@@ -5392,15 +5394,14 @@ class AuditLog:
             if os.path.exists(f"{self.path}.{index}"):
                 os.replace(f"{self.path}.{index}", f"{self.path}.{index + 1}")
         os.replace(self.path, f"{self.path}.1")
-        os.close(fd)
-        fd = self._open_locked()
+        new = self._open_locked()
         try:
-            self._write_lines(fd, [{"event_type": "audit_rotated", "previous_file": os.path.basename(self.path) + ".1"}],
+            self._write_lines(new, [{"event_type": "audit_rotated", "previous_file": os.path.basename(self.path) + ".1"}],
                               previous_hash, seq)
         except BaseException:
-            os.close(fd)
+            os.close(new)
             raise
-        return fd
+        return new
 
     def problem(self) -> str | None:
         """Why tool calls must be refused now (short, no path), or None when the log can be written.
