@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as _dt
+import errno
 import hashlib
 import hmac
 import json
@@ -4369,6 +4370,11 @@ def import_sdk_lightly() -> None:
             setattr(sys.modules[parent], child, package)
 
 
+# A call that ran but whose audit line could not be written: its result is withheld (fail closed).
+UNAUDITED = ToolError("unavailable", "the call ran, but its audit record could not be written, so its result is "
+                                     "withheld; tool calls are refused until the audit log can be written")
+
+
 @contextlib.contextmanager
 def naming_engine(engine: Engine | None) -> Any:
     """With several engines, a failure to reach one says which one."""
@@ -4454,7 +4460,8 @@ class DockerMCP:
 
     Transports say who is calling through ``ctx.request`` (anything with ``principal``, ``role``,
     ``client_ip`` and ``session_id`` attributes; None on stdio). Accountability is injected by the
-    CLI: ``audit`` receives one record per call decision, ``audit_ready`` says whether it can, and
+    CLI: ``audit`` receives one record per call decision (False: it could not be written),
+    ``audit_problem`` says why the log cannot be written now (None: it can), and
     ``stdio_limiter`` guards stdio against a runaway agent.
     """
 
@@ -4463,8 +4470,8 @@ class DockerMCP:
         self.engines = engines or Engines(settings)
         self._listed: dict[tuple[Role | None, bool], list[Any]] = {}
         self.in_flight = 0  # tool calls running now; a graceful shutdown waits for them
-        self.audit: Callable[[dict[str, Any]], None] | None = None
-        self.audit_ready: Callable[[], bool] = lambda: True
+        self.audit: Callable[[dict[str, Any]], bool] | None = None
+        self.audit_problem: Callable[[], str | None] = lambda: None
         self.stdio_limiter: RateLimiter | None = None
         self._confirmation_key = os.urandom(32)  # binds 2026-era confirmations to this process
         import_sdk_lightly()
@@ -4506,9 +4513,10 @@ class DockerMCP:
             if wait:
                 raise ToolError("rate_limited", f"too many tool calls; retry in {max(1, round(wait + 0.5))}s "
                                                 "(SECURITY_RATE_LIMIT_RPM / SECURITY_RATE_LIMIT_BURST)")
-        if not self.audit_ready():
-            raise ToolError("unavailable", "the audit log cannot be written, so tool calls are refused; "
-                                           "the server log says why")
+        problem = self.audit_problem()
+        if problem:
+            raise ToolError("unavailable", f"the audit log cannot be written ({problem}), so tool calls are "
+                                           "refused until it can; the server log says more")
 
     def audit_record(self, name: str, arguments: Any, caller: Any, started: float,
                      result: dict[str, Any] | None, error: ToolError | None) -> dict[str, Any]:
@@ -4773,6 +4781,7 @@ class DockerMCP:
             result: dict[str, Any] | None = None
             failure: ToolError | None = None
             asked = False
+            audited = True
             principal = getattr(ctx.request, "principal", None)
             client_id = principal.client_id if principal else client_identity(ctx)
             await client_log(ctx, "debug", {"tool": name, "status": "started"})
@@ -4787,7 +4796,10 @@ class DockerMCP:
                 failure = error
             finally:
                 if self.audit is not None and not asked:
-                    self.audit(self.audit_record(name, params.arguments, ctx.request, started, result, failure))
+                    audited = self.audit(self.audit_record(name, params.arguments, ctx.request, started, result,
+                                                           failure))
+            if self.audit is not None and not audited and failure is None:
+                result, failure = None, UNAUDITED
             elapsed_ms = (time.monotonic() - started) * 1000
             await client_log(ctx, "warning" if failure else "info", {
                 "tool": name, "status": failure.category if failure else "ok", "duration_ms": round(elapsed_ms),
@@ -4836,8 +4848,10 @@ class DockerMCP:
             except ToolError as error:
                 failure = error
             finally:
-                if self.audit is not None:
-                    self.audit(self.audit_record(name, arguments, ctx.request, started, result, failure))
+                audited = self.audit is None or self.audit(self.audit_record(name, arguments, ctx.request, started,
+                                                                              result, failure))
+            if not audited and failure is None:
+                result, failure = None, UNAUDITED
             if failure is not None:
                 code = RESOURCE_NOT_FOUND if failure.category == "not_found" else mcp_types.INVALID_PARAMS
                 raise MCPError(code, f"{failure.category}: {failure.message}")
@@ -5317,6 +5331,17 @@ def ip_allowed(address: str, allowed: tuple[str, ...]) -> bool:
 # -- the audit log --------------------------------------------------------------------------------
 
 AUDIT_GENESIS = "0" * 64
+AUDIT_MIN_FREE_BYTES = 16 * 1024  # less than this left on the log's file system counts as full
+AUDIT_ERROR_REASONS = {  # errno -> the short reason /healthz, doctor and refused calls give (never a path)
+    errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+    errno.EROFS: "the file system is read-only", errno.ENOENT: "its directory is missing",
+    errno.ENOTDIR: "its directory is missing", errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+    errno.EIO: "the disk reports I/O errors",
+}
+
+
+def audit_error_reason(exc: OSError) -> str:
+    return AUDIT_ERROR_REASONS.get(exc.errno or 0) or sanitize_engine_text(exc.strerror or str(exc), 80)
 
 
 def audit_line(record: Mapping[str, Any], seq: int, previous_hash: str) -> tuple[bytes, str]:
@@ -5328,6 +5353,13 @@ def audit_line(record: Mapping[str, Any], seq: int, previous_hash: str) -> tuple
     canonical = json.dumps(body, separators=(",", ":"), sort_keys=True, default=str)
     line_hash = hashlib.sha256(canonical.encode()).hexdigest()
     return (canonical[:-1] + f',"hash":"{line_hash}"}}\n').encode(), line_hash
+
+
+def split_torn_tail(data: bytes) -> tuple[list[bytes], bytes]:
+    """The complete lines of an audit file and its torn tail: the bytes after the last newline, which a
+    writer killed in the middle of a line leaves behind (empty when the file ends cleanly)."""
+    end = data.rfind(b"\n") + 1
+    return [line for line in data[:end].split(b"\n") if line.strip()], data[end:]
 
 
 def verify_audit_lines(lines: list[bytes], previous_hash: str | None = None,
@@ -5356,11 +5388,53 @@ def verify_audit_lines(lines: list[bytes], previous_hash: str | None = None,
     return problems
 
 
+def audit_location_problem(path: str, directory_made: bool) -> str | None:
+    """Why the audit log at ``path`` cannot be written, seen without writing (short, no path), or None:
+    its directory gone (once made), a read-only or full file system, a file that cannot be opened to append."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not directory_made and not os.path.isdir(directory):
+        return None  # made on the first write
+    try:
+        fs = os.statvfs(directory)
+        if fs.f_flag & os.ST_RDONLY:
+            return AUDIT_ERROR_REASONS[errno.EROFS]
+        free = fs.f_bfree if os.geteuid() == 0 else fs.f_bavail  # root may use the reserved blocks
+        if free * fs.f_frsize < AUDIT_MIN_FREE_BYTES:
+            return AUDIT_ERROR_REASONS[errno.ENOSPC]
+        if os.path.exists(path):
+            os.close(os.open(path, os.O_WRONLY | os.O_APPEND))
+    except OSError as exc:
+        return audit_error_reason(exc)
+    return None
+
+
+def audit_torn_tail(path: str) -> bool:
+    """Whether the file ends in a torn line (no final newline)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            if handle.tell() == 0:
+                return False
+            handle.seek(-1, os.SEEK_END)
+            return handle.read(1) != b"\n"
+    except OSError:
+        return False
+
+
 class AuditLog:
     """Append-only JSON lines, hash-chained, mode 600, rotated by size, safe across threads and processes.
 
-    A write that fails marks the log unhealthy; tool calls are then refused (fail closed) until a
-    write succeeds again.
+    Fail closed: ``problem`` (checked before every tool call and by /healthz) says why the log cannot be
+    written: seen without writing (its directory gone, a read-only or full file system) or from a write
+    that failed. It stays so until the location looks fit and an ``audit_recovered`` line is written.
+
+    Nothing half-written stays: each write is one write(2) of whole lines under an exclusive lock, and one
+    that fails part-way (a full disk) is cut back to the size before it. A writer killed in the middle of a
+    line (kill -9, power loss) leaves a torn tail without its newline; the next writer cuts it off and first
+    writes an ``audit_tail_repaired`` line (the cut bytes' length and SHA-256) chained to the last complete
+    line, so the chain goes on rather than starting anew. The directory is made on the first write only: if
+    it vanishes later, writes fail until it is back, and a file found empty after this process wrote to it
+    starts with an ``audit_log_missing`` line continuing the sequence from the last line this process wrote.
     """
 
     def __init__(self, path: str, max_bytes: int, backups: int, sync_in_background: bool = False):
@@ -5369,79 +5443,186 @@ class AuditLog:
         self.path, self.max_bytes, self.backups = path, max_bytes, backups
         self.lock = threading.Lock()
         self.healthy = True
-        self.last_error: str | None = None
+        self.last_error: str | None = None  # short and without paths: /healthz shows it
+        self.directory_made = False
+        self.last_written: tuple[str, int] | None = None  # hash and seq of this process's last line
         self.syncer = AuditSyncer(self) if sync_in_background else None
 
-    def _tail(self, fd: int) -> tuple[str, int]:
-        """The hash and sequence of the file's last complete line (genesis for an empty file)."""
-        size = os.fstat(fd).st_size
-        if size == 0:
-            return AUDIT_GENESIS, 0
-        chunk = os.pread(fd, min(size, 65536), max(0, size - 65536))
-        for raw in reversed(chunk.split(b"\n")):
-            if raw.strip():
-                try:
-                    record = json.loads(raw)
-                    return record["hash"], int(record["seq"])
-                except (ValueError, KeyError, TypeError):
-                    break
-        return AUDIT_GENESIS, 0  # the tail is damaged: start a new chain that `audit verify` will show
-
-    def write(self, record: Mapping[str, Any]) -> bool:
+    def _open_locked(self) -> int:
+        """The current file, opened for appending and exclusively locked; reopened if another process
+        rotated it away while this one waited for the lock."""
         import fcntl
 
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # other processes writing the same file wait their turn
+                here = os.fstat(fd)
+                now = os.stat(self.path)
+                if (here.st_dev, here.st_ino) == (now.st_dev, now.st_ino):
+                    return fd
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)
+
+    @staticmethod
+    def _last_complete_line(fd: int, size: int) -> tuple[int, bytes]:
+        """Where the complete lines end (a torn tail follows) and the last complete line (b"" if none)."""
+        data, start = b"", size
+        while start > 0:
+            step = min(start, 65536)
+            start -= step
+            data = os.pread(fd, step, start) + data
+            last = data.rfind(b"\n")
+            if last >= 0 and (start == 0 or data.rfind(b"\n", 0, last) >= 0):
+                break
+        last = data.rfind(b"\n")
+        if last < 0:
+            return 0, b""
+        return start + last + 1, data[data.rfind(b"\n", 0, last) + 1:last]
+
+    def _chain_end(self, fd: int) -> tuple[str, int, list[dict[str, Any]], int, bytes]:
+        """What the next line continues from (hash, seq), the lines to write before it, where the complete
+        lines end and the torn tail after them (empty when the file ends cleanly)."""
+        import hashlib
+
+        size = os.fstat(fd).st_size
+        end, last = self._last_complete_line(fd, size)
+        events: list[dict[str, Any]] = []
+        torn = os.pread(fd, size - end, end) if end < size else b""
+        if torn:
+            log.warning("audit log: cutting off a torn last line (%d bytes) left by an interrupted writer", len(torn))
+            events.append({"event_type": "audit_tail_repaired", "cut_bytes": len(torn),
+                           "cut_sha256": hashlib.sha256(torn).hexdigest()})
+        if last:
+            try:
+                record = json.loads(last)
+                return str(record["hash"]), int(record["seq"]), events, end, torn
+            except (ValueError, KeyError, TypeError):
+                pass  # an edited last line: start a new chain, which `audit verify` shows
+        elif end == 0 and self.last_written is not None:
+            previous_hash, seq = self.last_written
+            log.error("audit log: the file was removed or emptied since this process wrote line %d", seq)
+            events.append({"event_type": "audit_log_missing", "last_seq": seq, "last_hash": previous_hash})
+            return previous_hash, seq, events, end, torn
+        return AUDIT_GENESIS, 0, events, end, torn
+
+    def _put(self, fd: int, data: bytes, at: int | None) -> int:
+        """Append ``data``, or write it over a torn tail starting at ``at`` (so that a writer killed here
+        leaves the torn bytes or the lines that report them, never neither)."""
+        if at is None:
+            return os.write(fd, data)
+        over = os.open(self.path, os.O_WRONLY)  # without O_APPEND: pwrite on an O_APPEND fd appends
+        try:
+            return os.pwrite(over, data, at)
+        finally:
+            os.close(over)
+
+    def _write_lines(self, fd: int, records: list[Mapping[str, Any]], previous_hash: str, seq: int,
+                     at: int | None = None, torn: bytes = b"") -> None:
+        """Write whole lines in one write and make them durable; on any failure put the file back as it was."""
+        size = os.fstat(fd).st_size
+        start = size if at is None else at
+        data = b""
+        for record in records:
+            seq += 1
+            line, previous_hash = audit_line(record, seq, previous_hash)
+            data += line
+        try:
+            if self._put(fd, data, at) != len(data):  # a short write: the disk filled up during it
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            if start + len(data) < size:
+                os.ftruncate(fd, start + len(data))  # the rest of a longer torn tail
+            if self.syncer is None or at is not None:
+                os.fsync(fd)
+            else:  # the server's answer does not wait for the disk (see AuditSyncer)
+                self.syncer.request()
+        except OSError:
+            try:  # no half line: the file ends as it did (a torn tail stays for the next writer to report)
+                if torn:
+                    self._put(fd, torn, start)
+                os.ftruncate(fd, start + len(torn))
+            except OSError as exc:  # the next writer cuts the rest off as a torn tail
+                log.error("audit log: could not undo a failed write: %s", exc.strerror or exc)
+            raise
+        self.last_written = (previous_hash, seq)
+
+    def _append(self, fd: int, records: list[Mapping[str, Any]]) -> None:
+        previous_hash, seq, events, end, torn = self._chain_end(fd)
+        self._write_lines(fd, [*events, *records], previous_hash, seq, end if torn else None, torn)
+
+    def write(self, record: Mapping[str, Any]) -> bool:
         with self.lock:
             try:
-                os.makedirs(os.path.dirname(os.path.abspath(self.path)), mode=0o700, exist_ok=True)
-                fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+                if not self.directory_made:
+                    os.makedirs(os.path.dirname(os.path.abspath(self.path)), mode=0o700, exist_ok=True)
+                fd = self._open_locked()
                 try:
-                    fcntl.flock(fd, fcntl.LOCK_EX)  # other processes writing the same file wait their turn
                     if os.fstat(fd).st_size >= self.max_bytes:
-                        fd = self._rotate(fd)
-                    previous_hash, seq = self._tail(fd)
-                    line, _ = audit_line(record, seq + 1, previous_hash)
-                    written = os.write(fd, line)
-                    if written != len(line):
-                        raise OSError("short write")
-                    if self.syncer is None:
-                        os.fsync(fd)
-                    else:
-                        self.syncer.request()
+                        fd, old = self._rotate(fd), fd
+                        os.close(old)  # held until the new file is in place: writers waiting on it then reopen
+                    self._append(fd, [record])
                 finally:
                     os.close(fd)
             except OSError as exc:
-                if self.healthy:
-                    log.error("audit log write failed (%s); refusing tool calls until it works", exc.strerror or exc)
-                self.healthy, self.last_error = False, str(exc.strerror or exc)
+                reason = audit_error_reason(exc)
+                if self.healthy or reason != self.last_error:
+                    log.error("audit log write failed (%s: %s); refusing tool calls until it works", reason,
+                              exc.strerror or exc)
+                self.healthy, self.last_error = False, reason
                 return False
-            if not self.healthy:
-                log.warning("audit log writable again")
-            self.healthy, self.last_error = True, None
-            return True
+            self.directory_made = True
+            return True  # an unhealthy log stays so until ``problem`` sees its location fit and recovers it
 
     def _rotate(self, fd: int) -> int:
-        """Shift path -> path.1 -> path.2 ...; the new file's chain continues from the old file's end."""
-        import fcntl
-
-        previous_hash, seq = self._tail(fd)
+        """Shift path -> path.1 -> path.2 ...; the new file's chain continues from the old file's end.
+        Returns the new file, locked; the caller closes ``fd`` (the old one)."""
+        previous_hash, seq, events, end, torn = self._chain_end(fd)
+        if events:  # a torn tail is cut and reported in the file it was found in
+            self._write_lines(fd, events, previous_hash, seq, end if torn else None, torn)
+            previous_hash, seq = self.last_written or (previous_hash, seq)
         for index in range(self.backups - 1, 0, -1):
             if os.path.exists(f"{self.path}.{index}"):
                 os.replace(f"{self.path}.{index}", f"{self.path}.{index + 1}")
         os.replace(self.path, f"{self.path}.1")
-        os.fsync(fd)  # the background syncer only knows the new file
-        os.close(fd)
-        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        line, _ = audit_line({"event_type": "audit_rotated", "previous_file": os.path.basename(self.path) + ".1"},
-                             seq + 1, previous_hash)
-        os.write(fd, line)
-        return fd
+        if self.syncer is not None:
+            os.fsync(fd)  # the background syncer only knows the current file
+        new = self._open_locked()
+        try:
+            self._write_lines(new, [{"event_type": "audit_rotated", "previous_file": os.path.basename(self.path) + ".1"}],
+                              previous_hash, seq)
+        except BaseException:
+            os.close(new)
+            raise
+        return new
+
+    def problem(self) -> str | None:
+        """Why tool calls must be refused now (short, no path), or None when the log can be written.
+
+        The location is checked without writing (so a full, read-only or removed one is seen before a
+        call, not after it); an unhealthy log whose location looks fit again is retried by writing an
+        ``audit_recovered`` line, and is healthy once that succeeds."""
+        reason = audit_location_problem(self.path, self.directory_made)
+        if not self.healthy:
+            if reason is None and self.write({"event_type": "audit_recovered", "error_before": self.last_error}):
+                with self.lock:
+                    self.healthy, self.last_error = True, None
+                log.warning("audit log writable again")
+                return None
+            with self.lock:
+                self.last_error = reason or self.last_error
+            return self.last_error
+        if reason is not None:
+            with self.lock:
+                if self.healthy:
+                    log.error("audit log cannot be written (%s); refusing tool calls until it works", reason)
+                self.healthy, self.last_error = False, reason
+        return reason
 
     def probe(self) -> bool:
-        """Whether the log can be written now (used before refusing or admitting tool calls)."""
-        if self.healthy:
-            return True
-        return self.write({"event_type": "audit_recovered", "error_before": self.last_error})
+        """Whether the log can be written now."""
+        return self.problem() is None
 
 
 class AuditSyncer:
@@ -5483,7 +5664,8 @@ class AuditSyncer:
                     os.close(fd)
             except OSError as exc:
                 log.error("audit log fsync failed (%s); refusing tool calls until it works", exc.strerror or exc)
-                self.audit.healthy, self.audit.last_error = False, str(exc.strerror or exc)
+                with self.audit.lock:
+                    self.audit.healthy, self.audit.last_error = False, audit_error_reason(exc)
             with self.changed:
                 self.synced = target
                 self.changed.notify_all()
@@ -6932,6 +7114,9 @@ class HttpServer:
         if request.path == "/healthz":
             if request.method not in ("GET", "HEAD"):
                 return HttpResponse(405, [("allow", "GET, HEAD")])
+            problem = self.audit.problem() if self.audit is not None else None
+            if problem:  # unauthenticated: a short reason, never a path
+                return json_response(503, {"status": "unavailable", "reason": f"audit log: {problem}"})
             return json_response(200, {"status": "ok"})
         oauth = self.access.oauth
         if oauth is not None and request.path in metadata_paths(self.settings.oauth_resource):
@@ -7432,7 +7617,7 @@ def serve(verbose: bool, **options: Any) -> None:
     if settings.audit_log_enabled:
         audit = AuditLog(settings.audit_log_file or default_state_path("audit.log"),
                          settings.audit_log_max_bytes, settings.audit_log_backups, sync_in_background=True)
-        app.audit, app.audit_ready = audit.write, audit.probe
+        app.audit, app.audit_problem = audit.write, audit.problem
     if settings.rate_limit_enabled and settings.transport == "stdio":
         app.stdio_limiter = RateLimiter(settings.rate_limit_rpm, settings.rate_limit_burst)
     names = [spec.name for spec in app.permitted_tools()]
@@ -7634,26 +7819,51 @@ def audit() -> None:
 @audit.command("verify")
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 def audit_verify(files: tuple[str, ...]) -> None:
-    """Check audit log files (oldest first) for edited, removed or reordered lines."""
+    """Check audit log files (oldest first) for edited, removed or reordered lines.
+
+    A torn last line in the newest file (its writer was killed in the middle of it) is reported, not
+    counted as tampering: the complete lines before it are verified, and the next write cuts it off and
+    records that. Lines that record such repairs, or a log file found missing, are reported too.
+    """
     previous_hash: str | None = None
     previous_seq: int | None = None
     problems: list[str] = []
+    notes: list[str] = []
     total = 0
-    for path in files:
+    for index, path in enumerate(files):
         with open(path, "rb") as handle:
-            lines = [line for line in handle.read().split(b"\n") if line.strip()]
+            lines, torn = split_torn_tail(handle.read())
+        if torn and index == len(files) - 1:
+            notes.append(f"{path}: the last line is torn ({len(torn)} bytes without a newline): a writer was "
+                         f"interrupted in the middle of it (a crash or kill -9); the {len(lines)} complete lines "
+                         "before it were verified; the next write cuts it off and records an audit_tail_repaired line")
+        elif torn:
+            lines.append(torn)  # only the newest file may end in a torn line: writers repair before rotating
         total += len(lines)
         found = verify_audit_lines(lines, previous_hash, previous_seq)
         problems.extend(f"{path}: {problem}" for problem in found)
+        for number, raw in enumerate(lines, start=1):
+            if b'"audit_tail_repaired"' in raw or b'"audit_log_missing"' in raw:
+                with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
+                    event = json.loads(raw)
+                    if event["event_type"] == "audit_tail_repaired":
+                        notes.append(f"{path}: line {number}: a torn line of {event['cut_bytes']} bytes (an "
+                                     "interrupted write) was cut off here; the chain continues from the line before")
+                    elif event["event_type"] == "audit_log_missing":
+                        notes.append(f"{path}: line {number}: the log file was removed or emptied after line "
+                                     f"{event['last_seq']}; the sequence continues from there")
         if lines:
             with contextlib.suppress(ValueError, KeyError, TypeError):
                 last = json.loads(lines[-1])
                 previous_hash, previous_seq = last["hash"], last["seq"]
     for problem in problems:
         click.echo(problem)
+    for note in notes:
+        click.echo(f"NOTE: {note}")
     if problems:
         raise SystemExit(1)
-    click.echo(f"OK: {total} lines in {len(files)} file(s), chain intact")
+    click.echo(f"OK: {total} lines in {len(files)} file(s), chain intact"
+               + (" up to the last complete line" if any("torn (" in note for note in notes) else ""))
 
 
 def _write_new_file(path: str, data: bytes, force: bool, private: bool) -> None:
@@ -7980,9 +8190,23 @@ def check_accountability(settings: Settings) -> list[Check]:
                             "--audit-log-enabled (SECURITY_AUDIT_LOG_ENABLED=true)"))
     else:
         path = settings.audit_log_file or default_state_path("audit.log")
+        directory = os.path.dirname(os.path.abspath(path))
         problem = private_file_problem(path) if os.path.exists(path) else None
+        unwritable = audit_location_problem(path, directory_made=True) if os.path.isdir(directory) else None
         if problem:
             checks.append(Check("FAIL", "audit log", problem, f"chmod 600 {path}; chown $(id -u) {path}"))
+        elif unwritable:
+            checks.append(Check("FAIL", "audit log", f"{path} cannot be written: {unwritable}; a running server "
+                                "refuses tool calls (and /healthz says why) until it can",
+                                "free space, remount read-write or fix permissions where the log lives"))
+        elif not os.path.isdir(directory):
+            checks.append(Check("WARN", "audit log", f"its directory {directory} does not exist: a new server makes "
+                                "it, a running server whose directory was removed refuses tool calls until it is back",
+                                f"mkdir -p -m 700 {directory}"))
+        elif audit_torn_tail(path):
+            checks.append(Check("WARN", "audit log", f"{path} ends in a torn line (a writer was killed in the middle "
+                                "of it); the next write cuts it off and records an audit_tail_repaired line",
+                                f"mcp-docker audit verify {path}  (to see the chain up to it)"))
         else:
             checks.append(Check("PASS", "audit log", f"on: {path}" + ("" if os.path.exists(path) else
                                                                        " (made with mode 600 on first start)")))
