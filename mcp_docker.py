@@ -429,7 +429,7 @@ SETTING_SPECS: tuple[SettingSpec, ...] = (
     SettingSpec("http_max_header_bytes", "MCP_HTTP_MAX_HEADER_BYTES", _positive_int(1024 * 1024),
                 "Largest request head (request line + headers) in bytes. Default 16384."),
     SettingSpec("http_max_body_bytes", "MCP_HTTP_MAX_BODY_BYTES", _positive_int(256 * 1024 * 1024),
-                "Largest request body in bytes (413 beyond). Default 4194304."),
+                "Largest request body in bytes (413 beyond), and largest stdio message. Default 4194304."),
     SettingSpec("http_header_timeout", "MCP_HTTP_HEADER_TIMEOUT", _positive_float(600),
                 "Seconds a client may take to send a request head. Default 10."),
     SettingSpec("http_body_timeout", "MCP_HTTP_BODY_TIMEOUT", _positive_float(3600),
