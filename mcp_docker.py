@@ -5626,11 +5626,13 @@ class AuditLog:
 
 
 class AuditSyncer:
-    """fsyncs the audit log in a thread of its own, soon after each write. A server's answer then does
-    not wait for the disk and one fsync covers every line written meanwhile; each line is in the kernel
+    """fsyncs the audit log in a thread of its own, within a few milliseconds of each write. A server's
+    answer then does not wait for the disk and one fsync covers every line written meanwhile; each line is in the kernel
     before the answer leaves, so a killed process loses nothing, and only a power cut can lose the
     last few milliseconds of records. A failed fsync marks the log unhealthy, so tool calls are refused
     until writing works again. ``flush`` waits for the lines written so far (at shutdown)."""
+
+    GATHER_SECONDS = 0.005  # after an fsync, lines written within this long share the next one
 
     def __init__(self, audit: AuditLog):
         import threading
@@ -5638,6 +5640,7 @@ class AuditSyncer:
         self.audit = audit
         self.changed = threading.Condition()
         self.requested = self.synced = 0
+        self.idle = False
         self.thread: threading.Thread | None = None
 
     def request(self) -> None:
@@ -5645,7 +5648,8 @@ class AuditSyncer:
 
         with self.changed:
             self.requested += 1
-            self.changed.notify_all()
+            if self.idle:  # otherwise the syncer looks again by itself: no thread wake-up per line
+                self.changed.notify_all()
             if self.thread is None:
                 self.thread = threading.Thread(target=self._run, name="audit-fsync", daemon=True)
                 self.thread.start()
@@ -5654,7 +5658,9 @@ class AuditSyncer:
         while True:
             with self.changed:
                 while self.synced >= self.requested:
+                    self.idle = True
                     self.changed.wait()
+                self.idle = False
                 target = self.requested
             try:
                 fd = os.open(self.audit.path, os.O_RDONLY)
@@ -5669,6 +5675,7 @@ class AuditSyncer:
             with self.changed:
                 self.synced = target
                 self.changed.notify_all()
+            time.sleep(self.GATHER_SECONDS)
 
     def flush(self, timeout: float = 10.0) -> bool:
         with self.changed:
