@@ -1006,6 +1006,18 @@ SCHEMA_KEYWORDS = frozenset({"type", "description", "default", "enum", "maxLengt
                              "additionalProperties", "maxProperties", "propertyNames"})
 
 
+def _itself(value: Any) -> Any:
+    return value
+
+
+# keyword -> (the kinds of instance it bounds, what of them it bounds, whether it is an upper bound)
+SCHEMA_BOUNDS: dict[str, tuple[Any, Callable[[Any], Any], bool]] = {
+    "maxLength": (str, len, True), "minLength": (str, len, False),
+    "maximum": ((int, float), _itself, True), "minimum": ((int, float), _itself, False),
+    "maxItems": (list, len, True), "minItems": (list, len, False), "maxProperties": (dict, len, True),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class SchemaViolation:
     """One way an instance breaks a schema (attribute names as jsonschema's errors have them)."""
@@ -1040,23 +1052,15 @@ def schema_violations(schema: Mapping[str, Any], instance: Any,
         return
     if "enum" in schema and not any(type(option) is type(instance) and option == instance for option in schema["enum"]):
         yield violation("enum")
+    for keyword, (kinds, measure, is_ceiling) in SCHEMA_BOUNDS.items():
+        if keyword in schema and isinstance(instance, kinds) and not isinstance(instance, bool):
+            size, bound = measure(instance), schema[keyword]
+            if size > bound if is_ceiling else size < bound:
+                yield violation(keyword)
     if isinstance(instance, str):
-        if "maxLength" in schema and len(instance) > schema["maxLength"]:
-            yield violation("maxLength")
-        if "minLength" in schema and len(instance) < schema["minLength"]:
-            yield violation("minLength")
         if "pattern" in schema and re.search(schema["pattern"], instance) is None:
             yield violation("pattern")
-    elif isinstance(instance, (int, float)) and not isinstance(instance, bool):
-        if "minimum" in schema and instance < schema["minimum"]:
-            yield violation("minimum")
-        if "maximum" in schema and instance > schema["maximum"]:
-            yield violation("maximum")
     elif isinstance(instance, list):
-        if "maxItems" in schema and len(instance) > schema["maxItems"]:
-            yield violation("maxItems")
-        if "minItems" in schema and len(instance) < schema["minItems"]:
-            yield violation("minItems")
         if isinstance(schema.get("items"), Mapping):
             for index, item in enumerate(instance):
                 yield from schema_violations(schema["items"], item, (*path, index))
@@ -1067,8 +1071,6 @@ def schema_violations(schema: Mapping[str, Any], instance: Any,
         extra = schema.get("additionalProperties", True)
         if extra is False and any(name not in properties for name in instance):
             yield violation("additionalProperties")
-        if "maxProperties" in schema and len(instance) > schema["maxProperties"]:
-            yield violation("maxProperties")
         if "propertyNames" in schema:
             for name in instance:
                 for problem in schema_violations(schema["propertyNames"], name, path):
