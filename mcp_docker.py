@@ -4749,13 +4749,18 @@ def default_state_path(name: str) -> str:
     return os.path.join(os.path.expanduser("~"), ".mcp-docker", name)
 
 
+def temp_file_prefix(path: str) -> str:
+    """The name prefix of ``path``'s temp files, so a writer killed mid-write leaves a file we can recognise."""
+    return f".{os.path.basename(path)}.tmp-"
+
+
 def write_private_file(path: str, data: bytes) -> None:
     """Replace ``path`` atomically (temp file, fsync, rename) with mode 600; never half-written."""
     import tempfile
 
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, mode=0o700, exist_ok=True)
-    handle, temp_path = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    handle, temp_path = tempfile.mkstemp(prefix=temp_file_prefix(path), dir=directory)
     try:
         os.fchmod(handle, 0o600)
         with os.fdopen(handle, "wb") as stream:
@@ -5054,6 +5059,7 @@ class KeysFileEditor:
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), mode=0o700, exist_ok=True)
         self._lock = os.open(self.path + ".lock", os.O_CREAT | os.O_RDWR, 0o600)
         fcntl.flock(self._lock, fcntl.LOCK_EX)
+        self._remove_stale_temp_files()
         self.entries: list[KeyEntry] = []
         if os.path.exists(self.path):
             problem = private_file_problem(self.path)
@@ -5067,6 +5073,17 @@ class KeysFileEditor:
                     self._unlock()
                     raise
         return self
+
+    def _remove_stale_temp_files(self) -> None:
+        """Temp files of a writer killed before its rename (kill -9, power loss): with the lock held no
+        writer is alive, so they are garbage, and they hold key hashes, so they must not pile up."""
+        directory = os.path.dirname(os.path.abspath(self.path))
+        prefix = temp_file_prefix(self.path)
+        with contextlib.suppress(OSError):
+            for name in os.listdir(directory):
+                if name.startswith(prefix):
+                    with contextlib.suppress(OSError):
+                        os.unlink(os.path.join(directory, name))
 
     def save(self) -> None:
         write_private_file(self.path, keys_document(self.entries))

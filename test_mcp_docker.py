@@ -4308,3 +4308,126 @@ def test_log_messages_reach_2026_clients_that_opt_in_per_request():
     assert asyncio.run(scenario("info")) == [("info", "docker_version"), ("warning", "docker_inspect_container")]
     assert asyncio.run(scenario("warning")) == [("warning", "docker_inspect_container")]
     assert asyncio.run(scenario(None)) == []  # no opt-in, no messages
+
+
+# --- issue 9: crash safety of the keys file (kill -9) and load ---
+
+# A zygote imports mcp_docker once and forks one writer per round, so the kills can come quickly. Each
+# writer loops genkey / keys rotate / keys revoke through the CLI's own command functions (and so through
+# KeysFileEditor and write_private_file), journaling the SHA-256 of every version it is about to write
+# before writing it: after a kill the file must be the last journaled version or the one before it.
+KEYS_WRITER_ZYGOTE = r"""
+import hashlib, os, random, sys
+import mcp_docker as md
+
+keys_file = sys.argv[1]
+real_write = md.write_private_file
+for line in sys.stdin:
+    journal_path, seed = line.split()
+    pid = os.fork()
+    if pid == 0:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        journal = os.open(journal_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+
+        def journaled(path, data):
+            os.write(journal, hashlib.sha256(data).hexdigest().encode() + b"\n")
+            real_write(path, data)
+
+        md.write_private_file = journaled
+        rng = random.Random(int(seed))
+        for number in range(1_000_000):
+            with md.KeysFileEditor(keys_file) as editor:
+                ids = [entry.client_id for entry in editor.entries]
+            command = rng.choice(["genkey", "rotate", "revoke"]) if ids else "genkey"
+            args = ["genkey", "--client-id", f"w{seed}-{number}"] if command == "genkey" else \
+                ["keys", command, rng.choice(ids)]
+            md.main([*args, "--keys-file", keys_file], standalone_mode=False)
+        os._exit(0)
+    sys.stdout.write(f"{pid}\n")
+    sys.stdout.flush()
+    os.waitpid(pid, 0)
+    sys.stdout.write("reaped\n")
+    sys.stdout.flush()
+"""
+
+
+def keys_file_state(keys_file: Path) -> tuple[str | None, dict[str, md.KeyEntry]]:
+    """(SHA-256 of the bytes, entries by client id) of a keys file that must be valid; (None, {}) if absent."""
+    if not keys_file.exists():
+        return None, {}
+    assert keys_file.stat().st_mode & 0o777 == 0o600
+    data = keys_file.read_bytes()
+    entries, _ = md.parse_keys_document(data.decode())  # raises on a torn or invalid file
+    return hashlib.sha256(data).hexdigest(), {entry.client_id: entry for entry in entries}
+
+
+def stray_temp_files(keys_file: Path) -> list[str]:
+    return [p.name for p in keys_file.parent.iterdir() if p.name.startswith(md.temp_file_prefix(str(keys_file)))]
+
+
+def test_kill_9_in_the_middle_of_key_writes_leaves_the_old_or_the_new_keys_file(tmp_path):
+    import random
+    import signal
+
+    keys_file = tmp_path / "keys" / "api_keys.json"
+    rng = random.Random()
+    zygote = subprocess.Popen([sys.executable, "-c", KEYS_WRITER_ZYGOTE, str(keys_file)], cwd=HERE,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    previous_hash, previous = None, {}
+    rounds, killed_mid_write, temp_left = 60, 0, 0
+    try:
+        for number in range(rounds):
+            journal = tmp_path / f"journal-{number}"
+            zygote.stdin.write(f"{journal} {number}\n")
+            zygote.stdin.flush()
+            writer = int(zygote.stdout.readline())
+            if number % 2:  # at a random moment: a writer does one operation every few milliseconds
+                time.sleep(rng.uniform(0.005, 0.15))
+            else:  # aimed at the write window: just after the writer journaled its n-th version
+                target, deadline = 65 * rng.randint(1, 4), time.monotonic() + 10
+                while (journal.stat().st_size if journal.exists() else 0) < target and time.monotonic() < deadline:
+                    pass
+                time.sleep(rng.uniform(0, 0.001))
+            os.kill(writer, signal.SIGKILL)
+            assert zygote.stdout.readline() == "reaped\n"
+            current_hash, current = keys_file_state(keys_file)
+            written = [previous_hash] + [line for line in journal.read_text().split("\n") if len(line) == 64] \
+                if journal.exists() else [previous_hash]
+            assert current_hash in written[-2:]  # the old or the new version, never anything else
+            killed_mid_write += current_hash != written[-1]
+            temp_left += bool(stray_temp_files(keys_file))
+            assert len(stray_temp_files(keys_file)) <= 1  # the next writer cleared the one before
+            assert set(previous) <= set(current)  # no key lost
+            previous_hash, previous = current_hash, current
+    finally:
+        zygote.stdin.close()
+        zygote.kill()
+        zygote.wait(10)
+    # the write window was hit: the writer died between journaling a version and its rename landing
+    assert killed_mid_write >= rounds // 8, (killed_mid_write, temp_left)
+    assert temp_left >= 1
+    # the real CLI, killed at random points of its short life (most land before or after the write)
+    commands = [["genkey", "--client-id", "cli-{n}"], ["keys", "rotate", "{id}"], ["keys", "revoke", "{id}"]]
+    took = time.monotonic()
+    assert run_cli("keys", "list", "--keys-file", str(keys_file)).returncode == 0
+    took = time.monotonic() - took
+    outcomes = {"old": 0, "new": 0}
+    for number in range(12):
+        command = [part.format(n=number, id=rng.choice(sorted(previous))) for part in commands[number % 3]]
+        cli = subprocess.Popen([sys.executable, str(HERE / "mcp_docker.py"), *command, "--keys-file", str(keys_file)],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.5, 1.3) * took)
+        cli.send_signal(signal.SIGKILL)
+        cli.wait(10)
+        current_hash, current = keys_file_state(keys_file)
+        outcomes["old" if current_hash == previous_hash else "new"] += 1
+        changed = {cid for cid in set(previous) | set(current) if previous.get(cid) != current.get(cid)}
+        assert set(previous) <= set(current) and changed <= {command[2]}  # only the named client changed
+        previous_hash, previous = current_hash, current
+    # the next ordinary command takes the lock a killed writer held and leaves no temp file behind
+    assert run_cli("genkey", "--client-id", "after", "--keys-file", str(keys_file)).returncode == 0
+    assert stray_temp_files(keys_file) == [] and "after" in keys_file_state(keys_file)[1]
+    print(f"keys kill -9: {rounds} writer kills, {killed_mid_write} mid-write, {temp_left} left a temp file; "
+          f"CLI kills {outcomes}")
