@@ -4553,9 +4553,10 @@ def test_load_20_clients_rate_limited_audited_and_500_held_connections(tmp_path)
         server.stop()
     print("load:", json.dumps(numbers, indent=None, default=str))
     # every audit line is JSON, the chain verifies, and there is exactly one line per call decision
-    records = audit_records(audit_log)
-    verify = subprocess.run([sys.executable, str(HERE / "mcp_docker.py"), "audit", "verify", str(audit_log)],
-                            capture_output=True, text=True, timeout=120)
+    rotated = sorted(tmp_path.glob("audit.log.*"), key=lambda p: -int(p.suffix[1:]))  # a long run rotates
+    records = [record for path in [*rotated, audit_log] for record in audit_records(path)]
+    verify = subprocess.run([sys.executable, str(HERE / "mcp_docker.py"), "audit", "verify",
+                             *map(str, rotated), str(audit_log)], capture_output=True, text=True, timeout=600)
     assert verify.returncode == 0, verify.stdout[-2000:]
     decisions: dict[tuple[str, str], int] = {}
     for record in records:
