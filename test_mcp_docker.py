@@ -4389,6 +4389,7 @@ def test_kill_9_in_the_middle_of_key_writes_leaves_the_old_or_the_new_keys_file(
                 target, deadline = 65 * rng.randint(1, 4), time.monotonic() + 10
                 while (journal.stat().st_size if journal.exists() else 0) < target and time.monotonic() < deadline:
                     pass
+                assert journal.stat().st_size >= target, "no progress: is the lock a killed writer held still held?"
                 time.sleep(rng.uniform(0, 0.001))
             os.kill(writer, signal.SIGKILL)
             assert zygote.stdout.readline() == "reaped\n"
