@@ -4988,3 +4988,426 @@ def test_writers_in_several_processes_rotate_without_losing_a_line(tmp_path):
     assert [int(path.suffix[1:]) for path in rotated] == list(range(len(rotated), 0, -1))  # no gaps
     records = assert_whole_lines_and_intact_chain(*rotated, log_path)
     assert sum(r["event_type"] == "tool_call" for r in records) == 4 * 60
+
+
+# --- issue 9: crash safety of the keys file (kill -9) and load ---
+
+# A zygote imports mcp_docker once and forks one writer per round, so the kills can come quickly. Each
+# writer loops genkey / keys rotate / keys revoke through the CLI's own command functions (and so through
+# KeysFileEditor and write_private_file), journaling the SHA-256 of every version it is about to write
+# before writing it: after a kill the file must be the last journaled version or the one before it.
+KEYS_WRITER_ZYGOTE = r"""
+import hashlib, os, random, sys
+import mcp_docker as md
+
+keys_file = sys.argv[1]
+real_write = md.write_private_file
+for line in sys.stdin:
+    journal_path, seed = line.split()
+    pid = os.fork()
+    if pid == 0:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        journal = os.open(journal_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+
+        def journaled(path, data):
+            os.write(journal, hashlib.sha256(data).hexdigest().encode() + b"\n")
+            real_write(path, data)
+
+        md.write_private_file = journaled
+        rng = random.Random(int(seed))
+        for number in range(1_000_000):
+            with md.KeysFileEditor(keys_file) as editor:
+                ids = [entry.client_id for entry in editor.entries]
+            command = rng.choice(["genkey", "rotate", "revoke"]) if ids else "genkey"
+            args = ["genkey", "--client-id", f"w{seed}-{number}"] if command == "genkey" else \
+                ["keys", command, rng.choice(ids)]
+            md.main([*args, "--keys-file", keys_file], standalone_mode=False)
+        os._exit(0)
+    sys.stdout.write(f"{pid}\n")
+    sys.stdout.flush()
+    os.waitpid(pid, 0)
+    sys.stdout.write("reaped\n")
+    sys.stdout.flush()
+"""
+
+
+def keys_file_state(keys_file: Path) -> tuple[str | None, dict[str, md.KeyEntry]]:
+    """(SHA-256 of the bytes, entries by client id) of a keys file that must be valid; (None, {}) if absent."""
+    if not keys_file.exists():
+        return None, {}
+    assert keys_file.stat().st_mode & 0o777 == 0o600
+    data = keys_file.read_bytes()
+    entries, _ = md.parse_keys_document(data.decode())  # raises on a torn or invalid file
+    return hashlib.sha256(data).hexdigest(), {entry.client_id: entry for entry in entries}
+
+
+def stray_temp_files(keys_file: Path) -> list[str]:
+    return [p.name for p in keys_file.parent.iterdir() if p.name.startswith(md.temp_file_prefix(str(keys_file)))]
+
+
+def test_kill_9_in_the_middle_of_key_writes_leaves_the_old_or_the_new_keys_file(tmp_path):
+    import random
+    import signal
+
+    keys_file = tmp_path / "keys" / "api_keys.json"
+    rng = random.Random()
+    zygote = subprocess.Popen([sys.executable, "-c", KEYS_WRITER_ZYGOTE, str(keys_file)], cwd=HERE,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    previous_hash, previous = None, {}
+    rounds, killed_mid_write, temp_left = 60, 0, 0
+    writer = 0
+    try:
+        for number in range(rounds):
+            journal = tmp_path / f"journal-{number}"
+            zygote.stdin.write(f"{journal} {number}\n")
+            zygote.stdin.flush()
+            writer = int(zygote.stdout.readline())
+            if number % 2:  # at a random moment: a writer does one operation every few milliseconds
+                time.sleep(rng.uniform(0.005, 0.15))
+            else:  # aimed at the write window: just after the writer journaled its n-th version
+                target, deadline = 65 * rng.randint(1, 4), time.monotonic() + 10
+                while (journal.stat().st_size if journal.exists() else 0) < target and time.monotonic() < deadline:
+                    pass
+                assert journal.stat().st_size >= target, "no progress: is the lock a killed writer held still held?"
+                time.sleep(rng.uniform(0, 0.001))
+            os.kill(writer, signal.SIGKILL)
+            assert zygote.stdout.readline() == "reaped\n"
+            current_hash, current = keys_file_state(keys_file)
+            written = [previous_hash] + [line for line in journal.read_text().split("\n") if len(line) == 64] \
+                if journal.exists() else [previous_hash]
+            assert current_hash in written[-2:]  # the old or the new version, never anything else
+            killed_mid_write += current_hash != written[-1]
+            temp_left += bool(stray_temp_files(keys_file))
+            assert len(stray_temp_files(keys_file)) <= 1  # the next writer cleared the one before
+            assert set(previous) <= set(current)  # no key lost
+            previous_hash, previous = current_hash, current
+    finally:
+        if writer:  # a failed assertion must not leave a writer looping
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(writer, signal.SIGKILL)
+        zygote.stdin.close()
+        zygote.kill()
+        zygote.wait(10)
+    # the write window was hit: the writer died between journaling a version and its rename landing
+    assert killed_mid_write >= rounds // 8, (killed_mid_write, temp_left)
+    assert temp_left >= 1
+    # the real CLI, killed at random points of its short life (most land before or after the write)
+    commands = [["genkey", "--client-id", "cli-{n}"], ["keys", "rotate", "{id}"], ["keys", "revoke", "{id}"]]
+    took = time.monotonic()
+    assert run_cli("keys", "list", "--keys-file", str(keys_file)).returncode == 0
+    took = time.monotonic() - took
+    outcomes = {"old": 0, "new": 0}
+    for number in range(12):
+        command = [part.format(n=number, id=rng.choice(sorted(previous))) for part in commands[number % 3]]
+        cli = subprocess.Popen([sys.executable, str(HERE / "mcp_docker.py"), *command, "--keys-file", str(keys_file)],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.5, 1.3) * took)
+        cli.send_signal(signal.SIGKILL)
+        cli.wait(10)
+        current_hash, current = keys_file_state(keys_file)
+        outcomes["old" if current_hash == previous_hash else "new"] += 1
+        changed = {cid for cid in set(previous) | set(current) if previous.get(cid) != current.get(cid)}
+        assert set(previous) <= set(current) and changed <= {command[2]}  # only the named client changed
+        previous_hash, previous = current_hash, current
+    # the next ordinary command takes the lock a killed writer held and leaves no temp file behind
+    assert run_cli("genkey", "--client-id", "after", "--keys-file", str(keys_file)).returncode == 0
+    assert stray_temp_files(keys_file) == [] and "after" in keys_file_state(keys_file)[1]
+    print(f"keys kill -9: {rounds} writer kills, {killed_mid_write} mid-write, {temp_left} left a temp file; "
+          f"CLI kills {outcomes}")
+
+
+class RawHttps:
+    """One keep-alive TLS connection speaking raw HTTP/1.1 (asyncio streams, no client library), so
+    20 clients and 500 held connections cost the test process little next to the server."""
+
+    def __init__(self, port: int, context: Any, key: str | None = None):
+        self.port, self.context = port, context
+        self.fixed = f"Host: 127.0.0.1:{port}\r\n" + (f"Authorization: Bearer {key}\r\n" if key else "")
+        self.session = ""
+        self.next_id = 1
+
+    async def open(self) -> RawHttps:
+        self.reader, self.writer = await asyncio.wait_for(asyncio.open_connection(
+            "127.0.0.1", self.port, ssl=self.context, server_hostname="127.0.0.1"), 30)
+        return self
+
+    async def exchange(self, method: str, path: str = "/mcp", body: Any = None) -> tuple[int, dict[str, str], bytes]:
+        data = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
+        head = f"{method} {path} HTTP/1.1\r\n{self.fixed}Content-Length: {len(data)}\r\n"
+        if path == "/mcp":
+            head += "Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n"
+        if self.session:
+            head += f"Mcp-Session-Id: {self.session}\r\n"
+        self.writer.write(head.encode() + b"\r\n" + data)
+        async with asyncio.timeout(60):
+            await self.writer.drain()
+            lines = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+            fields = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+            if fields.get("transfer-encoding") == "chunked":  # SSE: an answer slower than the keep-alive period
+                chunks = []
+                while size := int((await self.reader.readuntil(b"\r\n")).strip(), 16):
+                    chunks.append((await self.reader.readexactly(size + 2))[:-2])
+                await self.reader.readuntil(b"\r\n")
+                events = [line[5:].strip() for line in b"".join(chunks).split(b"\n") if line.startswith(b"data:")]
+                payload = events[-1] if events else b""
+            else:
+                payload = await self.reader.readexactly(int(fields.get("content-length", "0")))
+        return int(lines[0].split()[1]), fields, payload
+
+    async def initialize(self) -> RawHttps:
+        status, fields, _ = await self.exchange("POST", body=INIT)
+        assert status == 200, status
+        self.session = fields["mcp-session-id"]
+        assert (await self.exchange("POST", body={"jsonrpc": "2.0", "method": "notifications/initialized"}))[0] == 202
+        return self
+
+    async def call(self) -> tuple[int, bytes]:
+        """One cheap tool call: a container list filtered to nothing (Podman's /version takes ~0.3 s)."""
+        self.next_id += 1
+        status, _, payload = await self.exchange("POST", body={
+            "jsonrpc": "2.0", "id": self.next_id, "method": "tools/call",
+            "params": {"name": "docker_list_containers", "arguments": {"name": f"{PREFIX}-none"}}})
+        return status, payload
+
+    async def close(self) -> None:
+        if self.session:
+            with contextlib.suppress(Exception):
+                await self.exchange("DELETE")
+        self.writer.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.writer.wait_closed(), 5)
+
+
+def vm_rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status", encoding="ascii") as handle:
+        return next(int(line.split()[1]) for line in handle if line.startswith("VmRSS:"))
+
+
+def raise_open_file_limit(wanted: int = 4096) -> None:
+    """500 held connections need more descriptors than a 1024 soft limit leaves; the server inherits this."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted if hard == resource.RLIM_INFINITY else min(wanted, hard), hard))
+
+
+# 10 000 by default as issue 9 asks; MCP_DOCKER_TEST_LOAD_CALLS scales it (e.g. 100000 for a long run).
+LOAD_CALLS = int(os.environ.get("MCP_DOCKER_TEST_LOAD_CALLS", "10000"))
+LOAD_CLIENTS, GREEDY_CLIENTS = 20, 5
+# The greedy keys: 1 call/s after a burst of 10, and they send 10/s (1 % of the calls each), always
+# faster than the refill even when the machine is slow, so the bucket's arithmetic below holds.
+GREEDY_RPM, GREEDY_BURST, GREEDY_PACE = 60, 10, 10.0
+HELD_CONNECTIONS = 500
+
+
+def test_load_20_clients_rate_limited_audited_and_500_held_connections(tmp_path):
+    require_engine()
+    raise_open_file_limit()
+    tls_dir = tmp_path / "tls"
+    subprocess.run([sys.executable, str(HERE / "mcp_docker.py"), "gencert", "--out-dir", str(tls_dir)],
+                   capture_output=True, check=True, timeout=60)
+    keys_file, audit_log = tmp_path / "keys.json", tmp_path / "audit.log"
+    api_keys: dict[str, str] = {}
+    with md.KeysFileEditor(str(keys_file)) as editor:  # the code path genkey uses, without 20 interpreter starts
+        for number in range(LOAD_CLIENTS):
+            client_id = f"{'greedy' if number < GREEDY_CLIENTS else 'load'}-{number}"
+            api_keys[client_id] = md.generate_api_key()
+            limits = {"rate_limit_rpm": GREEDY_RPM, "rate_limit_burst": GREEDY_BURST} if number < GREEDY_CLIENTS else {}
+            editor.entries.append(md.KeyEntry(client_id=client_id, key_hash=md.hash_api_key(api_keys[client_id]),
+                                              created_at=md.utc_now(), **limits))
+        api_keys["measure"] = md.generate_api_key()  # the normal client measured next to the held connections
+        editor.entries.append(md.KeyEntry(client_id="measure", key_hash=md.hash_api_key(api_keys["measure"])))
+        editor.save()
+    env = {"SECURITY_API_KEYS_FILE": str(keys_file), "SECURITY_AUDIT_LOG_FILE": str(audit_log),
+           "SECURITY_RATE_LIMIT_ENABLED": "true", "SECURITY_RATE_LIMIT_RPM": "1000000",
+           "SECURITY_RATE_LIMIT_BURST": "1000000",
+           # the held connections must stay held while the normal client is measured (defaults cut them
+           # off after 10 s / 30 s); 1024 connections (the default cap) leave room for 500 + the clients
+           "MCP_HTTP_HEADER_TIMEOUT": "300", "MCP_HTTP_BODY_TIMEOUT": "300", "MCP_HTTP_KEEPALIVE_TIMEOUT": "300",
+           "MCP_HTTP_MAX_CONNECTIONS": "1024"}
+    context = tls_context(str(tls_dir / "server.crt"))
+    server = HttpServerProcess(["--tls-cert", str(tls_dir / "server.crt"), "--tls-key", str(tls_dir / "server.key")],
+                               env)
+    numbers: dict[str, Any] = {}
+    try:
+        numbers.update(asyncio.run(load_scenario(server, context, api_keys)))
+    finally:
+        server.stop()
+    print("load:", json.dumps(numbers, indent=None, default=str))
+    # every audit line is JSON, the chain verifies, and there is exactly one line per call decision
+    rotated = sorted(tmp_path.glob("audit.log.*"), key=lambda p: -int(p.suffix[1:]))  # a long run rotates
+    records = [record for path in [*rotated, audit_log] for record in audit_records(path)]
+    verify = subprocess.run([sys.executable, str(HERE / "mcp_docker.py"), "audit", "verify",
+                             *map(str, rotated), str(audit_log)], capture_output=True, text=True, timeout=600)
+    assert verify.returncode == 0, verify.stdout[-2000:]
+    decisions: dict[tuple[str, str], int] = {}
+    for record in records:
+        if record["event_type"] in ("tool_call", "rate_limit_exceeded", "policy_denied"):
+            key = (record.get("client_id"), record["event_type"])
+            decisions[key] = decisions.get(key, 0) + 1
+    for client_id, counts in numbers["clients"].items():
+        assert decisions.pop((client_id, "tool_call"), 0) == counts["200"], client_id
+        assert decisions.pop((client_id, "rate_limit_exceeded"), 0) == counts["429"], client_id
+    assert decisions == {("measure", "tool_call"): numbers["measure_calls"]}  # and nothing else
+    assert all(r["reason"] == "rate" for r in records if r["event_type"] == "rate_limit_exceeded")
+
+
+async def load_scenario(server: HttpServerProcess, context: Any, api_keys: dict[str, str]) -> dict[str, Any]:
+    pid = server.proc.pid
+    numbers: dict[str, Any] = {"clients": {}}
+    # idle level: the server after start, one session and a few calls, closed again
+    warm = await RawHttps(server.port, context, api_keys["measure"]).open()
+    await warm.initialize()
+    numbers["measure_calls"] = 20
+    for _ in range(20):
+        assert (await warm.call())[0] == 200
+    await warm.close()
+    await asyncio.sleep(0.5)
+    idle_rss = vm_rss_kib(pid)
+    peak = [idle_rss]
+    sampling = True
+
+    async def sample_rss() -> None:
+        while sampling:
+            peak[0] = max(peak[0], vm_rss_kib(pid))
+            await asyncio.sleep(0.1)
+
+    sampler = asyncio.ensure_future(sample_rss())
+    greedy_calls = max(100, LOAD_CALLS // 100)
+    share, extra = divmod(LOAD_CALLS - GREEDY_CLIENTS * greedy_calls, LOAD_CLIENTS - GREEDY_CLIENTS)
+
+    async def client(client_id: str, calls: int) -> None:
+        connection = await RawHttps(server.port, context, api_keys[client_id]).open()
+        await connection.initialize()
+        counts = {"200": 0, "429": 0}
+        greedy = client_id.startswith("greedy")
+        started = first_answer = last_sent = 0.0
+        for number in range(calls):
+            if greedy:  # paced at three times its allowed rate, so refills count, not only the burst
+                await asyncio.sleep(max(0.0, started + number / GREEDY_PACE - time.monotonic()) if number else 0)
+            sent = time.monotonic()
+            status, payload = await connection.call()
+            assert status in (200, 429), (status, payload[:200])
+            if status == 200:
+                answer = json.loads(payload)["result"]
+                assert not answer.get("isError") and answer["structuredContent"]["containers"] == [], answer
+            counts[str(status)] += 1
+            started, first_answer = (sent, time.monotonic()) if number == 0 else (started, first_answer)
+            last_sent = sent
+        last_answer = time.monotonic()
+        await connection.close()
+        numbers["clients"][client_id] = {**counts, "outer_s": last_answer - started, "inner_s": last_sent - first_answer}
+
+    began = time.monotonic()
+    load_clients = [client_id for client_id in api_keys if client_id != "measure"]
+    await asyncio.gather(*(client(cid, greedy_calls if n < GREEDY_CLIENTS else share + (n - GREEDY_CLIENTS < extra))
+                           for n, cid in enumerate(load_clients)))
+    numbers["load_s"] = round(time.monotonic() - began, 1)
+    await asyncio.sleep(1.0)
+    sampling = False
+    await sampler
+    after_load = vm_rss_kib(pid)
+    numbers["calls"] = sum(c["200"] + c["429"] for c in numbers["clients"].values())
+    assert numbers["calls"] == LOAD_CALLS
+    for client_id, counts in numbers["clients"].items():
+        if not client_id.startswith("greedy"):
+            assert counts["429"] == 0, (client_id, counts)
+            continue
+        # token bucket: BURST tokens at the first check, RPM/60 more per second until the last one. The
+        # server's first and last checks lie within [first sent, first answered] and [last sent, last
+        # answered], so the allowed count lies within these bounds; 3 tokens of slack below for refills
+        # lost at the cap should the loop stall while the bucket is still full, and the fraction left.
+        rate = GREEDY_RPM / 60
+        upper = GREEDY_BURST + rate * counts["outer_s"]
+        lower = GREEDY_BURST + rate * counts["inner_s"] - 3
+        counts["expected_200"] = [round(lower, 1), round(upper, 1)]
+        assert lower <= counts["200"] <= upper, (client_id, counts)
+        assert counts["429"] > counts["200"]  # it really did exceed its limit
+    began = time.monotonic()
+    numbers["latency"] = await held_connections_scenario(server, context, api_keys["measure"])
+    numbers["measure_calls"] += numbers["latency"]["calls"]
+    await asyncio.sleep(1.0)
+    after_held = vm_rss_kib(pid)
+    again = [await RawHttps(server.port, context).open() for _ in range(HELD_CONNECTIONS)]  # a second round
+    for connection in again:
+        connection.writer.close()
+    await asyncio.sleep(1.0)
+    numbers["held_s"] = round(time.monotonic() - began, 1)
+    rss = numbers["rss_kib"] = {"idle": idle_rss, "load_peak": peak[0], "after_load": after_load,
+                                "held": numbers["latency"].pop("rss_kib"), "after_held": after_held,
+                                "after_second_round": vm_rss_kib(pid)}
+    # Memory. What the server frees, glibc keeps in its heap for reuse rather than giving it back, so
+    # "back to idle" means: no more than a bounded allowance above idle, and no growth when the same
+    # load comes again. 10 000 calls by 20 sessions: 32 MiB above idle (measured: ~12). 500 held TLS
+    # connections: 64 MiB, twice the ~60 KiB each measured (with asyncio's default 256 KiB read buffer
+    # they pinned ~142 MB). A second round of 500 may add at most 8 MiB: state kept per connection
+    # would add far more.
+    assert rss["after_load"] <= idle_rss + 32 * 1024, rss
+    assert rss["held"] <= idle_rss + 64 * 1024 and rss["after_held"] <= idle_rss + 64 * 1024, rss
+    assert rss["after_second_round"] <= rss["after_held"] + 8 * 1024, rss
+    return numbers
+
+
+async def held_connections_scenario(server: HttpServerProcess, context: Any, key: str) -> dict[str, Any]:
+    """A normal client's latency alone, then with 500 connections held open: 250 TLS connections that
+    say nothing, 200 that trickle a request head a byte at a time, 50 TCP connections that never even
+    start TLS. It must be served within a generous multiple of its own baseline, and the held
+    connections must still be there (each then finishes a request and gets its answer)."""
+    import statistics
+
+    rounds = 40
+
+    async def measure() -> dict[str, float]:
+        began = time.monotonic()
+        client = await RawHttps(server.port, context, key).open()
+        await client.initialize()
+        connect = time.monotonic() - began
+        samples = []
+        for _ in range(rounds):
+            sent = time.monotonic()
+            status, payload = await client.call()
+            samples.append(time.monotonic() - sent)
+            assert status == 200, (status, payload[:200])
+        await client.close()
+        samples.sort()
+        return {"connect_s": connect, "median_s": statistics.median(samples), "p90_s": samples[int(0.9 * rounds)]}
+
+    baseline = await measure()
+    idle = [await RawHttps(server.port, context).open() for _ in range(250)]
+    trickling = [await RawHttps(server.port, context).open() for _ in range(200)]
+    silent = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(50)]
+    for connection in trickling:
+        connection.writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+    trickle = True
+
+    async def trickle_bytes() -> None:
+        while trickle:
+            for connection in trickling:
+                connection.writer.write(b"a")
+            await asyncio.sleep(0.5)
+
+    trickler = asyncio.ensure_future(trickle_bytes())
+    await asyncio.sleep(1.0)
+    held = await measure()
+    held_rss = vm_rss_kib(server.proc.pid)
+    trickle = False
+    await trickler
+    # still held: every one of them finishes a request now and is answered
+    for connection in trickling:
+        connection.writer.write(b"\r\n\r\n")
+    answers = await asyncio.gather(*(c.exchange("GET", "/healthz") for c in idle),
+                                   *(asyncio.wait_for(c.reader.readuntil(b"\r\n\r\n"), 60) for c in trickling))
+    assert all((a[0] == 200) if isinstance(a, tuple) else a.startswith(b"HTTP/1.1 200") for a in answers)
+    for connection in [*idle, *trickling]:
+        connection.writer.close()
+    for _, writer in silent:
+        writer.close()
+    result = {"calls": 2 * rounds, "baseline": baseline, "with_500_held": held, "rss_kib": held_rss}
+    # generous: the client must not be starved, not be as fast as alone
+    assert held["median_s"] <= 5 * baseline["median_s"] + 0.05, result
+    assert held["p90_s"] <= 5 * baseline["p90_s"] + 0.1, result
+    assert held["connect_s"] <= 5 * baseline["connect_s"] + 0.5, result
+    return result
