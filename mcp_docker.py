@@ -4395,6 +4395,12 @@ def catalogue(settings: Settings) -> list[tuple[ToolSpec, str | None]]:
     return [(spec, tool_denial(spec.name, spec.tier, spec.toolset, settings)) for spec in TOOLS.values()]
 
 
+def wants_progress(ctx: Any) -> bool:
+    """Whether the request carries a progress token (the SDK's meta dict names it ``progress_token``)."""
+    meta = ctx.meta if isinstance(ctx.meta, Mapping) else {}
+    return meta.get("progress_token") is not None
+
+
 def client_identity(ctx: Any) -> str:
     """Who is calling, for the ownership label: the client's declared name and version."""
     info = getattr(getattr(ctx.session, "client_params", None), "client_info", None)
@@ -4629,6 +4635,8 @@ class DockerMCP:
         bytes and steps as the engine reports them, other tools the seconds elapsed while they run."""
         if name in TOOLS and TOOLS[name].long_running:
             return await self.call_streaming_progress(ctx, name, arguments, client_id)
+        if not wants_progress(ctx):  # nobody to tell: no watcher task, no timer
+            return await self.call(name, arguments, client_id)
         started = time.monotonic()
         task = asyncio.ensure_future(self.call(name, arguments, client_id))
         try:

@@ -4363,6 +4363,17 @@ def call_with_progress(h: Harness, name: str, args: dict[str, Any]) -> tuple[Any
     return h.submit(h.client.call_tool(name, args, progress_callback=record)), updates
 
 
+def test_short_tools_report_elapsed_seconds_only_when_asked(full):
+    name = sleeper(full, "elapsed")
+    result, updates = call_with_progress(full, "docker_exec_command", {"container": name,
+                                                                      "command": ["sleep", "2.5"]})
+    assert not result.is_error, result.content[0].text
+    assert updates and all(m.startswith("docker_exec_command running for") for _, _, m in updates), updates
+    assert [p for p, _, _ in updates] == sorted(p for p, _, _ in updates)
+    quiet = full.submit(full.client.call_tool("docker_exec_command", {"container": name, "command": ["true"]}))
+    assert not quiet.is_error  # no progress token: answered without a watcher
+
+
 def test_pull_and_push_report_progress_through_a_local_registry(full):
     """Push then pull through our own registry on 127.0.0.1: the real engine's progress reaches the client."""
     import io
