@@ -5473,6 +5473,7 @@ class AuditLog:
         self.last_error: str | None = None  # short and without paths: /healthz shows it
         self.directory_made = False
         self.last_written: tuple[str, int] | None = None  # hash and seq of this process's last line
+        self.written_end: tuple[int, int, int] | None = None  # (device, inode, size) just after that line
         self.syncer = AuditSyncer(self) if sync_in_background else None
 
     def _open_locked(self) -> int:
@@ -5496,9 +5497,9 @@ class AuditLog:
     @staticmethod
     def _last_complete_line(fd: int, size: int) -> tuple[int, bytes]:
         """Where the complete lines end (a torn tail follows) and the last complete line (b"" if none)."""
-        data, start = b"", size
+        data, start, step = b"", size, 4096
         while start > 0:
-            step = min(start, 65536)
+            step = min(start, step * 2)  # 8 KiB first: lines are short, a longer one costs another read
             start -= step
             data = os.pread(fd, step, start) + data
             last = data.rfind(b"\n")
@@ -5514,7 +5515,10 @@ class AuditLog:
         lines end and the torn tail after them (empty when the file ends cleanly)."""
         import hashlib
 
-        size = os.fstat(fd).st_size
+        info = os.fstat(fd)
+        size = info.st_size
+        if self.last_written is not None and self.written_end == (info.st_dev, info.st_ino, size):
+            return *self.last_written, [], size, b""  # nobody wrote since this process did: no need to read
         end, last = self._last_complete_line(fd, size)
         events: list[dict[str, Any]] = []
         torn = os.pread(fd, size - end, end) if end < size else b""
@@ -5574,6 +5578,8 @@ class AuditLog:
                 log.error("audit log: could not undo a failed write: %s", exc.strerror or exc)
             raise
         self.last_written = (previous_hash, seq)
+        info = os.fstat(fd)
+        self.written_end = (info.st_dev, info.st_ino, info.st_size)
 
     def _append(self, fd: int, records: list[Mapping[str, Any]]) -> None:
         previous_hash, seq, events, end, torn = self._chain_end(fd)
