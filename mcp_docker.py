@@ -799,6 +799,16 @@ def podman_error_category(explanation: str) -> str | None:
     return next((category for ending, category in PODMAN_ERROR_ENDINGS if text.endswith(ending)), None)
 
 
+class EngineAnswerError(Exception):
+    """The engine answered a request made on the event loop with an error status (as docker-py's APIError:
+    ``response.status_code`` and ``explanation``, so one translation serves both)."""
+
+    def __init__(self, status_code: int, explanation: str):
+        super().__init__(f"{status_code}: {explanation}")
+        self.response = type("EngineResponse", (), {"status_code": status_code})()
+        self.explanation = explanation
+
+
 def translate_engine_error(exc: BaseException) -> ToolError:
     """Map a docker SDK / requests exception to a ToolError without leaking host details."""
     if isinstance(exc, ToolError):
@@ -812,7 +822,8 @@ def translate_engine_error(exc: BaseException) -> ToolError:
     if name in ("SSLError", "SSLCertVerificationError") or (name == "DockerException" and "SSLError" in str(exc)):
         return ToolError("engine_unavailable", "the TLS handshake with the engine failed; check its certificates")
     if name in ("ConnectionError", "ProtocolError", "ConnectionRefusedError", "FileNotFoundError",
-                "ConnectionResetError", "BrokenPipeError", "SSHException"):
+                "ConnectionResetError", "BrokenPipeError", "SSHException", "IncompleteReadError",
+                "RemoteProtocolError", "LocalProtocolError"):
         return ToolError("engine_unavailable", "the container engine is not reachable; is it running?")
     if status == 404 or name in ("NotFound", "ImageNotFound"):
         return ToolError("not_found", text or "no such object")
@@ -840,7 +851,7 @@ def translate_engine_error(exc: BaseException) -> ToolError:
         if "Error while fetching server API version" in str(exc) or "Connection" in str(exc):
             return ToolError("engine_unavailable", "the container engine is not reachable; is it running?")
         return ToolError("engine_error", text)
-    if name in ("BuildError", "APIError", "StreamParseError"):
+    if name in ("BuildError", "APIError", "StreamParseError", "EngineAnswerError"):
         return ToolError("engine_error", text)
     return ToolError("internal", "unexpected server error; see the server log")
 
@@ -2294,6 +2305,7 @@ class Engine:
         self.url = config.url if config else ""  # the unnamed engine's is known once discovery connects it
         self._api: Any = None
         self._lock = threading.Lock()  # one connection attempt at a time, per engine only
+        self._on_loop: EngineRequests | None = None
 
     def discovery(self) -> Discovery:
         if self.config:
@@ -2350,6 +2362,139 @@ class Engine:
         log.info("engine %r: %s at %s (%s)", self.name, self.kind, found.url, found.source)
         self.url = found.url
         return api
+
+
+    def requests(self) -> EngineRequests | ThreadedRequests:
+        """How an async tool handler reaches this (connected) engine: on the event loop itself when it is
+        a local socket, else through docker-py in worker threads."""
+        if self.url.startswith("unix://"):
+            if self._on_loop is None:
+                self._on_loop = EngineRequests(self.url[len("unix://"):], str(self._api.api_version),
+                                               self.settings.engine_timeout)
+            return self._on_loop
+        return ThreadedRequests(self._api)
+
+
+class EngineRequests:
+    """Read-only JSON requests to a local engine made on the event loop, over kept-alive connections to
+    its socket (framing by h11). The short read tools answer through this: no worker thread to hand the
+    call to and back (~0.2 ms), and none of requests' per-call work (~0.6 ms). The method names and
+    arguments are docker-py's, for the ones the async tools use."""
+
+    MAX_ANSWER_BYTES = 64 * 1024 * 1024
+    MAX_IDLE = 16
+
+    def __init__(self, socket_path: str, api_version: str, timeout: float):
+        self.socket_path, self.api_version, self.timeout = socket_path, api_version, timeout
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, Any]] = []
+
+    async def version(self) -> Any:
+        return await self.get("/version")
+
+    async def containers(self, all: bool = False, filters: Mapping[str, Any] | None = None) -> Any:
+        from docker.utils import convert_filters
+
+        params = {"limit": -1, "all": int(bool(all)), "size": 0, "trunc_cmd": 0}
+        if filters:
+            params["filters"] = convert_filters(filters)
+        return await self.get("/containers/json", params)
+
+    async def inspect_container(self, container: str) -> Any:
+        return await self.get(f"/containers/{_url_part(container)}/json")
+
+    async def inspect_image(self, image: str) -> Any:
+        return await self.get(f"/images/{_url_part(image)}/json")
+
+    async def get(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
+        from urllib.parse import urlencode
+
+        target = f"/v{self.api_version}{path}" + (f"?{urlencode(params)}" if params else "")
+        for attempt in (1, 2):
+            pooled = bool(self._idle)
+            try:
+                return await self._exchange(target)
+            except (ConnectionResetError, BrokenPipeError, asyncio.IncompleteReadError):
+                if not pooled or attempt == 2:
+                    raise
+                for _, writer, _ in self._idle:  # kept-alive connections the engine closed (a restart):
+                    writer.close()               # drop them all and try once on a new one
+                self._idle.clear()
+        raise AssertionError("unreachable")
+
+    async def _exchange(self, target: str) -> Any:
+        import h11
+
+        if self._idle:
+            reader, writer, conn = self._idle.pop()
+        else:
+            reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(self.socket_path), self.timeout)
+            conn = h11.Connection(h11.CLIENT)
+        status, body, size = 0, [], 0
+        try:
+            async with asyncio.timeout(self.timeout):
+                writer.write(conn.send(h11.Request(method="GET", target=target, headers=[
+                    ("Host", "docker"), ("User-Agent", f"{SERVER_NAME}/{__version__}")])))
+                writer.write(conn.send(h11.EndOfMessage()))
+                while True:
+                    event = conn.next_event()
+                    if event is h11.NEED_DATA:
+                        data = await reader.read(65536)
+                        if not data and status == 0:
+                            raise ConnectionResetError("the engine closed the connection")
+                        conn.receive_data(data)
+                    elif isinstance(event, h11.Response):
+                        status = event.status_code
+                    elif isinstance(event, h11.Data):
+                        size += len(event.data)
+                        if size > self.MAX_ANSWER_BYTES:
+                            raise EngineAnswerError(500, "the engine's answer is too large")
+                        body.append(event.data)
+                    elif isinstance(event, h11.EndOfMessage):
+                        break
+                    elif isinstance(event, h11.ConnectionClosed):
+                        raise ConnectionResetError("the engine closed the connection")
+        except BaseException:
+            writer.close()
+            raise
+        if conn.our_state is h11.DONE and conn.their_state is h11.DONE and len(self._idle) < self.MAX_IDLE:
+            conn.start_next_cycle()
+            self._idle.append((reader, writer, conn))
+        else:
+            writer.close()
+        data = b"".join(body)
+        if status >= 400:
+            try:
+                explanation = str(json.loads(data).get("message", ""))
+            except (ValueError, AttributeError):
+                explanation = data[:500].decode("utf-8", "replace")
+            raise EngineAnswerError(status, explanation)
+        return json.loads(data) if data else None
+
+
+def _url_part(value: str) -> str:
+    from urllib.parse import quote
+
+    return quote(value, safe="")
+
+
+class ThreadedRequests:
+    """docker-py's client behind awaitable methods of the same names: each request in a worker thread
+    (remote engines, and whatever EngineRequests does not speak)."""
+
+    def __init__(self, api: Any):
+        self.api = api
+        self.api_version = api.api_version
+
+    def __getattr__(self, name: str) -> Any:
+        import functools
+
+        import anyio
+
+        method = getattr(self.api, name)
+
+        async def in_thread(*args: Any, **kwargs: Any) -> Any:
+            return await anyio.to_thread.run_sync(functools.partial(method, *args, **kwargs), abandon_on_cancel=True)
+        return in_thread
 
 
 class Engines:
@@ -2557,7 +2702,7 @@ class ToolSpec:
     toolset: str
     input_schema: dict[str, Any]
     output_schema: dict[str, Any]
-    handler: Callable[[Call], dict[str, Any]]
+    handler: Callable[[Call], Any]  # returns the answer; an async one gets awaitable engine methods (call.api)
     idempotent: bool = False
     open_world: bool = False
     long_running: bool = False
@@ -2985,10 +3130,10 @@ def stream_error(events: list[dict[str, Any]]) -> str | None:
 # -- containers ---------------------------------------------------------------------------------
 
 
-def podman_image_id(call: Call, reference: str) -> str:
+async def podman_image_id(call: Call, reference: str) -> str:
     """Podman's ancestor filter matches only the fully qualified name or the full ID: resolve to the ID."""
     try:
-        return str(call.api.inspect_image(reference).get("Id", "")).split(":", 1)[-1] or reference
+        return str((await call.api.inspect_image(reference)).get("Id", "")).split(":", 1)[-1] or reference
     except Exception as exc:
         if translate_engine_error(exc).category != "not_found":
             raise
@@ -3009,14 +3154,14 @@ def podman_image_id(call: Call, reference: str) -> str:
           "network": s_str("Only containers attached to this network.", pattern=NAME_PATTERN, max_length=128),
       },
       output=out_list("containers", ("id", "name", "image", "state")), list_field="containers")
-def list_containers(call: Call) -> dict[str, Any]:
+async def list_containers(call: Call) -> dict[str, Any]:
     a = call.args
     filters = engine_filters(a, {"name": "name", "status": "status", "label": "label",
                                  "ancestor": "ancestor", "network": "network"})
     if "ancestor" in filters and call.kind == "podman":
-        filters["ancestor"] = [podman_image_id(call, a["ancestor"])]
+        filters["ancestor"] = [await podman_image_id(call, a["ancestor"])]
     limit = a.get("limit", 100)
-    rows = call.api.containers(all=a.get("all", False) or "status" in a, filters=filters or None)
+    rows = await call.api.containers(all=a.get("all", False) or "status" in a, filters=filters or None)
     items = [container_summary(c, call.kind) for c in rows[:limit]]
     return {"containers": items, "count": len(items), "truncated": len(rows) > limit}
 
@@ -3027,8 +3172,8 @@ def list_containers(call: Call) -> dict[str, Any]:
       params={"container": s_container()}, required=("container",),
       output=out({"id": {"type": "string"}, "name": {"type": "string"}, "state": {"type": "object"},
                   "config": {"type": "object"}}, ("id", "name", "state")))
-def inspect_container(call: Call) -> dict[str, Any]:
-    detail = container_detail(call.api.inspect_container(call.args["container"]), call.settings.reveal_secrets,
+async def inspect_container(call: Call) -> dict[str, Any]:
+    detail = container_detail(await call.api.inspect_container(call.args["container"]), call.settings.reveal_secrets,
                               call.kind)
     # Image authors and creators chose these; SAFETY_REVEAL_SECRETS shows secret-looking values.
     untrusted = UntrustedOutput(max_chars=2048, redact=not call.settings.reveal_secrets)
@@ -4155,8 +4300,8 @@ def list_engines(call: Call) -> dict[str, Any]:
       description="The engine's kind (docker or podman), version, API version, OS and architecture.",
       output=out({"kind": {"type": "string"}, "version": {"type": "string"}, "api_version": {"type": "string"}},
                  ("kind", "version", "api_version")))
-def version(call: Call) -> dict[str, Any]:
-    v = call.api.version()
+async def version(call: Call) -> dict[str, Any]:
+    v = await call.api.version()
     return {"kind": engine_kind(v), "version": v.get("Version", ""), "api_version": v.get("ApiVersion", ""),
             "min_api_version": v.get("MinAPIVersion"), "os": v.get("Os"), "arch": v.get("Arch"),
             "kernel": v.get("KernelVersion"), "client_api_version": call.api.api_version}
@@ -4601,19 +4746,29 @@ class DockerMCP:
 
         cancellation = Cancellation()
 
+        def make_call(api: Any) -> Call:
+            return Call(api, args, self.settings, time.monotonic() + budget, client_id,
+                        kind=(engine.kind if engine else None) or "docker", engines=self.engines,
+                        engine_url=engine.url if engine else "", report=report, cancellation=cancellation)
+
         def work() -> dict[str, Any]:
             with naming_engine(engine if self.engines.named else None):
-                api = engine.api() if engine else None
-                call = Call(api, args, self.settings, time.monotonic() + budget, client_id,
-                            kind=(engine.kind if engine else None) or "docker", engines=self.engines,
-                            engine_url=engine.url if engine else "", report=report, cancellation=cancellation)
-                return spec.handler(call)
+                return spec.handler(make_call(engine.api() if engine else None))
+
+        async def work_on_loop() -> dict[str, Any]:
+            with naming_engine(engine if self.engines.named else None):
+                if engine is not None and engine._api is None:  # the first call connects, in a thread
+                    await anyio.to_thread.run_sync(engine.api, abandon_on_cancel=True)
+                return await spec.handler(make_call(engine.requests() if engine else None))
 
         self.in_flight += 1
         finished = False
         try:
             with anyio.fail_after(budget + 5):
-                result = await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
+                if asyncio.iscoroutinefunction(spec.handler):
+                    result = await work_on_loop()
+                else:
+                    result = await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
             finished = True
         except TimeoutError:
             raise ToolError("timeout", f"{name} did not finish within {budget:.0f}s") from None

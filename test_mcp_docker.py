@@ -1351,6 +1351,7 @@ class SocketProxy:
     def __init__(self, path: str, target: str = "/var/run/docker.sock"):
         self.path, self.target = path, target
         self.server: socket.socket | None = None
+        self.open: list[socket.socket] = []
 
     def start(self) -> None:
         self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -1366,6 +1367,7 @@ class SocketProxy:
                 return
             upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             upstream.connect(self.target)
+            self.open += [client, upstream]
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
@@ -1381,8 +1383,14 @@ class SocketProxy:
                 dst.shutdown(socket.SHUT_WR)
 
     def stop(self) -> None:
+        """The engine goes away: no new connections, and the open ones are cut (kept-alive ones too)."""
         if self.server:
             self.server.close()
+        for sock in self.open:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        self.open.clear()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
 
@@ -1401,9 +1409,36 @@ def test_engine_unavailable_then_back_without_restart(tmp_path):
         proxy.start()
         assert h.ok("docker_version")["api_version"]
         assert h.ok("docker_list_containers", {"all": True})["count"] >= 0
+        # gone again, with kept-alive connections cut (the read tools answer over them on the event loop)
+        proxy.stop()
+        for tool in ("docker_version", "docker_list_containers", "docker_inspect_container"):
+            text = h.error(tool, {"container": "x"} if "inspect" in tool else {}, "engine_unavailable")
+            assert path not in text and "sock" not in text
+        proxy.start()
+        assert h.ok("docker_version")["api_version"]
+        assert h.error("docker_inspect_container", {"container": f"{PREFIX}-missing"}, "not_found")
+        proxy.stop()  # a restart between two calls: the kept-alive connection is dead, the call still works
+        proxy.start()
+        assert h.ok("docker_version")["api_version"]
     finally:
         h.close()
         proxy.stop()
+
+
+def test_read_tools_reach_a_local_engine_on_the_event_loop_and_others_through_threads():
+    engine = md.Engine(md.Settings())
+    engine._api = type("Connected", (), {"api_version": "1.41"})()
+    engine.url = "unix:///run/docker.sock"
+    on_loop = engine.requests()
+    assert isinstance(on_loop, md.EngineRequests) and on_loop is engine.requests()  # one pool per engine
+    assert on_loop.socket_path == "/run/docker.sock" and on_loop.api_version == "1.41"
+    engine.url = "tcp://127.0.0.1:2376"
+    engine._on_loop = None
+    assert isinstance(engine.requests(), md.ThreadedRequests)
+    assert all(asyncio.iscoroutinefunction(md.TOOLS[name].handler) for name in
+               ("docker_version", "docker_list_containers", "docker_inspect_container"))
+    for status, category in ((404, "not_found"), (409, "conflict"), (400, "invalid_argument"), (500, "engine_error")):
+        assert md.translate_engine_error(md.EngineAnswerError(status, "no such container: x")).category == category
 
 
 # =============================================================================================
