@@ -2378,8 +2378,9 @@ class Engine:
 class EngineRequests:
     """Read-only JSON requests to a local engine made on the event loop, over kept-alive connections to
     its socket (framing by h11). The short read tools answer through this: no worker thread to hand the
-    call to and back (~0.2 ms), and none of requests' per-call work (~0.6 ms). The method names and
-    arguments are docker-py's, for the ones the async tools use."""
+    call to and back (~0.2 ms), and none of requests' per-call work (~0.6 ms). The method names, arguments
+    and query parameters are docker-py's, for the ones the async tools (the list, inspect, version and
+    info tools) use."""
 
     MAX_ANSWER_BYTES = 64 * 1024 * 1024
     MAX_IDLE = 16
@@ -2404,6 +2405,33 @@ class EngineRequests:
 
     async def inspect_image(self, image: str) -> Any:
         return await self.get(f"/images/{_url_part(image)}/json")
+
+    async def images(self, all: bool = False, filters: Mapping[str, Any] | None = None) -> Any:
+        from docker.utils import convert_filters
+
+        params = {"only_ids": 0, "all": int(bool(all))}
+        if filters:
+            params["filters"] = convert_filters(filters)
+        return await self.get("/images/json", params)
+
+    async def networks(self, filters: Mapping[str, Any] | None = None) -> Any:
+        from docker.utils import convert_filters
+
+        return await self.get("/networks", {"filters": convert_filters(filters or {})})
+
+    async def inspect_network(self, network: str) -> Any:
+        return await self.get(f"/networks/{_url_part(network)}")
+
+    async def volumes(self, filters: Mapping[str, Any] | None = None) -> Any:
+        from docker.utils import convert_filters
+
+        return await self.get("/volumes", {"filters": convert_filters(filters)} if filters else None)
+
+    async def inspect_volume(self, volume: str) -> Any:
+        return await self.get(f"/volumes/{_url_part(volume)}")
+
+    async def info(self) -> Any:
+        return await self.get("/info")
 
     async def get(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
         from urllib.parse import urlencode
@@ -3810,13 +3838,13 @@ def reference_matches(pattern: str, tag: str) -> bool:
               "all": s_bool("Include intermediate images."),
               "limit": s_limit()},
       output=out_list("images", ("id", "tags")), list_field="images")
-def list_images(call: Call) -> dict[str, Any]:
+async def list_images(call: Call) -> dict[str, Any]:
     a = call.args
     filters = engine_filters(a, {"label": "label", "name": "reference"})
     if a.get("dangling"):
         filters["dangling"] = ["true"]
     pattern = filters.pop("reference", [None])[0] if call.kind == "podman" else None
-    rows = call.api.images(all=a.get("all", False), filters=filters or None)
+    rows = await call.api.images(all=a.get("all", False), filters=filters or None)
     if pattern:  # Podman's own reference filter also matches the last path part ("busybox" finds "x/busybox")
         rows = [r for r in rows if any(reference_matches(pattern, familiar_image(t, call.kind))
                                        for t in r.get("RepoTags") or [])]
@@ -3830,8 +3858,8 @@ def list_images(call: Call) -> dict[str, Any]:
       description="Details of one image: tags, digests, size, architecture, config (env redacted).",
       params={"image": s_image()}, required=("image",),
       output=out({"id": {"type": "string"}, "tags": {"type": "array"}}, ("id", "tags")))
-def inspect_image(call: Call) -> dict[str, Any]:
-    img = call.api.inspect_image(call.args["image"])
+async def inspect_image(call: Call) -> dict[str, Any]:
+    img = await call.api.inspect_image(call.args["image"])
     config = img.get("Config") or {}
     untrusted = UntrustedOutput(max_chars=2048, redact=not call.settings.reveal_secrets)  # the image's author
     env = list(config.get("Env") or []) if call.settings.reveal_secrets else redact_environment(config.get("Env"))
@@ -4096,9 +4124,9 @@ def prune_images(call: Call) -> dict[str, Any]:
               "driver": s_str("Only networks with this driver.", pattern=NAME_PATTERN, max_length=64),
               "label": s_labels_filter(), "limit": s_limit()},
       output=out_list("networks", ("id", "name", "driver")), list_field="networks")
-def list_networks(call: Call) -> dict[str, Any]:
+async def list_networks(call: Call) -> dict[str, Any]:
     filters = engine_filters(call.args, {"name": "name", "driver": "driver", "label": "label"})
-    rows = call.api.networks(filters=filters or None)
+    rows = await call.api.networks(filters=filters or None)
     limit = call.args.get("limit", 100)
     items = [network_summary(n) for n in rows[:limit]]
     return untrusted_labels({"networks": items, "count": len(items), "truncated": len(rows) > limit}, "networks")
@@ -4109,8 +4137,8 @@ def list_networks(call: Call) -> dict[str, Any]:
       params={"network": s_str("Network name or ID.", pattern=NAME_PATTERN, max_length=128)},
       required=("network",), output=out({"id": {"type": "string"}, "name": {"type": "string"},
                                          "containers": {"type": "array"}}, ("id", "name", "containers")))
-def inspect_network(call: Call) -> dict[str, Any]:
-    net = call.api.inspect_network(call.args["network"])
+async def inspect_network(call: Call) -> dict[str, Any]:
+    net = await call.api.inspect_network(call.args["network"])
     attached = [{"id": short_id(cid), "name": c.get("Name"), "ipv4": c.get("IPv4Address") or None}
                 for cid, c in (net.get("Containers") or {}).items()]
     return untrusted_labels({**network_summary(net), "options": net.get("Options") or {}, "containers": attached})
@@ -4217,11 +4245,11 @@ def prune_networks(call: Call) -> dict[str, Any]:
               "dangling": s_bool("Only volumes no container uses."),
               "label": s_labels_filter(), "limit": s_limit()},
       output=out_list("volumes", ("name", "driver")), list_field="volumes")
-def list_volumes(call: Call) -> dict[str, Any]:
+async def list_volumes(call: Call) -> dict[str, Any]:
     filters = engine_filters(call.args, {"name": "name", "label": "label"})
     if call.args.get("dangling"):
         filters["dangling"] = ["true"]
-    rows = (call.api.volumes(filters=filters or None) or {}).get("Volumes") or []
+    rows = (await call.api.volumes(filters=filters or None) or {}).get("Volumes") or []
     limit = call.args.get("limit", 100)
     items = [volume_summary(v) for v in rows[:limit]]
     return untrusted_labels({"volumes": items, "count": len(items), "truncated": len(rows) > limit}, "volumes")
@@ -4231,8 +4259,8 @@ def list_volumes(call: Call) -> dict[str, Any]:
       description="Details of one volume.",
       params={"volume": s_str("Volume name.", pattern=NAME_PATTERN, max_length=255)}, required=("volume",),
       output=out({"name": {"type": "string"}, "driver": {"type": "string"}}, ("name", "driver")))
-def inspect_volume(call: Call) -> dict[str, Any]:
-    vol = call.api.inspect_volume(call.args["volume"])
+async def inspect_volume(call: Call) -> dict[str, Any]:
+    vol = await call.api.inspect_volume(call.args["volume"])
     return untrusted_labels({**volume_summary(vol), "options": vol.get("Options") or {}})
 
 
@@ -4311,8 +4339,8 @@ async def version(call: Call) -> dict[str, Any]:
       description="A summary of the engine: counts of containers and images, storage and cgroup drivers, "
                   "CPUs, memory, rootless mode, security options.",
       output=out({"containers": {"type": "object"}, "images": {"type": "integer"}}, ("containers", "images")))
-def system_info(call: Call) -> dict[str, Any]:
-    i = call.api.info()
+async def system_info(call: Call) -> dict[str, Any]:
+    i = await call.api.info()
     security = i.get("SecurityOptions") or []
     return {
         "containers": {"total": i.get("Containers", 0), "running": i.get("ContainersRunning", 0),
