@@ -44,7 +44,7 @@ import re
 import stat
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from enum import StrEnum
 from typing import Any
 
@@ -2840,7 +2840,7 @@ OUT_OBJECT = out({"id": {"type": "string"}}, ("id",))
 
 def tool(name: str, *, title: str, description: str, tier: Tier, toolset: str,
          params: dict[str, Any] | None = None, required: tuple[str, ...] = (),
-         output: dict[str, Any], **options: Any) -> Callable[[Callable[[Call], dict[str, Any]]], Callable[[Call], dict[str, Any]]]:
+         output: dict[str, Any], **options: Any) -> Callable[[Callable[[Call], Any]], Callable[[Call], Any]]:
     """Declare a tool once: the registry entry is the single source for listing, gating and calling."""
     if not isinstance(tier, Tier):
         raise TypeError(f"tool {name} must declare a Tier")
@@ -2853,7 +2853,7 @@ def tool(name: str, *, title: str, description: str, tier: Tier, toolset: str,
             raise TypeError(f"tool {name}: parameter {param} uses unchecked schema keywords "
                             f"{sorted(unknown_schema_keywords(schema))}")
 
-    def register(handler: Callable[[Call], dict[str, Any]]) -> Callable[[Call], dict[str, Any]]:
+    def register(handler: Callable[[Call], Any]) -> Callable[[Call], Any]:
         if name in TOOLS:
             raise TypeError(f"tool {name} is declared twice")
         properties = {**(params or {}), **({"engine": ENGINE_PARAM} if options.get("per_engine", True) else {})}
@@ -5733,7 +5733,7 @@ class AuditLog:
         finally:
             os.close(over)
 
-    def _write_lines(self, fd: int, records: list[Mapping[str, Any]], previous_hash: str, seq: int,
+    def _write_lines(self, fd: int, records: Sequence[Mapping[str, Any]], previous_hash: str, seq: int,
                      at: int | None = None, torn: bytes = b"") -> None:
         """Write whole lines in one write and make them durable; on any failure put the file back as it was."""
         size = os.fstat(fd).st_size
