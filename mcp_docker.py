@@ -5922,8 +5922,11 @@ class EventStream:
         self._changed = asyncio.Event()
 
     async def wait(self, timeout: float) -> None:
+        # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that comes as the event is set,
+        # which kept a stream whose client had gone open until the next keep-alive
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._changed.wait()
 
     def only_responses(self) -> bool:
         return all(is_response for _, _, is_response in self.events)
@@ -6440,15 +6443,13 @@ class HttpServer:
         headers = self._response_headers(response)
         if response.stream is None:
             headers.append(("content-length", str(len(response.body))))
-        writer.write(conn.send(h11.Response(status_code=response.status, headers=headers,
-                                            reason=http_reason(response.status))))
-        if response.stream is None:
+            writer.write(conn.send(h11.Response(status_code=response.status, headers=headers,
+                                                reason=http_reason(response.status))))
             if response.body:
                 writer.write(conn.send(h11.Data(data=response.body)))
             writer.write(conn.send(h11.EndOfMessage()))
             await writer.drain()
             return
-        await writer.drain()
 
         async def pump() -> None:
             async for chunk in response.stream:
@@ -6459,9 +6460,14 @@ class HttpServer:
 
         # While streaming, watch the socket: the client going away ends the stream (not the session).
         loop = asyncio.get_running_loop()
-        pumping = loop.create_task(pump())
-        gone = loop.create_task(self._wait_for_eof(conn, reader)) if reader else None
-        try:
+        pumping: asyncio.Task[None] | None = None
+        gone: asyncio.Task[None] | None = None
+        try:  # a client gone before the head is out still frees the stream's slot (on_close below)
+            writer.write(conn.send(h11.Response(status_code=response.status, headers=headers,
+                                                reason=http_reason(response.status))))
+            await writer.drain()
+            pumping = loop.create_task(pump())
+            gone = loop.create_task(self._wait_for_eof(conn, reader)) if reader else None
             await asyncio.wait({pumping, gone} if gone else {pumping}, return_when=asyncio.FIRST_COMPLETED)
             if not pumping.done():
                 response.close = True
@@ -6469,7 +6475,8 @@ class HttpServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await pumping
         finally:
-            pumping.cancel()
+            if pumping is not None:
+                pumping.cancel()
             if gone is not None:
                 gone.cancel()
             await response.stream.aclose()
@@ -6648,6 +6655,11 @@ class HttpServer:
                 return rpc_error(400, -32600, "Invalid Request: JSON-RPC batches are not allowed in this "
                                               "protocol version")
         assert session.channel is not None
+        request_ids = [m.id for m in requests]
+        if len(set(request_ids)) < len(request_ids) or any(i in session.pending for i in request_ids):
+            # answers are routed by id: a second request with an id still open would take the first one's
+            # answer and leave the first exchange waiting for ever
+            return rpc_error(400, -32600, "Invalid Request: a request id is already in use in this session")
         refused = self._admit_calls(requests, info, session.channel)
         if refused is not None:
             return refused
