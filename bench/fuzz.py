@@ -2,6 +2,7 @@
 """The long fuzz run of mcp-docker's HTTP layer and JSON-RPC handling (issue 9).
 
     python3 bench/fuzz.py [--inputs 100000] [--seed 1] [--properties http,jsonrpc,sse]
+                          [--full-probe-every N] [--parallel]
 
 Runs the same hypothesis strategies and checks as the ``test_fuzz_*`` tests in test_mcp_docker.py, with
 many more inputs: the server runs in this process (HttpServer on its own event loop), every input goes over
@@ -67,11 +68,36 @@ def run_property(name: str, rig: t.FuzzRig, examples: int, seed: int) -> str | N
     return None
 
 
+def run_in_parallel(args: argparse.Namespace, names: list[str], total_share: float) -> int:
+    import subprocess
+
+    started = time.monotonic()
+    children = []
+    for index, name in enumerate(names):
+        examples = max(1, round(args.inputs * SHARES[name] / total_share))
+        children.append(subprocess.Popen(
+            [sys.executable, __file__, "--properties", name, "--inputs", str(examples), "--seed",
+             str(args.seed + index), "--full-probe-every", str(args.full_probe_every)],
+            stdout=subprocess.PIPE, text=True))
+    codes = []
+    for child in children:
+        output, _ = child.communicate()
+        print(output, end="")
+        codes.append(child.returncode)
+    print(f"parallel run: {len(names)} processes, {time.monotonic() - started:.0f}s wall, exit codes {codes}")
+    return 1 if any(codes) else 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--inputs", type=int, default=100_000, help="inputs in all (default 100000)")
     parser.add_argument("--seed", type=int, default=1, help="hypothesis seed (default 1)")
     parser.add_argument("--properties", default="http,jsonrpc,sse", help="comma list of http, jsonrpc, sse")
+    parser.add_argument("--full-probe-every", type=int, default=1, metavar="N",
+                        help="after every Nth input the full probe (session, tool call, DELETE); after the others "
+                             "GET /healthz. The leak and error checks run after every input. Default 1")
+    parser.add_argument("--parallel", action="store_true",
+                        help="run each property in its own process (each its own server) at the same time")
     args = parser.parse_args()
     names = [n for n in args.properties.split(",") if n]
     unknown = set(names) - set(SHARES)
@@ -81,6 +107,8 @@ def main() -> int:
         print("no container engine answers (DOCKER_HOST / MCP_DOCKER_TEST_HOST)", file=sys.stderr)
         return 2
     total_share = sum(SHARES[n] for n in names)
+    if args.parallel and len(names) > 1:
+        return run_in_parallel(args, names, total_share)
     directory = Path(tempfile.mkdtemp(prefix="mcpfuzz-"))
     findings: dict[str, str] = {}
     rows = []
@@ -90,6 +118,7 @@ def main() -> int:
         for index, name in enumerate(names):
             examples = max(1, round(args.inputs * SHARES[name] / total_share))
             rig = t.FuzzRig(directory / name)
+            rig.full_probe_every = max(1, args.full_probe_every)
             began = time.monotonic()
             try:
                 finding = run_property(name, rig, examples, args.seed + index)
