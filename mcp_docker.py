@@ -4258,6 +4258,11 @@ def prompt_text(name: str, arguments: Mapping[str, Any] | None) -> str:
     return text.format(**values)
 
 
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 class DockerMCP:
     """Connects the registry to the SDK: lists permitted tools and runs calls on the call path.
 
@@ -4445,6 +4450,7 @@ class DockerMCP:
         finally:
             if not task.done():
                 task.cancel()
+            task.add_done_callback(_retrieved)  # a call abandoned as it failed: its error is no news
 
     async def call_streaming_progress(self, ctx: Any, name: str, arguments: Any, client_id: str) -> dict[str, Any]:
         """Run a long call whose worker thread reports progress; forward the newest report to the client."""
@@ -4480,6 +4486,7 @@ class DockerMCP:
         finally:
             if not task.done():
                 task.cancel()
+            task.add_done_callback(_retrieved)  # a call abandoned as it failed: its error is no news
 
     async def confirm_destructive(self, ctx: Any, name: str, params: Any, client_id: str) -> Any:
         """Ask the user before a destructive call: None to go ahead, an InputRequiredResult to ask a
@@ -6339,7 +6346,7 @@ class HttpServer:
             response = await self._dispatch(request)
             if request.headers.get("connection", "").lower() == "close":
                 response.close = True
-            await self._send(writer, conn, response, reader)
+            await self._send(writer, conn, response, reader, head=request.method == "HEAD")
             if response.close or conn.our_state is h11.MUST_CLOSE:
                 return
             try:
@@ -6437,7 +6444,7 @@ class HttpServer:
         await writer.drain()
 
     async def _send(self, writer: asyncio.StreamWriter, conn: Any, response: HttpResponse,
-                    reader: asyncio.StreamReader | None = None) -> None:
+                    reader: asyncio.StreamReader | None = None, head: bool = False) -> None:
         import h11
 
         headers = self._response_headers(response)
@@ -6445,7 +6452,7 @@ class HttpServer:
             headers.append(("content-length", str(len(response.body))))
             writer.write(conn.send(h11.Response(status_code=response.status, headers=headers,
                                                 reason=http_reason(response.status))))
-            if response.body:
+            if response.body and not head:  # HEAD: GET's headers, no body (h11 refuses one)
                 writer.write(conn.send(h11.Data(data=response.body)))
             writer.write(conn.send(h11.EndOfMessage()))
             await writer.drain()

@@ -5085,6 +5085,29 @@ def test_fuzz_sse_reconnects(fuzz_rig):
 # -- regression tests for what the fuzzing found --------------------------------------------------
 
 
+def post_within(server: HttpServerProcess, body: Any, headers: dict[str, str], seconds: float = 20) -> tuple[int, Any]:
+    """POST and read the whole answer within ``seconds`` (an SSE keep-alive does not extend it)."""
+    data = json.dumps(body).encode()
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    with socket.create_connection(("127.0.0.1", server.port), timeout=seconds) as sock:
+        sock.sendall(f"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n{head}Content-Length: {len(data)}\r\n"
+                     f"Connection: close\r\n\r\n".encode() + data)
+        deadline = time.monotonic() + seconds
+        received = b""
+        while time.monotonic() < deadline:
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                break
+            if not chunk:
+                replies, _ = parse_http_responses(received)
+                status, _, payload = replies[0]
+                return status, json.loads(payload)
+            received += chunk
+    raise AssertionError(f"no complete answer within {seconds}s: {received[:300]!r}")
+
+
 def test_fuzz_finding_duplicate_request_ids_are_refused_not_left_hanging(tmp_path):
     """Answers are routed by request id: a batch naming one id twice, or a POST reusing the id of a request
     still running, once took the other exchange's answer and left one POST waiting for ever. Now: 400."""
@@ -5097,25 +5120,24 @@ def test_fuzz_finding_duplicate_request_ids_are_refused_not_left_hanging(tmp_pat
             old = open_session(server, auth, version="2025-03-26")  # batches are allowed in this version
             headers = {**MCP_HEADERS, **auth, "mcp-session-id": old, "mcp-protocol-version": "2025-03-26"}
             ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
-            status, _, body = request(server, "POST", "/mcp", [ping, ping], headers)
-            assert status == 400 and "already in use" in json.loads(body)["error"]["message"]
+            status, answer = post_within(server, [ping, ping], headers)
+            assert status == 400 and "already in use" in answer["error"]["message"]
             assert request(server, "POST", "/mcp", [ping, {**ping, "id": 2}], headers)[0] == 200
             session = open_session(server, auth)
             headers = {**MCP_HEADERS, **auth, "mcp-session-id": session}
             call = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "docker_version",
                                                                                  "arguments": {}}}
             running: dict[str, Any] = {}
-            caller = threading.Thread(target=lambda: running.update(
-                reply=request(server, "POST", "/mcp", call, headers)), daemon=True)
+            caller = threading.Thread(target=lambda: running.update(reply=post_within(server, call, headers, 60)),
+                                      daemon=True)
             caller.start()
             assert hung.connected.wait(30)  # the call now waits on an engine that does not answer
-            status, _, body = request(server, "POST", "/mcp", {**ping, "id": 7}, headers)
-            assert status == 400 and "already in use" in json.loads(body)["error"]["message"]
+            status, answer = post_within(server, {**ping, "id": 7}, headers)
+            assert status == 400 and "already in use" in answer["error"]["message"]
             assert request(server, "POST", "/mcp", {**ping, "id": 8}, headers)[0] == 200
             hung.stop()  # the engine goes away: the first exchange gets its own answer
             caller.join(60)
-            status, _, body = running["reply"]
-            answer = json.loads(body)
+            status, answer = running["reply"]
             assert status == 200 and answer["id"] == 7 and answer["result"]["isError"] is True
     finally:
         hung.stop()
@@ -5192,3 +5214,50 @@ def test_fuzz_finding_a_stream_whose_client_left_ends_at_once_even_as_an_event_a
         return [await cancel_as_an_event_arrives(delay) for delay in range(6)]
 
     assert asyncio.run(all_orders()) == [True] * 6
+
+
+def test_fuzz_finding_head_requests_get_a_head_not_a_dropped_connection(fuzz_rig):
+    """HEAD to any path whose answer has a body (/healthz, a 401, a 405) made h11 refuse the body and the
+    connection was dropped with an error logged. Now: the status and headers, no body, keep-alive intact."""
+    port = fuzz_rig.server.port
+    for target, status in (("/healthz", 200), ("/mcp", 401), ("/nowhere", 401)):
+        sent = (f"HEAD {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+                "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").encode()
+        received = fuzz_exchange(port, sent)
+        assert received.startswith(f"HTTP/1.1 {status} ".encode()), received[:200]
+        assert received.count(b"HTTP/1.1 200 ") == 1 + (status == 200)  # the pipelined GET is answered too
+        fuzz_rig.after(f"HEAD {target}")
+
+
+def test_fuzz_finding_a_call_failing_as_its_session_closes_leaves_no_unretrieved_error():
+    """A tool call that failed just as its session closed (the waiting handler cancelled) left its task's
+    error unretrieved: asyncio logged "Task exception was never retrieved" at ERROR."""
+    import gc
+
+    async def fail_as_the_session_closes(delay: int) -> list[str]:
+        loop = asyncio.get_running_loop()
+        errors: list[str] = []
+        loop.set_exception_handler(lambda _loop, context: errors.append(context.get("message", "")))
+        app = md.DockerMCP(md.Settings())
+        gate = asyncio.Event()
+
+        async def failing_call(*args: Any, **kwargs: Any) -> dict[str, Any]:
+            await gate.wait()
+            raise md.ToolError("not_found", "no such image")
+
+        app.call = failing_call  # type: ignore[method-assign]
+        handler = loop.create_task(app.call_reporting_progress(None, "docker_version", {}))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        gate.set()
+        for _ in range(delay):
+            await asyncio.sleep(0)
+        handler.cancel()  # the session closes
+        with contextlib.suppress(asyncio.CancelledError, md.ToolError):
+            await handler
+        del handler
+        gc.collect()
+        await asyncio.sleep(0)
+        return errors
+
+    assert [asyncio.run(fail_as_the_session_closes(delay)) for delay in range(4)] == [[]] * 4
