@@ -8,7 +8,8 @@ Runs the same hypothesis strategies and checks as the ``test_fuzz_*`` tests in t
 many more inputs: the server runs in this process (HttpServer on its own event loop), every input goes over
 a real loopback socket, and after each one the server must have logged no error, be back at its baseline
 (asyncio tasks, connections, sessions, SSE stream slots, tool-call slots, calls in flight) and still serve
-a valid client (a session, a ``docker_version`` tool call answered by the engine, a DELETE). Replies must
+a valid client (/healthz, a session, a ping, a DELETE; every ``--full-probe-every``-th input also a
+``docker_version`` tool call answered by the engine). Replies must
 carry no 5xx (but a 503 with Retry-After), no invalid JSON, no stack trace, source path or engine socket.
 
 ``--inputs`` is split over the properties (45% raw HTTP, 45% JSON-RPC, 10% SSE reconnect sequences, each
@@ -93,9 +94,10 @@ def main() -> int:
     parser.add_argument("--inputs", type=int, default=100_000, help="inputs in all (default 100000)")
     parser.add_argument("--seed", type=int, default=1, help="hypothesis seed (default 1)")
     parser.add_argument("--properties", default="http,jsonrpc,sse", help="comma list of http, jsonrpc, sse")
-    parser.add_argument("--full-probe-every", type=int, default=1, metavar="N",
-                        help="after every Nth input the full probe (session, tool call, DELETE); after the others "
-                             "GET /healthz. The leak and error checks run after every input. Default 1")
+    parser.add_argument("--full-probe-every", type=int, default=10, metavar="N",
+                        help="after every input: /healthz, a session, a ping, a DELETE; after every Nth also a "
+                             "docker_version tool call through the engine. Leak and error checks: every input. "
+                             "Default 10")
     parser.add_argument("--parallel", action="store_true",
                         help="run each property in its own process (each its own server) at the same time")
     args = parser.parse_args()
