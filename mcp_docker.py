@@ -6339,14 +6339,15 @@ class HttpServer:
                 return
             if request_event is None or isinstance(request_event, h11.ConnectionClosed):
                 return
+            head = request_event.method == b"HEAD"  # what h11 frames the answer by (case-sensitive)
             request = await self._read_request(conn, reader, request_event, client_ip, cert_principal)
             if isinstance(request, HttpResponse):
-                await self._send(writer, conn, request)
+                await self._send(writer, conn, request, head=head)
                 return
             response = await self._dispatch(request)
             if request.headers.get("connection", "").lower() == "close":
                 response.close = True
-            await self._send(writer, conn, response, reader, head=request.method == "HEAD")
+            await self._send(writer, conn, response, reader, head=head)
             if response.close or conn.our_state is h11.MUST_CLOSE:
                 return
             try:

@@ -5228,6 +5228,13 @@ def test_fuzz_finding_head_requests_get_a_head_not_a_dropped_connection(fuzz_rig
         assert received.startswith(f"HTTP/1.1 {status} ".encode()), received[:200]
         assert received.count(b"HTTP/1.1 200 ") == 1 + (status == 200)  # the pipelined GET is answered too
         fuzz_rig.after(f"HEAD {target}")
+    for method in (b"HEAD", b"head"):  # a refusal before the body is read; a lower-case method
+        sent = method + b" /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n0\r\n\r\n"
+        assert fuzz_exchange(port, sent).startswith(b"HTTP/1.1 400 "), method
+        fuzz_rig.after(f"{method!r} with broken chunks")
+        sent = method + b" /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        assert fuzz_exchange(port, sent).startswith(b"HTTP/1.1 "), method
+        fuzz_rig.after(f"{method!r} /healthz")
 
 
 def test_fuzz_finding_a_call_failing_as_its_session_closes_leaves_no_unretrieved_error():
