@@ -4636,6 +4636,11 @@ def prompt_text(name: str, arguments: Mapping[str, Any] | None) -> str:
     return text.format(**values)
 
 
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 class DockerMCP:
     """Connects the registry to the SDK: lists permitted tools and runs calls on the call path.
 
@@ -4833,6 +4838,7 @@ class DockerMCP:
         finally:
             if not task.done():
                 task.cancel()
+            task.add_done_callback(_retrieved)  # a call abandoned as it failed: its error is no news
 
     async def call_streaming_progress(self, ctx: Any, name: str, arguments: Any, client_id: str) -> dict[str, Any]:
         """Run a long call whose worker thread reports progress; forward the newest report to the client."""
@@ -4868,6 +4874,7 @@ class DockerMCP:
         finally:
             if not task.done():
                 task.cancel()
+            task.add_done_callback(_retrieved)  # a call abandoned as it failed: its error is no news
 
     async def confirm_destructive(self, ctx: Any, name: str, params: Any, client_id: str) -> Any:
         """Ask the user before a destructive call: None to go ahead, an InputRequiredResult to ask a
@@ -6711,8 +6718,11 @@ class EventStream:
         self._changed = asyncio.Event()
 
     async def wait(self, timeout: float) -> None:
+        # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that comes as the event is set,
+        # which kept a stream whose client had gone open until the next keep-alive
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._changed.wait()
 
     def only_responses(self) -> bool:
         return all(is_response for _, _, is_response in self.events)
@@ -7185,14 +7195,15 @@ class HttpServer:
                 return
             if request_event is None or isinstance(request_event, h11.ConnectionClosed):
                 return
+            head = request_event.method == b"HEAD"  # what h11 frames the answer by (case-sensitive)
             request = await self._read_request(conn, reader, request_event, client_ip, cert_principal)
             if isinstance(request, HttpResponse):
-                await self._send(writer, conn, request)
+                await self._send(writer, conn, request, head=head)
                 return
             response = await self._dispatch(request)
             if request.headers.get("connection", "").lower() == "close":
                 response.close = True
-            await self._send(writer, conn, response, reader)
+            await self._send(writer, conn, response, reader, head=head)
             if response.close or conn.our_state is h11.MUST_CLOSE:
                 return
             try:
@@ -7290,21 +7301,19 @@ class HttpServer:
         await writer.drain()
 
     async def _send(self, writer: asyncio.StreamWriter, conn: Any, response: HttpResponse,
-                    reader: asyncio.StreamReader | None = None) -> None:
+                    reader: asyncio.StreamReader | None = None, head: bool = False) -> None:
         import h11
 
         headers = self._response_headers(response)
         if response.stream is None:
             headers.append(("content-length", str(len(response.body))))
-        writer.write(conn.send(h11.Response(status_code=response.status, headers=headers,
-                                            reason=http_reason(response.status))))
-        if response.stream is None:
-            if response.body:
+            writer.write(conn.send(h11.Response(status_code=response.status, headers=headers,
+                                                reason=http_reason(response.status))))
+            if response.body and not head:  # HEAD: GET's headers, no body (h11 refuses one)
                 writer.write(conn.send(h11.Data(data=response.body)))
             writer.write(conn.send(h11.EndOfMessage()))
             await writer.drain()
             return
-        await writer.drain()
 
         async def pump() -> None:
             async for chunk in response.stream:
@@ -7315,9 +7324,14 @@ class HttpServer:
 
         # While streaming, watch the socket: the client going away ends the stream (not the session).
         loop = asyncio.get_running_loop()
-        pumping = loop.create_task(pump())
-        gone = loop.create_task(self._wait_for_eof(conn, reader)) if reader else None
-        try:
+        pumping: asyncio.Task[None] | None = None
+        gone: asyncio.Task[None] | None = None
+        try:  # a client gone before the head is out still frees the stream's slot (on_close below)
+            writer.write(conn.send(h11.Response(status_code=response.status, headers=headers,
+                                                reason=http_reason(response.status))))
+            await writer.drain()
+            pumping = loop.create_task(pump())
+            gone = loop.create_task(self._wait_for_eof(conn, reader)) if reader else None
             await asyncio.wait({pumping, gone} if gone else {pumping}, return_when=asyncio.FIRST_COMPLETED)
             if not pumping.done():
                 response.close = True
@@ -7325,7 +7339,8 @@ class HttpServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await pumping
         finally:
-            pumping.cancel()
+            if pumping is not None:
+                pumping.cancel()
             if gone is not None:
                 gone.cancel()
             await response.stream.aclose()
@@ -7507,6 +7522,11 @@ class HttpServer:
                 return rpc_error(400, -32600, "Invalid Request: JSON-RPC batches are not allowed in this "
                                               "protocol version")
         assert session.channel is not None
+        request_ids = [m.id for m in requests]
+        if len(set(request_ids)) < len(request_ids) or any(i in session.pending for i in request_ids):
+            # answers are routed by id: a second request with an id still open would take the first one's
+            # answer and leave the first exchange waiting for ever
+            return rpc_error(400, -32600, "Invalid Request: a request id is already in use in this session")
         refused = self._admit_calls(requests, info, session.channel)
         if refused is not None:
             return refused

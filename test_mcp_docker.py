@@ -5459,3 +5459,964 @@ async def held_connections_scenario(server: HttpServerProcess, context: Any, key
     assert held["p90_s"] <= 5 * baseline["p90_s"] + 0.1, result
     assert held["connect_s"] <= 5 * baseline["connect_s"] + 0.5, result
     return result
+
+
+# --- issue 9: fuzzing (hypothesis) of the HTTP layer and the JSON-RPC handling ---
+#
+# The server runs in this process (HttpServer on its own event loop in a thread), so after every input the
+# test can compare its asyncio tasks, connections, writers, sessions, stream slots and call slots with the
+# baseline taken before the input, and see every error it logged. Each input goes over a real socket; after
+# it, a fresh client must still get a session, a tool call answered by the engine, and a clean DELETE.
+# CI: a few hundred examples per property, derandomized and database-free (reproducible). The long run:
+# bench/fuzz.py --inputs 100000 (same strategies and checks).
+
+import hypothesis  # noqa: E402
+from hypothesis import HealthCheck  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+FUZZ_EXAMPLES = int(os.environ.get("MCP_DOCKER_FUZZ_EXAMPLES", "300"))
+FUZZ_TOOLS = ("docker_version", "docker_list_containers", "docker_inspect_container", "docker_container_logs",
+              "docker_container_stats", "docker_list_images", "docker_inspect_image", "docker_list_networks",
+              "docker_list_volumes", "docker_list_engines")
+# Text the server must never hand a client unless the client sent it first: stack traces, source and
+# package paths, engine sockets, the server's state directory.
+FUZZ_LEAK_MARKERS = ("Traceback", "site-packages", 'File "', ".py\"", "docker.sock", "podman.sock", "unix://",
+                     str(HERE))
+
+
+def fuzz_settings(examples: int | None = None, seed: int | None = None) -> hypothesis.settings:
+    """CI: derandomized (a fixed seed derived from the test), no example database, no deadline."""
+    # No shrinking: a leak stays in the server, so every later example would fail too and shrinking would
+    # only wander; the first failing input is the one to report.
+    return hypothesis.settings(max_examples=examples or FUZZ_EXAMPLES, derandomize=seed is None, database=None,
+                               deadline=None, print_blob=False, suppress_health_check=list(HealthCheck),
+                               phases=(hypothesis.Phase.explicit, hypothesis.Phase.generate))
+
+
+class FuzzFinding(AssertionError):
+    """Something a fuzz input made the server do that it must not (crash, hang, 5xx, leak, unsanitized text)."""
+
+
+class InProcessHttpServer:
+    """mcp_docker's HttpServer on a private event loop in a thread: real sockets, visible internals."""
+
+    def __init__(self, settings: md.Settings, audit_path: str):
+        import logging
+
+        self.errors: list[str] = []
+        self.loop = asyncio.new_event_loop()
+        self.loop.set_exception_handler(lambda _loop, ctx: self.errors.append(
+            f"event loop: {ctx.get('message')} {ctx.get('exception')!r}"))
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="fuzz-server")
+        self.thread.start()
+        server = self
+
+        class Collect(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                if record.levelno >= logging.ERROR or record.exc_info:
+                    server.errors.append(f"{record.name}: {record.getMessage()}"
+                                         + (f" [{record.exc_info[1]!r}]" if record.exc_info else ""))
+
+        self.handler = Collect(logging.DEBUG)
+        logging.getLogger().addHandler(self.handler)
+        self.settings, self.audit_path = settings, audit_path
+        self.call(self._start())
+
+    async def _start(self) -> None:
+        app = md.DockerMCP(self.settings)
+        audit = md.AuditLog(self.audit_path, self.settings.audit_log_max_bytes, self.settings.audit_log_backups)
+        app.audit, app.audit_ready = audit.write, audit.probe
+        self.http = md.HttpServer(app, self.settings, audit)
+        self.listener = await asyncio.start_server(self.http._on_connection, "127.0.0.1", 0)
+        self.port = self.listener.sockets[0].getsockname()[1]
+        # what HttpServer.run does after binding (run itself installs signal handlers: main thread only)
+        self.http.bound_port = self.port
+        self.http._hosts, self.http._origins = self.http.allowed_hosts(), self.http.allowed_origins()
+
+    def call(self, coro: Any, timeout: float = 60) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    async def _snapshot(self) -> dict[str, Any]:
+        http = self.http
+        return {"tasks": len(asyncio.all_tasks()) - 1, "connections": http.connections,
+                "writers": len(http._writers), "server_tasks": len(http._tasks), "sessions": len(http.sessions),
+                "sse_sessions": len(http.sse_sessions), "open_streams": sum(http.streams_by_principal.values()),
+                "call_slots": sum(http.access.calls.active.values()), "in_flight": http.app.in_flight}
+
+    def snapshot(self) -> dict[str, Any]:
+        return self.call(self._snapshot())
+
+    async def _end_sessions(self) -> None:
+        """What the idle reaper would do in time: sessions may outlive their connections by design."""
+        for session_id in list(self.http.sessions):
+            await self.http._end_session(session_id, reason="fuzz")
+
+    def settle(self, baseline: dict[str, Any], timeout: float = 8) -> dict[str, Any]:
+        """End the sessions the input opened, then wait for everything to return to the baseline."""
+        self.call(self._end_sessions())
+        deadline = time.monotonic() + timeout
+        while True:
+            now = self.snapshot()
+            if now == baseline or time.monotonic() > deadline:
+                return now
+            time.sleep(0.01)
+
+    def close(self) -> None:
+        import logging
+
+        logging.getLogger().removeHandler(self.handler)
+
+        async def stop() -> None:
+            self.listener.close()
+            await self._end_sessions()
+            for writer in list(self.http._writers):
+                writer.close()
+            for task in list(self.http._tasks):
+                task.cancel()
+            await asyncio.sleep(0.1)
+
+        with contextlib.suppress(Exception):
+            self.call(stop(), 30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def parse_http_responses(data: bytes, head_request: bool = False) -> tuple[list[tuple[int, dict[str, str], bytes]], bytes]:
+    """Split what a server sent into (status, headers, body) responses; returns them and any bytes left over."""
+    responses = []
+    while data.startswith(b"HTTP/"):
+        head, sep, rest = data.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split()[1])
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        if not sep:
+            responses.append((status, headers, b""))
+            return responses, b""
+        if head_request or status in (204, 304) or 100 <= status < 200:
+            body, data = b"", rest
+        elif "content-length" in headers:
+            size = int(headers["content-length"])
+            body, data = rest[:size], rest[size:]
+        elif headers.get("transfer-encoding", "").lower() == "chunked":
+            chunks = []
+            while True:
+                size_line, found, rest = rest.partition(b"\r\n")
+                if not found or not size_line.strip():
+                    break
+                size = int(size_line.split(b";")[0], 16)
+                if size == 0:
+                    rest = rest.partition(b"\r\n")[2]
+                    break
+                chunks.append(rest[:size])
+                rest = rest[size + 2:]
+            body, data = b"".join(chunks), rest
+        else:
+            body, data = rest, b""
+        responses.append((status, headers, body))
+    return responses, data
+
+
+def fuzz_exchange(port: int, data: bytes, mode: str = "half-close", timeout: float = 15) -> bytes:
+    """Send one input. half-close: shut our side and read until the server closes (a server that never
+    does is hanging: FuzzFinding). abort: reset the connection at once, without reading."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    try:
+        with contextlib.suppress(OSError):
+            sock.sendall(data)
+        if mode == "abort":
+            import struct
+
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            return b""
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        started = time.monotonic()
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                raise FuzzFinding(f"no end of the exchange after {time.monotonic() - started:.0f}s: hang; "
+                                  f"input {data[:300]!r}") from None
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        sock.close()
+
+
+class FuzzClient:
+    """A well-behaved client of the in-process server: makes the sessions inputs refer to, and probes."""
+
+    def __init__(self, server: InProcessHttpServer, key: str, other_key: str):
+        self.server, self.key, self.other_key = server, key, other_key
+
+    def post(self, body: Any, headers: dict[str, str] | None = None, path: str = "/mcp",
+             method: str = "POST") -> tuple[int, dict[str, str], bytes]:
+        import http.client
+
+        conn = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=30)
+        try:
+            data = None if body is None else body if isinstance(body, bytes) else json.dumps(body).encode()
+            conn.request(method, path, body=data, headers={"authorization": f"Bearer {self.key}", **MCP_HEADERS,
+                                                          **(headers or {})})
+            reply = conn.getresponse()
+            return reply.status, {k.lower(): v for k, v in reply.getheaders()}, reply.read()
+        finally:
+            conn.close()
+
+    def open_session(self, version: str = "2025-11-25") -> str:
+        status, headers, body = self.post({**INIT, "params": {**INIT["params"], "protocolVersion": version}})
+        assert status == 200, (status, body[:300])
+        session = headers["mcp-session-id"]
+        assert self.post({"jsonrpc": "2.0", "method": "notifications/initialized"},
+                         {"mcp-session-id": session, "mcp-protocol-version": version})[0] == 202
+        return session
+
+    def probe(self, call_tool: bool = True) -> None:
+        """A valid client is served: health, a session, a ping, (a tool call answered by the engine,) a DELETE."""
+        status, _, body = self.post(None, {}, "/healthz", "GET")
+        if status != 200:
+            raise FuzzFinding(f"/healthz answered {status} {body[:200]!r}")
+        session = self.open_session()
+        status, _, body = self.post({"jsonrpc": "2.0", "id": 76, "method": "ping"}, {"mcp-session-id": session})
+        if status != 200 or json.loads(body).get("id") != 76:
+            raise FuzzFinding(f"a valid ping after the input got {status} {body[:300]!r}")
+        call = {"jsonrpc": "2.0", "id": 77, "method": "tools/call", "params": {"name": "docker_version",
+                                                                              "arguments": {}}}
+        status, _, body = self.post(call, {"mcp-session-id": session}) if call_tool else (200, {}, b"")
+        answer = json.loads(body) if status == 200 and call_tool else {"id": 77, "result": {
+            "structuredContent": {"api_version": "-"}}}
+        content = answer.get("result", {}).get("structuredContent") or {}
+        if status != 200 or answer.get("id") != 77 or not content.get("api_version"):
+            raise FuzzFinding(f"a valid tools/call after the input got {status} {body[:300]!r}")
+        if self.post(None, {"mcp-session-id": session}, method="DELETE")[0] != 200:
+            raise FuzzFinding("DELETE of a fresh session failed after the input")
+
+    def legacy_session(self) -> tuple[socket.socket, str]:
+        """GET /sse held open: returns the socket (still streaming) and its session id."""
+        sock = socket.create_connection(("127.0.0.1", self.server.port), timeout=15)
+        sock.sendall((f"GET /sse HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {self.key}\r\n"
+                      "Accept: text/event-stream\r\n\r\n").encode())
+        seen = b""
+        while b"session_id=" not in seen or b"\n\n" not in seen.split(b"session_id=", 1)[1]:
+            chunk = sock.recv(4096)
+            assert chunk, seen
+            seen += chunk
+        session_id = re.search(rb"session_id=([0-9a-f]+)", seen).group(1).decode()
+        return sock, session_id
+
+
+def check_replies(sent: bytes, received: bytes, head_request: bool = False) -> list[tuple[int, dict[str, str], bytes]]:
+    """Per-reply rules: no 5xx but a 503 with Retry-After, JSON bodies parse, nothing leaks that the client
+    did not send itself."""
+    for marker in FUZZ_LEAK_MARKERS:
+        if marker.encode() in received and marker.encode() not in sent:
+            raise FuzzFinding(f"reply reveals {marker!r}: {received[:600]!r}")
+    replies, _ = parse_http_responses(received, head_request)
+    for status, headers, body in replies:
+        if status >= 500 and not (status == 503 and "retry-after" in headers):
+            raise FuzzFinding(f"status {status} for input {sent[:300]!r}: {body[:300]!r}")
+        if headers.get("content-type") == "application/json" and body:
+            try:
+                json.loads(body)
+            except ValueError:
+                raise FuzzFinding(f"invalid JSON body {body[:300]!r}") from None
+    return replies
+
+
+class FuzzRig:
+    """One in-process server plus the checks every fuzz input goes through."""
+
+    def __init__(self, directory: Path):
+        keys_file, (key, other_key) = make_keys(directory, ["--client-id", "fuzz"], ["--client-id", "fuzz-other"])
+        settings = md.Settings(
+            transport="http", host="127.0.0.1", port=0, api_keys_file=keys_file, docker_host=TEST_HOST,
+            allow_moderate=False, allowed_tools=FUZZ_TOOLS, http_header_timeout=1.0, http_body_timeout=1.0,
+            http_keepalive_timeout=2.0, http_max_header_bytes=8192, http_max_body_bytes=64 * 1024,
+            http_max_streams_per_principal=8, http_max_sessions=200, rate_limit_enabled=True,
+            rate_limit_rpm=1_000_000, rate_limit_burst=1_000_000, rate_limit_concurrent=4,
+            auth_failure_limit=1_000_000, audit_log_file=str(directory / "audit.log"))
+        self.server = InProcessHttpServer(settings, str(directory / "audit.log"))
+        self.client = FuzzClient(self.server, key, other_key)
+        self.count = 0
+        # After every input: health, a session, a ping, a DELETE; every Nth also a tool call through the engine
+        # (the engine's answer is what costs: Podman's /version takes ~0.3 s here).
+        self.full_probe_every = int(os.environ.get("MCP_DOCKER_FUZZ_TOOL_CALL_EVERY", "10"))
+        self.statuses: dict[int, int] = {}
+        self.client.probe()  # warm: the SDK's lazy imports, the engine connection, the validators
+        self.baseline = self.quiet_snapshot()
+        self.server.errors.clear()
+
+    def quiet_snapshot(self, timeout: float = 20) -> dict[str, Any]:
+        """The server's state once nothing is open or running and it stays so."""
+        deadline = time.monotonic() + timeout
+        previous = None
+        while time.monotonic() < deadline:
+            now = self.server.snapshot()
+            if now == previous and not (now["connections"] or now["sessions"] or now["in_flight"]):
+                return now
+            previous = now
+            time.sleep(0.1)
+        raise AssertionError(f"the server did not settle: {previous}")
+
+    def substitute(self, data: bytes, values: dict[str, str]) -> bytes:
+        values = {"KEY": self.client.key, "OTHER_KEY": self.client.other_key, "PORT": str(self.server.port),
+                  **values}
+        for name, value in values.items():
+            data = data.replace(b"{" + name.encode() + b"}", value.encode())
+        return data
+
+    def after(self, what: str) -> None:
+        """After each input: nothing logged as an error, nothing leaked, and a valid client is served."""
+        self.count += 1
+        now = self.server.settle(self.baseline)
+        if now != self.baseline:
+            raise FuzzFinding(f"leak after {what}: {now} != baseline {self.baseline}")
+        if self.server.errors:
+            errors, self.server.errors[:] = list(self.server.errors), []
+            raise FuzzFinding(f"server logged errors after {what}: {errors[:3]}")
+        self.client.probe(call_tool=self.count % self.full_probe_every == 0)
+        self.server.errors.clear()
+
+    def note(self, replies: list[tuple[int, dict[str, str], bytes]]) -> None:
+        for status, _, _ in replies:
+            self.statuses[status] = self.statuses.get(status, 0) + 1
+
+    def close(self) -> None:
+        self.server.close()
+
+
+@pytest.fixture(scope="module")
+def fuzz_rig(tmp_path_factory):
+    require_engine()
+    rig = FuzzRig(tmp_path_factory.mktemp("fuzz"))
+    yield rig
+    rig.close()
+
+
+# -- strategies ---------------------------------------------------------------------------------
+
+HUGE_NUMBERS = (2**63, -(2**63) - 1, 2**64 + 1, 10**400, -(10**400), 1e308, -0.0, 5e-324)
+json_scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.sampled_from(HUGE_NUMBERS),
+                         st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=30),
+                         st.sampled_from(["", "tools/call", "2.0", "{SESSION}", "../../etc/passwd", "\x00", "é" * 5]))
+json_values = st.recursive(json_scalars, lambda inner: st.one_of(
+    st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=12), inner, max_size=4)), max_leaves=10)
+request_ids = st.one_of(st.integers(-5, 10**6), st.text(max_size=12), st.sampled_from(HUGE_NUMBERS),
+                        st.sampled_from([None, True, [], {}, 1.5]))
+
+
+def tool_arguments(name: str) -> dict[str, Any]:
+    container = f"{PREFIX}-fuzz-missing"
+    return {"docker_inspect_container": {"container": container},
+            "docker_container_logs": {"container": container, "tail": 5},
+            "docker_container_stats": {"container": container},
+            "docker_list_containers": {"all": True, "limit": 3, "name": PREFIX},
+            "docker_inspect_image": {"image": f"{PREFIX}-fuzz-missing:1"},
+            "docker_list_images": {"limit": 3}}.get(name, {})
+
+
+def valid_messages(modern: bool = False) -> list[dict[str, Any]]:
+    """One valid message of every kind a client sends (requests, notifications, responses)."""
+    call = [{"method": "tools/call", "params": {"name": n, "arguments": tool_arguments(n)}} for n in FUZZ_TOOLS]
+    requests = [{"method": "ping"}, {"method": "tools/list"}, {"method": "tools/list", "params": {"cursor": "x"}},
+                *call, {"method": "tools/call", "params": {"name": "docker_remove_container", "arguments": {}}},
+                {"method": "tools/call", "params": {"name": "no_such_tool"}},
+                {"method": "resources/list"}, {"method": "resources/templates/list"},
+                {"method": "resources/read", "params": {"uri": f"docker://containers/{PREFIX}-x/logs"}},
+                {"method": "resources/read", "params": {"uri": "file:///etc/passwd"}},
+                {"method": "prompts/list"},
+                {"method": "prompts/get", "params": {"name": "troubleshoot_container",
+                                                     "arguments": {"container": f"{PREFIX}-x"}}},
+                {"method": "logging/setLevel", "params": {"level": "debug"}},
+                {"method": "completion/complete", "params": {
+                    "ref": {"type": "ref/prompt", "name": "troubleshoot_container"},
+                    "argument": {"name": "container", "value": "a"}}},
+                {"method": "initialize", "params": INIT["params"]}, {"method": "no/such/method"}]
+    if modern:
+        requests.append({"method": "server/discover"})
+        envelope = {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                    "io.modelcontextprotocol/clientCapabilities": {}}
+        return [{"jsonrpc": "2.0", "id": i, **r, "params": {**r.get("params", {}), "_meta": envelope}}
+                for i, r in enumerate(requests, 1)]
+    notifications = [{"method": "notifications/initialized"},
+                     {"method": "notifications/cancelled", "params": {"requestId": 1}},
+                     {"method": "notifications/progress", "params": {"progressToken": 1, "progress": 1}},
+                     {"method": "notifications/roots/list_changed"}]
+    responses = [{"id": 1, "result": {}}, {"id": 2, "error": {"code": -32601, "message": "no"}}]
+    return ([{"jsonrpc": "2.0", "id": i, **r} for i, r in enumerate(requests, 1)]
+            + [{"jsonrpc": "2.0", **n} for n in notifications] + [{"jsonrpc": "2.0", **r} for r in responses])
+
+
+@st.composite
+def mutated(draw: Any, message: dict[str, Any]) -> Any:
+    """A valid message with a few of its parts deleted, replaced, retyped, duplicated or nested deep."""
+    value: Any = json.loads(json.dumps(message))
+    for _ in range(draw(st.integers(0, 3))):
+        kind = draw(st.sampled_from(["delete", "replace", "id", "method", "extra", "params", "deep", "args",
+                                     "meta"]))
+        if not isinstance(value, dict):
+            break
+        if kind == "delete" and value:
+            value.pop(draw(st.sampled_from(sorted(value))))
+        elif kind == "replace" and value:
+            value[draw(st.sampled_from(sorted(value)))] = draw(json_values)
+        elif kind == "id":
+            value["id"] = draw(request_ids)
+        elif kind == "method":
+            value["method"] = draw(st.one_of(st.text(max_size=20), json_values, st.sampled_from(
+                ["tools/call", "initialize", "notifications/cancelled", "TOOLS/CALL", "tools/call ", "rpc.x"])))
+        elif kind == "extra":
+            value[draw(st.text(max_size=8))] = draw(json_values)
+        elif kind == "params":
+            value["params"] = draw(json_values)
+        elif kind == "deep":
+            depth = draw(st.sampled_from([30, 200, 900, 990, 2000, 20000]))
+            inner: Any = draw(json_scalars)
+            for _ in range(depth):
+                inner = [inner] if draw(st.booleans()) else {"a": inner}
+            where = draw(st.sampled_from(["params", "args", "id", "meta"]))
+            if where == "args" and isinstance(value.get("params"), dict):
+                value["params"]["arguments"] = {"container": inner}
+            elif where == "meta" and isinstance(value.get("params"), dict):
+                value["params"]["_meta"] = {"progressToken": inner}
+            else:
+                value["params" if where == "params" else "id"] = inner
+        elif kind == "args" and isinstance(value.get("params"), dict):
+            arguments = value["params"].get("arguments")
+            arguments = dict(arguments) if isinstance(arguments, dict) else {}
+            if arguments and draw(st.booleans()):
+                arguments[draw(st.sampled_from(sorted(arguments)))] = draw(json_values)
+            else:
+                arguments[draw(st.sampled_from(["container", "limit", "all", "tail", "since", "engine", "x"]))] = \
+                    draw(json_values)
+            value["params"]["arguments"] = arguments
+        elif kind == "meta" and isinstance(value.get("params"), dict):
+            meta = value["params"].get("_meta")
+            meta = dict(meta) if isinstance(meta, dict) else {}
+            meta[draw(st.sampled_from(["progressToken", "io.modelcontextprotocol/protocolVersion",
+                                       "io.modelcontextprotocol/clientCapabilities", "io.modelcontextprotocol/logLevel",
+                                       "x"]))] = draw(json_values)
+            value["params"]["_meta"] = meta
+    return value
+
+
+def jsonrpc_bodies(modern: bool = False) -> st.SearchStrategy[bytes]:
+    """Bodies: mutated valid messages, batches of them, random JSON, deep nesting, and bytes that are not JSON."""
+    message = st.sampled_from(valid_messages(modern)).flatmap(mutated)
+
+    def encode(value: Any) -> bytes:
+        try:
+            return json.dumps(value).encode()
+        except (RecursionError, ValueError):
+            return b"[]"
+
+    deep = st.integers(1, 200_000).map(lambda n: b"[" * n + b"]" * n)
+    raw = st.sampled_from([b"", b"null", b"[]", b"{}", b"[[]]", b"NaN", b"Infinity", b'{"jsonrpc":"2.0","id":NaN,'
+                           b'"method":"ping"}', b"1e999999", b'"\\ud800"', b'{"a":1,"a":2}', b"\xff\xfe{}",
+                           b'{"jsonrpc":"2.0","id":1,"method":"ping"}{"x":1}', b"{" * 50])
+    return st.one_of(message.map(encode), st.lists(message, min_size=1, max_size=6).map(encode),
+                     json_values.map(encode), deep, raw, st.binary(max_size=200))
+
+
+HEADER_VALUES: dict[str, list[str]] = {
+    "host": ["127.0.0.1", "127.0.0.1:{PORT}", "localhost", "[::1]:{PORT}", "evil.example", "", "127.0.0.1:{PORT}:1",
+             "[::1", "127.0.0.1, evil.example", "a" * 300],
+    "origin": ["http://127.0.0.1:{PORT}", "https://localhost", "null", "", "https://evil.example", "http://[::1",
+               "http://127.0.0.1:{PORT}/"],
+    "authorization": ["Bearer {KEY}", "Bearer {OTHER_KEY}", "Bearer", "Bearer ", "Basic Zm9vOmJhcg==", "bearer {KEY}",
+                      "Bearer {KEY} extra", "Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.", "MCP-SSH-Signature x",
+                      'MCP-SSH-Signature keyid="SHA256:x", ts="1", nonce="n", sig="%%%"', "Bearer " + "k" * 3000],
+    "accept": ["application/json, text/event-stream", "*/*", "text/event-stream", "application/json", "", "*/*;q=0",
+               "text/*, application/*"],
+    "content-type": ["application/json", "application/json; charset=utf-8", "text/plain", "", "application/json;;"],
+    "mcp-session-id": ["{SESSION}", "{SESSION}x", "", "nope", "{SESSION}, {SESSION}", "\u00e9"],
+    "mcp-protocol-version": ["2025-11-25", "2025-03-26", "2024-11-05", "2026-07-28", "", "1999-01-01", "2026-07-28x"],
+    "mcp-method": ["tools/call", "ping", "tools/list", ""], "mcp-name": ["docker_version", "", "x"],
+    "last-event-id": ["", "x-1", "{SESSION}-1", "-", "abc-99999999999999999999", "a-b-c", "-1"],
+    "x-forwarded-for": ["1.2.3.4", "", "not-an-ip", "::1, 127.0.0.1"],
+    "connection": ["close", "keep-alive", "upgrade", ""], "expect": ["100-continue"],
+    "transfer-encoding": ["gzip", "chunked, gzip", "identity"],
+}
+header_values = {name: st.sampled_from(values) for name, values in HEADER_VALUES.items()}
+
+
+@st.composite
+def header_lists(draw: Any) -> list[tuple[bytes, bytes]]:
+    headers: list[tuple[bytes, bytes]] = []
+    for name in ("host", "authorization", "accept", "content-type", "mcp-session-id", "mcp-protocol-version"):
+        if draw(st.integers(0, 9)) < 8:
+            value = "127.0.0.1:{PORT}" if name == "host" and draw(st.booleans()) else draw(header_values[name])
+            value = {"authorization": "Bearer {KEY}", "mcp-session-id": "{SESSION}", "host": "127.0.0.1:{PORT}",
+                     "accept": "application/json, text/event-stream", "content-type": "application/json",
+                     "mcp-protocol-version": "2025-11-25"}.get(name, value) if draw(st.booleans()) else value
+            headers.append((name.encode(), value.encode()))
+    extra = st.one_of(
+        st.sampled_from(sorted(HEADER_VALUES)).flatmap(lambda n: header_values[n].map(lambda v: (n.encode(), v.encode()))),
+        st.tuples(st.binary(min_size=1, max_size=20), st.binary(max_size=60)),
+        st.tuples(st.sampled_from([b"X-A", b"Host", b"Content-Length", b" Host", b"Host ", b"X\x00Y", b""]),
+                  st.binary(max_size=40)))
+    headers += draw(st.lists(extra, max_size=4))
+    return draw(st.permutations(headers))
+
+
+def frame_body(draw: Any, headers: list[tuple[bytes, bytes]], body: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    kind = draw(st.sampled_from(["length"] * 6 + ["chunked"] * 3 + ["none", "short", "long", "twice", "negative",
+                                                                     "junk-length", "both", "bad-chunks"]))
+    if kind == "length":
+        return [*headers, (b"Content-Length", str(len(body)).encode())], body
+    if kind == "none":
+        return headers, body
+    if kind == "short":
+        return [*headers, (b"Content-Length", str(max(0, len(body) - draw(st.integers(1, 20)))).encode())], body
+    if kind == "long":
+        return [*headers, (b"Content-Length", str(len(body) + draw(st.integers(1, 10**6))).encode())], body
+    if kind == "twice":
+        return [*headers, (b"Content-Length", str(len(body)).encode()),
+                (b"Content-Length", str(draw(st.integers(0, 99))).encode())], body
+    if kind == "negative":
+        return [*headers, (b"Content-Length", draw(st.sampled_from([b"-1", b"1e3", b"0x10", b"", b" 5", b"+5"])))], body
+    if kind == "junk-length":
+        return [*headers, (b"Content-Length", draw(st.sampled_from([str(10**30).encode(), b"9" * 400])))], body
+    cuts = sorted(set(draw(st.lists(st.integers(0, len(body)), max_size=5))) | {0, len(body)})
+    pieces = [body[a:b] for a, b in zip(cuts, cuts[1:], strict=False) if b > a]
+    encoded = b"".join(f"{len(p):x}".encode() + draw(st.sampled_from([b"", b";ext=1"])) + b"\r\n" + p + b"\r\n"
+                       for p in pieces)
+    ending = draw(st.sampled_from([b"0\r\n\r\n", b"0\r\n\r\n", b"0\r\nX-Trailer: 1\r\n\r\n", b"", b"0\r\n"]))
+    encoded += ending
+    if kind == "bad-chunks":
+        encoded = draw(st.sampled_from([b"zz\r\n", b"ffffffffffffffffffff\r\n", b"-1\r\n", b"5\r\nabc\r\n",
+                                        b"3\r\nabcdef\r\n0\r\n\r\n"])) + encoded
+    framed = [*headers, (b"Transfer-Encoding", b"chunked")]
+    if kind == "both":
+        framed.append((b"Content-Length", str(len(body)).encode()))
+    return framed, encoded
+
+
+@st.composite
+def mutate_bytes(draw: Any, data: bytes) -> bytes:
+    for _ in range(draw(st.sampled_from([0, 0, 0, 1, 2]))):
+        if not data:
+            break
+        at = draw(st.integers(0, len(data) - 1))
+        kind = draw(st.sampled_from(["flip", "insert", "delete", "truncate", "repeat"]))
+        if kind == "flip":
+            data = data[:at] + bytes([data[at] ^ (1 << draw(st.integers(0, 7)))]) + data[at + 1:]
+        elif kind == "insert":
+            data = data[:at] + draw(st.sampled_from([b"\r\n", b"\n", b"\x00", b" ", b":", b"\r\n\r\n", b"\xff"])) + \
+                data[at:]
+        elif kind == "delete":
+            data = data[:at] + data[at + draw(st.integers(1, 20)):]
+        elif kind == "truncate":
+            data = data[:at]
+        else:
+            data = data[:at] + data[at:at + 40] * draw(st.integers(2, 200)) + data[at + 40:]
+    return data
+
+
+@st.composite
+def http_inputs(draw: Any) -> tuple[bytes, str, bool]:
+    """A whole request (or pipelined requests) as bytes, how to end the exchange, and whether it is a HEAD."""
+    method = draw(st.sampled_from(["POST"] * 6 + ["GET"] * 3 + ["DELETE", "HEAD", "PUT", "OPTIONS", "get", "P\u00d6ST",
+                                                            "", "CONNECT", "TRACE"]))
+    target = draw(st.sampled_from(["/mcp", "/mcp", "/sse", "/messages?session_id={SESSION}", "/messages", "/healthz",
+                                   "/", "/mcp?x=1&x=2", "*", "http://127.0.0.1/mcp", "/%00", "//mcp",
+                                   "/mcp/../healthz", "/mcp#frag", "/messages?session_id=%ff%fe", "/\u00e9",
+                                   "/mcp?" + "a=" * 2000, "/.well-known/oauth-protected-resource"]))
+    version = draw(st.sampled_from(["HTTP/1.1"] * 8 + ["HTTP/1.0", "HTTP/2.0", "HTTP/1.1 x", "", "HTTP/9.9",
+                                                        "http/1.1"]))
+    eol = draw(st.sampled_from([b"\r\n"] * 12 + [b"\n", b"\r"]))
+    headers, body = frame_body(draw, draw(header_lists()), draw(jsonrpc_bodies(draw(st.booleans()))))
+    line = f"{method} {target} {version}".encode()
+    data = eol.join([line, *(k + b": " + v for k, v in headers)]) + eol + eol + body
+    if draw(st.integers(0, 5)) == 0:  # a second request pipelined behind the first
+        data += b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    data = draw(mutate_bytes(data))
+    mode = draw(st.sampled_from(["half-close"] * 5 + ["abort"]))
+    return data, mode, method == "HEAD"
+
+
+@st.composite
+def jsonrpc_inputs(draw: Any) -> tuple[str, bytes, str]:
+    """(era, body, session protocol version): JSON-RPC bodies over correct HTTP."""
+    era = draw(st.sampled_from(["session", "session", "modern", "legacy"]))
+    version = draw(st.sampled_from(["2025-11-25", "2025-03-26", "2025-06-18"]))
+    return era, draw(jsonrpc_bodies(era == "modern")), version
+
+
+# -- the fuzz runs ------------------------------------------------------------------------------
+
+
+def fuzz_http_input(rig: FuzzRig, case: tuple[bytes, str, bool]) -> None:
+    data, mode, head = case
+    session = rig.client.open_session()
+    sent = rig.substitute(data, {"SESSION": session})
+    received = fuzz_exchange(rig.server.port, sent, mode)
+    if mode != "abort":
+        rig.note(check_replies(sent, received, head))
+    rig.after(f"HTTP input {sent[:200]!r}")
+
+
+def fuzz_jsonrpc_input(rig: FuzzRig, case: tuple[str, bytes, str]) -> None:
+    era, body, version = case
+    session = rig.client.open_session(version)
+    body = rig.substitute(body, {"SESSION": session})
+    head = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+    stream = None
+    if era == "session":
+        head |= {"mcp-session-id": session, "mcp-protocol-version": version}
+        path = "/mcp"
+    elif era == "modern":
+        try:
+            decoded = json.loads(body)
+        except (ValueError, RecursionError):
+            decoded = None
+        method = decoded.get("method") if isinstance(decoded, dict) else None
+        head |= {"mcp-protocol-version": "2026-07-28", **({"mcp-method": method} if isinstance(method, str) else {})}
+        params = decoded.get("params") if isinstance(decoded, dict) else None
+        if isinstance(params, dict) and isinstance(params.get("name"), str):
+            head["mcp-name"] = params["name"]
+        path = "/mcp"
+    else:
+        stream, legacy_id = rig.client.legacy_session()
+        path = f"/messages?session_id={legacy_id}"
+    try:
+        head_bytes = "".join(f"{k}: {v}\r\n" for k, v in head.items() if all(ord(c) < 256 for c in v))
+        sent = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {rig.client.key}\r\n{head_bytes}"
+                f"Content-Length: {len(body)}\r\n\r\n").encode("latin-1") + body
+        received = fuzz_exchange(rig.server.port, sent)
+        replies = check_replies(sent, received)
+        rig.note(replies)
+        if not replies:
+            raise FuzzFinding(f"no reply at all to a well-framed POST: {sent[:300]!r}")
+    finally:
+        if stream is not None:
+            stream.close()
+    rig.after(f"{era} JSON-RPC body {body[:200]!r}")
+
+
+@st.composite
+def reconnect_inputs(draw: Any) -> list[tuple[str, Any]]:
+    """A sequence of SSE actions on one session whose POST answered as a stream with event ids."""
+    steps = st.one_of(
+        st.tuples(st.just("resume"), st.sampled_from(["real", "real", "seq0", "seq-big", "seq-neg", "unknown",
+                                                      "empty", "junk", "dashes", "unicode"])),
+        st.tuples(st.just("get"), st.sampled_from(["read", "abort", "half-close"])),
+        st.tuples(st.just("concurrent"), st.integers(2, 4)),
+        st.tuples(st.just("call"), st.sampled_from(FUZZ_TOOLS)),
+        st.tuples(st.just("legacy"), st.sampled_from(["read", "abort", "post-then-close"])),
+        st.tuples(st.just("delete"), st.none()))
+    return draw(st.lists(steps, min_size=1, max_size=5))
+
+
+def sse_request(rig: FuzzRig, session: str, last_event_id: str | None = None) -> bytes:
+    extra = f"Last-Event-ID: {last_event_id}\r\n" if last_event_id is not None else ""
+    return (f"GET /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {rig.client.key}\r\n"
+            f"Mcp-Session-Id: {session}\r\nAccept: text/event-stream\r\n{extra}\r\n").encode("utf-8", "replace")
+
+
+def streamed_call(rig: FuzzRig, session: str, tool_name: str) -> list[str]:
+    """A tools/call after logging/setLevel debug: the log message makes the answer an SSE stream with ids."""
+    call = {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {
+        "name": tool_name, "arguments": tool_arguments(tool_name), "_meta": {"progressToken": "p"}}}
+    status, headers, body = rig.client.post(call, {"mcp-session-id": session})
+    if status >= 500:
+        raise FuzzFinding(f"tools/call {tool_name} answered {status}")
+    return re.findall(r"^id: (\S+)$", body.decode(errors="replace"), re.M)
+
+
+def fuzz_reconnects(rig: FuzzRig, steps: list[tuple[str, Any]]) -> None:
+    session = rig.client.open_session()
+    assert rig.client.post({"jsonrpc": "2.0", "id": 2, "method": "logging/setLevel", "params": {"level": "debug"}},
+                           {"mcp-session-id": session})[0] == 200
+    ids = streamed_call(rig, session, "docker_version")
+    if not ids:
+        raise FuzzFinding("a tools/call with a log message did not answer as an SSE stream with event ids")
+    for action, arg in steps:
+        if action == "call":
+            ids += streamed_call(rig, session, arg)
+        elif action == "resume":
+            stream_id, _, seq = ids[-1].rpartition("-")
+            value = {"real": ids[0], "seq0": f"{stream_id}-0", "seq-big": f"{stream_id}-{10**30}",
+                     "seq-neg": f"{stream_id}--1", "unknown": "000000000000-1", "empty": "", "junk": "\x7f\x01",
+                     "dashes": f"{stream_id}-{seq}-{seq}", "unicode": f"{stream_id}-\u0661"}[arg]
+            sent = sse_request(rig, session, value)
+            rig.note(check_replies(sent, fuzz_exchange(rig.server.port, sent)))
+        elif action == "get":
+            sent = sse_request(rig, session)
+            if arg == "read":  # read the head of the standalone stream, then go away
+                with socket.create_connection(("127.0.0.1", rig.server.port), timeout=15) as sock:
+                    sock.sendall(sent)
+                    if not sock.recv(4096).startswith(b"HTTP/1.1"):
+                        raise FuzzFinding("GET /mcp stream gave no status line")
+            else:
+                rig.note(check_replies(sent, fuzz_exchange(rig.server.port, sent, arg)))
+        elif action == "concurrent":
+            sent = sse_request(rig, session, ids[0])
+            socks = [socket.create_connection(("127.0.0.1", rig.server.port), timeout=15) for _ in range(arg)]
+            try:
+                for sock in socks:
+                    sock.sendall(sent)
+                for sock in socks:  # each one goes away once it has its status: the next may then attach
+                    if not sock.recv(4096).startswith(b"HTTP/1.1"):
+                        raise FuzzFinding("a concurrent resume gave no status line")
+                    sock.close()
+            finally:
+                for sock in socks:
+                    sock.close()
+        elif action == "legacy":
+            stream, legacy_id = rig.client.legacy_session()
+            try:
+                if arg == "post-then-close":
+                    rig.client.post({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": INIT["params"]},
+                                    path=f"/messages?session_id={legacy_id}")
+                if arg == "abort":
+                    import struct
+
+                    stream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            finally:
+                stream.close()
+        elif action == "delete":
+            status = rig.client.post(None, {"mcp-session-id": session}, method="DELETE")[0]
+            if status not in (200, 404):
+                raise FuzzFinding(f"DELETE answered {status}")
+    rig.after(f"SSE steps {steps}")
+
+
+def fuzz_report(rig: FuzzRig, run: Any) -> None:
+    """Run one property; say how many inputs it took and what the server answered (pytest -s shows it)."""
+    count, statuses, started = rig.count, dict(rig.statuses), time.monotonic()
+    run()
+    seen = {k: v - statuses.get(k, 0) for k, v in sorted(rig.statuses.items()) if v - statuses.get(k, 0)}
+    print(f"\nfuzz: {rig.count - count} inputs in {time.monotonic() - started:.1f}s; statuses {seen}")
+
+
+def test_fuzz_http_layer(fuzz_rig):
+    """Random and mutated request lines, headers, framing (Content-Length, chunked) and bodies, on /mcp,
+    /sse, /messages and elsewhere: no crash, hang, 5xx, leak or unsanitized reply, and still serving."""
+
+    @fuzz_settings()
+    @hypothesis.given(http_inputs())
+    def run(case: tuple[bytes, str, bool]) -> None:
+        fuzz_http_input(fuzz_rig, case)
+
+    fuzz_report(fuzz_rig, run)
+
+
+def test_fuzz_jsonrpc_messages(fuzz_rig):
+    """Random and mutated JSON-RPC (wrong types, missing ids, huge numbers, deep nesting, unknown methods,
+    mutated tools/call, batches) in both protocol eras and over legacy SSE."""
+
+    @fuzz_settings()
+    @hypothesis.given(jsonrpc_inputs())
+    def run(case: tuple[str, bytes, str]) -> None:
+        fuzz_jsonrpc_input(fuzz_rig, case)
+
+    fuzz_report(fuzz_rig, run)
+
+
+def test_fuzz_sse_reconnects(fuzz_rig):
+    """Resumption with good, stale and malformed Last-Event-IDs, concurrent resumes, abandoned and reset
+    streams, legacy SSE sessions closed at odd moments, DELETE in between."""
+
+    @fuzz_settings(max(20, FUZZ_EXAMPLES // 5))
+    @hypothesis.given(reconnect_inputs())
+    def run(steps: list[tuple[str, Any]]) -> None:
+        fuzz_reconnects(fuzz_rig, steps)
+
+    fuzz_report(fuzz_rig, run)
+
+
+# -- regression tests for what the fuzzing found --------------------------------------------------
+
+
+def post_within(server: HttpServerProcess, body: Any, headers: dict[str, str], seconds: float = 20) -> tuple[int, Any]:
+    """POST and read the whole answer within ``seconds`` (an SSE keep-alive does not extend it)."""
+    data = json.dumps(body).encode()
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    with socket.create_connection(("127.0.0.1", server.port), timeout=seconds) as sock:
+        sock.sendall(f"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n{head}Content-Length: {len(data)}\r\n"
+                     f"Connection: close\r\n\r\n".encode() + data)
+        deadline = time.monotonic() + seconds
+        received = b""
+        while time.monotonic() < deadline:
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                break
+            if not chunk:
+                replies, _ = parse_http_responses(received)
+                status, _, payload = replies[0]
+                return status, json.loads(payload)
+            received += chunk
+    raise AssertionError(f"no complete answer within {seconds}s: {received[:300]!r}")
+
+
+def test_fuzz_finding_duplicate_request_ids_are_refused_not_left_hanging(tmp_path):
+    """Answers are routed by request id: a batch naming one id twice, or a POST reusing the id of a request
+    still running, once took the other exchange's answer and left one POST waiting for ever. Now: 400."""
+    hung = NotAnEngine(str(tmp_path / "hung.sock"), "hold").start()
+    keys_file, (key,) = make_keys(tmp_path, ["--client-id", "dupes"])
+    auth = {"authorization": f"Bearer {key}"}
+    try:
+        with http_server([], {"SECURITY_API_KEYS_FILE": keys_file, "DOCKER_HOST": f"unix://{hung.path}",
+                              "MCP_ENGINE_TIMEOUT": "60"}) as server:
+            old = open_session(server, auth, version="2025-03-26")  # batches are allowed in this version
+            headers = {**MCP_HEADERS, **auth, "mcp-session-id": old, "mcp-protocol-version": "2025-03-26"}
+            ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+            status, answer = post_within(server, [ping, ping], headers)
+            assert status == 400 and "already in use" in answer["error"]["message"]
+            assert request(server, "POST", "/mcp", [ping, {**ping, "id": 2}], headers)[0] == 200
+            session = open_session(server, auth)
+            headers = {**MCP_HEADERS, **auth, "mcp-session-id": session}
+            call = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "docker_version",
+                                                                                 "arguments": {}}}
+            running: dict[str, Any] = {}
+            caller = threading.Thread(target=lambda: running.update(reply=post_within(server, call, headers, 60)),
+                                      daemon=True)
+            caller.start()
+            assert hung.connected.wait(30)  # the call now waits on an engine that does not answer
+            status, answer = post_within(server, {**ping, "id": 7}, headers)
+            assert status == 400 and "already in use" in answer["error"]["message"]
+            assert request(server, "POST", "/mcp", {**ping, "id": 8}, headers)[0] == 200
+            hung.stop()  # the engine goes away: the first exchange gets its own answer
+            caller.join(60)
+            status, answer = running["reply"]
+            assert status == 200 and answer["id"] == 7 and answer["result"]["isError"] is True
+    finally:
+        hung.stop()
+
+
+def test_fuzz_finding_a_client_gone_before_the_stream_head_frees_its_stream_slot(fuzz_rig):
+    """A client that reset the connection before an SSE response's head was written made that write fail
+    outside the cleanup, so the stream slot and the stream's "attached" mark leaked: the session's GET
+    stream answered 409 for ever and the principal ran out of streams (429)."""
+    import h11
+
+    server = fuzz_rig.server
+
+    class GoneWriter:
+        def write(self, data: bytes) -> None:
+            pass
+
+        async def drain(self) -> None:
+            raise ConnectionResetError("peer reset")
+
+    async def send_to_a_gone_client() -> tuple[int, bool, int]:
+        http = server.http
+        before = sum(http.streams_by_principal.values())
+        stream = md.EventStream("gone")
+        response = http._stream_response(stream, md.Principal("fuzz", "api_key"))
+        conn = h11.Connection(h11.SERVER)
+        conn.receive_data(b"GET /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        conn.next_event()
+        conn.next_event()
+        with pytest.raises(ConnectionResetError):
+            await http._send(GoneWriter(), conn, response)  # type: ignore[arg-type]
+        return before, stream.attached, sum(http.streams_by_principal.values())
+
+    before, attached, after = server.call(send_to_a_gone_client())
+    assert attached is False and after == before
+    # end to end: GET streams reset at once, many times; the session's stream and the slots stay usable
+    session = fuzz_rig.client.open_session()
+    for _ in range(30):
+        fuzz_exchange(server.port, sse_request(fuzz_rig, session), "abort")
+    deadline = time.monotonic() + 20
+    while server.snapshot()["connections"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=15) as sock:
+        sock.sendall(sse_request(fuzz_rig, session))
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+    fuzz_rig.after("30 reset GET streams and one read")
+
+
+def test_fuzz_finding_a_stream_whose_client_left_ends_at_once_even_as_an_event_arrives():
+    """The SSE pump waited for events with asyncio.wait_for, which on Python 3.11 swallows a cancel that
+    comes just as the awaited event is set: a legacy /sse client that closed right as its answer arrived
+    kept its stream, session and stream slot until the next keep-alive (15 s). Cancels must now win."""
+
+    async def cancel_as_an_event_arrives(delay: int) -> bool:
+        stream = md.EventStream("race")
+
+        async def consume() -> None:
+            async for _ in stream.follow(0):
+                pass
+
+        task = asyncio.get_running_loop().create_task(consume())
+        for _ in range(3):
+            await asyncio.sleep(0)  # the consumer now waits for an event
+        stream.push("answer")
+        for _ in range(delay):
+            await asyncio.sleep(0)
+        task.cancel()  # the client went away at that moment
+        await asyncio.wait({task}, timeout=2)
+        ended = task.done()
+        task.cancel()
+        return ended
+
+    async def all_orders() -> list[bool]:
+        return [await cancel_as_an_event_arrives(delay) for delay in range(6)]
+
+    assert asyncio.run(all_orders()) == [True] * 6
+
+
+def test_fuzz_finding_head_requests_get_a_head_not_a_dropped_connection(fuzz_rig):
+    """HEAD to any path whose answer has a body (/healthz, a 401, a 405) made h11 refuse the body and the
+    connection was dropped with an error logged. Now: the status and headers, no body, keep-alive intact."""
+    port = fuzz_rig.server.port
+    for target, status in (("/healthz", 200), ("/mcp", 401), ("/nowhere", 401)):
+        sent = (f"HEAD {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+                "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").encode()
+        received = fuzz_exchange(port, sent)
+        assert received.startswith(f"HTTP/1.1 {status} ".encode()), received[:200]
+        assert received.count(b"HTTP/1.1 200 ") == 1 + (status == 200)  # the pipelined GET is answered too
+        fuzz_rig.after(f"HEAD {target}")
+    for method in (b"HEAD", b"head"):  # a refusal before the body is read; a lower-case method
+        sent = method + b" /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n0\r\n\r\n"
+        assert fuzz_exchange(port, sent).startswith(b"HTTP/1.1 400 "), method
+        fuzz_rig.after(f"{method!r} with broken chunks")
+        sent = method + b" /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        assert fuzz_exchange(port, sent).startswith(b"HTTP/1.1 "), method
+        fuzz_rig.after(f"{method!r} /healthz")
+
+
+def test_fuzz_finding_a_call_failing_as_its_session_closes_leaves_no_unretrieved_error():
+    """A tool call that failed just as its session closed (the waiting handler cancelled) left its task's
+    error unretrieved: asyncio logged "Task exception was never retrieved" at ERROR."""
+    import gc
+
+    async def fail_as_the_session_closes(delay: int) -> list[str]:
+        loop = asyncio.get_running_loop()
+        errors: list[str] = []
+        loop.set_exception_handler(lambda _loop, context: errors.append(context.get("message", "")))
+        app = md.DockerMCP(md.Settings())
+        gate = asyncio.Event()
+
+        async def failing_call(*args: Any, **kwargs: Any) -> dict[str, Any]:
+            await gate.wait()
+            raise md.ToolError("not_found", "no such image")
+
+        app.call = failing_call  # type: ignore[method-assign]
+        handler = loop.create_task(app.call_reporting_progress(None, "docker_version", {}))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        gate.set()
+        for _ in range(delay):
+            await asyncio.sleep(0)
+        handler.cancel()  # the session closes
+        with contextlib.suppress(asyncio.CancelledError, md.ToolError):
+            await handler
+        del handler
+        gc.collect()
+        await asyncio.sleep(0)
+        return errors
+
+    assert [asyncio.run(fail_as_the_session_closes(delay)) for delay in range(4)] == [[]] * 4
