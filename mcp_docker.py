@@ -4570,8 +4570,8 @@ def catalogue(settings: Settings) -> list[tuple[ToolSpec, str | None]]:
 
 def wants_progress(ctx: Any) -> bool:
     """Whether the request carries a progress token (the SDK's meta dict names it ``progress_token``)."""
-    meta = ctx.meta if isinstance(ctx.meta, Mapping) else {}
-    return meta.get("progress_token") is not None
+    meta = getattr(ctx, "meta", None)
+    return isinstance(meta, Mapping) and meta.get("progress_token") is not None
 
 
 def client_identity(ctx: Any) -> str:

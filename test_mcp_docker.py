@@ -6405,7 +6405,8 @@ def test_fuzz_finding_a_call_failing_as_its_session_closes_leaves_no_unretrieved
             raise md.ToolError("not_found", "no such image")
 
         app.call = failing_call  # type: ignore[method-assign]
-        handler = loop.create_task(app.call_reporting_progress(None, "docker_version", {}))
+        asked_for_progress = type("Context", (), {"meta": {"progress_token": 1}})()  # the watcher path
+        handler = loop.create_task(app.call_reporting_progress(asked_for_progress, "docker_version", {}))
         for _ in range(3):
             await asyncio.sleep(0)
         gate.set()
