@@ -25,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -6198,40 +6199,32 @@ def fuzz_report(rig: FuzzRig, run: Any) -> None:
     print(f"\nfuzz: {rig.count - count} inputs in {time.monotonic() - started:.1f}s; statuses {seen}")
 
 
+def fuzz_property(rig: Any, strategy: Any, check: Callable[[Any, Any], None], examples: int | None = None) -> None:
+    """Run ``check(rig, case)`` for the generated cases under the CI settings, and report the statuses seen."""
+    @fuzz_settings(examples)
+    @hypothesis.given(strategy)
+    def run(case: Any) -> None:
+        check(rig, case)
+
+    fuzz_report(rig, run)
+
+
 def test_fuzz_http_layer(fuzz_rig):
     """Random and mutated request lines, headers, framing (Content-Length, chunked) and bodies, on /mcp,
     /sse, /messages and elsewhere: no crash, hang, 5xx, leak or unsanitized reply, and still serving."""
-
-    @fuzz_settings()
-    @hypothesis.given(http_inputs())
-    def run(case: tuple[bytes, str, bool]) -> None:
-        fuzz_http_input(fuzz_rig, case)
-
-    fuzz_report(fuzz_rig, run)
+    fuzz_property(fuzz_rig, http_inputs(), fuzz_http_input)
 
 
 def test_fuzz_jsonrpc_messages(fuzz_rig):
     """Random and mutated JSON-RPC (wrong types, missing ids, huge numbers, deep nesting, unknown methods,
     mutated tools/call, batches) in both protocol eras and over legacy SSE."""
-
-    @fuzz_settings()
-    @hypothesis.given(jsonrpc_inputs())
-    def run(case: tuple[str, bytes, str]) -> None:
-        fuzz_jsonrpc_input(fuzz_rig, case)
-
-    fuzz_report(fuzz_rig, run)
+    fuzz_property(fuzz_rig, jsonrpc_inputs(), fuzz_jsonrpc_input)
 
 
 def test_fuzz_sse_reconnects(fuzz_rig):
     """Resumption with good, stale and malformed Last-Event-IDs, concurrent resumes, abandoned and reset
     streams, legacy SSE sessions closed at odd moments, DELETE in between."""
-
-    @fuzz_settings(max(20, FUZZ_EXAMPLES // 5))
-    @hypothesis.given(reconnect_inputs())
-    def run(steps: list[tuple[str, Any]]) -> None:
-        fuzz_reconnects(fuzz_rig, steps)
-
-    fuzz_report(fuzz_rig, run)
+    fuzz_property(fuzz_rig, reconnect_inputs(), fuzz_reconnects, max(20, FUZZ_EXAMPLES // 5))
 
 
 # -- regression tests for what the fuzzing found --------------------------------------------------
