@@ -1363,14 +1363,25 @@ class SocketProxy:
     def _accept(self) -> None:
         while True:
             try:
-                client, _ = self.server.accept()
+                conn, _ = self.server.accept()
             except OSError:
                 return
-            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            upstream.connect(self.target)
-            self.open += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _wrap(self, conn: socket.socket) -> socket.socket:
+        return conn  # the TLS proxy shakes hands here
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            client = self._wrap(conn)
+        except OSError:
+            conn.close()
+            return
+        upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        upstream.connect(self.target)
+        self.open += [client, upstream]
+        threading.Thread(target=self._pipe, args=(upstream, client), daemon=True).start()
+        self._pipe(client, upstream)
 
     @staticmethod
     def _pipe(src: socket.socket, dst: socket.socket) -> None:
@@ -1392,8 +1403,9 @@ class SocketProxy:
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
         self.open.clear()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        if self.path:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
 
 
 def test_engine_unavailable_then_back_without_restart(tmp_path):
@@ -3518,14 +3530,14 @@ def make_tls_files(directory: Path, ca_name: str) -> None:
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
 
 
-class TLSEngineProxy:
+class TLSEngineProxy(SocketProxy):
     """An engine on 127.0.0.1 over TLS that demands a client certificate from its CA (like dockerd --tlsverify),
     forwarding to the real engine's unix socket."""
 
     def __init__(self, certs: Path, target: str):
         import ssl
 
-        self.target = target
+        super().__init__("", target)
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.context.load_cert_chain(certs / "server-cert.pem", certs / "server-key.pem")
         self.context.load_verify_locations(certs / "ca.pem")
@@ -3534,27 +3546,8 @@ class TLSEngineProxy:
         self.port = self.server.getsockname()[1]
         threading.Thread(target=self._accept, daemon=True).start()
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        try:
-            client = self.context.wrap_socket(conn, server_side=True)
-        except OSError:
-            conn.close()
-            return
-        upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        upstream.connect(self.target)
-        threading.Thread(target=SocketProxy._pipe, args=(upstream, client), daemon=True).start()
-        SocketProxy._pipe(client, upstream)
-
-    def stop(self) -> None:
-        self.server.close()
+    def _wrap(self, conn: socket.socket) -> socket.socket:
+        return self.context.wrap_socket(conn, server_side=True)
 
 
 @pytest.mark.multi_engine
