@@ -479,24 +479,31 @@ def cold_start_once(env: dict[str, str], argv: list[str] | None = None) -> int:
             stop_process(proc)
 
 
-def import_floor_once() -> int:
-    """ns from spawning ``python3 -c 'import mcp.server.lowlevel'`` to the import being done."""
+@contextlib.contextmanager
+def ready_python(code: str, what: str):  # -> Iterator[tuple[subprocess.Popen[bytes], LineReader, int]]
+    """A Python running ``code`` once it has printed its ``ready`` line: the process, a reader of its
+    stdout and the ns from spawning it to that line. Stopped on the way out."""
     started = time.perf_counter_ns()
-    proc = subprocess.Popen([sys.executable, "-c", IMPORT_FLOOR_CODE], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, bufsize=0)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
     try:
         assert proc.stdout is not None
         reader = LineReader(proc.stdout.fileno())
         try:
             line = reader.readline()
             elapsed = time.perf_counter_ns() - started
+            if line != b"ready\n":
+                raise BenchError(f"{what} printed {line!r}")
+            yield proc, reader, elapsed
         finally:
             reader.close()
-        if line != b"ready\n":
-            raise BenchError(f"import floor printed {line!r}")
-        return elapsed
     finally:
         stop_process(proc)
+
+
+def import_floor_once() -> int:
+    """ns from spawning ``python3 -c 'import mcp.server.lowlevel'`` to the import being done."""
+    with ready_python(IMPORT_FLOOR_CODE, "import floor") as (_, _, elapsed):
+        return elapsed
 
 
 def wall_time_of(argv: list[str]) -> int:
@@ -1006,20 +1013,8 @@ async def close_sessions(sessions: list[HttpsSession]) -> None:
 
 def memory_floor_kib() -> int:
     """RSS of a Python that imported mcp.server.lowlevel and docker and made one version() call."""
-    proc = subprocess.Popen([sys.executable, "-c", MEMORY_FLOOR_CODE], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, bufsize=0)
-    try:
-        assert proc.stdout is not None
-        reader = LineReader(proc.stdout.fileno())
-        try:
-            line = reader.readline()
-        finally:
-            reader.close()
-        if line != b"ready\n":
-            raise BenchError(f"memory floor printed {line!r}")
+    with ready_python(MEMORY_FLOOR_CODE, "memory floor") as (proc, _, _):
         return rss_kib(proc.pid)
-    finally:
-        stop_process(proc)
 
 
 async def bench_memory(scratch: Scratch, session_count: int) -> dict[str, Any]:
@@ -1288,30 +1283,19 @@ def wait_for_log(api: Any, container_id: str) -> float:
 
 def log_floor(container_id: str) -> dict[str, Any]:
     """Peak RSS growth of a Python that makes only the tool's docker-py logs request."""
-    proc = subprocess.Popen([sys.executable, "-c", LOG_FLOOR_CODE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            bufsize=0)
-    try:
-        assert proc.stdin is not None and proc.stdout is not None
-        reader = LineReader(proc.stdout.fileno())
-        try:
-            if reader.readline() != b"ready\n":
-                raise BenchError("the log floor did not start")
-            time.sleep(0.2)
-            meter = PeakMeter(proc.pid)
-            meter.start()
-            write_all(proc.stdin.fileno(), container_id.encode() + b"\n")
-            raw = reader.readline()
-            memory = meter.stop()
-        finally:
-            reader.close()
-        text = json.loads(raw)
-        lines = text.split("\n")
-        if lines and lines[-1] == "":
-            lines.pop()
-        check_log_tail(lines, "docker-py logs()")
-        return memory
-    finally:
-        stop_process(proc)
+    with ready_python(LOG_FLOOR_CODE, "the log floor") as (proc, reader, _):
+        assert proc.stdin is not None
+        time.sleep(0.2)
+        meter = PeakMeter(proc.pid)
+        meter.start()
+        write_all(proc.stdin.fileno(), container_id.encode() + b"\n")
+        raw = reader.readline()
+        memory = meter.stop()
+    lines = json.loads(raw).split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    check_log_tail(lines, "docker-py logs()")
+    return memory
 
 
 def bench_logs(api: Any, env: dict[str, str]) -> dict[str, Any]:
