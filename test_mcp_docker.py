@@ -825,6 +825,15 @@ def sleeper(h: Harness, suffix: str, **extra: Any) -> str:
     return name
 
 
+def standalone_sleeper(suffix: str) -> str:
+    """A sleeping test container made through a short-lived stdio server, for tests that go on over HTTP."""
+    h = Harness()
+    try:
+        return sleeper(h, suffix)
+    finally:
+        h.close()
+
+
 # =============================================================================================
 # Integration: protocol, listing, gating
 # =============================================================================================
@@ -2062,11 +2071,7 @@ def test_signed_requests_with_ssh_keys_cannot_be_replayed(tmp_path):
 
 def test_graceful_shutdown_lets_running_calls_finish(tmp_path):
     keys_file, (key,) = make_keys(tmp_path, ["--client-id", "drain"])
-    h = Harness()
-    try:
-        name = sleeper(h, "drain")
-    finally:
-        h.close()
+    name = standalone_sleeper("drain")
     server = HttpServerProcess(["--shutdown-grace", "15"], {"SECURITY_API_KEYS_FILE": keys_file})
     try:
         auth = {"authorization": f"Bearer {key}"}
@@ -2100,11 +2105,7 @@ def test_graceful_shutdown_lets_running_calls_finish(tmp_path):
 
 def test_cancelling_over_http_ends_the_exchange_and_frees_the_slot(tmp_path):
     keys_file, (key,) = make_keys(tmp_path, ["--client-id", "canceller"])
-    h = Harness()
-    try:
-        name = sleeper(h, "cancel")
-    finally:
-        h.close()
+    name = standalone_sleeper("cancel")
     env = {"SECURITY_API_KEYS_FILE": keys_file, "SECURITY_RATE_LIMIT_ENABLED": "true",
            "SECURITY_RATE_LIMIT_CONCURRENT": "1"}
     with http_server([], env) as server:
