@@ -834,6 +834,15 @@ def standalone_sleeper(suffix: str) -> str:
         h.close()
 
 
+def wait_for_process(container: str, command: str, seconds: float = 15) -> None:
+    """Until a process whose command line holds ``command`` runs in ``container`` (an exec has started)."""
+    api = engine_client()
+    deadline = time.time() + seconds
+    while not any(command in " ".join(map(str, p)) for p in api.top(container).get("Processes") or []):
+        assert time.time() < deadline, "the exec never started"
+        time.sleep(0.05)
+
+
 # =============================================================================================
 # Integration: protocol, listing, gating
 # =============================================================================================
@@ -2086,11 +2095,7 @@ def test_graceful_shutdown_lets_running_calls_finish(tmp_path):
 
         worker = threading.Thread(target=slow_call)
         worker.start()
-        api = engine_client()
-        deadline = time.time() + 15
-        while not any("sleep 3" in " ".join(map(str, p)) for p in api.top(name).get("Processes") or []):
-            assert time.time() < deadline, "the exec never started"
-            time.sleep(0.05)
+        wait_for_process(name, "sleep 3")
         server.proc.send_signal(15)  # the call is running inside the engine now
         time.sleep(0.3)
         with pytest.raises(OSError):
@@ -2123,11 +2128,7 @@ def test_cancelling_over_http_ends_the_exchange_and_frees_the_slot(tmp_path):
 
         worker = threading.Thread(target=slow_call)
         worker.start()
-        api = engine_client()
-        deadline = time.time() + 15
-        while not any("sleep 20" in " ".join(map(str, p)) for p in api.top(name).get("Processes") or []):
-            assert time.time() < deadline, "the exec never started"
-            time.sleep(0.05)
+        wait_for_process(name, "sleep 20")
         version = {"jsonrpc": "2.0", "id": 22, "method": "tools/call",
                    "params": {"name": "docker_version", "arguments": {}}}
         assert request(server, "POST", "/mcp", version, headers)[0] == 429  # the one slot is taken
