@@ -18,7 +18,9 @@ Sections, in order (each uses only the ones above it):
                        stats, through their tools), prompts, log messages to clients, progress
 6. Access control   -- API keys, principals, client IPs, rate limits, the audit log, signed requests,
                        OAuth access tokens (JWT) and protected-resource metadata
-7. Transports       -- stdio, and our own asyncio HTTP server (h11 framing, stdlib ssl)
+7. Transports       -- stdio; HTTP values and call slots; MCP sessions (event streams, channels); TLS;
+                       ``McpHttpApp`` (gate, route table, the three session protocols; no sockets);
+                       ``HttpConnection`` (h11 framing, limits, streaming); ``HttpServer`` (the listener)
 8. CLI              -- click commands: ``serve``, ``tools``, ``engines``, ``genkey``, ``keys``, ``audit``,
                        ``gencert``, ``sign-request``, ``doctor``, ``client-config``
 
@@ -44,7 +46,7 @@ import re
 import stat
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from enum import StrEnum
 from typing import Any
 
@@ -4513,6 +4515,13 @@ def prune_system(call: Call) -> dict[str, Any]:
 # 5. MCP wiring
 # ---------------------------------------------------------------------------------------------
 
+# The MCP revisions this server speaks, in one place. The handshake era negotiates with initialize and
+# keeps a session; the stateless revision (2026-07-28; called "stateless" throughout this file) has no
+# initialize and no session: every request carries its revision and the client's capabilities.
+HANDSHAKE_VERSIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
+STATELESS_VERSION = "2026-07-28"
+STATELESS_VERSIONS = (STATELESS_VERSION,)
+TITLE_IN_ANNOTATIONS_VERSIONS = ("2024-11-05", "2025-03-26")  # before tools had a top-level title
 
 PROGRESS_INTERVAL_SECONDS = 1.0
 
@@ -4671,7 +4680,7 @@ class DockerMCP:
         ``annotations.title``; later ones read ``title`` and get it once."""
         import mcp_types
 
-        titled_annotations = protocol_version in ("2024-11-05", "2025-03-26")
+        titled_annotations = protocol_version in TITLE_IN_ANNOTATIONS_VERSIONS
         key = (role, titled_annotations)
         if key not in self._listed:  # the catalogue and settings are fixed for the server's lifetime
             self._listed[key] = [
@@ -4949,11 +4958,9 @@ class DockerMCP:
         async def client_log(ctx: Any, level: str, data: dict[str, Any]) -> None:
             """A log message to the calling client, when it asked for this level (never secrets: tool names,
             outcomes and the already sanitized error messages only)."""
-            from mcp_types.version import MODERN_PROTOCOL_VERSIONS
-
             if not self.settings.logging_enabled:
                 return
-            if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:  # 2026-07-28: each request opts in itself
+            if ctx.protocol_version in STATELESS_VERSIONS:  # stateless: each request opts in itself
                 meta = ctx.meta if isinstance(ctx.meta, Mapping) else {}
                 wanted = meta.get("io.modelcontextprotocol/logLevel")
             else:
@@ -6457,6 +6464,10 @@ class AccessControl:
 # ---------------------------------------------------------------------------------------------
 # 7. Transports: stdio, and HTTP (Streamable HTTP in both eras, legacy SSE) over asyncio + h11
 # ---------------------------------------------------------------------------------------------
+# A request climbs: HttpServer accepts the socket, HttpConnection frames it (h11), McpHttpApp gates,
+# routes and keeps the sessions, and the SDK's server (built in section 5) runs the tool.
+
+# -- stdio -------------------------------------------------------------------------------------------------
 
 
 async def serve_stdio(app: DockerMCP) -> None:
@@ -6468,7 +6479,7 @@ async def serve_stdio(app: DockerMCP) -> None:
 
 
 @contextlib.asynccontextmanager
-async def claimed_stdio():  # -> AsyncIterator[tuple[int, int]]
+async def claimed_stdio() -> AsyncIterator[tuple[int, int]]:
     """Private copies of fds 0 and 1 for the protocol, while fd 0 reads /dev/null and fd 1 writes to
     stderr: a stray print or a child process can then neither eat client input nor corrupt the wire."""
     import fcntl
@@ -6490,7 +6501,7 @@ async def claimed_stdio():  # -> AsyncIterator[tuple[int, int]]
 
 
 @contextlib.asynccontextmanager
-async def stdio_message_streams(max_line_bytes: int, grace: float):  # -> AsyncIterator[tuple[reads, writes]]
+async def stdio_message_streams(max_line_bytes: int, grace: float) -> AsyncIterator[tuple[Any, Any]]:
     """Newline-delimited JSON-RPC over stdin/stdout on the event loop itself when they are pipes or
     sockets: no worker thread per line read or written (the SDK's stdio transport takes three thread
     hops per request). Terminals and files are read and written in worker threads. A line longer than
@@ -6523,7 +6534,7 @@ async def stdio_message_streams(max_line_bytes: int, grace: float):  # -> AsyncI
                                                                 os.fdopen(os.dup(wire_out), "wb", 0))
             writer = asyncio.StreamWriter(transport, protocol, None, loop)
 
-        async def lines_from_pipe(reader: asyncio.StreamReader):  # -> AsyncIterator[bytes | Exception]
+        async def lines_from_pipe(reader: asyncio.StreamReader) -> AsyncIterator[bytes | Exception]:
             skipping = False
             while True:
                 try:
@@ -6542,7 +6553,7 @@ async def stdio_message_streams(max_line_bytes: int, grace: float):  # -> AsyncI
                 else:
                     yield line
 
-        async def lines_from_thread():  # -> AsyncIterator[bytes | Exception]
+        async def lines_from_thread() -> AsyncIterator[bytes | Exception]:
             with os.fdopen(os.dup(wire_in), "rb") as handle:
                 skipping = False
                 while line := await asyncio.to_thread(handle.readline, max_line_bytes):
@@ -6609,17 +6620,17 @@ async def stdio_message_streams(max_line_bytes: int, grace: float):  # -> AsyncI
                     writer.close()
 
 
+# -- HTTP values and helpers (pure) ---------------------------------------------------------------
+
 # Requests that reach the engine (resource reads run the logs/stats tools); the rest is protocol traffic.
 RATE_LIMITED_METHODS = ("tools/call", "resources/read")
-HANDSHAKE_VERSIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
-MODERN_VERSIONS = ("2026-07-28",)
 SECURITY_HEADERS = (("cache-control", "no-store"), ("x-content-type-options", "nosniff"))
 SSE_HEADERS = (("content-type", "text/event-stream"), ("x-accel-buffering", "no"))
 SSE_KEEPALIVE_SECONDS = 15.0
 EVENTS_KEPT_PER_STREAM = 1000
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class HttpRequest:
     method: str
     path: str
@@ -6631,14 +6642,15 @@ class HttpRequest:
     peer_cert_principal: str | None = None
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class HttpResponse:
     status: int
     headers: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     body: bytes = b""
-    stream: Any = None  # an async iterator of bytes for SSE
+    stream: AsyncIterator[bytes] | None = None  # the body of an SSE response, chunk by chunk
     close: bool = False
-    on_close: Callable[[], Any] | None = None  # runs once the response is over, sent or not
+    on_close: Callable[[], Any] | None = None  # runs once the response is over, sent or not (may be async)
+    principal: str | None = None  # the client the request authenticated as; None: it did not
 
 
 def json_response(status: int, payload: Any, headers: list[tuple[str, str]] | None = None,
@@ -6683,9 +6695,60 @@ def host_allowed(host_header: str, allowed: set[str]) -> bool:
     return host_header.strip().lower() in allowed or name in allowed
 
 
+def allowed_hosts(settings: Settings) -> set[str]:
+    """Host header values naming this server: the bound address (and loopback's names), plus the setting."""
+    host = settings.host.lower()
+    names = {f"[{host}]" if ":" in host else host}
+    if is_loopback(host):
+        names |= {"localhost", "127.0.0.1", "[::1]"}
+    return names | set(settings.allowed_hosts)
+
+
+def allowed_origins(settings: Settings, port: int) -> set[str]:
+    # Both schemes: what DNS rebinding abuses is a foreign host name, and a page on an allowed host
+    # may well be served over plain HTTP while this server speaks TLS.
+    hosts = {split_host_port(h)[0] for h in allowed_hosts(settings)}
+    origins = {f"{scheme}://{h}{suffix}" for scheme in ("http", "https") for h in hosts
+               for suffix in ("", f":{port}")}
+    return origins | set(settings.allowed_origins)
+
+
 def sse_event(data: str, event_id: str | None = None, event: str = "message") -> bytes:
     head = f"id: {event_id}\n" if event_id else ""
     return f"{head}event: {event}\ndata: {data}\n\n".encode()
+
+
+def http_reason(status: int) -> bytes:
+    import http
+
+    try:
+        return http.HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""
+
+
+class CallSlot:
+    """One admitted tools/call or resources/read. It holds one of its client's concurrency slots until it is
+    released, exactly once, by whichever comes first: its answer leaving the server, a cancel that leaves
+    it unanswered, its session closing, or a refusal of a later call in the same POST. Releasing it again
+    does nothing, so no path can free a slot twice or forget one."""
+
+    __slots__ = ("_release",)
+
+    def __init__(self, release: Callable[[], None] | None = None):
+        self._release = release  # None: nothing held (rate limiting is off, or already released)
+
+    @property
+    def held(self) -> bool:
+        return self._release is not None
+
+    def release(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+
+
+# -- MCP sessions: event streams and channels ---------------------------------------------------------
 
 
 class EventStream:
@@ -6727,7 +6790,7 @@ class EventStream:
     def only_responses(self) -> bool:
         return all(is_response for _, _, is_response in self.events)
 
-    async def follow(self, after: int = 0):  # -> AsyncIterator[tuple[int, str] | None]
+    async def follow(self, after: int = 0) -> AsyncIterator[tuple[int, str] | None]:
         """Yield (seq, data) after ``after``, then new ones as they come; None means "send a keep-alive"."""
         cursor = after
         while True:
@@ -6760,8 +6823,7 @@ class McpChannel:
         self.closed = False
         self.task: asyncio.Task[None] | None = None
         self.protocol_version: str | None = None
-        self.calls: dict[Any, str] = {}  # tools/call request id -> client id, while the call runs
-        self.release_call: Callable[[str], None] | None = None
+        self.calls: dict[Any, CallSlot] = {}  # tools/call request id -> its slot, while the call runs
         self.stream_end: Callable[[], None] = lambda: None
 
     def start(self) -> None:
@@ -6773,11 +6835,8 @@ class McpChannel:
 
         async def pump() -> None:
             async for message in self.from_server:
-                request_id = getattr(message.message, "id", None)
-                if request_id in self.calls and not hasattr(message.message, "method"):
-                    client_id = self.calls.pop(request_id)
-                    if self.release_call:
-                        self.release_call(client_id)
+                if not hasattr(message.message, "method"):  # a response: its call is over
+                    self.end_call(getattr(message.message, "id", None))
                 self.deliver(message)
 
         try:
@@ -6801,13 +6860,17 @@ class McpChannel:
         metadata = ServerMessageMetadata(request_context=info, on_request_unanswered=on_unanswered)
         await self.to_server.send(SessionMessage(message, metadata=metadata))
 
+    def end_call(self, request_id: Any) -> None:
+        """A call is over (answered, cancelled, or cut off by the close): its slot is freed."""
+        slot = self.calls.pop(request_id, None)
+        if slot is not None:
+            slot.release()
+
     async def close(self) -> None:
         self.closed = True
         self.to_server.close()
-        if self.release_call:  # calls cut off by the close still free their slots
-            for client_id in self.calls.values():
-                self.release_call(client_id)
-        self.calls.clear()
+        for request_id in list(self.calls):  # calls cut off by the close still free their slots
+            self.end_call(request_id)
         if self.task:
             try:
                 await asyncio.wait_for(self.task, 5)
@@ -6888,6 +6951,9 @@ class ExchangeContext:
         if message is not None:
             params["message"] = message
         await self.notify("notifications/progress", params)
+
+
+# -- TLS -------------------------------------------------------------------------------------------------
 
 
 def _der_element(data: bytes, at: int) -> tuple[int, int, int]:
@@ -6998,380 +7064,53 @@ def limit_tls_read_buffer() -> None:
         sslproto.SSLProtocol.max_size = min(sslproto.SSLProtocol.max_size, TLS_READ_BUFFER_BYTES)
 
 
-class HttpServer:
-    """Our own asyncio HTTP/1.1 server (framing by h11) serving MCP on one port.
+# -- MCP over HTTP: the gate, the routes and the sessions (no sockets) -----------------------------------
 
-    Every request passes the same gate before any MCP work: limits on head and body size and time,
-    Host and Origin checks, then authentication. Streamable HTTP sessions, stateless 2026-07-28
-    requests and legacy SSE sessions all end in the SDK's server, which runs the tool registry.
+
+class McpHttpApp:
+    """MCP over HTTP, without sockets or h11: ``await handle(request)`` gives the response (possibly a
+    stream). The HTTP connection below frames it; this class decides it.
+
+    Every request passes the same gate before any MCP work: Host and Origin (DNS rebinding), then the two
+    unauthenticated paths (/healthz, the OAuth metadata), then authentication. The route table then picks
+    one of the three session protocols, which all end in the SDK's server and so in the tool registry:
+    Streamable HTTP with sessions (the handshake era), one-shot stateless 2026-07-28 requests, and legacy
+    HTTP+SSE. Two kinds of slot bound what a client holds: every admitted tools/call holds a CallSlot until
+    it is over, and every open SSE stream one of its principal's stream slots.
     """
 
-    def __init__(self, app: DockerMCP, settings: Settings, audit: AuditLog | None = None):
-        self.app, self.settings, self.audit = app, settings, audit
-        self.tls = settings.tls_enabled or bool(settings.tls_cert or settings.tls_key)
-        if settings.tls_client_ca and not self.tls:
-            raise StartupError("--tls-client-ca needs TLS (--tls-cert and --tls-key)")
-        self.ssl_context = build_ssl_context(settings) if self.tls else None
-        self.access = AccessControl(settings, audit)
-        self.access.setup(settings.host, self.tls, bool(settings.tls_client_ca))
-        self.server = app.build_server()
+    # path -> method -> handler; a known path with another method is 405 with Allow, any other path 404
+    ROUTES: dict[str, dict[str, str]] = {
+        "/mcp": {"POST": "_mcp_post", "GET": "_mcp_get", "DELETE": "_mcp_delete"},
+        "/sse": {"GET": "_legacy_sse_open"},
+        "/messages": {"POST": "_legacy_sse_post"},
+    }
+
+    def __init__(self, mcp: DockerMCP, settings: Settings, access: AccessControl, audit: AuditLog | None = None,
+                 port: int | None = None):
+        self.mcp, self.settings, self.access, self.audit = mcp, settings, access, audit
+        self.server = mcp.build_server()
         self.init_options = self.server.create_initialization_options()
         self.sessions: dict[str, StreamableSession] = {}
         self.sse_sessions: dict[str, McpChannel] = {}
-        self.connections = 0
         self.streams_by_principal: dict[str, int] = {}
-        self.shutting_down = False
-        self.bound_port = settings.port
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._writers: set[asyncio.StreamWriter] = set()
+        self.tasks: set[asyncio.Task[Any]] = set()  # stateless requests being answered
+        self.listening_on(settings.port if port is None else port)
 
-    # -- lifecycle ---------------------------------------------------------------------------
+    def listening_on(self, port: int) -> None:
+        """The port decides the allowed Origins (a page on this server's own origin may call it)."""
+        self.hosts, self.origins = allowed_hosts(self.settings), allowed_origins(self.settings, port)
 
-    def allowed_hosts(self) -> set[str]:
-        host = self.settings.host.lower()
-        names = {f"[{host}]" if ":" in host else host}
-        if is_loopback(host):
-            names |= {"localhost", "127.0.0.1", "[::1]"}
-        return names | set(self.settings.allowed_hosts)
+    # -- the gate and the route table ---------------------------------------------------------------
 
-    def allowed_origins(self) -> set[str]:
-        # Both schemes: what DNS rebinding abuses is a foreign host name, and a page on an allowed host
-        # may well be served over plain HTTP while this server speaks TLS.
-        hosts = {split_host_port(h)[0] for h in self.allowed_hosts()}
-        origins = {f"{scheme}://{h}{port}" for scheme in ("http", "https") for h in hosts
-                   for port in ("", f":{self.bound_port}")}
-        return origins | set(self.settings.allowed_origins)
-
-    async def run(self) -> None:
-        import signal
-
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        if self.ssl_context:
-            limit_tls_read_buffer()
-        try:
-            tls_options = {"ssl": self.ssl_context, "ssl_handshake_timeout": self.settings.http_header_timeout} \
-                if self.ssl_context else {}
-            listener = await asyncio.start_server(self._on_connection, self.settings.host, self.settings.port,
-                                                  backlog=1024, **tls_options)
-        except OSError as exc:
-            raise StartupError(f"cannot bind {self.settings.host}:{self.settings.port}: {exc.strerror}") from None
-        self.bound_port = listener.sockets[0].getsockname()[1]
-        self._hosts, self._origins = self.allowed_hosts(), self.allowed_origins()
-        scheme = "https" if self.tls else "http"
-        host = f"[{self.settings.host}]" if ":" in self.settings.host else self.settings.host
-        url = f"{scheme}://{host}:{self.bound_port}/mcp"
-        if self.access.ephemeral_key:
-            print(f"No keys file, so this run accepts one ephemeral API key (shown once):\n"
-                  f"  {self.access.ephemeral_key}\n"
-                  f"Connect with: claude mcp add --transport http docker {url} "
-                  f"--header \"Authorization: Bearer {self.access.ephemeral_key}\"", file=sys.stderr, flush=True)
-        print(f"mcp-docker listening on {url}", file=sys.stderr, flush=True)
-        self.access.record("server_start", transport="http", address=url, tls=self.tls,
-                           mtls=bool(self.settings.tls_client_ca), version=__version__)
-        reaper = loop.create_task(self._reap_idle_sessions())
-        reloader = loop.create_task(self._watch_keys())
-        await stop.wait()
-        log.info("shutting down: no new connections; %d calls in flight", self.app.in_flight)
-        self.shutting_down = True
-        listener.close()
-        deadline = time.monotonic() + self.settings.shutdown_grace
-        while self.app.in_flight and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        reaper.cancel()
-        reloader.cancel()
-        self.access.record("server_stop", transport="http")
-        for channel in [s.channel for s in self.sessions.values() if s.channel] + list(self.sse_sessions.values()):
-            await channel.close()
-        for stream in [st for s in self.sessions.values() for st in s.streams.values()]:
-            stream.finish()
-        for writer in list(self._writers):
-            writer.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.sleep(0)
-        log.info("stopped")
-
-    async def _reap_idle_sessions(self) -> None:
-        while True:
-            await asyncio.sleep(min(30.0, self.settings.http_session_idle_timeout / 2))
-            cutoff = time.monotonic() - self.settings.http_session_idle_timeout
-            for session_id, session in list(self.sessions.items()):
-                if session.channel and session.channel.last_active < cutoff and \
-                        not any(s.attached for s in session.streams.values()):
-                    log.info("session %s expired after idling", session_id[:8])
-                    await self._end_session(session_id, reason="idle")
-
-    async def _watch_keys(self) -> None:
-        """Hot reload: a changed keys file takes effect within a second; revoked keys lose their sessions."""
-        while self.access.keys is not None:
-            await asyncio.sleep(1.0)
-            outcome = self.access.keys.refresh()
-            if outcome is None:
-                continue
-            self.access.record("key_reload", status="ok" if outcome == "reloaded" else "error",
-                               keys=len(self.access.keys.entries),
-                               error=None if outcome == "reloaded" else outcome[:200])
-            for session_id, session in list(self.sessions.items()):
-                if session.channel and not self.access.still_valid(session.channel.principal):
-                    log.info("session %s ended: its key is no longer valid", session_id[:8])
-                    await self._end_session(session_id, reason="key_revoked")
-            for session_id, channel in list(self.sse_sessions.items()):
-                if not self.access.still_valid(channel.principal):
-                    self.sse_sessions.pop(session_id, None)
-                    channel.stream_end()
-                    await channel.close()
-
-    async def _end_session(self, session_id: str, reason: str = "ended") -> None:
-        session = self.sessions.pop(session_id, None)
-        if session is None:
-            return
-        if session.channel:
-            self.access.record("session_end", client_id=session.channel.principal.client_id,
-                               session=session_id[:8], reason=reason)
-        for stream in session.streams.values():
-            stream.finish()
-        if session.channel:
-            await session.channel.close()
-
-    # -- connections and HTTP framing ----------------------------------------------------------
-
-    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        import h11
-
-        task = asyncio.current_task()
-        if task:
-            self._tasks.add(task)
-        self._writers.add(writer)
-        self.connections += 1
-        peer = writer.get_extra_info("peername") or ("?", 0)
-        client_ip = str(peer[0])
-        try:
-            if self.connections > self.settings.http_max_connections or self.shutting_down:
-                conn = h11.Connection(h11.SERVER)
-                # The request is not parsed: answer at once and close, so a flood cannot hold memory.
-                await self._write_simple(writer, conn, 503, b"server busy", [("retry-after", "1")], fresh=True)
-                with contextlib.suppress(Exception):  # swallow what was sent, so closing does not reset
-                    writer.write_eof()
-                    await asyncio.wait_for(reader.read(65536), 0.5)
-                return
-            ssl_object = writer.get_extra_info("ssl_object")
-            cert_principal = certificate_principal(ssl_object.getpeercert()) if ssl_object else None
-            await self._serve_connection(reader, writer, client_ip, cert_principal)
-        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError, OSError):
-            pass
-        except asyncio.CancelledError:
-            pass
-        except Exception:
-            log.exception("connection from %s failed", client_ip)
-        finally:
-            self.connections -= 1
-            self._writers.discard(writer)
-            if task:
-                self._tasks.discard(task)
-            with contextlib.suppress(Exception):
-                writer.close()
-
-    async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                                client_ip: str, cert_principal: str | None) -> None:
-        import h11
-
-        limits = self.settings
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.http_max_header_bytes)
-        while not self.shutting_down:
-            try:
-                request_event = await self._next_event(conn, reader, limits.http_keepalive_timeout,
-                                                       limits.http_header_timeout)
-            except h11.RemoteProtocolError as exc:
-                status = 431 if "exceeded" in str(exc).lower() else 400
-                if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                    await self._send(writer, conn, rpc_error(status, -32600, "malformed HTTP request", close=True))
-                return
-            except TimeoutError:  # a slow client mid-head: cut it off
-                with contextlib.suppress(Exception):
-                    await self._send(writer, conn, rpc_error(408, -32600, "request head too slow", close=True))
-                return
-            if request_event is None or isinstance(request_event, h11.ConnectionClosed):
-                return
-            head = request_event.method == b"HEAD"  # what h11 frames the answer by (case-sensitive)
-            request = await self._read_request(conn, reader, request_event, client_ip, cert_principal)
-            if isinstance(request, HttpResponse):
-                await self._send(writer, conn, request, head=head)
-                return
-            response = await self._dispatch(request)
-            if request.headers.get("connection", "").lower() == "close":
-                response.close = True
-            await self._send(writer, conn, response, reader, head=head)
-            if response.close or conn.our_state is h11.MUST_CLOSE:
-                return
-            try:
-                conn.start_next_cycle()
-            except h11.LocalProtocolError:
-                return
-
-    async def _next_event(self, conn: Any, reader: asyncio.StreamReader, idle_timeout: float,
-                          rest_timeout: float) -> Any:
-        import h11
-
-        deadline: float | None = None
-        while True:
-            event = conn.next_event()
-            if event is not h11.NEED_DATA:
-                return event
-            if deadline is None:
-                try:
-                    data = await asyncio.wait_for(reader.read(65536), idle_timeout)
-                except TimeoutError:
-                    return None  # an idle keep-alive connection: close it quietly
-            else:
-                data = await asyncio.wait_for(reader.read(65536), max(0.0, deadline - time.monotonic()))
-            if deadline is None:
-                deadline = time.monotonic() + rest_timeout
-            conn.receive_data(data)  # b"" tells h11 the peer closed; next_event() then says how
-
-    async def _read_request(self, conn: Any, reader: asyncio.StreamReader, event: Any, client_ip: str,
-                            cert_principal: str | None) -> HttpRequest | HttpResponse:
-        from urllib.parse import parse_qsl, urlsplit
-
-        import h11
-
-        head_size = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
-        if head_size > self.settings.http_max_header_bytes:  # h11 only bounds heads that arrive in pieces
-            return rpc_error(431, -32600, "request head too large", close=True)
-        raw_headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in event.headers]
-        headers: dict[str, str] = {}
-        for name, value in raw_headers:
-            headers[name] = f"{headers[name]}, {value}" if name in headers else value
-        target = urlsplit(event.target.decode("latin-1"))
-        declared = headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.settings.http_max_body_bytes:
-            return rpc_error(413, -32600, "request body too large", close=True)
-        body = bytearray()
-        deadline = time.monotonic() + self.settings.http_body_timeout
-        try:
-            while True:
-                next_event = conn.next_event()
-                if next_event is h11.NEED_DATA:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise TimeoutError
-                    data = await asyncio.wait_for(reader.read(65536), remaining)
-                    conn.receive_data(data)
-                    if not data and conn.their_state is not h11.DONE:
-                        return HttpResponse(400, close=True)
-                    continue
-                if isinstance(next_event, h11.Data):
-                    body.extend(next_event.data)
-                    if len(body) > self.settings.http_max_body_bytes:
-                        return rpc_error(413, -32600, "request body too large", close=True)
-                elif isinstance(next_event, h11.EndOfMessage):
-                    break
-                else:
-                    return rpc_error(400, -32600, "malformed HTTP request", close=True)
-        except TimeoutError:
-            return rpc_error(408, -32600, "request body too slow", close=True)
-        except h11.RemoteProtocolError:
-            return rpc_error(400, -32600, "malformed HTTP body framing", close=True)
-        return HttpRequest(method=event.method.decode("latin-1").upper(), path=target.path or "/",
-                           query=dict(parse_qsl(target.query)), headers=headers, raw_headers=raw_headers,
-                           body=bytes(body), client_ip=client_ip, peer_cert_principal=cert_principal)
-
-    def _response_headers(self, response: HttpResponse) -> list[tuple[str, str]]:
-        headers = [*SECURITY_HEADERS, *response.headers]
-        if self.tls:
-            headers.append(("strict-transport-security", "max-age=63072000"))
-        if response.close:
-            headers.append(("connection", "close"))
-        return headers
-
-    async def _write_simple(self, writer: asyncio.StreamWriter, conn: Any, status: int, body: bytes,
-                            headers: list[tuple[str, str]], fresh: bool = False) -> None:
-        import h11
-
-        all_headers = [*SECURITY_HEADERS, *headers, ("content-length", str(len(body))), ("connection", "close")]
-        if fresh:  # no request was read: write the bytes directly
-            lines = [f"HTTP/1.1 {status} {http_reason(status).decode()}"] + [f"{k}: {v}" for k, v in all_headers]
-            writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
-        else:
-            writer.write(conn.send(h11.Response(status_code=status, headers=all_headers, reason=http_reason(status))))
-            writer.write(conn.send(h11.Data(data=body)))
-            writer.write(conn.send(h11.EndOfMessage()))
-        await writer.drain()
-
-    async def _send(self, writer: asyncio.StreamWriter, conn: Any, response: HttpResponse,
-                    reader: asyncio.StreamReader | None = None, head: bool = False) -> None:
-        import h11
-
-        headers = self._response_headers(response)
-        if response.stream is None:
-            headers.append(("content-length", str(len(response.body))))
-            writer.write(conn.send(h11.Response(status_code=response.status, headers=headers,
-                                                reason=http_reason(response.status))))
-            if response.body and not head:  # HEAD: GET's headers, no body (h11 refuses one)
-                writer.write(conn.send(h11.Data(data=response.body)))
-            writer.write(conn.send(h11.EndOfMessage()))
-            await writer.drain()
-            return
-
-        async def pump() -> None:
-            async for chunk in response.stream:
-                writer.write(conn.send(h11.Data(data=chunk)))
-                await writer.drain()
-            writer.write(conn.send(h11.EndOfMessage()))
-            await writer.drain()
-
-        # While streaming, watch the socket: the client going away ends the stream (not the session).
-        loop = asyncio.get_running_loop()
-        pumping: asyncio.Task[None] | None = None
-        gone: asyncio.Task[None] | None = None
-        try:  # a client gone before the head is out still frees the stream's slot (on_close below)
-            writer.write(conn.send(h11.Response(status_code=response.status, headers=headers,
-                                                reason=http_reason(response.status))))
-            await writer.drain()
-            pumping = loop.create_task(pump())
-            gone = loop.create_task(self._wait_for_eof(conn, reader)) if reader else None
-            await asyncio.wait({pumping, gone} if gone else {pumping}, return_when=asyncio.FIRST_COMPLETED)
-            if not pumping.done():
-                response.close = True
-                pumping.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pumping
-        finally:
-            if pumping is not None:
-                pumping.cancel()
-            if gone is not None:
-                gone.cancel()
-            await response.stream.aclose()
-            if response.on_close is not None:
-                result = response.on_close()
-                if asyncio.iscoroutine(result):
-                    await result
-
-    @staticmethod
-    async def _wait_for_eof(conn: Any, reader: asyncio.StreamReader) -> None:
-        while True:
-            data = await reader.read(65536)
-            if not data:
-                return
-            conn.receive_data(data)  # a pipelined next request waits in h11's buffer
-
-    # -- routing -------------------------------------------------------------------------------
-
-    async def _dispatch(self, request: HttpRequest) -> HttpResponse:
-        if not host_allowed(request.headers.get("host", ""), self._hosts):
+    async def handle(self, request: HttpRequest) -> HttpResponse:
+        if not host_allowed(request.headers.get("host", ""), self.hosts):
             return rpc_error(421, -32600, "Host header not allowed (DNS-rebinding protection)")
         origin = request.headers.get("origin")
-        if origin is not None and origin.lower().rstrip("/") not in self._origins:
+        if origin is not None and origin.lower().rstrip("/") not in self.origins:
             return rpc_error(403, -32600, "Origin not allowed")
         if request.path == "/healthz":
-            if request.method not in ("GET", "HEAD"):
-                return HttpResponse(405, [("allow", "GET, HEAD")])
-            problem = self.audit.problem() if self.audit is not None else None
-            if problem:  # unauthenticated: a short reason, never a path
-                return json_response(503, {"status": "unavailable", "reason": f"audit log: {problem}"})
-            return json_response(200, {"status": "ok"})
+            return self._healthz(request)
         oauth = self.access.oauth
         if oauth is not None and request.path in metadata_paths(self.settings.oauth_resource):
             if request.method not in ("GET", "HEAD"):
@@ -7384,52 +7123,86 @@ class HttpServer:
         principal = self.access.authenticate(request, client_ip)
         if isinstance(principal, Refusal):
             return rpc_error(principal.status, -32001, principal.message, headers=list(principal.headers))
-        info = RequestInfo(principal=principal, client_ip=client_ip)
-        if request.path == "/mcp":
-            if request.method == "POST":
-                return await self._mcp_post(request, info)
-            if request.method == "GET":
-                return await self._mcp_get(request, info)
-            if request.method == "DELETE":
-                return await self._mcp_delete(request, info)
-            return HttpResponse(405, [("allow", "GET, POST, DELETE")])
-        if request.path == "/sse":
-            if request.method != "GET":
-                return HttpResponse(405, [("allow", "GET")])
-            return await self._legacy_sse_open(request, info)
-        if request.path == "/messages":
-            if request.method != "POST":
-                return HttpResponse(405, [("allow", "POST")])
-            return await self._legacy_sse_post(request, info)
-        return rpc_error(404, -32601, "not found")
+        methods = self.ROUTES.get(request.path)
+        if methods is None:
+            response = rpc_error(404, -32601, "not found")
+        elif request.method not in methods:
+            response = HttpResponse(405, [("allow", ", ".join(methods))])
+        else:
+            handler = getattr(self, methods[request.method])
+            response = await handler(request, RequestInfo(principal=principal, client_ip=client_ip))
+        return dataclasses.replace(response, principal=principal.client_id)
 
-    def _admit_calls(self, messages: list[Any], info: RequestInfo, channel: McpChannel | None) -> HttpResponse | None:
-        """Rate limits for the tools/call requests in a POST; each admitted call holds a concurrency slot
-        until its response leaves the server."""
-        admitted = []
+    def _healthz(self, request: HttpRequest) -> HttpResponse:
+        if request.method not in ("GET", "HEAD"):
+            return HttpResponse(405, [("allow", "GET, HEAD")])
+        problem = self.audit.problem() if self.audit is not None else None
+        if problem:  # unauthenticated: a short reason, never a path
+            return json_response(503, {"status": "unavailable", "reason": f"audit log: {problem}"})
+        return json_response(200, {"status": "ok"})
+
+    # -- sessions over time: idling, revoked keys, shutdown --------------------------------------------
+
+    async def end_session(self, session_id: str, reason: str = "ended") -> None:
+        session = self.sessions.pop(session_id, None)
+        if session is None:
+            return
+        if session.channel:
+            self.access.record("session_end", client_id=session.channel.principal.client_id,
+                               session=session_id[:8], reason=reason)
+        for stream in session.streams.values():
+            stream.finish()
+        if session.channel:
+            await session.channel.close()
+
+    async def end_idle_sessions(self, now: float) -> None:
+        cutoff = now - self.settings.http_session_idle_timeout
+        for session_id, session in list(self.sessions.items()):
+            if session.channel and session.channel.last_active < cutoff and \
+                    not any(s.attached for s in session.streams.values()):
+                log.info("session %s expired after idling", session_id[:8])
+                await self.end_session(session_id, reason="idle")
+
+    async def end_revoked_sessions(self) -> None:
+        """After a keys reload: sessions whose key no longer opens the door end now."""
+        for session_id, session in list(self.sessions.items()):
+            if session.channel and not self.access.still_valid(session.channel.principal):
+                log.info("session %s ended: its key is no longer valid", session_id[:8])
+                await self.end_session(session_id, reason="key_revoked")
+        for session_id, channel in list(self.sse_sessions.items()):
+            if not self.access.still_valid(channel.principal):
+                self.sse_sessions.pop(session_id, None)
+                channel.stream_end()
+                await channel.close()
+
+    async def close_all(self) -> None:
+        """Shutdown: every channel closes (its calls' slots are freed), every stream ends."""
+        for channel in [s.channel for s in self.sessions.values() if s.channel] + list(self.sse_sessions.values()):
+            await channel.close()
+        for stream in [st for s in self.sessions.values() for st in s.streams.values()]:
+            stream.finish()
+        for task in list(self.tasks):
+            task.cancel()
+
+    # -- slots ----------------------------------------------------------------------------------------
+
+    def _admit_calls(self, messages: list[Any], info: RequestInfo) -> dict[Any, CallSlot] | HttpResponse:
+        """Rate limits for the tools/call (and resources/read) requests in a POST: all are admitted, each
+        with its CallSlot, or none is (a refusal frees the slots of the calls admitted before it)."""
+        admitted: dict[Any, CallSlot] = {}
         for message in messages:
             if getattr(message, "method", None) not in RATE_LIMITED_METHODS or not hasattr(message, "id"):
                 continue
             refusal = self.access.admit_tool_call(info.principal, info.client_ip)
             if refusal is not None:
-                for earlier in admitted:
-                    self._release_call(info.principal, channel, earlier)
+                for slot in admitted.values():
+                    slot.release()
                 return rpc_error(refusal.status, -32001, refusal.message, getattr(message, "id", None),
                                  headers=list(refusal.headers))
-            admitted.append(message.id)
-            if channel is not None:
-                channel.calls[message.id] = info.principal.client_id
-        return None
-
-    def _release_call(self, principal: Principal, channel: McpChannel | None, request_id: Any) -> None:
-        if self.settings.rate_limit_enabled:
-            self.access.calls.release(principal.client_id)
-        if channel is not None:
-            channel.calls.pop(request_id, None)
-
-    def _release_slot(self, client_id: str) -> None:
-        if self.settings.rate_limit_enabled:
-            self.access.calls.release(client_id)
+            client_id = info.principal.client_id
+            admitted[message.id] = CallSlot(lambda client_id=client_id: self.access.calls.release(client_id)) \
+                if self.settings.rate_limit_enabled else CallSlot()
+        return admitted
 
     def _stream_slot(self, principal: Principal) -> bool:
         count = self.streams_by_principal.get(principal.client_id, 0)
@@ -7442,13 +7215,15 @@ class HttpServer:
         self.streams_by_principal[principal.client_id] = max(0, self.streams_by_principal.get(principal.client_id, 1) - 1)
 
     def _stream_response(self, stream: EventStream, principal: Principal, after: int = 0,
-                         headers: list[tuple[str, str]] | None = None, prelude: bytes = b"") -> HttpResponse:
-        """Serve an EventStream as SSE, holding one of the principal's stream slots while it is open."""
+                         headers: list[tuple[str, str]] | None = None, prelude: bytes = b"",
+                         then: Callable[[], Awaitable[None]] | None = None) -> HttpResponse:
+        """Serve an EventStream as SSE, holding one of the principal's stream slots while it is open;
+        ``then`` runs after the slot is freed (the legacy session ends with its stream)."""
         if not self._stream_slot(principal):
             return rpc_error(429, -32600, "too many open streams for this client", headers=[("retry-after", "5")])
         stream.attached = True
 
-        async def body():  # -> AsyncIterator[bytes]
+        async def body() -> AsyncIterator[bytes]:
             if prelude:
                 yield prelude
             async for item in stream.follow(after):
@@ -7457,9 +7232,11 @@ class HttpServer:
                 else:
                     yield sse_event(item[1], f"{stream.id}-{item[0]}")
 
-        def release() -> None:
+        async def release() -> None:
             stream.attached = False
             self._release_stream_slot(principal)
+            if then is not None:
+                await then()
 
         return HttpResponse(200, [*SSE_HEADERS, *(headers or [])], stream=body(), on_close=release)
 
@@ -7493,7 +7270,7 @@ class HttpServer:
             decoded = json.loads(request.body)
         except (ValueError, RecursionError):
             return rpc_error(400, -32700, "Parse error")
-        if request.headers.get("mcp-protocol-version") in MODERN_VERSIONS:
+        if request.headers.get("mcp-protocol-version") in STATELESS_VERSIONS:
             return await self._stateless_post(request, decoded, info)
         items = decoded if isinstance(decoded, list) else [decoded]
         if not items:
@@ -7527,9 +7304,10 @@ class HttpServer:
             # answers are routed by id: a second request with an id still open would take the first one's
             # answer and leave the first exchange waiting for ever
             return rpc_error(400, -32600, "Invalid Request: a request id is already in use in this session")
-        refused = self._admit_calls(requests, info, session.channel)
-        if refused is not None:
-            return refused
+        admitted = self._admit_calls(requests, info)
+        if isinstance(admitted, HttpResponse):
+            return admitted
+        session.channel.calls.update(admitted)
         if not requests:
             for message in messages:
                 await session.channel.send(message, info)
@@ -7550,10 +7328,8 @@ class HttpServer:
     def _unanswered_hook(self, session: StreamableSession, request_id: Any) -> Callable[[], Awaitable[None]]:
         async def hook() -> None:
             stream = session.pending.pop(request_id, None)
-            if session.channel is not None and request_id in session.channel.calls:
-                client_id = session.channel.calls.pop(request_id)
-                if session.channel.release_call:
-                    session.channel.release_call(client_id)
+            if session.channel is not None:
+                session.channel.end_call(request_id)
             if stream is not None:
                 stream.expected -= 1
                 if stream.expected <= 0:
@@ -7567,7 +7343,6 @@ class HttpServer:
             return rpc_error(503, -32600, "too many sessions", headers=[("retry-after", "30")])
         session = StreamableSession(secrets.token_urlsafe(24))
         session.channel = McpChannel(self.server, self.init_options, session.id, info.principal, session.route)
-        session.channel.release_call = self._release_slot
         session.channel.start()
         self.access.record("session_start", client_id=info.principal.client_id, client_ip=info.client_ip,
                            session=session.id[:8], transport="streamable-http")
@@ -7634,7 +7409,7 @@ class HttpServer:
         found = self._session_for(request, info)
         if isinstance(found, HttpResponse):
             return found
-        await self._end_session(found.id, reason="deleted")
+        await self.end_session(found.id, reason="deleted")
         log.info("session %s ended by the client", found.id[:8])
         return HttpResponse(200)
 
@@ -7679,10 +7454,10 @@ class HttpServer:
                                               verdict.client_capabilities)
 
         message = mcp_types.JSONRPCRequest(jsonrpc="2.0", id=request_id, method=decoded["method"])
-        refused = self._admit_calls([message], info, None)
-        if refused is not None:
-            return refused
-        is_call = decoded["method"] in RATE_LIMITED_METHODS
+        admitted = self._admit_calls([message], info)
+        if isinstance(admitted, HttpResponse):
+            return admitted
+        slot = admitted.get(request_id, CallSlot())
 
         async def run() -> None:
             try:
@@ -7692,13 +7467,12 @@ class HttpServer:
             except Exception as exc:
                 reply = mcp_types.JSONRPCError(jsonrpc="2.0", id=request_id, error=modern_error_data(exc))
             finally:
-                if is_call:
-                    self._release_call(info.principal, None, request_id)
+                slot.release()
             stream.push(reply.model_dump_json(by_alias=True, exclude_none=True), response=True)
 
         task = asyncio.get_running_loop().create_task(run())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
         def status_of(answer: dict[str, Any]) -> int:
             error = answer.get("error")
@@ -7722,9 +7496,15 @@ class HttpServer:
             stream.push(session_message.message.model_dump_json(by_alias=True, exclude_unset=True))
 
         channel = McpChannel(self.server, self.init_options, session_id, info.principal, deliver)
-        channel.release_call = self._release_slot
         channel.stream_end = stream.finish
-        response = self._stream_response(stream, info.principal,
+
+        async def end_session() -> None:  # the legacy session lives exactly as long as its stream
+            if self.sse_sessions.pop(session_id, None) is not None:
+                self.access.record("session_end", client_id=info.principal.client_id, session=session_id[:8],
+                                   reason="stream closed")
+            await channel.close()
+
+        response = self._stream_response(stream, info.principal, then=end_session,
                                          prelude=sse_event(f"/messages?session_id={session_id}", event="endpoint"))
         if response.status != 200:
             return response
@@ -7732,17 +7512,6 @@ class HttpServer:
         self.sse_sessions[session_id] = channel
         self.access.record("session_start", client_id=info.principal.client_id, client_ip=info.client_ip,
                            session=session_id[:8], transport="sse")
-        release_slot = response.on_close
-
-        async def end_session() -> None:  # the legacy session lives exactly as long as its stream
-            if release_slot:
-                release_slot()
-            if self.sse_sessions.pop(session_id, None) is not None:
-                self.access.record("session_end", client_id=info.principal.client_id, session=session_id[:8],
-                                   reason="stream closed")
-            await channel.close()
-
-        response.on_close = end_session
         return response
 
     async def _legacy_sse_post(self, request: HttpRequest, info: RequestInfo) -> HttpResponse:
@@ -7759,20 +7528,358 @@ class HttpServer:
         except (ValidationError, ValueError):
             return rpc_error(400, -32600, "Invalid Request: not a JSON-RPC message")
         info.session_id = channel.session_id
-        refused = self._admit_calls([message], info, channel)
-        if refused is not None:
-            return refused
+        admitted = self._admit_calls([message], info)
+        if isinstance(admitted, HttpResponse):
+            return admitted
+        channel.calls.update(admitted)
         await channel.send(message, info)
         return HttpResponse(202, [("content-type", "text/plain")], b"Accepted")
 
 
-def http_reason(status: int) -> bytes:
-    import http
+# -- HTTP/1.1 connections: h11 framing, limits, streaming ---------------------------------------------
 
-    try:
-        return http.HTTPStatus(status).phrase.encode()
-    except ValueError:
-        return b""
+
+class HttpConnection:
+    """One client socket, framed by h11: read one request at a time within the limits, hand it to the app,
+    write the answer (streaming an SSE body while watching for the client to leave), and close cleanly.
+
+    A connection is *unauthenticated* until one of its requests authenticated.
+    """
+
+    def __init__(self, app: McpHttpApp, settings: Settings, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter, client_ip: str, cert_principal: str | None, tls: bool,
+                 stopping: Callable[[], bool]):
+        import h11
+
+        self.app, self.settings, self.reader, self.writer = app, settings, reader, writer
+        self.client_ip, self.cert_principal, self.tls, self.stopping = client_ip, cert_principal, tls, stopping
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=settings.http_max_header_bytes)
+        self.authenticated = False
+        self.waiting_for_head = True  # between requests or inside a head: nothing of ours would be cut off
+
+    async def serve(self) -> None:
+        import h11
+
+        while not self.stopping():
+            self.waiting_for_head = True
+            try:
+                event = await self._next_request_head()
+            except h11.RemoteProtocolError as exc:
+                status = 431 if "exceeded" in str(exc).lower() else 400
+                if self.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                    await self._send(rpc_error(status, -32600, "malformed HTTP request", close=True))
+                return await self._close()
+            except TimeoutError:  # a slow client mid-head: cut it off
+                with contextlib.suppress(Exception):
+                    await self._send(rpc_error(408, -32600, "request head too slow", close=True))
+                return await self._close()
+            if event is None or isinstance(event, h11.ConnectionClosed):
+                return await self._close()
+            self.waiting_for_head = False
+            head = event.method == b"HEAD"  # what h11 frames the answer by (case-sensitive)
+            request = await self._read_request(event)
+            response = request if isinstance(request, HttpResponse) else await self.app.handle(request)
+            if response.principal is not None:
+                self.authenticated = True
+            carry_on = await self._send(response, watch=not isinstance(request, HttpResponse), head=head)
+            if not carry_on or response.close or self.h11.our_state is h11.MUST_CLOSE:
+                return await self._close()
+            try:
+                self.h11.start_next_cycle()
+            except h11.LocalProtocolError:
+                return await self._close()
+
+    async def _next_event(self, deadline: float) -> Any:
+        """The next h11 event, reading the socket as needed until ``deadline`` (TimeoutError after it):
+        the one loop that feeds h11 while a request is read."""
+        import h11
+
+        while (event := self.h11.next_event()) is h11.NEED_DATA:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            # b"" tells h11 the peer closed; next_event() then says how
+            self.h11.receive_data(await asyncio.wait_for(self.reader.read(65536), remaining))
+        return event
+
+    async def _next_request_head(self) -> Any:
+        """The next request's head; None when an idle connection should end quietly. A client may idle for
+        the keep-alive timeout and then has the head timeout to finish its head."""
+        import h11
+
+        limits = self.settings
+        if self.h11.their_state is h11.IDLE and not self.h11.trailing_data[0]:
+            try:
+                data = await asyncio.wait_for(self.reader.read(65536), limits.http_keepalive_timeout)
+            except TimeoutError:
+                return None  # an idle keep-alive connection: close it quietly
+            self.h11.receive_data(data)
+        return await self._next_event(time.monotonic() + limits.http_header_timeout)
+
+    async def _read_request(self, event: Any) -> HttpRequest | HttpResponse:
+        """The whole request within the size and time limits, or the response that refuses it."""
+        from urllib.parse import parse_qsl, urlsplit
+
+        import h11
+
+        limits = self.settings
+        head_size = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
+        if head_size > limits.http_max_header_bytes:  # h11 only bounds heads that arrive in pieces
+            return rpc_error(431, -32600, "request head too large", close=True)
+        raw_headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in event.headers]
+        headers: dict[str, str] = {}
+        for name, value in raw_headers:
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limits.http_max_body_bytes:
+            return rpc_error(413, -32600, "request body too large", close=True)
+        body = bytearray()
+        deadline = time.monotonic() + limits.http_body_timeout
+        try:
+            while not isinstance(part := await self._next_event(deadline), h11.EndOfMessage):
+                if not isinstance(part, h11.Data):
+                    return rpc_error(400, -32600, "malformed HTTP request", close=True)
+                body.extend(part.data)
+                if len(body) > limits.http_max_body_bytes:
+                    return rpc_error(413, -32600, "request body too large", close=True)
+        except TimeoutError:
+            return rpc_error(408, -32600, "request body too slow", close=True)
+        except h11.RemoteProtocolError:
+            return rpc_error(400, -32600, "malformed HTTP body framing", close=True)
+        target = urlsplit(event.target.decode("latin-1"))
+        return HttpRequest(method=event.method.decode("latin-1").upper(), path=target.path or "/",
+                           query=dict(parse_qsl(target.query)), headers=headers, raw_headers=raw_headers,
+                           body=bytes(body), client_ip=self.client_ip, peer_cert_principal=self.cert_principal)
+
+    def _headers(self, response: HttpResponse) -> list[tuple[str, str]]:
+        headers = [*SECURITY_HEADERS, *response.headers]
+        if self.tls:
+            headers.append(("strict-transport-security", "max-age=63072000"))
+        if response.close:
+            headers.append(("connection", "close"))
+        return headers
+
+    async def _send(self, response: HttpResponse, watch: bool = False, head: bool = False) -> bool:
+        """Write the response; False when the client left while it streamed. ``watch``: the request was
+        read to its end, so the socket can be watched for the client going away (which ends the stream,
+        not the session). ``on_close`` runs exactly once, however the response ends."""
+        import h11
+
+        conn, writer = self.h11, self.writer
+        try:
+            headers = self._headers(response)
+            if response.stream is None:
+                headers.append(("content-length", str(len(response.body))))
+                writer.write(conn.send(h11.Response(status_code=response.status, headers=headers,
+                                                    reason=http_reason(response.status))))
+                if response.body and not head:  # HEAD: GET's headers, no body (h11 refuses one)
+                    writer.write(conn.send(h11.Data(data=response.body)))
+                writer.write(conn.send(h11.EndOfMessage()))
+                await writer.drain()
+                return True
+            return await self._stream(response, headers, watch)
+        finally:
+            if response.on_close is not None:
+                result = response.on_close()
+                if asyncio.iscoroutine(result):
+                    await result
+
+    async def _stream(self, response: HttpResponse, headers: list[tuple[str, str]], watch: bool) -> bool:
+        import h11
+
+        assert response.stream is not None
+        conn, writer = self.h11, self.writer
+
+        async def pump() -> None:
+            assert response.stream is not None
+            async for chunk in response.stream:
+                writer.write(conn.send(h11.Data(data=chunk)))
+                await writer.drain()
+            writer.write(conn.send(h11.EndOfMessage()))
+            await writer.drain()
+
+        loop = asyncio.get_running_loop()
+        pumping: asyncio.Task[None] | None = None
+        gone: asyncio.Task[None] | None = None
+        try:  # a client gone before the head is out still frees the stream's slot (on_close, in _send)
+            writer.write(conn.send(h11.Response(status_code=response.status, headers=headers,
+                                                reason=http_reason(response.status))))
+            await writer.drain()
+            pumping = loop.create_task(pump())
+            gone = loop.create_task(self._wait_for_eof()) if watch else None
+            await asyncio.wait({pumping, gone} if gone else {pumping}, return_when=asyncio.FIRST_COMPLETED)
+            finished = pumping.done()
+            if not finished:
+                pumping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pumping
+            return finished
+        finally:
+            if pumping is not None:
+                pumping.cancel()
+            if gone is not None:
+                gone.cancel()
+            await response.stream.aclose()  # type: ignore[attr-defined]
+
+    async def _wait_for_eof(self) -> None:
+        while True:
+            data = await self.reader.read(65536)
+            if not data:
+                return
+            self.h11.receive_data(data)  # a pipelined next request waits in h11's buffer
+
+    async def _close(self) -> None:
+        """Close after the last answer (the listener closes the socket)."""
+
+
+# -- the listener ----------------------------------------------------------------------------------------
+
+
+class HttpServer:
+    """The listener: ``bind()``, then ``serve()`` until told to stop, then a graceful stop. It accepts
+    connections within the limits and hands each to an HttpConnection serving the McpHttpApp."""
+
+    def __init__(self, mcp: DockerMCP, settings: Settings, audit: AuditLog | None = None):
+        self.mcp, self.settings, self.audit = mcp, settings, audit
+        self.tls = settings.tls_enabled or bool(settings.tls_cert or settings.tls_key)
+        if settings.tls_client_ca and not self.tls:
+            raise StartupError("--tls-client-ca needs TLS (--tls-cert and --tls-key)")
+        self.ssl_context = build_ssl_context(settings) if self.tls else None
+        self.access = AccessControl(settings, audit)
+        self.access.setup(settings.host, self.tls, bool(settings.tls_client_ca))
+        self.app = McpHttpApp(mcp, settings, self.access, audit)
+        self.connections: dict[HttpConnection, asyncio.Task[Any]] = {}  # in the order they came
+        self.refusing: set[asyncio.Task[Any]] = set()  # connections being told "busy"
+        self.shutting_down = False
+        self.bound_port = settings.port
+        self.listener: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.settings.host}]" if ":" in self.settings.host else self.settings.host
+        return f"{'https' if self.tls else 'http'}://{host}:{self.bound_port}/mcp"
+
+    async def bind(self) -> int:
+        """Listen on the configured address (port 0: any free port); the bound port."""
+        if self.ssl_context:
+            limit_tls_read_buffer()
+        try:
+            tls_options = {"ssl": self.ssl_context, "ssl_handshake_timeout": self.settings.http_header_timeout} \
+                if self.ssl_context else {}
+            self.listener = await asyncio.start_server(self._on_connection, self.settings.host, self.settings.port,
+                                                       backlog=1024, **tls_options)
+        except OSError as exc:
+            raise StartupError(f"cannot bind {self.settings.host}:{self.settings.port}: {exc.strerror}") from None
+        self.bound_port = self.listener.sockets[0].getsockname()[1]
+        self.app.listening_on(self.bound_port)
+        return self.bound_port
+
+    async def run(self) -> None:
+        """bind + serve until SIGTERM or SIGINT (what ``mcp-docker serve`` runs)."""
+        import signal
+
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.bind()
+        await self.serve(stop)
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Serve the bound listener until ``stop`` is set, then stop gracefully: no new connections, calls in
+        flight get MCP_SHUTDOWN_GRACE to finish, then every session and connection ends."""
+        assert self.listener is not None, "bind() first"
+        if self.access.ephemeral_key:
+            print(f"No keys file, so this run accepts one ephemeral API key (shown once):\n"
+                  f"  {self.access.ephemeral_key}\n"
+                  f"Connect with: claude mcp add --transport http docker {self.url} "
+                  f"--header \"Authorization: Bearer {self.access.ephemeral_key}\"", file=sys.stderr, flush=True)
+        print(f"mcp-docker listening on {self.url}", file=sys.stderr, flush=True)
+        self.access.record("server_start", transport="http", address=self.url, tls=self.tls,
+                           mtls=bool(self.settings.tls_client_ca), version=__version__)
+        loop = asyncio.get_running_loop()
+        housekeeping = [loop.create_task(self._reap_idle_sessions()), loop.create_task(self._watch_keys())]
+        try:
+            await stop.wait()
+        finally:
+            log.info("shutting down: no new connections; %d calls in flight", self.mcp.in_flight)
+            self.shutting_down = True
+            self.listener.close()
+            deadline = time.monotonic() + self.settings.shutdown_grace
+            while self.mcp.in_flight and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            for task in housekeeping:
+                task.cancel()
+            self.access.record("server_stop", transport="http")
+            await self.app.close_all()
+            for task in [*self.connections.values(), *self.refusing]:
+                task.cancel()
+            await asyncio.sleep(0)
+            log.info("stopped")
+
+    async def _reap_idle_sessions(self) -> None:
+        while True:
+            await asyncio.sleep(min(30.0, self.settings.http_session_idle_timeout / 2))
+            await self.app.end_idle_sessions(time.monotonic())
+
+    async def _watch_keys(self) -> None:
+        """Hot reload: a changed keys file takes effect within a second; revoked keys lose their sessions."""
+        while self.access.keys is not None:
+            await asyncio.sleep(1.0)
+            outcome = self.access.keys.refresh()
+            if outcome is None:
+                continue
+            self.access.record("key_reload", status="ok" if outcome == "reloaded" else "error",
+                               keys=len(self.access.keys.entries),
+                               error=None if outcome == "reloaded" else outcome[:200])
+            await self.app.end_revoked_sessions()
+
+    # -- admission of connections -----------------------------------------------------------------------
+
+    def _room_for(self, client_ip: str) -> bool:
+        return not self.shutting_down and len(self.connections) < self.settings.http_max_connections
+
+    async def _refuse(self, writer: asyncio.StreamWriter, reader: asyncio.StreamReader) -> None:
+        # The request is not parsed: answer at once and close, so a flood cannot hold memory.
+        body = b"server busy"
+        headers = [*SECURITY_HEADERS, ("retry-after", "1"), ("content-length", str(len(body))), ("connection", "close")]
+        lines = [f"HTTP/1.1 503 {http_reason(503).decode()}"] + [f"{k}: {v}" for k, v in headers]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        await writer.drain()
+        with contextlib.suppress(Exception):  # swallow what was sent, so closing does not reset
+            writer.write_eof()
+            await asyncio.wait_for(reader.read(65536), 0.5)
+
+    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None  # asyncio.start_server runs every callback in its own task
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        client_ip = str(peer[0])
+        connection: HttpConnection | None = None
+        try:
+            if not self._room_for(client_ip):
+                self.refusing.add(task)
+                await self._refuse(writer, reader)
+                return
+            ssl_object = writer.get_extra_info("ssl_object")
+            cert_principal = certificate_principal(ssl_object.getpeercert()) if ssl_object else None
+            connection = HttpConnection(self.app, self.settings, reader, writer, client_ip, cert_principal, self.tls,
+                                        lambda: self.shutting_down)
+            self.connections[connection] = task
+            await connection.serve()
+        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError, OSError):
+            pass
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("connection from %s failed", client_ip)
+        finally:
+            self.refusing.discard(task)
+            if connection is not None:
+                self.connections.pop(connection, None)
+            with contextlib.suppress(Exception):
+                writer.close()
+
 
 
 # ---------------------------------------------------------------------------------------------

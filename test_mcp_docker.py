@@ -5524,31 +5524,30 @@ class InProcessHttpServer:
     async def _start(self) -> None:
         app = md.DockerMCP(self.settings)
         audit = md.AuditLog(self.audit_path, self.settings.audit_log_max_bytes, self.settings.audit_log_backups)
-        app.audit, app.audit_ready = audit.write, audit.probe
+        app.audit, app.audit_problem = audit.write, audit.problem  # as serve wires it: fail closed on a bad log
         self.http = md.HttpServer(app, self.settings, audit)
-        self.listener = await asyncio.start_server(self.http._on_connection, "127.0.0.1", 0)
-        self.port = self.listener.sockets[0].getsockname()[1]
-        # what HttpServer.run does after binding (run itself installs signal handlers: main thread only)
-        self.http.bound_port = self.port
-        self.http._hosts, self.http._origins = self.http.allowed_hosts(), self.http.allowed_origins()
+        self.port = await self.http.bind()
+        # HttpServer.run is bind + serve with signal handlers, which only the main thread may install
+        self.stop = asyncio.Event()
+        self.serving = asyncio.get_running_loop().create_task(self.http.serve(self.stop))
 
     def call(self, coro: Any, timeout: float = 60) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     async def _snapshot(self) -> dict[str, Any]:
-        http = self.http
-        return {"tasks": len(asyncio.all_tasks()) - 1, "connections": http.connections,
-                "writers": len(http._writers), "server_tasks": len(http._tasks), "sessions": len(http.sessions),
-                "sse_sessions": len(http.sse_sessions), "open_streams": sum(http.streams_by_principal.values()),
-                "call_slots": sum(http.access.calls.active.values()), "in_flight": http.app.in_flight}
+        http, app = self.http, self.http.app
+        return {"tasks": len(asyncio.all_tasks()) - 1, "connections": len(http.connections),
+                "refusing": len(http.refusing), "server_tasks": len(app.tasks), "sessions": len(app.sessions),
+                "sse_sessions": len(app.sse_sessions), "open_streams": sum(app.streams_by_principal.values()),
+                "call_slots": sum(http.access.calls.active.values()), "in_flight": http.mcp.in_flight}
 
     def snapshot(self) -> dict[str, Any]:
         return self.call(self._snapshot())
 
     async def _end_sessions(self) -> None:
         """What the idle reaper would do in time: sessions may outlive their connections by design."""
-        for session_id in list(self.http.sessions):
-            await self.http._end_session(session_id, reason="fuzz")
+        for session_id in list(self.http.app.sessions):
+            await self.http.app.end_session(session_id, reason="fuzz")
 
     def settle(self, baseline: dict[str, Any], timeout: float = 8) -> dict[str, Any]:
         """End the sessions the input opened, then wait for everything to return to the baseline."""
@@ -5566,12 +5565,8 @@ class InProcessHttpServer:
         logging.getLogger().removeHandler(self.handler)
 
         async def stop() -> None:
-            self.listener.close()
-            await self._end_sessions()
-            for writer in list(self.http._writers):
-                writer.close()
-            for task in list(self.http._tasks):
-                task.cancel()
+            self.stop.set()  # the graceful stop: sessions, streams and connections end
+            await self.serving
             await asyncio.sleep(0.1)
 
         with contextlib.suppress(Exception):
@@ -6290,8 +6285,6 @@ def test_fuzz_finding_a_client_gone_before_the_stream_head_frees_its_stream_slot
     """A client that reset the connection before an SSE response's head was written made that write fail
     outside the cleanup, so the stream slot and the stream's "attached" mark leaked: the session's GET
     stream answered 409 for ever and the principal ran out of streams (429)."""
-    import h11
-
     server = fuzz_rig.server
 
     class GoneWriter:
@@ -6302,17 +6295,18 @@ def test_fuzz_finding_a_client_gone_before_the_stream_head_frees_its_stream_slot
             raise ConnectionResetError("peer reset")
 
     async def send_to_a_gone_client() -> tuple[int, bool, int]:
-        http = server.http
-        before = sum(http.streams_by_principal.values())
+        app = server.http.app
+        before = sum(app.streams_by_principal.values())
         stream = md.EventStream("gone")
-        response = http._stream_response(stream, md.Principal("fuzz", "api_key"))
-        conn = h11.Connection(h11.SERVER)
-        conn.receive_data(b"GET /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-        conn.next_event()
-        conn.next_event()
+        response = app._stream_response(stream, md.Principal("fuzz", "api_key"))
+        connection = md.HttpConnection(app, app.settings, asyncio.StreamReader(), GoneWriter(),  # type: ignore[arg-type]
+                                       "127.0.0.1", None, False, lambda: False)
+        connection.h11.receive_data(b"GET /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        connection.h11.next_event()
+        connection.h11.next_event()
         with pytest.raises(ConnectionResetError):
-            await http._send(GoneWriter(), conn, response)  # type: ignore[arg-type]
-        return before, stream.attached, sum(http.streams_by_principal.values())
+            await connection._send(response)
+        return before, stream.attached, sum(app.streams_by_principal.values())
 
     before, attached, after = server.call(send_to_a_gone_client())
     assert attached is False and after == before
@@ -6412,3 +6406,208 @@ def test_fuzz_finding_a_call_failing_as_its_session_closes_leaves_no_unretrieved
         return errors
 
     assert [asyncio.run(fail_as_the_session_closes(delay)) for delay in range(4)] == [[]] * 4
+
+
+# =============================================================================================
+# === HTTP app in memory: McpHttpApp driven with HttpRequest values (no sockets, no engine) ===
+# =============================================================================================
+
+
+class InMemoryHttp:
+    """The HTTP app of section 7 without sockets, h11 or an engine: HttpRequest values in, HttpResponse
+    values out. One ephemeral key (``key``) and a second client (``other``); no audit log."""
+
+    def __init__(self, directory: Path, **settings: Any):
+        self.settings = md.Settings(transport="http", host="127.0.0.1", port=8000,
+                                    api_keys_file=str(directory / "no-keys.json"), **settings)
+        self.access = md.AccessControl(self.settings, None)
+        self.access.setup("127.0.0.1", False, False)  # loopback without a keys file: one ephemeral key
+        assert self.access.keys is not None and self.access.ephemeral_key
+        self.key, self.other = self.access.ephemeral_key, md.generate_api_key()
+        self.access.keys.entries.append(md.KeyEntry(client_id="other", key_hash=md.hash_api_key(self.other)))
+        self.app = md.McpHttpApp(md.DockerMCP(self.settings), self.settings, self.access)
+
+    def request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
+                key: str | None = "mine") -> md.HttpRequest:
+        data = b"" if body is None else body if isinstance(body, bytes) else json.dumps(body).encode()
+        credential = {"mine": self.key, "other": self.other}.get(key or "", key)
+        all_headers = {"host": "127.0.0.1:8000", **MCP_HEADERS,
+                       **({"authorization": f"Bearer {credential}"} if credential else {}), **(headers or {})}
+        path, _, query = path.partition("?")
+        from urllib.parse import parse_qsl
+
+        return md.HttpRequest(method, path, dict(parse_qsl(query)), all_headers, list(all_headers.items()), data,
+                              "127.0.0.1")
+
+    async def send(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
+                   key: str | None = "mine") -> tuple[md.HttpResponse, Any]:
+        response = await self.app.handle(self.request(method, path, body, headers, key))
+        payload = json.loads(response.body) if response.body.startswith((b"{", b"[")) else None
+        return response, payload
+
+    async def open_session(self, version: str = "2025-11-25", key: str = "mine") -> str:
+        response, payload = await self.send("POST", "/mcp", {**INIT, "params": {**INIT["params"],
+                                                                                "protocolVersion": version}}, key=key)
+        assert response.status == 200 and payload["result"]["protocolVersion"] == version, payload
+        session = dict(response.headers)["mcp-session-id"]
+        initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        assert (await self.send("POST", "/mcp", initialized, {"mcp-session-id": session}, key=key))[0].status == 202
+        return session
+
+    def slots(self) -> dict[str, Any]:
+        return {"calls": dict(self.access.calls.active), "streams": sum(self.app.streams_by_principal.values())}
+
+
+def in_memory(tmp_path: Path, scenario: Callable[[InMemoryHttp], Any], **settings: Any) -> None:
+    async def run() -> None:
+        http = InMemoryHttp(tmp_path, **settings)
+        try:
+            await scenario(http)
+        finally:
+            await http.app.close_all()
+
+    asyncio.run(run())
+
+
+def test_in_memory_the_gate_checks_host_origin_and_credentials_before_any_route(tmp_path):
+    async def scenario(http: InMemoryHttp) -> None:
+        response, _ = await http.send("POST", "/mcp", INIT, {"host": "evil.example"})
+        assert response.status == 421 and response.principal is None
+        response, _ = await http.send("POST", "/mcp", INIT, {"origin": "https://evil.example"})
+        assert response.status == 403 and response.principal is None
+        assert (await http.send("POST", "/mcp", INIT, {"origin": "http://localhost:8000"}))[0].status == 200
+        response, payload = await http.send("GET", "/healthz", key=None)  # unauthenticated by design
+        assert response.status == 200 and payload == {"status": "ok"}
+        assert dict((await http.send("POST", "/healthz", key=None))[0].headers)["allow"] == "GET, HEAD"
+        for key in (None, "sk-wrong"):
+            response, payload = await http.send("POST", "/mcp", INIT, key=key)
+            assert response.status == 401 and payload["error"]["code"] == -32001 and response.principal is None
+            assert dict(response.headers)["www-authenticate"].startswith("Bearer")
+        for path in ("/nowhere", "/../mcp"):  # unknown paths are answered only after authentication
+            assert (await http.send("GET", path, key=None))[0].status == 401
+            response, _ = await http.send("GET", path)
+            assert response.status == 404 and response.principal == "local"
+
+    in_memory(tmp_path, scenario)
+
+
+def test_in_memory_the_route_table_answers_405_with_the_methods_of_the_path(tmp_path):
+    async def scenario(http: InMemoryHttp) -> None:
+        for path, allowed in (("/mcp", "POST, GET, DELETE"), ("/sse", "GET"), ("/messages", "POST")):
+            for method in ("PUT", "PATCH", "HEAD", "OPTIONS"):
+                response, _ = await http.send(method, path)
+                assert (response.status, dict(response.headers).get("allow")) == (405, allowed), (method, path)
+                assert response.principal == "local"  # the connection below learns it authenticated
+
+    in_memory(tmp_path, scenario)
+
+
+def test_in_memory_streamable_sessions_belong_to_their_principal_and_end_on_delete(tmp_path):
+    async def scenario(http: InMemoryHttp) -> None:
+        session = await http.open_session()
+        ping = {"jsonrpc": "2.0", "id": 5, "method": "ping"}
+        response, payload = await http.send("POST", "/mcp", ping, {"mcp-session-id": session})
+        assert response.status == 200 and payload == {"jsonrpc": "2.0", "id": 5, "result": {}}
+        response, payload = await http.send("POST", "/mcp", ping)
+        assert response.status == 400 and "Mcp-Session-Id" in payload["error"]["message"]
+        assert (await http.send("POST", "/mcp", ping, {"mcp-session-id": "no-such-session"}))[0].status == 404
+        # another client that learns the id cannot use it: 404, as if it did not exist
+        assert (await http.send("POST", "/mcp", ping, {"mcp-session-id": session}, key="other"))[0].status == 404
+        bad_version = {"mcp-session-id": session, "mcp-protocol-version": "1999-01-01"}
+        assert (await http.send("POST", "/mcp", ping, bad_version))[0].status == 400
+        response, payload = await http.send("POST", "/mcp", [ping, {**ping, "id": 6}], {"mcp-session-id": session})
+        assert response.status == 400 and "batches" in payload["error"]["message"]  # not in 2025-11-25
+        assert (await http.send("POST", "/mcp", INIT, {"mcp-session-id": session}))[0].status == 400
+        assert (await http.send("DELETE", "/mcp", None, {"mcp-session-id": session}, key="other"))[0].status == 404
+        assert (await http.send("DELETE", "/mcp", None, {"mcp-session-id": session}))[0].status == 200
+        assert (await http.send("POST", "/mcp", ping, {"mcp-session-id": session}))[0].status == 404
+        assert http.app.sessions == {}
+
+    in_memory(tmp_path, scenario)
+
+
+def test_in_memory_each_call_slot_is_released_once_whatever_ends_the_call(tmp_path):
+    async def scenario(http: InMemoryHttp) -> None:
+        session = await http.open_session("2025-03-26")  # this revision allows batches
+        headers = {"mcp-session-id": session, "mcp-protocol-version": "2025-03-26"}
+        call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "no_such_tool"}}
+        response, payload = await http.send("POST", "/mcp", call, headers)
+        assert response.status == 200 and payload["error"]["code"] == -32602  # answered: its slot is free
+        assert http.slots() == {"calls": {}, "streams": 0}
+        # a batch of two calls with one concurrency slot: the second is refused, and the first one's slot,
+        # taken a moment before, is given back: nothing of the refused batch runs or stays held
+        response, payload = await http.send("POST", "/mcp", [{**call, "id": 2}, {**call, "id": 3}], headers)
+        assert response.status == 429 and payload["id"] == 3 and dict(response.headers)["retry-after"]
+        assert http.slots() == {"calls": {}, "streams": 0}
+        channel = http.app.sessions[session].channel
+        assert channel is not None and channel.calls == {}
+        # a call still running when its session ends: the close frees the slot
+        held = md.CallSlot(lambda: http.access.calls.release("local"))
+        assert http.access.calls.acquire("local")
+        channel.calls[99] = held
+        await http.app.end_session(session)
+        assert not held.held and http.slots() == {"calls": {}, "streams": 0}
+        held.release()  # a late second release (a response racing the close) frees nothing more
+        assert http.access.calls.active == {}
+        assert http.access.calls.acquire("local") and http.access.calls.active == {"local": 1}
+
+    in_memory(tmp_path, scenario, rate_limit_concurrent=1)
+
+
+def test_in_memory_stateless_requests_need_no_session_and_refuse_one(tmp_path):
+    envelope = {"io.modelcontextprotocol/protocolVersion": md.STATELESS_VERSION,
+                "io.modelcontextprotocol/clientCapabilities": {}}
+    headers = {"mcp-protocol-version": md.STATELESS_VERSION}
+
+    async def scenario(http: InMemoryHttp) -> None:
+        discover = {"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {"_meta": envelope}}
+        response, payload = await http.send("POST", "/mcp", discover, {**headers, "mcp-method": "server/discover"})
+        assert response.status == 200 and md.STATELESS_VERSION in json.dumps(payload), payload
+        response, _ = await http.send("POST", "/mcp", discover, {**headers, "mcp-method": "server/discover",
+                                                                 "mcp-session-id": "x"})
+        assert response.status == 400
+        call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "no_such_tool", "_meta": envelope}}
+        response, payload = await http.send("POST", "/mcp", call, {**headers, "mcp-method": "tools/call",
+                                                                   "mcp-name": "no_such_tool"})
+        assert payload["id"] == 2 and "error" in payload, payload
+        assert http.slots() == {"calls": {}, "streams": 0} and http.app.sessions == {}
+        await asyncio.sleep(0)
+        assert not http.app.tasks  # the one-shot run is over and forgotten
+
+    in_memory(tmp_path, scenario)
+
+
+def test_in_memory_a_legacy_sse_session_lives_exactly_as_long_as_its_stream(tmp_path):
+    async def scenario(http: InMemoryHttp) -> None:
+        response, _ = await http.send("GET", "/sse", headers={"accept": "text/event-stream"})
+        assert response.status == 200 and response.stream is not None and response.on_close is not None
+        first = await response.stream.__anext__()
+        session_id = re.search(rb"session_id=([0-9a-f]+)", first).group(1).decode()
+        assert first.startswith(b"event: endpoint") and list(http.app.sse_sessions) == [session_id]
+        assert http.slots()["streams"] == 1
+        # the POST side: another client cannot post into it; the owner can
+        ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+        assert (await http.send("POST", f"/messages?session_id={session_id}", ping, key="other"))[0].status == 404
+        assert (await http.send("POST", f"/messages?session_id={session_id}", ping))[0].status == 202
+        answer = await asyncio.wait_for(response.stream.__anext__(), 10)
+        assert b'"id":1' in answer and b'"result":{}' in answer
+        # one stream per principal here: a second /sse is refused and opens no session
+        refused, _ = await http.send("GET", "/sse", headers={"accept": "text/event-stream"})
+        assert refused.status == 429 and len(http.app.sse_sessions) == 1
+        await response.stream.aclose()  # what the connection does when the client goes away
+        await response.on_close()
+        assert http.app.sse_sessions == {} and http.slots() == {"calls": {}, "streams": 0}
+
+    in_memory(tmp_path, scenario, http_max_streams_per_principal=1)
+
+
+def test_call_slot_releases_exactly_once():
+    released = []
+    slot = md.CallSlot(lambda: released.append(1))
+    assert slot.held
+    slot.release()
+    slot.release()
+    assert released == [1] and not slot.held
+    empty = md.CallSlot()  # rate limiting off: nothing held, release is harmless
+    assert not empty.held
+    empty.release()
