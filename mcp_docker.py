@@ -440,6 +440,9 @@ SETTING_SPECS: tuple[SettingSpec, ...] = (
                 "Seconds an idle keep-alive connection stays open. Default 30."),
     SettingSpec("http_max_connections", "MCP_HTTP_MAX_CONNECTIONS", _positive_int(1_000_000),
                 "Open connections at most (503 with Retry-After beyond). Default 1024."),
+    SettingSpec("http_max_unauthenticated_per_ip", "MCP_HTTP_MAX_UNAUTHENTICATED_PER_IP", _positive_int(1_000_000),
+                "Connections from one address that have not authenticated yet; beyond, its oldest one still "
+                "waiting for a request head is closed. Default 64."),
     SettingSpec("http_max_streams_per_principal", "MCP_HTTP_MAX_STREAMS_PER_PRINCIPAL", _positive_int(100_000),
                 "Open SSE streams per principal at most (429 beyond). Default 32."),
     SettingSpec("http_max_sessions", "MCP_HTTP_MAX_SESSIONS", _positive_int(1_000_000),
@@ -573,6 +576,7 @@ class Settings:
     http_body_timeout: float = 30.0
     http_keepalive_timeout: float = 30.0
     http_max_connections: int = 1024
+    http_max_unauthenticated_per_ip: int = 64
     http_max_streams_per_principal: int = 32
     http_max_sessions: int = 1000
     http_session_idle_timeout: float = 1800.0
@@ -6389,10 +6393,6 @@ class AccessControl:
             return self.UNAUTHORIZED
         if not self.settings.auth_enabled:
             return Principal(client_id="anonymous", kind="anonymous")
-        blocked = self.failures.buckets.get(client_ip)
-        if blocked is not None and blocked.tokens < 1 and self.failures.check(client_ip, now):
-            self.record("rate_limit_exceeded", client_ip=client_ip, reason="auth_failures", path=request.path)
-            return Refusal(429, "Too many failed authentications", (("retry-after", "60"),))
         signature = parse_signature_header(request.headers.get("authorization", ""))
         token = bearer_token(request.headers)
         if signature is not None:
@@ -6406,11 +6406,16 @@ class AccessControl:
             entry, reason = check_key(self.keys.entries if self.keys else [], presented_key(request.headers),
                                       utc_now())
             principal = entry.principal("api_key") if entry else None
-        if principal is None:
-            self.failures.check(client_ip, now)  # spend one of this address's failure tokens
-            self.record("auth_failure", client_ip=client_ip, reason=reason, path=request.path)
-            return self.unauthorized(reason != "missing")
-        return principal
+        if principal is not None:
+            # A valid credential opens the door even from an address that has used up its failures: several
+            # users behind one NAT share it, and guessing a 256-bit key gains nothing from trying on.
+            return principal
+        if self.failures.check(client_ip, now):  # this address's failure tokens are spent
+            self.record("rate_limit_exceeded", client_ip=client_ip, reason="auth_failures", path=request.path)
+            return Refusal(429, "Too many failed authentications (SECURITY_AUTH_FAILURES_PER_MINUTE)",
+                           (("retry-after", "60"),))
+        self.record("auth_failure", client_ip=client_ip, reason=reason, path=request.path)
+        return self.unauthorized(reason != "missing")
 
     def _check_signature(self, request: Any, fields: dict[str, str]) -> tuple[Principal | None, str]:
         import base64
@@ -7543,7 +7548,9 @@ class HttpConnection:
     """One client socket, framed by h11: read one request at a time within the limits, hand it to the app,
     write the answer (streaming an SSE body while watching for the client to leave), and close cleanly.
 
-    A connection is *unauthenticated* until one of its requests authenticated.
+    A connection is *unauthenticated* until one of its requests authenticated; until then it must send a
+    whole request head within MCP_HTTP_HEADER_TIMEOUT of connecting (or of its last answer), not merely
+    keep the keep-alive timeout, and the listener may evict it to make room (``evictable``).
     """
 
     def __init__(self, app: McpHttpApp, settings: Settings, reader: asyncio.StreamReader,
@@ -7556,6 +7563,10 @@ class HttpConnection:
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=settings.http_max_header_bytes)
         self.authenticated = False
         self.waiting_for_head = True  # between requests or inside a head: nothing of ours would be cut off
+
+    @property
+    def evictable(self) -> bool:
+        return self.waiting_for_head and not self.authenticated
 
     async def serve(self) -> None:
         import h11
@@ -7603,18 +7614,22 @@ class HttpConnection:
         return event
 
     async def _next_request_head(self) -> Any:
-        """The next request's head; None when an idle connection should end quietly. A client may idle for
-        the keep-alive timeout and then has the head timeout to finish its head."""
+        """The next request's head; None when an idle connection should end quietly. An authenticated
+        client may idle for the keep-alive timeout and then has the head timeout to finish its head; an
+        unauthenticated one has the head timeout for both together."""
         import h11
 
         limits = self.settings
+        idle = limits.http_keepalive_timeout if self.authenticated else limits.http_header_timeout
+        started = time.monotonic()
         if self.h11.their_state is h11.IDLE and not self.h11.trailing_data[0]:
             try:
-                data = await asyncio.wait_for(self.reader.read(65536), limits.http_keepalive_timeout)
+                data = await asyncio.wait_for(self.reader.read(65536), idle)
             except TimeoutError:
-                return None  # an idle keep-alive connection: close it quietly
+                return None  # an idle connection: close it quietly
             self.h11.receive_data(data)
-        return await self._next_event(time.monotonic() + limits.http_header_timeout)
+        deadline = (time.monotonic() if self.authenticated else started) + limits.http_header_timeout
+        return await self._next_event(deadline)
 
     async def _read_request(self, event: Any) -> HttpRequest | HttpResponse:
         """The whole request within the size and time limits, or the response that refuses it."""
@@ -7630,6 +7645,11 @@ class HttpConnection:
         headers: dict[str, str] = {}
         for name, value in raw_headers:
             headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        if "content-length" in headers and "transfer-encoding" in headers:
+            # RFC 9112 6.1: the two framings disagree about where this request ends (request smuggling
+            # through a proxy that reads the other one); refuse, and close, since the stream is ambiguous
+            return rpc_error(400, -32600, "Bad Request: Content-Length and Transfer-Encoding together",
+                             close=True)
         declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limits.http_max_body_bytes:
             return rpc_error(413, -32600, "request body too large", close=True)
@@ -7737,7 +7757,14 @@ class HttpConnection:
 
 class HttpServer:
     """The listener: ``bind()``, then ``serve()`` until told to stop, then a graceful stop. It accepts
-    connections within the limits and hands each to an HttpConnection serving the McpHttpApp."""
+    connections within the limits and hands each to an HttpConnection serving the McpHttpApp.
+
+    Room for authenticated clients: connections that have not authenticated yet are bounded per address
+    (MCP_HTTP_MAX_UNAUTHENTICATED_PER_IP), and when either that bound or MCP_HTTP_MAX_CONNECTIONS is reached,
+    the oldest unauthenticated connection still waiting for its request head is closed to make room
+    for the new one. Idle connections without credentials can therefore delay no one: a client that sends its
+    request at once (with a valid key) is served however many of them there are.
+    """
 
     def __init__(self, mcp: DockerMCP, settings: Settings, audit: AuditLog | None = None):
         self.mcp, self.settings, self.audit = mcp, settings, audit
@@ -7836,8 +7863,30 @@ class HttpServer:
 
     # -- admission of connections -----------------------------------------------------------------------
 
+    def unauthenticated_from(self, client_ip: str) -> int:
+        return sum(1 for c in self.connections if c.client_ip == client_ip and not c.authenticated)
+
+    def _evict_oldest(self, client_ip: str | None = None) -> bool:
+        """Close the oldest unauthenticated connection still waiting for a request head (from
+        ``client_ip``, or from anywhere); False when there is none to close."""
+        for connection, task in self.connections.items():
+            if connection.evictable and (client_ip is None or connection.client_ip == client_ip):
+                log.debug("closing an unauthenticated connection from %s to make room", connection.client_ip)
+                del self.connections[connection]
+                task.cancel()
+                return True
+        return False
+
     def _room_for(self, client_ip: str) -> bool:
-        return not self.shutting_down and len(self.connections) < self.settings.http_max_connections
+        """Whether a new connection from ``client_ip`` may be served, making room as the class says."""
+        if self.shutting_down:
+            return False
+        limit = self.settings.http_max_unauthenticated_per_ip
+        exempt = bool(self.settings.trusted_proxies) and \
+            resolve_client_ip(client_ip, "", self.settings.trusted_proxies) != client_ip
+        if not exempt and self.unauthenticated_from(client_ip) >= limit and not self._evict_oldest(client_ip):
+            return False
+        return len(self.connections) < self.settings.http_max_connections or self._evict_oldest()
 
     async def _refuse(self, writer: asyncio.StreamWriter, reader: asyncio.StreamReader) -> None:
         # The request is not parsed: answer at once and close, so a flood cannot hold memory.

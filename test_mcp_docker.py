@@ -1816,11 +1816,23 @@ def test_connection_and_stream_limits(tmp_path):
         status, headers, _ = request(server, "GET", "/mcp", None, {**auth, "mcp-session-id": second,
                                                                   "accept": "text/event-stream"})
         assert status == 429 and headers["retry-after"]  # one stream per principal here
+        health = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        # connections that never said anything are closed, oldest first, to make room for a newcomer
         extra = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(3)]
         time.sleep(0.3)
-        busy = raw_exchange(server.port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert raw_exchange(server.port, health).startswith(b"HTTP/1.1 200")
+        for sock in extra:
+            sock.close()
+        # authenticated connections are never closed for room: with all of them held, a newcomer gets 503
+        held = []
+        for _ in range(2):
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            sock.sendall(f"GET /nowhere HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n\r\n".encode())
+            assert sock.recv(4096).startswith(b"HTTP/1.1 404")  # authenticated, and kept alive
+            held.append(sock)
+        busy = raw_exchange(server.port, health)
         assert busy.startswith(b"HTTP/1.1 503") and b"retry-after" in busy.lower()
-        for sock in [first, *extra]:
+        for sock in [first, *held]:
             sock.close()
         time.sleep(0.3)
         assert request(server, "GET", "/healthz")[0] == 200
@@ -1963,8 +1975,9 @@ def test_failed_authentications_are_limited_per_ip(tmp_path):
         statuses = [request(server, "POST", "/mcp", INIT, {**MCP_HEADERS, "authorization": "Bearer sk-bad"})[0]
                     for _ in range(5)]
         assert statuses[:3] == [401, 401, 401] and 429 in statuses[3:]
-        # even the right key waits: the check comes before any key is looked at
-        assert request(server, "POST", "/mcp", INIT, {**MCP_HEADERS, "authorization": f"Bearer {key}"})[0] == 429
+        # the right key from the same address is still let in (users behind one NAT); wrong ones still wait
+        assert request(server, "POST", "/mcp", INIT, {**MCP_HEADERS, "authorization": f"Bearer {key}"})[0] == 200
+        assert request(server, "POST", "/mcp", INIT, {**MCP_HEADERS, "authorization": "Bearer sk-bad"})[0] == 429
 
 
 def test_ip_allowlist_and_trusted_proxies(tmp_path):
@@ -5274,7 +5287,7 @@ def test_load_20_clients_rate_limited_audited_and_500_held_connections(tmp_path)
            # the held connections must stay held while the normal client is measured (defaults cut them
            # off after 10 s / 30 s); 1024 connections (the default cap) leave room for 500 + the clients
            "MCP_HTTP_HEADER_TIMEOUT": "300", "MCP_HTTP_BODY_TIMEOUT": "300", "MCP_HTTP_KEEPALIVE_TIMEOUT": "300",
-           "MCP_HTTP_MAX_CONNECTIONS": "1024"}
+           "MCP_HTTP_MAX_CONNECTIONS": "1024", "MCP_HTTP_MAX_UNAUTHENTICATED_PER_IP": "1024"}
     context = tls_context(str(tls_dir / "server.crt"))
     server = HttpServerProcess(["--tls-cert", str(tls_dir / "server.crt"), "--tls-key", str(tls_dir / "server.key")],
                                env)
@@ -6611,3 +6624,138 @@ def test_call_slot_releases_exactly_once():
     empty = md.CallSlot()  # rate limiting off: nothing held, release is harmless
     assert not empty.held
     empty.release()
+
+
+# =============================================================================================
+# === HTTP before authentication: unauthenticated connections, framing, lingering close ===
+# =============================================================================================
+# Adversarial, through real sockets on 127.0.0.1 (and 127.0.0.2 as a second address) against the in-process
+# server; judged on the server's own state (its connections) and on what a valid client gets. No engine.
+
+
+@contextlib.contextmanager
+def pre_auth_server(tmp_path: Path, **overrides: Any):
+    keys_file, (key,) = make_keys(tmp_path, ["--client-id", "door"])
+    settings = md.Settings(**{
+        "transport": "http", "host": "127.0.0.1", "port": 0, "api_keys_file": keys_file,
+        "audit_log_file": str(tmp_path / "audit.log"), "http_header_timeout": 30.0, "http_keepalive_timeout": 30.0,
+        "http_max_body_bytes": 64 * 1024, **overrides})
+    server = InProcessHttpServer(settings, str(tmp_path / "audit.log"))
+    server.key = key  # type: ignore[attr-defined]
+    try:
+        yield server
+        assert server.errors == [], server.errors
+    finally:
+        server.close()
+
+
+def keyed_request(key: str, method: str = "POST", path: str = "/mcp", body: Any = INIT, close: bool = False) -> bytes:
+    data = json.dumps(body).encode() if body is not None else b""
+    head = (f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
+            "Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n"
+            f"Content-Length: {len(data)}\r\n{'Connection: close' + chr(13) + chr(10) if close else ''}\r\n")
+    return head.encode() + data
+
+
+def read_one_response(sock: socket.socket) -> tuple[int, bytes]:
+    """One response (with a Content-Length) from a kept-alive connection: status and body."""
+    received = b""
+    while b"\r\n\r\n" not in received:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed before a response: {received[:200]!r}"
+        received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "closed inside a response body"
+        body += chunk
+    return int(head.split()[1]), body[:length]
+
+
+def connection_counts(server: InProcessHttpServer) -> dict[str, int]:
+    async def count() -> dict[str, int]:
+        http = server.http
+        return {"open": len(http.connections),
+                "most_unauthenticated_from_one_address": max(http.unauthenticated_from(f"127.0.0.{n}") for n in range(1, 10))}
+    return server.call(count())
+
+
+def test_idle_connections_without_credentials_cannot_shut_out_a_valid_key(tmp_path):
+    """An attacker holds far more silent connections than the server's cap, from the same address as a real
+    client and from another; the client with a key is served at once, from either address, and clients that
+    already authenticated keep their connections."""
+    with pre_auth_server(tmp_path, http_max_connections=20, http_max_unauthenticated_per_ip=8) as server:
+        port, key = server.port, server.key  # type: ignore[attr-defined]
+        kept = []
+        for _ in range(3):  # authenticated keep-alive clients, idle while the flood comes
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            sock.sendall(keyed_request(key, "GET", "/nowhere", None))
+            assert read_one_response(sock)[0] == 404
+            kept.append(sock)
+        flood = [socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(f"127.0.0.{n}", 0))
+                 for n in range(1, 6) for _ in range(12)]  # 60 from five addresses, against a cap of 20
+        time.sleep(0.5)
+        counts = connection_counts(server)
+        assert counts["open"] <= 20, counts  # the cap holds, and each address holds at most its bound
+        assert counts["most_unauthenticated_from_one_address"] <= 8, counts
+        for source in ("127.0.0.9", "127.0.0.1", "127.0.0.2"):  # first from a new address, the server full
+            with socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0)) as sock:
+                sock.sendall(keyed_request(key, close=True))
+                status, body = read_one_response(sock)
+                assert status == 200 and b'"protocolVersion"' in body, (source, status, body[:200])
+        for sock in kept:  # not closed to make room: they authenticated
+            sock.sendall(keyed_request(key, "GET", "/nowhere", None))
+            assert read_one_response(sock)[0] == 404
+        for sock in [*kept, *flood]:
+            sock.close()
+
+
+def test_a_connection_without_credentials_must_send_its_head_quickly(tmp_path):
+    """Before it authenticates a connection gets MCP_HTTP_HEADER_TIMEOUT for its head, counted from when it
+    connected, not the keep-alive timeout; once authenticated it may idle for the keep-alive timeout."""
+    with pre_auth_server(tmp_path, http_header_timeout=1.0, http_keepalive_timeout=60.0) as server:
+        port, key = server.port, server.key  # type: ignore[attr-defined]
+        with socket.create_connection(("127.0.0.1", port), timeout=15) as silent:
+            assert silent.recv(100) == b""  # closed by the server, long before the 60 s keep-alive
+        with socket.create_connection(("127.0.0.1", port), timeout=15) as trickle:
+            trickle.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            received = b""
+            with contextlib.suppress(OSError):
+                for _ in range(60):  # a header line every 0.25 s, for up to 15 s
+                    time.sleep(0.25)
+                    trickle.sendall(b"X-Slow: 1\r\n")
+            while chunk := trickle.recv(65536):
+                received += chunk
+            assert received.startswith(b"HTTP/1.1 408"), received[:200]
+        with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")  # served, but not authenticated
+            assert read_one_response(sock)[0] == 200
+            assert sock.recv(100) == b""  # still unauthenticated: the short timeout again
+        with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
+            sock.sendall(keyed_request(key, "GET", "/nowhere", None))
+            assert read_one_response(sock)[0] == 404
+            time.sleep(2.5)  # longer than the head timeout: an authenticated client may idle
+            sock.sendall(keyed_request(key, "GET", "/nowhere", None))
+            assert read_one_response(sock)[0] == 404
+
+
+@pytest.mark.parametrize("order", ["length first", "chunked first"])
+def test_content_length_with_transfer_encoding_is_refused_and_the_connection_closed(tmp_path, order):
+    """RFC 9112 6.1: both framings at once is how requests are smuggled past a proxy that reads the other
+    one. The answer is 400 and the connection closes; nothing after it on the connection is served."""
+    with pre_auth_server(tmp_path) as server:
+        key = server.key  # type: ignore[attr-defined]
+        body = json.dumps(INIT).encode()
+        chunked = f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
+        framing = [f"Content-Length: {len(chunked)}", "Transfer-Encoding: chunked"]
+        if order == "chunked first":
+            framing.reverse()
+        smuggled = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        sent = (f"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
+                "Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n"
+                + "".join(f"{line}\r\n" for line in framing) + "\r\n").encode() + chunked + smuggled
+        replies, _ = parse_http_responses(fuzz_exchange(server.port, sent))
+        assert [status for status, _, _ in replies] == [400], replies
+        assert replies[0][1].get("connection") == "close" and b"Transfer-Encoding" in replies[0][2]
+        assert server.snapshot()["sessions"] == 0  # the initialize in the body never ran
