@@ -6633,6 +6633,11 @@ SECURITY_HEADERS = (("cache-control", "no-store"), ("x-content-type-options", "n
 SSE_HEADERS = (("content-type", "text/event-stream"), ("x-accel-buffering", "no"))
 SSE_KEEPALIVE_SECONDS = 15.0
 EVENTS_KEPT_PER_STREAM = 1000
+# After an answer to a request whose body was not read (413, 400, 431), the rest of what the client sends
+# is read and dropped for this long (and up to this much) before the connection closes: a client that
+# writes its whole body before it reads (Python's http.client) then gets the answer, not a reset.
+LINGER_SECONDS = 2.0
+LINGER_MAX_BYTES = 64 * 1024 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -7749,7 +7754,23 @@ class HttpConnection:
             self.h11.receive_data(data)  # a pipelined next request waits in h11's buffer
 
     async def _close(self) -> None:
-        """Close after the last answer (the listener closes the socket)."""
+        """Close after the last answer. When the client may still be sending (its request was refused
+        before its body, or its bytes could not be framed), shut our side and read and drop the rest for a
+        bounded moment first (a lingering close, RFC 9112 9.6): closing with unread data makes the kernel
+        send a reset, which destroys the answer before a client that writes first and reads later sees it."""
+        import h11
+
+        if self.h11.their_state not in (h11.SEND_BODY, h11.ERROR):
+            return
+        with contextlib.suppress(Exception):
+            if self.writer.can_write_eof():
+                self.writer.write_eof()
+            deadline, drained = time.monotonic() + LINGER_SECONDS, 0
+            while drained < LINGER_MAX_BYTES:
+                data = await asyncio.wait_for(self.reader.read(65536), max(0.0, deadline - time.monotonic()))
+                if not data:
+                    return
+                drained += len(data)
 
 
 # -- the listener ----------------------------------------------------------------------------------------

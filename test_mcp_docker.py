@@ -6759,3 +6759,33 @@ def test_content_length_with_transfer_encoding_is_refused_and_the_connection_clo
         assert [status for status, _, _ in replies] == [400], replies
         assert replies[0][1].get("connection") == "close" and b"Transfer-Encoding" in replies[0][2]
         assert server.snapshot()["sessions"] == 0  # the initialize in the body never ran
+
+
+def test_a_client_that_sends_its_whole_body_first_gets_the_413_not_a_reset(tmp_path):
+    """Python's http.client writes the whole body before it reads: when the server answered 413 at the head
+    and closed with the body unread, the kernel reset the connection and the client saw ECONNRESET or a
+    broken pipe instead of the answer. Now the server shuts its side and drains the rest for a moment."""
+    import http.client
+
+    with pre_auth_server(tmp_path) as server:
+        key = server.key  # type: ignore[attr-defined]
+        oversized = b"[" + b"0," * (4 * 1024 * 1024) + b"0]"  # 8 MiB against a 64 KiB limit
+        for chunked in (False, True):  # refused at the declared length, or part-way through the chunks
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+            try:
+                headers = {"authorization": f"Bearer {key}", **MCP_HEADERS}
+                if chunked:
+                    conn.request("POST", "/mcp", body=iter([oversized[i:i + 65536] for i in
+                                                           range(0, len(oversized), 65536)]),
+                                 headers=headers, encode_chunked=True)
+                else:
+                    conn.request("POST", "/mcp", body=oversized, headers=headers)
+                reply = conn.getresponse()
+                assert reply.status == 413, chunked
+                assert json.loads(reply.read())["error"]["message"] == "request body too large"
+            finally:
+                conn.close()
+        deadline = time.monotonic() + 10  # the lingering ends: the connections do not stay
+        while server.snapshot()["connections"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.snapshot()["connections"] == 0
