@@ -6789,3 +6789,62 @@ def test_a_client_that_sends_its_whole_body_first_gets_the_413_not_a_reset(tmp_p
         while server.snapshot()["connections"] and time.monotonic() < deadline:
             time.sleep(0.05)
         assert server.snapshot()["connections"] == 0
+
+
+# =============================================================================================
+# === One tool pipeline: DockerMCP.run_tool, the spec's budget arguments ===
+# =============================================================================================
+
+
+def test_every_budget_argument_is_an_integer_parameter_of_its_tool():
+    stretched = {name: spec.budget_args for name, spec in md.TOOLS.items() if spec.budget_args}
+    assert stretched == {"docker_exec_command": ("timeout",), "docker_run_container": ("wait_timeout",),
+                         "docker_stop_container": ("timeout",), "docker_restart_container": ("timeout",)}
+    for name, args in stretched.items():
+        for arg in args:
+            assert md.TOOLS[name].input_schema["properties"][arg]["type"] == "integer", (name, arg)
+
+
+def test_in_memory_every_refused_call_is_audited_an_unknown_tool_included(tmp_path):
+    records: list[dict[str, Any]] = []
+
+    async def scenario(http: InMemoryHttp) -> None:
+        http.app.mcp.audit = lambda record: records.append(record) or True
+        session = await http.open_session()
+        for request_id, name in ((1, "no_such_tool"), (2, "x" * 500), (3, "docker_remove_container")):
+            call = {"jsonrpc": "2.0", "id": request_id, "method": "tools/call",
+                    "params": {"name": name, "arguments": {"container": "c"}}}
+            response, payload = await http.send("POST", "/mcp", call, {"mcp-session-id": session})
+            assert response.status == 200 and payload["id"] == request_id, payload
+            if request_id < 3:
+                assert payload["error"]["code"] == -32602 and "Unknown tool" in payload["error"]["message"]
+            else:  # known, but off in this configuration: refused by policy, as a result
+                assert payload["result"]["isError"] is True
+        assert [(r["event_type"], r["tool_name"], r["client_id"]) for r in records] == [
+            ("unknown_tool", "no_such_tool", "local"), ("unknown_tool", "x" * 80, "local"),
+            ("policy_denied", "docker_remove_container", "local")]
+        assert all(r["result"]["status"] == "error" and r["error"]["category"] for r in records)
+
+    in_memory(tmp_path, scenario)
+
+
+def test_in_memory_a_result_whose_audit_record_fails_is_withheld_on_both_ways_in(tmp_path):
+    async def scenario(http: InMemoryHttp) -> None:
+        http.app.mcp.audit = lambda record: False  # the record could not be written
+
+        async def answered(name: str, arguments: Any, client_id: str = "", report: Any = None) -> dict[str, Any]:
+            return {"secret": "output"}
+
+        http.app.mcp.call = answered  # type: ignore[method-assign]  # the tool ran and answered
+        session = await http.open_session()
+        call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                "params": {"name": "docker_version", "arguments": {}}}
+        _, payload = await http.send("POST", "/mcp", call, {"mcp-session-id": session})
+        assert payload["result"]["isError"] is True and "secret" not in json.dumps(payload)
+        assert payload["result"]["structuredContent"]["error"]["category"] == "unavailable"
+        read = {"jsonrpc": "2.0", "id": 2, "method": "resources/read", "params": {"uri": "docker://containers/c/logs"}}
+        _, payload = await http.send("POST", "/mcp", read, {"mcp-session-id": session})
+        assert "error" in payload and "secret" not in json.dumps(payload), payload
+        assert "audit" in payload["error"]["message"]
+
+    in_memory(tmp_path, scenario)
