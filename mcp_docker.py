@@ -46,7 +46,7 @@ import re
 import stat
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from enum import StrEnum
 from typing import Any
 
@@ -698,8 +698,6 @@ class Discovery:
 def _docker_context(environ: Mapping[str, str], exists: Callable[[str], bool],
                     read_text: Callable[[str], str | None]) -> tuple[Discovery | None, str]:
     """The endpoint of the current Docker context (DOCKER_CONTEXT, else config.json's currentContext)."""
-    import hashlib
-
     config_dir = environ.get("DOCKER_CONFIG") or (f"{environ['HOME']}/.docker" if environ.get("HOME") else "")
     name = environ.get("DOCKER_CONTEXT", "").strip()
     if not name and config_dir:
@@ -1058,7 +1056,7 @@ def is_json_type(value: Any, name: str) -> bool:
 
 
 def schema_violations(schema: Mapping[str, Any], instance: Any,
-                      path: tuple[str | int, ...] = ()):  # -> Iterator[SchemaViolation]
+                      path: tuple[str | int, ...] = ()) -> Iterator[SchemaViolation]:
     """Every way ``instance`` breaks ``schema``, each with the path to the offending value."""
     def violation(keyword: str) -> SchemaViolation:
         return SchemaViolation(path, keyword, schema[keyword], instance, schema)
@@ -5259,8 +5257,6 @@ def generate_api_key() -> str:
 
 
 def hash_api_key(key: str) -> str:
-    import hashlib
-
     return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
 
 
@@ -5418,8 +5414,6 @@ def check_key(entries: list[KeyEntry], presented: str | None, now: _dt.datetime)
 
     Returns (entry, "ok") or (None, reason) where reason tells the audit log what went wrong.
     """
-    import hmac
-
     if not presented:
         return None, "missing"
     if len(presented) > MAX_PRESENTED_KEY_LENGTH:
@@ -5614,8 +5608,6 @@ def audit_error_reason(exc: OSError) -> str:
 
 def audit_line(record: Mapping[str, Any], seq: int, previous_hash: str) -> tuple[bytes, str]:
     """One audit line: the record, its sequence number, the previous line's hash and its own."""
-    import hashlib
-
     body = {"seq": seq, "timestamp": _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds"),
             **record, "prev_hash": previous_hash}
     canonical = json.dumps(body, separators=(",", ":"), sort_keys=True, default=str)
@@ -5633,8 +5625,6 @@ def split_torn_tail(data: bytes) -> tuple[list[bytes], bytes]:
 def verify_audit_lines(lines: list[bytes], previous_hash: str | None = None,
                        previous_seq: int | None = None) -> list[str]:
     """Problems in a run of audit lines: edited, removed, reordered or malformed lines (empty = intact)."""
-    import hashlib
-
     problems: list[str] = []
     for number, raw in enumerate(lines, start=1):
         try:
@@ -5754,8 +5744,6 @@ class AuditLog:
     def _chain_end(self, fd: int) -> tuple[str, int, list[dict[str, Any]], int, bytes]:
         """What the next line continues from (hash, seq), the lines to write before it, where the complete
         lines end and the torn tail after them (empty when the file ends cleanly)."""
-        import hashlib
-
         info = os.fstat(fd)
         size = info.st_size
         if self.last_written is not None and self.written_end == (info.st_dev, info.st_ino, size):
@@ -5965,8 +5953,6 @@ SIGNATURE_SCHEME = "MCP-SSH-Signature"
 
 def signature_payload(method: str, path: str, timestamp: str, nonce: str, body: bytes) -> bytes:
     """What a client signs: method, path, time, nonce and the body's SHA-256, one per line."""
-    import hashlib
-
     return "\n".join([method.upper(), path, timestamp, nonce, hashlib.sha256(body).hexdigest()]).encode()
 
 
@@ -5980,7 +5966,6 @@ def parse_signature_header(value: str) -> dict[str, str] | None:
 
 def ssh_key_fingerprint(public_key: Any) -> str:
     import base64
-    import hashlib
 
     from cryptography.hazmat.primitives import serialization
 
@@ -7995,17 +7980,6 @@ class HttpServer:
 # ---------------------------------------------------------------------------------------------
 # 8. CLI
 # ---------------------------------------------------------------------------------------------
-
-def switch(field: str, flag: str) -> Callable[..., Any]:
-    spec = SETTINGS_BY_FIELD[field]
-    return click.option(f"--{flag}/--no-{flag}", field, default=None, help=f"{spec.help} [{spec.env}]")
-
-
-def value(field: str, **extra: Any) -> Callable[..., Any]:
-    spec = SETTINGS_BY_FIELD[field]
-    return click.option(f"--{field.replace('_', '-')}", field, default=None, help=f"{spec.help} [{spec.env}]",
-                        **extra)
-
 
 def setting_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Add one flag per setting (from SETTING_SPECS) plus --env-file to a command."""
