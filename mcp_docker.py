@@ -1490,9 +1490,11 @@ def host_path_denial(host: HostPath, roots: tuple[str, ...], facts: HostFacts, a
     directory holds (the edge searched it, boundedly: ``HostPath.sockets`` and ``unscanned``)."""
     named = host.is_socket and host.real in facts.allowed_sockets
     for candidate in dict.fromkeys((host.path, host.real)):
-        if (host.is_socket and not named) or ENGINE_SOCKET_RE.search(candidate):
+        engine = ENGINE_SOCKET_RE.search(candidate)
+        if (host.is_socket and not named) or engine:
             return Denial("engine_socket", f"{what} {_short_repr(host.given, 60)} is a host socket "
-                          "(a container engine's socket gives root on the host)")
+                          "(a container engine's socket gives root on the host)",
+                          ALLOW_PRIVILEGED if engine else f"name it in {ALLOWED_SOCKETS_SETTING} (or {ALLOW_PRIVILEGED})")
         for sensitive in facts.sensitive:
             if _is_within(candidate, sensitive) or _is_within(sensitive, candidate):
                 shown = "it" if candidate == host.given else f"it resolves to {candidate!r} and"
