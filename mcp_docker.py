@@ -4098,7 +4098,8 @@ def read_exec_output(sock: Any, call: Call, cap: int) -> tuple[bytes, bytes, boo
 @tool("docker_exec_command", title="Run a command in a container", tier=Tier.MODERATE, toolset="containers",
       description="Run a command (argument list, no shell) in a running container; returns its exit code "
                   "and output (untrusted). Bounded by `timeout` (the command may outlive it) and an output cap. "
-                  "Known-destructive shapes (rm -rf /, mkfs, fork bombs ...) are refused.",
+                  "Known-destructive shapes (rm -rf /, mkfs, fork bombs ...) are refused, and so is any exec in a "
+                  "container the safety policy would not create (privileged, host namespaces ...).",
       params={
           "container": s_container(),
           "command": {**s_str_list("Command and arguments, e.g. [\"ls\", \"-l\", \"/\"]."), "minItems": 1},
