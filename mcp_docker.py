@@ -1864,7 +1864,8 @@ def container_power_from_inspect(tool: str, attrs: Mapping[str, Any], settings: 
     describes a named volume. Engine defaults that create accepts are read as defaults; nothing the
     container was made with is given by the server's defaults (``actual``: a missing limit is no limit).
     Images are not judged again: the registry rules apply where an image enters (pull, build, create),
-    and the engines name images in their own forms here (Podman's ``localhost/``). ``kind`` is the engine's.
+    and the engines name images in their own forms here (Podman's ``localhost/``). ``kind`` is the engine's;
+    ``settings`` is taken as ``normalize_container_request`` takes it (``judge_request`` applies the rules).
     """
     problems: list[str] = []
     findings: list[Denial] = []
@@ -3737,8 +3738,10 @@ def container_volume_info(call: Call, container_id: str,
     volumes = _CONTAINER_VOLUMES.get(key)
     if volumes is None:
         volumes = dict(known or {})
-        while len(_CONTAINER_VOLUMES) >= _CONTAINER_VOLUMES_MAX:
-            _CONTAINER_VOLUMES.pop(next(iter(_CONTAINER_VOLUMES)), None)
+        # Handlers run in threads: another may evict at the same time, which costs only a re-ask.
+        with contextlib.suppress(RuntimeError, StopIteration):
+            while len(_CONTAINER_VOLUMES) >= _CONTAINER_VOLUMES_MAX:
+                _CONTAINER_VOLUMES.pop(next(iter(_CONTAINER_VOLUMES)), None)
         _CONTAINER_VOLUMES[key] = volumes
 
     def info(name: str) -> Mapping[str, Any] | None:
