@@ -965,24 +965,152 @@ class RateLimiter:
             self.active[key] = left
 
 
-SENSITIVE_NAME_RE = re.compile(r"pass(word|wd)?|secret|token|api[_-]?key|credential|auth|private[_-]?key", re.I)
+# -- audit redaction: secrets out of the audit record, the shape of what was asked kept ---------------
+#
+# The audit log says who asked for what, so a command line keeps its shape (`mysql -u root -p*** db`,
+# `curl -u admin:*** URL`) while the secret in it goes: named fields, NAME=value pairs, options whose value is
+# a password or token (per tool for the short ones: `-p` means a password to mysql, a port to others),
+# credentials in URLs and headers, and values shaped like keys. Scripts given as one string (`sh -c "..."`)
+# are judged word by word with their quoting left as written.
+
+SENSITIVE_NAME_RE = re.compile(r"pass(word|wd|phrase)?|secret|token|api[_-]?key|access[_-]?key|credential|auth"
+                               r"|private[_-]?key|[_.-]pwd$|(^|[_.-])(key|dsn|cookie)$", re.I)
 SECRET_VALUE_RE = re.compile(
     r"-----BEGIN [A-Z ]*PRIVATE KEY-----|\b(sk|pk|rk)-[A-Za-z0-9_-]{16,}|\bAKIA[0-9A-Z]{16}\b|\bgh[pousr]_[A-Za-z0-9]{30,}"
     r"|\bxox[abpr]-[A-Za-z0-9-]{10,}|\bBearer\s+[A-Za-z0-9._~+/=-]{16,}|://[^/\s:@]+:[^/\s@]+@|\beyJ[A-Za-z0-9_-]{10,}\.")
+REDACTED = "***"
+# Tools whose short option's value is a secret (`-pX`/`-p X` to mysql, `-a X` to redis-cli) and those whose short
+# option carries user:password (curl -u); `-p` is a password to `docker login` only (to `docker run` a port).
+_SECRET_SHORT_OPTIONS: dict[str, str] = {
+    **dict.fromkeys(("mysql", "mysqldump", "mysqladmin", "mysqlimport", "mysqlshow", "mysqlcheck", "mysqlpump",
+                     "mysqlsh", "mariadb", "mariadb-dump", "mariadb-admin", "mongo", "mongosh", "mongodump",
+                     "mongorestore", "mongoexport", "mongoimport", "sshpass", "7z", "7za", "rar", "unrar"), "p"),
+    "redis-cli": "a", "keydb-cli": "a", "zip": "P", "unzip": "P", "ldapsearch": "w", "ldapmodify": "w",
+    "ldapadd": "w", "ldapdelete": "w", "ldappasswd": "wsa",
+}
+_USER_PASS_SHORT_OPTIONS = {"curl": "uU", "http": "a", "https": "a", "ab": "AP", "smbclient": "U", "lftp": "u"}
+_LOGIN_TOOLS = {"docker", "podman", "buildah", "skopeo", "nerdctl", "helm", "oras", "crane", "regctl"}
+_USER_PASS_LONG_OPTIONS = {"--user", "--proxy-user", "--creds", "--src-creds", "--dest-creds", "--auth"}
+_LONG_SECRET_OPTION_RE = re.compile(r"--?([A-Za-z0-9_.-]*(pass(word|wd|phrase)?|secret|token|api[_-]?key|"
+                                    r"access[_-]?key|credentials?|private[_-]?key|auth[_-]?key)[A-Za-z0-9_.-]*)$", re.I)
+_NOT_A_SECRET_SUFFIXES = ("-file", "_file", "-stdin", "-env", "-cmd", "-path", "-fd")
+_HEADER_SECRET_RE = re.compile(r"(?i)((?:proxy-)?authorization\s*:\s*(?:(?:bearer|basic|token|digest|negotiate)\s+)?|"
+                               r"(?:x-)?(?:api-key|auth-token|access-token|private-token|vault-token)\s*:\s*|"
+                               r"cookie\s*:\s*)(\S.*)")
+_URL_USERINFO_RE = re.compile(r"(?i)(?<=[a-z0-9+.-]://)([^\s/@:]*):([^\s/@]+)(?=@)")
+_SHELL_WORD_RE = re.compile(r"""(?:'[^']*'?|"(?:\\.|[^"\\])*"?|\\.|[^\s;&|()<>'"\\])+|[;&|()<>\n]+""")
+
+
+def _redact_value_text(text: str) -> str:
+    """Secrets inside one value (a word, an env value, a header): URL passwords, header credentials, key shapes."""
+    text = _URL_USERINFO_RE.sub(lambda m: f"{m.group(1)}:{REDACTED}", text)
+    text = _HEADER_SECRET_RE.sub(lambda m: m.group(1) + REDACTED, text)
+    if text.startswith("pass:") and len(text) > 5:  # openssl -passin pass:X
+        return "pass:" + REDACTED
+    return text
+
+
+def _unquote(word: str) -> str:
+    return word[1:-1] if len(word) >= 2 and word[0] == word[-1] and word[0] in "'\"" else word
+
+
+def _user_pass(value: str) -> str:
+    """user:password (or smbclient's user%password) -> user:***; a bare user (the tool prompts) stays."""
+    for separator in (":", "%"):
+        user, found, password = value.partition(separator)
+        if found and password:
+            return f"{user}{separator}{REDACTED}"
+    return value
+
+
+def _redact_words(words: list[str]) -> list[str]:
+    """The words of a command line (raw shell words or argv) with their secrets replaced, one for one."""
+    out = list(words)
+    secret_short, user_pass_short, tool = "", "", ""  # what the options of the command being read mean
+    take_next: Callable[[str], str] | None = None  # how the next word (an option's value) is redacted
+    for index, raw in enumerate(words):
+        word = _unquote(raw)
+        if raw and set(raw) <= set(";&|()<>\n"):  # a new command starts
+            secret_short, user_pass_short, tool, take_next = "", "", "", None
+            continue
+        if take_next is not None:
+            out[index], take_next = take_next(word), None
+            if out[index] != word and raw != word:
+                out[index] = raw[0] + out[index] + raw[-1]
+            continue
+        name, equals, value = word.partition("=")
+        if equals and value and (SENSITIVE_NAME_RE.search(name.lstrip("-")) or _LONG_SECRET_OPTION_RE.match(name)) \
+                and not name.lower().endswith(_NOT_A_SECRET_SUFFIXES):
+            out[index] = f"{name}={REDACTED}" if raw == word else f"{raw[0]}{name}={REDACTED}{raw[-1]}"
+            continue
+        base = posixpath.basename(word)
+        if base in _SECRET_SHORT_OPTIONS or base in _USER_PASS_SHORT_OPTIONS or base in _LOGIN_TOOLS:
+            tool = base
+            secret_short = _SECRET_SHORT_OPTIONS.get(base, "")
+            user_pass_short = _USER_PASS_SHORT_OPTIONS.get(base, "")
+        elif word == "login" and tool in _LOGIN_TOOLS:
+            secret_short = "p"
+        if word.startswith("-") and len(word) > 3 and _LONG_SECRET_OPTION_RE.match(word) and \
+                not word.lower().endswith(_NOT_A_SECRET_SUFFIXES):
+            take_next = lambda _: REDACTED  # noqa: E731
+            continue
+        if word in _USER_PASS_LONG_OPTIONS:
+            take_next = _user_pass
+            continue
+        if len(word) >= 2 and word[0] == "-" and word[1] != "-" and (word[1] in secret_short or
+                                                                     word[1] in user_pass_short):
+            attached = word[2:]
+            redact = _user_pass if word[1] in user_pass_short else (lambda _: REDACTED)
+            if attached:
+                out[index] = word[:2] + redact(attached)
+            else:
+                take_next = redact
+            continue
+        if SECRET_VALUE_RE.search(word) and not _URL_USERINFO_RE.search(word):
+            out[index] = "<redacted>"
+            continue
+        redacted = _redact_value_text(word)
+        if redacted != word:
+            out[index] = redacted if raw == word else raw[0] + redacted + raw[-1]
+    return out
+
+
+def redact_command_text(script: str) -> str:
+    """A shell script (``sh -c`` text, a build arg, a healthcheck) with its secrets replaced, quoting as written."""
+    spans = [(m.start(), m.end()) for m in _SHELL_WORD_RE.finditer(script)]
+    words = [script[a:b] for a, b in spans]
+    redacted = _redact_words(words)
+    out, last = [], 0
+    for (a, b), new in zip(spans, redacted, strict=True):
+        out.append(script[last:a])
+        out.append(new)
+        last = b
+    out.append(script[last:])
+    return "".join(out)
 
 
 def redact_arguments(value: Any, key: str = "") -> Any:
-    """A copy of tool arguments fit for the audit log: secret-named fields and secret-shaped values hidden."""
+    """A copy of tool arguments fit for the audit log: secret-named fields and secret-shaped values hidden,
+    command lines and scripts kept in shape with only their secrets replaced."""
     if key and SENSITIVE_NAME_RE.search(key) and not isinstance(value, (bool, int, float)) and value not in (None, ""):
         return "<redacted>"
     if isinstance(value, dict):
         return {k: redact_arguments(v, str(k)) for k, v in value.items()}
     if isinstance(value, list):
-        return [redact_arguments(v) for v in value[:64]]
+        items = value[:64]
+        if items and all(isinstance(v, str) for v in items):  # an argv, a K=V list, a list of names
+            words = _redact_words(items)
+            return [redact_arguments(w) if w == v else w for w, v in zip(words, items, strict=True)]
+        return [redact_arguments(v) for v in items]
     if isinstance(value, str):
-        if SECRET_VALUE_RE.search(value):
+        if re.search(r"\s", value) and not SECRET_VALUE_RE.fullmatch(value.strip()):
+            value = redact_command_text(value)  # a script (sh -c's text, a build arg): word by word
+        elif SECRET_VALUE_RE.search(value) and not _URL_USERINFO_RE.search(value):
             return "<redacted>"
-        if "=" in value and SENSITIVE_NAME_RE.search(value.split("=", 1)[0]):
+        else:
+            value = _redact_value_text(value)
+        if "=" in value and SENSITIVE_NAME_RE.search(value.split("=", 1)[0]) and \
+                not value.split("=", 1)[1].startswith((REDACTED, "<redacted")):
             return value.split("=", 1)[0] + "=<redacted>"
         return value if len(value) <= 512 else value[:512] + "..."
     return value
@@ -5910,6 +6038,8 @@ class AuditSyncer:
 
 SIGNATURE_WINDOW_SECONDS = 60
 SIGNATURE_SCHEME = "MCP-SSH-Signature"
+# What a signed request whose client id has no active keys-file entry may do: read-only tools only.
+SSH_DEFAULT_ROLE = Role(max_tier=Tier.SAFE)
 
 
 def signature_payload(method: str, path: str, timestamp: str, nonce: str, body: bytes) -> bytes:
@@ -6426,9 +6556,21 @@ class AccessControl:
         if not self.nonces.fresh(fields["nonce"], now):
             return None, "replayed_nonce"
         client_id = known[0]
-        entry = next((e for e in self.keys.entries if e.client_id == client_id), None) if self.keys else None
-        role = entry.role if entry else None
-        return Principal(client_id=client_id, kind="ssh", role=role, key_hash=fields["keyid"]), "ok"
+        return Principal(client_id=client_id, kind="ssh", role=self._ssh_role(client_id),
+                         key_hash=fields["keyid"]), "ok"
+
+    def _ssh_role(self, client_id: str) -> Role | None:
+        """The role of an SSH-signed principal: its keys-file entry's, else the least one.
+
+        A key in the authorized-keys file proves who is calling, not what the operator meant that client to do,
+        so without an active keys-file entry (same client id) it gets SSH_DEFAULT_ROLE, never the server's full
+        tiers. An entry without a role of its own (the operator's explicit choice) keeps the server's tiers."""
+        now = utc_now()
+        entries = self.keys.entries if self.keys else []
+        entry = next((e for e in entries if e.client_id == client_id and e.state(now) == "active"), None)
+        if entry is None:
+            return SSH_DEFAULT_ROLE
+        return entry.role
 
     def admit_tool_call(self, principal: Principal, client_ip: str) -> Refusal | None:
         """The per-principal token bucket and concurrency limit, before a tools/call reaches MCP."""

@@ -2313,7 +2313,7 @@ def test_unit_access_control_pieces():
     assert md.redact_arguments({"environment": {"DB_PASSWORD": "x", "MODE": "y"}, "token": "t",
                                 "command": ["curl", "https://user:pw@host/", "AKIAABCDEFGHIJKLMNOP"]}) == {
         "environment": {"DB_PASSWORD": "<redacted>", "MODE": "y"}, "token": "<redacted>",
-        "command": ["curl", "<redacted>", "<redacted>"]}
+        "command": ["curl", "https://user:***@host/", "<redacted>"]}
     assert md.role_denial("docker_remove_image", md.Tier.DESTRUCTIVE, md.Role(max_tier=md.Tier.MODERATE))
     assert md.role_denial("docker_version", md.Tier.SAFE, md.Role(denied_tools=("docker_version",)))
     assert md.ip_allowed("10.2.3.4", ("10.0.0.0/8",)) and not md.ip_allowed("11.0.0.1", ("10.0.0.0/8",))
