@@ -2227,16 +2227,20 @@ INJECTION_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
 # mathematical, circled and compatibility letters; the map folds the Cyrillic, Greek and other letters that look
 # Latin; marks, format characters (zero-width, bidi) and blank fillers go, so "Іgnоrе", "Ｉｇｎｏｒｅ", "i\u034fgnore"
 # and "\u202eignore" all read "ignore".
-_CONFUSABLES = str.maketrans(dict(pair.split(":") for pair in (
-    # Cyrillic
-    "а:a в:b с:c ԁ:d е:e ё:e һ:h і:i ї:i ј:j к:k ӏ:l м:m н:h о:o ԛ:q р:p ѕ:s т:t ѵ:v ԝ:w х:x у:y "
-    "А:A В:B С:C Е:E Н:H І:I Ј:J К:K М:M О:O Р:P Ѕ:S Т:T Х:X У:Y Ԛ:Q Ԝ:W Ӏ:I "
-    # Greek
-    "α:a β:b ε:e η:n ι:i κ:k μ:u ν:v ο:o ρ:p τ:t υ:u χ:x ω:w ϲ:c ϳ:j "
-    "Α:A Β:B Ε:E Ζ:Z Η:H Ι:I Κ:K Μ:M Ν:N Ο:O Ρ:P Τ:T Υ:Y Χ:X Ϲ:C "
-    # Latin small capitals and IPA, Armenian
-    "ı:i ȷ:j ɑ:a ɡ:g ɩ:i ɪ:i ʏ:y ʟ:l ᴀ:a ᴄ:c ᴅ:d ᴇ:e ᴊ:j ᴋ:k ᴍ:m ᴏ:o ᴘ:p ᴛ:t ᴜ:u ᴠ:v ᴡ:w ᴢ:z "
-    "օ:o ս:u ո:n հ:h ց:g").split()))
+_CONFUSABLES = str.maketrans(
+    # Cyrillic, Greek, Latin small capitals and IPA, Armenian; then, in the same order, the letters they imitate
+    "авсԁеёһіїјкӏмноԛрѕтѵԝху"
+    "АВСЕНІЈКМОРЅТХУԚԜӀ"
+    "αβεηικμνορτυχωϲϳ"
+    "ΑΒΕΖΗΙΚΜΝΟΡΤΥΧϹ"
+    "ıȷɑɡɩɪʏʟᴀᴄᴅᴇᴊᴋᴍᴏᴘᴛᴜᴠᴡᴢ"
+    "օսոհց",
+    "abcdeehiijklmhoqpstvwxy"
+    "ABCEHIJKMOPSTXYQWI"
+    "abenikuvoptuxwcj"
+    "ABEZHIKMNOPTYXC"
+    "ijagiiylacdejkmoptuvwz"
+    "ounhg")
 _BLANK_FILLERS_RE = re.compile("[\u115f\u1160\u2800\u3164\uffa0]")
 
 
