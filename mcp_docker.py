@@ -1014,6 +1014,13 @@ def _unquote(word: str) -> str:
     return word[1:-1] if len(word) >= 2 and word[0] == word[-1] and word[0] in "'\"" else word
 
 
+def _secret_option_value(value: str) -> str:
+    """The value of --password and the like; openssl's pass:X keeps its prefix, env:NAME and file:PATH are not secrets."""
+    if value.startswith(("env:", "file:", "fd:", "stdin")):
+        return value
+    return "pass:" + REDACTED if value.startswith("pass:") else REDACTED
+
+
 def _user_pass(value: str) -> str:
     """user:password (or smbclient's user%password) -> user:***; a bare user (the tool prompts) stays."""
     for separator in (":", "%"):
@@ -1052,7 +1059,7 @@ def _redact_words(words: list[str]) -> list[str]:
             secret_short = "p"
         if word.startswith("-") and len(word) > 3 and _LONG_SECRET_OPTION_RE.match(word) and \
                 not word.lower().endswith(_NOT_A_SECRET_SUFFIXES):
-            take_next = lambda _: REDACTED  # noqa: E731
+            take_next = _secret_option_value
             continue
         if word in _USER_PASS_LONG_OPTIONS:
             take_next = _user_pass
@@ -1971,7 +1978,7 @@ _WRAPPERS: dict[str, tuple[frozenset[str], int]] = {
     "nsenter": (frozenset({"-t", "--target"}), 0), "time": (frozenset({"-f", "-o"}), 0),
     "exec": (frozenset({"-a"}), 0), "command": (frozenset(), 0), "builtin": (frozenset(), 0),
     "taskset": (frozenset(), 1), "chrt": (frozenset(), 1), "flock": (frozenset({"-w", "-E"}), 1),
-    "parallel": (frozenset({"-j", "-S"}), 0), "watch": (frozenset({"-n", "-d"}), 0),
+    "parallel": (frozenset({"-j", "-S"}), 0), "watch": (frozenset({"-n", "-d"}), 0), "toybox": (frozenset(), 0),
 }
 _ARGS_FROM_STDIN = {"xargs", "parallel"}
 _ASSIGNMENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\[[^]]*\])?\+?=.*", re.S)
@@ -2194,7 +2201,10 @@ def _simple_commands(tokens: list[ShellWord | str]) -> list[SimpleCommand]:
     commands: list[SimpleCommand] = []
     current = SimpleCommand([], [], False)
     pending_redirection: str | None = None
-    for token in tokens:
+    for index, token in enumerate(tokens):
+        if token == "(" and len(current.words) == 1 and tokens[index + 1:index + 2] == [")"]:
+            raise Indeterminate(f"it defines a shell function ({_short_repr(current.words[0].text, 30)}), "
+                                "whose calls the screen does not follow")
         if isinstance(token, ShellWord):
             if pending_redirection:
                 current.redirections.append((pending_redirection, token))
@@ -2207,9 +2217,6 @@ def _simple_commands(tokens: list[ShellWord | str]) -> list[SimpleCommand]:
             continue
         if current.words or current.redirections:
             commands.append(current)
-        elif token == "(" and commands and commands[-1].words and len(commands[-1].words) == 1:
-            raise Indeterminate(f"it defines a shell function ({_short_repr(commands[-1].words[0].text, 30)}), "
-                                "whose calls the screen does not follow")
         current = SimpleCommand([], [], token in ("|", "|&"))
     if current.words or current.redirections:
         commands.append(current)
@@ -2395,7 +2402,11 @@ def _judge_simple_command(argv: list[Any], depth: int, context: _Context | None 
     if head in _SHELLS or head in ("su", "runuser"):
         for index, arg in enumerate(texts):
             if (re.fullmatch(r"-[a-zA-Z]*c[a-zA-Z]*", arg) or arg == "--command") and index + 1 < len(args):
-                script = args[index + 1]
+                # the script is the first word after the options (`sh -c -- 'rm -rf /'`, `bash -c -e '...'`)
+                rest = args[index + 1:]
+                while len(rest) > 1 and (rest[0].text == "--" or rest[0].text[:1] in "-+" and not rest[0].dynamic):
+                    rest = rest[2:] if rest[0].text in ("-o", "+o") else rest[1:]
+                script = rest[0]
                 if script.dynamic:
                     raise Indeterminate(f"the script given to {head} -c comes from {script.dynamic}")
                 return _judge_script(script.text, depth + 1)
@@ -2412,18 +2423,21 @@ def _judge_simple_command(argv: list[Any], depth: int, context: _Context | None 
         interpreter = "python"
     if interpreter in _INTERPRETERS:
         inline = _INTERPRETERS[interpreter]
+        letters = "".join(o[1] for o in inline if len(o) == 2)
         for index, arg in enumerate(texts):
             code = None
-            if arg in inline and index + 1 < len(args):
-                code = args[index + 1]
-            elif any(arg.startswith(o) and len(arg) > len(o) and not o.startswith("--") for o in inline):
-                code = ShellWord(arg[2:], args[index].dynamic)
+            if (arg in inline or letters and re.fullmatch(f"-[a-zA-Z]*[{letters}]", arg)) and index + 1 < len(args):
+                code = args[index + 1]  # -c CODE, and clusters such as python -Ic or perl -lne
+            elif letters and not arg.startswith("--") and (cluster := re.match(f"-[a-zA-Z]*?[{letters}]", arg)):
+                code = ShellWord(arg[cluster.end():], args[index].dynamic)
+            elif arg.startswith("--") and "=" in arg and arg.split("=", 1)[0] in inline:
+                code = ShellWord(arg.split("=", 1)[1], args[index].dynamic)
             if code is not None:
                 if code.dynamic:
-                    raise Indeterminate(f"the program given to {head} {arg[:2]} comes from {code.dynamic}")
+                    raise Indeterminate(f"the program given to {head} {arg[:12]} comes from {code.dynamic}")
                 found = _INTERPRETER_EXEC_RE.search(code.text)
                 if found:
-                    raise Indeterminate(f"a {head} {arg[:2]} one-liner can run other programs or delete files "
+                    raise Indeterminate(f"a {head} {arg[:12]} one-liner can run other programs or delete files "
                                         f"({_short_repr(found.group(0), 20)}), which the screen cannot follow")
                 return None
         operands = [w for w in args if not w.text.startswith("-")]
@@ -2478,6 +2492,8 @@ def _judge_simple_command(argv: list[Any], depth: int, context: _Context | None 
                 if word.dynamic:
                     raise Indeterminate(f"dd writes to a file named by {word.dynamic}")
                 return "dd writes onto a block device"
+    if head == "tee" and any(_BLOCK_DEVICE_RE.match(w.text) for w in operand_words):
+        return "tee writes onto a block device"
     if head in ("shred", "wipe") and any(_BLOCK_DEVICE_RE.match(w.text) or _judge_target(w, context, head)
                                          for w in operand_words):
         return f"{head} destroys a disk or a system directory"
