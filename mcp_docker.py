@@ -993,6 +993,7 @@ _LOGIN_TOOLS = {"docker", "podman", "buildah", "skopeo", "nerdctl", "helm", "ora
 _USER_PASS_LONG_OPTIONS = {"--user", "--proxy-user", "--creds", "--src-creds", "--dest-creds", "--auth"}
 _LONG_SECRET_OPTION_RE = re.compile(r"--?([A-Za-z0-9_.-]*(pass(word|wd|phrase)?|secret|token|api[_-]?key|"
                                     r"access[_-]?key|credentials?|private[_-]?key|auth[_-]?key)[A-Za-z0-9_.-]*)$", re.I)
+_OPTION_NAME_RE = re.compile(r"-{0,2}[A-Za-z_][A-Za-z0-9_.-]*")  # NAME of NAME=value, or --option of --option=value
 _NOT_A_SECRET_SUFFIXES = ("-file", "_file", "-stdin", "-env", "-cmd", "-path", "-fd")
 _HEADER_SECRET_RE = re.compile(r"(?i)((?:proxy-)?authorization\s*:\s*(?:(?:bearer|basic|token|digest|negotiate)\s+)?|"
                                r"(?:x-)?(?:api-key|auth-token|access-token|private-token|vault-token)\s*:\s*|"
@@ -1030,7 +1031,7 @@ def _user_pass(value: str) -> str:
     return value
 
 
-def _redact_words(words: list[str]) -> list[str]:
+def _redact_words(words: list[str], depth: int = 0) -> list[str]:
     """The words of a command line (raw shell words or argv) with their secrets replaced, one for one."""
     out = list(words)
     secret_short, user_pass_short, tool = "", "", ""  # what the options of the command being read mean
@@ -1045,9 +1046,17 @@ def _redact_words(words: list[str]) -> list[str]:
             if out[index] != word and raw != word:
                 out[index] = raw[0] + out[index] + raw[-1]
             continue
+        if re.search(r"\s", word) and not _HEADER_SECRET_RE.match(word.lstrip()) and depth < 3:
+            inner = redact_command_text(word, depth + 1)  # a script inside a word (sh -c's argument, quoted text)
+            out[index] = inner if raw == word else raw[0] + inner + raw[-1]
+            continue
+        if word.lower() in ("bearer", "basic", "token") and index and words[index - 1].lower().endswith(
+                "authorization:"):
+            take_next = _secret_option_value  # an unquoted `Authorization: Bearer X` split into words
+            continue
         name, equals, value = word.partition("=")
-        if equals and value and (SENSITIVE_NAME_RE.search(name.lstrip("-")) or _LONG_SECRET_OPTION_RE.match(name)) \
-                and not name.lower().endswith(_NOT_A_SECRET_SUFFIXES):
+        if equals and value and _OPTION_NAME_RE.fullmatch(name) and not name.lower().endswith(_NOT_A_SECRET_SUFFIXES) \
+                and (SENSITIVE_NAME_RE.search(name.lstrip("-")) or _LONG_SECRET_OPTION_RE.match(name)):
             out[index] = f"{name}={REDACTED}" if raw == word else f"{raw[0]}{name}={REDACTED}{raw[-1]}"
             continue
         base = posixpath.basename(word)
@@ -1082,11 +1091,11 @@ def _redact_words(words: list[str]) -> list[str]:
     return out
 
 
-def redact_command_text(script: str) -> str:
+def redact_command_text(script: str, depth: int = 0) -> str:
     """A shell script (``sh -c`` text, a build arg, a healthcheck) with its secrets replaced, quoting as written."""
     spans = [(m.start(), m.end()) for m in _SHELL_WORD_RE.finditer(script)]
     words = [script[a:b] for a, b in spans]
-    redacted = _redact_words(words)
+    redacted = _redact_words(words, depth)
     out, last = [], 0
     for (a, b), new in zip(spans, redacted, strict=True):
         out.append(script[last:a])
@@ -1116,7 +1125,8 @@ def redact_arguments(value: Any, key: str = "") -> Any:
             return "<redacted>"
         else:
             value = _redact_value_text(value)
-        if "=" in value and SENSITIVE_NAME_RE.search(value.split("=", 1)[0]) and \
+        name = value.split("=", 1)[0]
+        if "=" in value and _OPTION_NAME_RE.fullmatch(name) and SENSITIVE_NAME_RE.search(name) and \
                 not value.split("=", 1)[1].startswith((REDACTED, "<redacted")):
             return value.split("=", 1)[0] + "=<redacted>"
         return value if len(value) <= 512 else value[:512] + "..."

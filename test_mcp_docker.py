@@ -6561,7 +6561,7 @@ AUDIT_REDACTIONS: list[tuple[Any, Any]] = [
 @pytest.mark.parametrize(("given", "kept"), AUDIT_REDACTIONS, ids=lambda v: str(v)[:50])
 def test_audit_redaction_keeps_the_shape_of_commands(given, kept):
     assert md.redact_arguments({"command": given})["command"] == kept
-    as_script = md.redact_arguments({"command": ["sh", "-c", given if isinstance(given, str) else " ".join(given)]})
+    as_script = md.redact_arguments({"command": ["sh", "-c", given if isinstance(given, str) else shlex_quote_all(given)]})
     assert "S3cr3t" in json.dumps(kept) or "S3cr3t" not in json.dumps(as_script)  # the same inside sh -c
 
 
@@ -6677,7 +6677,7 @@ def test_secrets_on_command_lines_stay_out_of_the_real_audit_log(default):
     for tool, args in SECRET_CALLS:
         default.ok(tool, {"container": name, **args})
     run_name = f"{PREFIX}-secret-run"
-    default.ok("docker_run_container", {"image": TEST_IMAGE, "name": run_name, "network": "none", "remove": True,
+    default.ok("docker_run_container", {"image": TEST_IMAGE, "name": run_name, "network": "none", "remove": False,
                                         "command": ["sh", "-c", "echo docker login -u me -p S3cr3t-11 reg"],
                                         "environment": {"GH_TOKEN": "S3cr3t-12", "DATABASE_URL":
                                                         "postgres://app:S3cr3t-13@db/app"},
@@ -6711,6 +6711,12 @@ def test_lookalike_injections_from_a_real_container_are_flagged_and_returned_as_
     out = default.ok("docker_exec_command", {"container": runner, "command": ["sh", "-c", script]})
     assert out["stdout"].split("\n")[: len(LOOKALIKE_INJECTIONS)] == LOOKALIKE_INJECTIONS
     assert sum("look-alike" in w for w in out["warnings"]) >= len(LOOKALIKE_INJECTIONS)
+
+
+def shlex_quote_all(argv: list[str]) -> str:
+    import shlex
+
+    return shlex.join(argv)
 
 
 def shlex_quote(text: str) -> str:
