@@ -993,6 +993,8 @@ _LOGIN_TOOLS = {"docker", "podman", "buildah", "skopeo", "nerdctl", "helm", "ora
 _USER_PASS_LONG_OPTIONS = {"--user", "--proxy-user", "--creds", "--src-creds", "--dest-creds", "--auth"}
 _LONG_SECRET_OPTION_RE = re.compile(r"--?([A-Za-z0-9_.-]*(pass(word|wd|phrase)?|secret|token|api[_-]?key|"
                                     r"access[_-]?key|credentials?|private[_-]?key|auth[_-]?key)[A-Za-z0-9_.-]*)$", re.I)
+_PLAIN_WORD_RE = re.compile(r"[A-Za-z0-9_./+,%~]*")  # no option, no NAME=value, no URL, no header: no secret
+_WHITESPACE_RE = re.compile(r"\s")
 _OPTION_NAME_RE = re.compile(r"-{0,2}[A-Za-z_][A-Za-z0-9_.-]*")  # NAME of NAME=value, or --option of --option=value
 _NOT_A_SECRET_SUFFIXES = ("-file", "_file", "-stdin", "-env", "-cmd", "-path", "-fd")
 _HEADER_SECRET_RE = re.compile(r"(?i)((?:proxy-)?authorization\s*:\s*(?:(?:bearer|basic|token|digest|negotiate)\s+)?|"
@@ -1038,15 +1040,26 @@ def _redact_words(words: list[str], depth: int = 0) -> list[str]:
     take_next: Callable[[str], str] | None = None  # how the next word (an option's value) is redacted
     for index, raw in enumerate(words):
         word = _unquote(raw)
-        if raw and set(raw) <= set(";&|()<>\n"):  # a new command starts
+        if raw and raw[0] in ";&|()<>\n":  # an operator: a new command starts
             secret_short, user_pass_short, tool, take_next = "", "", "", None
+            continue
+        if take_next is None and _PLAIN_WORD_RE.fullmatch(word):  # most words: a name, a path, a number
+            base = word.rpartition("/")[2]
+            if base in _SECRET_SHORT_OPTIONS or base in _USER_PASS_SHORT_OPTIONS or base in _LOGIN_TOOLS:
+                tool = base
+                secret_short = _SECRET_SHORT_OPTIONS.get(base, "")
+                user_pass_short = _USER_PASS_SHORT_OPTIONS.get(base, "")
+            elif word == "login" and tool in _LOGIN_TOOLS:
+                secret_short = "p"
+            if len(word) >= 20 and SECRET_VALUE_RE.search(word):
+                out[index] = "<redacted>"
             continue
         if take_next is not None:
             out[index], take_next = take_next(word), None
             if out[index] != word and raw != word:
                 out[index] = raw[0] + out[index] + raw[-1]
             continue
-        if re.search(r"\s", word) and not _HEADER_SECRET_RE.match(word.lstrip()) and depth < 3:
+        if _WHITESPACE_RE.search(word) and not _HEADER_SECRET_RE.match(word.lstrip()) and depth < 3:
             inner = redact_command_text(word, depth + 1)  # a script inside a word (sh -c's argument, quoted text)
             out[index] = inner if raw == word else raw[0] + inner + raw[-1]
             continue
@@ -1115,8 +1128,7 @@ def redact_arguments(value: Any, key: str = "") -> Any:
     if isinstance(value, list):
         items = value[:64]
         if items and all(isinstance(v, str) for v in items):  # an argv, a K=V list, a list of names
-            words = _redact_words(items)
-            return [redact_arguments(w) if w == v else w for w, v in zip(words, items, strict=True)]
+            return [w if len(w) <= 512 else w[:512] + "..." for w in _redact_words(items)]
         return [redact_arguments(v) for v in items]
     if isinstance(value, str):
         if re.search(r"\s", value) and not SECRET_VALUE_RE.fullmatch(value.strip()):
@@ -2012,6 +2024,7 @@ class ShellWord:
 
 _OPERATORS = (";;&", "&>>", "<<-", "<<<", ";;", ";&", "&&", "||", "|&", "<<", "<>", "<&", ">>", ">&", ">|", "&>",
               ";", "&", "|", "(", ")", "<", ">", "\n")
+_OPERATOR_START = frozenset(";&|()<>\n")
 _REDIRECTIONS = {"<", ">", ">>", ">|", "<>", "<&", ">&", "&>", "&>>", "<<", "<<-", "<<<"}
 
 
@@ -2169,7 +2182,8 @@ def shell_tokens(script: str) -> list[ShellWord | str]:
             started = True
             index = end
             continue
-        operator = next((op for op in _OPERATORS if script.startswith(op, index)), None)
+        operator = next((op for op in _OPERATORS if script.startswith(op, index)), None) \
+            if char in _OPERATOR_START else None
         if operator is None:
             text.append(char)
             started = True
