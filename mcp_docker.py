@@ -1079,13 +1079,6 @@ def _redact_words(words: list[str], depth: int = 0) -> list[str]:
             user_pass_short = _USER_PASS_SHORT_OPTIONS.get(base, "")
         elif word == "login" and tool in _LOGIN_TOOLS:
             secret_short = "p"
-        if word.startswith("-") and len(word) > 3 and _LONG_SECRET_OPTION_RE.match(word) and \
-                not word.lower().endswith(_NOT_A_SECRET_SUFFIXES):
-            take_next = _secret_option_value
-            continue
-        if word in _USER_PASS_LONG_OPTIONS:
-            take_next = _user_pass
-            continue
         if len(word) >= 2 and word[0] == "-" and word[1] != "-" and (word[1] in secret_short or
                                                                      word[1] in user_pass_short):
             attached = word[2:]
@@ -1094,6 +1087,13 @@ def _redact_words(words: list[str], depth: int = 0) -> list[str]:
                 out[index] = word[:2] + redact(attached)
             else:
                 take_next = redact
+            continue
+        if word.startswith("-") and len(word) > 3 and _LONG_SECRET_OPTION_RE.match(word) and \
+                not word.lower().endswith(_NOT_A_SECRET_SUFFIXES):
+            take_next = _secret_option_value
+            continue
+        if word in _USER_PASS_LONG_OPTIONS:
+            take_next = _user_pass
             continue
         if SECRET_VALUE_RE.search(word) and not _URL_USERINFO_RE.search(word):
             out[index] = "<redacted>"

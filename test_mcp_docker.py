@@ -6555,6 +6555,8 @@ AUDIT_REDACTIONS: list[tuple[Any, Any]] = [
     ('curl -H "Authorization: Bearer S3cr3t-1" http://x', 'curl -H "Authorization: Bearer ***" http://x'),
     ("docker login -u me --password 'S3cr3t 1' reg", "docker login -u me --password '***' reg"),
     ("wget --password=S3cr3t-1 http://x", "wget --password=*** http://x"),
+    (["mysql", "-pS3cr3tpassword", "db"], ["mysql", "-p***", "db"]),  # a password that contains "password"
+    ("FROM x\nRUN mysql -uroot -pS3cr3t-1\nARG NPM_TOKEN=S3cr3t-1", "FROM x\nRUN mysql -uroot -p***\nARG NPM_TOKEN=***"),
 ]
 
 
