@@ -1965,6 +1965,19 @@ _INTERPRETER_EXEC_RE = re.compile(
     r"|execFileSync|spawnSync|shell_exec|passthru|proc_open|pcntl_exec|Runtime|ProcessBuilder|binding|dlopen"
     r"|FileUtils|marshal|pickle|ctypes|cffi|rm|rmdir|rmSync|rmdirSync|unlinkSync|Deno\s*\.\s*(run|remove\w*|Command))\b"
     r"|__\w+__|`|[\"']\s*\||\|\s*[\"']|%x", re.I)
+# Options whose value is a command line that the program runs (through a shell or as an argv): the value is
+# judged as a script, so `tar --to-command='rm -rf /'` is what `rm -rf /` is, and `tar -I zstd` passes.
+_COMMAND_OPTIONS: dict[str, tuple[str, ...]] = {
+    "tar": ("--to-command", "--use-compress-program", "-I", "--checkpoint-action", "--info-script",
+            "--new-volume-script", "-F"),
+    "rsync": ("-e", "--rsh", "--rsync-path"), "flock": ("-c", "--command"), "script": ("-c", "--command"),
+    "zip": ("-TT", "--unzip-command"), "strace": ("-o",), "ltrace": ("-o",), "gdb": ("-ex", "--eval-command"),
+    "vi": ("-c", "--cmd"), "vim": ("-c", "--cmd"), "nvim": ("-c", "--cmd"), "ex": ("-c", "--cmd"),
+    "view": ("-c", "--cmd"), "ssh": ("-o",), "scp": ("-o", "-S"), "sftp": ("-o", "-S"), "git": ("-c",),
+}
+_GIT_COMMAND_KEYS_RE = re.compile(r"(?i)^(core\.(pager|sshcommand|editor|fsmonitor|hookspath|askpass)|alias\..*|"
+                                  r".*\.(textconv|command|helper|cmd|program|tool)|sequence\.editor|gpg\.program)=")
+_SED_EXECUTES_RE = re.compile(r"(^|[;\n{}])\s*[0-9,$/]*\s*e(\s|$)|s(.).*\3.*\3[gpiImM0-9]*e")
 _AWKS = {"awk", "gawk", "mawk", "nawk"}
 _AWK_EXEC_RE = re.compile(r"\bsystem\s*\(|\|\s*(getline|\")|\|&|print[^;}]*\|")
 _STDIN_PATHS = {"-", "/dev/stdin", "/dev/fd/0", "/proc/self/fd/0"}
@@ -1973,7 +1986,7 @@ _STDIN_PATHS = {"-", "/dev/stdin", "/dev/fd/0", "/proc/self/fd/0"}
 def _critical_target(word: str) -> bool:
     """/, a top-level directory (except /tmp), or the home directory: what `rm -rf` must not get."""
     if word in ("~", "~/", "$HOME", "${HOME}", "$HOME/", "${HOME}/") or word.startswith(("~/*", "$HOME/*")) or \
-            re.fullmatch(r"~[A-Za-z0-9_.-]*/?\*?", word):  # ~user is that user's home
+            re.fullmatch(r"~[A-Za-z0-9_.+-]*/?\*?", word):  # ~user is that user's home; ~+ and ~- are cd targets
         return True
     if not word.startswith("/"):
         return False
@@ -2266,6 +2279,11 @@ def _unwrap(argv: list[Any]) -> tuple[list[Any], bool]:
         from_stdin = from_stdin or head in _ARGS_FROM_STDIN
         value_options, positional = wrapper
         rest = argv[1:]
+        if head == "watch":  # watch hands its words, joined, to sh -c
+            while rest and str(rest[0]).startswith("-"):
+                rest = rest[2:] if str(rest[0]) in value_options else rest[1:]
+            dynamic = next((w.dynamic for w in rest if isinstance(w, ShellWord) and w.dynamic), "")
+            return ["sh", "-c", ShellWord(" ".join(str(w) for w in rest), dynamic)], from_stdin
         while rest and (str(rest[0]).startswith("-") or _ASSIGNMENT_RE.fullmatch(str(rest[0]))):
             if head == "env" and str(rest[0]) in ("-S", "--split-string") and len(rest) > 1:
                 return ["sh", "-c", rest[1], *rest[2:]], from_stdin  # env -S splits its string like a shell
@@ -2470,6 +2488,16 @@ def _judge_simple_command(argv: list[Any], depth: int, context: _Context | None 
         if operands and operands[0].dynamic:
             raise Indeterminate(f"{head} runs a program from {operands[0].dynamic}")
         return None
+    if head in _COMMAND_OPTIONS or head.startswith("vi"):
+        reason = _judge_command_options(head, args, depth)
+        if reason:
+            return reason
+    if head in ("sed", "gsed"):
+        programs = [args[i + 1] for i, t in enumerate(texts[:-1]) if t in ("-e", "--expression")] or \
+            [w for w in args if not w.text.startswith("-")][:1]
+        if any(w.dynamic or _SED_EXECUTES_RE.search(w.text) for w in programs):
+            raise Indeterminate(f"a {head} program runs commands (the e command or flag), which the screen "
+                                "cannot follow")
     if head in _AWKS:
         program = next((w for w in args if not w.text.startswith("-")), None)
         if program is not None and (program.dynamic or _AWK_EXEC_RE.search(program.text)):
@@ -2531,6 +2559,48 @@ def _judge_simple_command(argv: list[Any], depth: int, context: _Context | None 
         return f"{head} stops the system"
     if head == "killall5" or (head in ("kill", "pkill") and any(a == "-1" for a in texts[1:])):
         return "kill -1 signals every process"
+    return None
+
+
+def _judge_command_options(head: str, args: list[ShellWord], depth: int) -> str | None:
+    """Judge the command lines that options such as tar --to-command or git -c core.pager=... give to run."""
+    options = _COMMAND_OPTIONS.get(head, ("-c", "--cmd"))
+    for index, word in enumerate(args):
+        name, equals, attached = word.text.partition("=")
+        if word.text in options and index + 1 < len(args):
+            value = args[index + 1]
+        elif equals and name in options and name.startswith("--"):
+            value = ShellWord(attached, word.dynamic)
+        elif head.startswith("vi") and word.text.startswith("+"):
+            value = ShellWord(word.text[1:], word.dynamic)
+        else:
+            continue
+        text = value.text
+        if head == "git":
+            if not _GIT_COMMAND_KEYS_RE.match(text):
+                continue
+            text = text.split("=", 1)[1].lstrip("!")
+        elif head in ("ssh", "scp", "sftp") and word.text == "-o":
+            key, _, rest = text.partition("=")
+            if key.lower() not in ("proxycommand", "localcommand", "knownhostscommand", "remotecommand"):
+                continue
+            text = rest
+        elif head.startswith("vi") or head in ("ex", "view", "gdb"):
+            match = re.match(r"\s*:?\s*(!|shell\s|sh\s|r\s*!|w\s*!)(.*)", text)
+            if not match:
+                continue
+            text = match.group(2)
+        elif head in ("strace", "ltrace"):
+            if not text.startswith(("|", "!")):
+                continue
+            text = text[1:]
+        elif head == "tar" and word.text.startswith("--checkpoint-action"):
+            text = text.partition("exec=")[2] or ""
+        if value.dynamic:
+            raise Indeterminate(f"{head} runs a command given by {value.dynamic}")
+        reason = _judge_script(text, depth + 1)
+        if reason:
+            return reason
     return None
 
 

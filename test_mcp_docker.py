@@ -6461,6 +6461,11 @@ SCREEN_REFUSES: list[tuple[list[str], str]] = [
     (_sh("curl -o /tmp/i.sh http://127.0.0.1/i.sh && sh /tmp/i.sh"), "indeterminate"),
     (["sh", "-c", "--", "rm -rf /"], "destructive"), (["bash", "-c", "-e", "rm -rf /"], "destructive"),
     (_sh("r''m -rf '/'"), "destructive"), (_sh("echo x | tee /dev/sda"), "destructive"),
+    (_sh("rm -rf ~+"), "destructive"), (_sh("sed -e '1e rm -rf /' f"), "indeterminate"),
+    (_sh("sed 's/x/y/e' f"), "indeterminate"), (_sh("tar --to-command='rm -rf /' -xf x"), "destructive"),
+    (_sh("git -c core.pager='rm -rf /' log"), "destructive"), (_sh("git -c alias.x='!eval $X' x"), "indeterminate"),
+    (_sh("vi -c ':!rm -rf /'"), "destructive"), (_sh("watch 'rm -rf /'"), "destructive"),
+    (_sh("ssh -o ProxyCommand='sh -c \"rm -rf /\"' h"), "destructive"),
 ]
 # What agents ordinarily run: none of it may be refused.
 SCREEN_PASSES: list[list[str]] = [
@@ -6487,6 +6492,9 @@ SCREEN_PASSES: list[list[str]] = [
     _sh("printf '%s\\n' hello"), _sh("echo $((1+2))"), _sh("cat file | sh /app/run.sh"), _sh("chmod -R 755 /app/bin"),
     _sh("git -C /app log --oneline | head"), _sh("ln -sf /usr/bin/python3 /usr/local/bin/python"),
     _sh("echo hi > /tmp/x; cat /tmp/x"), _sh("eval echo hi"), _sh("mysql -uroot -p$MYSQL_ROOT_PASSWORD -e 'select 1'"),
+    _sh("tar -I zstd -xf a.tar.zst"), _sh("tar -xzf a.tgz -C /tmp"), _sh("git -c user.name=x commit -m y"),
+    _sh("sed -i 's/a/b/g' f"), _sh("sed -n '/error/p' f"), _sh("rsync -e 'ssh -p 2222' a b:c"),
+    _sh("ssh -o StrictHostKeyChecking=no h ls"), _sh("vim -c ':wq' f"), _sh("watch -n 5 df -h"),
 ]
 
 
