@@ -2686,6 +2686,9 @@ def screen_command(command: str | list[str] | tuple[str, ...]) -> CommandVerdict
             reason = _judge_simple_command(list(command), 0)
     except Indeterminate as exc:
         return CommandVerdict("indeterminate", str(exc))
+    except (ValueError, IndexError, KeyError, RecursionError):  # fail closed on anything the reader trips over
+        log.warning("exec screen could not read a command", exc_info=True)
+        return CommandVerdict("indeterminate", "the screen could not read the command")
     return CommandVerdict("destructive", reason) if reason else None
 
 
