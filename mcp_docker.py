@@ -2038,6 +2038,7 @@ class ShellWord:
 _OPERATORS = (";;&", "&>>", "<<-", "<<<", ";;", ";&", "&&", "||", "|&", "<<", "<>", "<&", ">>", ">&", ">|", "&>",
               ";", "&", "|", "(", ")", "<", ">", "\n")
 _OPERATOR_START = frozenset(";&|()<>\n")
+_PARAMETER_RE = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*|[0-9@*#?$!-])")
 _REDIRECTIONS = {"<", ">", ">>", ">|", "<>", "<&", ">&", "&>", "&>>", "<<", "<<-", "<<<"}
 
 
@@ -2120,7 +2121,7 @@ def shell_tokens(script: str) -> list[ShellWord | str]:
             dynamic.append("$'...'")
             text.append(script[at:end + 1])
             return end + 1
-        match = re.match(r"\$([A-Za-z_][A-Za-z0-9_]*|[0-9@*#?$!-])", script[at:])
+        match = _PARAMETER_RE.match(script, at)
         if match:
             dynamic.append(match.group(0))
             text.append(match.group(0))
