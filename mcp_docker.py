@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import datetime as _dt
 import errno
@@ -2699,9 +2700,28 @@ def destructive_command_reason(command: str | list[str] | tuple[str, ...], depth
     return None if verdict is None else verdict.reason
 
 
+# The highest tier this call's caller may use: its role's ceiling, lowered by its engine's access level. The
+# tool pipeline sets it before a handler runs (the value follows the call into its worker thread); the exec
+# screen lets an indeterminate command through only when the destructive tier is on for this caller.
+CALL_CEILING: contextvars.ContextVar[Tier] = contextvars.ContextVar("mcp_docker_call_ceiling", default=Tier.DESTRUCTIVE)
+
+
+def set_call_ceiling(role: Role | None) -> None:
+    """A new call: its ceiling is the caller's role's (none: the server's tiers)."""
+    CALL_CEILING.set(role.max_tier if role is not None else Tier.DESTRUCTIVE)
+
+
+def narrow_call_ceiling(engine_access: str) -> None:
+    """The call goes to an engine with this access level: the ceiling is the lower of the two."""
+    ceiling = ACCESS_CEILING.get(engine_access, Tier.SAFE)
+    if TIER_ORDER[ceiling] < TIER_ORDER[CALL_CEILING.get()]:
+        CALL_CEILING.set(ceiling)
+
+
 def command_denial(command: Sequence[str], settings: Settings) -> Denial | None:
     """The policy's rule for exec commands: known-destructive shapes need SAFETY_ALLOW_DESTRUCTIVE_COMMANDS;
-    commands the screen cannot judge are treated as destructive, so the destructive tier also lets them run."""
+    commands the screen cannot judge are treated as destructive, so the destructive tier also lets them run
+    (when it is on for this caller: its role and its engine too)."""
     if settings.allow_destructive_commands:
         return None
     verdict = screen_command(list(command))
@@ -2710,7 +2730,7 @@ def command_denial(command: Sequence[str], settings: Settings) -> Denial | None:
     if verdict.kind == "destructive":
         return Denial("destructive_command", f"the command looks destructive: {verdict.reason} (a screening of "
                       "known shapes)", "set SAFETY_ALLOW_DESTRUCTIVE_COMMANDS=true")
-    if settings.allow_destructive:
+    if settings.allow_destructive and CALL_CEILING.get() is Tier.DESTRUCTIVE:
         return None
     return Denial("destructive_command", f"the screen cannot determine what the command does, so it is treated as "
                   f"destructive: {verdict.reason}", "set SAFETY_ALLOW_DESTRUCTIVE_OPERATIONS=true (or "
@@ -5494,6 +5514,7 @@ class DockerMCP:
         denial = role_denial(spec.name, spec.tier, getattr(caller, "role", None))
         if denial:
             raise ToolError("policy_denied", denial)
+        set_call_ceiling(getattr(caller, "role", None))  # what the exec screen may allow this caller
         if caller is None and self.stdio_limiter is not None:
             wait = self.stdio_limiter.check("stdio", time.monotonic())
             if wait:
@@ -5572,6 +5593,7 @@ class DockerMCP:
             denial = engine_denial(spec.name, spec.tier, engine.name, engine.access)
             if denial:
                 raise ToolError("policy_denied", denial)
+            narrow_call_ceiling(engine.access)
         budget = self.settings.long_operation_timeout if spec.long_running else self.settings.engine_timeout
         if name in ("docker_exec_command", "docker_run_container", "docker_stop_container",
                     "docker_restart_container"):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hashlib
 import json
 import os
@@ -6817,3 +6818,45 @@ def test_a_signed_request_without_a_keys_file_entry_gets_the_least_role(tmp_path
     denied = [r for r in audit_records(STATE_DIR / "audit.log")
               if r["event_type"] == "policy_denied" and r.get("client_id") == "ssh-lonely"]
     assert {r["tool_name"] for r in denied} >= {"docker_run_container", "docker_remove_container"}
+
+
+def test_the_call_ceiling_decides_whether_indeterminate_commands_may_run():
+    argv, settings = _sh("x=rm; $x -rf /tmp/x"), md.Settings(allow_destructive=True)
+
+    def denied_with(role: Any, access: str | None) -> bool:
+        def run() -> bool:
+            md.set_call_ceiling(role)
+            if access:
+                md.narrow_call_ceiling(access)
+            return md.command_denial(argv, settings) is not None
+        return contextvars.copy_context().run(run)
+
+    assert not denied_with(None, None) and not denied_with(md.Role(), "full")
+    assert denied_with(md.Role(max_tier=md.Tier.MODERATE), None) and denied_with(None, "no-destructive")
+    assert denied_with(None, "read-only") and denied_with(None, "an unknown level")
+    assert md.command_denial(_sh("rm -rf /"), settings) is not None  # known shapes still need their own setting
+
+
+@pytest.mark.engine
+@pytest.mark.adversarial
+def test_indeterminate_commands_need_the_destructive_tier_of_the_callers_own_role(tmp_path):
+    keys_file, (moderate, full_key) = make_keys(tmp_path, ["--client-id", "mod", "--tier", "moderate"],
+                                                ["--client-id", "all"])
+    name = standalone_sleeper("ceiling")
+    with http_server(["--allow-destructive"], {"SECURITY_API_KEYS_FILE": keys_file}) as server:
+        h = http_harness(server.url, key=moderate)
+        try:
+            assert h.ok("docker_exec_command", {"container": name, "command": _sh(KEEP_SETUP)})["exit_code"] == 0
+            text = h.error("docker_exec_command", {"container": name, "command": _sh("x=rm; $x -rf /srv/keep")},
+                           "policy_denied")
+            assert "cannot determine" in text, text
+            assert _engine_exec(name, ["cat", "/srv/keep/f"]) == (0, "kept\n")
+        finally:
+            h.close()
+        h = http_harness(server.url, key=full_key)
+        try:
+            assert h.ok("docker_exec_command", {"container": name,
+                                                "command": _sh("x=rm; $x -rf /srv/keep")})["exit_code"] == 0
+            assert _engine_exec(name, ["cat", "/srv/keep/f"])[0] != 0
+        finally:
+            h.close()
