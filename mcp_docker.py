@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import datetime as _dt
 import errno
@@ -973,24 +974,181 @@ class RateLimiter:
             self.active[key] = left
 
 
-SENSITIVE_NAME_RE = re.compile(r"pass(word|wd)?|secret|token|api[_-]?key|credential|auth|private[_-]?key", re.I)
+# -- audit redaction: secrets out of the audit record, the shape of what was asked kept ---------------
+#
+# The audit log says who asked for what, so a command line keeps its shape (`mysql -u root -p*** db`,
+# `curl -u admin:*** URL`) while the secret in it goes: named fields, NAME=value pairs, options whose value is
+# a password or token (per tool for the short ones: `-p` means a password to mysql, a port to others),
+# credentials in URLs and headers, and values shaped like keys. Scripts given as one string (`sh -c "..."`)
+# are judged word by word with their quoting left as written.
+
+SENSITIVE_NAME_RE = re.compile(r"pass(word|wd|phrase)?|secret|token|api[_-]?key|access[_-]?key|credential|auth"
+                               r"|private[_-]?key|[_.-]pwd$|(^|[_.-])(key|dsn|cookie)$", re.I)
 SECRET_VALUE_RE = re.compile(
     r"-----BEGIN [A-Z ]*PRIVATE KEY-----|\b(sk|pk|rk)-[A-Za-z0-9_-]{16,}|\bAKIA[0-9A-Z]{16}\b|\bgh[pousr]_[A-Za-z0-9]{30,}"
     r"|\bxox[abpr]-[A-Za-z0-9-]{10,}|\bBearer\s+[A-Za-z0-9._~+/=-]{16,}|://[^/\s:@]+:[^/\s@]+@|\beyJ[A-Za-z0-9_-]{10,}\.")
+REDACTED = "***"
+# Tools whose short option's value is a secret (`-pX`/`-p X` to mysql, `-a X` to redis-cli) and those whose short
+# option carries user:password (curl -u); `-p` is a password to `docker login` only (to `docker run` a port).
+_SECRET_SHORT_OPTIONS: dict[str, str] = {
+    **dict.fromkeys(("mysql", "mysqldump", "mysqladmin", "mysqlimport", "mysqlshow", "mysqlcheck", "mysqlpump",
+                     "mysqlsh", "mariadb", "mariadb-dump", "mariadb-admin", "mongo", "mongosh", "mongodump",
+                     "mongorestore", "mongoexport", "mongoimport", "sshpass", "7z", "7za", "rar", "unrar"), "p"),
+    "redis-cli": "a", "keydb-cli": "a", "zip": "P", "unzip": "P", "ldapsearch": "w", "ldapmodify": "w",
+    "ldapadd": "w", "ldapdelete": "w", "ldappasswd": "wsa",
+}
+_USER_PASS_SHORT_OPTIONS = {"curl": "uU", "http": "a", "https": "a", "ab": "AP", "smbclient": "U", "lftp": "u"}
+_LOGIN_TOOLS = {"docker", "podman", "buildah", "skopeo", "nerdctl", "helm", "oras", "crane", "regctl"}
+_USER_PASS_LONG_OPTIONS = {"--user", "--proxy-user", "--creds", "--src-creds", "--dest-creds", "--auth"}
+_LONG_SECRET_OPTION_RE = re.compile(r"--?([A-Za-z0-9_.-]*(pass(word|wd|phrase)?|secret|token|api[_-]?key|"
+                                    r"access[_-]?key|credentials?|private[_-]?key|auth[_-]?key)[A-Za-z0-9_.-]*)$", re.I)
+_PLAIN_WORD_RE = re.compile(r"[A-Za-z0-9_./+,%~]*")  # no option, no NAME=value, no URL, no header: no secret
+_WHITESPACE_RE = re.compile(r"\s")
+_OPTION_NAME_RE = re.compile(r"-{0,2}[A-Za-z_][A-Za-z0-9_.-]*")  # NAME of NAME=value, or --option of --option=value
+_NOT_A_SECRET_SUFFIXES = ("-file", "_file", "-stdin", "-env", "-cmd", "-path", "-fd")
+_HEADER_SECRET_RE = re.compile(r"(?i)((?:proxy-)?authorization\s*:\s*(?:(?:bearer|basic|token|digest|negotiate)\s+)?|"
+                               r"(?:x-)?(?:api-key|auth-token|access-token|private-token|vault-token)\s*:\s*|"
+                               r"cookie\s*:\s*)(\S.*)")
+_URL_USERINFO_RE = re.compile(r"(?i)(?<=[a-z0-9+.-]://)([^\s/@:]*):([^\s/@]+)(?=@)")
+_SHELL_WORD_RE = re.compile(r"""(?:'[^']*'?|"(?:\\.|[^"\\])*"?|\\.|[^\s;&|()<>'"\\])+|[;&|()<>\n]+""")
+
+
+def _redact_value_text(text: str) -> str:
+    """Secrets inside one value (a word, an env value, a header): URL passwords, header credentials, key shapes."""
+    text = _URL_USERINFO_RE.sub(lambda m: f"{m.group(1)}:{REDACTED}", text)
+    text = _HEADER_SECRET_RE.sub(lambda m: m.group(1) + REDACTED, text)
+    if text.startswith("pass:") and len(text) > 5:  # openssl -passin pass:X
+        return "pass:" + REDACTED
+    return text
+
+
+def _unquote(word: str) -> str:
+    return word[1:-1] if len(word) >= 2 and word[0] == word[-1] and word[0] in "'\"" else word
+
+
+def _secret_option_value(value: str) -> str:
+    """The value of --password and the like; openssl's pass:X keeps its prefix, env:NAME and file:PATH are not secrets."""
+    if value.startswith(("env:", "file:", "fd:", "stdin")):
+        return value
+    return "pass:" + REDACTED if value.startswith("pass:") else REDACTED
+
+
+def _user_pass(value: str) -> str:
+    """user:password (or smbclient's user%password) -> user:***; a bare user (the tool prompts) stays."""
+    for separator in (":", "%"):
+        user, found, password = value.partition(separator)
+        if found and password:
+            return f"{user}{separator}{REDACTED}"
+    return value
+
+
+def _redact_words(words: list[str], depth: int = 0) -> list[str]:
+    """The words of a command line (raw shell words or argv) with their secrets replaced, one for one."""
+    out = list(words)
+    secret_short, user_pass_short, tool = "", "", ""  # what the options of the command being read mean
+    take_next: Callable[[str], str] | None = None  # how the next word (an option's value) is redacted
+    for index, raw in enumerate(words):
+        word = _unquote(raw)
+        if raw and raw[0] in ";&|()<>\n":  # an operator: a new command starts
+            secret_short, user_pass_short, tool, take_next = "", "", "", None
+            continue
+        if take_next is None and _PLAIN_WORD_RE.fullmatch(word):  # most words: a name, a path, a number
+            base = word.rpartition("/")[2]
+            if base in _SECRET_SHORT_OPTIONS or base in _USER_PASS_SHORT_OPTIONS or base in _LOGIN_TOOLS:
+                tool = base
+                secret_short = _SECRET_SHORT_OPTIONS.get(base, "")
+                user_pass_short = _USER_PASS_SHORT_OPTIONS.get(base, "")
+            elif word == "login" and tool in _LOGIN_TOOLS:
+                secret_short = "p"
+            if len(word) >= 20 and SECRET_VALUE_RE.search(word):
+                out[index] = "<redacted>"
+            continue
+        if take_next is not None:
+            out[index], take_next = take_next(word), None
+            if out[index] != word and raw != word:
+                out[index] = raw[0] + out[index] + raw[-1]
+            continue
+        if _WHITESPACE_RE.search(word) and not _HEADER_SECRET_RE.match(word.lstrip()) and depth < 3:
+            inner = redact_command_text(word, depth + 1)  # a script inside a word (sh -c's argument, quoted text)
+            out[index] = inner if raw == word else raw[0] + inner + raw[-1]
+            continue
+        if word.lower() in ("bearer", "basic", "token") and index and words[index - 1].lower().endswith(
+                "authorization:"):
+            take_next = _secret_option_value  # an unquoted `Authorization: Bearer X` split into words
+            continue
+        name, equals, value = word.partition("=")
+        if equals and value and _OPTION_NAME_RE.fullmatch(name) and not name.lower().endswith(_NOT_A_SECRET_SUFFIXES) \
+                and (SENSITIVE_NAME_RE.search(name.lstrip("-")) or _LONG_SECRET_OPTION_RE.match(name)):
+            out[index] = f"{name}={REDACTED}" if raw == word else f"{raw[0]}{name}={REDACTED}{raw[-1]}"
+            continue
+        base = posixpath.basename(word)
+        if base in _SECRET_SHORT_OPTIONS or base in _USER_PASS_SHORT_OPTIONS or base in _LOGIN_TOOLS:
+            tool = base
+            secret_short = _SECRET_SHORT_OPTIONS.get(base, "")
+            user_pass_short = _USER_PASS_SHORT_OPTIONS.get(base, "")
+        elif word == "login" and tool in _LOGIN_TOOLS:
+            secret_short = "p"
+        if len(word) >= 2 and word[0] == "-" and word[1] != "-" and (word[1] in secret_short or
+                                                                     word[1] in user_pass_short):
+            attached = word[2:]
+            redact = _user_pass if word[1] in user_pass_short else (lambda _: REDACTED)
+            if attached:
+                out[index] = word[:2] + redact(attached)
+            else:
+                take_next = redact
+            continue
+        if word.startswith("-") and len(word) > 3 and _LONG_SECRET_OPTION_RE.match(word) and \
+                not word.lower().endswith(_NOT_A_SECRET_SUFFIXES):
+            take_next = _secret_option_value
+            continue
+        if word in _USER_PASS_LONG_OPTIONS:
+            take_next = _user_pass
+            continue
+        if SECRET_VALUE_RE.search(word) and not _URL_USERINFO_RE.search(word):
+            out[index] = "<redacted>"
+            continue
+        redacted = _redact_value_text(word)
+        if redacted != word:
+            out[index] = redacted if raw == word else raw[0] + redacted + raw[-1]
+    return out
+
+
+def redact_command_text(script: str, depth: int = 0) -> str:
+    """A shell script (``sh -c`` text, a build arg, a healthcheck) with its secrets replaced, quoting as written."""
+    spans = [(m.start(), m.end()) for m in _SHELL_WORD_RE.finditer(script)]
+    words = [script[a:b] for a, b in spans]
+    redacted = _redact_words(words, depth)
+    out, last = [], 0
+    for (a, b), new in zip(spans, redacted, strict=True):
+        out.append(script[last:a])
+        out.append(new)
+        last = b
+    out.append(script[last:])
+    return "".join(out)
 
 
 def redact_arguments(value: Any, key: str = "") -> Any:
-    """A copy of tool arguments fit for the audit log: secret-named fields and secret-shaped values hidden."""
+    """A copy of tool arguments fit for the audit log: secret-named fields and secret-shaped values hidden,
+    command lines and scripts kept in shape with only their secrets replaced."""
     if key and SENSITIVE_NAME_RE.search(key) and not isinstance(value, (bool, int, float)) and value not in (None, ""):
         return "<redacted>"
     if isinstance(value, dict):
         return {k: redact_arguments(v, str(k)) for k, v in value.items()}
     if isinstance(value, list):
-        return [redact_arguments(v) for v in value[:64]]
+        items = value[:64]
+        if items and all(isinstance(v, str) for v in items):  # an argv, a K=V list, a list of names
+            return [w if len(w) <= 512 else w[:512] + "..." for w in _redact_words(items)]
+        return [redact_arguments(v) for v in items]
     if isinstance(value, str):
-        if SECRET_VALUE_RE.search(value):
+        if re.search(r"\s", value) and not SECRET_VALUE_RE.fullmatch(value.strip()):
+            value = redact_command_text(value)  # a script (sh -c's text, a build arg): word by word
+        elif SECRET_VALUE_RE.search(value) and not _URL_USERINFO_RE.search(value):
             return "<redacted>"
-        if "=" in value and SENSITIVE_NAME_RE.search(value.split("=", 1)[0]):
+        else:
+            value = _redact_value_text(value)
+        name = value.split("=", 1)[0]
+        if "=" in value and _OPTION_NAME_RE.fullmatch(name) and SENSITIVE_NAME_RE.search(name) and \
+                not value.split("=", 1)[1].startswith((REDACTED, "<redacted")):
             return value.split("=", 1)[0] + "=<redacted>"
         return value if len(value) <= 512 else value[:512] + "..."
     return value
@@ -2037,29 +2195,65 @@ def dockerfile_images(text: str) -> list[str]:
 #
 # A second line of defence only: the container boundary and the tiers are the first. It looks at what
 # a command would run (the argv, and the scripts given to sh -c), not at words anywhere in it, so
-# `grep shutdown app.log` passes while `rm -rf /` does not. It cannot see what an interpreter (python
-# -c, perl -e) or a script file will do.
+# `grep shutdown app.log` passes while `rm -rf /` does not. It fails closed: a script whose effect it
+# cannot determine (eval of text built at run time, a command name or a delete target that comes from a
+# variable or a substitution, a shell or interpreter reading its program from a pipe or a here-document,
+# python -c / perl -e one-liners that run commands, aliases and functions, relative deletes after a cd it
+# cannot follow ...) is `indeterminate`, which the policy treats as destructive. Script files it does not see.
 
-_SHELLS = {"sh", "bash", "dash", "ash", "zsh", "ksh", "mksh", "hush"}
-_SEPARATORS = {";", "&&", "||", "|", "&", "(", ")", "{", "}", ";;", "|&", "!", "$"}
-_SHELL_KEYWORDS = {"then", "do", "else", "elif", "if", "while", "until", "time", "exec", "command", "builtin"}
+_SHELLS = {"sh", "bash", "dash", "ash", "zsh", "ksh", "mksh", "hush", "fish", "csh", "tcsh", "yash", "posh"}
+_SHELL_KEYWORDS = {"then", "do", "else", "elif", "if", "while", "until", "time", "exec", "command", "builtin",
+                   "!", "{", "}", "fi", "done", "esac", "coproc"}
 _BLOCK_DEVICE_RE = re.compile(r"^/dev/(sd|hd|vd|xvd|nvme|mmcblk|dm-|md|loop|disk/|mapper/|root)")
 _FORK_BOMB_RE = re.compile(r"([\w:.]+)\s*\(\)\s*\{[^}]*?\1\s*\|\s*\1\s*&")
 _DISK_TOOLS = {"mkswap", "wipefs", "blkdiscard", "mke2fs", "mkdosfs", "mkntfs"}
 _PARTITION_TOOLS = {"fdisk", "sfdisk", "parted", "sgdisk", "gdisk", "cfdisk"}
+# Interpreters and the options after which their program is given inline; what in that program runs
+# another program or deletes a tree (the screen cannot follow it there, so it is indeterminate).
+_INTERPRETERS: dict[str, tuple[str, ...]] = {
+    "python": ("-c",), "perl": ("-e", "-E"), "ruby": ("-e",), "node": ("-e", "--eval", "-p", "--print"),
+    "nodejs": ("-e", "--eval", "-p", "--print"), "php": ("-r",), "lua": ("-e",), "tclsh": (), "Rscript": ("-e",),
+    "deno": ("eval",), "bun": ("-e", "--eval"), "pwsh": ("-c", "-Command"), "osascript": ("-e",),
+}
+_INTERPRETER_EXEC_RE = re.compile(
+    r"\b(os\s*\.\s*(system|popen|exec\w*|spawn\w*|remove\w*|unlink|rmdir|fork|kill\w*)|subprocess|commands\s*\."
+    r"|pty|shutil\s*\.\s*(rmtree|move)|importlib|exec|eval|compile|getattr|vars|globals|locals|breakpoint"
+    r"|pathlib|unlink|rmtree|rm_r|rm_rf|system|exec[lv]p?e?|spawn\w*|popen\w*|qx|child_process|execSync"
+    r"|execFileSync|spawnSync|shell_exec|passthru|proc_open|pcntl_exec|Runtime|ProcessBuilder|binding|dlopen"
+    r"|FileUtils|marshal|pickle|ctypes|cffi|rm|rmdir|rmSync|rmdirSync|unlinkSync|Deno\s*\.\s*(run|remove\w*|Command))\b"
+    r"|__\w+__|`|[\"']\s*\||\|\s*[\"']|%x", re.I)
+# Options whose value is a command line that the program runs (through a shell or as an argv): the value is
+# judged as a script, so `tar --to-command='rm -rf /'` is what `rm -rf /` is, and `tar -I zstd` passes.
+_COMMAND_OPTIONS: dict[str, tuple[str, ...]] = {
+    "tar": ("--to-command", "--use-compress-program", "-I", "--checkpoint-action", "--info-script",
+            "--new-volume-script", "-F"),
+    "rsync": ("-e", "--rsh", "--rsync-path"), "flock": ("-c", "--command"), "script": ("-c", "--command"),
+    "zip": ("-TT", "--unzip-command"), "strace": ("-o",), "ltrace": ("-o",), "gdb": ("-ex", "--eval-command"),
+    "vi": ("-c", "--cmd"), "vim": ("-c", "--cmd"), "nvim": ("-c", "--cmd"), "ex": ("-c", "--cmd"),
+    "view": ("-c", "--cmd"), "ssh": ("-o",), "scp": ("-o", "-S"), "sftp": ("-o", "-S"), "git": ("-c",),
+}
+_GIT_COMMAND_KEYS_RE = re.compile(r"(?i)^(core\.(pager|sshcommand|editor|fsmonitor|hookspath|askpass)|alias\..*|"
+                                  r".*\.(textconv|command|helper|cmd|program|tool)|sequence\.editor|gpg\.program)=")
+_SED_EXECUTES_RE = re.compile(r"(^|[;\n{}])\s*[0-9,$/]*\s*e(\s|$)|s(.).*\3.*\3[gpiImM0-9]*e")
+_AWKS = {"awk", "gawk", "mawk", "nawk"}
+_AWK_EXEC_RE = re.compile(r"\bsystem\s*\(|\|\s*(getline|\")|\|&|print[^;}]*\|")
+_STDIN_PATHS = {"-", "/dev/stdin", "/dev/fd/0", "/proc/self/fd/0"}
 
 
 def _critical_target(word: str) -> bool:
     """/, a top-level directory (except /tmp), or the home directory: what `rm -rf` must not get."""
-    if word in ("~", "~/", "$HOME", "${HOME}", "$HOME/", "${HOME}/") or word.startswith(("~/*", "$HOME/*")):
+    if word in ("~", "~/", "$HOME", "${HOME}", "$HOME/", "${HOME}/") or word.startswith(("~/*", "$HOME/*")) or \
+            re.fullmatch(r"~[A-Za-z0-9_.+-]*/?\*?", word):  # ~user is that user's home; ~+ and ~- are cd targets
         return True
     if not word.startswith("/"):
         return False
-    path = word
+    path = re.sub(r"^/+proc/+[^/]+/+(root|cwd)(?=/|$)", "", word) or "/"  # /proc/self/root is / again
     while path.endswith(("/*", "/.")) or (path.endswith("/") and len(path) > 1):
         path = path[:-2] if path.endswith(("/*", "/.")) else path[:-1]
     path = lexical_path(path or "/")
-    return path == "/" or (path.count("/") == 1 and path not in ("/tmp", "/var/tmp") and "*" not in path[1:])
+    if path == "/" or re.match(r"^/[^/]*[*?\[]", path):  # a pattern in the first component can match /etc
+        return True
+    return path.count("/") == 1 and path not in ("/tmp", "/var/tmp")
 
 
 # Commands that run another command, with their options that take a separate value, and how many
@@ -2076,25 +2270,284 @@ _WRAPPERS: dict[str, tuple[frozenset[str], int]] = {
     "nsenter": (frozenset({"-t", "--target"}), 0), "time": (frozenset({"-f", "-o"}), 0),
     "exec": (frozenset({"-a"}), 0), "command": (frozenset(), 0), "builtin": (frozenset(), 0),
     "taskset": (frozenset(), 1), "chrt": (frozenset(), 1), "flock": (frozenset({"-w", "-E"}), 1),
+    "parallel": (frozenset({"-j", "-S"}), 0), "watch": (frozenset({"-n", "-d"}), 0), "toybox": (frozenset(), 0),
 }
-_ASSIGNMENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=.*", re.S)
+_ARGS_FROM_STDIN = {"xargs", "parallel"}
+_ASSIGNMENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\[[^]]*\])?\+?=.*", re.S)
+
+
+class Indeterminate(Exception):
+    """The screen cannot tell what a command will do; the message says what it could not determine."""
+
+
+@dataclasses.dataclass
+class ShellWord:
+    """One shell word: its text with quotes removed, and whether the shell computes part of it at run time."""
+
+    text: str
+    dynamic: str = ""  # the first run-time construct in it ($X, ${!x}, $(...), `...`, $'...'), or ""
+    substitutions: list[str] = dataclasses.field(default_factory=list)  # the scripts of $(...), `...`, <(...)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+_OPERATORS = (";;&", "&>>", "<<-", "<<<", ";;", ";&", "&&", "||", "|&", "<<", "<>", "<&", ">>", ">&", ">|", "&>",
+              ";", "&", "|", "(", ")", "<", ">", "\n")
+_OPERATOR_START = frozenset(";&|()<>\n")
+_PARAMETER_RE = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*|[0-9@*#?$!-])")
+_REDIRECTIONS = {"<", ">", ">>", ">|", "<>", "<&", ">&", "&>", "&>>", "<<", "<<-", "<<<"}
+
+
+def _balanced(script: str, start: int, open_: str, close: str) -> int:
+    """Index just past the ``close`` that matches the ``open_`` before ``start`` (quotes respected)."""
+    depth, index = 1, start
+    while index < len(script):
+        char = script[index]
+        if char == "\\":
+            index += 2
+            continue
+        if char == "'":
+            end = script.find("'", index + 1)
+            index = len(script) if end < 0 else end + 1
+            continue
+        if char == '"':
+            index += 1
+            while index < len(script) and script[index] != '"':
+                index += 2 if script[index] == "\\" else 1
+            index += 1
+            continue
+        if char == open_:
+            depth += 1
+        elif char == close:
+            depth -= 1
+            if depth == 0:
+                return index + 1
+        index += 1
+    return len(script)
+
+
+def shell_tokens(script: str) -> list[ShellWord | str]:
+    """POSIX shell words and operators (operators as plain strings). Lenient: an unterminated quote takes the
+    rest of the script, as far as judging it goes. Here-document bodies are skipped (they are data; what reads
+    them is judged by its redirection)."""
+    tokens: list[ShellWord | str] = []
+    text: list[str] = []
+    dynamic: list[str] = []
+    subs: list[str] = []
+    started = False
+    heredocs: list[tuple[str, bool]] = []
+    index, length = 0, len(script)
+
+    def finish() -> None:
+        nonlocal started
+        if started:
+            tokens.append(ShellWord("".join(text), dynamic[0] if dynamic else "", list(subs)))
+        text.clear()
+        dynamic.clear()
+        subs.clear()
+        started = False
+
+    def dollar(at: int) -> int:
+        """Read an expansion starting at ``$``; return the index after it."""
+        nxt = script[at + 1] if at + 1 < length else ""
+        if script.startswith("$((", at):
+            end = _balanced(script, at + 3, "(", ")")
+            end = _balanced(script, end, "(", ")") if end < length and script[end - 1] == ")" else end
+            dynamic.append("$((...))")
+            text.append(script[at:end])
+            return end
+        if nxt == "(":
+            end = _balanced(script, at + 2, "(", ")")
+            subs.append(script[at + 2:end - 1])
+            dynamic.append("$(...)")
+            text.append(script[at:end])
+            return end
+        if nxt == "{":
+            end = _balanced(script, at + 2, "{", "}")
+            inner = script[at + 2:end - 1]
+            dynamic.append("${!...} (indirection)" if inner.startswith("!") else "${...}")
+            if "$(" in inner or "`" in inner:
+                subs.append(inner)
+            text.append(script[at:end])
+            return end
+        if nxt == "'":  # bash's $'...': escapes such as \x72 decode at run time
+            end = at + 2
+            while end < length and script[end] != "'":
+                end += 2 if script[end] == "\\" else 1
+            dynamic.append("$'...'")
+            text.append(script[at:end + 1])
+            return end + 1
+        match = _PARAMETER_RE.match(script, at)
+        if match:
+            dynamic.append(match.group(0))
+            text.append(match.group(0))
+            return at + len(match.group(0))
+        text.append("$")
+        return at + 1
+
+    while index < length:
+        char = script[index]
+        if char in " \t":
+            finish()
+            index += 1
+            continue
+        if char == "\\":
+            if script.startswith("\\\n", index):
+                index += 2
+                continue
+            text.append(script[index + 1:index + 2])
+            started = True
+            index += 2
+            continue
+        if char == "#" and not started:
+            end = script.find("\n", index)
+            index = length if end < 0 else end
+            continue
+        if char == "'":
+            end = script.find("'", index + 1)
+            end = length if end < 0 else end
+            text.append(script[index + 1:end])
+            started = True
+            index = end + 1
+            continue
+        if char == '"':
+            started = True
+            index += 1
+            while index < length and script[index] != '"':
+                if script[index] == "\\" and index + 1 < length:
+                    text.append(script[index + 1] if script[index + 1] in '$`"\\\n' else script[index:index + 2])
+                    index += 2
+                elif script[index] == "$":
+                    index = dollar(index)
+                elif script[index] == "`":
+                    end = script.find("`", index + 1)
+                    end = length if end < 0 else end
+                    subs.append(script[index + 1:end])
+                    dynamic.append("`...`")
+                    text.append(script[index:end + 1])
+                    index = end + 1
+                else:
+                    text.append(script[index])
+                    index += 1
+            index += 1
+            continue
+        if char == "$":
+            started = True
+            index = dollar(index)
+            continue
+        if char == "`":
+            end = script.find("`", index + 1)
+            end = length if end < 0 else end
+            subs.append(script[index + 1:end])
+            dynamic.append("`...`")
+            text.append(script[index:end + 1])
+            started = True
+            index = end + 1
+            continue
+        if char in "<>" and index + 1 < length and script[index + 1] == "(":  # process substitution
+            end = _balanced(script, index + 2, "(", ")")
+            subs.append(script[index + 2:end - 1])
+            dynamic.append(char + "(...)")
+            text.append(script[index:end])
+            started = True
+            index = end
+            continue
+        operator = next((op for op in _OPERATORS if script.startswith(op, index)), None) \
+            if char in _OPERATOR_START else None
+        if operator is None:
+            text.append(char)
+            started = True
+            index += 1
+            continue
+        if operator in _REDIRECTIONS and started and not dynamic and "".join(text).isdigit():
+            text.clear()  # an io number (2>), part of the redirection
+            started = False
+        finish()
+        tokens.append(operator)
+        index += len(operator)
+        if operator in ("<<", "<<-"):
+            match = re.match(r"[ \t]*(['\"]?)([^\s;&|<>()'\"]+)\1", script[index:])
+            if match:
+                heredocs.append((match.group(2), operator == "<<-"))
+                tokens.append(ShellWord(match.group(2)))
+                index += len(match.group(0))
+        if operator == "\n" and heredocs:
+            for delimiter, strip_tabs in heredocs:
+                while index < length:
+                    end = script.find("\n", index)
+                    line = script[index:length if end < 0 else end]
+                    index = length if end < 0 else end + 1
+                    if (line.lstrip("\t") if strip_tabs else line) == delimiter:
+                        break
+            heredocs.clear()
+    finish()
+    return tokens
+
+
+@dataclasses.dataclass
+class SimpleCommand:
+    words: list[ShellWord]
+    redirections: list[tuple[str, ShellWord]]
+    piped_in: bool  # stdin comes from the previous command of a pipeline
+
+
+def _simple_commands(tokens: list[ShellWord | str]) -> list[SimpleCommand]:
+    commands: list[SimpleCommand] = []
+    current = SimpleCommand([], [], False)
+    pending_redirection: str | None = None
+    for index, token in enumerate(tokens):
+        if token == "(" and len(current.words) == 1 and tokens[index + 1:index + 2] == [")"]:
+            raise Indeterminate(f"it defines a shell function ({_short_repr(current.words[0].text, 30)}), "
+                                "whose calls the screen does not follow")
+        if isinstance(token, ShellWord):
+            if pending_redirection:
+                current.redirections.append((pending_redirection, token))
+                pending_redirection = None
+            else:
+                current.words.append(token)
+            continue
+        if token in _REDIRECTIONS:
+            pending_redirection = token
+            continue
+        if current.words or current.redirections:
+            commands.append(current)
+        current = SimpleCommand([], [], token in ("|", "|&"))
+    if current.words or current.redirections:
+        commands.append(current)
+    return commands
 
 
 def _strip_wrappers(argv: list[str]) -> list[str]:
     """Drop sudo/env/nice/timeout/busybox ... and VAR=value prefixes to reach the command that runs."""
+    return _unwrap(argv)[0]
+
+
+def _unwrap(argv: list[Any]) -> tuple[list[Any], bool]:
+    """The command a wrapper chain runs, and whether its arguments come from stdin (xargs)."""
     argv = list(argv)
+    from_stdin = False
     for _ in range(8):
-        while argv and (_ASSIGNMENT_RE.fullmatch(argv[0]) or argv[0] in _SHELL_KEYWORDS):
+        while argv and (_ASSIGNMENT_RE.fullmatch(str(argv[0])) or str(argv[0]) in _SHELL_KEYWORDS):
             argv.pop(0)
-        wrapper = _WRAPPERS.get(posixpath.basename(argv[0])) if argv else None
+        head = posixpath.basename(str(argv[0])) if argv else ""
+        wrapper = _WRAPPERS.get(head)
         if wrapper is None:
-            return argv
+            return argv, from_stdin
+        from_stdin = from_stdin or head in _ARGS_FROM_STDIN
         value_options, positional = wrapper
         rest = argv[1:]
-        while rest and (rest[0].startswith("-") or _ASSIGNMENT_RE.fullmatch(rest[0])):
-            rest = rest[2:] if rest[0] in value_options else rest[1:]
+        if head == "watch":  # watch hands its words, joined, to sh -c
+            while rest and str(rest[0]).startswith("-"):
+                rest = rest[2:] if str(rest[0]) in value_options else rest[1:]
+            dynamic = next((w.dynamic for w in rest if isinstance(w, ShellWord) and w.dynamic), "")
+            return ["sh", "-c", ShellWord(" ".join(str(w) for w in rest), dynamic)], from_stdin
+        while rest and (str(rest[0]).startswith("-") or _ASSIGNMENT_RE.fullmatch(str(rest[0]))):
+            if head == "env" and str(rest[0]) in ("-S", "--split-string") and len(rest) > 1:
+                return ["sh", "-c", rest[1], *rest[2:]], from_stdin  # env -S splits its string like a shell
+            rest = rest[2:] if str(rest[0]) in value_options else rest[1:]
         argv = rest[positional:]
-    return argv
+    raise Indeterminate("wrappers nest too deeply to follow")
 
 
 def _flags(args: list[str]) -> tuple[set[str], list[str]]:
@@ -2114,96 +2567,430 @@ def _flags(args: list[str]) -> tuple[set[str], list[str]]:
     return flags, operands
 
 
-def _judge_simple_command(argv: list[str], depth: int) -> str | None:
-    argv = _strip_wrappers(argv)
-    if not argv:
+_HOME = "~"
+
+
+class _Context:
+    """What a script has done so far that later commands depend on: where it is (``cd``)."""
+
+    def __init__(self) -> None:
+        self.cwd: str | None = None  # None: the exec's working directory; "~": home; "?": cannot be known
+        self.cwd_why = ""
+        self.written: set[str] = set()  # files this script wrote (redirections, tee, cp, curl -o ...)
+
+    def wrote(self, path: str) -> None:
+        self.written.add(posixpath.normpath(path))
+
+    def runs_written(self, path: str) -> bool:
+        return posixpath.normpath(path) in self.written
+
+    def change_directory(self, args: list[ShellWord]) -> None:
+        operands = [a for a in args if not a.text.startswith("-") or a.text == "-"]
+        if not operands or operands[0].text in ("~", "~/") or operands[0].text in ("$HOME", "${HOME}"):
+            self.cwd = _HOME
+            return
+        target = operands[0]
+        if target.dynamic or target.text == "-" or target.text.startswith("~"):
+            self.cwd, self.cwd_why = "?", target.dynamic or target.text
+        elif target.text.startswith("/"):
+            self.cwd = lexical_path(target.text)
+        elif self.cwd in (None, "?"):
+            if ".." in target.text.split("/"):
+                self.cwd, self.cwd_why = "?", target.text
+        elif self.cwd == _HOME:
+            self.cwd = "?" if ".." in target.text.split("/") else _HOME + "/" + target.text
+            self.cwd_why = target.text
+        else:
+            self.cwd = lexical_path(posixpath.join(self.cwd, target.text))
+
+    def resolve(self, word: str) -> str | None:
+        """The path a relative delete target means here, or None when it means the unknown working directory's
+        own children (left to the container); raises when it cannot be known or reaches above it."""
+        if word.startswith(("/", "~", "$HOME", "${HOME}")):
+            return word
+        if self.cwd == "?":
+            raise Indeterminate(f"a relative delete target ({_short_repr(word, 30)}) after a cd to "
+                                f"{_short_repr(self.cwd_why, 30)}, which the screen cannot follow")
+        if self.cwd is None:
+            normal = posixpath.normpath(word)
+            if normal in (".", "..") or normal.startswith("../") or re.match(r"^[*?\[]", normal) or \
+                    normal.startswith(".*"):
+                raise Indeterminate(f"it deletes {_short_repr(word, 30)} of a working directory the screen does "
+                                    "not know (it may be /)")
+            return None
+        if self.cwd == _HOME or self.cwd.startswith(_HOME + "/"):
+            joined = posixpath.normpath(posixpath.join(self.cwd[1:] or "/", word))
+            return "~" + ("/" if joined == "/" else joined) + ("/*" if word.endswith("*") and joined == "/" else "")
+        return posixpath.join(self.cwd, word)
+
+
+def _brace_alternatives(text: str, limit: int = 64) -> list[str]:
+    """What bash's brace expansion makes of a word ({a,b} lists; {x..y} by its two ends), at most ``limit``."""
+    match = re.search(r"\{([^{}]*)\}", text)
+    if match is None or not ("," in match.group(1) or ".." in match.group(1)):
+        return [text]
+    inner = match.group(1)
+    options = inner.split(",") if "," in inner else inner.split("..", 1)
+    out: list[str] = []
+    for option in options:
+        for alternative in _brace_alternatives(text[:match.start()] + option + text[match.end():], limit):
+            if len(out) >= limit:
+                raise Indeterminate("a brace expansion makes too many targets to judge")
+            out.append(alternative)
+    return out
+
+
+def _judge_target(word: ShellWord, context: _Context, what: str) -> bool:
+    """Whether a delete/overwrite target is critical; raises when the screen cannot know."""
+    if word.dynamic:
+        if _critical_target(word.text):  # $HOME, ${HOME}
+            return True
+        raise Indeterminate(f"the target of {what} comes from {word.dynamic}, which is known only at run time")
+    for text in _brace_alternatives(word.text):
+        path = context.resolve(text)
+        if path is not None and _critical_target(path):
+            return True
+    return False
+
+
+def _judge_simple_command(argv: list[Any], depth: int, context: _Context | None = None,
+                          command: SimpleCommand | None = None) -> str | None:
+    """Why this one command is a known-destructive shape (a str), None, or Indeterminate."""
+    context = context or _Context()
+    words = [w if isinstance(w, ShellWord) else ShellWord(str(w)) for w in argv]
+    for word in words:
+        for script in word.substitutions:
+            reason = _judge_script(script, depth + 1)
+            if reason:
+                return reason
+    unwrapped, from_stdin = _unwrap(words)
+    words = [w if isinstance(w, ShellWord) else ShellWord(str(w)) for w in unwrapped]
+    if not words:
         return None
-    head = posixpath.basename(argv[0])
-    args = argv[1:]
-    if head in _SHELLS or head == "su":
-        for index, arg in enumerate(args):
+    if words[0].dynamic:
+        raise Indeterminate(f"the command name comes from {words[0].dynamic}, which is known only at run time")
+    head = posixpath.basename(words[0].text)
+    args = words[1:]
+    texts = [w.text for w in args]
+    if context.runs_written(words[0].text) or (
+            (head in _SHELLS or head in ("source", ".") or head in _AWKS or re.match(
+                r"(python|pypy|perl|ruby|node|php|lua)[0-9.]*$", head)) and
+            any(context.runs_written(t) for t in texts if not t.startswith("-"))):
+        raise Indeterminate("it runs a file that the same script wrote, whose content the screen does not follow")
+    _note_written_files(head, args, context)
+    redirections = command.redirections if command else []
+    stdin_script = (command is not None and command.piped_in) or any(
+        op in ("<<", "<<-", "<<<") or (op == "<" and w.dynamic) for op, w in redirections)
+    if head in ("eval", "trap"):
+        literal = args if head == "eval" else args[:1]
+        if any(w.dynamic for w in literal):
+            raise Indeterminate(f"{head} runs text built at run time ({next(w.dynamic for w in literal if w.dynamic)})")
+        return _judge_script(" ".join(w.text for w in literal), depth + 1) if literal else None
+    if head in ("alias", "unalias") and args:
+        raise Indeterminate("it defines an alias, whose uses the screen does not follow")
+    if head == "function":
+        raise Indeterminate("it defines a shell function, whose calls the screen does not follow")
+    if head in ("source", ".") and (not args or args[0].dynamic or args[0].text in _STDIN_PATHS or
+                                    args[0].text.startswith(("/dev/fd/", "/proc/"))):
+        raise Indeterminate(f"{head} reads a script from a pipe or a substitution")
+    if head == "cd" or head == "pushd":
+        context.change_directory(args)
+        return None
+    if head == "popd":
+        context.cwd, context.cwd_why = "?", "popd"
+        return None
+    if head in _SHELLS or head in ("su", "runuser"):
+        for index, arg in enumerate(texts):
             if (re.fullmatch(r"-[a-zA-Z]*c[a-zA-Z]*", arg) or arg == "--command") and index + 1 < len(args):
-                return destructive_command_reason(args[index + 1], depth + 1)
+                # the script is the first word after the options (`sh -c -- 'rm -rf /'`, `bash -c -e '...'`)
+                rest = args[index + 1:]
+                while len(rest) > 1 and (rest[0].text == "--" or rest[0].text[:1] in "-+" and not rest[0].dynamic):
+                    rest = rest[2:] if rest[0].text in ("-o", "+o") else rest[1:]
+                script = rest[0]
+                if script.dynamic:
+                    raise Indeterminate(f"the script given to {head} -c comes from {script.dynamic}")
+                return _judge_script(script.text, depth + 1)
+        if head in _SHELLS:
+            operands = [w for w in args if not w.text.startswith(("-", "+"))]
+            if operands and (operands[0].dynamic or operands[0].text in _STDIN_PATHS):
+                raise Indeterminate(f"{head} runs a script from {operands[0].dynamic or operands[0].text}")
+            if (not operands or "-s" in texts) and stdin_script:
+                raise Indeterminate(f"{head} reads its script from a pipe or a here-document")
         return None
-    flags, operands = _flags(args)
-    if head == "rm" and ("--no-preserve-root" in flags or
-                         ({"r", "R", "--recursive"} & flags and any(_critical_target(op) for op in operands))):
-        return "rm -r of the root, a top-level directory or the home directory"
+    interpreter = re.sub(r"[0-9.]+$", "", head) if re.match(r"(python|pypy|perl|ruby|node|php|lua)[0-9.]*$", head) \
+        else head
+    if interpreter in ("python", "pypy"):
+        interpreter = "python"
+    if interpreter in _INTERPRETERS:
+        inline = _INTERPRETERS[interpreter]
+        letters = "".join(o[1] for o in inline if len(o) == 2)
+        for index, arg in enumerate(texts):
+            code = None
+            if (arg in inline or letters and re.fullmatch(f"-[a-zA-Z]*[{letters}]", arg)) and index + 1 < len(args):
+                code = args[index + 1]  # -c CODE, and clusters such as python -Ic or perl -lne
+            elif letters and not arg.startswith("--") and (cluster := re.match(f"-[a-zA-Z]*?[{letters}]", arg)):
+                code = ShellWord(arg[cluster.end():], args[index].dynamic)
+            elif arg.startswith("--") and "=" in arg and arg.split("=", 1)[0] in inline:
+                code = ShellWord(arg.split("=", 1)[1], args[index].dynamic)
+            if code is not None:
+                if code.dynamic:
+                    raise Indeterminate(f"the program given to {head} {arg[:12]} comes from {code.dynamic}")
+                found = _INTERPRETER_EXEC_RE.search(code.text)
+                if found:
+                    raise Indeterminate(f"a {head} {arg[:12]} one-liner can run other programs or delete files "
+                                        f"({_short_repr(found.group(0), 20)}), which the screen cannot follow")
+                return None
+        operands = [w for w in args if not w.text.startswith("-")]
+        if (not operands or operands[0].text in _STDIN_PATHS) and stdin_script:
+            raise Indeterminate(f"{head} reads its program from a pipe or a here-document")
+        if operands and operands[0].dynamic:
+            raise Indeterminate(f"{head} runs a program from {operands[0].dynamic}")
+        return None
+    if head in _COMMAND_OPTIONS or head.startswith("vi"):
+        reason = _judge_command_options(head, args, depth)
+        if reason:
+            return reason
+    if head in ("sed", "gsed"):
+        programs = [args[i + 1] for i, t in enumerate(texts[:-1]) if t in ("-e", "--expression")] or \
+            [w for w in args if not w.text.startswith("-")][:1]
+        if any(w.dynamic or _SED_EXECUTES_RE.search(w.text) for w in programs):
+            raise Indeterminate(f"a {head} program runs commands (the e command or flag), which the screen "
+                                "cannot follow")
+    if head in _AWKS:
+        program = next((w for w in args if not w.text.startswith("-")), None)
+        if program is not None and (program.dynamic or _AWK_EXEC_RE.search(program.text)):
+            raise Indeterminate(f"an {head} program runs commands (system, pipes), which the screen cannot follow")
+        return None
+    flags, operand_words = _flags_words(args)
+    operands = [w.text for w in operand_words]
+    deleting = head in ("rm", "shred", "wipe", "unlink", "rmdir") or \
+        (head in ("chmod", "chown", "chgrp") and {"R", "--recursive"} & flags) or head == "mv"
+    if from_stdin and deleting and (head != "rm" or {"r", "R", "--recursive"} & flags):
+        raise Indeterminate(f"{head} gets its targets from stdin (xargs), which the screen cannot see")
+    if head == "rm":
+        if "--no-preserve-root" in flags:
+            return "rm -r of the root, a top-level directory or the home directory"
+        if {"r", "R", "--recursive"} & flags and any(_judge_target(w, context, "rm -r") for w in operand_words):
+            return "rm -r of the root, a top-level directory or the home directory"
+        return None
     if head == "find":
         paths = []
-        for arg in args:
-            if arg.startswith(("-", "(", "!")):
+        for word in args:
+            if word.text.startswith(("-", "(", "!")) and not word.dynamic:
                 break
-            paths.append(arg)
-        deletes = "-delete" in args or any(a in ("-exec", "-execdir", "-ok") and i + 1 < len(args) and
-                                           posixpath.basename(args[i + 1]) in ("rm", "shred", "unlink")
-                                           for i, a in enumerate(args))
-        if deletes and any(_critical_target(p) for p in paths):
+            paths.append(word)
+        for index, text in enumerate(texts):
+            if text in ("-exec", "-execdir", "-ok", "-okdir") and index + 1 < len(args):
+                end = next((j for j in range(index + 1, len(texts)) if texts[j] in (";", "+")), len(texts))
+                inner = args[index + 1:end]
+                reason = _judge_simple_command(inner, depth + 1, _Context())
+                if reason:
+                    return reason
+        deletes = "-delete" in texts or any(a in ("-exec", "-execdir", "-ok") and i + 1 < len(args) and
+                                            posixpath.basename(texts[i + 1]) in ("rm", "shred", "unlink")
+                                            for i, a in enumerate(texts))
+        if deletes and any(_judge_target(p, context, "find -delete") for p in (paths or [ShellWord(".")])):
             return "find ... -delete over the root or a top-level directory"
+        return None
     if head.startswith("mkfs") or head in _DISK_TOOLS:
         return f"{head} formats or wipes a disk"
     if head in _PARTITION_TOOLS and not {"l", "--list", "s", "--print"} & flags and operands:
         return f"{head} repartitions a disk"
-    if head == "dd" and any(a.startswith("of=") and _BLOCK_DEVICE_RE.match(a[3:]) for a in args):
-        return "dd writes onto a block device"
-    if head in ("shred", "wipe") and any(_BLOCK_DEVICE_RE.match(op) or _critical_target(op) for op in operands):
+    if head == "dd":
+        for word in args:
+            if word.text.startswith("of=") and (word.dynamic or _BLOCK_DEVICE_RE.match(word.text[3:])):
+                if word.dynamic:
+                    raise Indeterminate(f"dd writes to a file named by {word.dynamic}")
+                return "dd writes onto a block device"
+    if head == "tee" and any(_BLOCK_DEVICE_RE.match(w.text) for w in operand_words):
+        return "tee writes onto a block device"
+    if head in ("shred", "wipe") and any(_BLOCK_DEVICE_RE.match(w.text) or _judge_target(w, context, head)
+                                         for w in operand_words):
         return f"{head} destroys a disk or a system directory"
     if head in ("chmod", "chown", "chgrp") and {"R", "--recursive"} & flags and \
-            any(_critical_target(op) for op in operands[1:]):
+            any(_judge_target(w, context, f"{head} -R") for w in operand_words[1:]):
         return f"{head} -R over the root or a top-level directory"
-    if head == "mv" and any(_critical_target(op) for op in operands[:-1]):
+    if head == "mv" and any(_judge_target(w, context, "mv") for w in operand_words[:-1]):
         return "mv of the root or a top-level directory"
     if head in ("shutdown", "reboot", "halt", "poweroff") or (head in ("init", "telinit") and
                                                               operands[:1] in (["0"], ["6"])):
         return f"{head} stops the system"
-    if head == "killall5" or (head in ("kill", "pkill") and any(a == "-1" for a in args[1:])):
+    if head == "killall5" or (head in ("kill", "pkill") and any(a == "-1" for a in texts[1:])):
         return "kill -1 signals every process"
     return None
 
 
-def destructive_command_reason(command: str | list[str] | tuple[str, ...], depth: int = 0) -> str | None:
-    """Why a command looks like a known-destructive shape, or None. A list is an argv; a string a script."""
-    import shlex
-
-    if depth > 3:
-        return None
-    if not isinstance(command, str):
-        joined = " ".join(command)
-        if _FORK_BOMB_RE.search(joined):
-            return "a fork bomb"
-        return _judge_simple_command(list(command), depth)
-    script = command
-    if _FORK_BOMB_RE.search(script):
-        return "a fork bomb"
-    try:
-        lexer = shlex.shlex(script.replace("\n", " ; "), posix=True, punctuation_chars=";&|()<>")
-        lexer.whitespace_split = True
-        lexer.commenters = "#"
-        tokens = list(lexer)
-    except ValueError:  # unbalanced quotes: judge the words as they stand
-        tokens = re.findall(r"[;&|()<>]+|[^\s;&|()<>]+", script)
-    current: list[str] = []
-    commands = [current]
-    redirect = False
-    for token in tokens:
-        if redirect:
-            redirect = False
-            if _BLOCK_DEVICE_RE.match(token):
-                return "a redirection writes onto a block device"
+def _judge_command_options(head: str, args: list[ShellWord], depth: int) -> str | None:
+    """Judge the command lines that options such as tar --to-command or git -c core.pager=... give to run."""
+    options = _COMMAND_OPTIONS.get(head, ("-c", "--cmd"))
+    for index, word in enumerate(args):
+        name, equals, attached = word.text.partition("=")
+        if word.text in options and index + 1 < len(args):
+            value = args[index + 1]
+        elif equals and name in options and name.startswith("--"):
+            value = ShellWord(attached, word.dynamic)
+        elif head.startswith("vi") and word.text.startswith("+"):
+            value = ShellWord(word.text[1:], word.dynamic)
+        else:
             continue
-        if token in (">", ">>", ">|", "&>", "1>", "2>"):
-            redirect = True
-            continue
-        if token in _SEPARATORS or set(token) <= set(";&|()<>"):
-            current = []
-            commands.append(current)
-            continue
-        current.append(token.removeprefix("$(").removeprefix("`").rstrip("`"))
-    for argv in commands:
-        reason = _judge_simple_command(argv, depth)
+        text = value.text
+        if head == "git":
+            if not _GIT_COMMAND_KEYS_RE.match(text):
+                continue
+            text = text.split("=", 1)[1].lstrip("!")
+        elif head in ("ssh", "scp", "sftp") and word.text == "-o":
+            key, _, rest = text.partition("=")
+            if key.lower() not in ("proxycommand", "localcommand", "knownhostscommand", "remotecommand"):
+                continue
+            text = rest
+        elif head.startswith("vi") or head in ("ex", "view", "gdb"):
+            match = re.match(r"\s*:?\s*(!|shell\s|sh\s|r\s*!|w\s*!)(.*)", text)
+            if not match:
+                continue
+            text = match.group(2)
+        elif head in ("strace", "ltrace"):
+            if not text.startswith(("|", "!")):
+                continue
+            text = text[1:]
+        elif head == "tar" and word.text.startswith("--checkpoint-action"):
+            text = text.partition("exec=")[2] or ""
+        if value.dynamic:
+            raise Indeterminate(f"{head} runs a command given by {value.dynamic}")
+        reason = _judge_script(text, depth + 1)
         if reason:
             return reason
     return None
+
+
+def _note_written_files(head: str, args: list[ShellWord], context: _Context) -> None:
+    """Remember what this command writes, so that running it later in the script is not judged as harmless."""
+    texts = [w.text for w in args if not w.dynamic]
+    operands = [t for t in texts if not t.startswith("-")]
+    if head in ("tee", "dd"):
+        for text in texts:
+            if head == "tee" and not text.startswith("-"):
+                context.wrote(text)
+            elif head == "dd" and text.startswith("of="):
+                context.wrote(text[3:])
+    elif head in ("cp", "mv", "ln", "install", "rsync") and len(operands) >= 2:
+        context.wrote(operands[-1])
+        for source in operands[:-1]:
+            context.wrote(posixpath.join(operands[-1], posixpath.basename(source)))
+    elif head in ("curl", "wget"):
+        for index, text in enumerate(texts[:-1]):
+            if text in ("-o", "-O", "--output", "--output-document"):
+                context.wrote(texts[index + 1])
+    symbolic = "--symbolic" in texts or any("s" in t[1:] for t in texts if t.startswith("-") and t[1:2] != "-")
+    if head == "ln" and symbolic and operands:
+        for target in operands[:-1] if len(operands) > 1 else operands:
+            if _critical_target(target):
+                raise Indeterminate(f"it links to {_short_repr(target, 30)}; deletes through the link cannot be "
+                                    "judged")
+
+
+def _flags_words(args: list[ShellWord]) -> tuple[set[str], list[ShellWord]]:
+    flags, _ = _flags([w.text if not w.dynamic else "x" for w in args])
+    operands: list[ShellWord] = []
+    only_operands = False
+    for word in args:
+        if only_operands or word.dynamic or not word.text.startswith("-") or word.text == "-":
+            operands.append(word)
+        elif word.text == "--":
+            only_operands = True
+    return flags, operands
+
+
+_MAX_SCRIPT_DEPTH = 6
+
+
+def _judge_script(script: str, depth: int) -> str | None:
+    if depth > _MAX_SCRIPT_DEPTH:
+        raise Indeterminate("scripts nest too deeply to judge")
+    if _FORK_BOMB_RE.search(script):
+        return "a fork bomb"
+    context = _Context()
+    for command in _simple_commands(shell_tokens(script)):
+        for operator, target in command.redirections:
+            if operator in (">", ">>", ">|", "&>", "&>>", "<>") and _BLOCK_DEVICE_RE.match(target.text):
+                return "a redirection writes onto a block device"
+            if operator in (">", ">>", ">|", "&>", "&>>", "<>"):
+                context.wrote(target.text)
+            for inner in target.substitutions:
+                reason = _judge_script(inner, depth + 1)
+                if reason:
+                    return reason
+        reason = _judge_simple_command(command.words, depth, context, command)
+        if reason:
+            return reason
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class CommandVerdict:
+    """What the screen found: ``destructive`` (a known shape) or ``indeterminate`` (it cannot tell)."""
+
+    kind: str
+    reason: str
+
+
+def screen_command(command: str | list[str] | tuple[str, ...]) -> CommandVerdict | None:
+    """The screen's verdict on an argv (a list) or a shell script (a string); None when it passes."""
+    try:
+        if isinstance(command, str):
+            reason = _judge_script(command, 0)
+        else:
+            if _FORK_BOMB_RE.search(" ".join(command)):
+                return CommandVerdict("destructive", "a fork bomb")
+            reason = _judge_simple_command(list(command), 0)
+    except Indeterminate as exc:
+        return CommandVerdict("indeterminate", str(exc))
+    except (ValueError, IndexError, KeyError, RecursionError):  # fail closed on anything the reader trips over
+        log.warning("exec screen could not read a command", exc_info=True)
+        return CommandVerdict("indeterminate", "the screen could not read the command")
+    return CommandVerdict("destructive", reason) if reason else None
+
+
+def destructive_command_reason(command: str | list[str] | tuple[str, ...], depth: int = 0) -> str | None:
+    """Why a command is refused by the screen (a known-destructive shape, or what could not be determined)."""
+    verdict = screen_command(command)
+    return None if verdict is None else verdict.reason
+
+
+# The highest tier this call's caller may use: its role's ceiling, lowered by its engine's access level. The
+# tool pipeline sets it before a handler runs (the value follows the call into its worker thread); the exec
+# screen lets an indeterminate command through only when the destructive tier is on for this caller.
+CALL_CEILING: contextvars.ContextVar[Tier] = contextvars.ContextVar("mcp_docker_call_ceiling", default=Tier.DESTRUCTIVE)
+
+
+def set_call_ceiling(role: Role | None) -> None:
+    """A new call: its ceiling is the caller's role's (none: the server's tiers)."""
+    CALL_CEILING.set(role.max_tier if role is not None else Tier.DESTRUCTIVE)
+
+
+def narrow_call_ceiling(engine_access: str) -> None:
+    """The call goes to an engine with this access level: the ceiling is the lower of the two."""
+    ceiling = ACCESS_CEILING.get(engine_access, Tier.SAFE)
+    if TIER_ORDER[ceiling] < TIER_ORDER[CALL_CEILING.get()]:
+        CALL_CEILING.set(ceiling)
+
+
+def command_denial(command: Sequence[str], settings: Settings) -> Denial | None:
+    """The policy's rule for exec commands: known-destructive shapes need SAFETY_ALLOW_DESTRUCTIVE_COMMANDS;
+    commands the screen cannot judge are treated as destructive, so the destructive tier also lets them run
+    (when it is on for this caller: its role and its engine too)."""
+    if settings.allow_destructive_commands:
+        return None
+    verdict = screen_command(list(command))
+    if verdict is None:
+        return None
+    if verdict.kind == "destructive":
+        return Denial("destructive_command", f"the command looks destructive: {verdict.reason} (a screening of "
+                      "known shapes)", "set SAFETY_ALLOW_DESTRUCTIVE_COMMANDS=true")
+    if settings.allow_destructive and CALL_CEILING.get() is Tier.DESTRUCTIVE:
+        return None
+    return Denial("destructive_command", f"the screen cannot determine what the command does, so it is treated as "
+                  f"destructive: {verdict.reason}", "set SAFETY_ALLOW_DESTRUCTIVE_OPERATIONS=true (or "
+                  "SAFETY_ALLOW_DESTRUCTIVE_COMMANDS=true), or give the command as a plain argument list")
 
 
 # -- the judge ----------------------------------------------------------------------------------------
@@ -2304,11 +3091,10 @@ def judge_request(request: PowerRequest, settings: Settings, host: HostFacts) ->
     for conflict in request.profile_conflicts:
         denials.append(Denial("container_profile", f"{conflict} conflicts with the hardened container profile",
                               "set SAFETY_CONTAINER_PROFILE=default"))
-    if request.command and not settings.allow_destructive_commands:
-        reason = destructive_command_reason(request.command)
-        if reason:
-            denials.append(Denial("destructive_command", f"the command looks destructive: {reason} (a "
-                                  "screening of known shapes)", "set SAFETY_ALLOW_DESTRUCTIVE_COMMANDS=true"))
+    if request.command:
+        denial = command_denial(request.command, settings)
+        if denial:
+            denials.append(denial)
     return denials
 
 
@@ -2368,6 +3154,38 @@ INJECTION_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
 )
 
 
+# Look-alikes: the heuristics match a folded copy of each line, never what is returned. NFKC folds fullwidth,
+# mathematical, circled and compatibility letters; the map folds the Cyrillic, Greek and other letters that look
+# Latin; marks, format characters (zero-width, bidi) and blank fillers go, so "Іgnоrе", "Ｉｇｎｏｒｅ", "i\u034fgnore"
+# and "\u202eignore" all read "ignore".
+_CONFUSABLES = str.maketrans(
+    # Cyrillic, Greek, Latin small capitals and IPA, Armenian; then, in the same order, the letters they imitate
+    "авсԁеёһіїјкӏмноԛрѕтѵԝху"
+    "АВСЕНІЈКМОРЅТХУԚԜӀ"
+    "αβεηικμνορτυχωϲϳ"
+    "ΑΒΕΖΗΙΚΜΝΟΡΤΥΧϹ"
+    "ıȷɑɡɩɪʏʟᴀᴄᴅᴇᴊᴋᴍᴏᴘᴛᴜᴠᴡᴢ"
+    "օսոհց",
+    "abcdeehiijklmhoqpstvwxy"
+    "ABCEHIJKMOPSTXYQWI"
+    "abenikuvoptuxwcj"
+    "ABEZHIKMNOPTYXC"
+    "ijagiiylacdejkmoptuvwz"
+    "ounhg")
+_BLANK_FILLERS_RE = re.compile("[\u115f\u1160\u2800\u3164\uffa0]")
+
+
+def fold_lookalikes(text: str) -> str:
+    """The form the injection heuristics read: look-alike letters as the Latin ones they imitate."""
+    import unicodedata
+
+    if text.isascii():
+        return text
+    decomposed = unicodedata.normalize("NFKD", _BLANK_FILLERS_RE.sub("", text))
+    kept = "".join(ch for ch in decomposed if unicodedata.category(ch) not in ("Mn", "Me", "Cf"))
+    return unicodedata.normalize("NFKC", kept.translate(_CONFUSABLES))
+
+
 class UntrustedOutput:
     """Cleans the container-written parts of one result and records what it found."""
 
@@ -2393,11 +3211,13 @@ class UntrustedOutput:
 
     def _scan(self, where: str, text: str) -> None:
         for number, line in enumerate(text.split("\n"), start=1):
+            folded = fold_lookalikes(line)
             for reason, pattern in INJECTION_PATTERNS:
-                if pattern.search(line):
+                if pattern.search(folded):
                     if len(self.warnings) < 20:
                         at = f"{where} line {number}" if "\n" in text else where
-                        self.warnings.append(f"{at}: {reason}")
+                        disguised = "" if pattern.search(line) else " (written with look-alike characters)"
+                        self.warnings.append(f"{at}: {reason}{disguised}")
                     else:
                         self._dropped_warnings += 1
                     break
@@ -5135,6 +5955,7 @@ class DockerMCP:
         denial = role_denial(spec.name, spec.tier, getattr(caller, "role", None))
         if denial:
             raise ToolError("policy_denied", denial)
+        set_call_ceiling(getattr(caller, "role", None))  # what the exec screen may allow this caller
         if caller is None and self.stdio_limiter is not None:
             wait = self.stdio_limiter.check("stdio", time.monotonic())
             if wait:
@@ -5216,6 +6037,7 @@ class DockerMCP:
             denial = engine_denial(spec.name, spec.tier, engine.name, engine.access)
             if denial:
                 raise ToolError("policy_denied", denial)
+            narrow_call_ceiling(engine.access)
         budget = self.settings.long_operation_timeout if spec.long_running else self.settings.engine_timeout
         budget += max((args.get(arg, 0) for arg in spec.budget_args), default=0)  # the tool's own waiting
 
@@ -6366,6 +7188,8 @@ class AuditSyncer:
 
 SIGNATURE_WINDOW_SECONDS = 60
 SIGNATURE_SCHEME = "MCP-SSH-Signature"
+# What a signed request whose client id has no active keys-file entry may do: read-only tools only.
+SSH_DEFAULT_ROLE = Role(max_tier=Tier.SAFE)
 
 
 def signature_payload(method: str, path: str, timestamp: str, nonce: str, body: bytes) -> bytes:
@@ -6880,9 +7704,21 @@ class AccessControl:
         if not self.nonces.fresh(fields["nonce"], now):
             return None, "replayed_nonce"
         client_id = known[0]
-        entry = next((e for e in self.keys.entries if e.client_id == client_id), None) if self.keys else None
-        role = entry.role if entry else None
-        return Principal(client_id=client_id, kind="ssh", role=role, key_hash=fields["keyid"]), "ok"
+        return Principal(client_id=client_id, kind="ssh", role=self._ssh_role(client_id),
+                         key_hash=fields["keyid"]), "ok"
+
+    def _ssh_role(self, client_id: str) -> Role | None:
+        """The role of an SSH-signed principal: its keys-file entry's, else the least one.
+
+        A key in the authorized-keys file proves who is calling, not what the operator meant that client to do,
+        so without an active keys-file entry (same client id) it gets SSH_DEFAULT_ROLE, never the server's full
+        tiers. An entry without a role of its own (the operator's explicit choice) keeps the server's tiers."""
+        now = utc_now()
+        entries = self.keys.entries if self.keys else []
+        entry = next((e for e in entries if e.client_id == client_id and e.state(now) == "active"), None)
+        if entry is None:
+            return SSH_DEFAULT_ROLE
+        return entry.role
 
     def admit_tool_call(self, principal: Principal, client_ip: str) -> Refusal | None:
         """The per-principal token bucket and concurrency limit, before a tools/call reaches MCP."""
