@@ -1231,12 +1231,19 @@ def test_image_tools(full):
 
 
 def test_prune_images_with_label(full):
+    import docker
+
+    # A rebuild of the tag removes our old image (see the build tests at the end), so the dangling one that
+    # prune must find is made on the engine directly: built, tagged, then its name moved away.
+    api = docker.APIClient(base_url=ENGINE_URL)
     built = full.ok("docker_build_image", {"tag": f"{PREFIX}-dangling:1", "network": "none",
-                                           "dockerfile": f"FROM {TEST_IMAGE}\nRUN echo one > /one\n",
+                                           "dockerfile": f"FROM {TEST_IMAGE}\nENV ONE=1\n",
                                            "labels": {"io.mcp-docker.test": PREFIX}})
-    full.ok("docker_build_image", {"tag": f"{PREFIX}-dangling:1", "network": "none", "no_cache": True,
-                                   "dockerfile": f"FROM {TEST_IMAGE}\nRUN echo two > /two\n",
+    full.ok("docker_build_image", {"tag": f"{PREFIX}-dangling:2", "network": "none",
+                                   "dockerfile": f"FROM {TEST_IMAGE}\nENV TWO=2\n",
                                    "labels": {"io.mcp-docker.test": PREFIX}})
+    api.tag(f"{PREFIX}-dangling:2", f"{PREFIX}-dangling", tag="1")  # the engine's own retag leaves one dangling
+    api.remove_image(f"{PREFIX}-dangling:2")
     preview = full.ok("docker_prune_images", {"label": [TEST_LABEL], "all": True, "dry_run": True})
     assert f"{PREFIX}-dangling:1" in {i["name"] for i in preview["would_remove"]}  # as Docker names it
     pruned = full.ok("docker_prune_images", {"label": [TEST_LABEL]})
