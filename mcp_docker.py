@@ -4604,7 +4604,8 @@ class BuildProgress(StreamProgress):
         self.added_steps = added_steps
 
     def feed(self, event: Mapping[str, Any]) -> tuple[float, float | None, str] | None:
-        match = re.match(r"\s*step (\d+)/(\d+)", str(event.get("stream", "")), re.IGNORECASE)
+        # Docker: "Step 2/5 : RUN x"; Podman: "STEP 2/5: RUN x", in a multi-stage build "[2/3] STEP 2/5: RUN x"
+        match = re.match(r"\s*(?:\[\d+/\d+\]\s*)?step (\d+)/(\d+)", str(event.get("stream", "")), re.IGNORECASE)
         if not match:
             return None
         steps = max(1, int(match.group(2)) - self.added_steps)
