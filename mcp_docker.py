@@ -4539,18 +4539,28 @@ def build_cgroup_parent(call: Call) -> str | None:
     return None
 
 
-def base_image_triggers(call: Call, images: Sequence[str]) -> list[DockerfileFacts]:
+def local_image(call: Call, name: str) -> dict[str, Any] | None:
+    try:
+        return call.api.inspect_image(name)
+    except Exception as exc:
+        if translate_engine_error(exc).category == "not_found":
+            return None
+        raise
+
+
+def base_image_triggers(call: Call, images: Sequence[str], refresh: bool = False) -> list[DockerfileFacts]:
     """The ONBUILD triggers of each base image, which the engine runs inside this build. A base that is not
-    here yet is pulled first (it passed the image policy), so its triggers are judged before they run."""
+    here yet (or every base, with ``refresh``: the build's ``pull``) is pulled first (it passed the image
+    policy), so its triggers are judged before they run and the build itself never pulls."""
     found: list[DockerfileFacts] = []
     for image in images:
-        if "$" in image:
+        if "$" in image:  # the engine resolves it to some image whose triggers then run unread
+            found.append(DockerfileFacts(problems=(f"base image {_short_repr(image, 60)} is chosen by a variable "
+                                                   "the policy cannot resolve, so its ONBUILD triggers cannot be "
+                                                   "read",)))
             continue
-        try:
-            inspected = call.api.inspect_image(image)
-        except Exception as exc:
-            if translate_engine_error(exc).category != "not_found":
-                raise
+        inspected = None if refresh else local_image(call, image)
+        if inspected is None:
             repository, tag = split_image_reference(image)
             error = stream_error(stream_json(call.api.pull(repository, tag=tag, stream=True, decode=True), call))
             if error:
@@ -4569,12 +4579,9 @@ def image_name_guard(call: Call, name: str, new_id: str | None = None) -> str | 
     """Refuse to repoint an image name this server did not create (the operator's name for what it
     trusts) unless SAFETY_ALLOW_IMAGE_OVERWRITE allows it. Returns the ID the name has now when that
     image is ours, so that the caller can remove it once nothing names it."""
-    try:
-        existing = call.api.inspect_image(name)
-    except Exception as exc:
-        if translate_engine_error(exc).category == "not_found":
-            return None
-        raise
+    existing = local_image(call, name)
+    if existing is None:
+        return None
     if new_id is not None and existing.get("Id") == new_id:
         return None  # the name already points there: nothing changes
     if ((existing.get("Config") or {}).get("Labels") or {}).get(MANAGED_LABEL) == "true":
@@ -4635,7 +4642,8 @@ def build_request_params(call: Call, tag: str, labels: Mapping[str, str], networ
 
 @tool("docker_build_image", title="Build an image", tier=Tier.MODERATE, toolset="images",
       description="Build an image from a Dockerfile given as text (plus small files) or from a directory "
-                  "under SAFETY_BUILD_CONTEXT_ALLOWLIST. Base images pass the image policy; the log is untrusted.",
+                  "under SAFETY_BUILD_CONTEXT_ALLOWLIST. Base images pass the image policy; RUN steps get no network and "
+                  "the containers' limits; nothing is downloaded by the build itself; the log is untrusted.",
       params={"dockerfile": s_str("The Dockerfile's content (with context_path, replaces the context's "
                                   "Dockerfile).", max_length=65536),
               "context_path": s_str("Host directory to use as the build context; it must lie under "
@@ -4670,17 +4678,19 @@ def build_image(call: Call) -> dict[str, Any]:
     if context is not None and not os.path.isdir(context.real):
         raise ToolError("invalid_argument", "context_path is not a directory")
     if dockerfile is None and context is not None:
-        try:
-            with open(os.path.join(context.real, "Dockerfile"), encoding="utf-8", errors="replace") as handle:
+        try:  # O_NOFOLLOW: a Dockerfile that is a symlink out of the context is not read (nor echoed in errors)
+            fd = os.open(os.path.join(context.real, "Dockerfile"), os.O_RDONLY | os.O_NOFOLLOW)
+            with os.fdopen(fd, encoding="utf-8", errors="replace") as handle:
                 dockerfile_text = handle.read(1024 * 1024)
         except OSError:
-            raise ToolError("invalid_argument", "the build context has no Dockerfile; give one as text") from None
+            raise ToolError("invalid_argument", "the build context has no Dockerfile (or it is a symlink); give "
+                            "one as text") from None
     else:
         dockerfile_text = dockerfile or ""
     facts = dockerfile_facts(dockerfile_text, a.get("build_args"))
     enforce(dataclasses.replace(request, images=facts.images), call)
     # What runs in the build: the Dockerfile's steps and its base images' ONBUILD triggers.
-    facts = merge_dockerfile_facts(facts, *base_image_triggers(call, facts.bases))
+    facts = merge_dockerfile_facts(facts, *base_image_triggers(call, facts.bases, bool(a.get("pull"))))
     enforce(dataclasses.replace(request, images=facts.images), call)  # a trigger's COPY --from is an image too
     network = a.get("network", "none")
     cgroup_parent = build_cgroup_parent(call) if facts.run_steps else None
@@ -4691,7 +4701,8 @@ def build_image(call: Call) -> dict[str, Any]:
         log.info("policy denied docker_build_image: %s", "; ".join(d.rule for d in denials))
         raise denial_error(denials)
     previous = image_name_guard(call, a["tag"])
-    archive = build_context_archive(context.real if context else None, dockerfile, a.get("files") or {}, call)
+    # The text judged is the text sent: the context's Dockerfile is replaced by what was read and judged.
+    archive = build_context_archive(context.real if context else None, dockerfile_text, a.get("files") or {}, call)
     # No time in the labels: the same Dockerfile then hits the cache to the last step and rebuilds to the same ID.
     labels = {k: v for k, v in ownership_labels(call, a.get("labels")).items() if k != CREATED_LABEL}
     params = build_request_params(call, a["tag"], labels, network, cgroup_parent)

@@ -6927,3 +6927,36 @@ def test_the_parser_sees_every_from_the_engine_builds_from():
         check()
     finally:
         remove_images(api, tag, *marks)
+
+
+@pytest.mark.engine
+@pytest.mark.adversarial
+def test_the_dockerfile_judged_is_the_dockerfile_built(tmp_path):
+    require_engine()
+    import docker
+
+    api = docker.APIClient(base_url=ENGINE_URL)
+    context = tmp_path / "ctx"
+    context.mkdir()
+    outside = tmp_path / "outside-secret"
+    outside.write_text("FROM secret-first-line-of-a-host-file\n")
+    (context / "Dockerfile").symlink_to(outside)
+    harness = Harness(env={"SAFETY_BUILD_CONTEXT_ALLOWLIST": str(tmp_path)})
+    try:
+        tag = f"{PREFIX}-ctxlink:1"
+        text = harness.error("docker_build_image", {"tag": tag, "context_path": str(context)}, "invalid_argument")
+        assert "symlink" in text and "secret-first-line" not in text
+        (context / "Dockerfile").unlink()
+        (context / "Dockerfile").write_text(f"FROM {TEST_IMAGE}\nCOPY a.txt /a.txt\n")
+        (context / "a.txt").write_text("in the context\n")
+        built = harness.ok("docker_build_image", {"tag": tag, "context_path": str(context),
+                                                  "labels": {"io.mcp-docker.test": PREFIX}})
+        assert built["status"] == "built"
+        # A base chosen by a variable form the parser does not evaluate: its triggers cannot be read.
+        text = harness.error("docker_build_image", {"tag": tag, "dockerfile": "ARG B=x\nFROM ${B#x}\n"},
+                             "policy_denied")
+        assert "[not_understood]" in text and "ONBUILD triggers" in text
+        assert api.inspect_image(tag)["Id"].split(":")[-1].startswith(built["id"])
+    finally:
+        harness.close()
+        remove_images(api, f"{PREFIX}-ctxlink:1")
