@@ -6633,9 +6633,13 @@ def build_on_engine(api: Any, dockerfile: str, tag: str | None, labels: dict[str
 
 
 def remove_images(api: Any, *names: str) -> None:
+    """Remove these images, and the untagged ones this run's builds left (stages of multi-stage builds)."""
     for name in names:
         with contextlib.suppress(Exception):
             api.remove_image(name, force=True)
+    for image in api.images(filters={"dangling": True, "label": [TEST_LABEL]}):
+        with contextlib.suppress(Exception):
+            api.remove_image(image["Id"], force=True)
 
 
 @pytest.fixture(scope="module")
