@@ -6964,3 +6964,22 @@ def test_the_dockerfile_judged_is_the_dockerfile_built(tmp_path):
     finally:
         harness.close()
         remove_images(api, f"{PREFIX}-ctxlink:1")
+
+
+@pytest.mark.engine
+def test_build_progress_counts_the_steps_as_written(build_allowed):
+    updates: list[tuple[float, float | None, str | None]] = []
+
+    async def record(progress: float, total: float | None, message: str | None) -> None:
+        updates.append((progress, total, message))
+
+    import docker
+
+    tag = f"{PREFIX}-steps:1"
+    dockerfile = f"FROM {TEST_IMAGE}\nENV A=1\nRUN true\n"  # three steps; the server adds one LABEL per label
+    result = build_allowed.submit(build_allowed.client.call_tool("docker_build_image", {
+        "tag": tag, "dockerfile": dockerfile, "labels": {"io.mcp-docker.test": PREFIX, "x": "1", "y": "2"}},
+        progress_callback=record))
+    assert not result.is_error, result.content[0].text
+    assert updates and updates[-1] == (3.0, 3.0, "step 3 of 3") and all(u[1] == 3.0 for u in updates), updates
+    remove_images(docker.APIClient(base_url=ENGINE_URL), tag)
