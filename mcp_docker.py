@@ -1798,6 +1798,7 @@ class DockerfileFacts:
 
     images: tuple[str, ...] = ()       # FROM, COPY/ADD --from, RUN --mount from=, the syntax= frontend
     bases: tuple[str, ...] = ()        # FROM images only: their ONBUILD triggers run in this build
+    frontends: tuple[str, ...] = ()    # syntax= images: pulled by BuildKit only, never by the builders used here
     fetches: tuple[str, ...] = ()      # sources the engine downloads itself (ADD <url>, git), or may
     run_steps: int = 0                 # RUN instructions (ONBUILD RUN included)
     run_networks: tuple[str, ...] = ()  # RUN --network=<value>
@@ -2104,7 +2105,8 @@ def _read_dockerfile(text: str, build_args: Mapping[str, str], modern: bool, her
         instruction(line, False)
     if not stages:
         problems.append("the Dockerfile has no FROM")
-    return DockerfileFacts(images=tuple(images), bases=tuple(bases), fetches=tuple(fetches), run_steps=run_steps,
+    return DockerfileFacts(images=tuple(images), bases=tuple(bases), frontends=tuple(syntax),
+                           fetches=tuple(fetches), run_steps=run_steps,
                            run_networks=tuple(networks), steps=len(lines), problems=tuple(problems))
 
 
@@ -2114,7 +2116,8 @@ def dockerfile_facts(text: str, build_args: Mapping[str, str] | None = None) -> 
                 for modern in (False, True) for heredocs in (False, True)]
     def union(field: str) -> tuple[Any, ...]:
         return tuple(dict.fromkeys(value for r in readings for value in getattr(r, field)))
-    return DockerfileFacts(images=union("images"), bases=union("bases"), fetches=union("fetches"),
+    return DockerfileFacts(images=union("images"), bases=union("bases"), frontends=union("frontends"),
+                           fetches=union("fetches"),
                            run_steps=max(r.run_steps for r in readings), run_networks=union("run_networks"),
                            steps=readings[0].steps, problems=union("problems"))
 
@@ -2140,6 +2143,8 @@ class BuildFacts:
     network: str = "none"              # the RUN steps' network mode asked for
     engine_kind: str = "docker"
     pids_bounded: bool = False         # a parent cgroup with pids.max holds every RUN step
+    missing_images: tuple[str, ...] = ()  # images the build needs that the engine would have to download
+    pull: bool = False                 # the build's pull=true: download every image again
 
 
 def build_denials(build: BuildFacts, settings: Settings) -> list[Denial]:
@@ -2150,6 +2155,14 @@ def build_denials(build: BuildFacts, settings: Settings) -> list[Denial]:
                       "it the same way; what the policy cannot resolve is refused") for problem in facts.problems]
     allow_network = f"set {BUILD_NETWORK_SETTING}=true"
     if not settings.allow_build_network:
+        if build.pull:
+            denials.append(Denial("build_network", "pull=true makes the build download its images again",
+                                  f"pull them with docker_pull_image first (the image policy judges them there), "
+                                  f"or {allow_network}"))
+        for image in build.missing_images[:2]:
+            denials.append(Denial("build_network", f"image {_short_repr(image, 60)} is not on the engine, so the "
+                                  "build would download it", f"pull it first with docker_pull_image (the image "
+                                  f"policy judges it there), or {allow_network}"))
         for source in facts.fetches[:2]:
             denials.append(Denial("build_network", f"ADD {_short_repr(source, 60)} is downloaded by the engine "
                                   "itself, from the host's network namespace (the build's network mode does "
@@ -2183,7 +2196,8 @@ def merge_dockerfile_facts(first: DockerfileFacts, *more: DockerfileFacts) -> Do
 
     def union(field: str) -> tuple[Any, ...]:
         return tuple(dict.fromkeys(value for facts in every for value in getattr(facts, field)))
-    return DockerfileFacts(images=union("images"), bases=first.bases, fetches=union("fetches"),
+    return DockerfileFacts(images=union("images"), bases=first.bases, frontends=first.frontends,
+                           fetches=union("fetches"),
                            run_steps=sum(f.run_steps for f in every), run_networks=union("run_networks"),
                            steps=first.steps, problems=union("problems"))
 
@@ -4548,31 +4562,36 @@ def local_image(call: Call, name: str) -> dict[str, Any] | None:
         raise
 
 
-def base_image_triggers(call: Call, images: Sequence[str], refresh: bool = False) -> list[DockerfileFacts]:
-    """The ONBUILD triggers of each base image, which the engine runs inside this build. A base that is not
-    here yet (or every base, with ``refresh``: the build's ``pull``) is pulled first (it passed the image
-    policy), so its triggers are judged before they run and the build itself never pulls."""
-    found: list[DockerfileFacts] = []
-    for image in images:
+def build_images(call: Call, facts: DockerfileFacts, refresh: bool) -> tuple[list[DockerfileFacts], list[str]]:
+    """The ONBUILD triggers of the base images (the engine runs them inside this build), and the images the
+    build would have to download. Builds fetch nothing themselves: with SAFETY_ALLOW_BUILD_NETWORK a missing
+    image (every one, with ``refresh``: the build's ``pull``) is pulled here first, after the image policy
+    judged it, so its triggers are read before they run; without it, a missing image is refused."""
+    triggers: list[DockerfileFacts] = []
+    missing: list[str] = []
+    for image in (i for i in facts.images if i not in facts.frontends):
         if "$" in image:  # the engine resolves it to some image whose triggers then run unread
-            found.append(DockerfileFacts(problems=(f"base image {_short_repr(image, 60)} is chosen by a variable "
-                                                   "the policy cannot resolve, so its ONBUILD triggers cannot be "
-                                                   "read",)))
+            triggers.append(DockerfileFacts(problems=(f"image {_short_repr(image, 60)} is chosen by a variable the "
+                                                      "policy cannot resolve, so its ONBUILD triggers cannot be "
+                                                      "read",)))
             continue
         inspected = None if refresh else local_image(call, image)
         if inspected is None:
+            if not call.settings.allow_build_network:
+                missing.append(image)
+                continue
             repository, tag = split_image_reference(image)
             error = stream_error(stream_json(call.api.pull(repository, tag=tag, stream=True, decode=True), call))
             if error:
-                raise ToolError("engine_error", f"build failed: base image {_short_repr(image, 60)} could not be "
+                raise ToolError("engine_error", f"build failed: image {_short_repr(image, 60)} could not be "
                                 f"pulled: {error}") from None
             inspected = call.api.inspect_image(image)
-        triggers = (inspected.get("Config") or {}).get("OnBuild") or []
-        if triggers:
-            facts = dockerfile_facts(onbuild_dockerfile(triggers))
-            found.append(dataclasses.replace(facts, problems=tuple(f"ONBUILD trigger of {image}: {p}"
-                                                                   for p in facts.problems)))
-    return found
+        found = (inspected.get("Config") or {}).get("OnBuild") or [] if image in facts.bases else []
+        if found:
+            read = dockerfile_facts(onbuild_dockerfile(found))
+            triggers.append(dataclasses.replace(read, problems=tuple(f"ONBUILD trigger of {image}: {p}"
+                                                                     for p in read.problems)))
+    return triggers, missing
 
 
 def image_name_guard(call: Call, name: str, new_id: str | None = None) -> str | None:
@@ -4656,7 +4675,7 @@ def build_request_params(call: Call, tag: str, labels: Mapping[str, str], networ
               "build_args": s_str_map("Build arguments, NAME -> value.", key_pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,254}$"),
               "labels": s_str_map("Labels for the image."),
               "no_cache": s_bool("Do not use the build cache."),
-              "pull": s_bool("Always try to pull newer base images."),
+              "pull": s_bool("Pull every image again first (needs SAFETY_ALLOW_BUILD_NETWORK)."),
               "network": {"type": "string", "description": "Network for RUN steps: none (the default); 'default' needs SAFETY_ALLOW_BUILD_NETWORK.",
                           "enum": ["default", "none"]}},
       required=("tag",), output=OUT_OBJECT, long_running=True, list_field="log", keep_newest=True)
@@ -4690,11 +4709,15 @@ def build_image(call: Call) -> dict[str, Any]:
     facts = dockerfile_facts(dockerfile_text, a.get("build_args"))
     enforce(dataclasses.replace(request, images=facts.images), call)
     # What runs in the build: the Dockerfile's steps and its base images' ONBUILD triggers.
-    facts = merge_dockerfile_facts(facts, *base_image_triggers(call, facts.bases, bool(a.get("pull"))))
+    triggers, missing = build_images(call, facts, bool(a.get("pull")) and call.settings.allow_build_network)
+    own_images = facts.images
+    facts = merge_dockerfile_facts(facts, *triggers)
+    missing += [i for i in facts.images if i not in own_images and "$" not in i and local_image(call, i) is None]
     enforce(dataclasses.replace(request, images=facts.images), call)  # a trigger's COPY --from is an image too
     network = a.get("network", "none")
     cgroup_parent = build_cgroup_parent(call) if facts.run_steps else None
-    build = BuildFacts(facts, network=network, engine_kind=call.kind,
+    build = BuildFacts(facts, network=network, engine_kind=call.kind, missing_images=tuple(missing),
+                       pull=bool(a.get("pull")),
                        pids_bounded=cgroup_parent is not None or not call.settings.container_pids_limit)
     denials = build_denials(build, call.settings)
     if denials:

@@ -6512,6 +6512,8 @@ def test_build_denials_name_the_rule_and_the_setting():
     assert judge("FROM a\nRUN --network=host x\n", pids_bounded=True) == ["build_network"]
     assert judge("FROM a\nRUN x\n", engine_kind="podman", pids_bounded=True) == ["build_isolation"]
     assert judge("FROM a\nFROOM\n") == ["not_understood"]
+    assert judge("FROM a\n", missing_images=("a",)) == ["build_network"]
+    assert judge("FROM a\n", pull=True) == ["build_network"]
     denial = md.build_denials(md.BuildFacts(md.dockerfile_facts("FROM a\nADD http://h/x /x\n")), settings)[0]
     assert "SAFETY_ALLOW_BUILD_NETWORK" in str(denial) and "host's network namespace" in str(denial)
     opened = md.Settings(allow_build_network=True, allow_unbounded_build_steps=True)
@@ -6667,7 +6669,7 @@ def build_allowed():
 
 @pytest.mark.engine
 @pytest.mark.adversarial
-def test_builds_fetch_nothing_from_the_hosts_loopback(build_harness, probe):
+def test_builds_fetch_nothing_from_the_hosts_loopback(build_harness, full, probe):
     import docker
 
     api = docker.APIClient(base_url=ENGINE_URL)
@@ -6690,6 +6692,14 @@ def test_builds_fetch_nothing_from_the_hosts_loopback(build_harness, probe):
     for dockerfile in attempts:
         text = build_harness.error("docker_build_image", {"tag": tag, "dockerfile": dockerfile}, "policy_denied")
         assert "[build_network]" in text and "SAFETY_ALLOW_BUILD_NETWORK" in text, (dockerfile, text)
+    # Images the engine would download (a "registry" on the host's loopback here): with no registry policy
+    # at all, still nothing is fetched by a build; pulls go through docker_pull_image.
+    for args in ({"dockerfile": f"FROM 127.0.0.1:{probe.port}/x:1\n"},
+                 {"dockerfile": f"FROM {TEST_IMAGE}\nCOPY --from=127.0.0.1:{probe.port}/y:1 / /\n"},
+                 {"dockerfile": f"FROM localhost:{probe.port}/z:1 AS z\nFROM z\n"},
+                 {"dockerfile": f"FROM {TEST_IMAGE}\n", "pull": True}):
+        text = full.error("docker_build_image", {"tag": tag, **args}, "policy_denied")
+        assert "[build_network]" in text and ("docker_pull_image" in text or "pull" in text), (args, text)
     text = build_harness.error("docker_build_image", {"tag": tag, "network": "default",
                                                       "dockerfile": f"FROM {TEST_IMAGE}\nRUN true\n"}, "policy_denied")
     assert "[build_network]" in text
