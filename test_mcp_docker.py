@@ -51,6 +51,11 @@ STATE_DIR = Path(os.environ.get("MCP_DOCKER_TEST_STATE", f"/tmp/{PREFIX}-state")
 # the engine under test.
 TEST_ENV = {"SECURITY_AUDIT_LOG_FILE": str(STATE_DIR / "audit.log"), "SECURITY_RATE_LIMIT_ENABLED": "false",
             "SECURITY_API_KEYS_FILE": str(STATE_DIR / "no-keys.json"), **({"DOCKER_HOST": TEST_HOST} if TEST_HOST else {})}
+# Podman's builder runs RUN steps in the host's network namespace, so by default the server refuses builds
+# with RUN steps there (the build tests at the end check that); elsewhere the suite builds on Podman as an
+# operator who allowed it.
+if "podman" in ENGINE_URL:
+    TEST_ENV["SAFETY_ALLOW_BUILD_NETWORK"] = "true"
 ALL_TOOLS = {
     "docker_list_containers", "docker_inspect_container", "docker_container_logs", "docker_container_stats",
     "docker_container_top", "docker_container_diff", "docker_create_container", "docker_run_container",
@@ -1232,12 +1237,19 @@ def test_image_tools(full):
 
 
 def test_prune_images_with_label(full):
+    import docker
+
+    # A rebuild of the tag removes our old image (see the build tests at the end), so the dangling one that
+    # prune must find is made on the engine directly: built, tagged, then its name moved away.
+    api = docker.APIClient(base_url=ENGINE_URL)
     built = full.ok("docker_build_image", {"tag": f"{PREFIX}-dangling:1", "network": "none",
-                                           "dockerfile": f"FROM {TEST_IMAGE}\nRUN echo one > /one\n",
+                                           "dockerfile": f"FROM {TEST_IMAGE}\nENV ONE=1\n",
                                            "labels": {"io.mcp-docker.test": PREFIX}})
-    full.ok("docker_build_image", {"tag": f"{PREFIX}-dangling:1", "network": "none", "no_cache": True,
-                                   "dockerfile": f"FROM {TEST_IMAGE}\nRUN echo two > /two\n",
+    full.ok("docker_build_image", {"tag": f"{PREFIX}-dangling:2", "network": "none",
+                                   "dockerfile": f"FROM {TEST_IMAGE}\nENV TWO=2\n",
                                    "labels": {"io.mcp-docker.test": PREFIX}})
+    api.tag(f"{PREFIX}-dangling:2", f"{PREFIX}-dangling", tag="1")  # the engine's own retag leaves one dangling
+    api.remove_image(f"{PREFIX}-dangling:2")
     preview = full.ok("docker_prune_images", {"label": [TEST_LABEL], "all": True, "dry_run": True})
     assert f"{PREFIX}-dangling:1" in {i["name"] for i in preview["would_remove"]}  # as Docker names it
     pruned = full.ok("docker_prune_images", {"label": [TEST_LABEL]})
@@ -7903,3 +7915,578 @@ def test_indeterminate_commands_need_the_destructive_tier_of_the_callers_own_rol
             assert _engine_exec(name, ["cat", "/srv/keep/f"])[0] != 0
         finally:
             h.close()
+
+
+# =============================================================================================
+# === Builds, image names and networks (issue 14 classes 4, 5, 7, 8; issue 16 build items) ===
+# =============================================================================================
+#
+# The parser is checked against the engine's documented rules (pure) and against what the real engine
+# built from (hypothesis); builds, tags and networks are attacked through the server and judged on the
+# engine: what a probe service on 127.0.0.1 received, what an image name points at, the host's routes.
+
+def facts_of(text: str, **build_args: str) -> md.DockerfileFacts:
+    return md.dockerfile_facts(text, build_args)
+
+
+@pytest.mark.parametrize(("text", "images"), [
+    # a comment line ending in the escape character is dropped whole: it never continues
+    ("FROM a:1\n# note \\\nFROM b:1\n", ["a:1", "b:1"]),
+    # a comment inside a continuation is skipped and the instruction goes on: the FROM is RUN's argument
+    ("FROM a:1\nRUN echo \\\n# c\n FROM b:1\n", ["a:1"]),
+    # empty continuation lines are skipped, the continuation goes on
+    ("FROM a:1\nRUN echo \\\n\n  \nFROM b:1\n", ["a:1"]),
+    # a directive on line 2 after syntax=: the legacy builder reads it as a comment, newer ones as escape;
+    # the union of both readings is judged, so the FROM that one of them sees is judged
+    ("# syntax=x/df:1\n# escape=`\nFROM a:1\nRUN echo \\\nFROM b:1\n", ["x/df:1", "a:1", "b:1"]),
+    # a directive after an instruction or comment is a comment
+    ("FROM a:1\n# escape=`\nRUN echo `\nFROM b:1\n", ["a:1", "b:1"]),
+    ("# hello\n# escape=`\nFROM a:1\nRUN x `\nFROM b:1\n", ["a:1", "b:1"]),
+    # with escape=` a backslash is text and a backtick continues
+    ("# escape=`\nFROM a:1\nRUN dir c:\\\nFROM b:1\nRUN x `\nFROM c:1\n", ["a:1", "b:1"]),
+    # lines split on LF only: a form feed or vertical tab is not a line break
+    ("FROM a:1\nRUN x\x0cFROM b:1\nLABEL y\x0bFROM c:1\n", ["a:1"]),
+    # CRLF and a byte-order mark
+    ("\ufeff# escape=`\r\nFROM a:1\r\nRUN x `\r\nFROM b:1\r\n", ["a:1"]),
+    # words split on ASCII whitespace only: FROM\u00a0x is one unknown word, not FROM x
+    ("FROM a:1\nFROM\u00a0b:1\n", ["a:1"]),
+    # ARG before FROM, overridden by a build argument, ${VAR:-default}; stage names and indices
+    ("ARG BASE=a\nARG TAG=1\nFROM ${BASE}:$TAG AS one\nFROM one\nFROM ${NONE:-c}:2\nCOPY --from=one /x /y\n"
+     "COPY --from=0 /x /y\nCOPY --from=d:4 /x /y\nRUN --mount=type=bind,from=e:5,target=/m true\n"
+     "RUN --mount=from=one,target=/m true\n", ["a:1", "c:2", "d:4", "e:5"]),
+    ("FROM --platform=linux/amd64 a:1 AS build\nFROM build\nFROM Build AS x\nFROM scratch\n", ["a:1"]),
+    # a stage name is only a stage after it is defined
+    ("FROM later\nFROM a:1 AS later\n", ["later", "a:1"]),
+    # ONBUILD's instruction is read too; heredoc bodies are read as instructions by builders without heredocs
+    ("FROM a:1\nONBUILD COPY --from=b:2 /x /y\nRUN <<EOF\nFROM c:3\nEOF\n", ["a:1", "b:2", "c:3"]),
+    # a heredoc body with a continuation: builders with heredocs see the FROM after it, others do not
+    ("FROM a:1\nRUN <<EOF\necho \\\nEOF\nFROM b:1\n", ["a:1", "b:1"]),
+    # quotes in FROM are the shell word's, not the name's
+    ("FROM \"a:1\"\n", ["a:1"]),
+])
+def test_dockerfile_parser_follows_the_engines_rules(text, images):
+    assert sorted(facts_of(text).images) == sorted(images)
+
+
+def test_dockerfile_parser_fails_closed_and_finds_what_the_engine_fetches():
+    assert facts_of("ARG B=a\nFROM ${B}:1\n", B="z").images == ("z:1",)
+    assert facts_of("FROM ${B}\n").images == ("${B}",)  # unresolved: the image policy refuses it as written
+    assert facts_of("FROM ${B#x}\n").images == ("${B#x}",)  # a form the parser does not evaluate: as written
+    for text, problem in [("# escape=x\nFROM a\n", "escape directive"), ("FROM a\nFROOM b\n", "unknown instruction"),
+                          ("RUN x\n", "no FROM"), ("FROM a b\n", "is not 'image [AS name]'"),
+                          ("FROM a\nONBUILD FROM b\n", "FROM as an ONBUILD trigger"),
+                          ("FROM a\nRUN --security=insecure x\n", "insecure"),
+                          ("FROM a\nRUN --privileged x\n", "not understood"),
+                          ("# escape=\\\n# escape=`\nFROM a\n", "only one escape")]:
+        assert any(problem in p for p in facts_of(text).problems), (text, facts_of(text).problems)
+    fetched = facts_of("ARG U=http://127.0.0.1:1/a\nFROM a\nADD http://127.0.0.1:1/x /x\n"
+                       "ADD [\"https://h/y\", \"/y\"]\nADD --chown=0:0 git@github.com:a/b.git /z\nADD ${U} /u\n"
+                       "ADD local.tar /t\nCOPY http://not-fetched /c\nONBUILD ADD ftp://h/o /o\n")
+    assert fetched.fetches == ("http://127.0.0.1:1/x", "https://h/y", "git@github.com:a/b.git", "${U}", "ftp://h/o")
+    runs = facts_of("FROM a\nRUN --network=host x\nRUN --network=none y\nONBUILD RUN z\n")
+    assert runs.run_steps == 3 and runs.run_networks == ("host", "none") and runs.steps == 4
+    assert md.dockerfile_images("FROM a:1\nCOPY --from=b:1 / /\n") == ["a:1", "b:1"]
+    triggers = md.dockerfile_facts(md.onbuild_dockerfile(["ADD http://127.0.0.1:9/o /o", "RUN x"]))
+    assert triggers.fetches == ("http://127.0.0.1:9/o",) and triggers.run_steps == 1 and not triggers.problems
+
+
+def test_build_denials_name_the_rule_and_the_setting():
+    settings = md.Settings()
+
+    def judge(text: str, **kw: Any) -> list[str]:
+        return rules(md.build_denials(md.BuildFacts(md.dockerfile_facts(text), **kw), settings))
+    assert judge("FROM a\nRUN x\n", pids_bounded=True) == []
+    assert judge("FROM a\nCOPY x /x\n") == []  # nothing runs: nothing to bound
+    assert judge("FROM a\nRUN x\n") == ["build_limits"]
+    assert judge("FROM a\nADD http://h/x /x\n") == ["build_network"]
+    assert judge("FROM a\nRUN x\n", network="default", pids_bounded=True) == ["build_network"]
+    assert judge("FROM a\nRUN --network=host x\n", pids_bounded=True) == ["build_network"]
+    assert judge("FROM a\nRUN x\n", engine_kind="podman", pids_bounded=True) == ["build_isolation"]
+    assert judge("FROM a\nFROOM\n") == ["not_understood"]
+    assert judge("FROM a\n", missing_images=("a",)) == ["build_network"]
+    assert judge("FROM a\n", pull=True) == ["build_network"]
+    denial = md.build_denials(md.BuildFacts(md.dockerfile_facts("FROM a\nADD http://h/x /x\n")), settings)[0]
+    assert "SAFETY_ALLOW_BUILD_NETWORK" in str(denial) and "host's network namespace" in str(denial)
+    opened = md.Settings(allow_build_network=True, allow_unbounded_build_steps=True)
+    assert md.build_denials(md.BuildFacts(md.dockerfile_facts("FROM a\nADD http://h/x /x\nRUN --network=host x\n"),
+                                          network="default", engine_kind="podman"), opened) == []
+
+
+def test_build_progress_counts_the_users_steps():
+    progress = md.BuildProgress(added_steps=3)
+    sent = [progress.feed({"stream": f"Step {n}/5 : X"}) for n in range(1, 6)]
+    assert [s for s in sent if s] == [(1.0, 2.0, "step 1 of 2"), (2.0, 2.0, "step 2 of 2")]
+
+
+ROUTES_V4 = ("Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n"
+             "eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n"
+             "eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n"
+             "wg0\t0000640A\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n")
+ROUTES_V6 = ("fd001234000000000000000000000000 30 00000000000000000000000000000000 00 "
+             "00000000000000000000000000000000 00000100 00000001 00000000 00000001 eth0\n"
+             "00000000000000000000000000000000 00 00000000000000000000000000000000 00 "
+             "fe800000000000000000000000000001 00000400 00000001 00000000 00000003 eth0\n")
+
+
+def test_network_judge_refuses_what_would_reroute_the_host():
+    assert md.parse_ipv4_routes(ROUTES_V4) == ["192.0.2.0/24", "10.100.0.0/16"]
+    assert md.parse_ipv6_routes(ROUTES_V6) == ["fd00:1234::/48"]
+    routes = md.parse_ipv4_routes(ROUTES_V4) + md.parse_ipv6_routes(ROUTES_V6)
+    settings = md.Settings()
+
+    def judge(subnet: str | None, gateway: str | None = None, driver: str = "bridge",
+              options: dict[str, str] | None = None, existing: tuple[tuple[str, str], ...] = ()) -> list[str]:
+        return rules(md.network_denials(subnet, gateway, driver, options or {}, routes, existing, settings))
+    assert judge("10.231.7.0/24", "10.231.7.1") == []
+    assert judge(None) == [] and judge("fd00:99::/64") == []
+    for subnet in ("192.0.2.128/25", "10.100.3.0/24", "10.0.0.0/8", "0.0.0.0/1", "169.254.169.0/24",
+                   "100.100.100.0/24", "127.0.0.0/16", "224.1.0.0/16", "fe80::/64", "fd00:ec2::/64",
+                   "fd00:1234:0:5::/64", "ff02::/16", "::ffff:10.0.0.0/120"):
+        assert set(judge(subnet)) == {"network_subnet"}, subnet
+    assert judge("10.231.7.5/24") == ["network_subnet"]           # host bits set
+    assert judge("10.231.7.0/24", "10.231.8.1") == ["network_subnet"]  # gateway outside
+    assert judge("10.231.7.0/24", "10.231.7.0") == ["network_subnet"]  # the network address is no gateway
+    assert judge("10.231.7.0/24", existing=(("theirs", "10.231.0.0/16"),)) == ["network_subnet"]
+    assert judge(None, driver="macvlan") == ["network_driver"]
+    assert judge(None, options={"com.docker.network.bridge.name": "eth0"}) == ["network_driver"]
+    assert judge(None, options={"com.docker.network.driver.mtu": "1400"}) == []
+    text = str(md.network_denials("192.0.2.0/25", None, "bridge", {}, routes, (), settings)[0])
+    assert "host's route to 192.0.2.0/24" in text and "SAFETY_ALLOW_PRIVILEGED_CONTAINERS" in text
+    assert md.network_denials("192.0.2.0/25", None, "bridge", {}, routes, (),
+                              md.Settings(allow_privileged=True)) == []
+
+
+# -- on the engine ---------------------------------------------------------------------------------
+
+class LoopbackProbe:
+    """An HTTP service on 127.0.0.1 that records every request: what a build must not reach."""
+
+    def __init__(self):
+        import http.server
+
+        self.requests: list[str] = []
+        probe = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                probe.requests.append(self.path)
+                body = b"probe-secret\n"
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                return
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{path}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def probe():
+    service = LoopbackProbe()
+    yield service
+    service.close()
+
+
+def build_on_engine(api: Any, dockerfile: str, tag: str | None, labels: dict[str, str] | None = None,
+                    **params: Any) -> tuple[list[str], str | None]:
+    """A build straight on the engine (no server): its output lines and error."""
+    import io
+    import tarfile
+
+    data = dockerfile.encode()
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    archive.seek(0)
+    import docker
+
+    try:
+        events = list(api.build(fileobj=archive, custom_context=True, tag=tag, rm=True, forcerm=True, decode=True,
+                                labels={"io.mcp-docker.test": PREFIX, **(labels or {})}, network_mode="none",
+                                **params))
+    except docker.errors.APIError as exc:  # refused before any step ran (a parse error, no stage ...)
+        return [], str(exc)
+    lines = [line for e in events for line in str(e.get("stream", "")).splitlines()]
+    error = next((str(e.get("error")) for e in events if e.get("error")), None)
+    return lines, error
+
+
+def remove_images(api: Any, *names: str) -> None:
+    """Remove these images, and the untagged ones this run's builds left (stages of multi-stage builds)."""
+    for name in names:
+        with contextlib.suppress(Exception):
+            api.remove_image(name, force=True)
+    for image in api.images(filters={"dangling": True, "label": [TEST_LABEL]}):
+        with contextlib.suppress(Exception):
+            api.remove_image(image["Id"], force=True)
+
+
+@pytest.fixture(scope="module")
+def build_harness():
+    """Default build policy (RUN steps bounded, no network), the registry and pinning rules on, pids low."""
+    require_engine()
+    env = {"SAFETY_ALLOWED_REGISTRIES": "docker.io/mcp-docker-test,docker.io/library", "SAFETY_ALLOW_BUILD_NETWORK":
+           "false", "SAFETY_REQUIRE_PINNED_IMAGES": "true", "SAFETY_CONTAINER_PIDS_LIMIT": "48",
+           "SAFETY_CONTAINER_MEMORY_LIMIT": "256m"}
+    harness = Harness(["--allow-destructive"], env=env)
+    yield harness
+    harness.close()
+
+
+@pytest.fixture(scope="module")
+def build_allowed():
+    """An operator who lets builds reach the network (Podman's RUN steps then run, bounded as far as can be)."""
+    require_engine()
+    harness = Harness(["--allow-destructive"], env={"SAFETY_ALLOW_BUILD_NETWORK": "true",
+                                                    "SAFETY_CONTAINER_PIDS_LIMIT": "48",
+                                                    "SAFETY_CONTAINER_MEMORY_LIMIT": "256m"})
+    yield harness
+    harness.close()
+
+
+@pytest.mark.engine
+@pytest.mark.adversarial
+def test_builds_fetch_nothing_from_the_hosts_loopback(build_harness, probe):
+    import docker
+
+    api = docker.APIClient(base_url=ENGINE_URL)
+    base = f"{PREFIX}-onbuild:1"
+    # A base image whose ONBUILD trigger fetches from the host: the engine would run it inside our build.
+    _, error = build_on_engine(api, f"FROM {TEST_IMAGE}\nONBUILD ADD {probe.url('onbuild')} /o\n", base)
+    assert error is None
+    tag = f"{PREFIX}-fetch:1"
+    attempts = [
+        f"FROM {TEST_IMAGE}\nADD {probe.url('add')} /x\n",
+        f"FROM {TEST_IMAGE}\nADD [\"{probe.url('json')}\", \"/x\"]\n",
+        f"FROM {TEST_IMAGE}\nADD --chown=0:0 {probe.url('flag')} /x\n",
+        f"ARG U={probe.url('arg')}\nFROM {TEST_IMAGE}\nARG U\nADD $U /x\n",
+        f"FROM {TEST_IMAGE}\nADD \\\n  {probe.url('continued')} /x\n",
+        f"# escape=`\nFROM {TEST_IMAGE}\nADD `\n {probe.url('backtick')} /x\n",
+        f"FROM {TEST_IMAGE}\nRUN true \\\n# a comment in the continuation\n && true\nADD {probe.url('after')} /x\n",
+    ]
+    if (api.inspect_image(base).get("Config") or {}).get("OnBuild"):  # Podman's OCI images keep no triggers
+        attempts.append(f"FROM {base}\n")
+    for dockerfile in attempts:
+        text = build_harness.error("docker_build_image", {"tag": tag, "dockerfile": dockerfile}, "policy_denied")
+        assert "[build_network]" in text and "SAFETY_ALLOW_BUILD_NETWORK" in text, (dockerfile, text)
+    # Images the engine would download (a "registry" on the host's loopback here): with no registry policy
+    # at all, still nothing is fetched by a build; pulls go through docker_pull_image.
+    no_registry_policy = Harness(env={"SAFETY_ALLOW_BUILD_NETWORK": "false"})
+    for args in ({"dockerfile": f"FROM 127.0.0.1:{probe.port}/x:1\n"},
+                 {"dockerfile": f"FROM {TEST_IMAGE}\nCOPY --from=127.0.0.1:{probe.port}/y:1 / /\n"},
+                 {"dockerfile": f"FROM localhost:{probe.port}/z:1 AS z\nFROM z\n"},
+                 {"dockerfile": f"FROM {TEST_IMAGE}\n", "pull": True}):
+        text = no_registry_policy.error("docker_build_image", {"tag": tag, **args}, "policy_denied")
+        assert "[build_network]" in text and ("docker_pull_image" in text or "pull" in text), (args, text)
+    no_registry_policy.close()
+    text = build_harness.error("docker_build_image", {"tag": tag, "network": "default",
+                                                      "dockerfile": f"FROM {TEST_IMAGE}\nRUN true\n"}, "policy_denied")
+    assert "[build_network]" in text
+    # RUN steps: network none on Docker (the step runs, the probe hears nothing); refused on Podman.
+    run = (f"FROM {TEST_IMAGE}\nRUN (echo GET /run | nc -w 3 127.0.0.1 {probe.port}; "
+           f"wget -q -T 3 -O- {probe.url('wget')}) 2>&1 || true\n")
+    if "podman" in ENGINE_URL:
+        text = build_harness.error("docker_build_image", {"tag": tag, "dockerfile": run}, "policy_denied")
+        assert "[build_isolation]" in text and "host's network namespace" in text
+    else:
+        built = build_harness.ok("docker_build_image", {"tag": tag, "dockerfile": run,
+                                                        "labels": {"io.mcp-docker.test": PREFIX}})
+        assert not any("probe-secret" in line for line in built["log"]), built["log"]
+        remove_images(api, tag)
+    assert probe.requests == []  # the engine's own view: nothing reached the service
+    with pytest.raises(docker.errors.ImageNotFound):
+        api.inspect_image(tag)
+    remove_images(api, base)
+
+
+@pytest.mark.engine
+@pytest.mark.adversarial
+def test_hidden_froms_do_not_escape_the_image_policy(build_harness):
+    import docker
+
+    api = docker.APIClient(base_url=ENGINE_URL)
+    tag = f"{PREFIX}-hidden:1"
+    hidden = [
+        f"FROM {TEST_IMAGE}\n# a comment ending in a backslash \\\nFROM busybox:latest\n",
+        f"# syntax=docker/dockerfile:1\n# escape=`\nFROM {TEST_IMAGE}\nRUN echo \\\nFROM ghcr.io/x/y:1\n",
+        f"FROM {TEST_IMAGE}\nONBUILD COPY --from=quay.io/a/b:1 / /\n",
+        f"FROM {TEST_IMAGE}\nCOPY --from=ghcr.io/x/y:1 / /\n",
+        f"FROM {TEST_IMAGE}\nRUN --mount=type=bind,from=ghcr.io/x/y:1,target=/m true\n",
+        "ARG B=ghcr.io/x/y:1\nFROM ${B}\n",
+        "ARG B\nFROM ${B}\n",
+        f"FROM {TEST_IMAGE}\nRUN <<EOF\nFROM ghcr.io/x/y:1\nEOF\n",
+    ]
+    for dockerfile in hidden:
+        text = build_harness.error("docker_build_image", {"tag": tag, "dockerfile": dockerfile}, "policy_denied")
+        assert re.search(r"\[(image_registry|image_pinning|not_understood)\]", text), (dockerfile, text)
+    text = build_harness.error("docker_build_image", {"tag": tag, "dockerfile": "ARG B=x\nFROM ${B}:1\n",
+                                                      "build_args": {"B": "ghcr.io/x/y"}}, "policy_denied")
+    assert "[image_registry]" in text
+    with pytest.raises(docker.errors.ImageNotFound):
+        api.inspect_image(tag)
+
+
+@pytest.mark.engine
+@pytest.mark.adversarial
+def test_build_steps_are_bounded(build_harness, build_allowed):
+    import docker
+
+    api = docker.APIClient(base_url=ENGINE_URL)
+    harness = build_allowed if "podman" in ENGINE_URL else build_harness
+    tag = f"{PREFIX}-bounded:1"
+    bomb = (f"FROM {TEST_IMAGE}\nRUN n=0; for i in $(seq 1 120); do (sleep 20 &) 2>/dev/null && n=$((n+1)); done; "
+            "echo started=$n; cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/memory.max "
+            "2>/dev/null; echo nonce-" + PREFIX + "\n")
+    built = harness.ok("docker_build_image", {"tag": tag, "dockerfile": bomb, "labels": {"io.mcp-docker.test": PREFIX}})
+    started = int(next(line for line in built["log"] if line.startswith("started="))[len("started="):])
+    assert started < 48, built["log"]  # the pids cgroup parent stopped the fork loop
+    assert str(256 * 1024 * 1024) in built["log"], built["log"]
+    remove_images(api, tag)
+
+
+@pytest.mark.engine
+def test_a_failed_build_says_why_and_a_rebuild_is_the_same_image(build_allowed):
+    import docker
+
+    api = docker.APIClient(base_url=ENGINE_URL)
+    tag = f"{PREFIX}-rebuild:1"
+    failed = build_allowed.error("docker_build_image", {"tag": tag, "dockerfile": f"FROM {TEST_IMAGE}\nRUN echo "
+                                                        "why-it-failed-is-here; exit 3\n"}, "invalid_argument")
+    assert "build failed" in failed and "why-it-failed-is-here" in failed and "untrusted" in failed, failed
+    dockerfile = f"FROM {TEST_IMAGE}\nRUN echo one > /one\n"
+    args = {"tag": tag, "dockerfile": dockerfile, "labels": {"io.mcp-docker.test": PREFIX}}
+    first = build_allowed.ok("docker_build_image", args)
+    second = build_allowed.ok("docker_build_image", args)
+    if "podman" in ENGINE_URL:  # Podman adds the label steps in map order, so the cache holds to the RUN step
+        assert any("Using cache" in line for line in second["log"]), second["log"]
+    else:
+        assert first["id"] == second["id"]  # no time in the labels: the cache holds to the last step
+    third = build_allowed.ok("docker_build_image", {**args, "no_cache": True})
+    assert third["id"] != second["id"]
+    for old in {first["id"], second["id"]} - {third["id"]}:
+        with pytest.raises(docker.errors.ImageNotFound):
+            api.inspect_image(old)  # ours, and no name left on it: removed, not left dangling
+    assert not api.images(filters={"dangling": True, "label": [TEST_LABEL]})
+    remove_images(api, tag)
+
+
+@pytest.mark.engine
+@pytest.mark.adversarial
+def test_image_names_the_server_did_not_create_are_not_repointed(full):
+    import docker
+
+    api = docker.APIClient(base_url=ENGINE_URL)
+    operator = f"{PREFIX}-operator"
+    _, error = build_on_engine(api, f"FROM {TEST_IMAGE}\nENV OPERATOR=1\n", f"{operator}:1")
+    assert error is None
+    api.tag(f"{operator}:1", operator, tag="latest")
+    trusted = api.inspect_image(f"{operator}:1")["Id"]
+    mine = full.ok("docker_build_image", {"tag": f"{PREFIX}-agent:1", "network": "none",
+                                          "dockerfile": f"FROM {TEST_IMAGE}\nENV AGENT=1\n",
+                                          "labels": {"io.mcp-docker.test": PREFIX}})
+    for args in ({"image": f"{PREFIX}-agent:1", "repository": operator, "tag": "1"},
+                 {"image": f"{PREFIX}-agent:1", "repository": operator},
+                 {"image": mine["id"], "repository": f"docker.io/library/{operator}", "tag": "1"}):
+        text = full.error("docker_tag_image", args, "policy_denied")
+        assert "[image_overwrite]" in text and "SAFETY_ALLOW_IMAGE_OVERWRITE" in text, text
+    text = full.error("docker_build_image", {"tag": f"{operator}:1", "network": "none",
+                                             "dockerfile": f"FROM {TEST_IMAGE}\nENV EVIL=1\n"}, "policy_denied")
+    assert "[image_overwrite]" in text
+    for name in (f"{operator}:1", f"{operator}:latest"):
+        assert api.inspect_image(name)["Id"] == trusted  # the engine's own answer: still the operator's image
+    # Our own names may be repointed, and the answer names the new name and the image.
+    tagged = full.ok("docker_tag_image", {"image": f"{PREFIX}-agent:1", "repository": f"{PREFIX}-agent", "tag": "2"})
+    assert tagged["image"] == f"{PREFIX}-agent:2" and tagged["id"] == mine["id"]
+    assert api.inspect_image(f"{PREFIX}-agent:2")["Id"].split(":")[-1].startswith(mine["id"])
+    tagging_the_operators = full.ok("docker_tag_image", {"image": f"{operator}:1", "repository": f"{PREFIX}-copy"})
+    assert tagging_the_operators["id"] == md.short_id(trusted)
+    opened = Harness(env={"SAFETY_ALLOW_IMAGE_OVERWRITE": "true"})
+    try:
+        opened.ok("docker_tag_image", {"image": f"{PREFIX}-agent:1", "repository": operator, "tag": "1"})
+        assert api.inspect_image(f"{operator}:1")["Id"] != trusted
+    finally:
+        opened.close()
+    remove_images(api, f"{operator}:1", f"{operator}:latest", f"{PREFIX}-agent:1", f"{PREFIX}-agent:2",
+                  f"{PREFIX}-copy:latest", trusted)
+
+
+def host_route_table() -> str:
+    return Path("/proc/net/route").read_text() + Path("/proc/net/ipv6_route").read_text()
+
+
+@pytest.mark.engine
+@pytest.mark.adversarial
+def test_networks_cannot_reroute_the_host(full):
+    import docker
+
+    api = docker.APIClient(base_url=ENGINE_URL)
+    before = host_route_table()
+    host_route = next(r for r in md.parse_ipv4_routes(Path("/proc/net/route").read_text())
+                      if not r.startswith("172.17."))
+    inside = str(next(__import__("ipaddress").ip_network(host_route).subnets(prefixlen_diff=1)))
+    name = f"{PREFIX}-rnet"
+    ok = full.ok("docker_create_network", {"name": f"{name}-ok", "subnet": "10.231.9.0/24", "gateway": "10.231.9.1",
+                                           "labels": {"io.mcp-docker.test": PREFIX}})
+    assert ok["id"]
+    refused = [
+        ({"subnet": host_route}, "host's route"), ({"subnet": inside}, "host's route"),
+        ({"subnet": "169.254.0.0/24"}, "link-local"), ({"subnet": "100.100.100.0/24"}, "metadata"),
+        ({"subnet": "127.1.0.0/24"}, "loopback"), ({"subnet": "224.2.0.0/24"}, "multicast"),
+        ({"subnet": "10.231.9.128/25"}, f"{name}-ok"), ({"subnet": "10.231.10.5/24"}, "host bits"),
+        ({"subnet": "10.231.11.0/24", "gateway": "10.231.12.1"}, "gateway"),
+        ({"driver": "macvlan"}, "SAFETY_NETWORK_DRIVERS"),
+        ({"options": {"com.docker.network.bridge.name": "eth0"}}, "SAFETY_NETWORK_DRIVER_OPTIONS"),
+    ]
+    if "172.17.0.0/16" in md.parse_ipv4_routes(Path("/proc/net/route").read_text()):
+        refused.append(({"subnet": "172.17.5.0/24"}, "172.17.0.0/16"))
+    for extra, why in refused:
+        text = full.error("docker_create_network", {"name": f"{name}-x", **extra}, "policy_denied")
+        assert why in text, (extra, text)
+        with pytest.raises(docker.errors.NotFound):
+            api.inspect_network(f"{name}-x")
+    mtu = full.ok("docker_create_network", {"name": f"{name}-mtu", "options": {"com.docker.network.driver.mtu": "1400"},
+                                            "labels": {"io.mcp-docker.test": PREFIX}})
+    assert mtu["id"]
+    for network in (f"{name}-ok", f"{name}-mtu"):
+        api.remove_network(network)
+    after = host_route_table()
+    assert [r for r in md.parse_ipv4_routes(after) if not r.startswith(("10.231.", "10.88."))] == \
+        [r for r in md.parse_ipv4_routes(before) if not r.startswith(("10.231.", "10.88."))]
+
+
+# -- the parser against what the engine built from (property test) ---------------------------------
+
+def marker_images(api: Any) -> list[str]:
+    names = [f"{PREFIX}-mark{i}:1" for i in range(3)]
+    for i, name in enumerate(names):
+        _, error = build_on_engine(api, f"FROM {TEST_IMAGE}\nENV MARK={i}\n", name)
+        assert error is None, error
+    return names
+
+
+def engine_froms(lines: list[str]) -> list[tuple[str, str | None]]:
+    """The FROM steps in the engine's own build output, each with the image ID the engine used when it says
+    (Docker: 'Step n/m : FROM x' as written, then ' ---> <id>'; Podman: '[s/t] STEP n/m: FROM x' expanded)."""
+    found: list[tuple[str, str | None]] = []
+    for number, line in enumerate(lines):
+        match = re.match(r"\s*(?:\[\d+/\d+\]\s*)?step \d+/\d+\s*:\s*from\s+(?:--platform=\S+\s+)?(\S+)", line,
+                         re.IGNORECASE)
+        if match:
+            after = next((m.group(1) for m in (re.match(r"\s*---> ?([0-9a-f]{12})?\s*$", rest)
+                                                for rest in lines[number + 1:number + 3]) if m), None)
+            found.append((match.group(1), after))
+    return found
+
+
+@pytest.mark.engine
+def test_the_parser_sees_every_from_the_engine_builds_from():
+    """Generated Dockerfiles (directives, comments ending in the escape character, continuations with
+    comments and blank lines, CR, form feeds, ARG substitution, stage names) built on the real engine:
+    every FROM the engine used is one the parser found. No pulls: only local images and scratch."""
+    require_engine()
+    import docker
+    from hypothesis import HealthCheck, example, given, settings
+    from hypothesis import strategies as st
+
+    api = docker.APIClient(base_url=ENGINE_URL)
+    marks = marker_images(api)
+    ids = {mark: api.inspect_image(mark)["Id"].split(":")[-1][:12] for mark in marks}
+    tag = f"{PREFIX}-prop:1"
+    pieces = st.sampled_from([
+        "FROM {m}\n", "FROM {m} AS s{n}\n", "FROM s{n}\n", "# comment \\\n", "# comment `\n", "# escape=`\n",
+        "# escape=\\\n", "# syntax=docker/dockerfile:1\n", "\n", "  \n", "LABEL a=1 \\\n", "LABEL b=2 `\n",
+        "  # indented comment\n", "ARG M={m}\n", "FROM ${{M}}\n", "FROM $M\n", "ENV X=1\r\n", "LABEL c=\x0cFROM {m}\n",
+        "LABEL d=1 \\\n\n", "FROM scratch\n", "ONBUILD LABEL e=1\n",
+    ])
+
+    @settings(max_examples=12 if "podman" in ENGINE_URL else 25, deadline=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(st.lists(st.tuples(pieces, st.integers(0, 2), st.integers(0, 2)), min_size=1, max_size=8))
+    @example([("# comment \\\n", 0, 0), ("FROM {m}\n", 1, 0)])  # the shapes issue 14 found, always tried
+    @example([("# escape=`\n", 0, 0), ("LABEL a=1 \\\n", 0, 0), ("FROM {m}\n", 2, 0)])
+    @example([("# syntax=docker/dockerfile:1\n", 0, 0), ("# escape=`\n", 0, 0), ("LABEL b=2 `\n", 0, 0),
+              ("FROM {m}\n", 1, 0)])
+    def check(parts: list[tuple[str, int, int]]) -> None:
+        text = "".join(piece.format(m=marks[m], n=n) for piece, m, n in parts) + f"FROM {marks[0]}\n"
+        facts = md.dockerfile_facts(text)
+        lines, _ = build_on_engine(api, text, tag)
+        used = engine_froms(lines)
+        stages = {f"s{n}" for n in range(3)}
+        judged_ids = {ids[image] for image in facts.images if image in ids}
+        for word, image_id in used:
+            if word.lower() in stages or word.lower() == "scratch":
+                continue
+            # the ID the engine used when it printed one, else the name it printed (expanded, on Podman)
+            assert (image_id in judged_ids) if image_id else (word in facts.images), (text, used, facts)
+        remove_images(api, tag)
+
+    try:
+        check()
+    finally:
+        remove_images(api, tag, *marks)
+
+
+@pytest.mark.engine
+@pytest.mark.adversarial
+def test_the_dockerfile_judged_is_the_dockerfile_built(tmp_path):
+    require_engine()
+    import docker
+
+    api = docker.APIClient(base_url=ENGINE_URL)
+    context = tmp_path / "ctx"
+    context.mkdir()
+    outside = tmp_path / "outside-secret"
+    outside.write_text("FROM secret-first-line-of-a-host-file\n")
+    (context / "Dockerfile").symlink_to(outside)
+    harness = Harness(env={"SAFETY_BUILD_CONTEXT_ALLOWLIST": str(tmp_path)})
+    try:
+        tag = f"{PREFIX}-ctxlink:1"
+        text = harness.error("docker_build_image", {"tag": tag, "context_path": str(context)}, "invalid_argument")
+        assert "symlink" in text and "secret-first-line" not in text
+        (context / "Dockerfile").unlink()
+        (context / "Dockerfile").write_text(f"FROM {TEST_IMAGE}\nCOPY a.txt /a.txt\n")
+        (context / "a.txt").write_text("in the context\n")
+        built = harness.ok("docker_build_image", {"tag": tag, "context_path": str(context),
+                                                  "labels": {"io.mcp-docker.test": PREFIX}})
+        assert built["status"] == "built"
+        # A base chosen by a variable form the parser does not evaluate: its triggers cannot be read.
+        text = harness.error("docker_build_image", {"tag": tag, "dockerfile": "ARG B=x\nFROM ${B#x}\n"},
+                             "policy_denied")
+        assert "[not_understood]" in text and "ONBUILD triggers" in text
+        assert api.inspect_image(tag)["Id"].split(":")[-1].startswith(built["id"])
+    finally:
+        harness.close()
+        remove_images(api, f"{PREFIX}-ctxlink:1")
+
+
+@pytest.mark.engine
+def test_build_progress_counts_the_steps_as_written(build_allowed):
+    updates: list[tuple[float, float | None, str | None]] = []
+
+    async def record(progress: float, total: float | None, message: str | None) -> None:
+        updates.append((progress, total, message))
+
+    import docker
+
+    tag = f"{PREFIX}-steps:1"
+    dockerfile = f"FROM {TEST_IMAGE}\nENV A=1\nRUN true\n"  # three steps; the server adds one LABEL per label
+    result = build_allowed.submit(build_allowed.client.call_tool("docker_build_image", {
+        "tag": tag, "dockerfile": dockerfile, "labels": {"io.mcp-docker.test": PREFIX, "x": "1", "y": "2"}},
+        progress_callback=record))
+    assert not result.is_error, result.content[0].text
+    assert updates and updates[-1] == (3.0, 3.0, "step 3 of 3") and all(u[1] == 3.0 for u in updates), updates
+    remove_images(docker.APIClient(base_url=ENGINE_URL), tag)
