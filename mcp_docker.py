@@ -52,6 +52,9 @@ import click
 
 __version__ = "0.1.0"
 SERVER_NAME = "mcp-docker"
+# The distribution on the package index: "mcp-docker" there is another project, so ours installs as this
+# name; it also installs a command of this name, so that `uvx mcp-docker-hardened` runs the server.
+DIST_NAME = "mcp-docker-hardened"
 
 log = logging.getLogger("mcp_docker")
 
@@ -773,14 +776,121 @@ class ToolError(Exception):
 
 _PATH_RE = re.compile(r"(?:unix|npipe)://\S+|(?<![\w.])/(?:[\w.@+-]+/)*[\w.@+-]+")
 _ADDRESS_RE = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b")
+# A URL as engines write a registry's (Get "http://127.0.0.1:5000/v2/": ...): judged as one token by its
+# host, so neither its host nor its path is half-replaced.
+_URL_RE = re.compile(r"\b[a-z][a-z0-9+.-]*://([^\s/\"'<>]+)([^\s\"'<>]*)")
+# What is about the container, not the host: the command a runtime could not start (exec: "/bin/sh": stat
+# /bin/sh: ...) and the build step Docker reports (The command '/bin/sh -c make' returned ...).
+_CONTAINER_COMMAND_RE = re.compile(r"""exec: "([^"]{1,300})"(?:: stat \1(?=:))?|The command '[^']{1,1000}'""")
+# Registries every image without a registry part means: public names, not details of this host.
+PUBLIC_REGISTRY_HOSTS = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io", "auth.docker.io",
+                                   "registry.docker.io", "production.cloudflare.docker.com"})
 
 
-def sanitize_engine_text(text: str, limit: int = 240) -> str:
-    """Strip host details (paths, socket URLs, addresses) from engine text and bound its length."""
+def agent_words(arguments: Any, limit: int = 256) -> frozenset[str]:
+    """The words a caller sent (names, image references, commands, registry addresses, ports): an engine
+    error may show them back, since they tell the caller nothing about the host it did not say itself."""
+    words: set[str] = set()
+
+    def add(text: str) -> None:
+        if 2 <= len(text) <= 256 and any(c.isalnum() for c in text) and len(words) < limit:
+            words.add(text)
+
+    def walk(value: Any, depth: int) -> None:
+        if depth > 4 or len(words) >= limit:
+            return
+        if isinstance(value, str):
+            add(value)
+            add("/" + value)  # Docker writes container names as /name
+            for token in value.split()[:64]:
+                add(token.strip("'\""))
+            first = value.split("/", 1)[0]
+            if "/" in value and ("." in first or ":" in first or first == "localhost"):
+                add(first)  # an image's registry, as host[:port]
+        elif isinstance(value, bool):
+            return
+        elif isinstance(value, int):
+            add(str(value))
+        elif isinstance(value, Mapping):
+            for key, item in list(value.items())[:64]:
+                walk(key, depth + 1)
+                walk(item, depth + 1)
+        elif isinstance(value, (list, tuple)):
+            for item in list(value)[:64]:
+                walk(item, depth + 1)
+
+    walk(arguments, 0)
+    return frozenset(words)
+
+
+def _words_pattern(words: frozenset[str]) -> re.Pattern[str] | None:
+    """The caller's words as whole tokens (so "1" in 10.0.0.1 or "tmp" in /tmp/x is no token)."""
+    if not words:
+        return None
+    alternatives = "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
+    return re.compile(rf"(?<![\w.:@/-])(?:{alternatives})(?![\w@-]|\.\w|/\w)")
+
+
+def _hide_host_details(text: str) -> str:
+    return _ADDRESS_RE.sub("<address>", _PATH_RE.sub("<path>", text))
+
+
+def sanitize_engine_text(text: str, limit: int = 240, keep: frozenset[str] = frozenset()) -> str:
+    """Strip host details (paths, socket URLs, addresses) from engine text and bound its length.
+
+    What keeps its meaning: the words of ``keep`` (what the caller sent: a container's name, which Docker
+    writes as /name; the registry of an image it named; the address and port it asked to publish on), the
+    command a container could not run and a build step's command (paths inside the container), and URLs
+    of registries the caller named or that images mean by default. Everything else that looks like a host
+    path, socket or address is replaced.
+    """
     text = " ".join(str(text).split())
-    text = _PATH_RE.sub("<path>", text)
-    text = _ADDRESS_RE.sub("<address>", text)
+    words = _words_pattern(keep)
+    kept_spans: list[tuple[int, int]] = []
+    for match in _CONTAINER_COMMAND_RE.finditer(text):
+        kept_spans.append(match.span())
+    for match in _URL_RE.finditer(text):
+        authority = match.group(1).rsplit("@", 1)[-1]
+        host = authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority
+        # docker:// is how Podman names the image it pulls (initializing source docker://host:port/name)
+        if match.group(0).startswith(("http://", "https://", "docker://")) and (authority in keep or
+                                                                                host in PUBLIC_REGISTRY_HOSTS):
+            kept_spans.append(match.span())
+    if words is not None:
+        kept_spans.extend(match.span() for match in words.finditer(text))
+    merged: list[list[int]] = []
+    for start, end in sorted(kept_spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    pieces: list[str] = []
+    position = 0
+    for start, end in merged:
+        pieces += [_hide_host_details(_URL_RE.sub("<address>", text[position:start])), text[start:end]]
+        position = end
+    pieces.append(_hide_host_details(_URL_RE.sub("<address>", text[position:])))
+    text = "".join(pieces)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# A published port that is taken, as Docker (Bind for 0.0.0.0:8080 failed: port is already allocated; or its
+# userland proxy's listen tcp4 127.0.0.1:8080: bind: address already in use) and Podman (cannot listen on the
+# TCP port: listen tcp4 127.0.0.1:8080: bind: address already in use) say it.
+_PORT_CLASH_RE = re.compile(r"(?:Bind for |listen (?:tcp|udp|sctp)[46]? )(\[?[0-9A-Fa-f:.]*\]?):(\d{1,5})"
+                            r"(?: failed: port is already allocated|: bind: address already in use)")
+
+
+def port_clash(explanation: str, keep: frozenset[str] = frozenset()) -> ToolError | None:
+    """A host port already taken is a conflict the caller can fix: say which port it asked for."""
+    match = _PORT_CLASH_RE.search(explanation)
+    if match is None:
+        return None
+    address, port = match.group(1).strip("[]"), match.group(2)
+    shown = address if address in keep or address in ("0.0.0.0", "::", "127.0.0.1", "::1", "") else "<address>"
+    where = f"{shown}:{port}" if shown else port
+    return ToolError("conflict", f"host port {where} is already in use on the engine's host; publish on another "
+                     "host port (or 0 to let the engine choose one)")
 
 
 # Podman's Docker-compatible API answers 500 where Docker says 404 or 409; its messages end with
@@ -791,6 +901,7 @@ PODMAN_ERROR_ENDINGS = (
     ("container state improper", "conflict"), ("network is being used", "conflict"),
     ("volume is being used", "conflict"), ("already exists", "conflict"), ("already in use", "conflict"),
     ("image is in use by a container", "conflict"), ("invalid argument", "invalid_argument"),
+    ("attempted to invoke a command that was not found", "invalid_argument"),  # Docker: 400
 )
 
 
@@ -809,14 +920,17 @@ class EngineAnswerError(Exception):
         self.explanation = explanation
 
 
-def translate_engine_error(exc: BaseException) -> ToolError:
-    """Map a docker SDK / requests exception to a ToolError without leaking host details."""
+def translate_engine_error(exc: BaseException, keep: frozenset[str] = frozenset()) -> ToolError:
+    """Map a docker SDK / requests exception to a ToolError without leaking host details (``keep``: the
+    caller's own words, from ``agent_words``, which may show in the message)."""
     if isinstance(exc, ToolError):
         return exc
     name = type(exc).__name__
     status = getattr(getattr(exc, "response", None), "status_code", None)
     explanation = getattr(exc, "explanation", None) or str(exc)
-    text = sanitize_engine_text(explanation)
+    text = sanitize_engine_text(explanation, keep=keep)
+    if status is not None and (clash := port_clash(explanation, keep)):
+        return clash
     if name in ("ReadTimeout", "ConnectTimeout", "Timeout", "TimeoutError") or isinstance(exc, TimeoutError):
         return ToolError("timeout", "the engine did not answer in time; try again or raise MCP_ENGINE_TIMEOUT")
     if name in ("SSLError", "SSLCertVerificationError") or (name == "DockerException" and "SSLError" in str(exc)):
@@ -847,7 +961,7 @@ def translate_engine_error(exc: BaseException) -> ToolError:
     if name == "DockerException":
         if "paramiko" in str(exc):
             return ToolError("engine_unavailable", "ssh:// engines need the docker SDK's ssh support; install "
-                             "it with: pip install 'mcp-docker[ssh]' (or pipx inject mcp-docker paramiko)")
+                             f"it with: pip install '{DIST_NAME}[ssh]' (or pipx inject {DIST_NAME} paramiko)")
         if "Error while fetching server API version" in str(exc) or "Connection" in str(exc):
             return ToolError("engine_unavailable", "the container engine is not reachable; is it running?")
         return ToolError("engine_error", text)
@@ -3147,11 +3261,11 @@ def stream_json(chunks: Any, call: Call, progress: StreamProgress | None = None)
     return events
 
 
-def stream_error(events: list[dict[str, Any]]) -> str | None:
+def stream_error(events: list[dict[str, Any]], keep: frozenset[str] = frozenset()) -> str | None:
     for event in events:
         if event.get("error") or event.get("errorDetail"):
             detail = event.get("errorDetail") or {}
-            return sanitize_engine_text(detail.get("message") or event.get("error") or "failed")
+            return sanitize_engine_text(detail.get("message") or event.get("error") or "failed", keep=keep)
     return None
 
 
@@ -3914,7 +4028,7 @@ def pull_image(call: Call) -> dict[str, Any]:
     repository, tag = split_image_reference(call.args["image"])
     events = stream_json(call.api.pull(repository, tag=tag, stream=True, decode=True,
                                        platform=call.args.get("platform")), call, StreamProgress("pull"))
-    error = stream_error(events)
+    error = stream_error(events, agent_words(call.args))
     if error:
         raise ToolError("engine_error", f"pull failed: {error}")
     image = call.api.inspect_image(f"{repository}:{tag}" if not tag.startswith("sha256:") else f"{repository}@{tag}")
@@ -4070,7 +4184,7 @@ def push_image(call: Call) -> dict[str, Any]:
     enforce(PowerRequest("docker_push_image", images=(call.args["image"],)), call)
     repository, tag = split_image_reference(call.args["image"])
     events = stream_json(call.api.push(repository, tag=tag, stream=True, decode=True), call, StreamProgress("push"))
-    error = stream_error(events)
+    error = stream_error(events, agent_words(call.args))
     if error:
         raise ToolError("engine_error", f"push failed: {error}")
     digest = next((e.get("aux", {}).get("Digest") for e in events if isinstance(e.get("aux"), dict)), None)
@@ -4808,7 +4922,7 @@ class DockerMCP:
         except ToolError:
             raise
         except Exception as exc:
-            error = translate_engine_error(exc)
+            error = translate_engine_error(exc, agent_words(args))  # the caller's own words may show
             level = logging.ERROR if error.category == "internal" else logging.INFO
             log.log(level, "%s failed (%s): %r", name, error.category, exc, exc_info=error.category == "internal")
             raise error from None
@@ -8549,7 +8663,7 @@ def check_version() -> Check:
     with open(here, "rb") as handle:
         digest = hashlib.sha256(handle.read()).hexdigest()
     try:
-        dist = importlib.metadata.distribution(SERVER_NAME)
+        dist = importlib.metadata.distribution(DIST_NAME)
         direct = dist.read_text("direct_url.json")
     except importlib.metadata.PackageNotFoundError:
         dist, direct = None, None
@@ -8558,7 +8672,7 @@ def check_version() -> Check:
         return Check("PASS", "version", f"mcp-docker {__version__} installed from a package index")
     source = "a local or editable install" if dist and direct and here in files else "a source file"
     return Check("WARN", "version", f"mcp-docker {__version__} running from {source}: {here} (sha256 {digest[:16]}...)",
-                 f"install a pinned release (pipx install mcp-docker=={__version__}), or record sha256 {digest} "
+                 f"install a pinned release (pipx install {DIST_NAME}=={__version__}), or record sha256 {digest} "
                  "and compare it on every copy")
 
 

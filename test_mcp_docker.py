@@ -1223,7 +1223,7 @@ def test_image_tools(full):
     push_error = full.error("docker_push_image", {"image": f"127.0.0.1:9/{PREFIX}-pushme:2"})
     pull_error = full.error("docker_pull_image", {"image": f"127.0.0.1:9/{PREFIX}-absent:1"})
     for text in (push_error, pull_error):
-        assert "127.0.0.1" not in text and "/var/run" not in text
+        assert "/var/run" not in text and "sock" not in text  # the registry the caller named may show
     removed = full.ok("docker_remove_image", {"image": f"127.0.0.1:9/{PREFIX}-pushme:2"})
     assert removed["deleted"] == [f"127.0.0.1:9/{PREFIX}-pushme:2"]
     assert tag in full.ok("docker_remove_image", {"image": tag, "force": True})["deleted"]
@@ -6412,3 +6412,107 @@ def test_fuzz_finding_a_call_failing_as_its_session_closes_leaves_no_unretrieved
         return errors
 
     assert [asyncio.run(fail_as_the_session_closes(delay)) for delay in range(4)] == [[]] * 4
+
+
+# =============================================================================================
+# === A newcomer's first hour (issue 16): the name, certificates, errors, client-config, README ===
+# =============================================================================================
+
+
+def newcomer_error(h: Harness, tool_name: str, args: dict[str, Any], category: str) -> str:
+    """An engine error as the caller sees it: categorized, and with no host detail in it."""
+    text = h.error(tool_name, args, category)
+    for host_detail in ("/var/lib", "/var/run", "/run/", "docker.sock", "podman.sock", "/tmp/", "<path>"):
+        assert host_detail not in text, text
+    return text
+
+
+def test_engine_errors_keep_the_names_commands_registries_and_ports_the_caller_gave(full):
+    # Each error is the engine's real answer (Docker's and Podman's texts differ): provoked, not quoted.
+    labels = {"io.mcp-docker.test": PREFIX}
+    name = sleeper(full, "errname")
+    text = newcomer_error(full, "docker_create_container", {"image": TEST_IMAGE, "name": name, "labels": labels,
+                                                            "network": "none"}, "conflict")
+    assert name in text
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        text = newcomer_error(full, "docker_run_container", {
+            "image": TEST_IMAGE, "name": f"{PREFIX}-errport", "command": ["sleep", "60"], "labels": labels,
+            "ports": {"80/tcp": port}}, "conflict")
+    finally:
+        taken.close()
+    assert f"127.0.0.1:{port}" in text and "already in use" in text
+
+    missing = f"/bin/{PREFIX}-absent"
+    text = newcomer_error(full, "docker_run_container", {"image": TEST_IMAGE, "name": f"{PREFIX}-errcmd",
+                                                        "command": [missing], "labels": labels, "network": "none"},
+                          "invalid_argument")
+    assert missing in text
+    ran = full.call("docker_exec_command", {"container": name, "command": [missing]})
+    answer = ran.content[0].text
+    assert missing in answer and "<path>" not in answer
+
+    with socket.socket() as probe:  # a port nothing listens on: the registry refuses
+        probe.bind(("127.0.0.1", 0))
+        registry = f"127.0.0.1:{probe.getsockname()[1]}"
+    text = newcomer_error(full, "docker_pull_image", {"image": f"{registry}/{PREFIX}-absent:1"}, "engine_error")
+    assert registry in text
+    full.ok("docker_tag_image", {"image": TEST_IMAGE, "repository": f"{registry}/{PREFIX}-push", "tag": "1"})
+    try:
+        text = newcomer_error(full, "docker_push_image", {"image": f"{registry}/{PREFIX}-push:1"}, "engine_error")
+        assert registry in text
+    finally:
+        full.ok("docker_remove_image", {"image": f"{registry}/{PREFIX}-push:1"})
+    assert full.ok("docker_version")["kind"] in ("docker", "podman")  # still serving
+
+
+# The engines' own texts, as Docker 20.10 and Podman 4.3 wrote them (provoked by the test above).
+ENGINE_TEXTS = {
+    "docker_conflict": 'Conflict. The container name "/web-1" is already in use by container "4175f29b6a63". You '
+                       'have to remove (or rename) that container to be able to reuse that name.',
+    "docker_port": "driver failed programming external connectivity on endpoint web-2 (40b64dc23f9b): Error "
+                   "starting userland proxy: listen tcp4 127.0.0.1:38341: bind: address already in use",
+    "podman_port": "cannot listen on the TCP port: listen tcp4 127.0.0.1:38341: bind: address already in use",
+    "docker_exec": 'failed to create shim task: OCI runtime create failed: runc create failed: unable to start '
+                   'container process: exec: "/bin/nosuch": stat /bin/nosuch: no such file or directory: unknown',
+    "docker_build": "The command '/bin/sh -c make -C /src' returned a non-zero code: 2",
+    "docker_pull": 'Get "http://127.0.0.1:49109/v2/": dial tcp 127.0.0.1:49109: connect: connection refused',
+    "podman_pull": 'initializing source docker://127.0.0.1:49109/app:1: pinging container registry '
+                   '127.0.0.1:49109: Get "https://127.0.0.1:49109/v2/": dial tcp 127.0.0.1:49109: connect: refused',
+}
+
+
+def test_the_sanitizer_keeps_meaning_and_hides_the_host():
+    words = md.agent_words({"name": "web-1", "image": "127.0.0.1:49109/app:1", "command": ["/bin/nosuch"],
+                            "ports": {"80/tcp": 38341}})
+    clean = {key: md.sanitize_engine_text(text, 400, keep=words) for key, text in ENGINE_TEXTS.items()}
+    assert '"/web-1"' in clean["docker_conflict"]
+    assert 'exec: "/bin/nosuch": stat /bin/nosuch:' in clean["docker_exec"]
+    assert "'/bin/sh -c make -C /src'" in clean["docker_build"]  # a build step: paths inside the container
+    assert 'Get "http://127.0.0.1:49109/v2/"' in clean["docker_pull"]
+    assert "docker://127.0.0.1:49109/app:1" in clean["podman_pull"] and "https://127.0.0.1:49109/v2/" in clean["podman_pull"]
+    for key in ("docker_port", "podman_port"):
+        clash = md.translate_engine_error(docker_api_error(500, ENGINE_TEXTS[key]), words)
+        assert clash.category == "conflict" and "127.0.0.1:38341" in clash.message, clash.message
+    # Not the caller's words: hidden as before, and a word is a whole token (the "1" of a tag is not 10.0.0.1).
+    host = md.sanitize_engine_text("mkdir /var/lib/docker/overlay2/abc/web-1: denied; Get "
+                                   '"http://10.0.0.7:5000/v2/" via unix:///run/docker.sock from 10.0.0.1:53',
+                                   400, keep=md.agent_words({"name": "web-1", "tag": "1", "x": "10"}))
+    assert "/var/lib" not in host and "10.0.0" not in host and "docker.sock" not in host, host
+    unrelated = md.sanitize_engine_text(ENGINE_TEXTS["docker_pull"])  # a registry nobody named here
+    assert "127.0.0.1" not in unrelated
+    assert md.translate_engine_error(docker_api_error(
+        500, "OCI runtime attempted to invoke a command that was not found")).category == "invalid_argument"
+
+
+def docker_api_error(status: int, explanation: str) -> Any:
+    import docker
+    import requests
+
+    response = requests.Response()
+    response.status_code = status
+    return docker.errors.APIError("engine", response=response, explanation=explanation)
