@@ -1128,7 +1128,7 @@ def tool_denial(name: str, tier: Tier, toolset: str, settings: Settings) -> str 
 
 SCHEMA_KEYWORDS = frozenset({"type", "description", "default", "enum", "maxLength", "minLength", "pattern",
                              "minimum", "maximum", "items", "maxItems", "minItems", "properties", "required",
-                             "additionalProperties", "maxProperties", "propertyNames"})
+                             "additionalProperties", "maxProperties", "propertyNames", "anyOf"})
 
 
 def _itself(value: Any) -> Any:
@@ -1175,6 +1175,11 @@ def schema_violations(schema: Mapping[str, Any], instance: Any,
     if types is not None and not any(is_json_type(instance, t) for t in ([types] if isinstance(types, str) else types)):
         yield violation("type")
         return
+    if "anyOf" in schema:  # one form per type (clients reject type arrays): the form of the value's type speaks
+        found = [list(schema_violations(option, instance, path)) for option in schema["anyOf"]]
+        if all(found):
+            typed = [problems for problems in found if problems[0].validator != "type"]
+            yield from typed[0] if typed else [violation("anyOf")]
     if "enum" in schema and not any(type(option) is type(instance) and option == instance for option in schema["enum"]):
         yield violation("enum")
     for keyword, (kinds, measure, is_ceiling) in SCHEMA_BOUNDS.items():
@@ -1214,6 +1219,8 @@ def unknown_schema_keywords(schema: Mapping[str, Any]) -> set[str]:
     for name in ("items", "additionalProperties", "propertyNames"):
         if isinstance(schema.get(name), Mapping):
             unknown |= unknown_schema_keywords(schema[name])
+    for option in schema.get("anyOf", ()):
+        unknown |= unknown_schema_keywords(option)
     for subschema in schema.get("properties", {}).values():
         unknown |= unknown_schema_keywords(subschema)
     return unknown
@@ -1239,6 +1246,9 @@ def validation_message(error: Any) -> str:
     label = f"argument {where!r}" if where else "arguments"
     if validator == "type":
         return f"{label} must be of type {error.validator_value}, got {_short_repr(error.instance)}"
+    if validator == "anyOf":
+        kinds = " or ".join(str(option.get("type")) for option in error.validator_value)
+        return f"{label} must be of type {kinds}, got {_short_repr(error.instance)}"
     if validator == "maxLength":
         return f"{label} is longer than {error.validator_value} characters"
     if validator == "pattern":
@@ -3001,6 +3011,8 @@ def listing_schema(schema: Mapping[str, Any], engine_names: list[str] | None, ho
                 value = {name: slim(sub) for name, sub in value.items()}
             elif key in ("items", "additionalProperties") and isinstance(value, Mapping):
                 value = slim(value)
+            elif key == "anyOf":
+                value = [slim(option) for option in value]
             kept[key] = value
         return kept
 
@@ -3124,7 +3136,9 @@ def image_summary(img: Mapping[str, Any], kind: str = "docker") -> dict[str, Any
         "tags": tags,
         "created": iso_time(img.get("Created")),
         "size_bytes": img.get("Size", 0),
-        "containers": img.get("Containers", -1) if img.get("Containers", -1) >= 0 else None,
+        # the engine's count of containers using it; left out when the engine did not count (-1), not null
+        **({"containers": img["Containers"]} if isinstance(img.get("Containers"), int) and img["Containers"] >= 0
+           else {}),
     }
 
 
@@ -3370,8 +3384,8 @@ def podman_stats(call: Call) -> dict[str, Any]:
 @tool("docker_container_stats", title="Container resource usage", tier=Tier.SAFE, toolset="containers",
       description="One snapshot of a running container's CPU, memory, network, block I/O and PIDs.",
       params={"container": s_container()}, required=("container",),
-      output=out({"container": {"type": "string"}, "cpu_percent": {"type": ["number", "null"]},
-                  "memory": {"type": "object"}, "pids": {"type": ["integer", "null"]}}, ("container", "memory")))
+      output=out({"container": {"type": "string"}, "cpu_percent": {"anyOf": [{"type": "number"}, {"type": "null"}]},
+                  "memory": {"type": "object"}, "pids": {"anyOf": [{"type": "integer"}, {"type": "null"}]}}, ("container", "memory")))
 def container_stats(call: Call) -> dict[str, Any]:
     s = podman_stats(call) if call.kind == "podman" else call.api.stats(call.args["container"], stream=False)
     mem = s.get("memory_stats") or {}
@@ -3456,12 +3470,13 @@ CONTAINER_CONFIG_PARAMS: dict[str, Any] = {
                                               "target": s_str("Mount point inside the container.",
                                                               pattern=r"^/", max_length=1024),
                                               "read_only": s_bool("Mount read-only.")}}},
-    "memory": {"type": ["string", "integer"], "description": "Memory limit, e.g. '256m' (default and maximum: "
-               "SAFETY_CONTAINER_MEMORY_LIMIT).", "maxLength": 32},
-    "cpus": {"type": ["number", "string"], "description": "CPU cores, e.g. 0.5 (default and maximum: "
-             "SAFETY_CONTAINER_CPU_LIMIT).", "maxLength": 16},
-    "pids_limit": {"type": ["integer", "string"], "description": "Most processes (default and maximum: "
-                   "SAFETY_CONTAINER_PIDS_LIMIT).", "maxLength": 16},
+    # anyOf, one form per type: clients such as the Inspector reject type arrays (["string", "integer"])
+    "memory": {"anyOf": [{"type": "string", "maxLength": 32}, {"type": "integer"}],
+               "description": "Memory limit, e.g. '256m' (default and maximum: SAFETY_CONTAINER_MEMORY_LIMIT)."},
+    "cpus": {"anyOf": [{"type": "number"}, {"type": "string", "maxLength": 16}],
+             "description": "CPU cores, e.g. 0.5 (default and maximum: SAFETY_CONTAINER_CPU_LIMIT)."},
+    "pids_limit": {"anyOf": [{"type": "integer"}, {"type": "string", "maxLength": 16}],
+                   "description": "Most processes (default and maximum: SAFETY_CONTAINER_PIDS_LIMIT)."},
     "restart_policy": {"type": "string", "description": "Restart policy.",
                        "enum": ["no", "on-failure", "unless-stopped", "always"]},
     "read_only": s_bool("Read-only root filesystem (always with the hardened profile)."),
@@ -3474,7 +3489,7 @@ CONTAINER_CONFIG_PARAMS: dict[str, Any] = {
                              "source": s_str("Host path (bind) or volume name (volume).", max_length=4096),
                              "target": s_str("Mount point inside the container (absolute path).", max_length=1024),
                              "read_only": s_bool("Mount read-only."),
-                             "tmpfs_size": {"type": ["string", "integer"], "maxLength": 32,
+                             "tmpfs_size": {"anyOf": [{"type": "string", "maxLength": 32}, {"type": "integer"}],
                                             "description": "Size of a tmpfs mount, e.g. '64m'."}}}},
     "privileged": s_bool("Privileged mode. Refused unless SAFETY_ALLOW_PRIVILEGED_CONTAINERS=true."),
     "cap_add": s_str_list("Capabilities to add, e.g. ['NET_BIND_SERVICE']; beyond the default set they "
@@ -3499,7 +3514,7 @@ CONTAINER_CONFIG_PARAMS: dict[str, Any] = {
                                max_items=16, max_length=4096),
     "sysctls": {"type": "object", "description": "Kernel parameters, name -> value; beyond a safe set they need "
                 "SAFETY_ALLOW_PRIVILEGED_CONTAINERS.", "maxProperties": 16,
-                "additionalProperties": {"type": ["string", "integer", "number"], "maxLength": 256}},
+                "additionalProperties": {"anyOf": [{"type": "string", "maxLength": 256}, {"type": "number"}]}},
     "volumes_from": s_str_list("Containers whose mounts to copy. Needs SAFETY_ALLOW_PRIVILEGED_CONTAINERS.",
                                max_items=8, max_length=200),
 }
@@ -3692,8 +3707,8 @@ def container_action(name: str, title: str, description: str, action: Callable[[
 
     def handler(call: Call) -> dict[str, Any]:
         guard_managed(call, "container", call.args["container"])
-        action(call)
-        return {"id": call.args["container"], "status": status}
+        told = action(call)  # an action may add fields to the answer (rename: the new name)
+        return {"id": call.args["container"], "status": status, **(told if isinstance(told, dict) else {})}
 
     tool(name, title=title, description=description, tier=tier, toolset="containers",
          params={"container": s_container(), **(params or {})}, required=("container", *required),
@@ -3721,7 +3736,8 @@ container_action("docker_kill_container", "Kill a container",
                                          pattern=r"^(SIG[A-Z0-9+-]{1,12}|[A-Z0-9+-]{1,12}|[0-9]{1,2})$",
                                          max_length=16)})
 container_action("docker_rename_container", "Rename a container", "Give a container a new name.",
-                 lambda c: c.api.rename(c.args["container"], c.args["new_name"]), "renamed",
+                 lambda c: c.api.rename(c.args["container"], c.args["new_name"]) or {"name": c.args["new_name"]},
+                 "renamed",
                  params={"new_name": s_str("The new name.", pattern=NAME_PATTERN, max_length=128)},
                  required=("new_name",))
 def s_dry_run() -> dict[str, Any]:
@@ -3813,7 +3829,7 @@ def read_exec_output(sock: Any, call: Call, cap: int) -> tuple[bytes, bytes, boo
           "privileged": s_bool("Run with every capability of the host. Refused unless "
                                "SAFETY_ALLOW_PRIVILEGED_CONTAINERS=true."),
       }, required=("container", "command"),
-      output=out({"exit_code": {"type": ["integer", "null"]}, "stdout": {"type": "string"},
+      output=out({"exit_code": {"anyOf": [{"type": "integer"}, {"type": "null"}]}, "stdout": {"type": "string"},
                   "stderr": {"type": "string"}}, ("exit_code", "stdout", "stderr")))
 def exec_command(call: Call) -> dict[str, Any]:
     a = call.args
@@ -4211,7 +4227,9 @@ def remove_image(call: Call) -> dict[str, Any]:
             note = f"{len(users)} container(s) use it: without force=true the removal will fail"
         return preview([item], note, deleted=[], count=0)
     report = call.api.remove_image(a["image"], force=a.get("force", False), noprune=a.get("keep_parents", False))
-    return prune_result({"ImagesDeleted": report}, "ImagesDeleted", call.kind)
+    result = prune_result({"ImagesDeleted": report}, "ImagesDeleted", call.kind)
+    del result["space_reclaimed_bytes"]  # the engine's answer does not say: no number rather than a made-up 0
+    return result
 
 
 @tool("docker_prune_images", title="Remove unused images", tier=Tier.DESTRUCTIVE, toolset="images",

@@ -155,7 +155,7 @@ def test_the_listing_leaves_out_what_only_the_server_needs():
             listed = md.DockerMCP(settings).listed_schema(spec)
             assert set(listed.get("required", ())) <= set(listed["properties"])
             for name, prop in listed["properties"].items():
-                assert prop["type"] == spec.input_schema["properties"][name]["type"], (spec.name, name)
+                assert prop.get("type") == spec.input_schema["properties"][name].get("type"), (spec.name, name)
     assert "privileged" not in md.DockerMCP(md.Settings()).listed_schema(md.TOOLS["docker_run_container"])["properties"]
 
 
@@ -193,7 +193,8 @@ def _mutated_arguments(rng: random.Random, schema: dict[str, Any]) -> dict[str, 
     for name, prop in schema["properties"].items():
         if rng.random() < 0.5:
             continue
-        kind = prop["type"] if isinstance(prop["type"], str) else rng.choice(prop["type"])
+        kinds = prop.get("type") or [option["type"] for option in prop["anyOf"]]
+        kind = kinds if isinstance(kinds, str) else rng.choice(kinds)
         if rng.random() < 0.2:
             arguments[name] = _random_json(rng)
         elif "enum" in prop:
@@ -6516,3 +6517,40 @@ def docker_api_error(status: int, explanation: str) -> Any:
     response = requests.Response()
     response.status_code = status
     return docker.errors.APIError("engine", response=response, explanation=explanation)
+
+
+def test_no_tool_schema_has_a_type_array_and_the_alternatives_still_validate():
+    def type_arrays(node: Any, where: str) -> list[str]:
+        if isinstance(node, dict):
+            found = [where] if isinstance(node.get("type"), list) else []
+            return found + [w for key, value in node.items() for w in type_arrays(value, f"{where}.{key}")]
+        if isinstance(node, list):
+            return [w for index, value in enumerate(node) for w in type_arrays(value, f"{where}[{index}]")]
+        return []
+
+    app = md.DockerMCP(md.Settings(allow_privileged=True))
+    for spec in md.TOOLS.values():
+        assert type_arrays(app.listed_schema(spec), spec.name) == []
+        assert type_arrays(spec.input_schema, spec.name) == [] and type_arrays(spec.output_schema, spec.name) == []
+    schema = md.TOOLS["docker_run_container"].input_schema
+    for good in ({"image": "x", "memory": "256m"}, {"image": "x", "memory": 268435456}, {"image": "x", "cpus": 0.5},
+                 {"image": "x", "cpus": "0.5"}, {"image": "x", "pids_limit": 64}, {"image": "x", "sysctls": {"a": 1}}):
+        assert list(md.schema_violations(schema, good)) == [], good
+    problem = md.validation_message(next(md.schema_violations(schema, {"image": "x", "memory": True})))
+    assert problem == "argument 'memory' must be of type string or integer, got true"
+    long_text = md.validation_message(next(md.schema_violations(schema, {"image": "x", "memory": "9" * 40})))
+    assert long_text == "argument 'memory' is longer than 32 characters"
+
+
+def test_result_fields_say_what_happened(full):
+    name = sleeper(full, "renameme")
+    renamed = full.ok("docker_rename_container", {"container": name, "new_name": f"{name}-new"})
+    assert renamed == {"id": name, "status": "renamed", "name": f"{name}-new"}
+    images = full.ok("docker_list_images", {"name": TEST_IMAGE})["images"]
+    assert images and all(item.get("containers", 0) is not None for item in images)
+    assert all("containers" not in md.image_summary({"Id": "sha256:" + "a" * 64, "Containers": -1}) for _ in "x")
+    assert md.image_summary({"Id": "sha256:" + "a" * 64, "Containers": 2})["containers"] == 2
+    tag = f"{PREFIX}-removeme:1"
+    full.ok("docker_tag_image", {"image": TEST_IMAGE, "repository": tag.split(":")[0], "tag": "1"})
+    removed = full.ok("docker_remove_image", {"image": tag})
+    assert removed["deleted"] and "space_reclaimed_bytes" not in removed  # no number rather than a fake 0
