@@ -642,6 +642,14 @@ def parse_env_file(text: str) -> dict[str, str]:
     return values
 
 
+def did_you_mean(word: str, known: Any) -> str:
+    """"; did you mean 'X'?" for the closest known name, else where the list is (not all 75 names)."""
+    import difflib
+
+    close = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else "; `mcp-docker serve --help` lists every setting"
+
+
 def load_settings(
     cli: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
@@ -657,11 +665,11 @@ def load_settings(
     env_file = env_file or {}
     for key in env_file:
         if key not in SETTINGS_BY_ENV and key not in PASSTHROUGH_ENV:
-            raise ConfigError(f"env file: unknown setting {key!r}; known: {', '.join(sorted(SETTINGS_BY_ENV))}")
+            raise ConfigError(f"env file: unknown setting {key!r}{did_you_mean(key, SETTINGS_BY_ENV)}")
     for key in environ:
         if key.startswith(("SAFETY_", "SECURITY_", "MCP_TOOLSETS", "MCP_MAX_", "MCP_ENGINE_", "MCP_HTTP_", "MCP_TLS_")) \
                 and key not in SETTINGS_BY_ENV:
-            raise ConfigError(f"environment: unknown setting {key!r}; known: {', '.join(sorted(SETTINGS_BY_ENV))}")
+            raise ConfigError(f"environment: unknown setting {key!r}{did_you_mean(key, SETTINGS_BY_ENV)}")
     values: dict[str, Any] = {}
     for spec in SETTING_SPECS:
         if spec.field in cli:
@@ -1196,11 +1204,11 @@ def schema_violations(schema: Mapping[str, Any], instance: Any,
                 yield from schema_violations(schema["items"], item, (*path, index))
     elif isinstance(instance, dict):
         properties = schema.get("properties", {})
-        if any(name not in instance for name in schema.get("required", ())):
-            yield violation("required")
         extra = schema.get("additionalProperties", True)
         if extra is False and any(name not in properties for name in instance):
-            yield violation("additionalProperties")
+            yield violation("additionalProperties")  # before "required": a misspelled name is the cause
+        if any(name not in instance for name in schema.get("required", ())):
+            yield violation("required")
         if "propertyNames" in schema:
             for name in instance:
                 for problem in schema_violations(schema["propertyNames"], name, path):
@@ -1242,7 +1250,9 @@ def validation_message(error: Any) -> str:
         allowed = set((error.schema or {}).get("properties", {}))
         extra = sorted(k for k in (error.instance or {}) if k not in allowed)
         prefix = f"{where}: " if where else ""
-        return f"{prefix}unknown argument {_short_repr(extra[0] if extra else '?', 40)}; allowed: {', '.join(sorted(allowed))}"
+        unknown = f"{prefix}unknown argument {_short_repr(extra[0] if extra else '?', 40)}"
+        hint = did_you_mean(extra[0], allowed) if extra and isinstance(extra[0], str) else ""
+        return f"{unknown}{hint}" if hint.startswith("; did") else f"{unknown}; allowed: {', '.join(sorted(allowed))}"
     label = f"argument {where!r}" if where else "arguments"
     if validator == "type":
         return f"{label} must be of type {error.validator_value}, got {_short_repr(error.instance)}"
@@ -1251,6 +1261,8 @@ def validation_message(error: Any) -> str:
         return f"{label} must be of type {kinds}, got {_short_repr(error.instance)}"
     if validator == "maxLength":
         return f"{label} is longer than {error.validator_value} characters"
+    if validator == "pattern" and error.validator_value == "^/":
+        return f"{label} must be an absolute path (starting with /), got {_short_repr(error.instance)}"
     if validator == "pattern":
         return f"{label} has characters that are not allowed: {_short_repr(error.instance)}"
     if validator == "enum":
@@ -1341,6 +1353,15 @@ def parse_memory(value: str | int) -> int:
         raise ToolError("invalid_argument", f"memory {_short_repr(value)} is not a size like 256m or 1g")
     number, unit = float(match.group(1)), match.group(2)
     return int(number * {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[unit])
+
+
+def size_text(size: int | float) -> str:
+    """Bytes as a size is written in arguments and settings (8g, 256m, 64k): the largest unit that is whole."""
+    size = int(size)
+    for unit, factor in (("g", 1024**3), ("m", 1024**2), ("k", 1024)):
+        if size and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
 
 
 def engine_filters(args: Mapping[str, Any], mapping: Mapping[str, str]) -> dict[str, list[str]]:
@@ -2150,8 +2171,9 @@ def judge_request(request: PowerRequest, settings: Settings, host: HostFacts) ->
               ("pids_limit", request.pids_limit, settings.container_pids_limit, "SAFETY_CONTAINER_PIDS_LIMIT"))
     for what, value, ceiling, setting in limits:
         if ceiling and value is not None and value > ceiling + 1e-9:
-            denials.append(Denial("resource_limits", f"{what} {value:g} is above the configured maximum "
-                                  f"{ceiling:g}", f"raise {setting}"))
+            shown = (size_text(value), size_text(ceiling)) if what == "memory" else (f"{value:g}", f"{ceiling:g}")
+            denials.append(Denial("resource_limits", f"{what} {shown[0]} is above the configured maximum "
+                                  f"{shown[1]}", f"raise {setting}"))
     for conflict in request.profile_conflicts:
         denials.append(Denial("container_profile", f"{conflict} conflicts with the hardened container profile",
                               "set SAFETY_CONTAINER_PROFILE=default"))
@@ -7988,6 +8010,52 @@ def describe_engines(engines: Engines) -> list[str]:
     return lines
 
 
+def keys_file_problem(settings: Settings) -> str | None:
+    """A keys file named explicitly must be there: a typo must not quietly become an ephemeral key."""
+    path = settings.api_keys_file
+    if not path or settings.transport != "http" or not settings.auth_enabled:
+        return None
+    path = os.path.expanduser(path)
+    if os.path.isdir(path):
+        return (f"SECURITY_API_KEYS_FILE (--api-keys-file) {path} is a directory, not a keys file; name the file, "
+                f"e.g. {os.path.join(path, 'api_keys.json')}")
+    if not os.path.exists(path):
+        return (f"SECURITY_API_KEYS_FILE (--api-keys-file) {path} does not exist; create it with `mcp-docker genkey "
+                f"--client-id NAME --keys-file {path}`, or leave the setting out (a loopback server then makes an "
+                "ephemeral key)")
+    return None
+
+
+def pem_kinds(path: str) -> set[str]:
+    """What PEM blocks a file holds ("CERTIFICATE", "PRIVATE KEY", ...); empty when it holds none or is unreadable."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(1 << 20)
+    except OSError:
+        return set()
+    return {m.decode("ascii", "replace") for m in re.findall(rb"-----BEGIN ((?:[A-Z]+ )*(?:CERTIFICATE|PRIVATE KEY))-----",
+                                                             data)}
+
+
+def tls_files_problem(settings: Settings) -> str | None:
+    """Swapped or wrong TLS files, named by the file and by what it holds (before OpenSSL's terser words)."""
+    if settings.transport != "http" or not (settings.tls_cert and settings.tls_key):
+        return None
+    cert_kinds, key_kinds = pem_kinds(settings.tls_cert), pem_kinds(settings.tls_key)
+    has_key = any(k.endswith("PRIVATE KEY") for k in cert_kinds)
+    has_cert = any(k.endswith("CERTIFICATE") for k in key_kinds)
+    if has_key and has_cert and "CERTIFICATE" not in cert_kinds:
+        return (f"--tls-cert {settings.tls_cert} holds a private key and --tls-key {settings.tls_key} a certificate: "
+                "the two are swapped; give the certificate to --tls-cert and the key to --tls-key")
+    if os.path.exists(settings.tls_cert) and "CERTIFICATE" not in cert_kinds:
+        found = "a private key" if has_key else "no PEM certificate"
+        return f"--tls-cert {settings.tls_cert} holds {found}; it must be the PEM certificate (server.crt)"
+    if os.path.exists(settings.tls_key) and not any(k.endswith("PRIVATE KEY") for k in key_kinds):
+        found = "a certificate" if has_cert else "no PEM private key"
+        return f"--tls-key {settings.tls_key} holds {found}; it must be the PEM private key (server.key)"
+    return None
+
+
 @main.command()
 @click.option("--verbose", is_flag=True, help="Log which engine was chosen and why (stderr).")
 @setting_options
@@ -8003,6 +8071,9 @@ def serve(verbose: bool, **options: Any) -> None:
     """
     settings = settings_from_cli(options)
     configure_logging(settings.log_level)
+    problem = keys_file_problem(settings) or tls_files_problem(settings)
+    if problem:
+        raise click.ClickException(problem)
     app = DockerMCP(settings)
     audit = None
     if settings.audit_log_enabled:
@@ -8497,6 +8568,9 @@ def check_tls(settings: Settings, now: _dt.datetime) -> list[Check]:
     if not (settings.tls_enabled or settings.tls_cert or settings.tls_key):
         return []
     gencert_fix = "mcp-docker gencert --hostname HOST, then --tls-cert/--tls-key with the files it prints"
+    problem = tls_files_problem(settings)
+    if problem:
+        return [Check("FAIL", "tls", problem, gencert_fix)]
     try:
         build_ssl_context(settings)  # the same rules the server starts with
     except StartupError as error:

@@ -47,9 +47,10 @@ ENGINE_URL = TEST_HOST or os.environ.get("DOCKER_HOST") or "unix:///var/run/dock
 TEST_ENGINES = os.environ.get("MCP_DOCKER_TEST_ENGINES", "")
 STATE_DIR = Path(os.environ.get("MCP_DOCKER_TEST_STATE", f"/tmp/{PREFIX}-state"))
 # Servers under test keep their audit log here, are not rate limited unless a test says so, and drive
-# the engine under test.
+# the engine under test. Their home is a fresh directory, so no keys file of this machine's user is read
+# (an explicitly named keys file that does not exist is an error, so none is named).
 TEST_ENV = {"SECURITY_AUDIT_LOG_FILE": str(STATE_DIR / "audit.log"), "SECURITY_RATE_LIMIT_ENABLED": "false",
-            "SECURITY_API_KEYS_FILE": str(STATE_DIR / "no-keys.json"), **({"DOCKER_HOST": TEST_HOST} if TEST_HOST else {})}
+            "HOME": str(STATE_DIR / "home"), **({"DOCKER_HOST": TEST_HOST} if TEST_HOST else {})}
 ALL_TOOLS = {
     "docker_list_containers", "docker_inspect_container", "docker_container_logs", "docker_container_stats",
     "docker_container_top", "docker_container_diff", "docker_create_container", "docker_run_container",
@@ -2040,7 +2041,7 @@ def test_legacy_plaintext_keys_load_with_a_warning_and_migrate(tmp_path):
 
 
 def test_ephemeral_key_on_loopback_without_keys_file(tmp_path):
-    with http_server([], {"SECURITY_API_KEYS_FILE": str(tmp_path / "absent.json")}) as server:
+    with http_server([], {"HOME": str(tmp_path)}) as server:  # no keys file named, none at the default path
         output = "\n".join(server.lines)
         key = re.search(r"\b(sk-[A-Za-z0-9_-]{40,})", output).group(1)
         assert "claude mcp add --transport http" in output
@@ -6554,3 +6555,47 @@ def test_result_fields_say_what_happened(full):
     full.ok("docker_tag_image", {"image": TEST_IMAGE, "repository": tag.split(":")[0], "tag": "1"})
     removed = full.ok("docker_remove_image", {"image": tag})
     assert removed["deleted"] and "space_reclaimed_bytes" not in removed  # no number rather than a fake 0
+
+
+def newcomer_cli(*args: str, env: dict[str, str] | None = None) -> Any:
+    """One CLI command in this process (click's runner), as a person types it."""
+    from click.testing import CliRunner
+
+    return CliRunner().invoke(md.main, list(args), env=env, catch_exceptions=False)
+
+
+def test_cli_errors_name_the_mistake(tmp_path):
+    missing = tmp_path / "typo-keys.json"
+    result = newcomer_cli("serve", "--transport", "http", "--port", "0", "--api-keys-file", str(missing))
+    assert result.exit_code != 0 and "does not exist" in result.output and "ephemeral" in result.output
+    assert "genkey" in result.output and "Traceback" not in result.output
+    result = newcomer_cli("serve", "--transport", "http", "--port", "0", "--api-keys-file", str(tmp_path))
+    assert result.exit_code != 0 and "is a directory, not a keys file" in result.output
+
+    assert newcomer_cli("gencert", "--out-dir", str(tmp_path / "tls")).exit_code == 0
+    cert, key = str(tmp_path / "tls" / "server.crt"), str(tmp_path / "tls" / "server.key")
+    result = newcomer_cli("serve", "--transport", "http", "--port", "0", "--tls-cert", key, "--tls-key", cert)
+    assert result.exit_code != 0 and "swapped" in result.output and key in result.output, result.output
+    result = newcomer_cli("serve", "--transport", "http", "--port", "0", "--tls-cert", cert, "--tls-key", cert)
+    assert result.exit_code != 0 and f"--tls-key {cert} holds a certificate" in result.output
+    doctor = md.check_tls(md.Settings(transport="http", tls_cert=key, tls_key=cert), md.utc_now())
+    assert doctor[0].status == "FAIL" and "swapped" in doctor[0].message
+
+    result = newcomer_cli("tools", env={"SAFETY_ALLOW_PRIVILEDGED_CONTAINERS": "true"})
+    assert result.exit_code != 0 and "did you mean 'SAFETY_ALLOW_PRIVILEGED_CONTAINERS'?" in result.output
+    assert "SAFETY_CONTAINER_PIDS_LIMIT" not in result.output  # not the list of every setting
+    (tmp_path / "typo.env").write_text("SECURITY_AUDIT_LOG_FIEL=/x\n")
+    result = newcomer_cli("tools", "--env-file", str(tmp_path / "typo.env"))
+    assert "did you mean 'SECURITY_AUDIT_LOG_FILE'?" in result.output
+
+
+def test_argument_errors_speak_the_callers_terms(full):
+    denied = full.error("docker_run_container", {"image": TEST_IMAGE, "memory": "8g", "network": "none"},
+                        "policy_denied")
+    assert "memory 8g is above the configured maximum 1g" in denied and "SAFETY_CONTAINER_MEMORY_LIMIT" in denied
+    relative = full.error("docker_run_container", {"image": TEST_IMAGE, "working_dir": "app"}, "invalid_argument")
+    assert "'working_dir' must be an absolute path" in relative
+    typo = full.error("docker_run_container", {"image": TEST_IMAGE, "comand": ["true"]}, "invalid_argument")
+    assert "unknown argument 'comand'; did you mean 'command'?" in typo
+    unknown = full.error("docker_run_container", {"imgae": TEST_IMAGE}, "invalid_argument")
+    assert "unknown argument 'imgae'" in unknown  # named as unknown, not as a missing 'image'
