@@ -8368,7 +8368,9 @@ def _certificate(subject_cn: str, key: Any, issuer_cn: str, issuer_key: Any, day
                .not_valid_before(now - _dt.timedelta(minutes=5))
                .not_valid_after(now + _dt.timedelta(days=days))
                .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True)
-               .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False))
+               .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
+                              critical=False))
     if ca:
         builder = builder.add_extension(x509.KeyUsage(
             digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
@@ -8388,6 +8390,42 @@ def _certificate(subject_cn: str, key: Any, issuer_cn: str, issuer_key: Any, day
     return builder.sign(issuer_key, hashes.SHA256())
 
 
+LOCAL_CA_NAME = "mcp-docker local CA"
+
+
+def local_ca(directory: str) -> tuple[Any, Any, bool]:
+    """The CA in ``directory`` (ca.crt, ca.key), made on first use: it signs the server certificate and the
+    mTLS client certificates, so clients trust one file that outlives every renewal. -> (cert, key, made)"""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    ca_cert_path, ca_key_path = os.path.join(directory, "ca.crt"), os.path.join(directory, "ca.key")
+    if os.path.exists(ca_cert_path) and os.path.exists(ca_key_path):
+        problem = private_file_problem(ca_key_path)
+        if problem:
+            raise click.ClickException(problem)
+        with open(ca_key_path, "rb") as handle:
+            ca_key = serialization.load_pem_private_key(handle.read(), password=None)
+        with open(ca_cert_path, "rb") as handle:
+            return x509.load_pem_x509_certificate(handle.read()), ca_key, False
+    ca_key = _new_key()
+    ca_cert = _certificate(LOCAL_CA_NAME, ca_key, LOCAL_CA_NAME, ca_key, 3650, ca=True)
+    _write_new_file(ca_key_path, _pem_key(ca_key), force=True, private=True)
+    _write_new_file(ca_cert_path, ca_cert.public_bytes(serialization.Encoding.PEM), force=True, private=False)
+    return ca_cert, ca_key, True
+
+
+def trust_lines(ca_path: str) -> list[str]:
+    """How each kind of client trusts the local CA (the absolute path, since clients start elsewhere)."""
+    ca_path = os.path.abspath(ca_path)
+    return [f"trust it on each client machine: {ca_path} (copy it there)",
+            f"  Node clients (Inspector, mcp-remote for Claude Desktop, Claude Code, Cursor): "
+            f"NODE_EXTRA_CA_CERTS={ca_path}",
+            f"  curl: --cacert {ca_path}; Python (httpx, the mcp SDK): SSL_CERT_FILE={ca_path}",
+            f"  `mcp-docker client-config CLIENT --url https://HOST:PORT/mcp --ca-file {ca_path}` prints each "
+            "client's settings"]
+
+
 @main.command()
 @click.option("--out-dir", default=None, help="Where to write the files. Default ~/.mcp-docker/tls.")
 @click.option("--hostname", "hostnames", multiple=True,
@@ -8399,60 +8437,60 @@ def _certificate(subject_cn: str, key: Any, issuer_cn: str, issuer_key: Any, day
                    "CA in --out-dir (made on first use).")
 @click.option("--force", is_flag=True, help="Overwrite existing files.")
 def gencert(out_dir: str | None, hostnames: tuple[str, ...], days: int, client_name: str | None, force: bool) -> None:
-    """Make a self-signed server certificate and key (mode 600), or a client certificate for mTLS."""
-    from cryptography import x509
+    """Make a small local CA (ca.crt, once) and a server certificate signed by it, or a client certificate for mTLS.
+
+    Clients trust ca.crt (NODE_EXTRA_CA_CERTS for Node clients); server.crt holds the server certificate and
+    the CA after it (a full chain). Keys are mode 600.
+    """
     from cryptography.hazmat.primitives import serialization
 
-    directory = os.path.expanduser(out_dir) if out_dir else default_state_path("tls")
+    directory = os.path.abspath(os.path.expanduser(out_dir) if out_dir else default_state_path("tls"))
     os.makedirs(directory, mode=0o700, exist_ok=True)
     pem = serialization.Encoding.PEM
+    ca_cert_path = os.path.join(directory, "ca.crt")
     if client_name is None:
         names = ("localhost", "127.0.0.1", "::1", *[h for h in hostnames if h not in ("localhost", "127.0.0.1", "::1")])
         for name in names:
             if not re.fullmatch(r"[A-Za-z0-9.*:\[\]-]{1,253}", name):
                 raise click.UsageError(f"--hostname: {name[:40]!r} is not a DNS name or IP address")
-        key = _new_key()
-        common_name = hostnames[0] if hostnames else "localhost"
-        cert = _certificate(common_name, key, common_name, key, days, server_names=names)  # self-signed
         cert_path, key_path = os.path.join(directory, "server.crt"), os.path.join(directory, "server.key")
         for path in (cert_path, key_path):
             if os.path.exists(path) and not force:
                 raise click.ClickException(f"{path} exists; use --force to replace it")
+        ca_cert, ca_key, made = local_ca(directory)
+        key = _new_key()
+        common_name = hostnames[0] if hostnames else "localhost"
+        issuer = ca_cert.subject.rfc4514_string().removeprefix("CN=")
+        cert = _certificate(common_name, key, issuer, ca_key, days, server_names=names)
         _write_new_file(key_path, _pem_key(key), force=True, private=True)
-        _write_new_file(cert_path, cert.public_bytes(pem), force=True, private=False)
-        click.echo(f"server certificate: {cert_path}\nserver key:         {key_path} (mode 600)\n"
-                   f"SANs: {', '.join(names)}; valid {days} days\n"
-                   f"serve with: mcp-docker serve --transport http --tls-cert {cert_path} --tls-key {key_path}")
+        # the full chain: the server sends both, and a client that was told to trust server.crt trusts the CA
+        _write_new_file(cert_path, cert.public_bytes(pem) + ca_cert.public_bytes(pem), force=True, private=False)
+        lines = ([f"created local CA:   {ca_cert_path} (its key ca.key, mode 600, signs the certificates here)"]
+                 if made else [f"signed by the CA:   {ca_cert_path}"])
+        lines += [f"server certificate: {cert_path} (with the CA after it)",
+                  f"server key:         {key_path} (mode 600)",
+                  f"SANs: {', '.join(names)}; valid {days} days",
+                  f"serve with: mcp-docker serve --transport http --tls-cert {cert_path} --tls-key {key_path}",
+                  *trust_lines(ca_cert_path)]
+        click.echo("\n".join(lines))
         return
     if not re.fullmatch(r"[A-Za-z0-9_.@:+-]{1,64}", client_name):
         raise click.UsageError("--client: use letters, digits and _ . @ : + - (at most 64)")
-    ca_cert_path, ca_key_path = os.path.join(directory, "ca.crt"), os.path.join(directory, "ca.key")
-    if os.path.exists(ca_cert_path) and os.path.exists(ca_key_path):
-        problem = private_file_problem(ca_key_path)
-        if problem:
-            raise click.ClickException(problem)
-        with open(ca_key_path, "rb") as handle:
-            ca_key = serialization.load_pem_private_key(handle.read(), password=None)
-        with open(ca_cert_path, "rb") as handle:
-            ca_cert = x509.load_pem_x509_certificate(handle.read())
-    else:
-        ca_key = _new_key()
-        ca_cert = _certificate("mcp-docker client CA", ca_key, "mcp-docker client CA", ca_key, 3650, ca=True)
-        _write_new_file(ca_key_path, _pem_key(ca_key), force=True, private=True)
-        _write_new_file(ca_cert_path, ca_cert.public_bytes(pem), force=True, private=False)
-        click.echo(f"created client CA: {ca_cert_path} (give it to the server with --tls-client-ca)")
-    key = _new_key()
-    issuer = ca_cert.subject.rfc4514_string().removeprefix("CN=")
-    cert = _certificate(client_name, key, issuer, ca_key, days, client=True)
     cert_path = os.path.join(directory, f"client-{client_name}.crt")
     key_path = os.path.join(directory, f"client-{client_name}.key")
     for path in (cert_path, key_path):
         if os.path.exists(path) and not force:
             raise click.ClickException(f"{path} exists; use --force to replace it")
+    ca_cert, ca_key, made = local_ca(directory)
+    if made:
+        click.echo(f"created local CA: {ca_cert_path} (give it to the server with --tls-client-ca)")
+    key = _new_key()
+    issuer = ca_cert.subject.rfc4514_string().removeprefix("CN=")
+    cert = _certificate(client_name, key, issuer, ca_key, days, client=True)
     _write_new_file(key_path, _pem_key(key), force=True, private=True)
     _write_new_file(cert_path, cert.public_bytes(pem), force=True, private=False)
     click.echo(f"client certificate: {cert_path}\nclient key:         {key_path} (mode 600)\n"
-               f"principal (CN):     {client_name}")
+               f"principal (CN):     {client_name}\nthe server accepts it with --tls-client-ca {ca_cert_path}")
 
 
 @main.command("sign-request")
@@ -8809,24 +8847,36 @@ def doctor_command(as_json: bool, timeout: float, **options: Any) -> None:
 CLIENTS = ("claude-desktop", "claude-code", "cursor", "vscode", "inspector")
 
 
-def stdio_command() -> list[str]:
-    """How a client starts this server: the installed entry point, else this very file with this Python."""
-    import shutil
+def stdio_command(argv0: str | None = None) -> list[str]:
+    """How a client starts this server: the absolute path of what is running now, since GUI clients start
+    it with their own PATH (often without ~/.local/bin). The installed command when that is what runs,
+    else this very file with this Python (the single-file path: there is no `mcp-docker` command)."""
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    if os.path.basename(argv0) in (SERVER_NAME, DIST_NAME) and os.path.isfile(argv0):
+        return [os.path.abspath(argv0), "serve"]
+    return [os.path.abspath(sys.executable), os.path.abspath(__file__), "serve"]
 
-    if shutil.which(SERVER_NAME):
-        return [SERVER_NAME, "serve"]
-    return [sys.executable, os.path.abspath(__file__), "serve"]
+
+def default_ca_file() -> str | None:
+    """The CA that `gencert` made at its default place, if there is one."""
+    path = default_state_path(os.path.join("tls", "ca.crt"))
+    return path if os.path.isfile(path) else None
 
 
-def client_config(client: str, url: str | None, key_env: str, command: list[str]) -> tuple[str, str]:
+def client_config(client: str, url: str | None, key_env: str, command: list[str],
+                  ca_file: str | None = None) -> tuple[str, str]:
     """The exact text for ``client`` (JSON or a shell command) and a note on where it goes.
 
-    Remote configurations name the environment variable holding the key, never the key itself.
+    Remote configurations name the environment variable holding the key, never the key itself. With
+    ``ca_file`` (an https URL whose certificate comes from a local CA, as `gencert` makes), each client is
+    told to trust that CA in its own way: Node clients through NODE_EXTRA_CA_CERTS.
     """
     import shlex
 
     header = f"Bearer ${{{key_env}}}"
     name = "docker"
+    ca = os.path.abspath(ca_file) if ca_file and url and url.startswith("https://") else None
+    node_ca = f"NODE_EXTRA_CA_CERTS={ca}" if ca else ""
     if client in ("claude-desktop", "cursor"):
         where = ("claude_desktop_config.json (Settings > Developer > Edit Config)" if client == "claude-desktop"
                  else "~/.cursor/mcp.json or .cursor/mcp.json")
@@ -8836,31 +8886,42 @@ def client_config(client: str, url: str | None, key_env: str, command: list[str]
             entry = {"url": url, "headers": {"Authorization": f"Bearer ${{env:{key_env}}}"}}
         else:  # Claude Desktop starts local processes only: the mcp-remote bridge carries the header
             entry = {"command": "npx", "args": ["-y", "mcp-remote", url, "--header", f"Authorization: {header}"]}
+            if ca:  # mcp-remote is Node: it trusts the CA through the environment Claude Desktop gives it
+                entry["env"] = {"NODE_EXTRA_CA_CERTS": ca}
             where += f"; {key_env} must be in the environment Claude Desktop starts with"
         if url and client == "cursor":
             where += f"; Cursor reads {key_env} from its environment"
+            if ca:
+                where += f"; start Cursor with {node_ca} so it trusts the server's certificate"
         return json.dumps({"mcpServers": {name: entry}}, indent=2), where
     if client == "vscode":
         if not url:
             server: dict[str, Any] = {"type": "stdio", "command": command[0], "args": command[1:]}
             return json.dumps({"servers": {name: server}}, indent=2), ".vscode/mcp.json"
         server = {"type": "http", "url": url, "headers": {"Authorization": f"Bearer ${{env:{key_env}}}"}}
-        return json.dumps({"servers": {name: server}}, indent=2), f".vscode/mcp.json; VS Code reads {key_env} from its environment"
+        where = f".vscode/mcp.json; VS Code reads {key_env} from its environment"
+        if ca:
+            where += (f"; VS Code trusts the operating system's certificates: add {ca} to them (Debian/Ubuntu: "
+                      "copy it to /usr/local/share/ca-certificates/mcp-docker.crt, run update-ca-certificates)")
+        return json.dumps({"servers": {name: server}}, indent=2), where
     if client == "claude-code":
         if not url:
             return shlex.join(["claude", "mcp", "add", name, "--", *command]), "run it in a shell"
         # single quotes: .mcp.json keeps ${VAR}, which Claude Code expands when it connects
+        where = (f"run it in the project directory; it writes .mcp.json, which names {key_env} (set it before "
+                 "starting claude)")
+        if ca:
+            where += f"; start claude with {node_ca} so it trusts the server's certificate"
         return (shlex.join(["claude", "mcp", "add", "--scope", "project", "--transport", "http", name, url,
-                            "--header", f"Authorization: {header}"]),
-                f"run it in the project directory; it writes .mcp.json, which names {key_env} (set it before "
-                "starting claude)")
+                            "--header", f"Authorization: {header}"]), where)
     if client == "inspector":  # mcp-inspector: the bin of npm's @modelcontextprotocol/inspector
         installed = "mcp-inspector comes with `npm install -g @modelcontextprotocol/inspector`"
         if not url:
             return shlex.join(["mcp-inspector", "--cli", *command, "--method", "tools/list"]), \
                 f"run it in a shell; {installed}"
         # double quotes: the shell puts the key in the header at run time; the command line holds only the name
-        return (" ".join(["mcp-inspector", "--cli", shlex.quote(url), "--transport", "http",
+        trust = [shlex.quote(node_ca)] if ca else []
+        return (" ".join([*trust, "mcp-inspector", "--cli", shlex.quote(url), "--transport", "http",
                           "--header", f'"Authorization: Bearer ${key_env}"', "--method", "tools/list"]),
                 f"run it in a shell where {key_env} holds the key; {installed}")
     raise click.UsageError(f"unknown client {client!r}; choose one of {', '.join(CLIENTS)}")
@@ -8872,10 +8933,14 @@ def client_config(client: str, url: str | None, key_env: str, command: list[str]
               "https://docker-host.example.com:8443/mcp. Default: stdio (the client starts the server).")
 @click.option("--key-env", default="MCP_DOCKER_API_KEY", show_default=True,
               help="Environment variable that holds the API key on the client's machine (remote only).")
-def client_config_command(client: str, url: str | None, key_env: str) -> None:
+@click.option("--ca-file", type=click.Path(dir_okay=False), default=None,
+              help="The CA the client must trust for an https URL (gencert's ca.crt). Default: "
+                   "~/.mcp-docker/tls/ca.crt when it exists.")
+def client_config_command(client: str, url: str | None, key_env: str, ca_file: str | None) -> None:
     """Print the configuration (JSON) or command that connects CLIENT to this server.
 
     Remote configurations reference the key through an environment variable; no secret is printed.
+    The stdio command is the absolute path of this program, as GUI clients need.
     """
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", key_env):
         raise click.UsageError("--key-env: an environment variable name (letters, digits, _)")
@@ -8888,7 +8953,14 @@ def client_config_command(client: str, url: str | None, key_env: str) -> None:
             raise click.UsageError("--url: an http(s) URL like https://host:8443/mcp, without credentials or query")
         if parts.scheme == "http" and not is_loopback(parts.hostname):
             click.echo("warning: plain http to a remote host sends the key in clear; use https", err=True)
-    text, where = client_config(client, url, key_env, stdio_command())
+    if ca_file is not None and not os.path.isfile(ca_file):
+        raise click.UsageError(f"--ca-file: {ca_file} is not a file (gencert writes ca.crt in its --out-dir)")
+    if url and url.startswith("https://") and ca_file is None:
+        ca_file = default_ca_file()
+        if ca_file is None:
+            click.echo("# if the server's certificate comes from `mcp-docker gencert`, add --ca-file with the "
+                       "ca.crt it made, so the client is told to trust it", err=True)
+    text, where = client_config(client, url, key_env, stdio_command(), ca_file)
     click.echo(text)
     click.echo(f"# {where}", err=True)
 

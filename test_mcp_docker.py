@@ -6599,3 +6599,102 @@ def test_argument_errors_speak_the_callers_terms(full):
     assert "unknown argument 'comand'; did you mean 'command'?" in typo
     unknown = full.error("docker_run_container", {"imgae": TEST_IMAGE}, "invalid_argument")
     assert "unknown argument 'imgae'" in unknown  # named as unknown, not as a missing 'image'
+
+
+def test_gencert_makes_a_local_ca_that_clients_trust_and_mtls_still_works(tmp_path):
+    import ssl
+
+    out = tmp_path / "tls"
+    made = newcomer_cli("gencert", "--out-dir", str(out))
+    assert made.exit_code == 0 and f"NODE_EXTRA_CA_CERTS={out / 'ca.crt'}" in made.output
+    assert newcomer_cli("gencert", "--out-dir", str(out), "--client", "robot").exit_code == 0
+    assert oct((out / "ca.key").stat().st_mode & 0o777) == "0o600"
+    # the CA alone verifies the server's chain and the client's certificate, as a client and the server would
+    for leaf in ("server.crt", "client-robot.crt"):
+        verified = subprocess.run(["openssl", "verify", "-CAfile", str(out / "ca.crt"), str(out / leaf)],
+                                  capture_output=True, text=True, timeout=30)
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+    chain = (out / "server.crt").read_text()
+    assert chain.count("BEGIN CERTIFICATE") == 2 and chain.endswith((out / "ca.crt").read_text())
+    # a renewal keeps the CA: what clients trust does not change
+    ca_before = (out / "ca.crt").read_bytes()
+    assert newcomer_cli("gencert", "--out-dir", str(out), "--force", "--hostname", "h.example").exit_code == 0
+    assert (out / "ca.crt").read_bytes() == ca_before
+    require_engine()
+    keys_file, (key,) = make_keys(tmp_path, ["--client-id", "ca-user"])
+    with http_server(["--tls-cert", str(out / "server.crt"), "--tls-key", str(out / "server.key")],
+                     {"SECURITY_API_KEYS_FILE": keys_file}) as server:
+        trusting = ssl.create_default_context(cafile=str(out / "ca.crt"))
+        assert request(server, "GET", "/healthz", context=trusting)[0] == 200
+        with pytest.raises(ssl.SSLCertVerificationError):
+            request(server, "GET", "/healthz", context=ssl.create_default_context())
+    # generate-certs.sh makes the same shape: a CA, a chain it verifies, and client certificates from it
+    script = tmp_path / "script"
+    for args in ([], ["-c", "robot"]):
+        subprocess.run(["bash", str(HERE / "generate-certs.sh"), "-o", str(script), *args], check=True,
+                       capture_output=True, timeout=60)
+    for leaf in ("server.crt", "client-robot.crt"):
+        assert subprocess.run(["openssl", "verify", "-CAfile", str(script / "ca.crt"), str(script / leaf)],
+                              capture_output=True, timeout=30).returncode == 0
+
+
+def test_client_config_runs_what_is_running_and_tells_each_client_to_trust_the_ca(tmp_path):
+    import shlex
+
+    # the single file: this Python and this file, both absolute
+    assert md.stdio_command("mcp_docker.py") == [os.path.abspath(sys.executable), str(HERE / "mcp_docker.py"), "serve"]
+    assert all(os.path.isabs(part) for part in md.stdio_command()[:2])
+    # the installed command, as the console script runs it
+    script = tmp_path / "bin" / md.DIST_NAME
+    script.parent.mkdir()
+    script.write_text("#!/bin/sh\n")
+    assert md.stdio_command(str(script)) == [str(script), "serve"]
+    # each stdio configuration is valid syntax and starts a server that answers (JSON parses; the command runs)
+    command = md.stdio_command()
+    for client in ("claude-desktop", "cursor", "vscode"):
+        text, _ = md.client_config(client, None, "K", command)
+        entry = json.loads(text)
+        entry = entry.get("mcpServers", entry.get("servers"))["docker"]
+        assert [entry["command"], *entry["args"]] == command
+    answer = subprocess.run([*command], input=json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}) + "\n",
+        capture_output=True, text=True, timeout=60, env={**os.environ, **TEST_ENV})
+    assert '"serverInfo"' in answer.stdout, answer.stderr[-500:]
+    for client in ("claude-code", "inspector"):
+        text, _ = md.client_config(client, None, "K", command)
+        assert shlex.split(text)[-len(command) - 2:][:len(command)] == command or command[0] in text
+        assert subprocess.run(["bash", "-n", "-c", text], timeout=10).returncode == 0
+    # https with gencert's CA: each client is told how to trust it, with the absolute path
+    ca = tmp_path / "ca.crt"
+    ca.write_text("x")
+    url = "https://docker-host.example.com:8443/mcp"
+    desktop = json.loads(md.client_config("claude-desktop", url, "K", command, str(ca))[0])["mcpServers"]["docker"]
+    assert desktop["env"] == {"NODE_EXTRA_CA_CERTS": str(ca)}
+    inspector = md.client_config("inspector", url, "K", command, str(ca))[0]
+    assert shlex.split(inspector)[0] == f"NODE_EXTRA_CA_CERTS={ca}"
+    assert subprocess.run(["bash", "-n", "-c", inspector], timeout=10).returncode == 0
+    for client in ("cursor", "claude-code", "vscode"):
+        text, where = md.client_config(client, url, "K", command, str(ca))
+        assert str(ca) in where, client
+        json.loads(text) if client != "claude-code" else shlex.split(text)
+    assert "NODE_EXTRA_CA_CERTS" not in md.client_config("inspector", "http://127.0.0.1:1/mcp", "K", command, str(ca))[0]
+    result = newcomer_cli("client-config", "inspector", "--url", url, "--ca-file", str(tmp_path / "nope.crt"))
+    assert result.exit_code == 2 and "--ca-file" in result.output
+
+
+def test_the_distribution_name_is_ours_everywhere():
+    import tomllib
+
+    project = tomllib.loads((HERE / "pyproject.toml").read_text())["project"]
+    assert project["name"] == md.DIST_NAME != "mcp-docker"  # that name on the index is another project
+    assert project["scripts"] == {"mcp-docker": "mcp_docker:main", md.DIST_NAME: "mcp_docker:main"}
+    readme = (HERE / "README.md").read_text()
+    install_lines = [line for line in readme.splitlines()
+                     if re.search(r"\b(pipx|uvx|pip) (install|inject|run)?\b", line) and "'mcp>=" not in line]
+    assert install_lines and any(f"uvx {md.DIST_NAME}" in line for line in install_lines)
+    for line in install_lines:
+        assert not re.search(r"(install|inject|uvx|run) mcp-docker(?![-\w])", line), line
+    assert f"pipx install {md.DIST_NAME}==" in md.check_version().fix
+    assert f"pip install '{md.DIST_NAME}[ssh]'" in md.translate_engine_error(
+        __import__("docker").errors.DockerException("needs paramiko")).message
+    assert f"pipx install {md.DIST_NAME}==" in (HERE / "SECURITY.md").read_text()
