@@ -680,6 +680,8 @@ def require_engine():
         if REQUIRE_ENGINE:
             pytest.fail("MCP_DOCKER_REQUIRE_ENGINE=1 but no container engine answers")
         pytest.skip("no container engine (set MCP_DOCKER_REQUIRE_ENGINE=1 to fail instead)")
+    if TEST_IMAGE_PROBLEM:  # found by the session fixture _test_image_is_usable (the newcomer block)
+        pytest.fail(TEST_IMAGE_PROBLEM[0])
 
 
 class Harness:
@@ -6698,3 +6700,168 @@ def test_the_distribution_name_is_ours_everywhere():
     assert f"pip install '{md.DIST_NAME}[ssh]'" in md.translate_engine_error(
         __import__("docker").errors.DockerException("needs paramiko")).message
     assert f"pipx install {md.DIST_NAME}==" in (HERE / "SECURITY.md").read_text()
+
+
+README_EXAMPLE_COMMAND = ["/home/you/.local/bin/mcp-docker", "serve"]  # the install the README's examples assume
+
+
+def readme_client_config_examples() -> list[tuple[list[str], str]]:
+    """Each `<!-- client-config: ARGS -->` in the README with the code block under it."""
+    text = (HERE / "README.md").read_text()
+    found = re.findall(r"<!-- client-config: ([^>]*?) -->\n```\w*\n(.*?)\n```", text, re.S)
+    return [(args.split(), block) for args, block in found]
+
+
+def test_readme_client_examples_are_what_client_config_prints():
+    examples = readme_client_config_examples()
+    assert {args[0] for args, _ in examples} == set(md.CLIENTS)
+    for args, block in examples:
+        client, options = args[0], dict(zip(args[1::2], args[2::2], strict=True))
+        text, _ = md.client_config(client, options.get("--url"), options.get("--key-env", "MCP_DOCKER_API_KEY"),
+                                   README_EXAMPLE_COMMAND, options.get("--ca-file"))
+        assert block == text, f"README example for client-config {' '.join(args)} differs; it prints:\n{text}"
+        if text.startswith("{"):
+            json.loads(text)
+        else:
+            assert subprocess.run(["bash", "-n", "-c", text], timeout=10).returncode == 0
+
+
+def test_readme_first_screen_takes_a_newcomer_to_a_first_tool_call():
+    first = "\n".join((HERE / "README.md").read_text().splitlines()[:60])
+    steps = [f"pipx install {md.DIST_NAME}", f"uvx {md.DIST_NAME} serve", "mcp-docker engines", "mcp-docker doctor",
+             "mcp-docker client-config claude-desktop", '"command": "/home/you/.local/bin/mcp-docker"',
+             "--method tools/call --tool-name docker_list_containers"]
+    positions = [first.find(step) for step in steps]
+    assert -1 not in positions and positions == sorted(positions), list(zip(steps, positions, strict=True))
+    assert "pytest" not in first and "fuzz" not in first.lower()  # contributors' matters are further down
+    for command in ("engines", "doctor", "client-config"):  # every command the first screen names exists
+        assert command in md.main.commands
+
+
+def test_readme_pins_test_command_and_test_image_agree_with_the_project():
+    import tomllib
+
+    readme = (HERE / "README.md").read_text()
+    pins = {re.split(r"[<>=]", d, maxsplit=1)[0]: d for d in tomllib.loads((HERE / "pyproject.toml").read_text())
+            ["project"]["dependencies"]}
+    airgap = readme[readme.index("### Air-gapped hosts"):readme.index("## Check a deployment")]
+    quoted = set(re.findall(r"'((?:mcp|docker|click)[<>=][^']*)'", airgap))
+    assert quoted == {pins["mcp"], pins["docker"], pins["click"]}, quoted
+    script = (HERE / ".ci" / "airgap.sh").read_text()
+    assert set(re.findall(r"'((?:mcp|docker|click)[<>=][^']*)'", script)) == quoted
+    test_command = "python3 -m pip install -e '.[test]' && python3 -m pytest -q test_mcp_docker.py"
+    assert test_command in readme
+    ci = (HERE / ".ci" / "run").read_text()
+    assert "-e '.[test]'" in ci and "python3 -m pytest -q test_mcp_docker.py" in ci
+    contributing = (HERE / "CONTRIBUTING.md").read_text()
+    assert "MCP_DOCKER_TEST_IMAGE" in contributing and "busybox-static" in contributing
+
+
+# -- the test image: checked once per session, built from busybox-static when it is missing ------------
+
+# What the suite runs in the test image: these applets (as .ci/engine-setup.sh links them) and `sh` as
+# the default command, on PATH=/bin.
+TEST_IMAGE_APPLETS = ("sh", "sleep", "echo", "cat", "ls", "printf", "env", "id", "ps", "top", "yes", "head", "tail",
+                      "touch", "rm", "mkdir", "true", "false", "wc", "seq", "grep")
+TEST_IMAGE_PROBLEM: list[str] = []
+
+
+def busybox_image_tar(busybox: str = "/bin/busybox") -> bytes:
+    """The test image's filesystem, as .ci/engine-setup.sh makes it: busybox, its applets, a passwd."""
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for directory in ("bin", "tmp", "etc"):
+            info = tarfile.TarInfo(directory)
+            info.type, info.mode = tarfile.DIRTYPE, 0o1777 if directory == "tmp" else 0o755
+            tar.addfile(info)
+        tar.add(busybox, "bin/busybox")
+        for applet in TEST_IMAGE_APPLETS:
+            link = tarfile.TarInfo(f"bin/{applet}")
+            link.type, link.linkname = tarfile.SYMTYPE, "busybox"
+            tar.addfile(link)
+        for name, text in (("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n"), ("etc/group", "root:x:0:\n")):
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def import_busybox_image(api: Any, image: str, busybox: str = "/bin/busybox", command: str = "sh") -> None:
+    """Import the busybox filesystem as ``image`` (Podman's import ignores the tag it is given: tag it after)."""
+    answer = api.import_image_from_data(busybox_image_tar(busybox), changes=["ENV PATH=/bin", f'CMD ["{command}"]'])
+    image_id = re.findall(r"sha256:[0-9a-f]{64}", str(answer))[-1]
+    repository, _, tag = image.rpartition(":")
+    api.tag(image_id, repository, tag)
+
+
+def test_image_problem(api: Any, image: str, busybox: str = "/bin/busybox") -> str | None:
+    """None when ``image`` can run the suite; else exactly what is missing and how to get it. A missing
+    image is built from busybox-static when /bin/busybox is a static busybox."""
+    import docker
+
+    try:
+        details = api.inspect_image(image)
+    except docker.errors.NotFound:
+        if not (os.path.isfile(busybox) and os.access(busybox, os.X_OK)):
+            return (f"the test image {image} is missing and {busybox} (the busybox-static package) is not there to "
+                    "build it: `apt-get install busybox-static` (the suite then builds it), or `bash "
+                    ".ci/engine-setup.sh`, or set MCP_DOCKER_TEST_IMAGE to an image with busybox's applets "
+                    f"({', '.join(TEST_IMAGE_APPLETS)}) and CMD [\"sh\"]")
+        import_busybox_image(api, image, busybox)
+        details = api.inspect_image(image)
+    command = (details.get("Config") or {}).get("Cmd") or []
+    if not command or os.path.basename(command[0]) != "sh":
+        return (f"the test image {image} runs {command or 'nothing'} by default; the suite needs CMD [\"sh\"] "
+                "(rebuild it with `bash .ci/engine-setup.sh`, or set MCP_DOCKER_TEST_IMAGE to one that has it)")
+    probe = api.create_container(image, ["sh", "-c", 'for a in "$@"; do command -v "$a" >/dev/null || echo "$a"; done',
+                                         "sh", *TEST_IMAGE_APPLETS],
+                                 name=f"{PREFIX}-image-check", labels={"io.mcp-docker.test": PREFIX},
+                                 host_config=api.create_host_config(network_mode="none"))
+    try:
+        api.start(probe)
+        api.wait(probe, timeout=60)
+        missing = api.logs(probe, stdout=True, stderr=False).decode(errors="replace").split()
+    finally:
+        api.remove_container(probe, force=True)
+    if missing:
+        return (f"the test image {image} lacks the commands {', '.join(missing)} that the tests run; rebuild it with "
+                "`bash .ci/engine-setup.sh` (busybox-static), or set MCP_DOCKER_TEST_IMAGE to an image that has them")
+    return None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _test_image_is_usable():
+    """Once per session, when an engine answers: the image the integration tests need is there and fit
+    (built from busybox-static if missing); otherwise every engine test fails with what is missing."""
+    if engine_available():
+        with contextlib.suppress(Exception):
+            problem = test_image_problem(engine_client(), TEST_IMAGE)
+            if problem:
+                TEST_IMAGE_PROBLEM.append(problem)
+    yield
+
+
+def test_the_test_image_is_checked_and_built_from_busybox_static(tmp_path):
+    require_engine()
+    api = engine_client()
+    image = f"{PREFIX}-busybox:1"
+    try:
+        assert test_image_problem(api, image) is None  # missing: built from /bin/busybox, then checked
+        assert api.inspect_image(image)["Config"]["Cmd"] == ["sh"]
+        assert test_image_problem(api, image) is None  # there now: checked, not rebuilt
+    finally:
+        with contextlib.suppress(Exception):
+            api.remove_image(image, force=True)
+    missing = test_image_problem(api, f"{PREFIX}-absent:1", busybox=str(tmp_path / "no-busybox"))
+    assert "busybox-static" in missing and "MCP_DOCKER_TEST_IMAGE" in missing
+    # an image with another default command is named as such (the applet probe runs for every checked image)
+    other = f"{PREFIX}-other:1"
+    import_busybox_image(api, other, command="top")
+    try:
+        assert "CMD [\"sh\"]" in test_image_problem(api, other)
+    finally:
+        api.remove_image(other, force=True)
