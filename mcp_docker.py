@@ -7944,24 +7944,60 @@ def value(field: str, **extra: Any) -> Callable[..., Any]:
                         **extra)
 
 
-def setting_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Add one flag per setting (from SETTING_SPECS) plus --env-file to a command."""
-    flags = [click.option("--env-file", type=click.Path(dir_okay=False), default=None,
-                          help="Read KEY=VALUE settings from this file (flags and the environment win).")]
-    for spec in SETTING_SPECS:
-        help_text = f"{spec.help} [{spec.env}]"
-        if spec.parse is _parse_bool:
-            name = spec.option[2:]
-            flags.append(click.option(f"--{name}/--no-{name}", spec.field, default=None, help=help_text))
-        elif spec.multiple:
-            flags.append(click.option(spec.option, spec.field, multiple=True, metavar=spec.metavar or None,
-                                      help=help_text))
-        else:
-            flags.append(click.option(spec.option, spec.field, default=None, metavar=spec.metavar or None,
-                                      help=help_text))
-    for flag in reversed(flags):
-        command = flag(command)
-    return command
+def setting_metavar(spec: SettingSpec) -> str | None:
+    """What --help shows for a setting's value: its metavar, else its type (INTEGER, NUMBER, a choice)."""
+    import inspect
+
+    if spec.metavar:
+        return spec.metavar
+    try:
+        bound = inspect.getclosurevars(spec.parse).nonlocals
+    except TypeError:
+        return None
+    if "integer" in bound:
+        return "INTEGER" if bound["integer"] else "NUMBER"
+    if "choices" in bound:
+        return "[" + "|".join(bound["choices"]) + "]"
+    return None
+
+
+def setting_options(command: Callable[..., Any] | None = None, *,
+                    shown: frozenset[str] | None = None) -> Callable[..., Any]:
+    """Add one flag per setting (from SETTING_SPECS) plus --env-file to a command. With ``shown``, only those
+    settings appear in --help; the others are still accepted (the same command line as `serve` works)."""
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        flags = [click.option("--env-file", type=click.Path(dir_okay=False), default=None,
+                              help="Read KEY=VALUE settings from this file (flags and the environment win).")]
+        for spec in SETTING_SPECS:
+            help_text = f"{spec.help} [{spec.env}]"
+            hidden = shown is not None and spec.field not in shown
+            if spec.parse is _parse_bool:
+                name = spec.option[2:]
+                flags.append(click.option(f"--{name}/--no-{name}", spec.field, default=None, help=help_text,
+                                          hidden=hidden))
+            elif spec.multiple:
+                flags.append(click.option(spec.option, spec.field, multiple=True, metavar=spec.metavar or None,
+                                          help=help_text, hidden=hidden))
+            else:
+                flags.append(click.option(spec.option, spec.field, default=None, metavar=setting_metavar(spec),
+                                          help=help_text, hidden=hidden))
+        for flag in reversed(flags):
+            command = flag(command)
+        return command
+    return decorate(command) if command is not None else decorate
+
+
+# The settings each command reads, so its --help shows those (it accepts every setting, as serve does).
+TOOLS_SETTINGS = frozenset({"allow_moderate", "allow_destructive", "allowed_tools", "denied_tools", "toolsets",
+                            "engines"})
+ENGINES_SETTINGS = frozenset({"docker_host", "engines"})
+DOCTOR_SETTINGS = frozenset({
+    "docker_host", "engines", "transport", "host", "port", "tls_enabled", "tls_cert", "tls_key", "tls_client_ca",
+    "allowed_hosts", "auth_enabled", "api_keys_file", "ssh_authorized_keys", "allow_insecure_http",
+    "rate_limit_enabled", "rate_limit_rpm", "rate_limit_burst", "rate_limit_concurrent", "audit_log_enabled",
+    "audit_log_file", "allow_moderate", "allow_destructive", "allow_privileged", "volume_mount_allowlist",
+    "managed_only", "reveal_secrets", "allow_destructive_commands"})
+OTHER_SETTINGS_NOTE = "\n\nEvery `serve` setting is accepted too (`mcp-docker serve --help` lists them)."
 
 
 def settings_from_cli(options: dict[str, Any]) -> Settings:
@@ -8278,15 +8314,33 @@ def audit() -> None:
     """Work with the audit log."""
 
 
-@audit.command("verify")
-@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-def audit_verify(files: tuple[str, ...]) -> None:
+AUDIT_SETTINGS = frozenset({"audit_log_file", "audit_log_backups"})
+
+
+def configured_audit_files(settings: Settings) -> list[str]:
+    """The configured audit log and its rotated files that exist, oldest first (.N ... .1, then the log)."""
+    path = os.path.expanduser(settings.audit_log_file) if settings.audit_log_file else default_state_path("audit.log")
+    rotated = [f"{path}.{index}" for index in range(settings.audit_log_backups, 0, -1)]
+    return [name for name in rotated if os.path.isfile(name)] + [path]
+
+
+@audit.command("verify", epilog=OTHER_SETTINGS_NOTE.strip())
+@click.argument("files", nargs=-1, type=click.Path(exists=True, dir_okay=False))
+@setting_options(shown=AUDIT_SETTINGS)
+def audit_verify(files: tuple[str, ...], **options: Any) -> None:
     """Check audit log files (oldest first) for edited, removed or reordered lines.
 
-    A torn last line in the newest file (its writer was killed in the middle of it) is reported, not
-    counted as tampering: the complete lines before it are verified, and the next write cuts it off and
-    records that. Lines that record such repairs, or a log file found missing, are reported too.
+    Without FILES: the configured log (SECURITY_AUDIT_LOG_FILE, default ~/.mcp-docker/audit.log) and its
+    rotated files. A torn last line in the newest file (its writer was killed in the middle of it) is
+    reported, not counted as tampering: the complete lines before it are verified, and the next write cuts
+    it off and records that. Lines that record such repairs, or a log file found missing, are reported too.
     """
+    if not files:
+        found = configured_audit_files(settings_from_cli(options))
+        if not os.path.isfile(found[-1]):
+            raise click.ClickException(f"no audit log at {found[-1]} (SECURITY_AUDIT_LOG_FILE); name the files to "
+                                       "verify, oldest first")
+        files = tuple(found)
     previous_hash: str | None = None
     previous_seq: int | None = None
     problems: list[str] = []
@@ -8326,6 +8380,134 @@ def audit_verify(files: tuple[str, ...]) -> None:
         raise SystemExit(1)
     click.echo(f"OK: {total} lines in {len(files)} file(s), chain intact"
                + (" up to the last complete line" if any("torn (" in note for note in notes) else ""))
+
+
+AUDIT_DENIED_EVENTS = ("policy_denied", "auth_failure", "rate_limit_exceeded")
+AUDIT_DENIED_CATEGORIES = ("policy_denied", "permission", "rate_limited")
+
+
+def audit_since(text: str, now: _dt.datetime) -> _dt.datetime:
+    """--since: a duration back from now (30m, 12h, 2d, 1w) or a time (2026-12-01T08:00 or with a zone; UTC)."""
+    try:
+        return now - parse_duration(text)
+    except ConfigError:
+        pass
+    try:
+        moment = _dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise click.UsageError(f"--since: {text[:40]!r} is neither a duration (30m, 12h, 2d) nor a time "
+                               "(2026-12-01T08:00)") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=_dt.UTC)
+
+
+def audit_record_matches(record: Mapping[str, Any], *, since: _dt.datetime | None = None, client: str | None = None,
+                         tool: str | None = None, events: tuple[str, ...] = (), denied: bool = False) -> bool:
+    """Whether one audit record passes the `audit show` filters (all given filters must hold)."""
+    if since is not None:
+        moment = parse_timestamp(record.get("timestamp"), "timestamp") if record.get("timestamp") else None
+        if moment is None or moment < since:
+            return False
+    if client is not None and record.get("client_id") != client:
+        return False
+    if tool is not None and record.get("tool_name") != tool:
+        return False
+    if events and record.get("event_type") not in events:
+        return False
+    if denied:
+        category = (record.get("error") or {}).get("category") if isinstance(record.get("error"), Mapping) else None
+        if record.get("event_type") not in AUDIT_DENIED_EVENTS and category not in AUDIT_DENIED_CATEGORIES:
+            return False
+    return True
+
+
+def audit_line_text(record: Mapping[str, Any]) -> str:
+    """One audit record as one line a person reads at a glance: when, what, who, which tool, how it ended."""
+    when = str(record.get("timestamp") or "?").replace("T", " ").replace("+00:00", "Z")
+    who = str(record.get("client_id") or "-")
+    if record.get("client_ip"):
+        who += f"@{record['client_ip']}"
+    parts = [f"{when:<24}", f"{str(record.get('event_type') or '?'):<19}", f"{who:<22}"]
+    if record.get("tool_name"):
+        parts.append(f"{record['tool_name']:<26}")
+    error = record.get("error")
+    if isinstance(error, Mapping):
+        parts.append(f"{error.get('category', 'error')}: {str(error.get('message', ''))[:160]}")
+    elif error:
+        parts.append(f"error: {str(error)[:160]}")
+    elif isinstance(record.get("result"), Mapping) and record["result"].get("status"):
+        parts.append(str(record["result"]["status"]))
+    elif record.get("event_type") not in ("tool_call",):
+        extra = {k: v for k, v in record.items() if k not in ("timestamp", "event_type", "client_id", "client_ip",
+                                                              "seq", "hash", "prev_hash", "tool_name")}
+        if extra:
+            parts.append(" ".join(f"{k}={json.dumps(v, default=str)[:60]}" for k, v in sorted(extra.items())))
+    if record.get("duration_ms") is not None:
+        parts.append(f"({record['duration_ms']:.0f} ms)" if isinstance(record["duration_ms"], (int, float))
+                     else f"({record['duration_ms']} ms)")
+    return "  ".join(parts).rstrip()
+
+
+@audit.command("show", epilog=OTHER_SETTINGS_NOTE.strip())
+@click.option("--since", default=None, help="Only records from this long ago (30m, 12h, 2d, 1w) or this time "
+              "(2026-12-01T08:00, UTC unless a zone is given).")
+@click.option("--client", default=None, help="Only this client id (an API key's client id, oauth:SUB, stdio ...).")
+@click.option("--tool", default=None, help="Only calls of this tool, e.g. docker_run_container.")
+@click.option("--event", "events", multiple=True,
+              help="Only this event type (repeatable): tool_call, policy_denied, auth_failure, rate_limit_exceeded, "
+                   "session_start, session_end, key_reload, server_start, server_stop, audit_* ...")
+@click.option("--denied", is_flag=True, help="Only refusals: policy denials, failed authentications, rate limits.")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new records as they are written (Ctrl-C ends).")
+@click.option("--json", "as_json", is_flag=True, help="Print the matching records as JSON lines, as stored.")
+@setting_options(shown=AUDIT_SETTINGS)
+def audit_show(since: str | None, client: str | None, tool: str | None, events: tuple[str, ...], denied: bool,
+               follow: bool, as_json: bool, **options: Any) -> None:
+    """Show the configured audit log (and its rotated files), one readable line per record, filtered.
+
+    Reads SECURITY_AUDIT_LOG_FILE (default ~/.mcp-docker/audit.log). Use `audit verify` to check the chain.
+    """
+    files = configured_audit_files(settings_from_cli(options))
+    if not os.path.isfile(files[-1]) and not follow:
+        raise click.ClickException(f"no audit log at {files[-1]} (SECURITY_AUDIT_LOG_FILE)")
+    moment = audit_since(since, utc_now()) if since else None
+
+    def emit(raw: bytes) -> None:
+        try:
+            record = json.loads(raw)
+        except ValueError:
+            return
+        if isinstance(record, dict) and audit_record_matches(record, since=moment, client=client, tool=tool,
+                                                             events=events, denied=denied):
+            click.echo(json.dumps(record, separators=(",", ":")) if as_json else audit_line_text(record))
+
+    for path in files[:-1]:
+        with open(path, "rb") as handle:
+            for raw in handle:
+                emit(raw)
+    path, position, identity, pending = files[-1], 0, None, b""
+    while True:
+        try:
+            info = os.stat(path)
+            if identity is not None and (identity != (info.st_dev, info.st_ino) or info.st_size < position):
+                position, pending = 0, b""  # rotated or cut: the log starts anew
+            identity = (info.st_dev, info.st_ino)
+            with open(path, "rb") as handle:
+                handle.seek(position)
+                data = handle.read()
+                position = handle.tell()
+        except FileNotFoundError:
+            data = b""
+        lines = (pending + data).split(b"\n")
+        pending = lines.pop()  # a line still being written (or torn) waits for its newline
+        for raw in lines:
+            if raw.strip():
+                emit(raw)
+        if not follow:
+            return
+        sys.stdout.flush()
+        try:
+            time.sleep(0.25)
+        except KeyboardInterrupt:
+            return
 
 
 def _write_new_file(path: str, data: bytes, force: bool, private: bool) -> None:
@@ -8814,11 +8996,11 @@ def doctor_checks(settings: Settings, engine_rows: list[dict[str, Any]], engine_
             check_version()]
 
 
-@main.command("doctor")
+@main.command("doctor", epilog=OTHER_SETTINGS_NOTE.strip())
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of lines.")
 @click.option("--timeout", type=click.FloatRange(0.1, 600), default=10.0, show_default=True,
               help="Seconds to wait for each engine.")
-@setting_options
+@setting_options(shown=DOCTOR_SETTINGS)
 def doctor_command(as_json: bool, timeout: float, **options: Any) -> None:
     """Check the effective configuration and environment: PASS/WARN/FAIL lines, each with its fix.
 
@@ -8965,9 +9147,9 @@ def client_config_command(client: str, url: str | None, key_env: str, ca_file: s
     click.echo(f"# {where}", err=True)
 
 
-@main.command("tools")
+@main.command("tools", epilog=OTHER_SETTINGS_NOTE.strip())
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@setting_options
+@setting_options(shown=TOOLS_SETTINGS)
 def tools_command(as_json: bool, **options: Any) -> None:
     """Print the tool catalogue: each tool's tier and whether the current configuration enables it."""
     settings = settings_from_cli(options)
@@ -8983,11 +9165,11 @@ def tools_command(as_json: bool, **options: Any) -> None:
     click.echo(f"\n{sum(d is None for _, d in rows)} of {len(rows)} tools enabled")
 
 
-@main.command("engines")
+@main.command("engines", epilog=OTHER_SETTINGS_NOTE.strip())
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--timeout", type=click.FloatRange(0.1, 600), default=10.0, show_default=True,
               help="Seconds to wait for each engine.")
-@setting_options
+@setting_options(shown=ENGINES_SETTINGS)
 def engines_command(as_json: bool, timeout: float, **options: Any) -> None:
     """Contact each configured (or discovered) engine and print its kind, version, rootless mode and reachability.
 

@@ -6865,3 +6865,94 @@ def test_the_test_image_is_checked_and_built_from_busybox_static(tmp_path):
         assert "CMD [\"sh\"]" in test_image_problem(api, other)
     finally:
         api.remove_image(other, force=True)
+
+
+def test_help_shows_each_commands_options_with_their_types():
+    def shown(*command: str) -> str:
+        return newcomer_cli(*command, "--help").output
+
+    serve = shown("serve")
+    assert "--port INTEGER" in serve and "--engine-timeout NUMBER" in serve and "--transport [stdio|http]" in serve
+    assert "--container-profile [default|hardened]" in serve
+    engines, tools, doctor = shown("engines"), shown("tools"), shown("doctor")
+    for text, wanted, unwanted in ((engines, ["--docker-host", "--engine NAME=URL", "--timeout"], ["--port", "--allow-destructive"]),
+                                   (tools, ["--allow-destructive", "--toolsets", "--engine"], ["--port", "--http-max-body-bytes"]),
+                                   (doctor, ["--tls-cert", "--api-keys-file", "--allow-privileged", "--port INTEGER"],
+                                    ["--http-max-body-bytes", "--oauth-clock-skew", "--shutdown-grace"])):
+        for option in wanted:
+            assert option in text, option
+        for option in unwanted:
+            assert option not in text, option
+        assert "Every `serve` setting is accepted too" in text
+        assert len(text.splitlines()) < len(serve.splitlines()) / 2
+    # hidden, not gone: the same command line as serve still works
+    ran = newcomer_cli("tools", "--json", "--http-max-body-bytes", "4096", "--container-profile", "hardened")
+    assert ran.exit_code == 0, ran.output
+
+
+def write_audit_log(path: Path) -> None:
+    log = md.AuditLog(str(path), 10**7, 3)
+    log.write({"event_type": "server_start", "transport": "http", "version": "0"})
+    log.write({"event_type": "tool_call", "client_id": "laptop", "client_ip": "127.0.0.1", "tool_name": "docker_version",
+               "result": {"status": "ok"}, "duration_ms": 4.2})
+    log.write({"event_type": "policy_denied", "client_id": "robot", "client_ip": "10.1.1.1",
+               "tool_name": "docker_run_container", "error": {"category": "policy_denied",
+                                                               "message": "[privileged] privileged containers ..."}})
+    log.write({"event_type": "auth_failure", "client_ip": "10.1.1.2", "reason": "invalid key"})
+
+
+def test_audit_show_and_verify_read_the_configured_log(tmp_path):
+    path = tmp_path / "audit.log"
+    write_audit_log(path)
+    env = {"SECURITY_AUDIT_LOG_FILE": str(path)}
+    verified = newcomer_cli("audit", "verify", env=env)
+    assert verified.exit_code == 0 and "OK: 4 lines in 1 file(s)" in verified.output
+    everything = newcomer_cli("audit", "show", env=env).output.splitlines()
+    assert len(everything) == 4
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}Z +tool_call +laptop@127\.0\.0\.1 +docker_version +ok +\(4 ms\)$",
+                    everything[1]), everything[1]
+    assert "policy_denied: [privileged]" in everything[2]
+    denied = newcomer_cli("audit", "show", "--denied", env=env).output.splitlines()
+    assert [line.split()[2] for line in denied] == ["policy_denied", "auth_failure"]
+    assert len(newcomer_cli("audit", "show", "--client", "laptop", env=env).output.splitlines()) == 1
+    assert len(newcomer_cli("audit", "show", "--tool", "docker_run_container", env=env).output.splitlines()) == 1
+    events = newcomer_cli("audit", "show", "--event", "server_start", "--event", "auth_failure", env=env)
+    assert len(events.output.splitlines()) == 2
+    as_json = [json.loads(line) for line in newcomer_cli("audit", "show", "--json", "--denied", env=env).output.splitlines()]
+    assert [r["event_type"] for r in as_json] == ["policy_denied", "auth_failure"] and all("hash" in r for r in as_json)
+    assert newcomer_cli("audit", "show", "--since", "1h", env=env).output.count("\n") == 4
+    assert newcomer_cli("audit", "show", "--since", "2999-01-01T00:00", env=env).output == ""
+    assert newcomer_cli("audit", "show", "--since", "yesterday", env=env).exit_code == 2
+    # rotated files are read too, oldest first; verify without files checks them all
+    rotated = tmp_path / "rotated.log"
+    small = md.AuditLog(str(rotated), 600, 3)
+    for number in range(6):
+        small.write({"event_type": "tool_call", "client_id": f"c{number}", "tool_name": "docker_version",
+                     "result": {"status": "ok"}})
+    env = {"SECURITY_AUDIT_LOG_FILE": str(rotated)}
+    assert (tmp_path / "rotated.log.1").exists()
+    clients = [line.split()[3] for line in newcomer_cli("audit", "show", "--event", "tool_call", env=env).output.splitlines()]
+    assert clients == [f"c{n}" for n in range(6)], clients
+    checked = newcomer_cli("audit", "verify", env=env)
+    assert checked.exit_code == 0 and "file(s), chain intact" in checked.output
+    missing = newcomer_cli("audit", "verify", env={"SECURITY_AUDIT_LOG_FILE": str(tmp_path / "none.log")})
+    assert missing.exit_code == 1 and "no audit log at" in missing.output
+
+
+def test_audit_show_follows_new_records(tmp_path):
+    path = tmp_path / "audit.log"
+    write_audit_log(path)
+    follower = subprocess.Popen([sys.executable, str(HERE / "mcp_docker.py"), "audit", "show", "--follow", "--client",
+                                 "late"], stdout=subprocess.PIPE, text=True,
+                                env={**os.environ, "SECURITY_AUDIT_LOG_FILE": str(path)})
+    try:
+        md.AuditLog(str(path), 10**7, 3).write({"event_type": "tool_call", "client_id": "late",
+                                                "tool_name": "docker_version", "result": {"status": "ok"}})
+        import select
+
+        assert select.select([follower.stdout], [], [], 60)[0], "audit show --follow printed nothing"
+        line = follower.stdout.readline()
+        assert "late" in line and "docker_version" in line
+    finally:
+        follower.kill()
+        follower.wait(10)
