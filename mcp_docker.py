@@ -4790,6 +4790,67 @@ def prompt_text(name: str, arguments: Mapping[str, Any] | None) -> str:
     return text.format(**values)
 
 
+# completion/complete: the names an argument can take, from the engine, for clients that offer them as the
+# user types. Each argument name maps to the listing tool that would show the same names (a caller that may
+# not call it gets no names) and the engine request that lists them.
+COMPLETION_SOURCES: dict[str, tuple[str, Callable[[Any], list[str]]]] = {
+    "container": ("docker_list_containers", lambda api: [n.lstrip("/") for c in api.containers(all=True)
+                                                         for n in (c.get("Names") or [])[:1]]),
+    "image": ("docker_list_images", lambda api: [t for i in api.images() for t in (i.get("RepoTags") or [])
+                                                 if t != "<none>:<none>"]),
+    "network": ("docker_list_networks", lambda api: [n.get("Name", "") for n in api.networks()]),
+    "volume": ("docker_list_volumes", lambda api: [v.get("Name", "") for v in (api.volumes() or {}).get("Volumes") or []]),
+}
+COMPLETION_MAX_VALUES = 100  # what the specification allows in one answer
+
+
+def completion_argument(reference: Any, argument: str) -> str | None:
+    """Which kind of name ``argument`` of a prompt or resource template takes (None: not one we complete)."""
+    kind = getattr(reference, "type", None)
+    if kind == "ref/prompt":
+        prompt = PROMPTS.get(getattr(reference, "name", None) or "")
+        known = {name for name, _ in prompt[2]} if prompt else set()
+    elif kind == "ref/resource":
+        known = set(re.findall(r"\{(\w+)\}", str(getattr(reference, "uri", "")))) \
+            if RESOURCE_URI.fullmatch(str(getattr(reference, "uri", "")).replace("{container}", "x")) else set()
+    else:
+        known = set()
+    return argument if argument in known and argument in COMPLETION_SOURCES else None
+
+
+def completion_values(names: list[str], prefix: str) -> tuple[list[str], int]:
+    """Names starting with ``prefix`` (those with the prefix's case first), sorted, at most 100; and how many matched."""
+    matched = sorted({n for n in names if n and n.lower().startswith(prefix.lower())},
+                     key=lambda n: (not n.startswith(prefix), n))
+    return matched[:COMPLETION_MAX_VALUES], len(matched)
+
+
+async def complete_argument(app: DockerMCP, ctx: Any, params: Any) -> Any:
+    """completion/complete for the prompts' and resource templates' arguments: container, image, network and
+    volume names from the default engine, filtered by what was typed, bounded in count and time. Anything
+    else (an unknown prompt, another argument, an engine that does not answer) completes to nothing."""
+    import anyio
+    import mcp_types
+
+    argument = getattr(params, "argument", None)
+    kind = completion_argument(getattr(params, "ref", None), str(getattr(argument, "name", "")))
+    prefix = str(getattr(argument, "value", "") or "")[:128]
+    values: list[str] = []
+    total = 0
+    if kind is not None:
+        tool_name, listing = COMPLETION_SOURCES[kind]
+        if tool_name in {spec.name for spec in app.permitted_tools(getattr(ctx.request, "role", None))}:
+            engine = app.engines.select(None)
+            try:
+                with anyio.fail_after(min(app.settings.engine_timeout, 10)):
+                    names = await anyio.to_thread.run_sync(lambda: listing(engine.api()), abandon_on_cancel=True)
+                values, total = completion_values([str(n) for n in names], prefix)
+            except Exception as exc:  # a completion is a convenience: no names rather than an error
+                log.info("completion of %s names failed: %r", kind, exc)
+    return mcp_types.CompleteResult(completion=mcp_types.Completion(values=values, total=total,
+                                                                    has_more=total > len(values)))
+
+
 def _retrieved(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()
@@ -5236,6 +5297,8 @@ class DockerMCP:
             optional.update(on_list_prompts=on_list_prompts, on_get_prompt=on_get_prompt)
         if self.settings.logging_enabled:
             optional.update(on_set_logging_level=on_set_logging_level)
+        if self.settings.resources_enabled or self.settings.prompts_enabled:  # names for their arguments
+            optional["on_completion"] = lambda ctx, params: complete_argument(self, ctx, params)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the SDK warns that logging is deprecated from 2026-07-28 on
             return Server(SERVER_NAME, version=__version__, title="mcp-docker",

@@ -6956,3 +6956,43 @@ def test_audit_show_follows_new_records(tmp_path):
     finally:
         follower.kill()
         follower.wait(10)
+
+
+def test_completion_offers_engine_names_for_prompt_and_resource_arguments(full):
+    import mcp_types
+
+    assert full.client.server_capabilities.completions is not None
+    names = [sleeper(full, f"comp-{suffix}") for suffix in ("alpha", "beta")]
+
+    def complete(ref: Any, value: str) -> Any:
+        return full.submit(full.client.complete(ref, {"name": "container", "value": value})).completion
+
+    prompt = mcp_types.PromptReference(type="ref/prompt", name="troubleshoot_container")
+    both = complete(prompt, f"{PREFIX}-comp-")
+    assert both.values == sorted(names) and both.total == 2 and not both.has_more
+    assert complete(prompt, f"{PREFIX}-comp-b").values == [f"{PREFIX}-comp-beta"]
+    logs = mcp_types.ResourceTemplateReference(type="ref/resource", uri="docker://containers/{container}/logs")
+    assert complete(logs, f"{PREFIX}-comp-a").values == [f"{PREFIX}-comp-alpha"]
+    assert complete(logs, f"{PREFIX}-nothing-").values == []
+    unknown = mcp_types.PromptReference(type="ref/prompt", name="test_prompt_with_arguments")  # the conformance probe
+    assert complete(unknown, "test").values == []
+    assert full.ok("docker_version")["kind"] in ("docker", "podman")  # still serving
+
+
+def test_completion_is_bounded_filtered_and_follows_the_listing_tools():
+    many = [f"web-{n:03d}" for n in range(250)] + ["Web-x", "db"]
+    values, total = md.completion_values(many, "web-")
+    assert len(values) == 100 and total == 251 and values[0] == "web-000"  # Web-x matches too, after
+    assert md.completion_values(many, "Web")[0][0] == "Web-x"  # the typed case first, then the rest
+    prompt = type("Ref", (), {"type": "ref/prompt", "name": "audit_container_security"})()
+    assert md.completion_argument(prompt, "container") == "container"
+    assert md.completion_argument(prompt, "image") is None  # that prompt has no such argument
+    resource = type("Ref", (), {"type": "ref/resource", "uri": "docker://containers/{container}/stats"})()
+    assert md.completion_argument(resource, "container") == "container"
+    other = type("Ref", (), {"type": "ref/resource", "uri": "file:///{container}"})()
+    assert md.completion_argument(other, "container") is None
+    # a caller whose role cannot list containers gets no container names
+    app = md.DockerMCP(md.Settings(denied_tools=("docker_list_containers",)))
+    params = type("Params", (), {"ref": prompt, "argument": type("Arg", (), {"name": "container", "value": ""})()})()
+    ctx = type("Ctx", (), {"request": None})()
+    assert asyncio.run(md.complete_argument(app, ctx, params)).completion.values == []
