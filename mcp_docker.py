@@ -788,8 +788,10 @@ _ADDRESS_RE = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b")
 # host, so neither its host nor its path is half-replaced.
 _URL_RE = re.compile(r"\b[a-z][a-z0-9+.-]*://([^\s/\"'<>]+)([^\s\"'<>]*)")
 # What is about the container, not the host: the command a runtime could not start (exec: "/bin/sh": stat
-# /bin/sh: ...) and the build step Docker reports (The command '/bin/sh -c make' returned ...).
-_CONTAINER_COMMAND_RE = re.compile(r"""exec: "([^"]{1,300})"(?:: stat \1(?=:))?|The command '[^']{1,1000}'""")
+# /bin/sh: ...) and the build step Docker and Podman report (The command '/bin/sh -c make' returned ...;
+# building at STEP "RUN /bin/make": ...).
+_CONTAINER_COMMAND_RE = re.compile(r"""exec: "([^"]{1,300})"(?:: stat \1(?=:))?|The command '[^']{1,1000}'"""
+                                   r'|STEP "[^"]{1,1000}"')  # Podman's (buildah's) word for a build step
 # Registries every image without a registry part means: public names, not details of this host.
 PUBLIC_REGISTRY_HOSTS = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io", "auth.docker.io",
                                    "registry.docker.io", "production.cloudflare.docker.com"})

@@ -6456,6 +6456,10 @@ def test_engine_errors_keep_the_names_commands_registries_and_ports_the_caller_g
                                                         "command": [missing], "labels": labels, "network": "none"},
                           "invalid_argument")
     assert missing in text
+    built = newcomer_error(full, "docker_build_image", {"tag": f"{PREFIX}-errbuild:1", "network": "none",
+                                                        "dockerfile": f"FROM {TEST_IMAGE}\nRUN {missing}\n"},
+                           "invalid_argument")
+    assert missing in built  # Docker: The command '/bin/sh -c /bin/...'; Podman: building at STEP "RUN /bin/..."
     ran = full.call("docker_exec_command", {"container": name, "command": [missing]})
     answer = ran.content[0].text
     assert missing in answer and "<path>" not in answer
@@ -6484,6 +6488,7 @@ ENGINE_TEXTS = {
     "docker_exec": 'failed to create shim task: OCI runtime create failed: runc create failed: unable to start '
                    'container process: exec: "/bin/nosuch": stat /bin/nosuch: no such file or directory: unknown',
     "docker_build": "The command '/bin/sh -c make -C /src' returned a non-zero code: 2",
+    "podman_build": 'building at STEP "RUN /usr/bin/make -C /src": while running runtime: exit status 2',
     "docker_pull": 'Get "http://127.0.0.1:49109/v2/": dial tcp 127.0.0.1:49109: connect: connection refused',
     "podman_pull": 'initializing source docker://127.0.0.1:49109/app:1: pinging container registry '
                    '127.0.0.1:49109: Get "https://127.0.0.1:49109/v2/": dial tcp 127.0.0.1:49109: connect: refused',
@@ -6497,6 +6502,7 @@ def test_the_sanitizer_keeps_meaning_and_hides_the_host():
     assert '"/web-1"' in clean["docker_conflict"]
     assert 'exec: "/bin/nosuch": stat /bin/nosuch:' in clean["docker_exec"]
     assert "'/bin/sh -c make -C /src'" in clean["docker_build"]  # a build step: paths inside the container
+    assert 'STEP "RUN /usr/bin/make -C /src"' in clean["podman_build"]
     assert 'Get "http://127.0.0.1:49109/v2/"' in clean["docker_pull"]
     assert "docker://127.0.0.1:49109/app:1" in clean["podman_pull"] and "https://127.0.0.1:49109/v2/" in clean["podman_pull"]
     for key in ("docker_port", "podman_port"):
