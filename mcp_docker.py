@@ -8785,6 +8785,9 @@ def check_keys_file(settings: Settings, now: _dt.datetime) -> list[Check]:
     if settings.transport != "http" or not settings.auth_enabled:
         return [Check("PASS", "keys", "API keys are not used (" +
                       ("stdio: the client starts the server)" if settings.transport != "http" else "auth is off)"))]
+    named_problem = keys_file_problem(settings)  # a keys file named but not there: serve refuses to start
+    if named_problem:
+        return [Check("FAIL", "keys", named_problem, f"mcp-docker genkey --client-id NAME --expires 90d --keys-file {path}")]
     if not os.path.exists(path):
         if settings.tls_client_ca or settings.ssh_authorized_keys:
             return [Check("PASS", "keys", "no keys file; clients authenticate with certificates or SSH signatures")]
