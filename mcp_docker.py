@@ -15,7 +15,8 @@ Sections, in order (each uses only the ones above it):
                        policy, untrusted output, destructive confirmations (pure)
 4. Engine and tools -- the lazy engine connections, summaries, and the one tool registry
 5. MCP wiring       -- the SDK's low-level ``Server`` reading that registry; resources (container logs and
-                       stats, through their tools), prompts, log messages to clients, progress
+                       stats, through their tools), prompts, completion of their arguments, log messages
+                       to clients, progress
 6. Access control   -- API keys, principals, client IPs, rate limits, the audit log, signed requests,
                        OAuth access tokens (JWT) and protected-resource metadata
 7. Transports       -- stdio, and our own asyncio HTTP server (h11 framing, stdlib ssl)
@@ -9101,8 +9102,12 @@ def stdio_command(argv0: str | None = None) -> list[str]:
     """How a client starts this server: the absolute path of what is running now, since GUI clients start
     it with their own PATH (often without ~/.local/bin). The installed command when that is what runs,
     else this very file with this Python (the single-file path: there is no `mcp-docker` command)."""
+    import shutil
+
     argv0 = sys.argv[0] if argv0 is None else argv0
     if os.path.basename(argv0) in (SERVER_NAME, DIST_NAME) and os.path.isfile(argv0):
+        if "/uv/archive-" in os.path.abspath(argv0):  # uvx's throwaway environment: start it the same way
+            return [shutil.which("uvx") or "uvx", DIST_NAME, "serve"]
         return [os.path.abspath(argv0), "serve"]
     return [os.path.abspath(sys.executable), os.path.abspath(__file__), "serve"]
 

@@ -6659,6 +6659,10 @@ def test_client_config_runs_what_is_running_and_tells_each_client_to_trust_the_c
     script.parent.mkdir()
     script.write_text("#!/bin/sh\n")
     assert md.stdio_command(str(script)) == [str(script), "serve"]
+    uvx = tmp_path / ".cache" / "uv" / "archive-v0" / "abc" / "bin" / md.DIST_NAME  # run by `uvx NAME`
+    uvx.parent.mkdir(parents=True)
+    uvx.write_text("#!/bin/sh\n")
+    assert md.stdio_command(str(uvx))[1:] == [md.DIST_NAME, "serve"]
     # each stdio configuration is valid syntax and starts a server that answers (JSON parses; the command runs)
     command = md.stdio_command()
     for client in ("claude-desktop", "cursor", "vscode"):
