@@ -6849,7 +6849,9 @@ def test_image_problem(api: Any, image: str, busybox: str = "/bin/busybox") -> s
 @pytest.fixture(scope="session", autouse=True)
 def _test_image_is_usable():
     """Once per session, when an engine answers: the image the integration tests need is there and fit
-    (built from busybox-static if missing); otherwise every engine test fails with what is missing."""
+    (built from busybox-static if missing); otherwise every engine test fails with what is missing.
+    Also makes the home directory that TEST_ENV gives servers under test (empty: no keys file of this user)."""
+    (STATE_DIR / "home").mkdir(mode=0o700, parents=True, exist_ok=True)
     if engine_available():
         with contextlib.suppress(Exception):
             problem = test_image_problem(engine_client(), TEST_IMAGE)
