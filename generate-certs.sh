@@ -3,11 +3,12 @@
 #
 #   ./generate-certs.sh [-o DIR] [-d DAYS] [-n HOSTNAME]... [-c CLIENT_NAME] [-f]
 #
-# Without -c: a self-signed server certificate (EC P-256) with SANs localhost, 127.0.0.1, ::1 and
-# every -n value, as DIR/server.crt and DIR/server.key.
-# With -c NAME: a client certificate (CN=NAME) for mTLS, signed by a local CA in DIR (ca.crt,
-# ca.key; made on first use), as DIR/client-NAME.crt and DIR/client-NAME.key. Give the server
-# ca.crt with --tls-client-ca.
+# Both commands use a small local CA in DIR (ca.crt, ca.key; made on first use, 10 years).
+# Without -c: a server certificate (EC P-256) signed by that CA, with SANs localhost, 127.0.0.1, ::1
+# and every -n value, as DIR/server.crt (the certificate, then the CA: a full chain) and
+# DIR/server.key. Clients trust DIR/ca.crt (Node clients: NODE_EXTRA_CA_CERTS=DIR/ca.crt).
+# With -c NAME: a client certificate (CN=NAME) for mTLS, signed by the same CA, as
+# DIR/client-NAME.crt and DIR/client-NAME.key. Give the server ca.crt with --tls-client-ca.
 # Keys are written with mode 600; existing files are never replaced without -f.
 set -euo pipefail
 umask 077
@@ -24,8 +25,8 @@ while getopts "o:d:n:c:fh" opt; do
     n) names+=("$OPTARG") ;;
     c) client=$OPTARG ;;
     f) force=1 ;;
-    h) sed -n '2,12p' "$0"; exit 0 ;;
-    *) sed -n '2,12p' "$0" >&2; exit 2 ;;
+    h) sed -n '2,15p' "$0"; exit 0 ;;
+    *) sed -n '2,15p' "$0" >&2; exit 2 ;;
   esac
 done
 command -v openssl >/dev/null || { echo "openssl is not installed" >&2; exit 1; }
@@ -48,37 +49,44 @@ install_file() {  # install_file TEMP DEST MODE
 tmp=$(mktemp -d "$out/.tmp-XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 
+make_ca() {  # the local CA, once: it signs the server certificate and the client certificates
+  if [[ ! -e "$out/ca.crt" || ! -e "$out/ca.key" ]]; then
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -sha256 -days 3650 \
+      -subj "/CN=mcp-docker local CA" -addext "basicConstraints=critical,CA:TRUE,pathlen:0" \
+      -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" \
+      -keyout "$tmp/ca.key" -out "$tmp/ca.crt" 2>/dev/null
+    install_file "$tmp/ca.key" "$out/ca.key" 600
+    install_file "$tmp/ca.crt" "$out/ca.crt" 644
+    echo "created local CA: $out/ca.crt (give it to the server with --tls-client-ca; clients trust it)"
+  fi
+}
+
 if [[ -z "$client" ]]; then
   refuse_existing "$out/server.crt" "$out/server.key"
+  make_ca
   san=""
   for n in "${names[@]}"; do
     if [[ "$n" =~ ^[0-9.]+$ || "$n" == *:* ]]; then san+="IP:${n},"; else san+="DNS:${n},"; fi
   done
   san=${san%,}
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -sha256 \
-    -days "$days" -subj "/CN=${names[3]:-localhost}" \
-    -addext "subjectAltName=${san}" -addext "basicConstraints=critical,CA:FALSE" \
-    -addext "extendedKeyUsage=serverAuth" \
-    -keyout "$tmp/server.key" -out "$tmp/server.crt" 2>/dev/null
+  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=${names[3]:-localhost}" \
+    -keyout "$tmp/server.key" -out "$tmp/server.csr" 2>/dev/null
+  printf 'basicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\nsubjectAltName=%s\n' "$san" > "$tmp/ext.cnf"
+  openssl x509 -req -in "$tmp/server.csr" -CA "$out/ca.crt" -CAkey "$out/ca.key" -CAcreateserial \
+    -CAserial "$tmp/ca.srl" -days "$days" -sha256 -extfile "$tmp/ext.cnf" -out "$tmp/leaf.crt" 2>/dev/null
+  cat "$tmp/leaf.crt" "$out/ca.crt" > "$tmp/server.crt"   # a full chain: the certificate, then the CA
   install_file "$tmp/server.key" "$out/server.key" 600
   install_file "$tmp/server.crt" "$out/server.crt" 644
-  echo "server certificate: $out/server.crt"
+  echo "server certificate: $out/server.crt (with the CA after it)"
   echo "server key:         $out/server.key (mode 600)"
   echo "SANs: ${san}; valid ${days} days"
   echo "serve with: mcp-docker serve --transport http --tls-cert $out/server.crt --tls-key $out/server.key"
+  echo "trust it on each client machine: $out/ca.crt (Node clients: NODE_EXTRA_CA_CERTS=$out/ca.crt)"
   exit 0
 fi
 
 [[ "$client" =~ ^[A-Za-z0-9_.@:+-]{1,64}$ ]] || { echo "-c: use letters, digits and _ . @ : + - (at most 64)" >&2; exit 2; }
-if [[ ! -e "$out/ca.crt" || ! -e "$out/ca.key" ]]; then
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -sha256 -days 3650 \
-    -subj "/CN=mcp-docker client CA" -addext "basicConstraints=critical,CA:TRUE,pathlen:0" \
-    -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" \
-    -keyout "$tmp/ca.key" -out "$tmp/ca.crt" 2>/dev/null
-  install_file "$tmp/ca.key" "$out/ca.key" 600
-  install_file "$tmp/ca.crt" "$out/ca.crt" 644
-  echo "created client CA: $out/ca.crt (give it to the server with --tls-client-ca)"
-fi
+make_ca
 refuse_existing "$out/client-$client.crt" "$out/client-$client.key"
 openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=${client}" \
   -keyout "$tmp/client.key" -out "$tmp/client.csr" 2>/dev/null

@@ -15,7 +15,8 @@ Sections, in order (each uses only the ones above it):
                        policy, untrusted output, destructive confirmations (pure)
 4. Engine and tools -- the lazy engine connections, summaries, and the one tool registry
 5. MCP wiring       -- the SDK's low-level ``Server`` reading that registry; resources (container logs and
-                       stats, through their tools), prompts, log messages to clients, progress
+                       stats, through their tools), prompts, completion of their arguments, log messages
+                       to clients, progress
 6. Access control   -- API keys, principals, client IPs, rate limits, the audit log, signed requests,
                        OAuth access tokens (JWT) and protected-resource metadata
 7. Transports       -- stdio; HTTP values and call slots; MCP sessions (event streams, channels); TLS;
@@ -55,6 +56,9 @@ import click
 
 __version__ = "0.1.0"
 SERVER_NAME = "mcp-docker"
+# The distribution on the package index: "mcp-docker" there is another project, so ours installs as this
+# name; it also installs a command of this name, so that `uvx mcp-docker-hardened` runs the server.
+DIST_NAME = "mcp-docker-hardened"
 
 log = logging.getLogger("mcp_docker")
 
@@ -671,6 +675,14 @@ def parse_env_file(text: str) -> dict[str, str]:
     return values
 
 
+def did_you_mean(word: str, known: Any) -> str:
+    """"; did you mean 'X'?" for the closest known name, else where the list is (not all 75 names)."""
+    import difflib
+
+    close = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else "; `mcp-docker serve --help` lists every setting"
+
+
 def load_settings(
     cli: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
@@ -686,11 +698,11 @@ def load_settings(
     env_file = env_file or {}
     for key in env_file:
         if key not in SETTINGS_BY_ENV and key not in PASSTHROUGH_ENV:
-            raise ConfigError(f"env file: unknown setting {key!r}; known: {', '.join(sorted(SETTINGS_BY_ENV))}")
+            raise ConfigError(f"env file: unknown setting {key!r}{did_you_mean(key, SETTINGS_BY_ENV)}")
     for key in environ:
         if key.startswith(("SAFETY_", "SECURITY_", "MCP_TOOLSETS", "MCP_MAX_", "MCP_ENGINE_", "MCP_HTTP_", "MCP_TLS_")) \
                 and key not in SETTINGS_BY_ENV:
-            raise ConfigError(f"environment: unknown setting {key!r}; known: {', '.join(sorted(SETTINGS_BY_ENV))}")
+            raise ConfigError(f"environment: unknown setting {key!r}{did_you_mean(key, SETTINGS_BY_ENV)}")
     values: dict[str, Any] = {}
     for spec in SETTING_SPECS:
         if spec.field in cli:
@@ -803,14 +815,123 @@ class ToolError(Exception):
 
 _PATH_RE = re.compile(r"(?:unix|npipe)://\S+|(?<![\w.])/(?:[\w.@+-]+/)*[\w.@+-]+")
 _ADDRESS_RE = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b")
+# A URL as engines write a registry's (Get "http://127.0.0.1:5000/v2/": ...): judged as one token by its
+# host, so neither its host nor its path is half-replaced.
+_URL_RE = re.compile(r"\b[a-z][a-z0-9+.-]*://([^\s/\"'<>]+)([^\s\"'<>]*)")
+# What is about the container, not the host: the command a runtime could not start (exec: "/bin/sh": stat
+# /bin/sh: ...) and the build step Docker and Podman report (The command '/bin/sh -c make' returned ...;
+# building at STEP "RUN /bin/make": ...).
+_CONTAINER_COMMAND_RE = re.compile(r"""exec: "([^"]{1,300})"(?:: stat \1(?=:))?|The command '[^']{1,1000}'"""
+                                   r'|STEP "[^"]{1,1000}"')  # Podman's (buildah's) word for a build step
+# Registries every image without a registry part means: public names, not details of this host.
+PUBLIC_REGISTRY_HOSTS = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io", "auth.docker.io",
+                                   "registry.docker.io", "production.cloudflare.docker.com"})
 
 
-def sanitize_engine_text(text: str, limit: int = 240) -> str:
-    """Strip host details (paths, socket URLs, addresses) from engine text and bound its length."""
+def agent_words(arguments: Any, limit: int = 256) -> frozenset[str]:
+    """The words a caller sent (names, image references, commands, registry addresses, ports): an engine
+    error may show them back, since they tell the caller nothing about the host it did not say itself."""
+    words: set[str] = set()
+
+    def add(text: str) -> None:
+        if 2 <= len(text) <= 256 and any(c.isalnum() for c in text) and len(words) < limit:
+            words.add(text)
+
+    def walk(value: Any, depth: int) -> None:
+        if depth > 4 or len(words) >= limit:
+            return
+        if isinstance(value, str):
+            add(value)
+            add("/" + value)  # Docker writes container names as /name
+            for token in value.split()[:64]:
+                add(token.strip("'\""))
+            first = value.split("/", 1)[0]
+            if "/" in value and ("." in first or ":" in first or first == "localhost"):
+                add(first)  # an image's registry, as host[:port]
+        elif isinstance(value, bool):
+            return
+        elif isinstance(value, int):
+            add(str(value))
+        elif isinstance(value, Mapping):
+            for key, item in list(value.items())[:64]:
+                walk(key, depth + 1)
+                walk(item, depth + 1)
+        elif isinstance(value, (list, tuple)):
+            for item in list(value)[:64]:
+                walk(item, depth + 1)
+
+    walk(arguments, 0)
+    return frozenset(words)
+
+
+def _words_pattern(words: frozenset[str]) -> re.Pattern[str] | None:
+    """The caller's words as whole tokens (so "1" in 10.0.0.1 or "tmp" in /tmp/x is no token)."""
+    if not words:
+        return None
+    alternatives = "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
+    return re.compile(rf"(?<![\w.:@/-])(?:{alternatives})(?![\w@-]|\.\w|/\w)")
+
+
+def _hide_host_details(text: str) -> str:
+    return _ADDRESS_RE.sub("<address>", _PATH_RE.sub("<path>", text))
+
+
+def sanitize_engine_text(text: str, limit: int = 240, keep: frozenset[str] = frozenset()) -> str:
+    """Strip host details (paths, socket URLs, addresses) from engine text and bound its length.
+
+    What keeps its meaning: the words of ``keep`` (what the caller sent: a container's name, which Docker
+    writes as /name; the registry of an image it named; the address and port it asked to publish on), the
+    command a container could not run and a build step's command (paths inside the container), and URLs
+    of registries the caller named or that images mean by default. Everything else that looks like a host
+    path, socket or address is replaced.
+    """
     text = " ".join(str(text).split())
-    text = _PATH_RE.sub("<path>", text)
-    text = _ADDRESS_RE.sub("<address>", text)
+    words = _words_pattern(keep)
+    kept_spans: list[tuple[int, int]] = []
+    for match in _CONTAINER_COMMAND_RE.finditer(text):
+        kept_spans.append(match.span())
+    for match in _URL_RE.finditer(text):
+        authority = match.group(1).rsplit("@", 1)[-1]
+        host = authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority
+        # docker:// is how Podman names the image it pulls (initializing source docker://host:port/name)
+        if match.group(0).startswith(("http://", "https://", "docker://")) and (authority in keep or
+                                                                                host in PUBLIC_REGISTRY_HOSTS):
+            kept_spans.append(match.span())
+    if words is not None:
+        kept_spans.extend(match.span() for match in words.finditer(text))
+    merged: list[list[int]] = []
+    for start, end in sorted(kept_spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    pieces: list[str] = []
+    position = 0
+    for start, end in merged:
+        pieces += [_hide_host_details(_URL_RE.sub("<address>", text[position:start])), text[start:end]]
+        position = end
+    pieces.append(_hide_host_details(_URL_RE.sub("<address>", text[position:])))
+    text = "".join(pieces)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# A published port that is taken, as Docker (Bind for 0.0.0.0:8080 failed: port is already allocated; or its
+# userland proxy's listen tcp4 127.0.0.1:8080: bind: address already in use) and Podman (cannot listen on the
+# TCP port: listen tcp4 127.0.0.1:8080: bind: address already in use) say it.
+_PORT_CLASH_RE = re.compile(r"(?:Bind for |listen (?:tcp|udp|sctp)[46]? )(\[?[0-9A-Fa-f:.]*\]?):(\d{1,5})"
+                            r"(?: failed: port is already allocated|: bind: address already in use)")
+
+
+def port_clash(explanation: str, keep: frozenset[str] = frozenset()) -> ToolError | None:
+    """A host port already taken is a conflict the caller can fix: say which port it asked for."""
+    match = _PORT_CLASH_RE.search(explanation)
+    if match is None:
+        return None
+    address, port = match.group(1).strip("[]"), match.group(2)
+    shown = address if address in keep or address in ("0.0.0.0", "::", "127.0.0.1", "::1", "") else "<address>"
+    where = f"{shown}:{port}" if shown else port
+    return ToolError("conflict", f"host port {where} is already in use on the engine's host; publish on another "
+                     "host port (or 0 to let the engine choose one)")
 
 
 # Podman's Docker-compatible API answers 500 where Docker says 404 or 409; its messages end with
@@ -821,6 +942,7 @@ PODMAN_ERROR_ENDINGS = (
     ("container state improper", "conflict"), ("network is being used", "conflict"),
     ("volume is being used", "conflict"), ("already exists", "conflict"), ("already in use", "conflict"),
     ("image is in use by a container", "conflict"), ("invalid argument", "invalid_argument"),
+    ("attempted to invoke a command that was not found", "invalid_argument"),  # Docker: 400
 )
 
 
@@ -839,14 +961,17 @@ class EngineAnswerError(Exception):
         self.explanation = explanation
 
 
-def translate_engine_error(exc: BaseException) -> ToolError:
-    """Map a docker SDK / requests exception to a ToolError without leaking host details."""
+def translate_engine_error(exc: BaseException, keep: frozenset[str] = frozenset()) -> ToolError:
+    """Map a docker SDK / requests exception to a ToolError without leaking host details (``keep``: the
+    caller's own words, from ``agent_words``, which may show in the message)."""
     if isinstance(exc, ToolError):
         return exc
     name = type(exc).__name__
     status = getattr(getattr(exc, "response", None), "status_code", None)
     explanation = getattr(exc, "explanation", None) or str(exc)
-    text = sanitize_engine_text(explanation)
+    text = sanitize_engine_text(explanation, keep=keep)
+    if status is not None and (clash := port_clash(explanation, keep)):
+        return clash
     if name in ("ReadTimeout", "ConnectTimeout", "Timeout", "TimeoutError") or isinstance(exc, TimeoutError):
         return ToolError("timeout", "the engine did not answer in time; try again or raise MCP_ENGINE_TIMEOUT")
     if name in ("SSLError", "SSLCertVerificationError") or (name == "DockerException" and "SSLError" in str(exc)):
@@ -877,7 +1002,7 @@ def translate_engine_error(exc: BaseException) -> ToolError:
     if name == "DockerException":
         if "paramiko" in str(exc):
             return ToolError("engine_unavailable", "ssh:// engines need the docker SDK's ssh support; install "
-                             "it with: pip install 'mcp-docker[ssh]' (or pipx inject mcp-docker paramiko)")
+                             f"it with: pip install '{DIST_NAME}[ssh]' (or pipx inject {DIST_NAME} paramiko)")
         if "Error while fetching server API version" in str(exc) or "Connection" in str(exc):
             return ToolError("engine_unavailable", "the container engine is not reachable; is it running?")
         return ToolError("engine_error", text)
@@ -1201,7 +1326,7 @@ def tool_denial(name: str, tier: Tier, toolset: str, settings: Settings) -> str 
 
 SCHEMA_KEYWORDS = frozenset({"type", "description", "default", "enum", "maxLength", "minLength", "pattern",
                              "minimum", "maximum", "items", "maxItems", "minItems", "properties", "required",
-                             "additionalProperties", "maxProperties", "propertyNames"})
+                             "additionalProperties", "maxProperties", "propertyNames", "anyOf"})
 
 
 def _itself(value: Any) -> Any:
@@ -1248,6 +1373,11 @@ def schema_violations(schema: Mapping[str, Any], instance: Any,
     if types is not None and not any(is_json_type(instance, t) for t in ([types] if isinstance(types, str) else types)):
         yield violation("type")
         return
+    if "anyOf" in schema:  # one form per type (clients reject type arrays): the form of the value's type speaks
+        found = [list(schema_violations(option, instance, path)) for option in schema["anyOf"]]
+        if all(found):
+            typed = [problems for problems in found if problems[0].validator != "type"]
+            yield from typed[0] if typed else [violation("anyOf")]
     if "enum" in schema and not any(type(option) is type(instance) and option == instance for option in schema["enum"]):
         yield violation("enum")
     for keyword, (kinds, measure, is_ceiling) in SCHEMA_BOUNDS.items():
@@ -1264,11 +1394,11 @@ def schema_violations(schema: Mapping[str, Any], instance: Any,
                 yield from schema_violations(schema["items"], item, (*path, index))
     elif isinstance(instance, dict):
         properties = schema.get("properties", {})
-        if any(name not in instance for name in schema.get("required", ())):
-            yield violation("required")
         extra = schema.get("additionalProperties", True)
         if extra is False and any(name not in properties for name in instance):
-            yield violation("additionalProperties")
+            yield violation("additionalProperties")  # before "required": a misspelled name is the cause
+        if any(name not in instance for name in schema.get("required", ())):
+            yield violation("required")
         if "propertyNames" in schema:
             for name in instance:
                 for problem in schema_violations(schema["propertyNames"], name, path):
@@ -1287,6 +1417,8 @@ def unknown_schema_keywords(schema: Mapping[str, Any]) -> set[str]:
     for name in ("items", "additionalProperties", "propertyNames"):
         if isinstance(schema.get(name), Mapping):
             unknown |= unknown_schema_keywords(schema[name])
+    for option in schema.get("anyOf", ()):
+        unknown |= unknown_schema_keywords(option)
     for subschema in schema.get("properties", {}).values():
         unknown |= unknown_schema_keywords(subschema)
     return unknown
@@ -1308,12 +1440,19 @@ def validation_message(error: Any) -> str:
         allowed = set((error.schema or {}).get("properties", {}))
         extra = sorted(k for k in (error.instance or {}) if k not in allowed)
         prefix = f"{where}: " if where else ""
-        return f"{prefix}unknown argument {_short_repr(extra[0] if extra else '?', 40)}; allowed: {', '.join(sorted(allowed))}"
+        unknown = f"{prefix}unknown argument {_short_repr(extra[0] if extra else '?', 40)}"
+        hint = did_you_mean(extra[0], allowed) if extra and isinstance(extra[0], str) else ""
+        return f"{unknown}{hint}" if hint.startswith("; did") else f"{unknown}; allowed: {', '.join(sorted(allowed))}"
     label = f"argument {where!r}" if where else "arguments"
     if validator == "type":
         return f"{label} must be of type {error.validator_value}, got {_short_repr(error.instance)}"
+    if validator == "anyOf":
+        kinds = " or ".join(str(option.get("type")) for option in error.validator_value)
+        return f"{label} must be of type {kinds}, got {_short_repr(error.instance)}"
     if validator == "maxLength":
         return f"{label} is longer than {error.validator_value} characters"
+    if validator == "pattern" and error.validator_value == "^/":
+        return f"{label} must be an absolute path (starting with /), got {_short_repr(error.instance)}"
     if validator == "pattern":
         return f"{label} has characters that are not allowed: {_short_repr(error.instance)}"
     if validator == "enum":
@@ -1404,6 +1543,15 @@ def parse_memory(value: str | int) -> int:
         raise ToolError("invalid_argument", f"memory {_short_repr(value)} is not a size like 256m or 1g")
     number, unit = float(match.group(1)), match.group(2)
     return int(number * {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[unit])
+
+
+def size_text(size: int | float) -> str:
+    """Bytes as a size is written in arguments and settings (8g, 256m, 64k): the largest unit that is whole."""
+    size = int(size)
+    for unit, factor in (("g", 1024**3), ("m", 1024**2), ("k", 1024)):
+        if size and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
 
 
 def engine_filters(args: Mapping[str, Any], mapping: Mapping[str, str]) -> dict[str, list[str]]:
@@ -3609,8 +3757,9 @@ def judge_request(request: PowerRequest, settings: Settings, host: HostFacts) ->
               ("pids_limit", request.pids_limit, settings.container_pids_limit, "SAFETY_CONTAINER_PIDS_LIMIT"))
     for what, value, ceiling, setting in limits:
         if ceiling and value is not None and value > ceiling + 1e-9:
-            denials.append(Denial("resource_limits", f"{what} {value:g} is above the configured maximum "
-                                  f"{ceiling:g}", f"raise {setting}"))
+            shown = (size_text(value), size_text(ceiling)) if what == "memory" else (f"{value:g}", f"{ceiling:g}")
+            denials.append(Denial("resource_limits", f"{what} {shown[0]} is above the configured maximum "
+                                  f"{shown[1]}", f"raise {setting}"))
         elif ceiling and value is None and request.actual:
             denials.append(Denial("resource_limits", f"it has no {what.removesuffix('_limit')} limit on the engine (0, -1 or a value that "
                                   f"rounds to nothing mean unlimited), above the configured maximum {ceiling:g}",
@@ -4512,6 +4661,8 @@ def listing_schema(schema: Mapping[str, Any], engine_names: list[str] | None, ho
                 value = {name: slim(sub) for name, sub in value.items()}
             elif key in ("items", "additionalProperties") and isinstance(value, Mapping):
                 value = slim(value)
+            elif key == "anyOf":
+                value = [slim(option) for option in value]
             kept[key] = value
         return kept
 
@@ -4635,7 +4786,9 @@ def image_summary(img: Mapping[str, Any], kind: str = "docker") -> dict[str, Any
         "tags": tags,
         "created": iso_time(img.get("Created")),
         "size_bytes": img.get("Size", 0),
-        "containers": img.get("Containers", -1) if img.get("Containers", -1) >= 0 else None,
+        # the engine's count of containers using it; left out when the engine did not count (-1), not null
+        **({"containers": img["Containers"]} if isinstance(img.get("Containers"), int) and img["Containers"] >= 0
+           else {}),
     }
 
 
@@ -4772,11 +4925,11 @@ def stream_json(chunks: Any, call: Call, progress: StreamProgress | None = None)
     return events
 
 
-def stream_error(events: list[dict[str, Any]]) -> str | None:
+def stream_error(events: list[dict[str, Any]], keep: frozenset[str] = frozenset()) -> str | None:
     for event in events:
         if event.get("error") or event.get("errorDetail"):
             detail = event.get("errorDetail") or {}
-            return sanitize_engine_text(detail.get("message") or event.get("error") or "failed")
+            return sanitize_engine_text(detail.get("message") or event.get("error") or "failed", keep=keep)
     return None
 
 
@@ -4881,8 +5034,8 @@ def podman_stats(call: Call) -> dict[str, Any]:
 @tool("docker_container_stats", title="Container resource usage", tier=Tier.SAFE, toolset="containers",
       description="One snapshot of a running container's CPU, memory, network, block I/O and PIDs.",
       params={"container": s_container()}, required=("container",),
-      output=out({"container": {"type": "string"}, "cpu_percent": {"type": ["number", "null"]},
-                  "memory": {"type": "object"}, "pids": {"type": ["integer", "null"]}}, ("container", "memory")))
+      output=out({"container": {"type": "string"}, "cpu_percent": {"anyOf": [{"type": "number"}, {"type": "null"}]},
+                  "memory": {"type": "object"}, "pids": {"anyOf": [{"type": "integer"}, {"type": "null"}]}}, ("container", "memory")))
 def container_stats(call: Call) -> dict[str, Any]:
     s = podman_stats(call) if call.kind == "podman" else call.api.stats(call.args["container"], stream=False)
     mem = s.get("memory_stats") or {}
@@ -4967,12 +5120,13 @@ CONTAINER_CONFIG_PARAMS: dict[str, Any] = {
                                               "target": s_str("Mount point inside the container.",
                                                               pattern=r"^/", max_length=1024),
                                               "read_only": s_bool("Mount read-only.")}}},
-    "memory": {"type": ["string", "integer"], "description": "Memory limit, e.g. '256m' (default and maximum: "
-               "SAFETY_CONTAINER_MEMORY_LIMIT).", "maxLength": 32},
-    "cpus": {"type": ["number", "string"], "description": "CPU cores, e.g. 0.5 (default and maximum: "
-             "SAFETY_CONTAINER_CPU_LIMIT).", "maxLength": 16},
-    "pids_limit": {"type": ["integer", "string"], "description": "Most processes (default and maximum: "
-                   "SAFETY_CONTAINER_PIDS_LIMIT).", "maxLength": 16},
+    # anyOf, one form per type: clients such as the Inspector reject type arrays (["string", "integer"])
+    "memory": {"anyOf": [{"type": "string", "maxLength": 32}, {"type": "integer"}],
+               "description": "Memory limit, e.g. '256m' (default and maximum: SAFETY_CONTAINER_MEMORY_LIMIT)."},
+    "cpus": {"anyOf": [{"type": "number"}, {"type": "string", "maxLength": 16}],
+             "description": "CPU cores, e.g. 0.5 (default and maximum: SAFETY_CONTAINER_CPU_LIMIT)."},
+    "pids_limit": {"anyOf": [{"type": "integer"}, {"type": "string", "maxLength": 16}],
+                   "description": "Most processes (default and maximum: SAFETY_CONTAINER_PIDS_LIMIT)."},
     "restart_policy": {"type": "string", "description": "Restart policy.",
                        "enum": ["no", "on-failure", "unless-stopped", "always"]},
     "read_only": s_bool("Read-only root filesystem (always with the hardened profile)."),
@@ -4985,7 +5139,7 @@ CONTAINER_CONFIG_PARAMS: dict[str, Any] = {
                              "source": s_str("Host path (bind) or volume name (volume).", max_length=4096),
                              "target": s_str("Mount point inside the container (absolute path).", max_length=1024),
                              "read_only": s_bool("Mount read-only."),
-                             "tmpfs_size": {"type": ["string", "integer"], "maxLength": 32,
+                             "tmpfs_size": {"anyOf": [{"type": "string", "maxLength": 32}, {"type": "integer"}],
                                             "description": "Size of a tmpfs mount, e.g. '64m'."}}}},
     "privileged": s_bool("Privileged mode. Refused unless SAFETY_ALLOW_PRIVILEGED_CONTAINERS=true."),
     "cap_add": s_str_list("Capabilities to add, e.g. ['NET_BIND_SERVICE']; beyond the default set they "
@@ -5010,7 +5164,7 @@ CONTAINER_CONFIG_PARAMS: dict[str, Any] = {
                                max_items=16, max_length=4096),
     "sysctls": {"type": "object", "description": "Kernel parameters, name -> value; beyond a safe set they need "
                 "SAFETY_ALLOW_PRIVILEGED_CONTAINERS.", "maxProperties": 16,
-                "additionalProperties": {"type": ["string", "integer", "number"], "maxLength": 256}},
+                "additionalProperties": {"anyOf": [{"type": "string", "maxLength": 256}, {"type": "number"}]}},
     "volumes_from": s_str_list("Containers whose mounts to copy. Needs SAFETY_ALLOW_PRIVILEGED_CONTAINERS.",
                                max_items=8, max_length=200),
 }
@@ -5347,8 +5501,8 @@ def container_action(name: str, title: str, description: str, action: Callable[[
             enforce_container_power(call, call.args["container"], judged)
         else:
             guard_managed(call, "container", call.args["container"])
-        action(call)
-        return {"id": call.args["container"], "status": status}
+        told = action(call)  # an action may add fields to the answer (rename: the new name)
+        return {"id": call.args["container"], "status": status, **(told if isinstance(told, dict) else {})}
 
     tool(name, title=title, description=description, tier=tier, toolset="containers",
          params={"container": s_container(), **(params or {})}, required=("container", *required),
@@ -5377,7 +5531,8 @@ container_action("docker_kill_container", "Kill a container",
                                          pattern=r"^(SIG[A-Z0-9+-]{1,12}|[A-Z0-9+-]{1,12}|[0-9]{1,2})$",
                                          max_length=16)})
 container_action("docker_rename_container", "Rename a container", "Give a container a new name.",
-                 lambda c: c.api.rename(c.args["container"], c.args["new_name"]), "renamed",
+                 lambda c: c.api.rename(c.args["container"], c.args["new_name"]) or {"name": c.args["new_name"]},
+                 "renamed",
                  params={"new_name": s_str("The new name.", pattern=NAME_PATTERN, max_length=128)},
                  required=("new_name",))
 def s_dry_run() -> dict[str, Any]:
@@ -5470,7 +5625,7 @@ def read_exec_output(sock: Any, call: Call, cap: int) -> tuple[bytes, bytes, boo
           "privileged": s_bool("Run with every capability of the host. Refused unless "
                                "SAFETY_ALLOW_PRIVILEGED_CONTAINERS=true."),
       }, required=("container", "command"),
-      output=out({"exit_code": {"type": ["integer", "null"]}, "stdout": {"type": "string"},
+      output=out({"exit_code": {"anyOf": [{"type": "integer"}, {"type": "null"}]}, "stdout": {"type": "string"},
                   "stderr": {"type": "string"}}, ("exit_code", "stdout", "stderr")),
       budget_args=("timeout",))
 def exec_command(call: Call) -> dict[str, Any]:
@@ -5687,7 +5842,7 @@ def pull_image(call: Call) -> dict[str, Any]:
     repository, tag = split_image_reference(call.args["image"])
     events = stream_json(call.api.pull(repository, tag=tag, stream=True, decode=True,
                                        platform=call.args.get("platform")), call, StreamProgress("pull"))
-    error = stream_error(events)
+    error = stream_error(events, agent_words(call.args))
     if error:
         raise ToolError("engine_error", f"pull failed: {error}")
     image = call.api.inspect_image(f"{repository}:{tag}" if not tag.startswith("sha256:") else f"{repository}@{tag}")
@@ -6021,7 +6176,7 @@ def push_image(call: Call) -> dict[str, Any]:
     enforce(PowerRequest("docker_push_image", images=(call.args["image"],)), call)
     repository, tag = split_image_reference(call.args["image"])
     events = stream_json(call.api.push(repository, tag=tag, stream=True, decode=True), call, StreamProgress("push"))
-    error = stream_error(events)
+    error = stream_error(events, agent_words(call.args))
     if error:
         raise ToolError("engine_error", f"push failed: {error}")
     digest = next((e.get("aux", {}).get("Digest") for e in events if isinstance(e.get("aux"), dict)), None)
@@ -6048,7 +6203,9 @@ def remove_image(call: Call) -> dict[str, Any]:
             note = f"{len(users)} container(s) use it: without force=true the removal will fail"
         return preview([item], note, deleted=[], count=0)
     report = call.api.remove_image(a["image"], force=a.get("force", False), noprune=a.get("keep_parents", False))
-    return prune_result({"ImagesDeleted": report}, "ImagesDeleted", call.kind)
+    result = prune_result({"ImagesDeleted": report}, "ImagesDeleted", call.kind)
+    del result["space_reclaimed_bytes"]  # the engine's answer does not say: no number rather than a made-up 0
+    return result
 
 
 @tool("docker_prune_images", title="Remove unused images", tier=Tier.DESTRUCTIVE, toolset="images",
@@ -6630,6 +6787,67 @@ class ToolOutcome:
     audited: bool = True  # False: the audit record could not be written (the result is then withheld)
 
 
+# completion/complete: the names an argument can take, from the engine, for clients that offer them as the
+# user types. Each argument name maps to the listing tool that would show the same names (a caller that may
+# not call it gets no names) and the engine request that lists them.
+COMPLETION_SOURCES: dict[str, tuple[str, Callable[[Any], list[str]]]] = {
+    "container": ("docker_list_containers", lambda api: [n.lstrip("/") for c in api.containers(all=True)
+                                                         for n in (c.get("Names") or [])[:1]]),
+    "image": ("docker_list_images", lambda api: [t for i in api.images() for t in (i.get("RepoTags") or [])
+                                                 if t != "<none>:<none>"]),
+    "network": ("docker_list_networks", lambda api: [n.get("Name", "") for n in api.networks()]),
+    "volume": ("docker_list_volumes", lambda api: [v.get("Name", "") for v in (api.volumes() or {}).get("Volumes") or []]),
+}
+COMPLETION_MAX_VALUES = 100  # what the specification allows in one answer
+
+
+def completion_argument(reference: Any, argument: str) -> str | None:
+    """Which kind of name ``argument`` of a prompt or resource template takes (None: not one we complete)."""
+    kind = getattr(reference, "type", None)
+    if kind == "ref/prompt":
+        prompt = PROMPTS.get(getattr(reference, "name", None) or "")
+        known = {name for name, _ in prompt[2]} if prompt else set()
+    elif kind == "ref/resource":
+        known = set(re.findall(r"\{(\w+)\}", str(getattr(reference, "uri", "")))) \
+            if RESOURCE_URI.fullmatch(str(getattr(reference, "uri", "")).replace("{container}", "x")) else set()
+    else:
+        known = set()
+    return argument if argument in known and argument in COMPLETION_SOURCES else None
+
+
+def completion_values(names: list[str], prefix: str) -> tuple[list[str], int]:
+    """Names starting with ``prefix`` (those with the prefix's case first), sorted, at most 100; and how many matched."""
+    matched = sorted({n for n in names if n and n.lower().startswith(prefix.lower())},
+                     key=lambda n: (not n.startswith(prefix), n))
+    return matched[:COMPLETION_MAX_VALUES], len(matched)
+
+
+async def complete_argument(app: DockerMCP, ctx: Any, params: Any) -> Any:
+    """completion/complete for the prompts' and resource templates' arguments: container, image, network and
+    volume names from the default engine, filtered by what was typed, bounded in count and time. Anything
+    else (an unknown prompt, another argument, an engine that does not answer) completes to nothing."""
+    import anyio
+    import mcp_types
+
+    argument = getattr(params, "argument", None)
+    kind = completion_argument(getattr(params, "ref", None), str(getattr(argument, "name", "")))
+    prefix = str(getattr(argument, "value", "") or "")[:128]
+    values: list[str] = []
+    total = 0
+    if kind is not None:
+        tool_name, listing = COMPLETION_SOURCES[kind]
+        if tool_name in {spec.name for spec in app.permitted_tools(getattr(ctx.request, "role", None))}:
+            engine = app.engines.select(None)
+            try:
+                with anyio.fail_after(min(app.settings.engine_timeout, 10)):
+                    names = await anyio.to_thread.run_sync(lambda: listing(engine.api()), abandon_on_cancel=True)
+                values, total = completion_values([str(n) for n in names], prefix)
+            except Exception as exc:  # a completion is a convenience: no names rather than an error
+                log.info("completion of %s names failed: %r", kind, exc)
+    return mcp_types.CompleteResult(completion=mcp_types.Completion(values=values, total=total,
+                                                                    has_more=total > len(values)))
+
+
 def _retrieved(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()
@@ -6806,7 +7024,7 @@ class DockerMCP:
         except ToolError:
             raise
         except Exception as exc:
-            error = translate_engine_error(exc)
+            error = translate_engine_error(exc, agent_words(args))  # the caller's own words may show
             level = logging.ERROR if error.category == "internal" else logging.INFO
             log.log(level, "%s failed (%s): %r", name, error.category, exc, exc_info=error.category == "internal")
             raise error from None
@@ -7104,6 +7322,8 @@ class DockerMCP:
             optional.update(on_list_prompts=self.on_list_prompts, on_get_prompt=self.on_get_prompt)
         if self.settings.logging_enabled:
             optional.update(on_set_logging_level=self.on_set_logging_level)
+        if self.settings.resources_enabled or self.settings.prompts_enabled:  # names for their arguments
+            optional["on_completion"] = lambda ctx, params: complete_argument(self, ctx, params)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the SDK warns that logging is deprecated from 2026-07-28 on
             return Server(SERVER_NAME, version=__version__, title="mcp-docker",
@@ -9968,24 +10188,60 @@ class HttpServer:
 # 8. CLI
 # ---------------------------------------------------------------------------------------------
 
-def setting_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Add one flag per setting (from SETTING_SPECS) plus --env-file to a command."""
-    flags = [click.option("--env-file", type=click.Path(dir_okay=False), default=None,
-                          help="Read KEY=VALUE settings from this file (flags and the environment win).")]
-    for spec in SETTING_SPECS:
-        help_text = f"{spec.help} [{spec.env}]"
-        if spec.parse is _parse_bool:
-            name = spec.option[2:]
-            flags.append(click.option(f"--{name}/--no-{name}", spec.field, default=None, help=help_text))
-        elif spec.multiple:
-            flags.append(click.option(spec.option, spec.field, multiple=True, metavar=spec.metavar or None,
-                                      help=help_text))
-        else:
-            flags.append(click.option(spec.option, spec.field, default=None, metavar=spec.metavar or None,
-                                      help=help_text))
-    for flag in reversed(flags):
-        command = flag(command)
-    return command
+def setting_metavar(spec: SettingSpec) -> str | None:
+    """What --help shows for a setting's value: its metavar, else its type (INTEGER, NUMBER, a choice)."""
+    import inspect
+
+    if spec.metavar:
+        return spec.metavar
+    try:
+        bound = inspect.getclosurevars(spec.parse).nonlocals
+    except TypeError:
+        return None
+    if "integer" in bound:
+        return "INTEGER" if bound["integer"] else "NUMBER"
+    if "choices" in bound:
+        return "[" + "|".join(bound["choices"]) + "]"
+    return None
+
+
+def setting_options(command: Callable[..., Any] | None = None, *,
+                    shown: frozenset[str] | None = None) -> Callable[..., Any]:
+    """Add one flag per setting (from SETTING_SPECS) plus --env-file to a command. With ``shown``, only those
+    settings appear in --help; the others are still accepted (the same command line as `serve` works)."""
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        flags = [click.option("--env-file", type=click.Path(dir_okay=False), default=None,
+                              help="Read KEY=VALUE settings from this file (flags and the environment win).")]
+        for spec in SETTING_SPECS:
+            help_text = f"{spec.help} [{spec.env}]"
+            hidden = shown is not None and spec.field not in shown
+            if spec.parse is _parse_bool:
+                name = spec.option[2:]
+                flags.append(click.option(f"--{name}/--no-{name}", spec.field, default=None, help=help_text,
+                                          hidden=hidden))
+            elif spec.multiple:
+                flags.append(click.option(spec.option, spec.field, multiple=True, metavar=spec.metavar or None,
+                                          help=help_text, hidden=hidden))
+            else:
+                flags.append(click.option(spec.option, spec.field, default=None, metavar=setting_metavar(spec),
+                                          help=help_text, hidden=hidden))
+        for flag in reversed(flags):
+            command = flag(command)
+        return command
+    return decorate(command) if command is not None else decorate
+
+
+# The settings each command reads, so its --help shows those (it accepts every setting, as serve does).
+TOOLS_SETTINGS = frozenset({"allow_moderate", "allow_destructive", "allowed_tools", "denied_tools", "toolsets",
+                            "engines"})
+ENGINES_SETTINGS = frozenset({"docker_host", "engines"})
+DOCTOR_SETTINGS = frozenset({
+    "docker_host", "engines", "transport", "host", "port", "tls_enabled", "tls_cert", "tls_key", "tls_client_ca",
+    "allowed_hosts", "auth_enabled", "api_keys_file", "ssh_authorized_keys", "allow_insecure_http",
+    "rate_limit_enabled", "rate_limit_rpm", "rate_limit_burst", "rate_limit_concurrent", "audit_log_enabled",
+    "audit_log_file", "allow_moderate", "allow_destructive", "allow_privileged", "volume_mount_allowlist",
+    "managed_only", "reveal_secrets", "allow_destructive_commands"})
+OTHER_SETTINGS_NOTE = "\n\nEvery `serve` setting is accepted too (`mcp-docker serve --help` lists them)."
 
 
 def settings_from_cli(options: dict[str, Any]) -> Settings:
@@ -10034,6 +10290,52 @@ def describe_engines(engines: Engines) -> list[str]:
     return lines
 
 
+def keys_file_problem(settings: Settings) -> str | None:
+    """A keys file named explicitly must be there: a typo must not quietly become an ephemeral key."""
+    path = settings.api_keys_file
+    if not path or settings.transport != "http" or not settings.auth_enabled:
+        return None
+    path = os.path.expanduser(path)
+    if os.path.isdir(path):
+        return (f"SECURITY_API_KEYS_FILE (--api-keys-file) {path} is a directory, not a keys file; name the file, "
+                f"e.g. {os.path.join(path, 'api_keys.json')}")
+    if not os.path.exists(path):
+        return (f"SECURITY_API_KEYS_FILE (--api-keys-file) {path} does not exist; create it with `mcp-docker genkey "
+                f"--client-id NAME --keys-file {path}`, or leave the setting out (a loopback server then makes an "
+                "ephemeral key)")
+    return None
+
+
+def pem_kinds(path: str) -> set[str]:
+    """What PEM blocks a file holds ("CERTIFICATE", "PRIVATE KEY", ...); empty when it holds none or is unreadable."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(1 << 20)
+    except OSError:
+        return set()
+    return {m.decode("ascii", "replace") for m in re.findall(rb"-----BEGIN ((?:[A-Z]+ )*(?:CERTIFICATE|PRIVATE KEY))-----",
+                                                             data)}
+
+
+def tls_files_problem(settings: Settings) -> str | None:
+    """Swapped or wrong TLS files, named by the file and by what it holds (before OpenSSL's terser words)."""
+    if settings.transport != "http" or not (settings.tls_cert and settings.tls_key):
+        return None
+    cert_kinds, key_kinds = pem_kinds(settings.tls_cert), pem_kinds(settings.tls_key)
+    has_key = any(k.endswith("PRIVATE KEY") for k in cert_kinds)
+    has_cert = any(k.endswith("CERTIFICATE") for k in key_kinds)
+    if has_key and has_cert and "CERTIFICATE" not in cert_kinds:
+        return (f"--tls-cert {settings.tls_cert} holds a private key and --tls-key {settings.tls_key} a certificate: "
+                "the two are swapped; give the certificate to --tls-cert and the key to --tls-key")
+    if os.path.exists(settings.tls_cert) and "CERTIFICATE" not in cert_kinds:
+        found = "a private key" if has_key else "no PEM certificate"
+        return f"--tls-cert {settings.tls_cert} holds {found}; it must be the PEM certificate (server.crt)"
+    if os.path.exists(settings.tls_key) and not any(k.endswith("PRIVATE KEY") for k in key_kinds):
+        found = "a certificate" if has_cert else "no PEM private key"
+        return f"--tls-key {settings.tls_key} holds {found}; it must be the PEM private key (server.key)"
+    return None
+
+
 @main.command()
 @click.option("--verbose", is_flag=True, help="Log which engine was chosen and why (stderr).")
 @setting_options
@@ -10049,6 +10351,9 @@ def serve(verbose: bool, **options: Any) -> None:
     """
     settings = settings_from_cli(options)
     configure_logging(settings.log_level)
+    problem = keys_file_problem(settings) or tls_files_problem(settings)
+    if problem:
+        raise click.ClickException(problem)
     app = DockerMCP(settings)
     audit = None
     if settings.audit_log_enabled:
@@ -10253,15 +10558,33 @@ def audit() -> None:
     """Work with the audit log."""
 
 
-@audit.command("verify")
-@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-def audit_verify(files: tuple[str, ...]) -> None:
+AUDIT_SETTINGS = frozenset({"audit_log_file", "audit_log_backups"})
+
+
+def configured_audit_files(settings: Settings) -> list[str]:
+    """The configured audit log and its rotated files that exist, oldest first (.N ... .1, then the log)."""
+    path = os.path.expanduser(settings.audit_log_file) if settings.audit_log_file else default_state_path("audit.log")
+    rotated = [f"{path}.{index}" for index in range(settings.audit_log_backups, 0, -1)]
+    return [name for name in rotated if os.path.isfile(name)] + [path]
+
+
+@audit.command("verify", epilog=OTHER_SETTINGS_NOTE.strip())
+@click.argument("files", nargs=-1, type=click.Path(exists=True, dir_okay=False))
+@setting_options(shown=AUDIT_SETTINGS)
+def audit_verify(files: tuple[str, ...], **options: Any) -> None:
     """Check audit log files (oldest first) for edited, removed or reordered lines.
 
-    A torn last line in the newest file (its writer was killed in the middle of it) is reported, not
-    counted as tampering: the complete lines before it are verified, and the next write cuts it off and
-    records that. Lines that record such repairs, or a log file found missing, are reported too.
+    Without FILES: the configured log (SECURITY_AUDIT_LOG_FILE, default ~/.mcp-docker/audit.log) and its
+    rotated files. A torn last line in the newest file (its writer was killed in the middle of it) is
+    reported, not counted as tampering: the complete lines before it are verified, and the next write cuts
+    it off and records that. Lines that record such repairs, or a log file found missing, are reported too.
     """
+    if not files:
+        found = configured_audit_files(settings_from_cli(options))
+        if not os.path.isfile(found[-1]):
+            raise click.ClickException(f"no audit log at {found[-1]} (SECURITY_AUDIT_LOG_FILE); name the files to "
+                                       "verify, oldest first")
+        files = tuple(found)
     previous_hash: str | None = None
     previous_seq: int | None = None
     problems: list[str] = []
@@ -10301,6 +10624,134 @@ def audit_verify(files: tuple[str, ...]) -> None:
         raise SystemExit(1)
     click.echo(f"OK: {total} lines in {len(files)} file(s), chain intact"
                + (" up to the last complete line" if any("torn (" in note for note in notes) else ""))
+
+
+AUDIT_DENIED_EVENTS = ("policy_denied", "auth_failure", "rate_limit_exceeded")
+AUDIT_DENIED_CATEGORIES = ("policy_denied", "permission", "rate_limited")
+
+
+def audit_since(text: str, now: _dt.datetime) -> _dt.datetime:
+    """--since: a duration back from now (30m, 12h, 2d, 1w) or a time (2026-12-01T08:00 or with a zone; UTC)."""
+    try:
+        return now - parse_duration(text)
+    except ConfigError:
+        pass
+    try:
+        moment = _dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise click.UsageError(f"--since: {text[:40]!r} is neither a duration (30m, 12h, 2d) nor a time "
+                               "(2026-12-01T08:00)") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=_dt.UTC)
+
+
+def audit_record_matches(record: Mapping[str, Any], *, since: _dt.datetime | None = None, client: str | None = None,
+                         tool: str | None = None, events: tuple[str, ...] = (), denied: bool = False) -> bool:
+    """Whether one audit record passes the `audit show` filters (all given filters must hold)."""
+    if since is not None:
+        moment = parse_timestamp(record.get("timestamp"), "timestamp") if record.get("timestamp") else None
+        if moment is None or moment < since:
+            return False
+    if client is not None and record.get("client_id") != client:
+        return False
+    if tool is not None and record.get("tool_name") != tool:
+        return False
+    if events and record.get("event_type") not in events:
+        return False
+    if denied:
+        category = (record.get("error") or {}).get("category") if isinstance(record.get("error"), Mapping) else None
+        if record.get("event_type") not in AUDIT_DENIED_EVENTS and category not in AUDIT_DENIED_CATEGORIES:
+            return False
+    return True
+
+
+def audit_line_text(record: Mapping[str, Any]) -> str:
+    """One audit record as one line a person reads at a glance: when, what, who, which tool, how it ended."""
+    when = str(record.get("timestamp") or "?").replace("T", " ").replace("+00:00", "Z")
+    who = str(record.get("client_id") or "-")
+    if record.get("client_ip"):
+        who += f"@{record['client_ip']}"
+    parts = [f"{when:<24}", f"{str(record.get('event_type') or '?'):<19}", f"{who:<22}"]
+    if record.get("tool_name"):
+        parts.append(f"{record['tool_name']:<26}")
+    error = record.get("error")
+    if isinstance(error, Mapping):
+        parts.append(f"{error.get('category', 'error')}: {str(error.get('message', ''))[:160]}")
+    elif error:
+        parts.append(f"error: {str(error)[:160]}")
+    elif isinstance(record.get("result"), Mapping) and record["result"].get("status"):
+        parts.append(str(record["result"]["status"]))
+    elif record.get("event_type") not in ("tool_call",):
+        extra = {k: v for k, v in record.items() if k not in ("timestamp", "event_type", "client_id", "client_ip",
+                                                              "seq", "hash", "prev_hash", "tool_name")}
+        if extra:
+            parts.append(" ".join(f"{k}={json.dumps(v, default=str)[:60]}" for k, v in sorted(extra.items())))
+    if record.get("duration_ms") is not None:
+        parts.append(f"({record['duration_ms']:.0f} ms)" if isinstance(record["duration_ms"], (int, float))
+                     else f"({record['duration_ms']} ms)")
+    return "  ".join(parts).rstrip()
+
+
+@audit.command("show", epilog=OTHER_SETTINGS_NOTE.strip())
+@click.option("--since", default=None, help="Only records from this long ago (30m, 12h, 2d, 1w) or this time "
+              "(2026-12-01T08:00, UTC unless a zone is given).")
+@click.option("--client", default=None, help="Only this client id (an API key's client id, oauth:SUB, stdio ...).")
+@click.option("--tool", default=None, help="Only calls of this tool, e.g. docker_run_container.")
+@click.option("--event", "events", multiple=True,
+              help="Only this event type (repeatable): tool_call, policy_denied, auth_failure, rate_limit_exceeded, "
+                   "session_start, session_end, key_reload, server_start, server_stop, audit_* ...")
+@click.option("--denied", is_flag=True, help="Only refusals: policy denials, failed authentications, rate limits.")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new records as they are written (Ctrl-C ends).")
+@click.option("--json", "as_json", is_flag=True, help="Print the matching records as JSON lines, as stored.")
+@setting_options(shown=AUDIT_SETTINGS)
+def audit_show(since: str | None, client: str | None, tool: str | None, events: tuple[str, ...], denied: bool,
+               follow: bool, as_json: bool, **options: Any) -> None:
+    """Show the configured audit log (and its rotated files), one readable line per record, filtered.
+
+    Reads SECURITY_AUDIT_LOG_FILE (default ~/.mcp-docker/audit.log). Use `audit verify` to check the chain.
+    """
+    files = configured_audit_files(settings_from_cli(options))
+    if not os.path.isfile(files[-1]) and not follow:
+        raise click.ClickException(f"no audit log at {files[-1]} (SECURITY_AUDIT_LOG_FILE)")
+    moment = audit_since(since, utc_now()) if since else None
+
+    def emit(raw: bytes) -> None:
+        try:
+            record = json.loads(raw)
+        except ValueError:
+            return
+        if isinstance(record, dict) and audit_record_matches(record, since=moment, client=client, tool=tool,
+                                                             events=events, denied=denied):
+            click.echo(json.dumps(record, separators=(",", ":")) if as_json else audit_line_text(record))
+
+    for path in files[:-1]:
+        with open(path, "rb") as handle:
+            for raw in handle:
+                emit(raw)
+    path, position, identity, pending = files[-1], 0, None, b""
+    while True:
+        try:
+            info = os.stat(path)
+            if identity is not None and (identity != (info.st_dev, info.st_ino) or info.st_size < position):
+                position, pending = 0, b""  # rotated or cut: the log starts anew
+            identity = (info.st_dev, info.st_ino)
+            with open(path, "rb") as handle:
+                handle.seek(position)
+                data = handle.read()
+                position = handle.tell()
+        except FileNotFoundError:
+            data = b""
+        lines = (pending + data).split(b"\n")
+        pending = lines.pop()  # a line still being written (or torn) waits for its newline
+        for raw in lines:
+            if raw.strip():
+                emit(raw)
+        if not follow:
+            return
+        sys.stdout.flush()
+        try:
+            time.sleep(0.25)
+        except KeyboardInterrupt:
+            return
 
 
 def _write_new_file(path: str, data: bytes, force: bool, private: bool) -> None:
@@ -10343,7 +10794,9 @@ def _certificate(subject_cn: str, key: Any, issuer_cn: str, issuer_key: Any, day
                .not_valid_before(now - _dt.timedelta(minutes=5))
                .not_valid_after(now + _dt.timedelta(days=days))
                .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True)
-               .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False))
+               .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
+                              critical=False))
     if ca:
         builder = builder.add_extension(x509.KeyUsage(
             digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
@@ -10363,6 +10816,42 @@ def _certificate(subject_cn: str, key: Any, issuer_cn: str, issuer_key: Any, day
     return builder.sign(issuer_key, hashes.SHA256())
 
 
+LOCAL_CA_NAME = "mcp-docker local CA"
+
+
+def local_ca(directory: str) -> tuple[Any, Any, bool]:
+    """The CA in ``directory`` (ca.crt, ca.key), made on first use: it signs the server certificate and the
+    mTLS client certificates, so clients trust one file that outlives every renewal. -> (cert, key, made)"""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    ca_cert_path, ca_key_path = os.path.join(directory, "ca.crt"), os.path.join(directory, "ca.key")
+    if os.path.exists(ca_cert_path) and os.path.exists(ca_key_path):
+        problem = private_file_problem(ca_key_path)
+        if problem:
+            raise click.ClickException(problem)
+        with open(ca_key_path, "rb") as handle:
+            ca_key = serialization.load_pem_private_key(handle.read(), password=None)
+        with open(ca_cert_path, "rb") as handle:
+            return x509.load_pem_x509_certificate(handle.read()), ca_key, False
+    ca_key = _new_key()
+    ca_cert = _certificate(LOCAL_CA_NAME, ca_key, LOCAL_CA_NAME, ca_key, 3650, ca=True)
+    _write_new_file(ca_key_path, _pem_key(ca_key), force=True, private=True)
+    _write_new_file(ca_cert_path, ca_cert.public_bytes(serialization.Encoding.PEM), force=True, private=False)
+    return ca_cert, ca_key, True
+
+
+def trust_lines(ca_path: str) -> list[str]:
+    """How each kind of client trusts the local CA (the absolute path, since clients start elsewhere)."""
+    ca_path = os.path.abspath(ca_path)
+    return [f"trust it on each client machine: {ca_path} (copy it there)",
+            f"  Node clients (Inspector, mcp-remote for Claude Desktop, Claude Code, Cursor): "
+            f"NODE_EXTRA_CA_CERTS={ca_path}",
+            f"  curl: --cacert {ca_path}; Python (httpx, the mcp SDK): SSL_CERT_FILE={ca_path}",
+            f"  `mcp-docker client-config CLIENT --url https://HOST:PORT/mcp --ca-file {ca_path}` prints each "
+            "client's settings"]
+
+
 @main.command()
 @click.option("--out-dir", default=None, help="Where to write the files. Default ~/.mcp-docker/tls.")
 @click.option("--hostname", "hostnames", multiple=True,
@@ -10374,60 +10863,60 @@ def _certificate(subject_cn: str, key: Any, issuer_cn: str, issuer_key: Any, day
                    "CA in --out-dir (made on first use).")
 @click.option("--force", is_flag=True, help="Overwrite existing files.")
 def gencert(out_dir: str | None, hostnames: tuple[str, ...], days: int, client_name: str | None, force: bool) -> None:
-    """Make a self-signed server certificate and key (mode 600), or a client certificate for mTLS."""
-    from cryptography import x509
+    """Make a small local CA (ca.crt, once) and a server certificate signed by it, or a client certificate for mTLS.
+
+    Clients trust ca.crt (NODE_EXTRA_CA_CERTS for Node clients); server.crt holds the server certificate and
+    the CA after it (a full chain). Keys are mode 600.
+    """
     from cryptography.hazmat.primitives import serialization
 
-    directory = os.path.expanduser(out_dir) if out_dir else default_state_path("tls")
+    directory = os.path.abspath(os.path.expanduser(out_dir) if out_dir else default_state_path("tls"))
     os.makedirs(directory, mode=0o700, exist_ok=True)
     pem = serialization.Encoding.PEM
+    ca_cert_path = os.path.join(directory, "ca.crt")
     if client_name is None:
         names = ("localhost", "127.0.0.1", "::1", *[h for h in hostnames if h not in ("localhost", "127.0.0.1", "::1")])
         for name in names:
             if not re.fullmatch(r"[A-Za-z0-9.*:\[\]-]{1,253}", name):
                 raise click.UsageError(f"--hostname: {name[:40]!r} is not a DNS name or IP address")
-        key = _new_key()
-        common_name = hostnames[0] if hostnames else "localhost"
-        cert = _certificate(common_name, key, common_name, key, days, server_names=names)  # self-signed
         cert_path, key_path = os.path.join(directory, "server.crt"), os.path.join(directory, "server.key")
         for path in (cert_path, key_path):
             if os.path.exists(path) and not force:
                 raise click.ClickException(f"{path} exists; use --force to replace it")
+        ca_cert, ca_key, made = local_ca(directory)
+        key = _new_key()
+        common_name = hostnames[0] if hostnames else "localhost"
+        issuer = ca_cert.subject.rfc4514_string().removeprefix("CN=")
+        cert = _certificate(common_name, key, issuer, ca_key, days, server_names=names)
         _write_new_file(key_path, _pem_key(key), force=True, private=True)
-        _write_new_file(cert_path, cert.public_bytes(pem), force=True, private=False)
-        click.echo(f"server certificate: {cert_path}\nserver key:         {key_path} (mode 600)\n"
-                   f"SANs: {', '.join(names)}; valid {days} days\n"
-                   f"serve with: mcp-docker serve --transport http --tls-cert {cert_path} --tls-key {key_path}")
+        # the full chain: the server sends both, and a client that was told to trust server.crt trusts the CA
+        _write_new_file(cert_path, cert.public_bytes(pem) + ca_cert.public_bytes(pem), force=True, private=False)
+        lines = ([f"created local CA:   {ca_cert_path} (its key ca.key, mode 600, signs the certificates here)"]
+                 if made else [f"signed by the CA:   {ca_cert_path}"])
+        lines += [f"server certificate: {cert_path} (with the CA after it)",
+                  f"server key:         {key_path} (mode 600)",
+                  f"SANs: {', '.join(names)}; valid {days} days",
+                  f"serve with: mcp-docker serve --transport http --tls-cert {cert_path} --tls-key {key_path}",
+                  *trust_lines(ca_cert_path)]
+        click.echo("\n".join(lines))
         return
     if not re.fullmatch(r"[A-Za-z0-9_.@:+-]{1,64}", client_name):
         raise click.UsageError("--client: use letters, digits and _ . @ : + - (at most 64)")
-    ca_cert_path, ca_key_path = os.path.join(directory, "ca.crt"), os.path.join(directory, "ca.key")
-    if os.path.exists(ca_cert_path) and os.path.exists(ca_key_path):
-        problem = private_file_problem(ca_key_path)
-        if problem:
-            raise click.ClickException(problem)
-        with open(ca_key_path, "rb") as handle:
-            ca_key = serialization.load_pem_private_key(handle.read(), password=None)
-        with open(ca_cert_path, "rb") as handle:
-            ca_cert = x509.load_pem_x509_certificate(handle.read())
-    else:
-        ca_key = _new_key()
-        ca_cert = _certificate("mcp-docker client CA", ca_key, "mcp-docker client CA", ca_key, 3650, ca=True)
-        _write_new_file(ca_key_path, _pem_key(ca_key), force=True, private=True)
-        _write_new_file(ca_cert_path, ca_cert.public_bytes(pem), force=True, private=False)
-        click.echo(f"created client CA: {ca_cert_path} (give it to the server with --tls-client-ca)")
-    key = _new_key()
-    issuer = ca_cert.subject.rfc4514_string().removeprefix("CN=")
-    cert = _certificate(client_name, key, issuer, ca_key, days, client=True)
     cert_path = os.path.join(directory, f"client-{client_name}.crt")
     key_path = os.path.join(directory, f"client-{client_name}.key")
     for path in (cert_path, key_path):
         if os.path.exists(path) and not force:
             raise click.ClickException(f"{path} exists; use --force to replace it")
+    ca_cert, ca_key, made = local_ca(directory)
+    if made:
+        click.echo(f"created local CA: {ca_cert_path} (give it to the server with --tls-client-ca)")
+    key = _new_key()
+    issuer = ca_cert.subject.rfc4514_string().removeprefix("CN=")
+    cert = _certificate(client_name, key, issuer, ca_key, days, client=True)
     _write_new_file(key_path, _pem_key(key), force=True, private=True)
     _write_new_file(cert_path, cert.public_bytes(pem), force=True, private=False)
     click.echo(f"client certificate: {cert_path}\nclient key:         {key_path} (mode 600)\n"
-               f"principal (CN):     {client_name}")
+               f"principal (CN):     {client_name}\nthe server accepts it with --tls-client-ca {ca_cert_path}")
 
 
 @main.command("sign-request")
@@ -10475,6 +10964,9 @@ def check_keys_file(settings: Settings, now: _dt.datetime) -> list[Check]:
     if settings.transport != "http" or not settings.auth_enabled:
         return [Check("PASS", "keys", "API keys are not used (" +
                       ("stdio: the client starts the server)" if settings.transport != "http" else "auth is off)"))]
+    named_problem = keys_file_problem(settings)  # a keys file named but not there: serve refuses to start
+    if named_problem:
+        return [Check("FAIL", "keys", named_problem, f"mcp-docker genkey --client-id NAME --expires 90d --keys-file {path}")]
     if not os.path.exists(path):
         if settings.tls_client_ca or settings.ssh_authorized_keys:
             return [Check("PASS", "keys", "no keys file; clients authenticate with certificates or SSH signatures")]
@@ -10543,6 +11035,9 @@ def check_tls(settings: Settings, now: _dt.datetime) -> list[Check]:
     if not (settings.tls_enabled or settings.tls_cert or settings.tls_key):
         return []
     gencert_fix = "mcp-docker gencert --hostname HOST, then --tls-cert/--tls-key with the files it prints"
+    problem = tls_files_problem(settings)
+    if problem:
+        return [Check("FAIL", "tls", problem, gencert_fix)]
     try:
         build_ssl_context(settings)  # the same rules the server starts with
     except StartupError as error:
@@ -10727,7 +11222,7 @@ def check_version() -> Check:
     with open(here, "rb") as handle:
         digest = hashlib.sha256(handle.read()).hexdigest()
     try:
-        dist = importlib.metadata.distribution(SERVER_NAME)
+        dist = importlib.metadata.distribution(DIST_NAME)
         direct = dist.read_text("direct_url.json")
     except importlib.metadata.PackageNotFoundError:
         dist, direct = None, None
@@ -10736,7 +11231,7 @@ def check_version() -> Check:
         return Check("PASS", "version", f"mcp-docker {__version__} installed from a package index")
     source = "a local or editable install" if dist and direct and here in files else "a source file"
     return Check("WARN", "version", f"mcp-docker {__version__} running from {source}: {here} (sha256 {digest[:16]}...)",
-                 f"install a pinned release (pipx install mcp-docker=={__version__}), or record sha256 {digest} "
+                 f"install a pinned release (pipx install {DIST_NAME}=={__version__}), or record sha256 {digest} "
                  "and compare it on every copy")
 
 
@@ -10748,11 +11243,11 @@ def doctor_checks(settings: Settings, engine_rows: list[dict[str, Any]], engine_
             check_version()]
 
 
-@main.command("doctor")
+@main.command("doctor", epilog=OTHER_SETTINGS_NOTE.strip())
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of lines.")
 @click.option("--timeout", type=click.FloatRange(0.1, 600), default=10.0, show_default=True,
               help="Seconds to wait for each engine.")
-@setting_options
+@setting_options(shown=DOCTOR_SETTINGS)
 def doctor_command(as_json: bool, timeout: float, **options: Any) -> None:
     """Check the effective configuration and environment: PASS/WARN/FAIL lines, each with its fix.
 
@@ -10781,24 +11276,40 @@ def doctor_command(as_json: bool, timeout: float, **options: Any) -> None:
 CLIENTS = ("claude-desktop", "claude-code", "cursor", "vscode", "inspector")
 
 
-def stdio_command() -> list[str]:
-    """How a client starts this server: the installed entry point, else this very file with this Python."""
+def stdio_command(argv0: str | None = None) -> list[str]:
+    """How a client starts this server: the absolute path of what is running now, since GUI clients start
+    it with their own PATH (often without ~/.local/bin). The installed command when that is what runs,
+    else this very file with this Python (the single-file path: there is no `mcp-docker` command)."""
     import shutil
 
-    if shutil.which(SERVER_NAME):
-        return [SERVER_NAME, "serve"]
-    return [sys.executable, os.path.abspath(__file__), "serve"]
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    if os.path.basename(argv0) in (SERVER_NAME, DIST_NAME) and os.path.isfile(argv0):
+        if "/uv/archive-" in os.path.abspath(argv0):  # uvx's throwaway environment: start it the same way
+            return [shutil.which("uvx") or "uvx", DIST_NAME, "serve"]
+        return [os.path.abspath(argv0), "serve"]
+    return [os.path.abspath(sys.executable), os.path.abspath(__file__), "serve"]
 
 
-def client_config(client: str, url: str | None, key_env: str, command: list[str]) -> tuple[str, str]:
+def default_ca_file() -> str | None:
+    """The CA that `gencert` made at its default place, if there is one."""
+    path = default_state_path(os.path.join("tls", "ca.crt"))
+    return path if os.path.isfile(path) else None
+
+
+def client_config(client: str, url: str | None, key_env: str, command: list[str],
+                  ca_file: str | None = None) -> tuple[str, str]:
     """The exact text for ``client`` (JSON or a shell command) and a note on where it goes.
 
-    Remote configurations name the environment variable holding the key, never the key itself.
+    Remote configurations name the environment variable holding the key, never the key itself. With
+    ``ca_file`` (an https URL whose certificate comes from a local CA, as `gencert` makes), each client is
+    told to trust that CA in its own way: Node clients through NODE_EXTRA_CA_CERTS.
     """
     import shlex
 
     header = f"Bearer ${{{key_env}}}"
     name = "docker"
+    ca = os.path.abspath(ca_file) if ca_file and url and url.startswith("https://") else None
+    node_ca = f"NODE_EXTRA_CA_CERTS={ca}" if ca else ""
     if client in ("claude-desktop", "cursor"):
         where = ("claude_desktop_config.json (Settings > Developer > Edit Config)" if client == "claude-desktop"
                  else "~/.cursor/mcp.json or .cursor/mcp.json")
@@ -10808,31 +11319,42 @@ def client_config(client: str, url: str | None, key_env: str, command: list[str]
             entry = {"url": url, "headers": {"Authorization": f"Bearer ${{env:{key_env}}}"}}
         else:  # Claude Desktop starts local processes only: the mcp-remote bridge carries the header
             entry = {"command": "npx", "args": ["-y", "mcp-remote", url, "--header", f"Authorization: {header}"]}
+            if ca:  # mcp-remote is Node: it trusts the CA through the environment Claude Desktop gives it
+                entry["env"] = {"NODE_EXTRA_CA_CERTS": ca}
             where += f"; {key_env} must be in the environment Claude Desktop starts with"
         if url and client == "cursor":
             where += f"; Cursor reads {key_env} from its environment"
+            if ca:
+                where += f"; start Cursor with {node_ca} so it trusts the server's certificate"
         return json.dumps({"mcpServers": {name: entry}}, indent=2), where
     if client == "vscode":
         if not url:
             server: dict[str, Any] = {"type": "stdio", "command": command[0], "args": command[1:]}
             return json.dumps({"servers": {name: server}}, indent=2), ".vscode/mcp.json"
         server = {"type": "http", "url": url, "headers": {"Authorization": f"Bearer ${{env:{key_env}}}"}}
-        return json.dumps({"servers": {name: server}}, indent=2), f".vscode/mcp.json; VS Code reads {key_env} from its environment"
+        where = f".vscode/mcp.json; VS Code reads {key_env} from its environment"
+        if ca:
+            where += (f"; VS Code trusts the operating system's certificates: add {ca} to them (Debian/Ubuntu: "
+                      "copy it to /usr/local/share/ca-certificates/mcp-docker.crt, run update-ca-certificates)")
+        return json.dumps({"servers": {name: server}}, indent=2), where
     if client == "claude-code":
         if not url:
             return shlex.join(["claude", "mcp", "add", name, "--", *command]), "run it in a shell"
         # single quotes: .mcp.json keeps ${VAR}, which Claude Code expands when it connects
+        where = (f"run it in the project directory; it writes .mcp.json, which names {key_env} (set it before "
+                 "starting claude)")
+        if ca:
+            where += f"; start claude with {node_ca} so it trusts the server's certificate"
         return (shlex.join(["claude", "mcp", "add", "--scope", "project", "--transport", "http", name, url,
-                            "--header", f"Authorization: {header}"]),
-                f"run it in the project directory; it writes .mcp.json, which names {key_env} (set it before "
-                "starting claude)")
+                            "--header", f"Authorization: {header}"]), where)
     if client == "inspector":  # mcp-inspector: the bin of npm's @modelcontextprotocol/inspector
         installed = "mcp-inspector comes with `npm install -g @modelcontextprotocol/inspector`"
         if not url:
             return shlex.join(["mcp-inspector", "--cli", *command, "--method", "tools/list"]), \
                 f"run it in a shell; {installed}"
         # double quotes: the shell puts the key in the header at run time; the command line holds only the name
-        return (" ".join(["mcp-inspector", "--cli", shlex.quote(url), "--transport", "http",
+        trust = [shlex.quote(node_ca)] if ca else []
+        return (" ".join([*trust, "mcp-inspector", "--cli", shlex.quote(url), "--transport", "http",
                           "--header", f'"Authorization: Bearer ${key_env}"', "--method", "tools/list"]),
                 f"run it in a shell where {key_env} holds the key; {installed}")
     raise click.UsageError(f"unknown client {client!r}; choose one of {', '.join(CLIENTS)}")
@@ -10844,10 +11366,14 @@ def client_config(client: str, url: str | None, key_env: str, command: list[str]
               "https://docker-host.example.com:8443/mcp. Default: stdio (the client starts the server).")
 @click.option("--key-env", default="MCP_DOCKER_API_KEY", show_default=True,
               help="Environment variable that holds the API key on the client's machine (remote only).")
-def client_config_command(client: str, url: str | None, key_env: str) -> None:
+@click.option("--ca-file", type=click.Path(dir_okay=False), default=None,
+              help="The CA the client must trust for an https URL (gencert's ca.crt). Default: "
+                   "~/.mcp-docker/tls/ca.crt when it exists.")
+def client_config_command(client: str, url: str | None, key_env: str, ca_file: str | None) -> None:
     """Print the configuration (JSON) or command that connects CLIENT to this server.
 
     Remote configurations reference the key through an environment variable; no secret is printed.
+    The stdio command is the absolute path of this program, as GUI clients need.
     """
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", key_env):
         raise click.UsageError("--key-env: an environment variable name (letters, digits, _)")
@@ -10860,14 +11386,21 @@ def client_config_command(client: str, url: str | None, key_env: str) -> None:
             raise click.UsageError("--url: an http(s) URL like https://host:8443/mcp, without credentials or query")
         if parts.scheme == "http" and not is_loopback(parts.hostname):
             click.echo("warning: plain http to a remote host sends the key in clear; use https", err=True)
-    text, where = client_config(client, url, key_env, stdio_command())
+    if ca_file is not None and not os.path.isfile(ca_file):
+        raise click.UsageError(f"--ca-file: {ca_file} is not a file (gencert writes ca.crt in its --out-dir)")
+    if url and url.startswith("https://") and ca_file is None:
+        ca_file = default_ca_file()
+        if ca_file is None:
+            click.echo("# if the server's certificate comes from `mcp-docker gencert`, add --ca-file with the "
+                       "ca.crt it made, so the client is told to trust it", err=True)
+    text, where = client_config(client, url, key_env, stdio_command(), ca_file)
     click.echo(text)
     click.echo(f"# {where}", err=True)
 
 
-@main.command("tools")
+@main.command("tools", epilog=OTHER_SETTINGS_NOTE.strip())
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@setting_options
+@setting_options(shown=TOOLS_SETTINGS)
 def tools_command(as_json: bool, **options: Any) -> None:
     """Print the tool catalogue: each tool's tier and whether the current configuration enables it."""
     settings = settings_from_cli(options)
@@ -10883,11 +11416,11 @@ def tools_command(as_json: bool, **options: Any) -> None:
     click.echo(f"\n{sum(d is None for _, d in rows)} of {len(rows)} tools enabled")
 
 
-@main.command("engines")
+@main.command("engines", epilog=OTHER_SETTINGS_NOTE.strip())
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--timeout", type=click.FloatRange(0.1, 600), default=10.0, show_default=True,
               help="Seconds to wait for each engine.")
-@setting_options
+@setting_options(shown=ENGINES_SETTINGS)
 def engines_command(as_json: bool, timeout: float, **options: Any) -> None:
     """Contact each configured (or discovered) engine and print its kind, version, rootless mode and reachability.
 

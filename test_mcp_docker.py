@@ -48,9 +48,10 @@ ENGINE_URL = TEST_HOST or os.environ.get("DOCKER_HOST") or "unix:///var/run/dock
 TEST_ENGINES = os.environ.get("MCP_DOCKER_TEST_ENGINES", "")
 STATE_DIR = Path(os.environ.get("MCP_DOCKER_TEST_STATE", f"/tmp/{PREFIX}-state"))
 # Servers under test keep their audit log here, are not rate limited unless a test says so, and drive
-# the engine under test.
+# the engine under test. Their home is a fresh directory, so no keys file of this machine's user is read
+# (an explicitly named keys file that does not exist is an error, so none is named).
 TEST_ENV = {"SECURITY_AUDIT_LOG_FILE": str(STATE_DIR / "audit.log"), "SECURITY_RATE_LIMIT_ENABLED": "false",
-            "SECURITY_API_KEYS_FILE": str(STATE_DIR / "no-keys.json"), **({"DOCKER_HOST": TEST_HOST} if TEST_HOST else {})}
+            "HOME": str(STATE_DIR / "home"), **({"DOCKER_HOST": TEST_HOST} if TEST_HOST else {})}
 # Podman's builder runs RUN steps in the host's network namespace, so by default the server refuses builds
 # with RUN steps there (the build tests at the end check that); elsewhere the suite builds on Podman as an
 # operator who allowed it.
@@ -161,7 +162,7 @@ def test_the_listing_leaves_out_what_only_the_server_needs():
             listed = md.DockerMCP(settings).listed_schema(spec)
             assert set(listed.get("required", ())) <= set(listed["properties"])
             for name, prop in listed["properties"].items():
-                assert prop["type"] == spec.input_schema["properties"][name]["type"], (spec.name, name)
+                assert prop.get("type") == spec.input_schema["properties"][name].get("type"), (spec.name, name)
     assert "privileged" not in md.DockerMCP(md.Settings()).listed_schema(md.TOOLS["docker_run_container"])["properties"]
 
 
@@ -199,7 +200,8 @@ def _mutated_arguments(rng: random.Random, schema: dict[str, Any]) -> dict[str, 
     for name, prop in schema["properties"].items():
         if rng.random() < 0.5:
             continue
-        kind = prop["type"] if isinstance(prop["type"], str) else rng.choice(prop["type"])
+        kinds = prop.get("type") or [option["type"] for option in prop["anyOf"]]
+        kind = kinds if isinstance(kinds, str) else rng.choice(kinds)
         if rng.random() < 0.2:
             arguments[name] = _random_json(rng)
         elif "enum" in prop:
@@ -684,6 +686,8 @@ def require_engine():
         if REQUIRE_ENGINE:
             pytest.fail("MCP_DOCKER_REQUIRE_ENGINE=1 but no container engine answers")
         pytest.skip("no container engine (set MCP_DOCKER_REQUIRE_ENGINE=1 to fail instead)")
+    if TEST_IMAGE_PROBLEM:  # found by the session fixture _test_image_is_usable (the newcomer block)
+        pytest.fail(TEST_IMAGE_PROBLEM[0])
 
 
 class Harness:
@@ -1229,7 +1233,7 @@ def test_image_tools(full):
     push_error = full.error("docker_push_image", {"image": f"127.0.0.1:9/{PREFIX}-pushme:2"})
     pull_error = full.error("docker_pull_image", {"image": f"127.0.0.1:9/{PREFIX}-absent:1"})
     for text in (push_error, pull_error):
-        assert "127.0.0.1" not in text and "/var/run" not in text
+        assert "/var/run" not in text and "sock" not in text  # the registry the caller named may show
     removed = full.ok("docker_remove_image", {"image": f"127.0.0.1:9/{PREFIX}-pushme:2"})
     assert removed["deleted"] == [f"127.0.0.1:9/{PREFIX}-pushme:2"]
     assert tag in full.ok("docker_remove_image", {"image": tag, "force": True})["deleted"]
@@ -2065,7 +2069,7 @@ def test_legacy_plaintext_keys_load_with_a_warning_and_migrate(tmp_path):
 
 
 def test_ephemeral_key_on_loopback_without_keys_file(tmp_path):
-    with http_server([], {"SECURITY_API_KEYS_FILE": str(tmp_path / "absent.json")}) as server:
+    with http_server([], {"HOME": str(tmp_path)}) as server:  # no keys file named, none at the default path
         output = "\n".join(server.lines)
         key = re.search(r"\b(sk-[A-Za-z0-9_-]{40,})", output).group(1)
         assert "claude mcp add --transport http" in output
@@ -8490,3 +8494,598 @@ def test_build_progress_counts_the_steps_as_written(build_allowed):
     assert not result.is_error, result.content[0].text
     assert updates and updates[-1] == (3.0, 3.0, "step 3 of 3") and all(u[1] == 3.0 for u in updates), updates
     remove_images(docker.APIClient(base_url=ENGINE_URL), tag)
+
+
+# =============================================================================================
+# === A newcomer's first hour (issue 16): the name, certificates, errors, client-config, README ===
+# =============================================================================================
+
+
+def newcomer_error(h: Harness, tool_name: str, args: dict[str, Any], category: str) -> str:
+    """An engine error as the caller sees it: categorized, and with no host detail in it."""
+    text = h.error(tool_name, args, category)
+    for host_detail in ("/var/lib", "/var/run", "/run/", "docker.sock", "podman.sock", "/tmp/", "<path>"):
+        assert host_detail not in text, text
+    return text
+
+
+def test_engine_errors_keep_the_names_commands_registries_and_ports_the_caller_gave(full):
+    # Each error is the engine's real answer (Docker's and Podman's texts differ): provoked, not quoted.
+    labels = {"io.mcp-docker.test": PREFIX}
+    name = sleeper(full, "errname")
+    text = newcomer_error(full, "docker_create_container", {"image": TEST_IMAGE, "name": name, "labels": labels,
+                                                            "network": "none"}, "conflict")
+    assert name in text
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        text = newcomer_error(full, "docker_run_container", {
+            "image": TEST_IMAGE, "name": f"{PREFIX}-errport", "command": ["sleep", "60"], "labels": labels,
+            "ports": {"80/tcp": port}}, "conflict")
+    finally:
+        taken.close()
+    assert f"127.0.0.1:{port}" in text and "already in use" in text
+
+    missing = f"/bin/{PREFIX}-absent"
+    text = newcomer_error(full, "docker_run_container", {"image": TEST_IMAGE, "name": f"{PREFIX}-errcmd",
+                                                        "command": [missing], "labels": labels, "network": "none"},
+                          "invalid_argument")
+    assert missing in text
+    built = newcomer_error(full, "docker_build_image", {"tag": f"{PREFIX}-errbuild:1", "network": "none",
+                                                        "dockerfile": f"FROM {TEST_IMAGE}\nRUN {missing}\n"},
+                           "invalid_argument")
+    assert missing in built  # Docker: The command '/bin/sh -c /bin/...'; Podman: building at STEP "RUN /bin/..."
+    ran = full.call("docker_exec_command", {"container": name, "command": [missing]})
+    answer = ran.content[0].text
+    assert missing in answer and "<path>" not in answer
+
+    with socket.socket() as probe:  # a port nothing listens on: the registry refuses
+        probe.bind(("127.0.0.1", 0))
+        registry = f"127.0.0.1:{probe.getsockname()[1]}"
+    text = newcomer_error(full, "docker_pull_image", {"image": f"{registry}/{PREFIX}-absent:1"}, "engine_error")
+    assert registry in text
+    full.ok("docker_tag_image", {"image": TEST_IMAGE, "repository": f"{registry}/{PREFIX}-push", "tag": "1"})
+    try:
+        text = newcomer_error(full, "docker_push_image", {"image": f"{registry}/{PREFIX}-push:1"}, "engine_error")
+        assert registry in text
+    finally:
+        full.ok("docker_remove_image", {"image": f"{registry}/{PREFIX}-push:1"})
+    assert full.ok("docker_version")["kind"] in ("docker", "podman")  # still serving
+
+
+# The engines' own texts, as Docker 20.10 and Podman 4.3 wrote them (provoked by the test above).
+ENGINE_TEXTS = {
+    "docker_conflict": 'Conflict. The container name "/web-1" is already in use by container "4175f29b6a63". You '
+                       'have to remove (or rename) that container to be able to reuse that name.',
+    "docker_port": "driver failed programming external connectivity on endpoint web-2 (40b64dc23f9b): Error "
+                   "starting userland proxy: listen tcp4 127.0.0.1:38341: bind: address already in use",
+    "podman_port": "cannot listen on the TCP port: listen tcp4 127.0.0.1:38341: bind: address already in use",
+    "docker_exec": 'failed to create shim task: OCI runtime create failed: runc create failed: unable to start '
+                   'container process: exec: "/bin/nosuch": stat /bin/nosuch: no such file or directory: unknown',
+    "docker_build": "The command '/bin/sh -c make -C /src' returned a non-zero code: 2",
+    "podman_build": 'building at STEP "RUN /usr/bin/make -C /src": while running runtime: exit status 2',
+    "docker_pull": 'Get "http://127.0.0.1:49109/v2/": dial tcp 127.0.0.1:49109: connect: connection refused',
+    "podman_pull": 'initializing source docker://127.0.0.1:49109/app:1: pinging container registry '
+                   '127.0.0.1:49109: Get "https://127.0.0.1:49109/v2/": dial tcp 127.0.0.1:49109: connect: refused',
+}
+
+
+def test_the_sanitizer_keeps_meaning_and_hides_the_host():
+    words = md.agent_words({"name": "web-1", "image": "127.0.0.1:49109/app:1", "command": ["/bin/nosuch"],
+                            "ports": {"80/tcp": 38341}})
+    clean = {key: md.sanitize_engine_text(text, 400, keep=words) for key, text in ENGINE_TEXTS.items()}
+    assert '"/web-1"' in clean["docker_conflict"]
+    assert 'exec: "/bin/nosuch": stat /bin/nosuch:' in clean["docker_exec"]
+    assert "'/bin/sh -c make -C /src'" in clean["docker_build"]  # a build step: paths inside the container
+    assert 'STEP "RUN /usr/bin/make -C /src"' in clean["podman_build"]
+    assert 'Get "http://127.0.0.1:49109/v2/"' in clean["docker_pull"]
+    assert "docker://127.0.0.1:49109/app:1" in clean["podman_pull"] and "https://127.0.0.1:49109/v2/" in clean["podman_pull"]
+    for key in ("docker_port", "podman_port"):
+        clash = md.translate_engine_error(docker_api_error(500, ENGINE_TEXTS[key]), words)
+        assert clash.category == "conflict" and "127.0.0.1:38341" in clash.message, clash.message
+    # Not the caller's words: hidden as before, and a word is a whole token (the "1" of a tag is not 10.0.0.1).
+    host = md.sanitize_engine_text("mkdir /var/lib/docker/overlay2/abc/web-1: denied; Get "
+                                   '"http://10.0.0.7:5000/v2/" via unix:///run/docker.sock from 10.0.0.1:53',
+                                   400, keep=md.agent_words({"name": "web-1", "tag": "1", "x": "10"}))
+    assert "/var/lib" not in host and "10.0.0" not in host and "docker.sock" not in host, host
+    unrelated = md.sanitize_engine_text(ENGINE_TEXTS["docker_pull"])  # a registry nobody named here
+    assert "127.0.0.1" not in unrelated
+    assert md.translate_engine_error(docker_api_error(
+        500, "OCI runtime attempted to invoke a command that was not found")).category == "invalid_argument"
+
+
+def docker_api_error(status: int, explanation: str) -> Any:
+    import docker
+    import requests
+
+    response = requests.Response()
+    response.status_code = status
+    return docker.errors.APIError("engine", response=response, explanation=explanation)
+
+
+def test_no_tool_schema_has_a_type_array_and_the_alternatives_still_validate():
+    def type_arrays(node: Any, where: str) -> list[str]:
+        if isinstance(node, dict):
+            found = [where] if isinstance(node.get("type"), list) else []
+            return found + [w for key, value in node.items() for w in type_arrays(value, f"{where}.{key}")]
+        if isinstance(node, list):
+            return [w for index, value in enumerate(node) for w in type_arrays(value, f"{where}[{index}]")]
+        return []
+
+    app = md.DockerMCP(md.Settings(allow_privileged=True))
+    for spec in md.TOOLS.values():
+        assert type_arrays(app.listed_schema(spec), spec.name) == []
+        assert type_arrays(spec.input_schema, spec.name) == [] and type_arrays(spec.output_schema, spec.name) == []
+    schema = md.TOOLS["docker_run_container"].input_schema
+    for good in ({"image": "x", "memory": "256m"}, {"image": "x", "memory": 268435456}, {"image": "x", "cpus": 0.5},
+                 {"image": "x", "cpus": "0.5"}, {"image": "x", "pids_limit": 64}, {"image": "x", "sysctls": {"a": 1}}):
+        assert list(md.schema_violations(schema, good)) == [], good
+    problem = md.validation_message(next(md.schema_violations(schema, {"image": "x", "memory": True})))
+    assert problem == "argument 'memory' must be of type string or integer, got true"
+    long_text = md.validation_message(next(md.schema_violations(schema, {"image": "x", "memory": "9" * 40})))
+    assert long_text == "argument 'memory' is longer than 32 characters"
+
+
+def test_result_fields_say_what_happened(full):
+    name = sleeper(full, "renameme")
+    renamed = full.ok("docker_rename_container", {"container": name, "new_name": f"{name}-new"})
+    assert renamed == {"id": name, "status": "renamed", "name": f"{name}-new"}
+    images = full.ok("docker_list_images", {"name": TEST_IMAGE})["images"]
+    assert images and all(item.get("containers", 0) is not None for item in images)
+    assert all("containers" not in md.image_summary({"Id": "sha256:" + "a" * 64, "Containers": -1}) for _ in "x")
+    assert md.image_summary({"Id": "sha256:" + "a" * 64, "Containers": 2})["containers"] == 2
+    tag = f"{PREFIX}-removeme:1"
+    full.ok("docker_tag_image", {"image": TEST_IMAGE, "repository": tag.split(":")[0], "tag": "1"})
+    removed = full.ok("docker_remove_image", {"image": tag})
+    assert removed["deleted"] and "space_reclaimed_bytes" not in removed  # no number rather than a fake 0
+
+
+def newcomer_cli(*args: str, env: dict[str, str] | None = None) -> Any:
+    """One CLI command in this process (click's runner), as a person types it."""
+    from click.testing import CliRunner
+
+    return CliRunner().invoke(md.main, list(args), env=env, catch_exceptions=False)
+
+
+def test_cli_errors_name_the_mistake(tmp_path):
+    missing = tmp_path / "typo-keys.json"
+    result = newcomer_cli("serve", "--transport", "http", "--port", "0", "--api-keys-file", str(missing))
+    assert result.exit_code != 0 and "does not exist" in result.output and "ephemeral" in result.output
+    assert "genkey" in result.output and "Traceback" not in result.output
+    result = newcomer_cli("serve", "--transport", "http", "--port", "0", "--api-keys-file", str(tmp_path))
+    assert result.exit_code != 0 and "is a directory, not a keys file" in result.output
+
+    assert newcomer_cli("gencert", "--out-dir", str(tmp_path / "tls")).exit_code == 0
+    cert, key = str(tmp_path / "tls" / "server.crt"), str(tmp_path / "tls" / "server.key")
+    result = newcomer_cli("serve", "--transport", "http", "--port", "0", "--tls-cert", key, "--tls-key", cert)
+    assert result.exit_code != 0 and "swapped" in result.output and key in result.output, result.output
+    result = newcomer_cli("serve", "--transport", "http", "--port", "0", "--tls-cert", cert, "--tls-key", cert)
+    assert result.exit_code != 0 and f"--tls-key {cert} holds a certificate" in result.output
+    doctor = md.check_tls(md.Settings(transport="http", tls_cert=key, tls_key=cert), md.utc_now())
+    assert doctor[0].status == "FAIL" and "swapped" in doctor[0].message
+    keys = md.check_keys_file(md.Settings(transport="http", api_keys_file=str(missing)), md.utc_now())
+    assert keys[0].status == "FAIL" and "does not exist" in keys[0].message
+
+    result = newcomer_cli("tools", env={"SAFETY_ALLOW_PRIVILEDGED_CONTAINERS": "true"})
+    assert result.exit_code != 0 and "did you mean 'SAFETY_ALLOW_PRIVILEGED_CONTAINERS'?" in result.output
+    assert "SAFETY_CONTAINER_PIDS_LIMIT" not in result.output  # not the list of every setting
+    (tmp_path / "typo.env").write_text("SECURITY_AUDIT_LOG_FIEL=/x\n")
+    result = newcomer_cli("tools", "--env-file", str(tmp_path / "typo.env"))
+    assert "did you mean 'SECURITY_AUDIT_LOG_FILE'?" in result.output
+
+
+def test_argument_errors_speak_the_callers_terms(full):
+    denied = full.error("docker_run_container", {"image": TEST_IMAGE, "memory": "8g", "network": "none"},
+                        "policy_denied")
+    assert "memory 8g is above the configured maximum 1g" in denied and "SAFETY_CONTAINER_MEMORY_LIMIT" in denied
+    relative = full.error("docker_run_container", {"image": TEST_IMAGE, "working_dir": "app"}, "invalid_argument")
+    assert "'working_dir' must be an absolute path" in relative
+    typo = full.error("docker_run_container", {"image": TEST_IMAGE, "comand": ["true"]}, "invalid_argument")
+    assert "unknown argument 'comand'; did you mean 'command'?" in typo
+    unknown = full.error("docker_run_container", {"imgae": TEST_IMAGE}, "invalid_argument")
+    assert "unknown argument 'imgae'" in unknown  # named as unknown, not as a missing 'image'
+
+
+def test_gencert_makes_a_local_ca_that_clients_trust_and_mtls_still_works(tmp_path):
+    import ssl
+
+    out = tmp_path / "tls"
+    made = newcomer_cli("gencert", "--out-dir", str(out))
+    assert made.exit_code == 0 and f"NODE_EXTRA_CA_CERTS={out / 'ca.crt'}" in made.output
+    assert newcomer_cli("gencert", "--out-dir", str(out), "--client", "robot").exit_code == 0
+    assert oct((out / "ca.key").stat().st_mode & 0o777) == "0o600"
+    # the CA alone verifies the server's chain and the client's certificate, as a client and the server would
+    for leaf in ("server.crt", "client-robot.crt"):
+        verified = subprocess.run(["openssl", "verify", "-CAfile", str(out / "ca.crt"), str(out / leaf)],
+                                  capture_output=True, text=True, timeout=30)
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+    chain = (out / "server.crt").read_text()
+    assert chain.count("BEGIN CERTIFICATE") == 2 and chain.endswith((out / "ca.crt").read_text())
+    # a renewal keeps the CA: what clients trust does not change
+    ca_before = (out / "ca.crt").read_bytes()
+    assert newcomer_cli("gencert", "--out-dir", str(out), "--force", "--hostname", "h.example").exit_code == 0
+    assert (out / "ca.crt").read_bytes() == ca_before
+    require_engine()
+    keys_file, (key,) = make_keys(tmp_path, ["--client-id", "ca-user"])
+    with http_server(["--tls-cert", str(out / "server.crt"), "--tls-key", str(out / "server.key")],
+                     {"SECURITY_API_KEYS_FILE": keys_file}) as server:
+        trusting = ssl.create_default_context(cafile=str(out / "ca.crt"))
+        assert request(server, "GET", "/healthz", context=trusting)[0] == 200
+        with pytest.raises(ssl.SSLCertVerificationError):
+            request(server, "GET", "/healthz", context=ssl.create_default_context())
+    # generate-certs.sh makes the same shape: a CA, a chain it verifies, and client certificates from it
+    script = tmp_path / "script"
+    for args in ([], ["-c", "robot"]):
+        subprocess.run(["bash", str(HERE / "generate-certs.sh"), "-o", str(script), *args], check=True,
+                       capture_output=True, timeout=60)
+    for leaf in ("server.crt", "client-robot.crt"):
+        assert subprocess.run(["openssl", "verify", "-CAfile", str(script / "ca.crt"), str(script / leaf)],
+                              capture_output=True, timeout=30).returncode == 0
+
+
+def test_client_config_runs_what_is_running_and_tells_each_client_to_trust_the_ca(tmp_path):
+    import shlex
+
+    # the single file: this Python and this file, both absolute
+    assert md.stdio_command("mcp_docker.py") == [os.path.abspath(sys.executable), str(HERE / "mcp_docker.py"), "serve"]
+    assert all(os.path.isabs(part) for part in md.stdio_command()[:2])
+    # the installed command, as the console script runs it
+    script = tmp_path / "bin" / md.DIST_NAME
+    script.parent.mkdir()
+    script.write_text("#!/bin/sh\n")
+    assert md.stdio_command(str(script)) == [str(script), "serve"]
+    uvx = tmp_path / ".cache" / "uv" / "archive-v0" / "abc" / "bin" / md.DIST_NAME  # run by `uvx NAME`
+    uvx.parent.mkdir(parents=True)
+    uvx.write_text("#!/bin/sh\n")
+    assert md.stdio_command(str(uvx))[1:] == [md.DIST_NAME, "serve"]
+    # each stdio configuration is valid syntax and starts a server that answers (JSON parses; the command runs)
+    command = md.stdio_command()
+    for client in ("claude-desktop", "cursor", "vscode"):
+        text, _ = md.client_config(client, None, "K", command)
+        entry = json.loads(text)
+        entry = entry.get("mcpServers", entry.get("servers"))["docker"]
+        assert [entry["command"], *entry["args"]] == command
+    answer = subprocess.run([*command], input=json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}) + "\n",
+        capture_output=True, text=True, timeout=60, env={**os.environ, **TEST_ENV})
+    assert '"serverInfo"' in answer.stdout, answer.stderr[-500:]
+    for client in ("claude-code", "inspector"):
+        text, _ = md.client_config(client, None, "K", command)
+        assert shlex.split(text)[-len(command) - 2:][:len(command)] == command or command[0] in text
+        assert subprocess.run(["bash", "-n", "-c", text], timeout=10).returncode == 0
+    # https with gencert's CA: each client is told how to trust it, with the absolute path
+    ca = tmp_path / "ca.crt"
+    ca.write_text("x")
+    url = "https://docker-host.example.com:8443/mcp"
+    desktop = json.loads(md.client_config("claude-desktop", url, "K", command, str(ca))[0])["mcpServers"]["docker"]
+    assert desktop["env"] == {"NODE_EXTRA_CA_CERTS": str(ca)}
+    inspector = md.client_config("inspector", url, "K", command, str(ca))[0]
+    assert shlex.split(inspector)[0] == f"NODE_EXTRA_CA_CERTS={ca}"
+    assert subprocess.run(["bash", "-n", "-c", inspector], timeout=10).returncode == 0
+    for client in ("cursor", "claude-code", "vscode"):
+        text, where = md.client_config(client, url, "K", command, str(ca))
+        assert str(ca) in where, client
+        json.loads(text) if client != "claude-code" else shlex.split(text)
+    assert "NODE_EXTRA_CA_CERTS" not in md.client_config("inspector", "http://127.0.0.1:1/mcp", "K", command, str(ca))[0]
+    result = newcomer_cli("client-config", "inspector", "--url", url, "--ca-file", str(tmp_path / "nope.crt"))
+    assert result.exit_code == 2 and "--ca-file" in result.output
+
+
+def test_the_distribution_name_is_ours_everywhere():
+    import tomllib
+
+    project = tomllib.loads((HERE / "pyproject.toml").read_text())["project"]
+    assert project["name"] == md.DIST_NAME != "mcp-docker"  # that name on the index is another project
+    assert project["scripts"] == {"mcp-docker": "mcp_docker:main", md.DIST_NAME: "mcp_docker:main"}
+    readme = (HERE / "README.md").read_text()
+    install_lines = [line for line in readme.splitlines()
+                     if re.search(r"\b(pipx|uvx|pip) (install|inject|run)?\b", line) and "'mcp>=" not in line]
+    assert install_lines and any(f"uvx {md.DIST_NAME}" in line for line in install_lines)
+    for line in install_lines:
+        assert not re.search(r"(install|inject|uvx|run) mcp-docker(?![-\w])", line), line
+    version = md.check_version()  # installed from the index: PASS, no fix; else the fix names our distribution
+    assert version.status == "PASS" or f"pipx install {md.DIST_NAME}==" in version.fix
+    assert f"pip install '{md.DIST_NAME}[ssh]'" in md.translate_engine_error(
+        __import__("docker").errors.DockerException("needs paramiko")).message
+    assert f"pipx install {md.DIST_NAME}==" in (HERE / "SECURITY.md").read_text()
+
+
+README_EXAMPLE_COMMAND = ["/home/you/.local/bin/mcp-docker", "serve"]  # the install the README's examples assume
+
+
+def readme_client_config_examples() -> list[tuple[list[str], str]]:
+    """Each `<!-- client-config: ARGS -->` in the README with the code block under it."""
+    text = (HERE / "README.md").read_text()
+    found = re.findall(r"<!-- client-config: ([^>]*?) -->\n```\w*\n(.*?)\n```", text, re.S)
+    return [(args.split(), block) for args, block in found]
+
+
+def test_readme_client_examples_are_what_client_config_prints():
+    examples = readme_client_config_examples()
+    assert {args[0] for args, _ in examples} == set(md.CLIENTS)
+    for args, block in examples:
+        client, options = args[0], dict(zip(args[1::2], args[2::2], strict=True))
+        text, _ = md.client_config(client, options.get("--url"), options.get("--key-env", "MCP_DOCKER_API_KEY"),
+                                   README_EXAMPLE_COMMAND, options.get("--ca-file"))
+        assert block == text, f"README example for client-config {' '.join(args)} differs; it prints:\n{text}"
+        if text.startswith("{"):
+            json.loads(text)
+        else:
+            assert subprocess.run(["bash", "-n", "-c", text], timeout=10).returncode == 0
+
+
+def test_readme_first_screen_takes_a_newcomer_to_a_first_tool_call():
+    first = "\n".join((HERE / "README.md").read_text().splitlines()[:60])
+    steps = [f"pipx install {md.DIST_NAME}", f"uvx {md.DIST_NAME} serve", "mcp-docker engines", "mcp-docker doctor",
+             "mcp-docker client-config claude-desktop", '"command": "/home/you/.local/bin/mcp-docker"',
+             "--method tools/call --tool-name docker_list_containers"]
+    positions = [first.find(step) for step in steps]
+    assert -1 not in positions and positions == sorted(positions), list(zip(steps, positions, strict=True))
+    assert "pytest" not in first and "fuzz" not in first.lower()  # contributors' matters are further down
+    for command in ("engines", "doctor", "client-config"):  # every command the first screen names exists
+        assert command in md.main.commands
+
+
+def test_readme_pins_test_command_and_test_image_agree_with_the_project():
+    import tomllib
+
+    readme = (HERE / "README.md").read_text()
+    pins = {re.split(r"[<>=]", d, maxsplit=1)[0]: d for d in tomllib.loads((HERE / "pyproject.toml").read_text())
+            ["project"]["dependencies"]}
+    airgap = readme[readme.index("### Air-gapped hosts"):readme.index("## Check a deployment")]
+    quoted = set(re.findall(r"'((?:mcp|docker|click)[<>=][^']*)'", airgap))
+    assert quoted == {pins["mcp"], pins["docker"], pins["click"]}, quoted
+    script = (HERE / ".ci" / "airgap.sh").read_text()
+    assert set(re.findall(r"'((?:mcp|docker|click)[<>=][^']*)'", script)) == quoted
+    test_command = "python3 -m pip install -e '.[test]' && python3 -m pytest -q test_mcp_docker.py"
+    assert test_command in readme
+    ci = (HERE / ".ci" / "run").read_text()
+    assert "-e '.[test]'" in ci and "python3 -m pytest -q test_mcp_docker.py" in ci
+    contributing = (HERE / "CONTRIBUTING.md").read_text()
+    assert "MCP_DOCKER_TEST_IMAGE" in contributing and "busybox-static" in contributing
+
+
+# -- the test image: checked once per session, built from busybox-static when it is missing ------------
+
+# What the suite runs in the test image: these applets (as .ci/engine-setup.sh links them) and `sh` as
+# the default command, on PATH=/bin.
+TEST_IMAGE_APPLETS = ("sh", "sleep", "echo", "cat", "ls", "printf", "env", "id", "ps", "top", "yes", "head", "tail",
+                      "touch", "rm", "mkdir", "true", "false", "wc", "seq", "grep")
+TEST_IMAGE_PROBLEM: list[str] = []
+
+
+def busybox_image_tar(busybox: str = "/bin/busybox") -> bytes:
+    """The test image's filesystem, as .ci/engine-setup.sh makes it: busybox, its applets, a passwd."""
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for directory in ("bin", "tmp", "etc"):
+            info = tarfile.TarInfo(directory)
+            info.type, info.mode = tarfile.DIRTYPE, 0o1777 if directory == "tmp" else 0o755
+            tar.addfile(info)
+        tar.add(busybox, "bin/busybox")
+        for applet in TEST_IMAGE_APPLETS:
+            link = tarfile.TarInfo(f"bin/{applet}")
+            link.type, link.linkname = tarfile.SYMTYPE, "busybox"
+            tar.addfile(link)
+        for name, text in (("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n"), ("etc/group", "root:x:0:\n")):
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def import_busybox_image(api: Any, image: str, busybox: str = "/bin/busybox", command: str = "sh") -> None:
+    """Import the busybox filesystem as ``image`` (Podman's import ignores the tag it is given: tag it after)."""
+    answer = api.import_image_from_data(busybox_image_tar(busybox), changes=["ENV PATH=/bin", f'CMD ["{command}"]'])
+    image_id = re.findall(r"sha256:[0-9a-f]{64}", str(answer))[-1]
+    repository, _, tag = image.rpartition(":")
+    api.tag(image_id, repository, tag)
+
+
+def test_image_problem(api: Any, image: str, busybox: str = "/bin/busybox") -> str | None:
+    """None when ``image`` can run the suite; else exactly what is missing and how to get it. A missing
+    image is built from busybox-static when /bin/busybox is a static busybox."""
+    import docker
+
+    try:
+        details = api.inspect_image(image)
+    except docker.errors.NotFound:
+        if not (os.path.isfile(busybox) and os.access(busybox, os.X_OK)):
+            return (f"the test image {image} is missing and {busybox} (the busybox-static package) is not there to "
+                    "build it: `apt-get install busybox-static` (the suite then builds it), or `bash "
+                    ".ci/engine-setup.sh`, or set MCP_DOCKER_TEST_IMAGE to an image with busybox's applets "
+                    f"({', '.join(TEST_IMAGE_APPLETS)}) and CMD [\"sh\"]")
+        import_busybox_image(api, image, busybox)
+        details = api.inspect_image(image)
+    command = (details.get("Config") or {}).get("Cmd") or []
+    if not command or os.path.basename(command[0]) != "sh":
+        return (f"the test image {image} runs {command or 'nothing'} by default; the suite needs CMD [\"sh\"] "
+                "(rebuild it with `bash .ci/engine-setup.sh`, or set MCP_DOCKER_TEST_IMAGE to one that has it)")
+    probe = api.create_container(image, ["sh", "-c", 'for a in "$@"; do command -v "$a" >/dev/null || echo "$a"; done',
+                                         "sh", *TEST_IMAGE_APPLETS],
+                                 name=f"{PREFIX}-image-check", labels={"io.mcp-docker.test": PREFIX},
+                                 host_config=api.create_host_config(network_mode="none"))
+    try:
+        api.start(probe)
+        api.wait(probe, timeout=60)
+        missing = api.logs(probe, stdout=True, stderr=False).decode(errors="replace").split()
+    finally:
+        api.remove_container(probe, force=True)
+    if missing:
+        return (f"the test image {image} lacks the commands {', '.join(missing)} that the tests run; rebuild it with "
+                "`bash .ci/engine-setup.sh` (busybox-static), or set MCP_DOCKER_TEST_IMAGE to an image that has them")
+    return None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _test_image_is_usable():
+    """Once per session, when an engine answers: the image the integration tests need is there and fit
+    (built from busybox-static if missing); otherwise every engine test fails with what is missing.
+    Also makes the home directory that TEST_ENV gives servers under test (empty: no keys file of this user)."""
+    (STATE_DIR / "home").mkdir(mode=0o700, parents=True, exist_ok=True)
+    if engine_available():
+        with contextlib.suppress(Exception):
+            problem = test_image_problem(engine_client(), TEST_IMAGE)
+            if problem:
+                TEST_IMAGE_PROBLEM.append(problem)
+    yield
+
+
+def test_the_test_image_is_checked_and_built_from_busybox_static(tmp_path):
+    require_engine()
+    api = engine_client()
+    image = f"{PREFIX}-busybox:1"
+    try:
+        assert test_image_problem(api, image) is None  # missing: built from /bin/busybox, then checked
+        assert api.inspect_image(image)["Config"]["Cmd"] == ["sh"]
+        assert test_image_problem(api, image) is None  # there now: checked, not rebuilt
+    finally:
+        with contextlib.suppress(Exception):
+            api.remove_image(image, force=True)
+    missing = test_image_problem(api, f"{PREFIX}-absent:1", busybox=str(tmp_path / "no-busybox"))
+    assert "busybox-static" in missing and "MCP_DOCKER_TEST_IMAGE" in missing
+    # an image with another default command is named as such (the applet probe runs for every checked image)
+    other = f"{PREFIX}-other:1"
+    import_busybox_image(api, other, command="top")
+    try:
+        assert "CMD [\"sh\"]" in test_image_problem(api, other)
+    finally:
+        api.remove_image(other, force=True)
+
+
+def test_help_shows_each_commands_options_with_their_types():
+    def shown(*command: str) -> str:
+        return newcomer_cli(*command, "--help").output
+
+    serve = shown("serve")
+    assert "--port INTEGER" in serve and "--engine-timeout NUMBER" in serve and "--transport [stdio|http]" in serve
+    assert "--container-profile [default|hardened]" in serve
+    engines, tools, doctor = shown("engines"), shown("tools"), shown("doctor")
+    for text, wanted, unwanted in ((engines, ["--docker-host", "--engine NAME=URL", "--timeout"], ["--port", "--allow-destructive"]),
+                                   (tools, ["--allow-destructive", "--toolsets", "--engine"], ["--port", "--http-max-body-bytes"]),
+                                   (doctor, ["--tls-cert", "--api-keys-file", "--allow-privileged", "--port INTEGER"],
+                                    ["--http-max-body-bytes", "--oauth-clock-skew", "--shutdown-grace"])):
+        for option in wanted:
+            assert option in text, option
+        for option in unwanted:
+            assert option not in text, option
+        assert "Every `serve` setting is accepted too" in text
+        assert len(text.splitlines()) < len(serve.splitlines()) / 2
+    # hidden, not gone: the same command line as serve still works
+    ran = newcomer_cli("tools", "--json", "--http-max-body-bytes", "4096", "--container-profile", "hardened")
+    assert ran.exit_code == 0, ran.output
+
+
+def write_audit_log(path: Path) -> None:
+    log = md.AuditLog(str(path), 10**7, 3)
+    log.write({"event_type": "server_start", "transport": "http", "version": "0"})
+    log.write({"event_type": "tool_call", "client_id": "laptop", "client_ip": "127.0.0.1", "tool_name": "docker_version",
+               "result": {"status": "ok"}, "duration_ms": 4.2})
+    log.write({"event_type": "policy_denied", "client_id": "robot", "client_ip": "10.1.1.1",
+               "tool_name": "docker_run_container", "error": {"category": "policy_denied",
+                                                               "message": "[privileged] privileged containers ..."}})
+    log.write({"event_type": "auth_failure", "client_ip": "10.1.1.2", "reason": "invalid key"})
+
+
+def test_audit_show_and_verify_read_the_configured_log(tmp_path):
+    path = tmp_path / "audit.log"
+    write_audit_log(path)
+    env = {"SECURITY_AUDIT_LOG_FILE": str(path)}
+    verified = newcomer_cli("audit", "verify", env=env)
+    assert verified.exit_code == 0 and "OK: 4 lines in 1 file(s)" in verified.output
+    everything = newcomer_cli("audit", "show", env=env).output.splitlines()
+    assert len(everything) == 4
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}Z +tool_call +laptop@127\.0\.0\.1 +docker_version +ok +\(4 ms\)$",
+                    everything[1]), everything[1]
+    assert "policy_denied: [privileged]" in everything[2]
+    denied = newcomer_cli("audit", "show", "--denied", env=env).output.splitlines()
+    assert [line.split()[2] for line in denied] == ["policy_denied", "auth_failure"]
+    assert len(newcomer_cli("audit", "show", "--client", "laptop", env=env).output.splitlines()) == 1
+    assert len(newcomer_cli("audit", "show", "--tool", "docker_run_container", env=env).output.splitlines()) == 1
+    events = newcomer_cli("audit", "show", "--event", "server_start", "--event", "auth_failure", env=env)
+    assert len(events.output.splitlines()) == 2
+    as_json = [json.loads(line) for line in newcomer_cli("audit", "show", "--json", "--denied", env=env).output.splitlines()]
+    assert [r["event_type"] for r in as_json] == ["policy_denied", "auth_failure"] and all("hash" in r for r in as_json)
+    assert newcomer_cli("audit", "show", "--since", "1h", env=env).output.count("\n") == 4
+    assert newcomer_cli("audit", "show", "--since", "2999-01-01T00:00", env=env).output == ""
+    assert newcomer_cli("audit", "show", "--since", "yesterday", env=env).exit_code == 2
+    # rotated files are read too, oldest first; verify without files checks them all
+    rotated = tmp_path / "rotated.log"
+    small = md.AuditLog(str(rotated), 600, 3)
+    for number in range(6):
+        small.write({"event_type": "tool_call", "client_id": f"c{number}", "tool_name": "docker_version",
+                     "result": {"status": "ok"}})
+    env = {"SECURITY_AUDIT_LOG_FILE": str(rotated)}
+    assert (tmp_path / "rotated.log.1").exists()
+    clients = [line.split()[3] for line in newcomer_cli("audit", "show", "--event", "tool_call", env=env).output.splitlines()]
+    assert clients == [f"c{n}" for n in range(6)], clients
+    checked = newcomer_cli("audit", "verify", env=env)
+    assert checked.exit_code == 0 and "file(s), chain intact" in checked.output
+    missing = newcomer_cli("audit", "verify", env={"SECURITY_AUDIT_LOG_FILE": str(tmp_path / "none.log")})
+    assert missing.exit_code == 1 and "no audit log at" in missing.output
+
+
+def test_audit_show_follows_new_records(tmp_path):
+    path = tmp_path / "audit.log"
+    write_audit_log(path)
+    follower = subprocess.Popen([sys.executable, str(HERE / "mcp_docker.py"), "audit", "show", "--follow", "--client",
+                                 "late"], stdout=subprocess.PIPE, text=True,
+                                env={**os.environ, "SECURITY_AUDIT_LOG_FILE": str(path)})
+    try:
+        md.AuditLog(str(path), 10**7, 3).write({"event_type": "tool_call", "client_id": "late",
+                                                "tool_name": "docker_version", "result": {"status": "ok"}})
+        import select
+
+        assert select.select([follower.stdout], [], [], 60)[0], "audit show --follow printed nothing"
+        line = follower.stdout.readline()
+        assert "late" in line and "docker_version" in line
+    finally:
+        follower.kill()
+        follower.wait(10)
+
+
+def test_completion_offers_engine_names_for_prompt_and_resource_arguments(full):
+    import mcp_types
+
+    assert full.client.server_capabilities.completions is not None
+    names = [sleeper(full, f"comp-{suffix}") for suffix in ("alpha", "beta")]
+
+    def complete(ref: Any, value: str) -> Any:
+        return full.submit(full.client.complete(ref, {"name": "container", "value": value})).completion
+
+    prompt = mcp_types.PromptReference(type="ref/prompt", name="troubleshoot_container")
+    both = complete(prompt, f"{PREFIX}-comp-")
+    assert both.values == sorted(names) and both.total == 2 and not both.has_more
+    assert complete(prompt, f"{PREFIX}-comp-b").values == [f"{PREFIX}-comp-beta"]
+    logs = mcp_types.ResourceTemplateReference(type="ref/resource", uri="docker://containers/{container}/logs")
+    assert complete(logs, f"{PREFIX}-comp-a").values == [f"{PREFIX}-comp-alpha"]
+    assert complete(logs, f"{PREFIX}-nothing-").values == []
+    unknown = mcp_types.PromptReference(type="ref/prompt", name="test_prompt_with_arguments")  # the conformance probe
+    assert complete(unknown, "test").values == []
+    assert full.ok("docker_version")["kind"] in ("docker", "podman")  # still serving
+
+
+def test_completion_is_bounded_filtered_and_follows_the_listing_tools():
+    many = [f"web-{n:03d}" for n in range(250)] + ["Web-x", "db"]
+    values, total = md.completion_values(many, "web-")
+    assert len(values) == 100 and total == 251 and values[0] == "web-000"  # Web-x matches too, after
+    assert md.completion_values(many, "Web")[0][0] == "Web-x"  # the typed case first, then the rest
+    prompt = type("Ref", (), {"type": "ref/prompt", "name": "audit_container_security"})()
+    assert md.completion_argument(prompt, "container") == "container"
+    assert md.completion_argument(prompt, "image") is None  # that prompt has no such argument
+    resource = type("Ref", (), {"type": "ref/resource", "uri": "docker://containers/{container}/stats"})()
+    assert md.completion_argument(resource, "container") == "container"
+    other = type("Ref", (), {"type": "ref/resource", "uri": "file:///{container}"})()
+    assert md.completion_argument(other, "container") is None
+    # a caller whose role cannot list containers gets no container names
+    app = md.DockerMCP(md.Settings(denied_tools=("docker_list_containers",)))
+    params = type("Params", (), {"ref": prompt, "argument": type("Arg", (), {"name": "container", "value": ""})()})()
+    ctx = type("Ctx", (), {"request": None})()
+    assert asyncio.run(md.complete_argument(app, ctx, params)).completion.values == []

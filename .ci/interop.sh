@@ -28,7 +28,7 @@ cleanup() {  # stop the servers and wait for them before removing what they writ
 trap cleanup EXIT
 
 python3 mcp_docker.py gencert --out-dir "$work/tls" >/dev/null
-export NODE_EXTRA_CA_CERTS="$work/tls/server.crt"
+export NODE_EXTRA_CA_CERTS="$work/tls/ca.crt"   # the local CA that gencert made, not the server's certificate
 tls=(--tls-cert "$work/tls/server.crt" --tls-key "$work/tls/server.key")
 
 start_server() {  # start_server LOGFILE ARGS... ; sets $url (no $(...): the server must be our child)
@@ -60,7 +60,8 @@ conformance() {  # conformance URL SCENARIO...
 start_server "$work/conformance-tls.log" "${tls[@]}" --no-auth
 conformance "$url" server-initialize ping tools-list server-sse-multiple-streams
 start_server "$work/conformance-plain.log" --no-auth
-conformance "$url" dns-rebinding-protection server-initialize tools-list logging-set-level resources-list prompts-list
+conformance "$url" dns-rebinding-protection server-initialize tools-list logging-set-level resources-list prompts-list \
+  completion-complete
 
 # The Inspector CLI with an API key, over Streamable HTTP and legacy SSE.
 key=$(python3 mcp_docker.py genkey --client-id inspector 2>/dev/null)
@@ -82,10 +83,13 @@ check "sse tools/list" docker_version \
 check "sse tools/call" api_version \
   "$inspector" --cli "$sse_url" --transport sse --header "Authorization: Bearer $key" \
   --method tools/call --tool-name docker_version
-# What `client-config inspector --url` prints, run as printed: the key only in the environment.
-printed=$(python3 mcp_docker.py client-config inspector --url "$url" 2>/dev/null)
+# What `client-config inspector --url` prints, run as printed: the key only in the environment, and
+# the trust of gencert's CA only in the printed command (NODE_EXTRA_CA_CERTS is unset around it).
+printed=$(python3 mcp_docker.py client-config inspector --url "$url" --ca-file "$work/tls/ca.crt" 2>/dev/null)
 check "client-config command" docker_list_containers \
-  env MCP_DOCKER_API_KEY="$key" PATH="$(dirname "$inspector"):$PATH" bash -c "$printed"
+  env -u NODE_EXTRA_CA_CERTS MCP_DOCKER_API_KEY="$key" PATH="$(dirname "$inspector"):$PATH" bash -c "$printed"
+check "without the CA the certificate is refused" "self-signed certificate in certificate chain" \
+  bash -c "! env -u NODE_EXTRA_CA_CERTS '$inspector' --cli '$url' --transport http --header 'Authorization: Bearer $key' --method tools/list 2>&1; true"
 check "stdio tools/call" '"count"' \
   "$inspector" --cli python3 "$repo/mcp_docker.py" serve --method tools/call \
   --tool-name docker_list_containers --tool-arg all=true
@@ -104,7 +108,7 @@ JS
 start_server "$work/mtls.log" "${tls[@]}" --tls-client-ca "$work/tls/ca.crt"
 check "mtls: no certificate is refused" "401\\|auth_required\\|Unauthorized" \
   bash -c "! '$inspector' --cli '$url' --transport http --method tools/list 2>&1; true"
-export MCP_UNDICI_PATH="$tools/node_modules/undici" MCP_SERVER_CA="$work/tls/server.crt" \
+export MCP_UNDICI_PATH="$tools/node_modules/undici" MCP_SERVER_CA="$work/tls/ca.crt" \
   MCP_CLIENT_CERT="$work/tls/client-node-client.crt" MCP_CLIENT_KEY="$work/tls/client-node-client.key"
 export NODE_OPTIONS="--require $work/mtls-preload.cjs"
 conformance "$url" server-initialize ping tools-list
