@@ -8733,5 +8733,92 @@ def engines_command(as_json: bool, timeout: float, **options: Any) -> None:
         sys.exit(1)
 
 
+# -- systemd-unit: the hardened service unit ------------------------------------------------------
+
+SYSTEMD_UNIT = """\
+# {name}.service -- printed by `mcp-docker systemd-unit`; install as /etc/systemd/system/{name}.service
+# Settings go in /etc/mcp-docker/env (KEY=VALUE, see the README's configuration table).
+[Unit]
+Description=mcp-docker: MCP server for the container engine
+After=network-online.target docker.service podman.socket
+Wants=network-online.target
+
+[Service]
+Type=exec
+User={user}
+Group={user}
+# The engine socket is the keys to the host: membership of its group is the server's only privilege.
+SupplementaryGroups={engine_group}
+EnvironmentFile=-/etc/mcp-docker/env
+Environment=SECURITY_API_KEYS_FILE=/etc/mcp-docker/keys.json
+Environment=SECURITY_AUDIT_LOG_FILE=/var/lib/mcp-docker/audit/audit.log
+Environment=HOME=/var/lib/mcp-docker
+ExecStart={command} serve --transport http --host {host} --port {port}
+# SIGHUP re-reads the keys file now (edits are also picked up by themselves within a second).
+ExecReload=/bin/kill -HUP $MAINPID
+Restart=on-failure
+RestartSec=2s
+# SIGTERM lets running tool calls finish for MCP_SHUTDOWN_GRACE seconds (10 by default).
+TimeoutStopSec=40s
+# /var/lib/mcp-docker (audit log) is the only writable place; /etc/mcp-docker (keys, TLS) is read here.
+StateDirectory=mcp-docker
+StateDirectoryMode=0700
+ConfigurationDirectory=mcp-docker
+ConfigurationDirectoryMode=0700
+UMask=0077
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
+PrivateDevices=yes
+NoNewPrivileges=yes
+CapabilityBoundingSet=
+AmbientCapabilities=
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+ProtectProc=invisible
+ProcSubset=pid
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
+RestrictNamespaces=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+RemoveIPC=yes
+SystemCallArchitectures=native
+SystemCallFilter=@system-service
+SystemCallFilter=~@privileged
+SystemCallErrorNumber=EPERM
+LimitNOFILE=65536
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+@main.command("systemd-unit")
+@click.option("--user", default="mcp-docker", show_default=True,
+              help="The account the server runs as (made with: useradd --system --home /var/lib/mcp-docker USER).")
+@click.option("--engine-group", default="docker", show_default=True,
+              help="The group that may use the engine socket (docker; for a rootless engine, the user's own group).")
+@click.option("--command", "program", default=None,
+              help="The program to run. Default: the installed mcp-docker, else this file with this Python.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on (behind nginx: loopback).")
+@click.option("--port", type=click.IntRange(1, 65535), default=8081, show_default=True, help="Port to serve on.")
+def systemd_unit_command(user: str, engine_group: str, program: str | None, host: str, port: int) -> None:
+    """Print a hardened systemd unit for `serve --transport http` (own user, read-only system, one writable
+    state directory, no capabilities, a system-call filter, restart on failure, reload on SIGHUP)."""
+    import shlex
+
+    for label, text in (("--user", user), ("--engine-group", engine_group), ("--host", host)):
+        if not re.fullmatch(r"[A-Za-z0-9_.:-]+", text):
+            raise click.BadParameter(f"{text!r}: letters, digits and _ . : - only", param_hint=label)
+    command = program or shlex.join(stdio_command()[:-1])
+    click.echo(SYSTEMD_UNIT.format(name=SERVER_NAME, user=user, engine_group=engine_group, command=command,
+                                   host=host, port=port), nl=False)
+
+
 if __name__ == "__main__":
     main()
