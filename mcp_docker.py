@@ -7049,6 +7049,8 @@ class HttpServer:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        # SIGHUP (systemctl reload) re-reads the keys file at the watcher's next tick instead of killing us.
+        loop.add_signal_handler(signal.SIGHUP, lambda: self.access.keys and setattr(self.access.keys, "signature", None))
         if self.ssl_context:
             limit_tls_read_buffer()
         try:
