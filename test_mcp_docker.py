@@ -6412,3 +6412,270 @@ def test_fuzz_finding_a_call_failing_as_its_session_closes_leaves_no_unretrieved
         return errors
 
     assert [asyncio.run(fail_as_the_session_closes(delay)) for delay in range(4)] == [[]] * 4
+
+
+# =============================================================================================
+# === deployment: nginx in front, replicas, systemd unit, logrotate (issue 19) ===
+# =============================================================================================
+# The nginx site file and the logrotate file are read out of README.md, so the documentation is the
+# configuration that ran. Clients connect from their own loopback addresses (127.0.0.5, 127.0.0.6:
+# all of 127/8 is loopback) so that nginx (127.0.0.1) and the client are told apart.
+
+PUBLIC_NAME = "mcp.example.com"
+CLIENT_ADDRESS, OTHER_ADDRESS = "127.0.0.5", "127.0.0.6"
+FORGED_ADDRESS = "203.0.113.66"
+
+
+def require_program(name: str) -> str:
+    import shutil
+
+    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+    if not found:
+        if REQUIRE_ENGINE:
+            pytest.fail(f"{name} is not installed (.ci/engine-setup.sh installs it)")
+        pytest.skip(f"{name} is not installed")
+    return found
+
+
+def readme_config(name: str) -> str:
+    text = (HERE / "README.md").read_text(encoding="utf-8")
+    match = re.search(rf"<!-- tested: {re.escape(name)} -->\n```[a-z]*\n(.*?)```", text, re.S)
+    assert match, f"README.md has no code block marked 'tested: {name}'"
+    return match.group(1)
+
+
+def replace_exactly(text: str, old: str, new: str, count: int = 1) -> str:
+    assert text.count(old) == count, f"{old!r} is in the README's file {text.count(old)} times, not {count}"
+    return text.replace(old, new)
+
+
+def nginx_site(replica_ports: list[int], listen_port: int, tls_dir: Path, upstream_cert: str | None = None) -> str:
+    """The README's nginx site file for these ports; with ``upstream_cert``, re-encrypting to the replicas."""
+    site = readme_config("nginx-site")
+    site = replace_exactly(site, "listen 443 ssl;", f"listen 127.0.0.1:{listen_port} ssl;")
+    site = replace_exactly(site, "    server 127.0.0.1:8081;\n    server 127.0.0.1:8082;\n",
+                           "".join(f"    server 127.0.0.1:{port};\n" for port in replica_ports))
+    site = replace_exactly(site, "/etc/mcp-docker/tls/", f"{tls_dir}/", count=2)
+    if upstream_cert:
+        site = replace_exactly(site, "proxy_pass http://mcp_docker;", "proxy_pass https://mcp_docker;", count=5)
+        extra = replace_exactly(readme_config("nginx-upstream-tls"), "/etc/mcp-docker/tls/upstream.crt", upstream_cert)
+        site = replace_exactly(site, "    ssl_protocols TLSv1.2 TLSv1.3;\n", "    ssl_protocols TLSv1.2 TLSv1.3;\n" + extra)
+    return site
+
+
+class Nginx:
+    """Debian's nginx in the foreground with the README's site file: own pid file, logs and temp dirs."""
+
+    def __init__(self, directory: Path, site: str, port: int):
+        binary = require_program("nginx")
+        self.directory, self.port = directory, port
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "site.conf").write_text(site)
+        temp = "".join(f"    {kind}_temp_path {directory}/{kind};\n"
+                       for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        (directory / "nginx.conf").write_text(
+            f"daemon off;\nworker_processes 1;\n{'user root;' if os.geteuid() == 0 else ''}\n"
+            f"pid {directory}/nginx.pid;\nerror_log {directory}/error.log info;\n"
+            "events { worker_connections 512; }\n"
+            f"http {{\n    access_log {directory}/access.log;\n{temp}    include {directory}/site.conf;\n}}\n")
+        self.proc = subprocess.Popen([binary, "-p", str(directory), "-e", str(directory / "error.log"),
+                                      "-c", str(directory / "nginx.conf")],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.time() + 15
+        while True:
+            assert self.proc.poll() is None, f"nginx did not start: {self.proc.stderr.read().decode()}"
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            assert time.time() < deadline, "nginx did not listen"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+class Deployment:
+    """N replicas of ``serve --transport http`` behind one nginx (the README's files), all on 127.0.0.1."""
+
+    def __init__(self, tmp_path: Path, keys_file: str, replicas: int = 1, upstream_tls: bool = False,
+                 env: dict[str, str] | None = None):
+        self.tmp = tmp_path
+        self.tls_dir = tmp_path / "edge-tls"
+        gencert = [sys.executable, str(HERE / "mcp_docker.py"), "gencert"]
+        assert subprocess.run([*gencert, "--out-dir", str(self.tls_dir), "--hostname", PUBLIC_NAME],
+                              capture_output=True, timeout=60).returncode == 0
+        self.cafile = str(self.tls_dir / "server.crt")
+        args = ["--trusted-proxies", "127.0.0.1/32", "--allowed-hosts", PUBLIC_NAME]
+        upstream_cert = None
+        if upstream_tls:
+            upstream = tmp_path / "upstream-tls"
+            assert subprocess.run([*gencert, "--out-dir", str(upstream)], capture_output=True, timeout=60).returncode == 0
+            upstream_cert = str(upstream / "server.crt")
+            args += ["--tls-cert", upstream_cert, "--tls-key", str(upstream / "server.key")]
+        self.audit_files = [tmp_path / f"replica{n}" / "audit.log" for n in range(replicas)]
+        self.replicas: list[HttpServerProcess] = []
+        self.nginx: Nginx | None = None
+        try:
+            for audit in self.audit_files:
+                self.replicas.append(HttpServerProcess(args, {"SECURITY_API_KEYS_FILE": keys_file,
+                                                              "SECURITY_AUDIT_LOG_FILE": str(audit), **(env or {})}))
+            self.port = free_port()
+            self.nginx = Nginx(tmp_path / "nginx", nginx_site([r.port for r in self.replicas], self.port,
+                                                              self.tls_dir, upstream_cert), self.port)
+        except BaseException:
+            self.stop()
+            raise
+        self.url = f"https://127.0.0.1:{self.port}/mcp"
+
+    def stop(self) -> None:
+        if self.nginx is not None:
+            self.nginx.stop()
+        for replica in self.replicas:
+            replica.stop()
+
+    def request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
+                source: str = CLIENT_ADDRESS) -> tuple[int, dict[str, str], bytes]:
+        """One HTTPS request to nginx from ``source``, with the public name as Host unless ``headers`` say otherwise."""
+        import http.client
+
+        conn = http.client.HTTPSConnection("127.0.0.1", self.port, context=tls_context(self.cafile), timeout=60,
+                                           source_address=(source, 0))
+        data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+        conn.request(method, path, body=data, headers={"Host": PUBLIC_NAME, **(headers or {})})
+        response = conn.getresponse()
+        result = response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+        conn.close()
+        return result
+
+    def harness(self, key: str, mode: str = "legacy", sse: bool = False, source: str = CLIENT_ADDRESS) -> Harness:
+        """The SDK client through nginx, from ``source``, naming the public host and forging X-Forwarded-For."""
+        cafile, url = self.cafile, self.url
+
+        @contextlib.asynccontextmanager
+        async def connect():
+            import httpx2
+            from mcp import Client
+            from mcp.client.sse import sse_client
+            from mcp.client.streamable_http import streamable_http_client
+
+            headers = {"Authorization": f"Bearer {key}", "Host": PUBLIC_NAME, "X-Forwarded-For": FORGED_ADDRESS}
+
+            def factory(headers: Any = None, timeout: Any = None, auth: Any = None) -> Any:
+                return httpx2.AsyncClient(headers=headers, timeout=timeout or httpx2.Timeout(30, read=120), auth=auth,
+                                          transport=httpx2.AsyncHTTPTransport(verify=tls_context(cafile),
+                                                                              local_address=source))
+
+            if sse:
+                async with Client(sse_client(url[: -len("/mcp")] + "/sse", headers=headers,
+                                             httpx_client_factory=factory), mode="legacy") as client:
+                    yield client
+                return
+            async with factory(headers) as http, Client(streamable_http_client(url, http_client=http),
+                                                        mode=mode) as client:
+                yield client
+
+        return Harness(connect=connect)
+
+
+@contextlib.contextmanager
+def deployment(tmp_path: Path, keys_file: str, **options: Any):
+    require_engine()
+    require_program("nginx")
+    deployed = Deployment(tmp_path, keys_file, **options)
+    try:
+        yield deployed
+    finally:
+        deployed.stop()
+
+
+def stateless_call(name: str, arguments: dict[str, Any] | None = None, key: str = "",
+                   request_id: int = 1) -> tuple[dict[str, Any], dict[str, str]]:
+    """A 2026-07-28 tools/call: its body and headers."""
+    body = {"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": {
+        "name": name, "arguments": arguments or {}, "_meta": {
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {}}}}
+    headers = {**MCP_HEADERS, "mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call", "mcp-name": name,
+               **({"authorization": f"Bearer {key}"} if key else {})}
+    return body, headers
+
+
+def answer_of(payload: bytes) -> dict[str, Any]:
+    """The JSON-RPC answer in a JSON or SSE reply."""
+    text = payload.decode()
+    if text.lstrip().startswith("{"):
+        return json.loads(text)
+    return [json.loads(line[5:]) for line in text.splitlines() if line.startswith("data:")][-1]
+
+
+def timed_progress_call(h: Harness, name: str, args: dict[str, Any]) -> tuple[Any, list[float], float]:
+    """A tool call with a progress token: the result, when each progress arrived and when the result did."""
+    arrivals: list[float] = []
+
+    async def record(progress: float, total: float | None, message: str | None) -> None:
+        arrivals.append(time.monotonic())
+
+    async def run() -> tuple[Any, float]:
+        result = await h.client.call_tool(name, args, progress_callback=record)
+        return result, time.monotonic()
+
+    result, done = h.submit(run())
+    return result, arrivals, done
+
+
+def tool_calls(path: Path) -> list[dict[str, Any]]:
+    return [r for r in audit_records(path) if r["event_type"] == "tool_call"]
+
+
+def audit_verify(*files: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(HERE / "mcp_docker.py"), "audit", "verify", *map(str, files)],
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("upstream_tls", [False, True], ids=["tls-at-nginx", "tls-end-to-end"])
+def test_behind_nginx_both_eras_streamed_progress_sse_and_the_real_client_address(tmp_path, upstream_tls):
+    keys_file, (key,) = make_keys(tmp_path, ["--client-id", "edge"])
+    container = standalone_sleeper(f"edge-{int(upstream_tls)}")
+    with deployment(tmp_path, keys_file, upstream_tls=upstream_tls,
+                    env={"SECURITY_ALLOWED_CLIENT_IPS": f"{CLIENT_ADDRESS}/32"}) as edge:
+        status, headers, payload = edge.request("GET", "/healthz")
+        assert (status, json.loads(payload)) == (200, {"status": "ok"})
+        assert headers["strict-transport-security"].startswith("max-age=")
+        for mode in ("legacy", "2026-07-28"):
+            h = edge.harness(key, mode=mode)
+            try:
+                assert h.ok("docker_version")["api_version"]
+                result, arrivals, done = timed_progress_call(h, "docker_exec_command",
+                                                             {"container": container, "command": ["sleep", "4"]})
+                assert not result.is_error, result.content[0].text
+                # Streamed, not buffered until the end: the first progress (after ~1 s) is seconds before the result.
+                assert len(arrivals) >= 2 and done - arrivals[0] >= 1.5, (mode, [round(done - a, 2) for a in arrivals])
+            finally:
+                h.close()
+        h = edge.harness(key, sse=True)  # legacy HTTP+SSE: the stream and its POSTs through nginx
+        try:
+            assert h.ok("docker_list_containers", {"all": True})["count"] >= 1
+        finally:
+            h.close()
+        # The allowlist is judged on the address nginx saw, whatever the client claims.
+        init = {**MCP_HEADERS, "authorization": f"Bearer {key}"}
+        assert edge.request("POST", "/mcp", INIT, {**init, "X-Forwarded-For": CLIENT_ADDRESS},
+                            source=OTHER_ADDRESS)[0] == 403
+        assert edge.request("POST", "/mcp", INIT, init)[0] == 200
+        # Host and Origin are checked on the public name behind the proxy too.
+        assert edge.request("POST", "/mcp", INIT, {**init, "Host": "evil.example"})[0] == 421
+        assert edge.request("POST", "/mcp", INIT, {**init, "Origin": "https://evil.example"})[0] == 403
+        assert edge.request("POST", "/mcp", INIT, {**init, "Origin": f"https://{PUBLIC_NAME}"})[0] == 200
+    records = audit_records(edge.audit_files[0])
+    calls = [r for r in records if r["event_type"] == "tool_call"]
+    assert len(calls) >= 5 and {r["client_ip"] for r in calls} == {CLIENT_ADDRESS}, {r["client_ip"] for r in calls}
+    assert FORGED_ADDRESS not in edge.audit_files[0].read_text()
+    assert any(r["event_type"] == "auth_failure" and r.get("reason") == "ip_not_allowed"
+               and r["client_ip"] == OTHER_ADDRESS for r in records)
+    assert "OK:" in audit_verify(edge.audit_files[0]).stdout
