@@ -6457,7 +6457,7 @@ def nginx_site(replica_ports: list[int], listen_port: int, tls_dir: Path, upstre
                            "".join(f"    server 127.0.0.1:{port};\n" for port in replica_ports))
     site = replace_exactly(site, "/etc/mcp-docker/tls/", f"{tls_dir}/", count=2)
     if upstream_cert:
-        site = replace_exactly(site, "proxy_pass http://mcp_docker;", "proxy_pass https://mcp_docker;", count=5)
+        site = replace_exactly(site, "proxy_pass http://mcp_docker", "proxy_pass https://mcp_docker", count=5)
         extra = replace_exactly(readme_config("nginx-upstream-tls"), "/etc/mcp-docker/tls/upstream.crt", upstream_cert)
         site = replace_exactly(site, "    ssl_protocols TLSv1.2 TLSv1.3;\n", "    ssl_protocols TLSv1.2 TLSv1.3;\n" + extra)
     return site
@@ -6679,3 +6679,107 @@ def test_behind_nginx_both_eras_streamed_progress_sse_and_the_real_client_addres
     assert any(r["event_type"] == "auth_failure" and r.get("reason") == "ip_not_allowed"
                and r["client_ip"] == OTHER_ADDRESS for r in records)
     assert "OK:" in audit_verify(edge.audit_files[0]).stdout
+
+
+def holder_of(edge: Deployment, session: str) -> int:
+    """Which replica's audit log recorded the start of ``session``."""
+    holders = [n for n, path in enumerate(edge.audit_files) if any(
+        r["event_type"] == "session_start" and r.get("session") == session[:8] for r in audit_records(path))]
+    assert len(holders) == 1, holders
+    return holders[0]
+
+
+def consistently(check: Callable[[], bool], times: int, seconds: float = 10) -> None:
+    """Until ``check`` holds ``times`` times in a row (each time may reach another replica)."""
+    deadline, streak = time.time() + seconds, 0
+    while streak < times:
+        assert time.time() < deadline, "the replicas did not all agree in time"
+        streak = streak + 1 if check() else 0
+        if not streak:
+            time.sleep(0.2)
+
+
+@pytest.mark.engine
+def test_two_replicas_behind_nginx_spread_stateless_calls_and_keep_sessions(tmp_path):
+    keys_file, (key,) = make_keys(tmp_path, ["--client-id", "fleet"])
+    container = standalone_sleeper("fleet")
+    with deployment(tmp_path, keys_file, replicas=2) as edge:
+        # 2026-07-28 clients: no affinity, round robin over both replicas.
+        for n in range(6):
+            body, headers = stateless_call("docker_version", key=key, request_id=n)
+            status, _, payload = edge.request("POST", "/mcp", body, headers)
+            assert status == 200 and not answer_of(payload)["result"].get("isError"), payload[:300]
+        assert [len(tool_calls(path)) for path in edge.audit_files] == [3, 3]
+        # A handshake-era session stays on the replica that holds it (the other answers 404 and nginx goes on).
+        h = edge.harness(key, mode="legacy")
+        try:
+            for _ in range(6):
+                assert h.ok("docker_version")["api_version"]
+        finally:
+            h.close()
+        sessions = [{r["session"][:8] for r in tool_calls(path) if r.get("session")} for path in edge.audit_files]
+        assert sorted(len(s) for s in sessions) == [0, 1], sessions
+        assert sum(1 for path in edge.audit_files for r in tool_calls(path) if r.get("session")) == 6
+        # Resumption through nginx: the stream drops mid-call; GET with Last-Event-ID finds the session's replica.
+        auth = {"authorization": f"Bearer {key}"}
+        _, headers, _ = edge.request("POST", "/mcp", INIT, {**MCP_HEADERS, **auth})
+        session = headers["mcp-session-id"]
+        edge.request("POST", "/mcp", {"jsonrpc": "2.0", "method": "notifications/initialized"},
+                     {**MCP_HEADERS, **auth, "mcp-session-id": session})
+        call = json.dumps({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {
+            "name": "docker_exec_command", "arguments": {"container": container, "command": ["sleep", "3"]},
+            "_meta": {"progressToken": "p1"}}}).encode()
+        raw = tls_context(edge.cafile).wrap_socket(socket.create_connection(("127.0.0.1", edge.port), timeout=20,
+                                                                            source_address=(CLIENT_ADDRESS, 0)),
+                                                  server_hostname="127.0.0.1")
+        raw.sendall((f"POST /mcp HTTP/1.1\r\nHost: {PUBLIC_NAME}\r\nAuthorization: Bearer {key}\r\n"
+                     f"Mcp-Session-Id: {session}\r\nContent-Type: application/json\r\n"
+                     f"Accept: application/json, text/event-stream\r\nContent-Length: {len(call)}\r\n\r\n").encode() + call)
+        seen = b""
+        while not re.search(rb"\nid: \S+", seen):
+            chunk = raw.recv(4096)
+            assert chunk, seen
+            seen += chunk
+        event_id = re.search(rb"\nid: (\S+)", seen).group(1).decode()
+        raw.close()  # the client goes away mid-call; the session keeps the rest
+        status, _, stream = edge.request("GET", "/mcp", None, {**auth, "mcp-session-id": session,
+                                                                "accept": "text/event-stream", "last-event-id": event_id})
+        assert status == 200
+        messages = [json.loads(line[5:]) for line in stream.decode().splitlines() if line.startswith("data:")]
+        assert messages[-1]["id"] == 7 and messages[-1]["result"]["structuredContent"]["exit_code"] == 0
+        # One keys file: a key added, then revoked, with the CLI takes effect on both replicas, no restart.
+        _, (late,) = make_keys(tmp_path, ["--client-id", "late"])
+
+        def late_status() -> int:
+            body, headers = stateless_call("docker_version", key=late)
+            return edge.request("POST", "/mcp", body, headers)[0]
+
+        consistently(lambda: late_status() == 200, times=4)
+        revoked = subprocess.run([sys.executable, str(HERE / "mcp_docker.py"), "keys", "revoke", "--keys-file", keys_file,
+                                  "late"], capture_output=True, text=True, timeout=30)
+        assert revoked.returncode == 0, revoked.stderr
+        consistently(lambda: late_status() == 401, times=4)
+        # A replica that goes away takes its sessions: the other answers 404, and a new session works at once.
+        holder = holder_of(edge, session)
+        edge.replicas[holder].stop()
+        ping = {"jsonrpc": "2.0", "id": 9, "method": "ping"}
+        assert edge.request("POST", "/mcp", ping, {**MCP_HEADERS, **auth, "mcp-session-id": session})[0] == 404
+        status, headers, _ = edge.request("POST", "/mcp", INIT, {**MCP_HEADERS, **auth})
+        assert status == 200 and holder_of(edge, headers["mcp-session-id"]) != holder
+    for path in edge.audit_files:  # one chain per replica, each verified on its own
+        verified = audit_verify(path)
+        assert verified.returncode == 0 and "chain intact" in verified.stdout, verified.stdout
+
+
+@pytest.mark.engine
+def test_rate_limits_are_per_replica_behind_nginx(tmp_path):
+    keys_file, (key,) = make_keys(tmp_path, ["--client-id", "limited"])
+    limits = {"SECURITY_RATE_LIMIT_ENABLED": "true", "SECURITY_RATE_LIMIT_BURST": "2", "SECURITY_RATE_LIMIT_RPM": "1"}
+    with deployment(tmp_path, keys_file, replicas=2, env=limits) as edge:
+        statuses = []
+        for n in range(10):
+            body, headers = stateless_call("docker_version", key=key, request_id=n)
+            statuses.append(edge.request("POST", "/mcp", body, headers)[0])
+    # Each replica has its own bucket: 2 replicas x a burst of 2 = 4 calls, then 429 from both.
+    assert statuses.count(200) == 4 and statuses.count(429) == 6, statuses
+    assert [len(tool_calls(path)) for path in edge.audit_files] == [2, 2]
