@@ -6783,3 +6783,44 @@ def test_rate_limits_are_per_replica_behind_nginx(tmp_path):
     # Each replica has its own bucket: 2 replicas x a burst of 2 = 4 calls, then 429 from both.
     assert statuses.count(200) == 4 and statuses.count(429) == 6, statuses
     assert [len(tool_calls(path)) for path in edge.audit_files] == [2, 2]
+
+
+def test_systemd_unit_is_hardened_and_systemd_analyze_accepts_it(tmp_path):
+    analyze = require_program("systemd-analyze")
+    cli = [sys.executable, str(HERE / "mcp_docker.py"), "systemd-unit"]
+    done = subprocess.run([*cli, "--command", f"{sys.executable} {HERE / 'mcp_docker.py'}", "--port", "8090"],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    unit = done.stdout
+    for directive in ("User=mcp-docker", "SupplementaryGroups=docker", "NoNewPrivileges=yes", "ProtectSystem=strict",
+                      "StateDirectory=mcp-docker", "PrivateTmp=yes", "Restart=on-failure", "CapabilityBoundingSet=\n",
+                      "ExecReload=/bin/kill -HUP $MAINPID", "--port 8090",
+                      "Environment=SECURITY_AUDIT_LOG_FILE=/var/lib/mcp-docker/audit/audit.log"):
+        assert directive in unit, directive
+    path = tmp_path / "mcp-docker.service"
+    path.write_text(unit)
+    verified = subprocess.run([analyze, "verify", str(path)], capture_output=True, text=True, timeout=60)
+    assert verified.returncode == 0 and not verified.stderr.strip(), verified.stderr
+    security = subprocess.run([analyze, "security", "--offline=true", str(path)], capture_output=True, text=True,
+                              timeout=60)
+    exposure = re.search(r"Overall exposure level for mcp-docker\.service: ([0-9.]+)", security.stdout)
+    assert exposure, security.stdout[-500:] + security.stderr
+    assert float(exposure.group(1)) <= 2.0, security.stdout  # README reports 1.5
+    bad = subprocess.run([*cli, "--user", "root\nExecStartPre=/bin/sh"], capture_output=True, text=True, timeout=30)
+    assert bad.returncode != 0 and "--user" in bad.stderr  # no directive injection through the options
+
+
+@pytest.mark.engine
+def test_sighup_rereads_the_keys_file_and_the_server_keeps_serving(tmp_path):
+    keys_file, (key,) = make_keys(tmp_path, ["--client-id", "hup"])
+    audit = tmp_path / "audit.log"
+    with http_server([], {"SECURITY_API_KEYS_FILE": keys_file, "SECURITY_AUDIT_LOG_FILE": str(audit)}) as server:
+        server.proc.send_signal(1)  # systemctl reload
+        deadline = time.time() + 10
+        while not any(r["event_type"] == "key_reload" for r in audit_records(audit)):
+            assert time.time() < deadline, "SIGHUP did not re-read the keys file"
+            time.sleep(0.1)
+        assert server.proc.poll() is None
+        assert request(server, "POST", "/mcp", INIT, {**MCP_HEADERS, "authorization": f"Bearer {key}"})[0] == 200
+    reloads = [r for r in audit_records(audit) if r["event_type"] == "key_reload"]
+    assert [r["status"] for r in reloads] == ["ok"]
