@@ -5676,8 +5676,11 @@ class AuditLog:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)  # other processes writing the same file wait their turn
                 here = os.fstat(fd)
-                now = os.stat(self.path)
-                if (here.st_dev, here.st_ino) == (now.st_dev, now.st_ino):
+                try:
+                    now = os.stat(self.path)
+                except FileNotFoundError:  # renamed away since our open (logrotate): open the new one
+                    now = None
+                if now is not None and (here.st_dev, here.st_ino) == (now.st_dev, now.st_ino):
                     return fd
             except BaseException:
                 os.close(fd)
