@@ -6824,3 +6824,54 @@ def test_sighup_rereads_the_keys_file_and_the_server_keeps_serving(tmp_path):
         assert request(server, "POST", "/mcp", INIT, {**MCP_HEADERS, "authorization": f"Bearer {key}"})[0] == 200
     reloads = [r for r in audit_records(audit) if r["event_type"] == "key_reload"]
     assert [r["status"] for r in reloads] == ["ok"]
+
+
+@pytest.mark.engine
+def test_logrotate_renames_the_audit_log_under_a_busy_server_and_the_chain_holds(tmp_path):
+    logrotate = require_program("logrotate")
+    keys_file, (key,) = make_keys(tmp_path, ["--client-id", "rotor"])
+    audit = tmp_path / "audit" / "audit.log"
+    config = replace_exactly(readme_config("logrotate"), "/var/lib/mcp-docker/audit/audit.log", str(audit))
+    user = __import__("pwd").getpwuid(os.getuid()).pw_name
+    group = __import__("grp").getgrgid(os.getgid()).gr_name
+    config = replace_exactly(config, "su mcp-docker mcp-docker", f"su {user} {group}")
+    (tmp_path / "logrotate.conf").write_text(config)
+    answered, refused, stop = [0], [], threading.Event()
+    with http_server([], {"SECURITY_API_KEYS_FILE": keys_file, "SECURITY_AUDIT_LOG_FILE": str(audit),
+                          "SECURITY_AUDIT_LOG_MAX_BYTES": str(1 << 40)}) as server:
+
+        def client() -> None:  # as fast as one client can: every answered call must have its line
+            n = 0
+            while not stop.is_set():
+                n += 1
+                body, headers = stateless_call("docker_version", key=key, request_id=n)
+                status, _, payload = request(server, "POST", "/mcp", body, headers)
+                result = answer_of(payload).get("result", {}) if status == 200 else {}
+                if status == 200 and not result.get("isError"):
+                    answered[0] += 1
+                else:
+                    refused.append((status, payload[:200]))
+
+        writer = threading.Thread(target=client, daemon=True)
+        writer.start()
+        try:
+            for _ in range(5):
+                time.sleep(1.1)  # dateext names carry the second: one rotation per second
+                done = subprocess.run([logrotate, "--force", "--state", str(tmp_path / "logrotate.state"),
+                                       str(tmp_path / "logrotate.conf")], capture_output=True, text=True, timeout=60)
+                assert done.returncode == 0, done.stderr
+            time.sleep(0.5)
+        finally:
+            stop.set()
+            writer.join(30)
+    assert not refused, refused[:3]
+    rotated = sorted(audit.parent.glob("audit.log-*"))
+    assert len(rotated) == 5, rotated
+    files = [*rotated, audit]
+    verified = audit_verify(*files)
+    assert verified.returncode == 0 and "chain intact" in verified.stdout, verified.stdout
+    records = [r for path in files for r in audit_records(path)]
+    assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
+    assert sum(r["event_type"] == "tool_call" and r["result"]["status"] == "ok" for r in records) == answered[0] > 20
+    assert sum(r["event_type"] == "audit_log_missing" for r in records) == 5  # one per rename: the chain goes on
+    assert all(path.stat().st_mode & 0o777 == 0o600 for path in files)
