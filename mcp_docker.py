@@ -20,7 +20,7 @@ Sections, in order (each uses only the ones above it):
                        OAuth access tokens (JWT) and protected-resource metadata
 7. Transports       -- stdio, and our own asyncio HTTP server (h11 framing, stdlib ssl)
 8. CLI              -- click commands: ``serve``, ``tools``, ``engines``, ``genkey``, ``keys``, ``audit``,
-                       ``gencert``, ``sign-request``, ``doctor``, ``client-config``
+                       ``gencert``, ``sign-request``, ``doctor``, ``client-config``, ``systemd-unit``
 
 Heavy imports (the ``mcp`` SDK, ``docker``, ``cryptography``) are deferred to the code paths that
 need them so that ``tools`` and ``--help`` stay fast and an engine is never needed to start.
@@ -8742,7 +8742,9 @@ def engines_command(as_json: bool, timeout: float, **options: Any) -> None:
 
 SYSTEMD_UNIT = """\
 # {name}.service -- printed by `mcp-docker systemd-unit`; install as /etc/systemd/system/{name}.service
-# Settings go in /etc/mcp-docker/env (KEY=VALUE, see the README's configuration table).
+# Settings go in /etc/mcp-docker/env (KEY=VALUE, see the README's configuration table; read by systemd as root;
+# they override the Environment= lines below).
+# Secrets the server reads (the keys file, a TLS key) live in /var/lib/mcp-docker, owned by {user}, mode 600.
 [Unit]
 Description=mcp-docker: MCP server for the container engine
 After=network-online.target docker.service podman.socket
@@ -8755,7 +8757,7 @@ Group={user}
 # The engine socket is the keys to the host: membership of its group is the server's only privilege.
 SupplementaryGroups={engine_group}
 EnvironmentFile=-/etc/mcp-docker/env
-Environment=SECURITY_API_KEYS_FILE=/etc/mcp-docker/keys.json
+Environment=SECURITY_API_KEYS_FILE=/var/lib/mcp-docker/keys.json
 Environment=SECURITY_AUDIT_LOG_FILE=/var/lib/mcp-docker/audit/audit.log
 Environment=HOME=/var/lib/mcp-docker
 ExecStart={command} serve --transport http --host {host} --port {port}
@@ -8765,11 +8767,10 @@ Restart=on-failure
 RestartSec=2s
 # SIGTERM lets running tool calls finish for MCP_SHUTDOWN_GRACE seconds (10 by default).
 TimeoutStopSec=40s
-# /var/lib/mcp-docker (audit log) is the only writable place; /etc/mcp-docker (keys, TLS) is read here.
+# /var/lib/mcp-docker (keys file, audit log) is the only writable place, made and owned for {user}.
 StateDirectory=mcp-docker
 StateDirectoryMode=0700
 ConfigurationDirectory=mcp-docker
-ConfigurationDirectoryMode=0700
 UMask=0077
 ProtectSystem=strict
 ProtectHome=yes
@@ -8820,7 +8821,9 @@ def systemd_unit_command(user: str, engine_group: str, program: str | None, host
     for label, text in (("--user", user), ("--engine-group", engine_group), ("--host", host)):
         if not re.fullmatch(r"[A-Za-z0-9_.:-]+", text):
             raise click.BadParameter(f"{text!r}: letters, digits and _ . : - only", param_hint=label)
-    command = program or shlex.join(stdio_command()[:-1])
+    import shutil
+
+    command = program or shutil.which(SERVER_NAME) or shlex.join([sys.executable, os.path.abspath(__file__)])
     click.echo(SYSTEMD_UNIT.format(name=SERVER_NAME, user=user, engine_group=engine_group, command=command,
                                    host=host, port=port), nl=False)
 
