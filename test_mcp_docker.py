@@ -6672,6 +6672,8 @@ def test_behind_nginx_both_eras_streamed_progress_sse_and_the_real_client_addres
         assert edge.request("POST", "/mcp", INIT, {**init, "Host": "evil.example"})[0] == 421
         assert edge.request("POST", "/mcp", INIT, {**init, "Origin": "https://evil.example"})[0] == 403
         assert edge.request("POST", "/mcp", INIT, {**init, "Origin": f"https://{PUBLIC_NAME}"})[0] == 200
+        status, _, payload = edge.request("POST", "/mcp", b"{" + b" " * 5_000_000 + b"}", init)
+        assert status == 413 and b"nginx" in payload  # refused at the edge, before a replica reads it
     records = audit_records(edge.audit_files[0])
     calls = [r for r in records if r["event_type"] == "tool_call"]
     assert len(calls) >= 5 and {r["client_ip"] for r in calls} == {CLIENT_ADDRESS}, {r["client_ip"] for r in calls}
