@@ -6907,3 +6907,17 @@ def test_the_inspector_cli_through_nginx_and_two_replicas(tmp_path):
                                                                          done.stderr[-500:])
     calls = [r for path in edge.audit_files for r in tool_calls(path)]
     assert len(calls) == 2 and {r["client_ip"] for r in calls} == {"127.0.0.1"}  # nginx's $remote_addr
+
+
+def test_the_readme_deployment_files_are_whole_without_nginx_or_an_engine(tmp_path):
+    """The README's files still have every line the deployment tests change (checked even where nginx is missing)."""
+    plain = nginx_site([8101], 8443, tmp_path)
+    tls = nginx_site([8101, 8102], 8443, tmp_path, upstream_cert=str(tmp_path / "up.crt"))
+    assert "server 127.0.0.1:8102;" in tls and "proxy_pass https://mcp_docker/mcp;" in tls
+    for site in (plain, tls):
+        assert "X-Forwarded-For $remote_addr;" in site and "$proxy_add_x_forwarded_for" not in site
+        assert "proxy_buffering off;" in site and "http_404 non_idempotent" in site
+    rotate = readme_config("logrotate")
+    assert "copytruncate" not in rotate.replace("nocopytruncate", "") and "nocreate" in rotate
+    replace_exactly(rotate, "/var/lib/mcp-docker/audit/audit.log", "x")
+    replace_exactly(rotate, "su mcp-docker mcp-docker", "x")
