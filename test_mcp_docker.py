@@ -6667,6 +6667,9 @@ def test_behind_nginx_both_eras_streamed_progress_sse_and_the_real_client_addres
         init = {**MCP_HEADERS, "authorization": f"Bearer {key}"}
         assert edge.request("POST", "/mcp", INIT, {**init, "X-Forwarded-For": CLIENT_ADDRESS},
                             source=OTHER_ADDRESS)[0] == 403
+        # Even from nginx's own (trusted) address: with an appended X-Forwarded-For this forgery would win.
+        assert edge.request("POST", "/mcp", INIT, {**init, "X-Forwarded-For": CLIENT_ADDRESS},
+                            source="127.0.0.1")[0] == 403
         assert edge.request("POST", "/mcp", INIT, init)[0] == 200
         # Host and Origin are checked on the public name behind the proxy too.
         assert edge.request("POST", "/mcp", INIT, {**init, "Host": "evil.example"})[0] == 421
