@@ -1301,8 +1301,6 @@ async def bench_nginx(scratch: Scratch, args: argparse.Namespace, stage: Callabl
     sys.path.insert(0, str(REPO))
     import test_mcp_docker as deployment  # the README's nginx file and the nginx runner of the tests
 
-    if not shutil.which("nginx") and not shutil.which("nginx", path="/usr/sbin:/sbin"):
-        raise BenchError("nginx is not installed (.ci/engine-setup.sh installs it); leave out --only nginx")
     behind = ("--trusted-proxies", "127.0.0.1/32")
     servers = [HttpServerProcess(scratch, "nginx-direct")]
     nginxes: list[Any] = []
@@ -1831,7 +1829,10 @@ def main(argv: list[str] | None = None) -> int:
                                                                        args.sdk, scratch.env))
                     if "https" in selected:
                         results["https"] = asyncio.run(bench_https(scratch, api, cases, args, stage))
-            if "nginx" in selected:
+            if "nginx" in selected and not (shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/sbin")):
+                print("nginx is not installed (.ci/engine-setup.sh installs it): the nginx stage is left out",
+                      file=sys.stderr)
+            elif "nginx" in selected:
                 results["nginx"] = asyncio.run(bench_nginx(scratch, args, stage))
             if "logs" in selected:
                 stage(f"memory for the last {LOG_TAIL} lines of a {LOG_BYTES / 1e6:g} MB log (stdio server)")
