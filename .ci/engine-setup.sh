@@ -14,6 +14,10 @@ need_apt=()
 command -v dockerd >/dev/null 2>&1 || need_apt+=(docker.io)
 [ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx sleep || need_apt+=(busybox-static)
 [ $want_podman = 1 ] && ! command -v podman >/dev/null 2>&1 && need_apt+=(podman)
+# The deployment tests: nginx in front, logrotate rotating the audit log, systemd-analyze checking the unit.
+command -v nginx >/dev/null 2>&1 || need_apt+=(nginx)
+command -v logrotate >/dev/null 2>&1 || need_apt+=(logrotate)
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq "${need_apt[@]}" >/dev/null

@@ -116,4 +116,7 @@ check "mtls http tools/call" api_version "$inspector" --cli "$url" --transport h
   --method tools/call --tool-name docker_version
 check "mtls sse tools/list" docker_version "$inspector" --cli "${url%/mcp}/sse" --transport sse --method tools/list
 unset NODE_OPTIONS
+# The Inspector through nginx to two replicas (the README's deployment): a test that needs the tools above.
+MCP_INTEROP_DIR="$tools" python3 -m pytest -q -p no:cacheprovider "$repo/test_mcp_docker.py" \
+  -k inspector_cli_through_nginx || failed=1
 exit $failed

@@ -8,7 +8,7 @@ engine socket or whatever ``DOCKER_HOST`` names, and to 127.0.0.1)::
     python3 bench/bench.py [--runs 10] [--iterations 200] [--warmup 20] [--json PATH] [--no-sdk]
                            [--no-http] [--http-seconds 5] [--http-clients 1,16,64]
                            [--http-max-requests 200000] [--sessions 500]
-                           [--only cold,genkey,memory,tools-list,stdio,https,logs] [--require-targets]
+                           [--only cold,genkey,memory,tools-list,stdio,https,nginx,logs] [--require-targets]
 
 It prints one table and the issue's targets, and writes the same as JSON (default ``bench/results.json``). Every
 figure stands next to a *floor* -- the cost of the same work without mcp-docker -- measured in the
@@ -64,6 +64,14 @@ same run, and the ratio value/floor:
       fifth of that), at most ``--http-max-requests`` in all; requests per second, p50 and p99.
       Floor: as many threads, each with its own ``docker.APIClient``, calling ``.version()`` the
       same way. Server, benchmark-process and engine CPU are recorded for every cell.
+
+4d. **Behind nginx** (``--only nginx``; needs Debian's nginx) -- the README's nginx site file, exactly as the
+   deployment tests run it (TLS at nginx with the same certificate, plain HTTP on loopback to replicas
+   started with ``--trusted-proxies 127.0.0.1/32``, each with its own audit chain). One client calls
+   ``docker_version`` through nginx interleaved with the same call to an mcp-docker serving TLS itself
+   (the floor: what the proxy costs). Then 16 clients for ``--http-seconds``: direct, through nginx to one
+   replica, through nginx to two replicas with sessions (found by the README's 404 failover), and
+   stateless 2026-07-28 clients to one and to two replicas.
 
 5. **Memory for logs** -- a container that has written 50 MB of 100-byte lines and then a marker
    line (the engine's last log line is awaited, so its log holds it all); a fresh stdio server
@@ -147,8 +155,8 @@ HTTP_CLIENT_ID = "bench"
 UNREACHABLE_LIMITS = {"SECURITY_RATE_LIMIT_ENABLED": "true", "SECURITY_RATE_LIMIT_RPM": "1000000",
                       "SECURITY_RATE_LIMIT_BURST": "1000000", "SECURITY_RATE_LIMIT_CONCURRENT": "100000"}
 SESSION_CONNECTIONS = 8  # connections the --sessions sessions are opened over
-STAGES = ("cold", "genkey", "memory", "tools-list", "stdio", "https", "logs")  # in the order they run
-HTTP_STAGES = ("memory", "https")
+STAGES = ("cold", "genkey", "memory", "tools-list", "stdio", "https", "nginx", "logs")  # in the order they run
+HTTP_STAGES = ("memory", "https", "nginx")
 LOG_BYTES = 50_000_000
 LOG_LINE = "mcpbench log line " + "0" * 81  # 99 characters + newline: 500000 whole lines make 50 MB
 LOG_END = "mcpbench-log-end"  # written after the 50 MB; the engine's last line once it holds them all
@@ -823,20 +831,22 @@ async def bench_latency(api: Any, cases: dict[str, ToolCase], warmup: int, itera
 # 3. HTTPS: the server process and a raw HTTP/1.1 client
 # ---------------------------------------------------------------------------------------------
 
-LISTENING = re.compile(rb"mcp-docker listening on https://127\.0\.0\.1:(\d+)/mcp")
+LISTENING = re.compile(rb"mcp-docker listening on https?://127\.0\.0\.1:(\d+)/mcp")
 
 
 class HttpServerProcess:
     """``mcp_docker.py serve --transport http`` on 127.0.0.1, any free port, TLS, output to a log file."""
 
-    def __init__(self, scratch: Scratch, name: str):
+    def __init__(self, scratch: Scratch, name: str, tls: bool = True, extra: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None):
         self.log_path = scratch.dir / f"{name}.log"
         self.log = open(self.log_path, "wb")  # noqa: SIM115 -- closed in stop()
         started = time.perf_counter()
+        tls_args = ["--tls-cert", str(scratch.tls_dir / "server.crt"), "--tls-key", str(scratch.tls_dir / "server.key")]
         self.proc = subprocess.Popen(
             [*server_argv, "serve", "--transport", "http", "--host", "127.0.0.1", "--port", "0",
-             "--tls-cert", str(scratch.tls_dir / "server.crt"), "--tls-key", str(scratch.tls_dir / "server.key")],
-            cwd=REPO, env=scratch.env, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
+             *(tls_args if tls else []), *extra],
+            cwd=REPO, env={**scratch.env, **(env or {})}, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
         try:
             self.port = self._wait_until_listening()
         except BaseException:
@@ -984,6 +994,21 @@ class HttpsSession:
             raise BenchError(f"HTTPS DELETE session: HTTP {status}, {payload[:200]!r}")
 
 
+class StatelessSession(HttpsSession):
+    """A 2026-07-28 client on a connection: no session, every request stands alone (for docker_version calls)."""
+
+    async def initialize(self) -> HttpsSession:
+        self.headers = b"MCP-Protocol-Version: 2026-07-28\r\nMcp-Method: tools/call\r\nMcp-Name: docker_version\r\n"
+        return self
+
+    def body(self, method: str, params: dict[str, Any] | None) -> bytes:
+        meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
+        return super().body(method, {**(params or {}), "_meta": meta})
+
+    async def delete(self) -> None:
+        return None
+
+
 def http_result(status: int, payload: bytes, where: str) -> dict[str, Any]:
     """The structuredContent of a 200 tools/call answer, else BenchError."""
     if status != 200:
@@ -994,11 +1019,12 @@ def http_result(status: int, payload: bytes, where: str) -> dict[str, Any]:
     return check_tool_result(answer["result"], where)
 
 
-async def open_sessions(server: HttpServerProcess, scratch: Scratch, count: int) -> list[HttpsSession]:
+async def open_sessions(server: HttpServerProcess, scratch: Scratch, count: int,
+                        kind: type[HttpsSession] = HttpsSession) -> list[HttpsSession]:
     context = scratch.client_ssl_context()
     connections = await asyncio.gather(*(HttpsConnection(server.port, scratch.api_key, context).open()
                                          for _ in range(count)))
-    return list(await asyncio.gather(*(HttpsSession(c).initialize() for c in connections)))
+    return list(await asyncio.gather(*(kind(c).initialize() for c in connections)))
 
 
 async def close_sessions(sessions: list[HttpsSession]) -> None:
@@ -1120,9 +1146,9 @@ def throughput_summary(latencies: list[list[int]], wall: float, cpu: dict[str, A
 
 
 async def https_cell(server: HttpServerProcess, scratch: Scratch, clients: int, warmup_s: float, seconds: float,
-                     max_requests: int) -> dict[str, Any]:
+                     max_requests: int, kind: type[HttpsSession] = HttpsSession) -> dict[str, Any]:
     """``clients`` sessions calling docker_version back to back; answers are checked after the clock stops."""
-    sessions = await open_sessions(server, scratch, clients)
+    sessions = await open_sessions(server, scratch, clients, kind)
     params = {"name": "docker_version", "arguments": {}}
     per_client = max(1, max_requests // clients)
 
@@ -1255,6 +1281,75 @@ async def bench_https(scratch: Scratch, api: Any, cases: dict[str, ToolCase], ar
         server.stop()
     return {"latency": latency, "throughput": throughput, "rss_after_load_kib": rss_after_kib,
             "server_start_ms": server.start_ms, "server_log_problems": server.log_problems()}
+
+
+# ---------------------------------------------------------------------------------------------
+# 4d. Behind nginx: the README's site file, against mcp-docker's own HTTPS; two replicas against one
+# ---------------------------------------------------------------------------------------------
+
+
+class ServerAt:
+    """What the HTTPS cells need of a target: the port clients connect to, the process whose CPU counts."""
+
+    def __init__(self, port: int, proc: subprocess.Popen[bytes]):
+        self.port, self.proc = port, proc
+
+
+async def bench_nginx(scratch: Scratch, args: argparse.Namespace, stage: Callable[[str], None]) -> dict[str, Any]:
+    """docker_version through nginx (TLS there, plain HTTP on loopback to the replicas, the README's exact
+    site file as the deployment tests run it) against the same call to mcp-docker serving TLS itself."""
+    sys.path.insert(0, str(REPO))
+    import test_mcp_docker as deployment  # the README's nginx file and the nginx runner of the tests
+
+    behind = ("--trusted-proxies", "127.0.0.1/32")
+    servers = [HttpServerProcess(scratch, "nginx-direct")]
+    nginxes: list[Any] = []
+    try:
+        for n in range(2):  # each replica its own audit chain, as the README says (counted by audit_tool_calls)
+            servers.append(HttpServerProcess(scratch, f"nginx-replica{n}", tls=False, extra=behind,
+                                             env={"SECURITY_AUDIT_LOG_FILE": f"{scratch.audit_log}-replica{n}"}))
+        direct, replicas = servers[0], servers[1:]
+        for n, group in enumerate((replicas[:1], replicas)):
+            port = deployment.free_port()
+            site = deployment.nginx_site([r.port for r in group], port, scratch.tls_dir)
+            nginxes.append(deployment.Nginx(scratch.dir / f"nginx{n}", site, port))
+        one, two = (ServerAt(nginxes[0].port, replicas[0].proc), ServerAt(nginxes[1].port, replicas[0].proc))
+        stage(f"behind nginx: latency, 1 client, {args.warmup} warm-up + {args.iterations} calls, interleaved with "
+              "direct HTTPS")
+        (via_nginx,) = await open_sessions(one, scratch, 1)  # type: ignore[arg-type]
+        (straight,) = await open_sessions(direct, scratch, 1)
+        params = {"name": "docker_version", "arguments": {}}
+
+        def step(session: HttpsSession, where: str) -> Callable[[], Any]:
+            async def call() -> int:
+                elapsed, status, payload = await session.send("tools/call", params)
+                check_version(http_result(status, payload, where), where)
+                return elapsed
+            return call
+
+        try:
+            samples = await run_interleaved({"nginx": step(via_nginx, "nginx docker_version"),
+                                             "direct": step(straight, "HTTPS docker_version")},
+                                            args.warmup, args.iterations)
+        finally:
+            await close_sessions([via_nginx, straight])
+        latency = {name: summarize_ns(values) for name, values in samples.items()}
+        clients, warmup_s, seconds = 16, args.http_seconds / 5, args.http_seconds
+        throughput: dict[str, Any] = {}
+        cells = (("direct", direct, HttpsSession), ("nginx_1_replica", one, HttpsSession),
+                 ("nginx_2_replicas", two, HttpsSession), ("stateless_1_replica", one, StatelessSession),
+                 ("stateless_2_replicas", two, StatelessSession))
+        for name, target, kind in cells:
+            print(f"      {clients} clients: {name.replace('_', ' ')} ...", file=sys.stderr)
+            throughput[name] = await https_cell(target, scratch, clients, warmup_s, seconds,  # type: ignore[arg-type]
+                                                args.http_max_requests, kind)
+        problems = [p for server in servers for p in server.log_problems()]
+    finally:
+        for runner in nginxes:
+            runner.stop()
+        for server in servers:
+            server.stop()
+    return {"latency": latency, "throughput": throughput, "clients": clients, "server_log_problems": problems}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1404,6 +1499,25 @@ def build_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
             for stat in ("p50", "p99"):
                 rows.append(row(f"version via HTTPS, {who} ({stat})", cell["https"][f"{stat}_ms"],
                                 cell["direct"][f"{stat}_ms"], f"{threads} ({stat})"))
+    behind = results.get("nginx")
+    if behind is not None:
+        for stat in ("median", "p99"):
+            rows.append(row(f"version via nginx (TLS there, HTTP to 1 replica), 1 client ({stat})",
+                            behind["latency"]["nginx"][f"{stat}_ms"], behind["latency"]["direct"][f"{stat}_ms"],
+                            f"version via mcp-docker's own HTTPS, 1 client ({stat})"))
+        cells, who = behind["throughput"], f"{behind['clients']} clients"
+        rows.append(row(f"version via nginx, 1 replica, {who}: throughput", cells["nginx_1_replica"]["rps"],
+                        cells["direct"]["rps"], f"mcp-docker's own HTTPS, {who}", "req/s"))
+        rows.append(row(f"version via nginx, 2 replicas, {who} in sessions: throughput", cells["nginx_2_replicas"]["rps"],
+                        cells["nginx_1_replica"]["rps"], f"via nginx, 1 replica, {who}", "req/s"))
+        rows.append(row(f"version via nginx, 2 replicas, {who} stateless (2026-07-28): throughput",
+                        cells["stateless_2_replicas"]["rps"], cells["stateless_1_replica"]["rps"],
+                        f"via nginx, 1 replica, {who} stateless", "req/s"))
+        for stat in ("p50", "p99"):
+            rows.append(row(f"version via nginx, 1 replica, {who} ({stat})", cells["nginx_1_replica"][f"{stat}_ms"],
+                            cells["direct"][f"{stat}_ms"], f"mcp-docker's own HTTPS, {who} ({stat})"))
+            rows.append(row(f"version via nginx, 2 replicas, {who} ({stat})", cells["nginx_2_replicas"][f"{stat}_ms"],
+                            cells["nginx_1_replica"][f"{stat}_ms"], f"via nginx, 1 replica, {who} ({stat})"))
     if logs is not None:
         what = f"logs tail={logs['tail']} of {logs['log_bytes'] / 1e6:g} MB, stdio server RSS"
         floor_name = f"python: docker-py logs(tail={logs['tail']}) only"
@@ -1697,7 +1811,7 @@ def main(argv: list[str] | None = None) -> int:
             if "genkey" in selected:
                 stage(f"genkey, {args.runs} runs each")
                 results["genkey"] = bench_genkey(args.runs, scratch)
-            if selected & {"memory", "https"}:
+            if selected & {"memory", "https", "nginx"}:
                 scratch.make_credentials()
             if "memory" in selected:
                 stage(f"HTTPS memory: idle, then {args.sessions} open sessions")
@@ -1715,10 +1829,15 @@ def main(argv: list[str] | None = None) -> int:
                                                                        args.sdk, scratch.env))
                     if "https" in selected:
                         results["https"] = asyncio.run(bench_https(scratch, api, cases, args, stage))
+            if "nginx" in selected and not (shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/sbin")):
+                print("nginx is not installed (.ci/engine-setup.sh installs it): the nginx stage is left out",
+                      file=sys.stderr)
+            elif "nginx" in selected:
+                results["nginx"] = asyncio.run(bench_nginx(scratch, args, stage))
             if "logs" in selected:
                 stage(f"memory for the last {LOG_TAIL} lines of a {LOG_BYTES / 1e6:g} MB log (stdio server)")
                 results["logs"] = bench_logs(api, scratch.env)
-            https = results.get("https")
+            https = results.get("https") or results.get("nginx")
             if https is not None:
                 https["calls_sent"] = HttpsSession.calls_made
                 https["audit_tool_calls"] = audit_tool_calls(scratch.audit_log)
