@@ -3761,9 +3761,10 @@ def judge_request(request: PowerRequest, settings: Settings, host: HostFacts) ->
             denials.append(Denial("resource_limits", f"{what} {shown[0]} is above the configured maximum "
                                   f"{shown[1]}", f"raise {setting}"))
         elif ceiling and value is None and request.actual:
-            denials.append(Denial("resource_limits", f"it has no {what.removesuffix('_limit')} limit on the engine (0, -1 or a value that "
+            kind = what.removesuffix("_limit")
+            denials.append(Denial("resource_limits", f"it has no {kind} limit on the engine (0, -1 or a value that "
                                   f"rounds to nothing mean unlimited), above the configured maximum {ceiling:g}",
-                                  f"give it a {what} limit, or set {setting}=0"))
+                                  f"give it a {kind} limit, or set {setting}=0"))
     if request.memory_swap == -1 and request.memory is not None and settings.container_memory_limit:
         denials.append(Denial("resource_limits", "its swap is unlimited (memory_swap -1), so the memory limit does "
                               "not bound it", "give it a memory_swap limit, or set SAFETY_CONTAINER_MEMORY_LIMIT=0"))
@@ -5284,8 +5285,9 @@ def enforce_container_power(call: Call, container: str, action: str) -> dict[str
 
 def container_power_error(denials: list[Denial], container: str, action: str) -> ToolError:
     error = denial_error(denials)
+    outcome = "so it was removed" if action == "create" else f"no {action} in a container the policy would not create"
     return ToolError("policy_denied", f"{error.message} (container {_short_repr(container, 60)}, {ACTUAL_CONFIGURATION}; "
-                     f"no {action} in a container the policy would not have created)")
+                     f"{outcome})")
 
 
 def judged_container_config(call: Call, tool: str,
