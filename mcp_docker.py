@@ -2965,6 +2965,7 @@ class ShellWord:
     text: str
     dynamic: str = ""  # the first run-time construct in it ($X, ${!x}, $(...), `...`, $'...'), or ""
     substitutions: list[str] = dataclasses.field(default_factory=list)  # the scripts of $(...), `...`, <(...)
+    brace: bool = False  # an unquoted { in it: bash may expand {a,b} into several words
 
     def __str__(self) -> str:
         return self.text
@@ -3013,18 +3014,18 @@ def shell_tokens(script: str) -> list[ShellWord | str]:
     text: list[str] = []
     dynamic: list[str] = []
     subs: list[str] = []
-    started = False
+    started = brace = False
     heredocs: list[tuple[str, bool]] = []
     index, length = 0, len(script)
 
     def finish() -> None:
-        nonlocal started
+        nonlocal started, brace
         if started:
-            tokens.append(ShellWord("".join(text), dynamic[0] if dynamic else "", list(subs)))
+            tokens.append(ShellWord("".join(text), dynamic[0] if dynamic else "", list(subs), brace))
         text.clear()
         dynamic.clear()
         subs.clear()
-        started = False
+        started = brace = False
 
     def dollar(at: int) -> int:
         """Read an expansion starting at ``$``; return the index after it."""
@@ -3136,6 +3137,7 @@ def shell_tokens(script: str) -> list[ShellWord | str]:
         if operator is None:
             text.append(char)
             started = True
+            brace = brace or char == "{"
             index += 1
             continue
         if operator in _REDIRECTIONS and started and not dynamic and "".join(text).isdigit():
@@ -3318,6 +3320,23 @@ def _brace_alternatives(text: str, limit: int = 64) -> list[str]:
     return out
 
 
+def _expand_braces(words: list[ShellWord]) -> list[ShellWord]:
+    """The words after bash's brace expansion (`{rm,-rf,/}` is `rm -rf /`); a word that expands too far stays
+    whole, unless it is the command name."""
+    out: list[ShellWord] = []
+    for index, word in enumerate(words):
+        if not word.brace or word.dynamic:
+            out.append(word)
+            continue
+        try:
+            out.extend(ShellWord(text) for text in _brace_alternatives(word.text))
+        except Indeterminate:
+            if index == 0:
+                raise
+            out.append(word)
+    return out
+
+
 def _judge_target(word: ShellWord, context: _Context, what: str) -> bool:
     """Whether a delete/overwrite target is critical; raises when the screen cannot know."""
     if word.dynamic:
@@ -3341,6 +3360,8 @@ def _judge_simple_command(argv: list[Any], depth: int, context: _Context | None 
             reason = _judge_script(script, depth + 1)
             if reason:
                 return reason
+    if any(w.brace for w in words):
+        words = _expand_braces(words)
     unwrapped, from_stdin = _unwrap(words)
     words = [w if isinstance(w, ShellWord) else ShellWord(str(w)) for w in unwrapped]
     if not words:

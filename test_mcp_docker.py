@@ -7526,6 +7526,8 @@ SCREEN_REFUSES: list[tuple[list[str], str]] = [
     (_sh("git -c core.pager='rm -rf /' log"), "destructive"), (_sh("git -c alias.x='!eval $X' x"), "indeterminate"),
     (_sh("vi -c ':!rm -rf /'"), "destructive"), (_sh("watch 'rm -rf /'"), "destructive"),
     (_sh("ssh -o ProxyCommand='sh -c \"rm -rf /\"' h"), "destructive"),
+    (_sh("{rm,-rf,/}"), "destructive"), (_sh("r{m,} -rf /"), "destructive"), (_sh("sudo {rm,-rf,/etc}"), "destructive"),
+    (_sh("rm${IFS}-rf${IFS}/"), "indeterminate"),
 ]
 # What agents ordinarily run: none of it may be refused.
 SCREEN_PASSES: list[list[str]] = [
@@ -7555,6 +7557,8 @@ SCREEN_PASSES: list[list[str]] = [
     _sh("tar -I zstd -xf a.tar.zst"), _sh("tar -xzf a.tgz -C /tmp"), _sh("git -c user.name=x commit -m y"),
     _sh("sed -i 's/a/b/g' f"), _sh("sed -n '/error/p' f"), _sh("rsync -e 'ssh -p 2222' a b:c"),
     _sh("ssh -o StrictHostKeyChecking=no h ls"), _sh("vim -c ':wq' f"), _sh("watch -n 5 df -h"),
+    _sh("echo {a,b}"), _sh("curl -d '{\"a\":1,\"b\":2}' http://127.0.0.1:8080/x"), _sh("mkdir -p /tmp/{a,b,c}"),
+    _sh("{ echo a; echo b; }"), _sh("for i in {1..5}; do echo $i; done"),
 ]
 
 
