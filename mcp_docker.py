@@ -59,7 +59,7 @@ log = logging.getLogger("mcp_docker")
 # 1. Configuration
 # ---------------------------------------------------------------------------------------------
 
-TOOLSETS = ("containers", "images", "networks", "volumes", "system")
+TOOLSETS = ("containers", "images", "networks", "volumes", "system", "compose")
 
 
 class ConfigError(ValueError):
@@ -234,6 +234,17 @@ def _parse_size_setting(name: str, raw: str) -> int:
     return int(float(match.group(1)) * {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[match.group(2)])
 
 
+def _parse_compose_command(name: str, raw: str) -> tuple[str, ...]:
+    """``docker compose`` or ``/usr/bin/docker-compose``: a program and at most two fixed words, no shell."""
+    words = tuple(raw.split())
+    if not words:
+        return ()
+    if len(words) > 3 or any(not re.fullmatch(r"[A-Za-z0-9_./+-]{1,4096}", w) for w in words) \
+            or words[0].startswith("-"):
+        raise ConfigError(f"{name}: expected a program and up to two words like 'docker compose', got {raw[:60]!r}")
+    return words
+
+
 ENGINE_NAME_RE = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
 ENGINE_SPEC_HELP = "NAME=URL[;read-only|;no-destructive][;cert-path=DIR]"
 
@@ -389,7 +400,7 @@ SETTING_SPECS: tuple[SettingSpec, ...] = (
     SettingSpec("denied_tools", "SAFETY_DENIED_TOOLS", _parse_name_list,
                 "Comma list of tools that are never offered, whatever else allows them."),
     SettingSpec("toolsets", "MCP_TOOLSETS", _parse_toolsets,
-                "Comma list of toolsets to offer: containers,images,networks,volumes,system."),
+                "Comma list of toolsets to offer: containers,images,networks,volumes,system,compose."),
     SettingSpec("max_output_bytes", "MCP_MAX_OUTPUT_BYTES",
                 _positive_int(64 * 1024 * 1024),
                 "Cap on one tool result in bytes; larger results are cut and say truncated. Default 262144."),
@@ -532,6 +543,14 @@ SETTING_SPECS: tuple[SettingSpec, ...] = (
                 _limit_number(4_000_000, integer=True),
                 "Process limit for containers that ask for none, and the most one may ask for. Default 512 "
                 "(0 = none)."),
+    # -- compose projects
+    SettingSpec("compose_command", "MCP_COMPOSE_COMMAND", _parse_compose_command,
+                "The Compose implementation to run, e.g. 'docker compose' or /usr/bin/docker-compose. Default: "
+                "found on PATH (the docker compose plugin, docker-compose, podman-compose for Podman).",
+                metavar="COMMAND"),
+    SettingSpec("allow_public_ports", "SAFETY_ALLOW_PUBLIC_PORTS", _parse_bool,
+                "Let compose projects publish ports on addresses other than loopback (0.0.0.0 ...). "
+                "Default false: ports without an address are published on 127.0.0.1."),
 )
 SETTINGS_BY_ENV = {spec.env: spec for spec in SETTING_SPECS}
 SETTINGS_BY_FIELD = {spec.field: spec for spec in SETTING_SPECS}
@@ -615,6 +634,8 @@ class Settings:
     container_memory_limit: int = 1024**3
     container_cpu_limit: float = 1.0
     container_pids_limit: int = 512
+    compose_command: tuple[str, ...] = ()
+    allow_public_ports: bool = False
     docker_tls_verify: str = ""
     docker_cert_path: str = ""
 
@@ -749,6 +770,103 @@ def discover_engine(docker_host: str, environ: Mapping[str, str], exists: Callab
         steps.append(f"{path}: not found")
     return Discovery(f"unix://{DEFAULT_DOCKER_SOCKET}", "default", (*steps, "nothing found: trying the Docker socket "
                                                                     "on every call until an engine answers"))
+
+
+# -- the Compose implementation ----------------------------------------------------------------
+# What a compose project means is what the host's real Compose tool makes of it: the server never
+# interprets a compose file itself, it asks the tool for its normalized model and judges that.
+
+@dataclasses.dataclass(frozen=True)
+class ComposeTool:
+    """One Compose implementation on this host, and how to get its normalized model as JSON."""
+
+    argv: tuple[str, ...]      # the command: ("/usr/bin/docker", "compose") or ("/usr/bin/docker-compose",)
+    flavor: str                # v2 (the Go plugin or binary), v1 (docker-compose 1.x, Python), podman (podman-compose)
+    version: str
+    source: str                # how it was found, path-free: "--compose-command", "docker compose plugin" ...
+    python: str = ""           # the Python the v1/podman tools run on (their YAML reader), for the model as JSON
+
+
+@dataclasses.dataclass(frozen=True)
+class ComposeDiscovery:
+    tool: ComposeTool | None
+    steps: tuple[str, ...]     # every candidate and its verdict, for the server log and doctor
+
+    @property
+    def problem(self) -> str:
+        return "" if self.tool else ("no Compose implementation found (looked for the docker compose plugin, "
+                                     "docker-compose and podman-compose); install one, or name it with "
+                                     "--compose-command / MCP_COMPOSE_COMMAND")
+
+
+COMPOSE_VERSION_FORMS = (
+    ("v2", re.compile(r"Docker Compose version v?(\d+\.\d+[\w.+-]*)")),
+    ("v1", re.compile(r"docker-compose version (1\.\d+[\w.+-]*)")),
+    ("podman", re.compile(r"podman-composer? version\s+(\d+\.\d+[\w.+-]*)")),
+)
+
+
+def compose_flavor(version_text: str) -> tuple[str, str] | None:
+    """(flavor, version) from what ``<tool> version`` printed, or None when it is no Compose we know."""
+    for flavor, pattern in COMPOSE_VERSION_FORMS:
+        match = pattern.search(version_text or "")
+        if match:
+            return flavor, match.group(1)
+    return None
+
+
+def script_interpreter(script_head: str | None, which: Callable[[str], str | None]) -> str:
+    """The interpreter named by a script's #! line (``/usr/bin/env python3`` looked up), or ''."""
+    first = (script_head or "").split("\n", 1)[0]
+    if not first.startswith("#!"):
+        return ""
+    words = first[2:].split()
+    if words and words[0].endswith("/env") and len(words) > 1:
+        return which(words[1]) or ""
+    return words[0] if words and words[0].startswith("/") and "python" in words[0] else ""
+
+
+def discover_compose(command: tuple[str, ...], engine_kind: str, which: Callable[[str], str | None],
+                     version_of: Callable[[tuple[str, ...]], str | None],
+                     read_text: Callable[[str], str | None]) -> ComposeDiscovery:
+    """Find the Compose tool for an engine of ``engine_kind``: the configured command, else for Docker the
+    ``docker compose`` plugin then ``docker-compose``, for Podman ``podman-compose`` first.
+
+    Pure: the caller passes PATH lookup, the run of ``<tool> version`` and file reads.
+    """
+    steps: list[str] = []
+    if command:
+        candidates = [(command, "--compose-command")]
+    else:
+        docker = which("docker")
+        candidates = [((docker, "compose"), "docker compose plugin")] if docker else []
+        for name in ("docker-compose", "podman-compose"):
+            found = which(name)
+            if found:
+                candidates.append(((found,), name))
+        if engine_kind == "podman":  # podman-compose drives podman itself; the others speak to its socket
+            candidates.sort(key=lambda c: c[1] != "podman-compose")
+        else:
+            candidates = [c for c in candidates if c[1] != "podman-compose"]
+        steps.append("PATH: " + (", ".join(label for _, label in candidates) or "no docker, docker-compose or "
+                                 "podman-compose"))
+    for argv, label in candidates:
+        program = argv[0] if argv[0].startswith("/") else which(argv[0])
+        if not program:
+            steps.append(f"{label}: {argv[0]!r} is not on PATH")
+            continue
+        argv = (program, *argv[1:])
+        flavor = compose_flavor(version_of((*argv, "version")) or "")
+        if flavor is None:
+            steps.append(f"{label}: does not answer like a Compose implementation")
+            continue
+        python = "" if flavor[0] == "v2" else script_interpreter(read_text(program), which)
+        if flavor[0] != "v2" and not python:
+            steps.append(f"{label}: {flavor[0]} {flavor[1]} but its Python interpreter is unknown")
+            continue
+        steps.append(f"{label}: {flavor[0]} {flavor[1]}")
+        return ComposeDiscovery(ComposeTool(argv, flavor[0], flavor[1], label, python), tuple(steps))
+    return ComposeDiscovery(None, tuple(steps))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -2044,6 +2162,348 @@ def denial_error(denials: list[Denial]) -> ToolError:
     if len(denials) > 3:
         text += f" (and {len(denials) - 3} more)"
     return ToolError("policy_denied", text)
+
+
+# -- compose projects: judging the Compose tool's normalized model -----------------------------------
+#
+# A project is judged as the containers, volumes, networks and builds it makes. Each service becomes the
+# same create arguments the single tools take, and goes through ``normalize_container_request`` and
+# ``judge_request``; what a service asks for that has no place in those rules is refused by name (a key
+# this code does not know is a power it cannot judge). The same model, with the engine hardening written
+# into it, is what the Compose tool is then run on.
+
+COMPOSE_PROJECT_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+COMPOSE_PROJECT_LABEL = "com.docker.compose.project"
+COMPOSE_SERVICE_LABEL = "com.docker.compose.service"
+# Service keys that decide nothing about host power (or are judged below by their own rule).
+COMPOSE_PLAIN_KEYS = frozenset({
+    "image", "command", "entrypoint", "environment", "labels", "working_dir", "user", "hostname", "domainname",
+    "container_name", "healthcheck", "restart", "depends_on", "stop_signal", "stop_grace_period", "tty",
+    "stdin_open", "init", "expose", "networks", "profiles", "platform", "pull_policy", "dns", "dns_search",
+    "dns_opt", "extra_hosts", "shm_size", "ulimits", "mac_address", "links", "annotations", "scale",
+    "privileged", "cap_add", "cap_drop", "network_mode", "pid", "ipc", "uts", "userns_mode", "cgroup", "devices",
+    "security_opt", "sysctls", "volumes", "tmpfs", "volumes_from", "read_only", "mem_limit", "memswap_limit",
+    "cpus", "pids_limit", "ports", "build", "deploy", "logging", "group_add", "oom_score_adj"})
+COMPOSE_BUILD_KEYS = frozenset({"context", "dockerfile", "dockerfile_inline", "args", "target", "labels",
+                                "network", "shm_size", "cache_from", "pull", "no_cache"})
+COMPOSE_LOG_DRIVERS = frozenset({"json-file", "local", "k8s-file", "journald", "none"})  # none sends elsewhere
+COMPOSE_TOP_KEYS = frozenset({"version", "name", "services", "networks", "volumes"})
+LOOPBACK_ADDRESSES = ("127.", "::1", "localhost")
+PUBLIC_PORTS_SETTING = "SAFETY_ALLOW_PUBLIC_PORTS"
+
+
+def compose_denial(where: str, denial: Denial) -> Denial:
+    return Denial(denial.rule, f"{where}: {denial.reason}", denial.fix)
+
+
+def compose_volume_name(project: str, key: str, definition: Mapping[str, Any] | None) -> str:
+    """The engine name Compose gives a project's named volume or network."""
+    definition = definition or {}
+    if definition.get("name"):
+        return str(definition["name"])
+    return key if definition.get("external") else f"{project}_{key}"
+
+
+def compose_port(value: Any) -> tuple[str, str, str, str] | None:
+    """A port as Compose writes it -> (host_ip, published, target, protocol); None when not understood."""
+    if isinstance(value, Mapping):
+        if value.get("target") in (None, ""):
+            return None
+        return (str(value.get("host_ip") or ""), str(value.get("published") or ""), str(value["target"]),
+                str(value.get("protocol") or "tcp"))
+    text = str(value)
+    match = re.fullmatch(r"(?:(\[[0-9A-Fa-f:.]+\]|[0-9.]+|localhost):)?(?:([0-9-]*):)?([0-9-]+)(?:/(tcp|udp|sctp))?",
+                         text)
+    if not match:
+        return None
+    host_ip, published, target, protocol = match.groups()
+    return ((host_ip or "").strip("[]"), published or "", target, protocol or "tcp")
+
+
+def compose_port_denials(where: str, ports: Any, settings: Settings) -> list[Denial]:
+    denials = []
+    for value in ports or []:
+        port = compose_port(value)
+        if port is None:
+            denials.append(Denial("not_understood", f"{where}: port {_short_repr(value, 40)} is not understood",
+                                  "write it as [127.0.0.1:]HOST:CONTAINER[/tcp]"))
+        elif port[0] and not port[0].startswith(LOOPBACK_ADDRESSES) and not settings.allow_public_ports:
+            denials.append(Denial("published_port", f"{where}: port {port[2]} is published on {port[0]}, "
+                                  "reachable from other hosts", f"publish it on 127.0.0.1, or set "
+                                  f"{PUBLIC_PORTS_SETTING}=true"))
+    return denials
+
+
+def _compose_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, (str, Mapping)) else list(value)
+
+
+def compose_service_args(project: str, name: str, service: Mapping[str, Any],
+                         volumes: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """One service of the normalized model -> create arguments for ``normalize_container_request``, plus
+    what it asks for that the container rules cannot express (each a problem, so refused)."""
+    problems = [f"key {key!r} is not one the policy can judge" for key in service
+                if key not in COMPOSE_PLAIN_KEYS and not key.startswith("x-") and service[key] is not None]
+    args: dict[str, Any] = {}
+    if service.get("image"):
+        args["image"] = str(service["image"])
+    for key in ("privileged", "read_only"):
+        if service.get(key) is not None:
+            args[key] = service[key] in (True, "true", "True", 1)
+    for key in ("cap_add", "cap_drop", "security_opt", "volumes_from"):
+        if service.get(key):
+            args[key] = [str(v) for v in _compose_list(service[key])]
+    for key, option in (("network_mode", "network_mode"), ("pid", "pid_mode"), ("ipc", "ipc_mode"),
+                        ("uts", "uts_mode"), ("userns_mode", "userns_mode"), ("cgroup", "cgroupns_mode")):
+        mode = service.get(key)
+        if mode not in (None, ""):
+            mode = str(mode)  # service:<name> shares another container's namespace, as container:<id> does
+            args[option] = "container:" + mode[8:] if mode.startswith("service:") else mode
+    devices = []
+    for device in _compose_list(service.get("devices")):
+        if isinstance(device, Mapping):
+            device = ":".join(str(device.get(k)) for k in ("source", "target", "permissions") if device.get(k))
+        devices.append(str(device))
+    if devices:
+        args["devices"] = devices
+    sysctls = service.get("sysctls") or {}
+    if not isinstance(sysctls, Mapping):
+        sysctls = dict(str(item).partition("=")[::2] for item in sysctls)
+    if sysctls:
+        args["sysctls"] = dict(sysctls)
+    mounts: list[dict[str, Any]] = []
+    for volume in _compose_list(service.get("volumes")):
+        if isinstance(volume, Mapping):
+            kind = str(volume.get("type") or "volume")
+            source = str(volume.get("source") or "")
+            target = str(volume.get("target") or "")
+            read_only = bool(volume.get("read_only"))
+            if kind == "tmpfs":
+                size = (volume.get("tmpfs") or {}).get("size")
+                mounts.append({"type": "tmpfs", "target": target, **({"tmpfs_size": size} if size else {})})
+                continue
+        else:
+            parts = str(volume).split(":")
+            if len(parts) == 1:
+                source, target, read_only = "", parts[0], False
+            else:
+                source, target = parts[0], parts[1]
+                read_only = len(parts) > 2 and "ro" in parts[2].split(",")
+            kind = "bind" if source.startswith(("/", ".", "~")) else "volume"
+        if kind == "volume" and not source:
+            continue  # an anonymous volume: the engine makes a fresh local one, as for any container
+        if kind == "volume":
+            if source not in volumes:
+                problems.append(f"volume {_short_repr(source, 40)} is not declared under volumes")
+                continue
+            source = compose_volume_name(project, source, volumes.get(source))
+        elif kind != "bind":
+            problems.append(f"mount type {_short_repr(kind, 20)} is not bind, volume or tmpfs")
+            continue
+        mounts.append({"type": kind, "source": source, "target": target, "read_only": read_only})
+    for tmpfs in _compose_list(service.get("tmpfs")):
+        mounts.append({"type": "tmpfs", "target": str(tmpfs).split(":", 1)[0]})
+    if mounts:
+        args["mounts"] = mounts
+    limits = ((service.get("deploy") or {}).get("resources") or {}).get("limits") or {}
+    for key, compose_key, limit_key in (("memory", "mem_limit", "memory"), ("cpus", "cpus", "cpus"),
+                                        ("pids_limit", "pids_limit", "pids")):
+        value = service.get(compose_key) if service.get(compose_key) not in (None, 0, "0") else limits.get(limit_key)
+        if value not in (None, ""):
+            args[key] = value if key != "memory" or isinstance(value, int) else str(value)
+    if service.get("memswap_limit") not in (None, 0, "0", -1, "-1"):
+        problems.append("memswap_limit is not judged; leave it out (the memory limit applies)")
+    deploy_extra = set(service.get("deploy") or {}) - {"resources", "replicas", "restart_policy", "labels"}
+    resources_extra = set(((service.get("deploy") or {}).get("resources")) or {}) - {"limits", "reservations"}
+    if deploy_extra or resources_extra:
+        problems.append(f"deploy option {sorted(deploy_extra | resources_extra)[0]!r} is not judged")
+    logging_driver = str((service.get("logging") or {}).get("driver") or "json-file")
+    if logging_driver not in COMPOSE_LOG_DRIVERS:
+        problems.append(f"log driver {logging_driver!r} sends the logs off this host or to a file")
+    return args, problems
+
+
+def compose_build_denials(where: str, build: Any, host: HostFacts, settings: Settings,
+                          resolve: Callable[[str], HostPath]) -> list[Denial]:
+    """A service's build: a context on this host under SAFETY_BUILD_CONTEXT_ALLOWLIST, the build network
+    default or none, no URL contexts (a build that fetches its context from the network)."""
+    build = {"context": build} if isinstance(build, str) else dict(build or {})
+    context = str(build.get("context") or "")
+    denials: list[Denial] = []
+    unknown = sorted(key for key in build if key not in COMPOSE_BUILD_KEYS and build[key] is not None)
+    if unknown:
+        denials.append(Denial("not_understood", f"{where}: build option {unknown[0]!r} is not judged",
+                              "leave it out; build secrets, ssh and extra contexts are not allowed"))
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://|^git@|^github\.com/", context):
+        denials.append(Denial("build_context", f"{where}: the build context {_short_repr(context, 60)} is "
+                              "fetched from the network", "give a directory under SAFETY_BUILD_CONTEXT_ALLOWLIST"))
+        return denials
+    if str(build.get("network") or "default") not in ("default", "none"):
+        denials.append(Denial("build_network", f"{where}: build network {build['network']!r} is not the "
+                              "default or none"))
+    problem = host_path_problem(context) if context else "a build needs a context directory"
+    if problem:
+        return [*denials, Denial("not_understood", f"{where}: build context: {problem}",
+                                 "give an absolute directory under SAFETY_BUILD_CONTEXT_ALLOWLIST")]
+    request = PowerRequest("docker_compose_up", build_context=resolve(context))
+    denials.extend(compose_denial(where, d) for d in judge_request(request, settings, host))
+    return denials
+
+
+def judge_compose_model(project: str, model: Mapping[str, Any], settings: Settings, host: HostFacts,
+                        resolve: Callable[[str], HostPath],
+                        volume_info: Callable[[str], Mapping[str, Any] | None]) -> list[Denial]:
+    """Every reason a project may not go ahead, judged on the Compose tool's own normalized model."""
+    if not isinstance(model, Mapping) or not isinstance(model.get("services"), Mapping) or not model["services"]:
+        return [Denial("not_understood", "the project has no services", "declare at least one service")]
+    denials = [Denial("not_understood", f"top-level key {key!r} is not one the policy can judge",
+                      "leave it out (secrets and configs read host files)")
+               for key in model if key not in COMPOSE_TOP_KEYS and not key.startswith("x-") and model[key]]
+    volumes = model.get("volumes") or {}
+    networks = model.get("networks") or {}
+
+    def project_volume(name: str) -> Mapping[str, Any] | None:
+        for key, definition in volumes.items():
+            if compose_volume_name(project, key, definition) == name and not (definition or {}).get("external"):
+                # a volume the project declares is judged as declared; the engine makes it with our labels
+                return {"driver": (definition or {}).get("driver") or "local",
+                        "options": (definition or {}).get("driver_opts") or {}, "labels": {MANAGED_LABEL: "true"}}
+        return volume_info(name)
+
+    for name, service in model["services"].items():
+        where = f"service {_short_repr(name, 40)}"
+        if not isinstance(service, Mapping):
+            denials.append(Denial("not_understood", f"{where} is not a mapping", "correct the compose file"))
+            continue
+        args, problems = compose_service_args(project, str(name), service, volumes)
+        request = normalize_container_request("docker_compose_up", args, settings, resolve, project_volume)
+        request = dataclasses.replace(request, problems=request.problems + tuple(problems))
+        if service.get("build") is not None:
+            denials.extend(compose_build_denials(where, service["build"], host, settings, resolve))
+            request = dataclasses.replace(request, images=())  # a built image is judged by its Dockerfile
+        denials.extend(compose_denial(where, d) for d in judge_request(request, settings, host))
+        denials.extend(compose_port_denials(where, service.get("ports"), settings))
+    for key, definition in networks.items():
+        definition = definition or {}
+        driver = str(definition.get("driver") or "bridge")
+        if not settings.allow_privileged and (driver not in ("bridge", "default") or definition.get("driver_opts")):
+            denials.append(Denial("network_driver", f"network {_short_repr(key, 40)}: driver {driver!r} "
+                                  f"{'with driver options ' if definition.get('driver_opts') else ''}can reach the "
+                                  "host's network; only plain bridge networks are judged safe"))
+    return denials
+
+
+def harden_compose_model(project: str, model: Mapping[str, Any], settings: Settings, labels: Mapping[str, str],
+                         resolve: Callable[[str], HostPath]) -> dict[str, Any]:
+    """The model with the engine hardening of every container this server makes written into it: the
+    judged security options and limits, the server's labels (on volumes and networks too), and published
+    ports on 127.0.0.1 where no address was given. This, not the caller's file, is what Compose runs."""
+    hardened = json.loads(json.dumps(model))  # a deep copy of plain JSON data
+    hardened.pop("version", None)  # the Compose Specification form: every tool here reads it
+    volumes = hardened.get("volumes") or {}
+    for name, service in hardened["services"].items():
+        args, _ = compose_service_args(project, name, service, volumes)
+        request = normalize_container_request("docker_compose_up", args, settings, resolve, lambda _: None)
+        service["security_opt"] = list(request.security_opt)
+        for key, value in (("mem_limit", request.memory), ("cpus", (request.nano_cpus or 0) / 1e9 or None),
+                           ("pids_limit", request.pids_limit)):
+            if value is not None:
+                service[key] = value
+        limits = ((service.get("deploy") or {}).get("resources") or {})
+        limits.pop("limits", None)
+        if request.read_only_rootfs:
+            service["read_only"] = True
+        if request.cap_drop:
+            service["cap_drop"] = list(request.cap_drop)
+        if settings.container_profile == "hardened" and not any(
+                str(t).split(":", 1)[0] == "/tmp" for t in _compose_list(service.get("tmpfs"))):
+            service["tmpfs"] = [*_compose_list(service.get("tmpfs")), "/tmp:size=64m"]
+        service_labels = service.get("labels") or {}
+        if not isinstance(service_labels, Mapping):
+            service_labels = dict(str(item).partition("=")[::2] for item in service_labels)
+        service["labels"] = {**service_labels, **labels}
+        ports = []
+        for value in service.get("ports") or []:
+            host_ip, published, target, protocol = compose_port(value) or ("", "", str(value), "tcp")
+            address = host_ip or "127.0.0.1"  # the short form: docker-compose 1.x has no long-form host_ip
+            ports.append(f"{f'[{address}]' if ':' in address else address}:{published}:{target}/{protocol}")
+        if ports:
+            service["ports"] = ports
+    for section in ("volumes", "networks"):
+        for key, definition in list((hardened.get(section) or {}).items()):
+            definition = dict(definition or {})
+            if not definition.get("external"):
+                definition["labels"] = {**(definition.get("labels") or {}), **labels}
+            hardened[section][key] = definition
+    return hardened
+
+
+def endpoint_address(host_ip: str, port: Any, protocol: str = "tcp") -> str:
+    """A published port as an address a client can use: http://127.0.0.1:8080 (tcp), udp://... otherwise."""
+    host = host_ip or "127.0.0.1"
+    host = "127.0.0.1" if host == "0.0.0.0" else "[::1]" if host == "::" else f"[{host}]" if ":" in host else host
+    return f"{'http' if protocol == 'tcp' else protocol}://{host}:{port}"
+
+
+def list_endpoints(ports: Any) -> list[str]:
+    """Endpoints from a container list row's Ports (one per published port; IPv4 and IPv6 twins once)."""
+    seen = {endpoint_address(p.get("IP") or "", p["PublicPort"], str(p.get("Type") or "tcp"))
+            for p in ports or [] if p.get("PublicPort")}
+    return sorted(seen)
+
+
+def inspect_endpoints(info: Mapping[str, Any]) -> list[str]:
+    """Endpoints from an inspect answer's NetworkSettings.Ports."""
+    found = set()
+    for key, bindings in ((info.get("NetworkSettings") or {}).get("Ports") or {}).items():
+        protocol = key.partition("/")[2] or "tcp"
+        for binding in bindings or []:
+            if binding.get("HostPort"):
+                found.add(endpoint_address(binding.get("HostIp") or "", binding["HostPort"], protocol))
+    return sorted(found)
+
+
+def inspect_power_args(info: Mapping[str, Any], settings: Settings) -> tuple[dict[str, Any], list[str]]:
+    """What an existing container can do, from its inspect answer, as create arguments (plus what the
+    create arguments cannot say: a missing limit or no-new-privileges, a port on a public address)."""
+    host = info.get("HostConfig") or {}
+    args: dict[str, Any] = {"privileged": bool(host.get("Privileged")), "cap_add": host.get("CapAdd") or [],
+                            "cap_drop": host.get("CapDrop") or [], "security_opt": host.get("SecurityOpt") or [],
+                            "sysctls": host.get("Sysctls") or {}, "volumes_from": host.get("VolumesFrom") or [],
+                            "devices": [f"{d.get('PathOnHost')}:{d.get('PathInContainer')}"
+                                        for d in host.get("Devices") or []]}
+    for key, option in (("NetworkMode", "network_mode"), ("PidMode", "pid_mode"), ("IpcMode", "ipc_mode"),
+                        ("UTSMode", "uts_mode"), ("UsernsMode", "userns_mode")):
+        mode = str(host.get(key) or "")
+        if mode == "host" or mode.startswith("container:") or (option == "network_mode" and mode):
+            args[option] = mode
+    mounts = []
+    for mount in info.get("Mounts") or []:
+        if mount.get("Type") == "bind":
+            mounts.append({"type": "bind", "source": mount.get("Source"), "target": mount.get("Destination")})
+        elif mount.get("Type") == "volume" and mount.get("Name"):
+            mounts.append({"type": "volume", "source": mount["Name"], "target": mount.get("Destination")})
+    args["mounts"] = mounts
+    problems = []
+    for key, value, ceiling in (("memory", host.get("Memory"), settings.container_memory_limit),
+                                ("cpus", (host.get("NanoCpus") or 0) / 1e9 or (host.get("CpuQuota") or 0) /
+                                 (host.get("CpuPeriod") or 100000), settings.container_cpu_limit),
+                                ("pids_limit", host.get("PidsLimit"), settings.container_pids_limit)):
+        if value and value > 0:
+            args[key] = value
+        elif ceiling:
+            problems.append(f"the container has no {key} limit")
+    if not any(re.sub(r"[=:]true$", "", str(o)) == "no-new-privileges" for o in args["security_opt"]):
+        problems.append("the container lacks no-new-privileges")
+    for bindings in (host.get("PortBindings") or {}).values():
+        for binding in bindings or []:
+            address = str(binding.get("HostIp") or "")
+            if not address.startswith(LOOPBACK_ADDRESSES) and not settings.allow_public_ports:
+                problems.append(f"a port is published on {address or 'every address'}; publish on 127.0.0.1 "
+                                f"or set {PUBLIC_PORTS_SETTING}=true")
+    return args, problems
 
 
 # -- untrusted output -------------------------------------------------------------------------------
@@ -4507,6 +4967,527 @@ def prune_system(call: Call) -> dict[str, Any]:
         log.info("build cache prune skipped: %s", exc)
     return {**{k: v["count"] for k, v in parts.items()}, "volumes": parts.get("volumes", {}).get("count", 0),
             "space_reclaimed_bytes": sum(v["space_reclaimed_bytes"] for v in parts.values()) + cache_bytes}
+
+
+# -- compose projects ---------------------------------------------------------------------------
+#
+# The host's Compose tool does the Compose work; the server decides whether it may. ``up`` runs in five
+# steps, and each must pass before the next: (1) the tool prints its normalized model of the project
+# (interpolation, extends, profiles and env files resolved by the tool itself); (2) the model is judged by
+# the container rules; (3) the model, hardened, is written to a private file and the tool creates the
+# project from that file without starting anything; (4) every container the engine created is judged again
+# on what the engine reports; (5) only then is the project started. A refusal or failure removes what the
+# call made. The file the tool runs is the judged one: the caller's file is read once, by the tool, in (1).
+
+COMPOSE_TOOLS: dict[tuple[tuple[str, ...], str], ComposeDiscovery] = {}
+COMPOSE_VARIABLE_RE = r"^(?!(PATH|HOME|LANG|XDG_RUNTIME_DIR)$)(?!(DOCKER|COMPOSE|PODMAN|CONTAINER|LD|PYTHON)_?)" \
+                      r"[A-Za-z_][A-Za-z0-9_]{0,127}$"
+YAML_TO_JSON = "import json, sys, yaml; json.dump(yaml.safe_load(sys.stdin), sys.stdout)"
+# podman-compose before 1.1 has no config command: its own reader, run in its own Python, gives its model.
+PODMAN_COMPOSE_MODEL = """
+import json, sys
+import podman_compose
+compose = podman_compose.PodmanCompose()
+sys.argv = ["podman-compose", "-p", sys.argv[1], "-f", sys.argv[2], "ps"]
+compose._parse_args()
+compose._parse_compose_file()
+services = {name: {k: v for k, v in service.items() if not k.startswith("_")}
+            for name, service in compose.services.items()}
+print("\\n@@model@@" + json.dumps({"services": services, "networks": compose.networks or {},
+                                   "volumes": compose.vols or {}}, default=list))
+"""
+
+
+def _version_output(argv: tuple[str, ...]) -> str | None:
+    import subprocess
+
+    try:
+        done = subprocess.run(argv, capture_output=True, timeout=20, env={"PATH": os.environ.get("PATH", ""),
+                                                                          "LANG": "C.UTF-8"}, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (done.stdout + done.stderr).decode("utf-8", "replace")[:4096]
+
+
+def compose_discovery(settings: Settings, kind: str) -> ComposeDiscovery:
+    """The Compose tool for an engine of this kind, found once per server (a restart finds a new one)."""
+    import shutil
+
+    key = (settings.compose_command, kind)
+    if key not in COMPOSE_TOOLS or COMPOSE_TOOLS[key].tool is None:
+        COMPOSE_TOOLS[key] = discover_compose(settings.compose_command, kind, shutil.which, _version_output,
+                                              _read_text)
+        log.info("compose for %s: %s", kind, "; ".join(COMPOSE_TOOLS[key].steps))
+    return COMPOSE_TOOLS[key]
+
+
+def compose_tool(call: Call) -> ComposeTool:
+    found = compose_discovery(call.settings, call.kind)
+    if found.tool is None:
+        raise ToolError("unavailable", found.problem)
+    if found.tool.flavor == "podman" and not engine_is_local(call.engine_url):
+        raise ToolError("unavailable", "podman-compose drives the local Podman only; this engine is remote")
+    return found.tool
+
+
+class ComposeRun:
+    """One project operation's private working directory, environment and runs of the Compose tool."""
+
+    def __init__(self, call: Call, tool: ComposeTool, project: str):
+        import tempfile
+
+        self.call, self.tool, self.project = call, tool, project
+        self.dir = tempfile.mkdtemp(prefix="mcp-compose-")  # 0700: no other user reads or swaps our files
+        # Compose interpolates ${NAME} from its environment: it gets only what the caller gave, never ours.
+        self.env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": self.dir, "LANG": "C.UTF-8",
+                    **({"XDG_RUNTIME_DIR": os.environ["XDG_RUNTIME_DIR"]} if os.environ.get("XDG_RUNTIME_DIR") else {}),
+                    **(call.args.get("variables") or {})}
+        if tool.flavor != "podman" and call.engine_url:
+            self.env["DOCKER_HOST"] = call.engine_url
+
+    def close(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def write(self, name: str, text: str) -> str:
+        path = os.path.join(self.dir, name)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        return path
+
+    def run(self, argv: list[str], stdin: str | None = None, check: bool = True) -> tuple[int, str, str]:
+        """Run a program of the Compose tool, cancellable and bounded by the call's time; its output is capped."""
+        import subprocess
+
+        process = subprocess.Popen(argv, cwd=self.dir, env=self.env, stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        if self.call.cancellation is not None:
+            self.call.cancellation.on_cancel(process.kill)
+        try:
+            out, err = process.communicate(stdin.encode() if stdin is not None else None,
+                                           timeout=self.call.remaining())
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+            raise ToolError("timeout", "the Compose tool did not finish in time; raise MCP_LONG_OPERATION_TIMEOUT "
+                            "or wait_timeout") from None
+        finally:
+            if self.call.cancellation is not None:
+                self.call.cancellation.forget(process.kill)
+        self.call.remaining()  # a cancel that killed the tool is reported as a cancel
+        text, errors = out[-4 * 1024 * 1024:].decode("utf-8", "replace"), err[-65536:].decode("utf-8", "replace")
+        if check and process.returncode != 0:
+            raise ToolError("engine_error", "the Compose tool failed: " + compose_error_text(errors or text))
+        return process.returncode, text, errors
+
+    def command(self, file: str, *words: str, project_dir: str = "") -> list[str]:
+        base = [*self.tool.argv, "-p", self.project, "-f", file]
+        if project_dir and self.tool.flavor != "podman":
+            base += ["--project-directory", project_dir]
+        return [*base, *words]
+
+    def model(self, file: str, project_dir: str) -> dict[str, Any]:
+        """The tool's own normalized model of the project, as JSON data."""
+        if self.tool.flavor == "v2":
+            text = self.run(self.command(file, "config", "--format", "json", project_dir=project_dir))[1]
+        elif self.tool.flavor == "v1":
+            yaml_text = self.run(self.command(file, "config", project_dir=project_dir))[1]
+            text = self.run([self.tool.python, "-c", YAML_TO_JSON], stdin=yaml_text)[1]
+        else:
+            text = self.run([self.tool.python, "-c", PODMAN_COMPOSE_MODEL, self.project, file])[1]
+            text = text.rpartition("@@model@@")[2]
+        try:
+            model = json.loads(text)
+        except ValueError:
+            raise ToolError("engine_error", "the Compose tool's model could not be read") from None
+        if not isinstance(model, dict):
+            raise ToolError("invalid_argument", "the compose file does not describe a project")
+        return model
+
+
+def compose_error_text(text: str) -> str:
+    """The tool's complaint, without the host paths of our private files."""
+    text = re.sub(r"/tmp/mcp-compose-[A-Za-z0-9_]+/?", "", text)
+    lines = [line for line in text.strip().splitlines() if line.strip() and not line.startswith("Traceback")]
+    return sanitize_engine_text(" ".join(lines[-3:]) or "no message", 400)
+
+
+def compose_source(call: Call, run: ComposeRun) -> tuple[str, str]:
+    """(file, project directory) of the caller's project: the text, written privately, or a file under an
+    allowed root (SAFETY_BUILD_CONTEXT_ALLOWLIST or SAFETY_VOLUME_MOUNT_ALLOWLIST)."""
+    a = call.args
+    if (a.get("compose") is None) == (a.get("file") is None):
+        raise ToolError("invalid_argument", "give the project as compose (the file's text) or file (a path)")
+    if a.get("compose") is not None:
+        return run.write("compose.yaml", a["compose"]), run.dir
+    problem = host_path_problem(a["file"])
+    if problem:
+        raise ToolError("invalid_argument", f"file: {problem}")
+    host = resolve_host_path(a["file"])
+    roots = tuple(os.path.realpath(p) for p in (*call.settings.build_context_allowlist,
+                                                 *call.settings.volume_mount_allowlist))
+    if not any(_is_within(host.real, root) for root in roots):
+        raise denial_error([Denial("compose_file", "the compose file is not under SAFETY_BUILD_CONTEXT_ALLOWLIST "
+                                   "or SAFETY_VOLUME_MOUNT_ALLOWLIST", "move it under one, or pass its text as "
+                                   "compose")])
+    if not os.path.isfile(host.real):
+        raise ToolError("not_found", "the compose file does not exist")
+    return host.real, os.path.dirname(host.real)
+
+
+def compose_judgement(call: Call, run: ComposeRun, model: Mapping[str, Any]) -> list[Denial]:
+    """Every reason the project may not go ahead: the model's, the Dockerfiles' base images, and in
+    managed-only mode the external networks and volumes it would join."""
+    engines = call.engines.all if call.engines is not None else []
+    facts = gather_host_facts(call.settings, call.engine_url, tuple(engine.url for engine in engines if engine.url))
+    denials = judge_compose_model(run.project, model, call.settings, facts, resolve_host_path,
+                                  lambda name: volume_facts(call.api, name))
+    if denials:
+        return denials
+    for name, service in model["services"].items():
+        build = service.get("build")
+        if build is None:
+            continue
+        build = {"context": build} if isinstance(build, str) else build
+        text = build.get("dockerfile_inline")
+        if text is None:
+            path = resolve_host_path(posixpath.join(build["context"], build.get("dockerfile") or "Dockerfile"))
+            if not _is_within(path.real, resolve_host_path(build["context"]).real):
+                denials.append(Denial("build_context", f"service {name!r}: the Dockerfile is outside the context",
+                                      "keep the Dockerfile inside the build context"))
+                continue
+            text = _read_text(path.real) or ""
+        denials.extend(compose_denial(f"service {name!r}", d) for d in
+                       image_denials("docker_compose_up", tuple(dockerfile_images(text)), call.settings))
+    for section in ("networks", "volumes"):
+        for key, definition in (model.get(section) or {}).items():
+            if (definition or {}).get("external"):
+                guard_managed(call, section[:-1], compose_volume_name(run.project, key, definition))
+    return denials
+
+
+def project_objects(call: Call, project: str) -> dict[str, list[dict[str, Any]]]:
+    """The containers, networks and volumes the engine has for a project, by the Compose project label."""
+    label = {"label": [f"{COMPOSE_PROJECT_LABEL}={project}"]}
+    return {"containers": call.api.containers(all=True, filters=label),
+            "networks": call.api.networks(filters=label),
+            "volumes": (call.api.volumes(filters=label) or {}).get("Volumes") or []}
+
+
+def remove_new_objects(call: Call, project: str, before: Mapping[str, set[str]]) -> None:
+    """Undo a refused or failed up: remove what the project has now that it did not have before the call."""
+    now = project_objects(call, project)
+    for container in now["containers"]:
+        if container["Id"] not in before["containers"]:
+            with contextlib.suppress(Exception):
+                call.api.remove_container(container["Id"], force=True, v=True)
+    for network in now["networks"]:
+        if network["Id"] not in before["networks"]:
+            with contextlib.suppress(Exception):
+                call.api.remove_network(network["Id"])
+    for volume in now["volumes"]:
+        if volume["Name"] not in before["volumes"]:
+            with contextlib.suppress(Exception):
+                call.api.remove_volume(volume["Name"], force=True)
+
+
+def created_container_power(call: Call, container_id: str, tool: str = "docker_compose_up") -> None:
+    """Judge a container the engine created for a project on its actual configuration, by the create rules."""
+    judge = globals().get("enforce_container_power")  # the container-power work; until it lands, ours below
+    if judge is not None:
+        judge(call, container_id, tool)
+        return
+    info = call.api.inspect_container(container_id)
+    args, problems = inspect_power_args(info, call.settings)
+    request = normalize_container_request(tool, args, call.settings, resolve_host_path,
+                                          lambda name: volume_facts(call.api, name))
+    request = dataclasses.replace(request, problems=request.problems + tuple(problems))
+    enforce(request, call)
+
+
+def service_rows(call: Call, containers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for c in sorted(containers, key=lambda c: ((c.get("Labels") or {}).get(COMPOSE_SERVICE_LABEL, ""), c["Id"])):
+        labels = c.get("Labels") or {}
+        status = str(c.get("Status") or "")
+        match = re.search(r"\((healthy|unhealthy|health: starting|starting)\)", status)
+        health = match.group(1).replace("health: ", "") if match else None
+        rows.append({"service": labels.get(COMPOSE_SERVICE_LABEL, ""), **container_summary(c, call.kind),
+                     "health": health, "endpoints": list_endpoints(c.get("Ports"))})
+    return rows
+
+
+def wait_for_project(call: Call, project: str, wanted: str, timeout: float) -> list[dict[str, Any]]:
+    """Poll the project's containers until each runs (and, with a healthcheck, is healthy when asked)."""
+    deadline = time.monotonic() + min(timeout, call.remaining())
+    while True:
+        rows = service_rows(call, project_objects(call, project)["containers"])
+        exited = [r for r in rows if r["state"] in ("exited", "dead")]
+        if exited:
+            raise ToolError("engine_error", f"service {exited[0]['service']!r} stopped: {exited[0]['status']}")
+        if any(r["health"] == "unhealthy" for r in rows) and wanted == "healthy":
+            bad = next(r for r in rows if r["health"] == "unhealthy")
+            raise ToolError("engine_error", f"service {bad['service']!r} is unhealthy")
+        ready = [r for r in rows if r["state"] == "running" and (wanted != "healthy" or r["health"] in
+                                                               (None, "healthy"))]
+        if call.report is not None:
+            call.report(float(len(ready)), float(len(rows)), f"{len(ready)} of {len(rows)} services {wanted}")
+        if rows and len(ready) == len(rows):
+            return rows
+        if time.monotonic() >= deadline:
+            waiting = [r["service"] for r in rows if r not in ready]
+            raise ToolError("timeout", f"services not {wanted} within wait_timeout: {', '.join(waiting)}")
+        call.remaining()
+        time.sleep(0.5)
+
+
+S_PROJECT = s_str("Compose project name (lowercase letters, digits, _ and -).", pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$",
+                  max_length=63)
+S_SERVICES = s_str_list("Only these services (default: all).", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_items=64,
+                        max_length=128)
+COMPOSE_SOURCE_PARAMS = {
+    "project": S_PROJECT,
+    "compose": s_str("The compose file's text (YAML or JSON).", max_length=256 * 1024),
+    "file": s_str("Or: a compose file on this host, under SAFETY_BUILD_CONTEXT_ALLOWLIST or "
+                  "SAFETY_VOLUME_MOUNT_ALLOWLIST.", max_length=4096),
+    "variables": {"type": "object", "description": "Values for ${NAME} in the file (the server's own environment "
+                  "is never used).", "maxProperties": 64,
+                  "propertyNames": {"pattern": COMPOSE_VARIABLE_RE},
+                  "additionalProperties": {"type": "string", "maxLength": 8192}},
+}
+OUT_COMPOSE = out({"project": {"type": "string"}, "services": {"type": "array", "items": {"type": "object"}}},
+                  ("project", "services"))
+
+
+@tool("docker_compose_config", title="Check a compose project", tier=Tier.SAFE, toolset="compose",
+      description="Validate a compose project without changing anything: the Compose tool's normalized model "
+                  "and the safety policy's verdict (every refusal names the service, rule and setting).",
+      params=COMPOSE_SOURCE_PARAMS, required=("project",),
+      output=out({"project": {"type": "string"}, "allowed": {"type": "boolean"},
+                  "denials": {"type": "array", "items": {"type": "string"}}, "model": {"type": "object"}},
+                 ("project", "allowed", "denials")))
+def compose_config(call: Call) -> dict[str, Any]:
+    run = ComposeRun(call, compose_tool(call), call.args["project"])
+    try:
+        file, project_dir = compose_source(call, run)
+        model = run.model(file, project_dir)
+        denials = compose_judgement(call, run, model)
+    finally:
+        run.close()
+    untrusted = UntrustedOutput(max_chars=8192)  # the file's author chose every value in it
+    return untrusted.attach({"project": run.project, "allowed": not denials, "denials": [str(d) for d in denials],
+                             "services": sorted(model.get("services") or {}),
+                             "model": untrusted.value("model", model)})
+
+
+@tool("docker_compose_up", title="Start a compose project", tier=Tier.MODERATE, toolset="compose",
+      description="Create and start a compose project with the host's Compose tool. Every service, volume, "
+                  "network and build passes the container safety policy first, and every container is judged "
+                  "again as created before anything starts; hardening defaults apply. Answers with the services "
+                  "and their endpoints.",
+      params={**COMPOSE_SOURCE_PARAMS, "services": S_SERVICES,
+              "build": s_bool("Build images of services that have a build section (default: only missing ones)."),
+              "wait": {"type": "string", "description": "Wait until every service is running or healthy.",
+                       "enum": ["none", "running", "healthy"], "default": "running"},
+              "wait_timeout": s_int("Seconds to wait.", 1, 1800, 120)},
+      required=("project",), output=OUT_COMPOSE, long_running=True)
+def compose_up(call: Call) -> dict[str, Any]:
+    a = call.args
+    run = ComposeRun(call, compose_tool(call), a["project"])
+    made = False
+    try:
+        file, project_dir = compose_source(call, run)
+        model = run.model(file, project_dir)
+        denials = compose_judgement(call, run, model)
+        if denials:
+            log.info("policy denied compose project %s: %s", run.project, "; ".join(d.rule for d in denials))
+            raise denial_error(denials)
+        hardened = harden_compose_model(run.project, model, call.settings, ownership_labels(call), resolve_host_path)
+        judged = run.write("judged.json", json.dumps(hardened))
+        existing = project_objects(call, run.project)
+        before = {"containers": {c["Id"] for c in existing["containers"]},
+                  "networks": {n["Id"] for n in existing["networks"]},
+                  "volumes": {v["Name"] for v in existing["volumes"]}}
+        made = True
+        if run.tool.flavor == "podman":
+            limits = [f"--memory={call.settings.container_memory_limit}" if call.settings.container_memory_limit else "",
+                      f"--cpus={call.settings.container_cpu_limit:g}" if call.settings.container_cpu_limit else "",
+                      f"--pids-limit={call.settings.container_pids_limit}" if call.settings.container_pids_limit else ""]
+            # podman-compose 1.0 drops mem_limit, cpus and pids_limit: the configured limits go to podman create
+            command = [*run.tool.argv, f"--podman-run-args={' '.join(x for x in limits if x)}", "-p", run.project,
+                       "-f", judged, "up", "--no-start"]
+        else:
+            command = run.command(judged, "up", "--no-start", "--build" if a.get("build") else "--no-build",
+                                  project_dir=project_dir)
+        run.run([*command, *a.get("services", [])])
+        for container in project_objects(call, run.project)["containers"]:
+            created_container_power(call, container["Id"])
+        run.run([*run.command(judged, "start", project_dir=project_dir), *a.get("services", [])])
+        wanted = a.get("wait", "running")
+        if wanted == "none":
+            rows = service_rows(call, project_objects(call, run.project)["containers"])
+        else:
+            rows = wait_for_project(call, run.project, wanted, a.get("wait_timeout", 120))
+        made = False
+    except BaseException:
+        if made:
+            remove_new_objects(call, run.project, before)
+        raise
+    finally:
+        run.close()
+    return {"project": run.project, "status": "running" if wanted != "none" else "started", "services": rows,
+            "endpoints": [e for r in rows for e in r["endpoints"]]}
+
+
+@tool("docker_list_compose_projects", title="List compose projects", tier=Tier.SAFE, toolset="compose",
+      description="Compose projects on the engine (from their containers' labels): name, services, states.",
+      params={"limit": s_limit()}, output=out_list("projects", ("project",)), list_field="projects")
+def list_compose_projects(call: Call) -> dict[str, Any]:
+    rows = call.api.containers(all=True, filters={"label": [COMPOSE_PROJECT_LABEL]})
+    projects: dict[str, dict[str, Any]] = {}
+    for c in rows:
+        labels = c.get("Labels") or {}
+        entry = projects.setdefault(labels.get(COMPOSE_PROJECT_LABEL, ""), {"services": set(), "states": {}})
+        entry["services"].add(labels.get(COMPOSE_SERVICE_LABEL, ""))
+        entry["states"][c.get("State", "")] = entry["states"].get(c.get("State", ""), 0) + 1
+        entry["managed"] = entry.get("managed", True) and labels.get(MANAGED_LABEL) == "true"
+    limit = call.args.get("limit", 100)
+    items = [{"project": name, "services": sorted(entry["services"]), "containers": entry["states"],
+              "managed": entry["managed"]} for name, entry in sorted(projects.items())]
+    return {"projects": items[:limit], "count": min(len(items), limit), "truncated": len(items) > limit}
+
+
+def project_containers(call: Call, services: list[str] | None = None) -> list[dict[str, Any]]:
+    """A project's containers (those of ``services`` only, when given); an unknown project is not found."""
+    project = call.args["project"]
+    containers = project_objects(call, project)["containers"]
+    if not containers:
+        raise ToolError("not_found", f"no compose project {project!r} on this engine")
+    if services:
+        containers = [c for c in containers if (c.get("Labels") or {}).get(COMPOSE_SERVICE_LABEL) in services]
+    return containers
+
+
+@tool("docker_compose_ps", title="Services of a compose project", tier=Tier.SAFE, toolset="compose",
+      description="The containers of a compose project: service, state, health and endpoints.",
+      params={"project": S_PROJECT}, required=("project",), output=OUT_COMPOSE, list_field="services")
+def compose_ps(call: Call) -> dict[str, Any]:
+    rows = service_rows(call, project_containers(call))
+    return {"project": call.args["project"], "services": rows, "count": len(rows)}
+
+
+@tool("docker_compose_logs", title="Logs of a compose project", tier=Tier.SAFE, toolset="compose",
+      description="The newest output lines of a project's services, each prefixed with its service. "
+                  "Never follows; when cut to fit, the oldest lines go first. Log text is written by the containers.",
+      params={"project": S_PROJECT, "services": S_SERVICES,
+              "tail": s_int("Newest lines per container.", 1, 10000, 100)},
+      required=("project",),
+      output=out({"project": {"type": "string"}, "lines": {"type": "array", "items": {"type": "string"}},
+                  "count": {"type": "integer"}}, ("project", "lines", "count")), list_field="lines", keep_newest=True)
+def compose_logs(call: Call) -> dict[str, Any]:
+    containers = project_containers(call, call.args.get("services"))
+    share = max(4096, call.settings.max_output_bytes // max(1, len(containers)))
+    untrusted = UntrustedOutput()
+    lines: list[str] = []
+    cut = False
+    for c in containers:
+        service = (c.get("Labels") or {}).get(COMPOSE_SERVICE_LABEL, "")
+        chunks = call.api.logs(c["Id"], stdout=True, stderr=True, tail=call.args.get("tail", 100), stream=True,
+                               follow=False)
+        raw, container_cut = newest_bytes(chunks, share)
+        cut = cut or container_cut
+        lines.extend(f"{service} | {line}" for line in decode_log_lines(raw))
+    lines = untrusted.lines("lines", lines)
+    return untrusted.attach({"project": call.args["project"], "lines": lines, "count": len(lines), "truncated": cut})
+
+
+def compose_lifecycle(call: Call, action: str) -> dict[str, Any]:
+    """stop, start or restart a project's containers; a start is judged on each container first."""
+    containers = project_containers(call, call.args.get("services"))
+    for c in containers:
+        denial = managed_denial("container", c["Names"][0].lstrip("/") if c.get("Names") else c["Id"][:12],
+                                c.get("Labels"), call.settings)
+        if denial:
+            raise denial_error([denial])
+    if action != "stop":
+        for c in containers:
+            created_container_power(call, c["Id"])
+    timeout = call.args.get("timeout", 10)
+    for c in containers:
+        call.remaining()
+        if action == "stop":
+            call.api.stop(c["Id"], timeout=timeout)
+        elif action == "start":
+            call.api.start(c["Id"])
+        else:
+            call.api.restart(c["Id"], timeout=timeout)
+    rows = service_rows(call, project_containers(call, call.args.get("services")))
+    return {"project": call.args["project"], "status": {"stop": "stopped", "start": "started",
+                                                        "restart": "restarted"}[action], "services": rows}
+
+
+LIFECYCLE_PARAMS = {"project": S_PROJECT, "services": S_SERVICES,
+                    "timeout": s_int("Seconds to wait for a clean stop before killing.", 0, 600, 10)}
+
+
+@tool("docker_compose_stop", title="Stop a compose project", tier=Tier.MODERATE, toolset="compose",
+      description="Stop a project's containers (or some services'); nothing is removed.",
+      params=LIFECYCLE_PARAMS, required=("project",), output=OUT_COMPOSE, idempotent=True)
+def compose_stop(call: Call) -> dict[str, Any]:
+    return compose_lifecycle(call, "stop")
+
+
+@tool("docker_compose_start", title="Start a stopped compose project", tier=Tier.MODERATE, toolset="compose",
+      description="Start a project's existing containers, each judged by the container policy first.",
+      params=LIFECYCLE_PARAMS, required=("project",), output=OUT_COMPOSE, idempotent=True)
+def compose_start(call: Call) -> dict[str, Any]:
+    return compose_lifecycle(call, "start")
+
+
+@tool("docker_compose_restart", title="Restart a compose project", tier=Tier.MODERATE, toolset="compose",
+      description="Restart a project's containers, each judged by the container policy first.",
+      params=LIFECYCLE_PARAMS, required=("project",), output=OUT_COMPOSE)
+def compose_restart(call: Call) -> dict[str, Any]:
+    return compose_lifecycle(call, "restart")
+
+
+@tool("docker_compose_down", title="Remove a compose project", tier=Tier.DESTRUCTIVE, toolset="compose",
+      description="Stop and remove a project's containers and networks; volumes=true also removes its named "
+                  "volumes and their data. dry_run=true shows what would go.",
+      params={"project": S_PROJECT, "volumes": s_bool("Also remove the project's volumes (their data is lost)."),
+              "dry_run": s_dry_run()},
+      required=("project",), output=OUT_ACTION)
+def compose_down(call: Call) -> dict[str, Any]:
+    a = call.args
+    objects = project_objects(call, a["project"])
+    if not objects["containers"] and not objects["networks"] and not (a.get("volumes") and objects["volumes"]):
+        raise ToolError("not_found", f"no compose project {a['project']!r} on this engine")
+    items = [{"type": "container", "id": short_id(c["Id"]), "name": (c.get("Names") or ["/"])[0].lstrip("/"),
+              "labels": c.get("Labels")} for c in objects["containers"]]
+    items += [{"type": "network", "id": short_id(n["Id"]), "name": n["Name"], "labels": n.get("Labels")}
+              for n in objects["networks"]]
+    if a.get("volumes"):
+        items += [{"type": "volume", "id": v["Name"][:12], "name": v["Name"], "labels": v.get("Labels")}
+                  for v in objects["volumes"]]
+    for item in items:
+        denial = managed_denial(item["type"], item["name"], item.pop("labels") or {}, call.settings)
+        if denial:
+            raise denial_error([denial])
+    if a.get("dry_run"):
+        return preview(items, None, id=a["project"], status="dry run: nothing removed")
+    for item in items:
+        call.remaining()
+        if item["type"] == "container":
+            call.api.remove_container(item["name"] or item["id"], force=True, v=bool(a.get("volumes")))
+    for item in items:
+        with contextlib.suppress(Exception):
+            if item["type"] == "network":
+                call.api.remove_network(item["name"])
+            elif item["type"] == "volume":
+                call.api.remove_volume(item["name"])
+    return {"id": a["project"], "status": "removed", "removed": items}
 
 
 # ---------------------------------------------------------------------------------------------
