@@ -2212,7 +2212,7 @@ def compose_port(value: Any) -> tuple[str, str, str, str] | None:
         return (str(value.get("host_ip") or ""), str(value.get("published") or ""), str(value["target"]),
                 str(value.get("protocol") or "tcp"))
     text = str(value)
-    match = re.fullmatch(r"(?:(\[[0-9A-Fa-f:.]+\]|[0-9.]+|localhost):)?(?:([0-9-]*):)?([0-9-]+)(?:/(tcp|udp|sctp))?",
+    match = re.fullmatch(r"(?:(\[[0-9A-Fa-f:.]+\]|\d+\.\d+\.\d+\.\d+|localhost):)?(?:([0-9-]*):)?([0-9-]+)(?:/(tcp|udp|sctp))?",
                          text)
     if not match:
         return None
@@ -4987,7 +4987,7 @@ YAML_TO_JSON = "import json, sys, yaml; json.dump(yaml.safe_load(sys.stdin), sys
 PODMAN_COMPOSE_MODEL = """
 import json, sys
 import podman_compose
-compose = podman_compose.PodmanCompose()
+compose = podman_compose.podman_compose  # the instance its commands are registered on
 sys.argv = ["podman-compose", "-p", sys.argv[1], "-f", sys.argv[2], "ps"]
 compose._parse_args()
 compose._parse_compose_file()
@@ -5224,6 +5224,8 @@ def wait_for_project(call: Call, project: str, wanted: str, timeout: float) -> l
     deadline = time.monotonic() + min(timeout, call.remaining())
     while True:
         rows = service_rows(call, project_objects(call, project)["containers"])
+        for row in rows if wanted == "healthy" else []:
+            row["health"] = container_health(call, row["id"])
         exited = [r for r in rows if r["state"] in ("exited", "dead")]
         if exited:
             raise ToolError("engine_error", f"service {exited[0]['service']!r} stopped: {exited[0]['status']}")
@@ -5241,6 +5243,23 @@ def wait_for_project(call: Call, project: str, wanted: str, timeout: float) -> l
             raise ToolError("timeout", f"services not {wanted} within wait_timeout: {', '.join(waiting)}")
         call.remaining()
         time.sleep(0.5)
+
+
+def container_health(call: Call, container: str) -> str | None:
+    """healthy, unhealthy or starting; None without a healthcheck. Podman runs healthchecks from systemd
+    timers, which hosts without systemd never fire: there the wait runs the check itself, once per poll."""
+    health = ((call.api.inspect_container(container).get("State") or {}).get("Health") or {}).get("Status") or None
+    if call.kind == "podman" and health == "starting":
+        api = call.api
+        try:
+            response = api.get(f"{api.base_url}/v4.0.0/libpod/containers/{container}/healthcheck",
+                               timeout=min(30, call.remaining()))
+            health = str(api._result(response, json=True).get("Status") or health)
+        except ToolError:
+            raise
+        except Exception as exc:
+            log.info("podman healthcheck of %s could not run: %r", container, exc)
+    return health
 
 
 S_PROJECT = s_str("Compose project name (lowercase letters, digits, _ and -).", pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$",
