@@ -6412,3 +6412,346 @@ def test_fuzz_finding_a_call_failing_as_its_session_closes_leaves_no_unretrieved
         return errors
 
     assert [asyncio.run(fail_as_the_session_closes(delay)) for delay in range(4)] == [[]] * 4
+
+
+# =============================================================================================
+# === Compose projects (issue 17): discovery, the model's judgement, up -> ps -> logs -> stop -> down ===
+# =============================================================================================
+
+V2_VERSION = "Docker Compose version v2.24.5\n"
+
+
+def fake_program(directory: Path, name: str, prints: str, shebang: str = "#!/bin/sh") -> Path:
+    """An executable that prints what a Compose implementation prints for `version` (discovery tests only)."""
+    path = directory / name
+    path.write_text(f"{shebang}\ncat <<'EOF'\n{prints}EOF\n" if shebang == "#!/bin/sh" else
+                    f"{shebang}\nimport sys\nsys.stdout.write({prints!r})\n")
+    path.chmod(0o755)
+    return path
+
+
+def discover_in(directory: Path, command: tuple[str, ...] = (), kind: str = "docker") -> md.ComposeDiscovery:
+    import shutil
+
+    return md.discover_compose(command, kind, lambda name: shutil.which(name, path=str(directory)),
+                               md._version_output, md._read_text)
+
+
+def test_compose_discovery_prefers_the_v2_plugin_for_docker(tmp_path):
+    # `docker compose version` answers like v2; docker-compose 1.x is there too, and loses.
+    fake_program(tmp_path, "docker", V2_VERSION)
+    fake_program(tmp_path, "docker-compose", "docker-compose version 1.29.2, build unknown\n",
+                 shebang=f"#!{sys.executable}")
+    found = discover_in(tmp_path)
+    assert found.tool is not None and found.tool.flavor == "v2" and found.tool.version == "2.24.5"
+    assert found.tool.argv == (str(tmp_path / "docker"), "compose") and found.tool.python == ""
+    assert found.tool.source == "docker compose plugin"
+
+
+def test_compose_discovery_falls_back_to_docker_compose_and_knows_its_python(tmp_path):
+    fake_program(tmp_path, "docker", "docker: 'compose' is not a docker command.\n")
+    fake_program(tmp_path, "docker-compose", "docker-compose version 1.29.2, build unknown\n",
+                 shebang=f"#!{sys.executable}")
+    found = discover_in(tmp_path)
+    assert found.tool.flavor == "v1" and found.tool.python == sys.executable
+    assert any("does not answer like a Compose" in step for step in found.steps)
+
+
+def test_compose_discovery_for_podman_prefers_podman_compose_and_docker_never_gets_it(tmp_path):
+    fake_program(tmp_path, "docker", V2_VERSION)
+    (tmp_path / "python3").symlink_to(sys.executable)  # what `#!/usr/bin/env python3` finds on this PATH
+    fake_program(tmp_path, "podman-compose", "podman-compose version 1.0.6\npodman version 4.3.1\n",
+                 shebang="#!/usr/bin/env python3")
+    found = discover_in(tmp_path, kind="podman")
+    assert found.tool.flavor == "podman" and found.tool.version == "1.0.6" and found.tool.python
+    (tmp_path / "docker").unlink()
+    assert discover_in(tmp_path, kind="docker").tool is None  # podman-compose drives podman, not Docker
+
+
+def test_compose_discovery_says_how_to_fix_it_when_none_is_installed(tmp_path):
+    found = discover_in(tmp_path)
+    assert found.tool is None and "MCP_COMPOSE_COMMAND" in found.problem and "--compose-command" in found.problem
+    fake_program(tmp_path, "mycompose", V2_VERSION)
+    chosen = discover_in(tmp_path, ("mycompose",))
+    assert chosen.tool.flavor == "v2" and chosen.tool.source == "--compose-command"
+
+
+def test_compose_command_setting_is_a_program_and_words_never_a_shell_line():
+    assert md.load_settings({}, {"MCP_COMPOSE_COMMAND": "docker compose"}).compose_command == ("docker", "compose")
+    for bad in ("docker compose; rm -rf /", "-x", "a b c d", "$(id)"):
+        with pytest.raises(md.ConfigError, match="MCP_COMPOSE_COMMAND"):
+            md.load_settings({}, {"MCP_COMPOSE_COMMAND": bad})
+
+
+def test_compose_ports_are_read_as_compose_writes_them():
+    assert md.compose_port("18080:80") == ("", "18080", "80", "tcp")
+    assert md.compose_port("127.0.0.1:1:2/udp") == ("127.0.0.1", "1", "2", "udp")
+    assert md.compose_port("0.0.0.0::80") == ("0.0.0.0", "", "80", "tcp")
+    assert md.compose_port({"target": 80, "published": "8080", "host_ip": "::1"}) == ("::1", "8080", "80", "tcp")
+    assert md.compose_port("x:80") is None
+
+
+COMPOSE_FACTS = md.HostFacts(volume_roots=("/srv/ok",), build_roots=("/srv/build",))
+
+
+def judge_model(model: dict[str, Any], settings: md.Settings | None = None, volumes: dict | None = None) -> list[str]:
+    def resolve(text: str) -> md.HostPath:
+        return md.HostPath(text, md.lexical_path(text), md.lexical_path(text), text.endswith(".sock"))
+
+    denials = md.judge_compose_model("proj", model, settings or md.Settings(), COMPOSE_FACTS, resolve,
+                                     lambda name: (volumes or {}).get(name))
+    return [d.rule for d in denials]
+
+
+def svc(**service: Any) -> dict[str, Any]:
+    return {"services": {"app": {"image": "busybox:1", **service}}}
+
+
+@pytest.mark.parametrize(("model", "rule"), [
+    (svc(privileged=True), "privileged"),
+    (svc(cap_add=["SYS_ADMIN"]), "capabilities"),
+    (svc(network_mode="host"), "host_namespace"),
+    (svc(pid="host"), "host_namespace"),
+    (svc(ipc="host"), "host_namespace"),
+    (svc(network_mode="service:other"), "host_namespace"),
+    (svc(devices=["/dev/sda:/dev/sda"]), "devices"),
+    (svc(security_opt=["seccomp:unconfined"]), "security_options"),
+    (svc(volumes=["/etc:/host-etc"]), "sensitive_path"),
+    (svc(volumes=["/srv/elsewhere:/data"]), "bind_mount"),
+    (svc(volumes=[{"type": "bind", "source": "/srv/ok/run/docker.sock", "target": "/s"}]), "engine_socket"),
+    (svc(volumes=["./data:/data"]), "not_understood"),
+    ({**svc(volumes=["data:/data"]), "volumes": {"data": {"driver_opts": {"type": "none", "o": "bind",
+                                                                          "device": "/etc"}}}}, "volume_driver"),
+    (svc(cgroup_parent="/"), "not_understood"),
+    (svc(mem_limit="64g"), "resource_limits"),
+    (svc(ports=["0.0.0.0:8080:80"]), "published_port"),
+    (svc(logging={"driver": "syslog", "options": {"syslog-address": "udp://1.2.3.4:514"}}), "not_understood"),
+    ({**svc(), "secrets": {"s": {"file": "/etc/shadow"}}}, "not_understood"),
+    ({**svc(), "networks": {"n": {"driver": "macvlan"}}}, "network_driver"),
+    (svc(build={"context": "https://github.com/x/y.git"}), "build_context"),
+    (svc(build={"context": "/srv/elsewhere"}), "build_context"),
+    (svc(build={"context": "/srv/build", "network": "host"}), "build_network"),
+    (svc(build={"context": "/srv/build", "ssh": ["default"]}), "not_understood"),
+])
+def test_compose_model_escalations_are_refused_by_the_container_rules(model, rule):
+    assert rule in judge_model(model)
+
+
+def test_compose_model_within_the_policy_passes_and_denials_name_the_service():
+    model = {"services": {"web": {"image": "busybox:1", "ports": ["127.0.0.1:8080:80", "9000"],
+                                  "volumes": ["data:/data", "/srv/ok/site:/site:ro"], "cap_add": ["NET_BIND_SERVICE"],
+                                  "deploy": {"resources": {"limits": {"memory": "256m"}}}, "healthcheck": {
+                                      "test": ["CMD", "true"]}, "build": {"context": "/srv/build"}}},
+             "volumes": {"data": {}}, "networks": {"default": None}}
+    assert judge_model(model) == []
+    settings = md.Settings(allow_public_ports=True)
+    assert judge_model(svc(ports=["0.0.0.0:8080:80"]), settings) == []
+    denial = md.judge_compose_model("proj", svc(privileged=True), md.Settings(), COMPOSE_FACTS, md.resolve_host_path,
+                                    lambda _: None)[0]
+    assert "service 'app'" in denial.reason and md.PRIVILEGED_SETTING in denial.fix
+
+
+def test_an_external_volume_is_judged_on_what_the_engine_says_it_is():
+    model = {**svc(volumes=["shared:/data"]), "volumes": {"shared": {"external": True}}}
+    host_backed = {"shared": {"driver": "local", "options": {"o": "bind", "device": "/etc"}, "labels": {}}}
+    assert "volume_driver" in judge_model(model, volumes=host_backed)
+
+
+def test_the_hardened_model_carries_the_engine_defaults_and_loopback_ports():
+    model = {"services": {"web": {"image": "busybox:1", "ports": ["8080:80", "127.0.0.1::81/udp"],
+                                  "labels": ["a=b"], "deploy": {"resources": {"limits": {"memory": "64m"}}}}},
+             "volumes": {"data": {}}, "networks": {"back": {"external": True}}, "version": "3.9"}
+    hardened = md.harden_compose_model("proj", model, md.Settings(), {md.MANAGED_LABEL: "true"}, md.resolve_host_path)
+    web = hardened["services"]["web"]
+    assert web["security_opt"] == ["no-new-privileges:true"] and web["mem_limit"] == 64 * 1024**2
+    assert web["cpus"] == 1.0 and web["pids_limit"] == 512 and "limits" not in web["deploy"]["resources"]
+    assert web["ports"] == ["127.0.0.1:8080:80/tcp", "127.0.0.1::81/udp"]
+    assert web["labels"] == {"a": "b", md.MANAGED_LABEL: "true"}
+    assert hardened["volumes"]["data"]["labels"] == {md.MANAGED_LABEL: "true"}
+    assert "labels" not in hardened["networks"]["back"] and "version" not in hardened
+    assert model["services"]["web"]["ports"] == ["8080:80", "127.0.0.1::81/udp"]  # the input is not changed
+
+
+def test_a_created_container_is_judged_on_what_the_engine_reports():
+    info = {"HostConfig": {"Privileged": False, "CapAdd": ["SYS_ADMIN"], "SecurityOpt": [], "Memory": 0,
+                           "NanoCpus": 10**9, "PidsLimit": 100, "NetworkMode": "host",
+                           "PortBindings": {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"}]}},
+            "Mounts": [{"Type": "bind", "Source": "/etc", "Destination": "/e"}]}
+    args, problems = md.inspect_power_args(info, md.Settings())
+    assert args["cap_add"] == ["SYS_ADMIN"] and args["network_mode"] == "host"
+    assert args["mounts"] == [{"type": "bind", "source": "/etc", "target": "/e"}]
+    assert any("no memory limit" in p for p in problems) and any("no-new-privileges" in p for p in problems)
+    assert any("0.0.0.0" in p for p in problems)
+    assert md.inspect_endpoints({"NetworkSettings": {"Ports": {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"},
+                                                                          {"HostIp": "::", "HostPort": "8080"}],
+                                                             "53/udp": [{"HostIp": "127.0.0.1", "HostPort": "53"}],
+                                                             "81/tcp": None}}}) == \
+        ["http://127.0.0.1:8080", "http://[::1]:8080", "udp://127.0.0.1:53"]
+
+
+# -- through a real MCP client, against the real Compose tool and engine ------------------------
+
+def compose_objects(project: str) -> dict[str, list[Any]]:
+    api = engine_client()
+    label = {"label": [f"com.docker.compose.project={project}"]}
+    return {"containers": api.containers(all=True, filters=label), "networks": api.networks(filters=label),
+            "volumes": (api.volumes(filters=label) or {}).get("Volumes") or []}
+
+
+def remove_compose_project(project: str) -> None:
+    api = engine_client()
+    objects = compose_objects(project)
+    for c in objects["containers"]:
+        with contextlib.suppress(Exception):
+            api.remove_container(c["Id"], force=True, v=True)
+    for n in objects["networks"]:
+        with contextlib.suppress(Exception):
+            api.remove_network(n["Id"])
+    for v in objects["volumes"]:
+        with contextlib.suppress(Exception):
+            api.remove_volume(v["Name"], force=True)
+
+
+@pytest.fixture(scope="module")
+def composer():
+    require_engine()
+    found = md.compose_discovery(md.Settings(), engine_kind_under_test())
+    if found.tool is None:
+        if REQUIRE_ENGINE:
+            pytest.fail("MCP_DOCKER_REQUIRE_ENGINE=1 but no Compose implementation: " + found.problem)
+        pytest.skip(found.problem)
+    harness = Harness(["--allow-destructive"])
+    yield harness
+    harness.close()
+
+
+STACK = """
+services:
+  web:
+    image: {image}
+    command: ["sh", "-c", "mkdir -p /tmp/w && echo compose-ok > /tmp/w/index.html && echo web-started && exec busybox httpd -f -p 8080 -h /tmp/w"]
+    ports: ["{port}:8080"]
+    healthcheck:
+      test: ["CMD", "busybox", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/"]
+      interval: 1s
+      retries: 30
+    volumes: [data:/data]
+    networks: [back]
+    labels:
+      io.mcp-docker.test: {prefix}
+  worker:
+    image: {image}
+    command: ["sh", "-c", "echo worker-${{GREETING}} && sleep 600"]
+    depends_on: [web]
+    networks: [back]
+    labels:
+      io.mcp-docker.test: {prefix}
+volumes:
+  data: {{}}
+networks:
+  back: {{}}
+"""
+
+
+def test_compose_project_up_ps_logs_stop_start_down_through_mcp(composer):
+    import urllib.request
+
+    project, port = f"{PREFIX}stack", free_port()
+    text = STACK.format(image=TEST_IMAGE, port=port, prefix=PREFIX)
+    try:
+        up = composer.ok("docker_compose_up", {"project": project, "compose": text, "wait": "healthy",
+                                               "variables": {"GREETING": "hello"}, "wait_timeout": 90})
+        assert {s["service"] for s in up["services"]} == {"web", "worker"}
+        assert up["endpoints"] == [f"http://127.0.0.1:{port}"]
+        with urllib.request.urlopen(up["endpoints"][0] + "/index.html", timeout=10) as answer:
+            assert answer.read().strip() == b"compose-ok"
+        api = engine_client()
+        for c in compose_objects(project)["containers"]:
+            info = api.inspect_container(c["Id"])
+            host = info["HostConfig"]
+            assert host["Memory"] == 1024**3 and host["PidsLimit"] == 512 and not host["Privileged"]
+            assert any(o.startswith("no-new-privileges") for o in host["SecurityOpt"])
+            assert info["Config"]["Labels"][md.MANAGED_LABEL] == "true"
+            for bindings in (host.get("PortBindings") or {}).values():
+                assert all(b["HostIp"] == "127.0.0.1" for b in bindings)
+        objects = compose_objects(project)
+        assert len(objects["networks"]) == 1 and len(objects["volumes"]) == 1
+        assert objects["volumes"][0]["Labels"][md.MANAGED_LABEL] == "true"
+
+        ps = composer.ok("docker_compose_ps", {"project": project})
+        assert {s["state"] for s in ps["services"]} == {"running"}
+        listed = composer.ok("docker_list_compose_projects", {})["projects"]
+        assert any(p["project"] == project and p["services"] == ["web", "worker"] and p["managed"] for p in listed)
+        logs = composer.ok("docker_compose_logs", {"project": project})
+        assert "web | web-started" in logs["lines"] and "worker | worker-hello" in logs["lines"]
+        assert "lines" in logs["untrusted"]["fields"]
+
+        stopped = composer.ok("docker_compose_stop", {"project": project, "timeout": 1})
+        assert {s["state"] for s in stopped["services"]} == {"exited"}
+        started = composer.ok("docker_compose_start", {"project": project, "services": ["worker"]})
+        assert {s["state"] for s in started["services"]} == {"running"}
+
+        preview = composer.ok("docker_compose_down", {"project": project, "volumes": True, "dry_run": True})
+        assert {i["type"] for i in preview["would_remove"]} == {"container", "network", "volume"}
+        assert len(compose_objects(project)["containers"]) == 2  # a dry run changes nothing
+        composer.ok("docker_compose_down", {"project": project, "volumes": True})
+        assert compose_objects(project) == {"containers": [], "networks": [], "volumes": []}
+    finally:
+        remove_compose_project(project)
+
+
+def test_compose_interpolation_sees_only_the_variables_given_never_the_servers_environment(composer):
+    text = (f"services:\n  a:\n    image: {TEST_IMAGE}\n    environment:\n      LEAK: \"${{SECURITY_AUDIT_LOG_FILE:-unset}}\"\n"
+            "      HOME_SEEN: \"${PATH:-x}\"\n      GIVEN: \"${GIVEN}\"\n")
+    answer = composer.ok("docker_compose_config", {"project": f"{PREFIX}vars", "compose": text,
+                                                   "variables": {"GIVEN": "yes"}})
+    environment = answer["model"]["services"]["a"]["environment"]
+    environment = environment if isinstance(environment, dict) else dict(e.split("=", 1) for e in environment)
+    assert environment["LEAK"] == "unset" and environment["GIVEN"] == "yes" and answer["allowed"] is True
+    assert "PATH" in composer.error("docker_compose_config", {"project": f"{PREFIX}vars", "compose": text,
+                                                              "variables": {"PATH": "/x"}}, "invalid_argument")
+
+
+ESCALATIONS = {
+    "privileged": "    privileged: true\n",
+    "capability": "    cap_add: [SYS_ADMIN]\n",
+    "host_network": "    network_mode: host\n",
+    "host_pid": "    pid: host\n",
+    "device": "    devices: [\"/dev/mem:/dev/mem\"]\n",
+    "host_root_bind": "    volumes: [\"/:/host\"]\n",
+    "engine_socket": "    volumes: [\"/var/run/docker.sock:/var/run/docker.sock\"]\n",
+    "public_port": "    ports: [\"0.0.0.0:{port}:8080\"]\n",
+    "host_backed_volume": "    volumes: [\"hostetc:/e\"]\n",
+    "network_build": "    build: https://github.com/docker-library/busybox.git\n",
+    "unjudged_key": "    cgroup_parent: /\n",
+}
+
+
+@pytest.mark.adversarial
+@pytest.mark.parametrize("escalation", sorted(ESCALATIONS))
+def test_a_compose_project_asking_for_host_power_creates_and_starts_nothing(composer, escalation):
+    project = f"{PREFIX}esc{escalation.replace('_', '')}"[:63]
+    text = (f"services:\n  ok:\n    image: {TEST_IMAGE}\n    command: [\"sleep\", \"60\"]\n"
+            f"  bad:\n    image: {TEST_IMAGE}\n    command: [\"sleep\", \"60\"]\n" +
+            ESCALATIONS[escalation].format(port=free_port()))
+    if escalation == "host_backed_volume":
+        text += "volumes:\n  hostetc:\n    driver_opts: {type: none, o: bind, device: /etc}\n"
+    try:
+        verdict = composer.ok("docker_compose_config", {"project": project, "compose": text})
+        assert verdict["allowed"] is False and all("service 'bad'" in d or "network" in d for d in verdict["denials"])
+        message = composer.error("docker_compose_up", {"project": project, "compose": text}, "policy_denied")
+        assert "service 'bad'" in message and "/tmp/mcp-compose" not in message
+        assert compose_objects(project) == {"containers": [], "networks": [], "volumes": []}
+    finally:
+        remove_compose_project(project)
+
+
+def test_a_failed_compose_up_leaves_nothing_behind(composer):
+    project = f"{PREFIX}fail"
+    text = (f"services:\n  a:\n    image: {TEST_IMAGE}\n    command: [\"sleep\", \"60\"]\n    volumes: [d:/d]\n"
+            f"  b:\n    image: {PREFIX}-missing/image:1\n    depends_on: [a]\nvolumes:\n  d: {{}}\n")
+    try:
+        composer.error("docker_compose_up", {"project": project, "compose": text, "wait_timeout": 30})
+        assert compose_objects(project) == {"containers": [], "networks": [], "volumes": []}
+    finally:
+        remove_compose_project(project)
