@@ -5341,7 +5341,14 @@ def compose_up(call: Call) -> dict[str, Any]:
             command = run.command(judged, "up", "--no-start", "--build" if a.get("build") else "--no-build",
                                   project_dir=project_dir)
         run.run([*command, *a.get("services", [])])
-        for container in project_objects(call, run.project)["containers"]:
+        created = project_objects(call, run.project)["containers"]
+        # podman-compose 1.0 goes on, and exits 0, when podman could not create a container
+        missing = set(a.get("services") or model["services"]) - {
+            (c.get("Labels") or {}).get(COMPOSE_SERVICE_LABEL) for c in created}
+        if missing:
+            raise ToolError("engine_error", f"the Compose tool did not create service {sorted(missing)[0]!r} (an "
+                            "image that is missing or cannot be pulled?)")
+        for container in created:
             created_container_power(call, container["Id"])
         run.run([*run.command(judged, "start", project_dir=project_dir), *a.get("services", [])])
         wanted = a.get("wait", "running")
