@@ -513,6 +513,9 @@ SETTING_SPECS: tuple[SettingSpec, ...] = (
                 "weakened security options, sensitive host paths. Default false."),
     SettingSpec("volume_mount_allowlist", "SAFETY_VOLUME_MOUNT_ALLOWLIST", _parse_path_list,
                 "Comma list of host directories that bind mounts may come from (empty = no bind mounts)."),
+    SettingSpec("allowed_sockets", "SAFETY_ALLOWED_SOCKETS", _parse_path_list,
+                "Comma list of host unix sockets a bind mount may contain or be (engine sockets never). "
+                "Default none: a bind of a directory holding any other socket is refused."),
     SettingSpec("build_context_allowlist", "SAFETY_BUILD_CONTEXT_ALLOWLIST", _parse_path_list,
                 "Comma list of host directories that builds may use as their context (empty = none)."),
     SettingSpec("managed_only", "SAFETY_MANAGED_ONLY", _parse_bool,
@@ -620,6 +623,7 @@ class Settings:
     oauth_required_scopes: tuple[str, ...] = ()
     allow_privileged: bool = False
     volume_mount_allowlist: tuple[str, ...] = ()
+    allowed_sockets: tuple[str, ...] = ()
     build_context_allowlist: tuple[str, ...] = ()
     managed_only: bool = False
     allowed_registries: tuple[str, ...] = ()
@@ -1440,6 +1444,13 @@ CLIENT_LABEL = "io.mcp-docker.client"
 CREATED_LABEL = "io.mcp-docker.created"
 PRIVILEGED_SETTING = "SAFETY_ALLOW_PRIVILEGED_CONTAINERS"
 ALLOW_PRIVILEGED = f"set {PRIVILEGED_SETTING}=true to allow it"
+ALLOWED_SOCKETS_SETTING = "SAFETY_ALLOWED_SOCKETS"
+# A bind source directory is searched for unix sockets to this depth and number of entries; past either
+# bound it is refused (fail closed), since a socket may lie beyond.
+BIND_SCAN_MAX_DEPTH = 16
+BIND_SCAN_MAX_ENTRIES = 10_000
+# Bind propagation that sends nothing between the host and the container (the engines' default).
+PRIVATE_PROPAGATION = ("", "private", "rprivate")
 
 LINUX_CAPABILITIES = frozenset({
     "AUDIT_CONTROL", "AUDIT_READ", "AUDIT_WRITE", "BLOCK_SUSPEND", "BPF", "CHECKPOINT_RESTORE", "CHOWN",
@@ -1461,6 +1472,9 @@ NAMESPACE_MODES = {
     "userns": {"", "private"}, "cgroupns": {"private"},
 }
 BUILTIN_NETWORKS = ("bridge", "none", "default")
+# The smallest CPU limit: 1 ms of CFS quota per 100 ms period. Less becomes a quota of 0, which both
+# engines read as no limit (measured: Docker 20.10 and Podman 4.3 run cpus=0.000005 unbounded).
+MIN_CPUS = 0.01
 # Host paths no container may see, even under an allowlisted parent; a bind of one of their
 # ancestors (/, /var, a home directory) is refused too, since it would contain them.
 SENSITIVE_HOST_PATHS = (
@@ -1492,6 +1506,8 @@ class HostPath:
     path: str
     real: str
     is_socket: bool = False
+    sockets: tuple[str, ...] = ()   # unix sockets found under a directory (not named in SAFETY_ALLOWED_SOCKETS)
+    unscanned: str = ""             # why the directory could not be searched for sockets ('' = it was)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1503,6 +1519,7 @@ class MountSpec:
     read_only: bool = False
     tmpfs_size: int | None = None
     volume: Mapping[str, Any] | None = None  # an existing volume: driver, options, labels
+    propagation: str = ""                    # as the engine reports it ('' and rprivate: nothing propagates)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1521,13 +1538,19 @@ class PowerRequest:
     volumes_from: tuple[str, ...] = ()
     sysctls: tuple[tuple[str, str], ...] = ()
     read_only_rootfs: bool = False
-    memory: int | None = None
+    memory: int | None = None                      # None: no limit (and so for the two below)
     nano_cpus: int | None = None
     pids_limit: int | None = None
+    memory_swap: int | None = None                 # memory + swap; -1: swap without limit
+    restart_policy: str = ""                       # '' = no: the engine never starts it again on its own
     build_context: HostPath | None = None
     command: tuple[str, ...] = ()                  # exec's argv
     profile_conflicts: tuple[str, ...] = ()
     problems: tuple[str, ...] = ()
+    # Judged on the engine's record of an existing container (``container_power_from_inspect``), not on
+    # arguments: a limit then must be there, and ``findings`` are host powers only that record shows.
+    actual: bool = False
+    findings: tuple[Denial, ...] = ()
 
     def namespace(self, kind: str) -> str:
         return dict(self.namespaces).get(kind, "")
@@ -1541,6 +1564,7 @@ class HostFacts:
     build_roots: tuple[str, ...] = ()    # SAFETY_BUILD_CONTEXT_ALLOWLIST, symlinks resolved
     sensitive: tuple[str, ...] = SENSITIVE_HOST_PATHS
     remote_engine: bool = False
+    allowed_sockets: tuple[str, ...] = ()   # SAFETY_ALLOWED_SOCKETS, symlinks resolved
 
 
 def sensitive_paths(home_dirs: tuple[str, ...], *engine_sockets: str) -> tuple[str, ...]:
@@ -1580,9 +1604,11 @@ def _is_within(path: str, root: str) -> bool:
 
 def host_path_denial(host: HostPath, roots: tuple[str, ...], facts: HostFacts, allow_setting: str,
                      what: str) -> Denial | None:
-    """Judge one host path: sockets, sensitive paths and their ancestors, then the allowlist."""
+    """Judge one host path: sockets, sensitive paths and their ancestors, the allowlist, then the sockets a
+    directory holds (the edge searched it, boundedly: ``HostPath.sockets`` and ``unscanned``)."""
+    named = host.is_socket and host.real in facts.allowed_sockets
     for candidate in dict.fromkeys((host.path, host.real)):
-        if host.is_socket or ENGINE_SOCKET_RE.search(candidate):
+        if (host.is_socket and not named) or ENGINE_SOCKET_RE.search(candidate):
             return Denial("engine_socket", f"{what} {_short_repr(host.given, 60)} is a host socket "
                           "(a container engine's socket gives root on the host)")
         for sensitive in facts.sensitive:
@@ -1595,6 +1621,20 @@ def host_path_denial(host: HostPath, roots: tuple[str, ...], facts: HostFacts, a
         return Denial("bind_mount" if what == "bind mount" else "build_context",
                       f"{what} {_short_repr(host.given, 60)} {where} under {allow_setting}",
                       f"add its directory to {allow_setting} (or {ALLOW_PRIVILEGED})")
+    for socket in host.sockets:
+        if socket in facts.allowed_sockets and not ENGINE_SOCKET_RE.search(socket) and \
+                not any(_is_within(socket, sensitive) for sensitive in facts.sensitive):
+            continue
+        inside = "." + socket[len(host.real.rstrip("/")):] if _is_within(socket, host.real) else "a socket"
+        return Denial("engine_socket", f"{what} {_short_repr(host.given, 60)} contains the unix socket "
+                      f"{_short_repr(inside, 60)} (a socket under a mounted directory hands the container the "
+                      "service behind it; an engine's gives root on the host)",
+                      f"mount a directory without it, or name it in {ALLOWED_SOCKETS_SETTING} (engine sockets: "
+                      f"{ALLOW_PRIVILEGED})")
+    if host.unscanned:
+        return Denial("bind_mount", f"{what} {_short_repr(host.given, 60)} could not be searched for unix sockets "
+                      f"({host.unscanned}); what cannot be checked is refused",
+                      f"mount a smaller directory (or {ALLOW_PRIVILEGED})")
     return None
 
 
@@ -1669,6 +1709,28 @@ def _normalize_number(value: Any, what: str, problems: list[str], *, integer: bo
     return number
 
 
+def _normalize_devices(values: Any, problems: list[str]) -> tuple[str, ...]:
+    devices = []
+    for value in values:
+        text = str(value).strip()
+        if not text.startswith("/") or any(ch in text for ch in "\0\n\r\\"):
+            problems.append(f"device {_short_repr(value, 50)} is not host_path[:container_path[:rwm]]")
+        devices.append(text)
+    return tuple(devices)
+
+
+def _normalize_sysctls(values: Mapping[str, Any], problems: list[str]) -> dict[str, str]:
+    sysctls: dict[str, str] = {}
+    for name, value in values.items():
+        key = str(name).strip().lower().replace("/", ".")
+        if not re.fullmatch(r"[a-z0-9_]+(\.[a-z0-9_*-]+)+", key):
+            problems.append(f"sysctl {_short_repr(name, 50)} is not a sysctl name")
+        elif key in sysctls and sysctls[key] != str(value).strip():
+            problems.append(f"sysctl {key} is given twice with different values")
+        sysctls[key] = str(value).strip()
+    return sysctls
+
+
 def _normalize_target(value: Any, problems: list[str]) -> str:
     text = str(value)
     if not text.startswith("/") or any(ch in text for ch in "\0\n\r\\"):
@@ -1706,12 +1768,7 @@ def normalize_container_request(
         if args.get(f"{kind}_mode") not in (None, ""):
             namespaces[kind] = _normalize_namespace(kind, args[f"{kind}_mode"], problems)
 
-    devices = []
-    for value in args.get("devices") or []:
-        text = str(value).strip()
-        if not text.startswith("/") or any(ch in text for ch in "\0\n\r\\"):
-            problems.append(f"device {_short_repr(value, 50)} is not host_path[:container_path[:rwm]]")
-        devices.append(text)
+    devices = _normalize_devices(args.get("devices") or [], problems)
 
     security_opt = [opt for opt in (_normalize_security_opt(v, problems) for v in args.get("security_opt") or [])
                     if opt]
@@ -1720,14 +1777,7 @@ def normalize_container_request(
     elif len({opt for opt in security_opt if opt.startswith("no-new-privileges:")}) > 1:
         problems.append("no-new-privileges is given twice with different values")
 
-    sysctls: dict[str, str] = {}
-    for name, value in (args.get("sysctls") or {}).items():
-        key = str(name).strip().lower().replace("/", ".")
-        if not re.fullmatch(r"[a-z0-9_]+(\.[a-z0-9_*-]+)+", key):
-            problems.append(f"sysctl {_short_repr(name, 50)} is not a sysctl name")
-        elif key in sysctls and sysctls[key] != str(value).strip():
-            problems.append(f"sysctl {key} is given twice with different values")
-        sysctls[key] = str(value).strip()
+    sysctls = _normalize_sysctls(args.get("sysctls") or {}, problems)
 
     mounts: list[MountSpec] = []
     for volume in args.get("volumes") or []:  # the older named-volume form: same as a volume mount
@@ -1778,6 +1828,12 @@ def normalize_container_request(
             problems.append("memory 0 would lift the memory limit; give a size like 256m")
             memory = None
     cpus = _normalize_number(args.get("cpus"), "cpus", problems, integer=False)
+    if cpus is not None and cpus < MIN_CPUS:
+        # The engines turn cpus into a CFS quota per 100 ms period: below 1 ms it is 0 (no limit at all, on
+        # Docker and on Podman) or refused by the kernel. A limit that rounds to nothing is not a limit.
+        problems.append(f"cpus {_short_repr(args.get('cpus'), 30)} is below {MIN_CPUS:g}, the smallest CPU limit "
+                        "the engines apply (less rounds to no limit)")
+        cpus = None
     pids = _normalize_number(args.get("pids_limit"), "pids_limit", problems, integer=True)
 
     # Defaults for every container this server makes, then the hardened profile on top.
@@ -1806,8 +1862,201 @@ def normalize_container_request(
         cap_add=cap_add, cap_drop=cap_drop, namespaces=tuple(namespaces.items()), devices=tuple(devices),
         security_opt=tuple(dict.fromkeys(security_opt)), mounts=tuple(mounts),
         volumes_from=tuple(str(v) for v in args.get("volumes_from") or []), sysctls=tuple(sysctls.items()),
-        read_only_rootfs=read_only, memory=memory, nano_cpus=int(cpus * 1e9) if cpus else None,
-        pids_limit=int(pids) if pids else None, profile_conflicts=tuple(conflicts), problems=tuple(problems))
+        read_only_rootfs=read_only, memory=memory, nano_cpus=round(cpus * 1e9) if cpus else None,
+        pids_limit=int(pids) if pids else None, restart_policy=_normalize_restart_policy(args.get("restart_policy")),
+        profile_conflicts=tuple(conflicts), problems=tuple(problems))
+
+
+def _normalize_restart_policy(value: Any) -> str:
+    name = str(value or "").strip().lower()
+    return "" if name == "no" else name
+
+
+# What the engine says a container is, judged like a request: every place where a container turns into
+# power (start, restart, exec, file copy ...) reads the engine's own record of it (one inspect) and
+# judges that by the rules of create, so that a container the policy would not have created is no
+# place to act in, whoever made it, and nothing changed between two calls escapes the judgement.
+ACTUAL_CONFIGURATION = "judged on its actual configuration, as the engine reports it, by the rules of create"
+# CPU quota per period the kernel accepts at least (1 ms): a smaller stored quota is no limit.
+_MIN_CFS_QUOTA_US = 1000
+
+
+def _stored_nano_cpus(host_config: Mapping[str, Any]) -> int | None:
+    """The CPU limit the engine applies, in nano-CPUs (None: none). Docker keeps NanoCpus and computes the
+    quota when it starts the container (a quota under 1 ms then becomes none); Podman stores both."""
+    nano = _int_or_zero(host_config.get("NanoCpus"))
+    quota = _int_or_zero(host_config.get("CpuQuota"))
+    period = _int_or_zero(host_config.get("CpuPeriod")) or 100_000
+    if nano > 0:
+        quota = nano * 100_000 // 1_000_000_000  # the engines' default period, 100 ms, with NanoCpus
+        period = 100_000
+    if quota < _MIN_CFS_QUOTA_US:
+        return None
+    return quota * 1_000_000_000 // period
+
+
+def _int_or_zero(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _inspect_namespaces(host_config: Mapping[str, Any], problems: list[str]) -> dict[str, str]:
+    namespaces: dict[str, str] = {}
+    network = str(host_config.get("NetworkMode") or "").strip()
+    if network and network.lower() not in ("default", "bridge"):
+        namespaces["network"] = _normalize_network(network, problems)
+    fields = {"pid": "PidMode", "ipc": "IpcMode", "uts": "UTSMode", "userns": "UsernsMode", "cgroupns": "CgroupnsMode"}
+    for kind, field in fields.items():
+        mode = str(host_config.get(field) or "").strip()
+        if kind == "cgroupns" and mode.lower() == "host":
+            # On cgroup v1 (Docker 20.10 here) every container the engine makes has the host's cgroup
+            # namespace unless asked: the engine's default, which create accepts too (see SECURITY.md).
+            continue
+        if mode:
+            namespaces[kind] = _normalize_namespace(kind, mode, problems)
+    return {kind: mode for kind, mode in namespaces.items() if mode}
+
+
+def _inspect_mounts(attrs: Mapping[str, Any], resolve: Callable[[str], HostPath],
+                    volume_info: Callable[[str], Mapping[str, Any] | None], problems: list[str],
+                    findings: list[Denial]) -> list[MountSpec]:
+    """The container's mounts with their sources as the engine will mount them, resolved now."""
+    host_config = attrs.get("HostConfig") or {}
+    entries = [dict(m) for m in attrs.get("Mounts") or [] if isinstance(m, Mapping)]
+    seen = {str(m.get("Destination") or m.get("Target") or "") for m in entries}
+    for bind_text in host_config.get("Binds") or []:  # in case the engine's list leaves one out
+        source, _, rest = str(bind_text).partition(":")
+        target, _, options = rest.partition(":")
+        if source.startswith("/") and target not in seen:
+            entries.append({"Type": "bind", "Source": source, "Destination": target,
+                            "RW": "ro" not in options.split(",")})
+    mounts = []
+    for entry in entries:
+        kind = str(entry.get("Type") or "").strip().lower()
+        target = _normalize_target(entry.get("Destination") or entry.get("Target") or "", problems)
+        read_only = entry.get("RW") is False
+        propagation = str(entry.get("Propagation") or "").strip().lower()
+        if propagation not in PRIVATE_PROPAGATION:
+            findings.append(Denial("mount_propagation", f"the mount at {_short_repr(target, 60)} has {propagation} "
+                                   "propagation: mounts made on one side appear on the other"))
+        if kind == "bind":
+            source = str(entry.get("Source") or "")
+            problem = host_path_problem(source) if source else "a bind mount has no source"
+            if problem:
+                problems.append(f"bind mount: {problem}")
+                continue
+            host = resolve(source)
+            if host.real != host.path:
+                # The engine follows symlinks when it mounts: a source that has become one (or has one in
+                # its path) since it was judged points somewhere that was not judged.
+                findings.append(Denial("bind_mount", f"the bind source of {_short_repr(target, 60)} now resolves "
+                                       "elsewhere: a component of its path is a symlink, which the engine would "
+                                       "follow when it mounts", "mount the real directory (create the container "
+                                       f"again), or {ALLOW_PRIVILEGED}"))
+            mounts.append(MountSpec("bind", target, host.real, host=host, read_only=read_only,
+                                    propagation=propagation))
+        elif kind == "volume":
+            name = str(entry.get("Name") or "")
+            facts = volume_info(name) if name else None
+            if facts is None:  # gone, or not answered: judge what the container's record says of it
+                facts = {"driver": entry.get("Driver") or "local", "options": {}, "labels": {}}
+            mounts.append(MountSpec("volume", target, name, read_only=read_only, volume=facts,
+                                    propagation=propagation))
+        elif kind == "tmpfs":
+            mounts.append(MountSpec("tmpfs", target, read_only=read_only))
+        else:
+            problems.append(f"mount type {_short_repr(entry.get('Type'), 20)} at {_short_repr(target, 60)} is not "
+                            "bind, volume or tmpfs")
+    return mounts
+
+
+def container_power_from_inspect(tool: str, attrs: Mapping[str, Any], settings: Settings,
+                                 resolve: Callable[[str], HostPath],
+                                 volume_info: Callable[[str], Mapping[str, Any] | None], *,
+                                 kind: str = "docker") -> PowerRequest:
+    """An engine's inspect of a container (Docker's or Podman's Docker-compatible shape) -> the
+    ``PowerRequest`` create judges, so ``judge_request`` applies the same rules to what exists.
+
+    Bind sources are resolved now through ``resolve`` (the edge's I/O, as for create); ``volume_info``
+    describes a named volume. Engine defaults that create accepts are read as defaults; nothing the
+    container was made with is given by the server's defaults (``actual``: a missing limit is no limit).
+    Images are not judged again: the registry rules apply where an image enters (pull, build, create),
+    and the engines name images in their own forms here (Podman's ``localhost/``). ``kind`` is the engine's.
+    """
+    problems: list[str] = []
+    findings: list[Denial] = []
+    host_config: Mapping[str, Any] = attrs.get("HostConfig") or {}
+    labels = (attrs.get("Config") or {}).get("Labels") or {}
+    cap_add = _normalize_capabilities(host_config.get("CapAdd"), "CapAdd", problems)
+    cap_drop = _normalize_capabilities(host_config.get("CapDrop"), "CapDrop", problems)
+    namespaces = _inspect_namespaces(host_config, problems)
+
+    devices = list(_normalize_devices(
+        [f"{d.get('PathOnHost', '')}:{d.get('PathInContainer', '')}:{d.get('CgroupPermissions', '')}".rstrip(":")
+         if isinstance(d, Mapping) else d for d in host_config.get("Devices") or []], problems))
+    for rule in host_config.get("DeviceCgroupRules") or []:
+        findings.append(Denial("devices", f"device cgroup rule {_short_repr(rule, 40)} lets the container use host "
+                               "devices"))
+    if host_config.get("DeviceRequests"):
+        findings.append(Denial("devices", "device requests (GPUs and the like) give the container host devices"))
+
+    security_opt = [opt for opt in (_normalize_security_opt(v, problems) for v in host_config.get("SecurityOpt") or [])
+                    if opt]
+    masked = host_config.get("MaskedPaths")
+    if isinstance(masked, list) and not masked and not host_config.get("Privileged"):
+        security_opt.append("systempaths=unconfined")  # Docker's record of it: no masked paths at all
+    if str(attrs.get("AppArmorProfile") or "").strip().lower() == "unconfined":
+        security_opt.append("apparmor=unconfined")
+    if kind == "podman" and labels.get(MANAGED_LABEL) != "true":
+        # Measured on Podman 4.3: its inspect (both APIs) shows --ipc host as "shareable" and leaves out
+        # --userns host, sysctls, systempaths=unconfined and device cgroup rules, though they apply.
+        findings.append(Denial("unjudged_container", "this Podman does not report a container's IPC and user "
+                               "namespaces, sysctls or masked paths, and the container was not created through "
+                               "mcp-docker, so what it may do cannot be judged",
+                               f"create it through mcp-docker, or {ALLOW_PRIVILEGED}"))
+    sysctls = _normalize_sysctls(host_config.get("Sysctls") or {}, problems)
+
+    mounts = _inspect_mounts(attrs, resolve, volume_info, problems, findings)
+    memory = _int_or_zero(host_config.get("Memory"))
+    pids = _int_or_zero(host_config.get("PidsLimit"))
+    swap = host_config.get("MemorySwap")
+    if host_config.get("OomKillDisable"):
+        findings.append(Denial("resource_limits", "the OOM killer is off for it (oom_kill_disable): at its memory "
+                               "limit it hangs instead of ending", f"create it without oom_kill_disable, or "
+                               f"{ALLOW_PRIVILEGED}"))
+    if _int_or_zero(host_config.get("OomScoreAdj")) < 0:
+        findings.append(Denial("resource_limits", "a negative oom_score_adj has the kernel end host processes "
+                               "before it", f"create it without oom_score_adj, or {ALLOW_PRIVILEGED}"))
+    # What the engine could not say clearly is refused unless host powers are allowed: it is no argument
+    # the caller could correct.
+    findings.extend(Denial("not_understood", f"the engine reports {problem}") for problem in problems)
+
+    return PowerRequest(
+        tool=tool, privileged=bool(host_config.get("Privileged")), cap_add=cap_add, cap_drop=cap_drop,
+        namespaces=tuple(namespaces.items()), devices=tuple(devices), security_opt=tuple(dict.fromkeys(security_opt)),
+        mounts=tuple(mounts), volumes_from=tuple(str(v) for v in host_config.get("VolumesFrom") or []),
+        sysctls=tuple(sysctls.items()), read_only_rootfs=bool(host_config.get("ReadonlyRootfs")),
+        memory=memory if memory > 0 else None, nano_cpus=_stored_nano_cpus(host_config),
+        pids_limit=pids if pids > 0 else None, memory_swap=swap if isinstance(swap, int) and swap else None,
+        restart_policy=_normalize_restart_policy((host_config.get("RestartPolicy") or {}).get("Name")),
+        actual=True, findings=tuple(findings))
+
+
+def stored_limit_denials(judged: PowerRequest, stored: PowerRequest) -> list[Denial]:
+    """The limits a create judged against what the engine stored: a limit that the engine rounded to
+    nothing, or raised, was promised and not delivered."""
+    denials = []
+    for what, asked, got in (("memory", judged.memory, stored.memory), ("cpus", judged.nano_cpus, stored.nano_cpus),
+                             ("pids_limit", judged.pids_limit, stored.pids_limit)):
+        if asked is None:
+            continue
+        shown = f"{asked / 1e9:g}" if what == "cpus" else f"{asked}"
+        if got is None:
+            denials.append(Denial("resource_limits", f"the engine stored no {what} limit for {what} {shown} (it "
+                                  "rounds to nothing, which means unlimited)", f"give a larger {what}"))
+        elif got > asked * 1.001 + 1:
+            denials.append(Denial("resource_limits", f"the engine stored a larger {what} limit than {shown}",
+                                  f"give a {what} the engine keeps as it is"))
+    return denials
 
 
 # -- images ---------------------------------------------------------------------------------------
@@ -2112,6 +2361,13 @@ def judge_request(request: PowerRequest, settings: Settings, host: HostFacts) ->
         if request.volumes_from:
             denials.append(Denial("volumes_from", "volumes_from copies another container's mounts, host "
                                   "paths included"))
+        denials.extend(request.findings)
+        if request.restart_policy and any(m.type == "bind" for m in request.mounts):
+            # The engine starts such a container again on its own (on exit, on its own restart) and
+            # follows the bind sources as they are then, without this policy seeing them.
+            denials.append(Denial("restart_policy", f"restart policy {request.restart_policy!r} lets the engine "
+                                  "mount the bind sources again on its own, unjudged",
+                                  f"use restart_policy 'no' with bind mounts (or {ALLOW_PRIVILEGED})"))
     for mount in request.mounts:
         if mount.type == "bind" and mount.host and not privileged_ok:
             if host.remote_engine:
@@ -2128,7 +2384,10 @@ def judge_request(request: PowerRequest, settings: Settings, host: HostFacts) ->
                                       str(options.get("o", "")).split(",")):
                 denials.append(Denial("volume_driver", f"volume {mount.source!r} is backed by a host path or "
                                       f"a {driver} driver, which the policy cannot judge"))
-            denial = managed_denial("volume", mount.source, mount.volume.get("labels"), settings)
+            # Whether a volume may be mounted is asked when it is; a container's own anonymous volumes
+            # (an image's VOLUME) are the engine's, so an existing container is not judged on their labels.
+            denial = None if request.actual else managed_denial("volume", mount.source, mount.volume.get("labels"),
+                                                                 settings)
             if denial:
                 denials.append(denial)
     if request.build_context is not None and not privileged_ok:
@@ -2146,6 +2405,13 @@ def judge_request(request: PowerRequest, settings: Settings, host: HostFacts) ->
         if ceiling and value is not None and value > ceiling + 1e-9:
             denials.append(Denial("resource_limits", f"{what} {value:g} is above the configured maximum "
                                   f"{ceiling:g}", f"raise {setting}"))
+        elif ceiling and value is None and request.actual:
+            denials.append(Denial("resource_limits", f"it has no {what.removesuffix('_limit')} limit on the engine (0, -1 or a value that "
+                                  f"rounds to nothing mean unlimited), above the configured maximum {ceiling:g}",
+                                  f"give it a {what} limit, or set {setting}=0"))
+    if request.memory_swap == -1 and request.memory is not None and settings.container_memory_limit:
+        denials.append(Denial("resource_limits", "its swap is unlimited (memory_swap -1), so the memory limit does "
+                              "not bound it", "give it a memory_swap limit, or set SAFETY_CONTAINER_MEMORY_LIMIT=0"))
     for conflict in request.profile_conflicts:
         denials.append(Denial("container_profile", f"{conflict} conflicts with the hardened container profile",
                               "set SAFETY_CONTAINER_PROFILE=default"))
@@ -3135,7 +3401,8 @@ def gather_host_facts(settings: Settings, engine_url: str = "", other_engine_url
                                 *sorted(os.path.realpath(path) for path in sockets))
     return HostFacts(volume_roots=tuple(os.path.realpath(p) for p in settings.volume_mount_allowlist),
                      build_roots=tuple(os.path.realpath(p) for p in settings.build_context_allowlist),
-                     sensitive=sensitive, remote_engine=not engine_is_local(engine_url))
+                     sensitive=sensitive, remote_engine=not engine_is_local(engine_url),
+                     allowed_sockets=tuple(os.path.realpath(p) for p in settings.allowed_sockets))
 
 
 def enforce(request: PowerRequest, call: Call) -> None:
@@ -3866,12 +4133,115 @@ def engine_mount(mount: MountSpec, labels: Mapping[str, str]) -> Any:
                               labels=dict(labels) if mount.volume is None else None)
 
 
-def build_container_config(call: Call, tool: str) -> dict[str, Any]:
-    """Arguments -> ``create_container`` kwargs through the policy: the engine gets the judged request."""
+def find_sockets(directory: str, max_depth: int = BIND_SCAN_MAX_DEPTH,
+                 max_entries: int = BIND_SCAN_MAX_ENTRIES) -> tuple[tuple[str, ...], str]:
+    """The unix sockets under ``directory`` (symlinks not followed: inside a container they point into
+    the container), and why the search stopped short ('' when it did not): bounded in depth and entries."""
+    sockets: list[str] = []
+    seen = 0
+    pending = [(directory, 0)]
+    while pending:
+        path, depth = pending.pop()
+        try:
+            with os.scandir(path) as entries:
+                for entry in entries:
+                    seen += 1
+                    if seen > max_entries:
+                        return tuple(sockets), f"more than {max_entries} entries"
+                    mode = entry.stat(follow_symlinks=False).st_mode
+                    if stat.S_ISSOCK(mode):
+                        sockets.append(entry.path)
+                    elif stat.S_ISDIR(mode):
+                        if depth + 1 > max_depth:
+                            return tuple(sockets), f"deeper than {max_depth} levels"
+                        pending.append((entry.path, depth + 1))
+        except OSError as exc:
+            return tuple(sockets), f"a directory in it cannot be read ({exc.strerror or 'error'})"
+    return tuple(sockets), ""
+
+
+def bind_source_resolver(settings: Settings) -> Callable[[str], HostPath]:
+    """``resolve_host_path`` for bind sources, plus the sockets a directory under an allowed root holds. Only
+    there: elsewhere the bind is refused anyway, and a search of / would be the whole host."""
+    roots = tuple(os.path.realpath(p) for p in settings.volume_mount_allowlist)
+
+    def resolve(text: str) -> HostPath:
+        host = resolve_host_path(text)
+        if settings.allow_privileged or not any(_is_within(host.real, root) for root in roots):
+            return host
+        if not os.path.isdir(host.real):
+            return host
+        sockets, unscanned = find_sockets(host.real)
+        return dataclasses.replace(host, sockets=sockets, unscanned=unscanned)
+
+    return resolve
+
+
+def call_host_facts(call: Call) -> HostFacts:
+    engines = call.engines.all if call.engines is not None else []
+    return gather_host_facts(call.settings, call.engine_url, tuple(engine.url for engine in engines if engine.url))
+
+
+# A container's named volumes cannot change while it exists (both engines refuse to remove a volume a
+# container uses, stopped or not), so what they are is asked once per container: re-judging a container at
+# start or exec then costs one engine request, its inspect. Bounded; the oldest entries go first.
+_CONTAINER_VOLUMES: dict[tuple[str, str], dict[str, Any]] = {}
+_CONTAINER_VOLUMES_MAX = 2048
+
+
+def container_volume_info(call: Call, container_id: str,
+                          known: Mapping[str, Any] | None = None) -> Callable[[str], Mapping[str, Any] | None]:
+    key = (call.engine_url, container_id)
+    volumes = _CONTAINER_VOLUMES.get(key)
+    if volumes is None:
+        volumes = dict(known or {})
+        while len(_CONTAINER_VOLUMES) >= _CONTAINER_VOLUMES_MAX:
+            _CONTAINER_VOLUMES.pop(next(iter(_CONTAINER_VOLUMES)), None)
+        _CONTAINER_VOLUMES[key] = volumes
+
+    def info(name: str) -> Mapping[str, Any] | None:
+        if name not in volumes:
+            volumes[name] = volume_facts(call.api, name)
+        return volumes[name]
+
+    return info
+
+
+def enforce_container_power(call: Call, container: str, action: str) -> dict[str, Any]:
+    """Judge an existing container on the engine's record of it, by the rules of create, before acting in or
+    on it (``action``: exec, start, restart, copy ...); raise the refusal, else return the inspect attrs.
+
+    One engine request (the inspect; a container's named volumes are asked once per container). It covers
+    SAFETY_MANAGED_ONLY too, so a handler that calls it needs no ``guard_managed``. For sync handlers."""
+    attrs = call.api.inspect_container(container)
+    denial = managed_denial("container", container, (attrs.get("Config") or {}).get("Labels"), call.settings)
+    if denial:
+        raise denial_error([denial])
+    request = container_power_from_inspect(action, attrs, call.settings, bind_source_resolver(call.settings),
+                                           container_volume_info(call, str(attrs.get("Id") or container)),
+                                           kind=call.kind)
+    denials = judge_request(request, call.settings, call_host_facts(call))
+    if denials:
+        log.info("policy denied %s of %s: %s", action, str(attrs.get("Id") or "")[:12],
+                 "; ".join(d.rule for d in denials))
+        raise container_power_error(denials, container, action)
+    return attrs
+
+
+def container_power_error(denials: list[Denial], container: str, action: str) -> ToolError:
+    error = denial_error(denials)
+    return ToolError("policy_denied", f"{error.message} (container {_short_repr(container, 60)}, {ACTUAL_CONFIGURATION}; "
+                     f"no {action} in a container the policy would not have created)")
+
+
+def judged_container_config(call: Call, tool: str,
+                            volume_info: Callable[[str], Mapping[str, Any] | None] | None = None,
+                            ) -> tuple[PowerRequest, dict[str, Any]]:
+    """Arguments -> the judged request and the ``create_container`` kwargs made from it (nothing else)."""
     a = call.args
     api = call.api
-    request = normalize_container_request(tool, a, call.settings, resolve_host_path,
-                                          lambda name: volume_facts(api, name))
+    request = normalize_container_request(tool, a, call.settings, bind_source_resolver(call.settings),
+                                          volume_info or (lambda name: volume_facts(api, name)))
     enforce(request, call)
     network = request.namespace("network")
     if network and network != "host" and not network.startswith("container:"):
@@ -3901,9 +4271,9 @@ def build_container_config(call: Call, tool: str) -> dict[str, Any]:
     for kind, mode in request.namespaces:
         if mode:
             host_kwargs[NAMESPACE_OPTIONS[kind]] = mode
-    if a.get("restart_policy") and a["restart_policy"] != "no":
-        host_kwargs["restart_policy"] = {"Name": a["restart_policy"]}
-    return {
+    if request.restart_policy:
+        host_kwargs["restart_policy"] = {"Name": request.restart_policy}
+    return request, {
         "image": a["image"],
         "name": a.get("name"),
         "command": a.get("command"),
@@ -3917,6 +4287,11 @@ def build_container_config(call: Call, tool: str) -> dict[str, Any]:
         "ports": [tuple(key.split("/", 1)) for key in port_bindings] or None,
         "host_config": api.create_host_config(**host_kwargs),
     }
+
+
+def build_container_config(call: Call, tool: str) -> dict[str, Any]:
+    """Arguments -> ``create_container`` kwargs through the policy: the engine gets the judged request."""
+    return judged_container_config(call, tool)[1]
 
 
 def podman_cgroup_namespace(call: Call, container_id: str) -> str:
@@ -3951,9 +4326,21 @@ def create_judged_container(call: Call, tool: str) -> dict[str, Any]:
     the cgroup namespace, leaving Podman's default (the host's on cgroup v1, whatever containers.conf says).
     A container that did not get the cgroup namespace it was judged with is removed and the call refused:
     a hardening must not be promised and not delivered.
+
+    Then the created container is judged again on the engine's record of it (one inspect), as a start
+    would judge it: every limit after the engine's own rounding (a cpus value that becomes no quota, a
+    pids limit the engine reads as unlimited), and the bind sources as they resolve now, just before a
+    run starts it. Anything the policy would not have created is removed and refused.
     """
     api = call.api
-    config = build_container_config(call, tool)
+    volumes: dict[str, Any] = {}
+
+    def volume_info(name: str) -> Mapping[str, Any] | None:
+        if name not in volumes:
+            volumes[name] = volume_facts(api, name)
+        return volumes[name]
+
+    request, config = judged_container_config(call, tool, volume_info)
     made_volumes: list[str] = []
     if call.kind == "podman":
         for mount in config["host_config"].get("Mounts") or []:
@@ -3970,12 +4357,28 @@ def create_judged_container(call: Call, tool: str) -> dict[str, Any]:
             if refusal:
                 api.remove_container(created["Id"], force=True)
                 raise refusal
+        judge_created_container(call, created["Id"], request,
+                                {name: facts for name, facts in volumes.items() if facts is not None})
     except Exception:
         for volume in made_volumes:
             with contextlib.suppress(Exception):
                 api.remove_volume(volume)
         raise
     return created
+
+
+def judge_created_container(call: Call, container_id: str, request: PowerRequest,
+                            volumes: Mapping[str, Any]) -> None:
+    """What the engine made of a judged request, judged again; removed and refused when it is not what
+    was judged (see ``create_judged_container``)."""
+    attrs = call.api.inspect_container(container_id)
+    stored = container_power_from_inspect(request.tool, attrs, call.settings, bind_source_resolver(call.settings),
+                                          container_volume_info(call, container_id, volumes), kind=call.kind)
+    denials = stored_limit_denials(request, stored) + judge_request(stored, call.settings, call_host_facts(call))
+    if denials:
+        log.info("created container %s removed: %s", container_id[:12], "; ".join(d.rule for d in denials))
+        call.api.remove_container(container_id, force=True)
+        raise container_power_error(denials, short_id(container_id), "create")
 
 
 @tool("docker_create_container", title="Create a container", tier=Tier.MODERATE, toolset="containers",
@@ -4033,11 +4436,17 @@ def run_container(call: Call) -> dict[str, Any]:
 
 def container_action(name: str, title: str, description: str, action: Callable[[Call], Any],
                      status: str, *, tier: Tier = Tier.MODERATE, idempotent: bool = True,
-                     params: dict[str, Any] | None = None, required: tuple[str, ...] = ()) -> None:
-    """Register a tool that does one thing to one container and reports the new status."""
+                     params: dict[str, Any] | None = None, required: tuple[str, ...] = (),
+                     judged: str = "") -> None:
+    """Register a tool that does one thing to one container and reports the new status. ``judged`` names
+    an action that turns the container into power (a start mounts its binds again): the container is then
+    judged on its actual configuration first (``enforce_container_power``)."""
 
     def handler(call: Call) -> dict[str, Any]:
-        guard_managed(call, "container", call.args["container"])
+        if judged:
+            enforce_container_power(call, call.args["container"], judged)
+        else:
+            guard_managed(call, "container", call.args["container"])
         action(call)
         return {"id": call.args["container"], "status": status}
 
@@ -4047,14 +4456,14 @@ def container_action(name: str, title: str, description: str, action: Callable[[
 
 
 container_action("docker_start_container", "Start a container", "Start a created or stopped container.",
-                 lambda c: c.api.start(c.args["container"]), "running")
+                 lambda c: c.api.start(c.args["container"]), "running", judged="start")
 container_action("docker_stop_container", "Stop a container",
                  "Stop a running container: SIGTERM, then SIGKILL after `timeout` seconds.",
                  lambda c: c.api.stop(c.args["container"], timeout=c.args.get("timeout", 10)), "exited",
                  params={"timeout": s_int("Seconds to wait before killing.", 0, 600, 10)})
 container_action("docker_restart_container", "Restart a container", "Stop (gracefully) and start a container.",
                  lambda c: c.api.restart(c.args["container"], timeout=c.args.get("timeout", 10)), "running",
-                 params={"timeout": s_int("Seconds to wait before killing.", 0, 600, 10)})
+                 params={"timeout": s_int("Seconds to wait before killing.", 0, 600, 10)}, judged="restart")
 container_action("docker_pause_container", "Pause a container", "Freeze all processes of a running container.",
                  lambda c: c.api.pause(c.args["container"]), "paused", idempotent=False)
 container_action("docker_unpause_container", "Unpause a container", "Resume a paused container.",
@@ -4166,7 +4575,8 @@ def exec_command(call: Call) -> dict[str, Any]:
     api = call.api
     enforce(PowerRequest("docker_exec_command", privileged=bool(a.get("privileged")), command=tuple(a["command"])),
             call)
-    guard_managed(call, "container", a["container"])
+    # An exec runs with the container's own powers: an over-powered container is no place to run one.
+    enforce_container_power(call, a["container"], "exec")
     call.deadline = min(call.deadline, time.monotonic() + a.get("timeout", 30))
     exec_id = api.exec_create(a["container"], a["command"], user=a.get("user", ""), workdir=a.get("workdir"),
                               environment=a.get("environment"), privileged=bool(a.get("privileged")))["Id"]
