@@ -2731,45 +2731,22 @@ def inspect_endpoints(info: Mapping[str, Any]) -> list[str]:
     return sorted(found)
 
 
-def inspect_power_args(info: Mapping[str, Any], settings: Settings) -> tuple[dict[str, Any], list[str]]:
-    """What an existing container can do, from its inspect answer, as create arguments (plus what the
-    create arguments cannot say: a missing limit or no-new-privileges, a port on a public address)."""
+def hardening_gaps(info: Mapping[str, Any], settings: Settings) -> list[Denial]:
+    """What the engine hardening promises of every container the server makes, checked on an inspect answer:
+    no-new-privileges, and published ports on loopback unless SAFETY_ALLOW_PUBLIC_PORTS (the container rules
+    judge everything else, see ``container_power_from_inspect``)."""
     host = info.get("HostConfig") or {}
-    args: dict[str, Any] = {"privileged": bool(host.get("Privileged")), "cap_add": host.get("CapAdd") or [],
-                            "cap_drop": host.get("CapDrop") or [], "security_opt": host.get("SecurityOpt") or [],
-                            "sysctls": host.get("Sysctls") or {}, "volumes_from": host.get("VolumesFrom") or [],
-                            "devices": [f"{d.get('PathOnHost')}:{d.get('PathInContainer')}"
-                                        for d in host.get("Devices") or []]}
-    for key, option in (("NetworkMode", "network_mode"), ("PidMode", "pid_mode"), ("IpcMode", "ipc_mode"),
-                        ("UTSMode", "uts_mode"), ("UsernsMode", "userns_mode")):
-        mode = str(host.get(key) or "")
-        if mode == "host" or mode.startswith("container:") or (option == "network_mode" and mode):
-            args[option] = mode
-    mounts = []
-    for mount in info.get("Mounts") or []:
-        if mount.get("Type") == "bind":
-            mounts.append({"type": "bind", "source": mount.get("Source"), "target": mount.get("Destination")})
-        elif mount.get("Type") == "volume" and mount.get("Name"):
-            mounts.append({"type": "volume", "source": mount["Name"], "target": mount.get("Destination")})
-    args["mounts"] = mounts
-    problems = []
-    for key, value, ceiling in (("memory", host.get("Memory"), settings.container_memory_limit),
-                                ("cpus", (host.get("NanoCpus") or 0) / 1e9 or (host.get("CpuQuota") or 0) /
-                                 (host.get("CpuPeriod") or 100000), settings.container_cpu_limit),
-                                ("pids_limit", host.get("PidsLimit"), settings.container_pids_limit)):
-        if value and value > 0:
-            args[key] = value
-        elif ceiling:
-            problems.append(f"the container has no {key} limit")
-    if not any(re.sub(r"[=:]true$", "", str(o)) == "no-new-privileges" for o in args["security_opt"]):
-        problems.append("the container lacks no-new-privileges")
+    gaps = []
+    if not any(re.sub(r"[=:]true$", "", str(o).lower()) == "no-new-privileges" for o in host.get("SecurityOpt") or []):
+        gaps.append(Denial("engine_hardening", "the container was created without no-new-privileges",
+                           "report this: the Compose tool did not apply the hardened model"))
     for bindings in (host.get("PortBindings") or {}).values():
         for binding in bindings or []:
             address = str(binding.get("HostIp") or "")
             if not address.startswith(LOOPBACK_ADDRESSES) and not settings.allow_public_ports:
-                problems.append(f"a port is published on {address or 'every address'}; publish on 127.0.0.1 "
-                                f"or set {PUBLIC_PORTS_SETTING}=true")
-    return args, problems
+                gaps.append(Denial("published_port", f"a port is published on {address or 'every address'}",
+                                   f"publish it on 127.0.0.1, or set {PUBLIC_PORTS_SETTING}=true"))
+    return gaps
 
 
 # -- untrusted output -------------------------------------------------------------------------------
@@ -5603,18 +5580,13 @@ def remove_new_objects(call: Call, project: str, before: Mapping[str, set[str]])
                 call.api.remove_volume(volume["Name"], force=True)
 
 
-def created_container_power(call: Call, container_id: str, tool: str = "docker_compose_up") -> None:
-    """Judge a container the engine created for a project on its actual configuration, by the create rules."""
-    judge = globals().get("enforce_container_power")  # the container-power work; until it lands, ours below
-    if judge is not None:
-        judge(call, container_id, tool)
-        return
-    info = call.api.inspect_container(container_id)
-    args, problems = inspect_power_args(info, call.settings)
-    request = normalize_container_request(tool, args, call.settings, resolve_host_path,
-                                          lambda name: volume_facts(call.api, name))
-    request = dataclasses.replace(request, problems=request.problems + tuple(problems))
-    enforce(request, call)
+def created_container_power(call: Call, container_id: str, action: str = "compose up") -> None:
+    """Judge a container the engine created for a project on its actual configuration, by the create rules,
+    and check that the engine hardening was applied to it."""
+    attrs = enforce_container_power(call, container_id, action)
+    gaps = hardening_gaps(attrs, call.settings)
+    if gaps:
+        raise container_power_error(gaps, container_id[:12], action)
 
 
 def service_rows(call: Call, containers: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -5849,7 +5821,7 @@ def compose_lifecycle(call: Call, action: str) -> dict[str, Any]:
             raise denial_error([denial])
     if action != "stop":
         for c in containers:
-            created_container_power(call, c["Id"])
+            created_container_power(call, c["Id"], f"compose {action}")
     timeout = call.args.get("timeout", 10)
     for c in containers:
         call.remaining()

@@ -6572,16 +6572,17 @@ def test_the_hardened_model_carries_the_engine_defaults_and_loopback_ports():
     assert model["services"]["web"]["ports"] == ["8080:80", "127.0.0.1::81/udp"]  # the input is not changed
 
 
-def test_a_created_container_is_judged_on_what_the_engine_reports():
+def test_a_created_container_is_judged_on_what_the_engine_reports_and_its_hardening_checked():
     info = {"HostConfig": {"Privileged": False, "CapAdd": ["SYS_ADMIN"], "SecurityOpt": [], "Memory": 0,
                            "NanoCpus": 10**9, "PidsLimit": 100, "NetworkMode": "host",
                            "PortBindings": {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"}]}},
             "Mounts": [{"Type": "bind", "Source": "/etc", "Destination": "/e"}]}
-    args, problems = md.inspect_power_args(info, md.Settings())
-    assert args["cap_add"] == ["SYS_ADMIN"] and args["network_mode"] == "host"
-    assert args["mounts"] == [{"type": "bind", "source": "/etc", "target": "/e"}]
-    assert any("no memory limit" in p for p in problems) and any("no-new-privileges" in p for p in problems)
-    assert any("0.0.0.0" in p for p in problems)
+    gaps = md.hardening_gaps(info, md.Settings())
+    assert [g.rule for g in gaps] == ["engine_hardening", "published_port"] and "0.0.0.0" in gaps[1].reason
+    assert md.hardening_gaps(info, md.Settings(allow_public_ports=True))[1:] == []
+    request = md.container_power_from_inspect("compose up", info, md.Settings(), md.resolve_host_path, lambda _: None)
+    rules = {d.rule for d in md.judge_request(request, md.Settings(), md.HostFacts())}
+    assert {"capabilities", "host_namespace", "resource_limits", "sensitive_path"} <= rules
     assert md.inspect_endpoints({"NetworkSettings": {"Ports": {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"},
                                                                           {"HostIp": "::", "HostPort": "8080"}],
                                                              "53/udp": [{"HostIp": "127.0.0.1", "HostPort": "53"}],
