@@ -551,6 +551,9 @@ SETTING_SPECS: tuple[SettingSpec, ...] = (
                 "The Compose implementation to run, e.g. 'docker compose' or /usr/bin/docker-compose. Default: "
                 "found on PATH (the docker compose plugin, docker-compose, podman-compose for Podman).",
                 metavar="COMMAND"),
+    SettingSpec("copy_max_bytes", "MCP_COPY_MAX_BYTES", _parse_size_setting,
+                "Most bytes docker_copy_to_container writes and docker_copy_from_container returns in one call. "
+                "Default 16m."),
     SettingSpec("allow_public_ports", "SAFETY_ALLOW_PUBLIC_PORTS", _parse_bool,
                 "Let compose projects publish ports on addresses other than loopback (0.0.0.0 ...). "
                 "Default false: ports without an address are published on 127.0.0.1."),
@@ -639,6 +642,7 @@ class Settings:
     container_cpu_limit: float = 1.0
     container_pids_limit: int = 512
     compose_command: tuple[str, ...] = ()
+    copy_max_bytes: int = 16 * 1024**2
     allow_public_ports: bool = False
     docker_tls_verify: str = ""
     docker_cert_path: str = ""
@@ -4391,6 +4395,7 @@ def run_container(call: Call) -> dict[str, Any]:
         raise
     result: dict[str, Any] = {"id": short_id(container_id), "name": a.get("name"), "status": "running"}
     if not a.get("wait"):
+        result["endpoints"] = inspect_endpoints(api.inspect_container(container_id))
         return result
     import requests
 
@@ -4425,6 +4430,9 @@ def container_action(name: str, title: str, description: str, action: Callable[[
         else:
             guard_managed(call, "container", call.args["container"])
         action(call)
+        if judged:  # a start or restart answers with what it serves, as addresses to use
+            return {"id": call.args["container"], "status": status,
+                    "endpoints": inspect_endpoints(call.api.inspect_container(call.args["container"]))}
         return {"id": call.args["container"], "status": status}
 
     tool(name, title=title, description=description, tier=tier, toolset="containers",
@@ -5896,6 +5904,326 @@ def compose_down(call: Call) -> dict[str, Any]:
             elif item["type"] == "volume":
                 call.api.remove_volume(item["name"])
     return {"id": a["project"], "status": "removed", "removed": items}
+
+
+# -- files, waits, updates ------------------------------------------------------------------------
+#
+# Files go in and out through the engine's archive API only: the server builds the archives it sends
+# (regular files and their directories, never links, never a name with '..'), and reads the archives it
+# gets in memory, never extracting them on this host. Both act only in containers the policy would have
+# created (``enforce_container_power``), and what comes out of a container is untrusted output.
+
+COPY_NAME_RE = re.compile(r"(?!/)(?!.*(^|/)\.\.?(/|$))[A-Za-z0-9_.@+=,%~ -]+(/[A-Za-z0-9_.@+=,%~ -]+)*")
+
+
+def container_path_stat(call: Call, container: str, path: str) -> dict[str, Any] | None:
+    """The engine's stat of a path in a container (name, size, mode, linkTarget), None when it does not exist."""
+    import base64
+
+    api = call.api
+    response = api.head(api._url("/containers/{0}/archive", container), params={"path": path},
+                        timeout=min(call.settings.engine_timeout, call.remaining()))
+    if response.status_code == 404:
+        return None
+    api._raise_for_status(response)
+    header = response.headers.get("X-Docker-Container-Path-Stat") or ""
+    try:
+        return json.loads(base64.b64decode(header)) if header else {}
+    except ValueError:
+        return {}
+
+
+GO_MODE_DIR, GO_MODE_SYMLINK = 1 << 31, 1 << 27
+
+
+def refuse_linked_path(call: Call, container: str, path: str) -> bool:
+    """Refuse a destination whose path in the container is a symbolic link (a copy must land where it was
+    asked to, not where a process in the container pointed it); True when the path exists (a directory)."""
+    stat_info = container_path_stat(call, container, path)
+    if stat_info is None:
+        return False
+    if int(stat_info.get("mode") or 0) & GO_MODE_SYMLINK or stat_info.get("linkTarget"):
+        raise ToolError("policy_denied", f"[copy_target] {_short_repr(path, 80)} is a symbolic link in the container; "
+                        "copy to the real directory")
+    if not int(stat_info.get("mode") or 0) & GO_MODE_DIR:
+        raise ToolError("invalid_argument", f"{_short_repr(path, 80)} exists and is not a directory")
+    return True
+
+
+def copy_archive(files: Mapping[str, bytes], mode: int) -> bytes:
+    """A tar of regular files (and the directories above them) under relative, checked names."""
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    now = int(time.time())
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        made: set[str] = set()
+        for name, data in sorted(files.items()):
+            parts = name.split("/")
+            for depth in range(1, len(parts)):
+                directory = "/".join(parts[:depth])
+                if directory not in made:
+                    made.add(directory)
+                    info = tarfile.TarInfo(directory)
+                    info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, now
+                    archive.addfile(info)
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), mode, now
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def copy_contents(call: Call) -> dict[str, bytes]:
+    """The files to copy, as bytes, checked: names relative without '..', the total within MCP_COPY_MAX_BYTES."""
+    import base64
+    import binascii
+
+    a = call.args
+    given = dict(a.get("files") or {})
+    if a.get("content") is not None:
+        given[posixpath.basename(a["path"].rstrip("/"))] = a["content"]
+    if not given:
+        raise ToolError("invalid_argument", "give content (one file at path) or files (names under path)")
+    files: dict[str, bytes] = {}
+    for name, text in given.items():
+        if not COPY_NAME_RE.fullmatch(name) or len(name) > 1024:
+            raise ToolError("invalid_argument", f"file name {_short_repr(name, 60)} must be a relative path without "
+                            "'..', '.' or empty parts")
+        try:
+            files[name] = base64.b64decode(text, validate=True) if a.get("encoding") == "base64" else text.encode()
+        except (binascii.Error, ValueError):
+            raise ToolError("invalid_argument", f"{_short_repr(name, 60)} is not valid base64") from None
+    total = sum(len(data) for data in files.values())
+    if total > call.settings.copy_max_bytes:
+        raise ToolError("invalid_argument", f"{total} bytes to copy is more than MCP_COPY_MAX_BYTES "
+                        f"({call.settings.copy_max_bytes}); raise it to copy more")
+    return files
+
+
+@tool("docker_copy_to_container", title="Copy files into a container", tier=Tier.MODERATE, toolset="containers",
+      description="Write a file (content, at path) or several (files, under the directory path) into a container "
+                  "through the engine's archive API. Text or base64; capped by MCP_COPY_MAX_BYTES.",
+      params={"container": s_container(),
+              "path": s_str("Absolute path in the container: the file (with content) or the directory (with files).",
+                            pattern=r"^/", max_length=4096),
+              "content": s_str("The file's content.", max_length=64 * 1024 * 1024),
+              "files": {"type": "object", "description": "Several files: relative name -> content.",
+                        "maxProperties": 64, "propertyNames": {"maxLength": 1024},
+                        "additionalProperties": {"type": "string", "maxLength": 64 * 1024 * 1024}},
+              "encoding": {"type": "string", "description": "How content is given.", "enum": ["text", "base64"],
+                           "default": "text"},
+              "mode": s_str("File mode in octal, e.g. 0644.", pattern=r"^0?[0-7]{3}$", max_length=4)},
+      required=("container", "path"), output=OUT_ACTION)
+def copy_to_container(call: Call) -> dict[str, Any]:
+    a = call.args
+    container = a["container"]
+    enforce_container_power(call, container, "copy")
+    files = copy_contents(call)
+    path = lexical_path(a["path"])
+    target = posixpath.dirname(path.rstrip("/")) or "/" if a.get("content") is not None else path
+    if a.get("content") is not None and a.get("files"):
+        raise ToolError("invalid_argument", "give content or files, not both")
+    if not refuse_linked_path(call, container, target):
+        raise ToolError("not_found", f"directory {_short_repr(target, 80)} does not exist in the container")
+    for name in files:  # every directory on the way that exists already must not be a link either
+        parts = name.split("/")[:-1]
+        for depth in range(1, len(parts) + 1):
+            if not refuse_linked_path(call, container, posixpath.join(target, *parts[:depth])):
+                break
+    call.api.put_archive(container, target, copy_archive(files, int(a.get("mode") or "0644", 8)))
+    return {"id": container, "status": "copied", "path": target, "files": sorted(files),
+            "bytes": sum(len(data) for data in files.values())}
+
+
+class CappedStream:
+    """A file-like view of the engine's archive stream that stops reading at ``limit`` bytes."""
+
+    def __init__(self, chunks: Any, limit: int, call: Call):
+        self.chunks, self.limit, self.call = iter(chunks), limit, call
+        self.buffer = b""
+        self.read_bytes = 0
+        self.cut = False
+
+    def read(self, size: int = -1) -> bytes:
+        while (size < 0 or len(self.buffer) < size) and not self.cut:
+            self.call.remaining()
+            chunk = next(self.chunks, b"")
+            if not chunk:
+                break
+            self.read_bytes += len(chunk)
+            self.buffer += chunk
+            if self.read_bytes > self.limit:
+                self.cut = True
+        data, self.buffer = (self.buffer, b"") if size < 0 else (self.buffer[:size], self.buffer[size:])
+        return data
+
+
+TAR_KINDS = {b"0": "file", b"\0": "file", b"1": "hardlink", b"2": "symlink", b"3": "character device",
+             b"4": "block device", b"5": "directory", b"6": "fifo"}
+
+
+@tool("docker_copy_from_container", title="Copy a file out of a container", tier=Tier.SAFE, toolset="containers",
+      description="Read a file from a container (text, or base64 when binary) or list a directory (newest first), "
+                  "through the engine's archive API; capped by max_bytes, and a cut says so. Content is untrusted.",
+      params={"container": s_container(), "path": s_str("Absolute path in the container.", pattern=r"^/",
+                                                         max_length=4096),
+              "max_bytes": s_int("Most bytes of the file to return.", 1, 64 * 1024 * 1024, 1024 * 1024),
+              "limit": s_limit(200, 5000)},
+      required=("container", "path"),
+      output=out({"path": {"type": "string"}, "type": {"type": "string"}}, ("path", "type")),
+      list_field="entries")
+def copy_from_container(call: Call) -> dict[str, Any]:
+    import base64
+    import tarfile
+
+    a = call.args
+    container = a["container"]
+    enforce_container_power(call, container, "copy")
+    max_bytes = min(a.get("max_bytes", 1024 * 1024), call.settings.copy_max_bytes)
+    chunks, _ = call.api.get_archive(container, a["path"], chunk_size=65536)
+    # A directory's archive is read up to a bound of its own: the listing says when it stopped.
+    stream = CappedStream(chunks, max(4 * max_bytes, 16 * 1024 * 1024), call)
+    untrusted = UntrustedOutput(max_chars=max_bytes, redact=not call.settings.reveal_secrets)
+    entries: list[dict[str, Any]] = []
+    result: dict[str, Any] = {"path": a["path"]}
+    try:
+        with tarfile.open(fileobj=stream, mode="r|") as archive:
+            for member in archive:
+                kind = TAR_KINDS.get(member.type, "other")
+                if not entries and not result.get("type") and kind == "file":
+                    handle = archive.extractfile(member)
+                    data = handle.read(max_bytes) if handle else b""
+                    result.update(type="file", size=member.size, truncated=member.size > len(data))
+                    try:
+                        result.update(encoding="text", content=untrusted.text("content", data.decode("utf-8")))
+                    except UnicodeDecodeError:
+                        result.update(encoding="base64", content=base64.b64encode(data).decode())
+                    break
+                entries.append({"name": member.name, "type": kind, "size": member.size, "mode": oct(member.mode),
+                                "modified": iso_time(member.mtime),
+                                **({"link_target": member.linkname} if member.linkname else {})})
+    except tarfile.TarError:
+        if not stream.cut:
+            raise ToolError("engine_error", "the engine's archive could not be read") from None
+    finally:
+        close = getattr(chunks, "close", None)
+        if close:
+            with contextlib.suppress(Exception):
+                close()
+    if result.get("type") == "file":
+        return untrusted.attach(result)
+    if len(entries) == 1 and entries[0]["type"] != "directory":  # a link, a device ...: described, never followed
+        return untrusted.attach({**result, **untrusted.value("entry", entries[0])})
+    entries.sort(key=lambda e: e["modified"] or "", reverse=True)
+    limit = a.get("limit", 200)
+    return untrusted.attach({**result, "type": "directory", "entries": untrusted.value("entries", entries[:limit]),
+                             "count": min(len(entries), limit), "truncated": len(entries) > limit or stream.cut})
+
+
+WAIT_CONDITIONS = ("running", "healthy", "exited", "log")
+
+
+@tool("docker_wait_container", title="Wait for a container", tier=Tier.SAFE, toolset="containers",
+      description="Wait until a container is running, healthy, has exited (with its exit code), or printed a log "
+                  "line matching a pattern; bounded by timeout, with progress, cancellable.",
+      params={"container": s_container(),
+              "condition": {"type": "string", "description": "What to wait for.", "enum": list(WAIT_CONDITIONS)},
+              "pattern": s_str("For condition=log: a regular expression a line must match.", max_length=512),
+              "timeout": s_int("Seconds to wait.", 1, 900, 60)},
+      required=("container", "condition"),
+      output=out({"container": {"type": "string"}, "condition": {"type": "string"}, "met": {"type": "boolean"}},
+                 ("container", "condition", "met")), long_running=True)
+def wait_container(call: Call) -> dict[str, Any]:
+    a = call.args
+    container, condition = a["container"], a["condition"]
+    pattern = None
+    if condition == "log":
+        try:
+            pattern = re.compile(a.get("pattern") or "")
+        except re.error as error:
+            raise ToolError("invalid_argument", f"pattern is not a regular expression: {error}") from None
+        if not a.get("pattern"):
+            raise ToolError("invalid_argument", "condition=log needs a pattern")
+    started = time.monotonic()
+    deadline = started + min(a.get("timeout", 60), call.remaining())
+    since = 0
+    while True:
+        info = call.api.inspect_container(container)
+        state = info.get("State") or {}
+        result: dict[str, Any] = {"container": container, "condition": condition, "state": state.get("Status")}
+        if condition == "running" and state.get("Running"):
+            return {**result, "met": True, "endpoints": inspect_endpoints(info)}
+        if condition == "exited" and state.get("Status") in ("exited", "dead"):
+            return {**result, "met": True, "exit_code": state.get("ExitCode")}
+        if condition == "healthy":
+            if not (info.get("Config") or {}).get("Healthcheck") and not state.get("Health"):
+                raise ToolError("invalid_argument", "the container has no healthcheck; wait for running instead")
+            health = container_health(call, container) if state.get("Running") else None
+            result["health"] = health
+            if health == "healthy":
+                return {**result, "met": True, "endpoints": inspect_endpoints(info)}
+        if pattern is not None:
+            now = int(time.time())
+            raw = call.api.logs(container, stdout=True, stderr=True, since=since or None, tail=10000)
+            since = now
+            untrusted = UntrustedOutput(max_chars=2048)
+            for line in decode_log_lines(raw or b""):
+                if pattern.search(line[:4096]):
+                    return untrusted.attach({**result, "met": True, "line": untrusted.value("line", line)})
+        if condition != "exited" and state.get("Status") in ("exited", "dead") and pattern is None:
+            return {**result, "met": False, "exit_code": state.get("ExitCode"), "note": "the container stopped"}
+        elapsed = time.monotonic() - started
+        if call.report is not None:
+            call.report(round(elapsed, 1), None, f"waiting for {condition}: {state.get('Status')}")
+        if time.monotonic() >= deadline:
+            return {**result, "met": False, "note": f"not {condition} within {a.get('timeout', 60)}s"}
+        call.remaining()
+        time.sleep(0.5 if condition != "log" else 1.0)
+
+
+@tool("docker_update_container", title="Change a container's limits", tier=Tier.MODERATE, toolset="containers",
+      description="Change a container's memory, CPU and process limits or restart policy, within the configured "
+                  "maxima; the container as it would be afterwards is judged like a create.",
+      params={"container": s_container(),
+              "memory": CONTAINER_CONFIG_PARAMS["memory"], "cpus": CONTAINER_CONFIG_PARAMS["cpus"],
+              "pids_limit": CONTAINER_CONFIG_PARAMS["pids_limit"],
+              "restart_policy": CONTAINER_CONFIG_PARAMS["restart_policy"]},
+      required=("container",), output=OUT_ACTION)
+def update_container(call: Call) -> dict[str, Any]:
+    a = call.args
+    wanted = {key: a[key] for key in ("memory", "cpus", "pids_limit") if a.get(key) is not None}
+    if not wanted and not a.get("restart_policy"):
+        raise ToolError("invalid_argument", "give memory, cpus, pids_limit or restart_policy")
+    limits = normalize_container_request("docker_update_container", wanted, call.settings, resolve_host_path,
+                                         lambda _: None)
+    enforce(limits, call)  # the values themselves: numbers, and within SAFETY_CONTAINER_*_LIMIT
+    attrs = enforce_container_power(call, a["container"], "update")
+    host = dict(attrs.get("HostConfig") or {})
+    update: dict[str, Any] = {}
+    if "memory" in wanted:
+        update.update(Memory=limits.memory, MemorySwap=limits.memory)  # no swap beyond the limit
+    if "cpus" in wanted:
+        update.update(NanoCpus=limits.nano_cpus, CpuQuota=0, CpuPeriod=0)
+    if "pids_limit" in wanted:
+        update["PidsLimit"] = limits.pids_limit
+    if a.get("restart_policy"):
+        update["RestartPolicy"] = {"Name": "" if a["restart_policy"] == "no" else a["restart_policy"]}
+    # The container as it will be: judged by the same rules as a create (a restart policy with bind mounts ...).
+    after = {**attrs, "HostConfig": {**host, **update}}
+    request = container_power_from_inspect("update", after, call.settings, bind_source_resolver(call.settings),
+                                           container_volume_info(call, str(attrs.get("Id") or a["container"])),
+                                           kind=call.kind)
+    denials = judge_request(request, call.settings, call_host_facts(call))
+    if denials:
+        raise container_power_error(denials, a["container"], "update")
+    api = call.api
+    response = api._post_json(api._url("/containers/{0}/update", a["container"]), data=update)
+    if response.status_code == 404 and call.kind == "podman" and "no such" not in response.text.lower():
+        raise ToolError("unavailable", "this Podman does not change a container's limits through its "
+                        "Docker-compatible API")
+    api._raise_for_status(response)
+    return {"id": a["container"], "status": "updated", "changed": sorted(update)}
 
 
 # ---------------------------------------------------------------------------------------------

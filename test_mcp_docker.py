@@ -6756,3 +6756,148 @@ def test_a_failed_compose_up_leaves_nothing_behind(composer):
         assert compose_objects(project) == {"containers": [], "networks": [], "volumes": []}
     finally:
         remove_compose_project(project)
+
+
+# -- files in and out, waits, updates, endpoints (through a real MCP client) ----------------------
+
+@pytest.fixture(scope="module")
+def filer():
+    require_engine()
+    harness = Harness(["--allow-destructive"], env={"MCP_COPY_MAX_BYTES": "32m"})
+    yield harness
+    harness.close()
+
+
+def file_in(container: str, path: str) -> bytes | None:
+    """What the engine itself has at a path in a container (None: nothing there)."""
+    import io
+    import tarfile
+
+    import docker.errors
+
+    try:
+        chunks, _ = engine_client().get_archive(container, path)
+    except docker.errors.NotFound:
+        return None
+    with tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as archive:
+        member = archive.next()
+        handle = archive.extractfile(member) if member is not None else None
+        return handle.read() if handle else b""
+
+
+def engine_exec(container: str, *argv: str) -> None:
+    api = engine_client()
+    api.exec_start(api.exec_create(container, list(argv)))
+
+
+def test_copy_files_into_and_out_of_a_container(filer):
+    import base64
+
+    name = sleeper(filer, "copy")
+    done = filer.ok("docker_copy_to_container", {"container": name, "path": "/tmp/note.txt",
+                                                 "content": "hello\n", "mode": "0600"})
+    assert done["status"] == "copied" and file_in(name, "/tmp/note.txt") == b"hello\n"
+    filer.ok("docker_copy_to_container", {"container": name, "path": "/tmp",
+                                          "files": {"site/index.html": "<p>x</p>", "site/a/b.txt": "b"}})
+    assert file_in(name, "/tmp/site/a/b.txt") == b"b"
+    blob = bytes(range(256)) * 64
+    filer.ok("docker_copy_to_container", {"container": name, "path": "/tmp/blob.bin", "encoding": "base64",
+                                          "content": base64.b64encode(blob).decode()})
+    assert file_in(name, "/tmp/blob.bin") == blob
+
+    text = filer.ok("docker_copy_from_container", {"container": name, "path": "/tmp/note.txt"})
+    assert text["type"] == "file" and text["content"] == "hello\n" and text["truncated"] is False
+    assert "content" in text["untrusted"]["fields"]
+    binary = filer.ok("docker_copy_from_container", {"container": name, "path": "/tmp/blob.bin", "max_bytes": 100})
+    assert binary["encoding"] == "base64" and base64.b64decode(binary["content"]) == blob[:100]
+    assert binary["truncated"] is True and binary["size"] == len(blob)  # a cut says so
+    listing = filer.ok("docker_copy_from_container", {"container": name, "path": "/tmp/site"})
+    assert listing["type"] == "directory" and {"site/index.html", "site/a/b.txt"} <= {e["name"] for e in
+                                                                                      listing["entries"]}
+    assert "not_found" in filer.error("docker_copy_to_container", {"container": name, "path": "/nowhere/x",
+                                                                   "content": "x"})
+
+
+@pytest.mark.adversarial
+def test_a_copy_cannot_write_outside_its_target_path(filer):
+    name = sleeper(filer, "copyesc")
+    engine_exec(name, "busybox", "ln", "-s", "/etc", "/tmp/link")
+    for files in ({"../etc/evil": "x"}, {"/etc/evil": "x"}, {"a/../../etc/evil": "x"}, {"./evil": "x"}):
+        assert "relative path" in filer.error("docker_copy_to_container", {"container": name, "path": "/tmp",
+                                                                           "files": files}, "invalid_argument")
+    message = filer.error("docker_copy_to_container", {"container": name, "path": "/tmp/link",
+                                                       "files": {"evil": "x"}}, "policy_denied")
+    assert "symbolic link" in message
+    filer.error("docker_copy_to_container", {"container": name, "path": "/tmp", "files": {"link/evil": "x"}},
+                "policy_denied")
+    filer.error("docker_copy_to_container", {"container": name, "path": "/tmp/link/evil", "content": "x"},
+                "policy_denied")
+    assert file_in(name, "/etc/evil") is None  # the engine's own view: nothing landed behind the link
+    link = filer.ok("docker_copy_from_container", {"container": name, "path": "/tmp/link"})
+    assert link["type"] == "symlink" and link["link_target"] == "/etc"  # described, never followed
+
+
+@pytest.mark.adversarial
+def test_copy_into_or_out_of_an_over_powered_container_is_refused(filer):
+    api = engine_client()
+    name = f"{PREFIX}-copypower"
+    created = api.create_container(TEST_IMAGE, ["sleep", "600"], name=name, labels={"io.mcp-docker.test": PREFIX},
+                                   host_config=api.create_host_config(cap_add=["SYS_ADMIN"], network_mode="none"))
+    api.start(created["Id"])
+    filer.error("docker_copy_to_container", {"container": name, "path": "/tmp/x", "content": "x"}, "policy_denied")
+    filer.error("docker_copy_from_container", {"container": name, "path": "/etc/passwd"}, "policy_denied")
+    assert file_in(name, "/tmp/x") is None
+
+
+def test_copy_size_is_capped_by_its_setting():
+    require_engine()
+    h = Harness(env={"MCP_COPY_MAX_BYTES": "1k"})
+    try:
+        name = sleeper(h, "copycap")
+        assert "MCP_COPY_MAX_BYTES" in h.error("docker_copy_to_container", {"container": name, "path": "/tmp/big",
+                                                                            "content": "x" * 2048}, "invalid_argument")
+        assert file_in(name, "/tmp/big") is None
+    finally:
+        h.close()
+
+
+def test_wait_for_a_log_line_an_exit_code_and_a_timeout(filer):
+    name = f"{PREFIX}-waitlog"
+    filer.ok("docker_run_container", {"image": TEST_IMAGE, "name": name, "network": "none",
+                                      "labels": {"io.mcp-docker.test": PREFIX},
+                                      "command": ["sh", "-c", "sleep 1; echo ready-now; sleep 2; exit 3"]})
+    seen = filer.ok("docker_wait_container", {"container": name, "condition": "log", "pattern": "^ready-n.w$",
+                                              "timeout": 30})
+    assert seen["met"] is True and seen["line"] == "ready-now" and "line" in seen["untrusted"]["fields"]
+    exited = filer.ok("docker_wait_container", {"container": name, "condition": "exited", "timeout": 30})
+    assert exited["met"] is True and exited["exit_code"] == 3
+    name2 = sleeper(filer, "waitto")
+    missed = filer.ok("docker_wait_container", {"container": name2, "condition": "exited", "timeout": 1})
+    assert missed["met"] is False
+    assert "healthcheck" in filer.error("docker_wait_container", {"container": name2, "condition": "healthy"},
+                                        "invalid_argument")
+
+
+def test_update_a_container_within_the_maxima(filer):
+    name = sleeper(filer, "update")
+    answer = filer.call("docker_update_container", {"container": name, "memory": "128m", "pids_limit": 100})
+    if answer.is_error and engine_kind_under_test() == "podman":
+        assert answer.content[0].text.startswith("unavailable:"), answer.content[0].text
+    else:
+        assert not answer.is_error, answer.content[0].text
+        host = engine_client().inspect_container(name)["HostConfig"]
+        assert host["Memory"] == 128 * 1024**2 and host["PidsLimit"] == 100
+    message = filer.error("docker_update_container", {"container": name, "memory": "64g"}, "policy_denied")
+    assert "SAFETY_CONTAINER_MEMORY_LIMIT" in message
+    assert engine_client().inspect_container(name)["HostConfig"]["Memory"] <= 1024**3
+
+
+def test_run_and_start_answer_with_usable_endpoints(filer):
+    name = f"{PREFIX}-endpoints"
+    run = filer.ok("docker_run_container", {"image": TEST_IMAGE, "name": name, "command": ["sleep", "600"],
+                                            "ports": {"8080": 0}, "labels": {"io.mcp-docker.test": PREFIX}})
+    bindings = engine_client().inspect_container(name)["NetworkSettings"]["Ports"]["8080/tcp"]
+    assert run["endpoints"] == sorted({f"http://127.0.0.1:{b['HostPort']}" for b in bindings})
+    filer.ok("docker_stop_container", {"container": name, "timeout": 0})
+    started = filer.ok("docker_start_container", {"container": name})
+    assert len(started["endpoints"]) == 1 and started["endpoints"][0].startswith("http://127.0.0.1:")
