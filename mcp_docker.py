@@ -6096,8 +6096,12 @@ def copy_from_container(call: Call) -> dict[str, Any]:
                     data = handle.read(max_bytes) if handle else b""
                     result.update(type="file", size=member.size, truncated=member.size > len(data))
                     try:
-                        result.update(encoding="text", content=untrusted.text("content", data.decode("utf-8")))
+                        text = data.decode("utf-8")
                     except UnicodeDecodeError:
+                        text = None
+                    if text is not None and not re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", text):
+                        result.update(encoding="text", content=untrusted.text("content", text))
+                    else:  # binary, or text with control characters: exact, as base64
                         result.update(encoding="base64", content=base64.b64encode(data).decode())
                     break
                 entries.append({"name": member.name, "type": kind, "size": member.size, "mode": oct(member.mode),
