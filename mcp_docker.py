@@ -5942,7 +5942,10 @@ def refuse_linked_path(call: Call, container: str, path: str) -> bool:
     stat_info = container_path_stat(call, container, path)
     if stat_info is None:
         return False
-    if int(stat_info.get("mode") or 0) & GO_MODE_SYMLINK or stat_info.get("linkTarget"):
+    # Docker names a link's target in linkTarget; Podman gives every path's resolved form there (and the
+    # link bit in mode): either way, a path that resolves elsewhere is a link on the way.
+    link_target = str(stat_info.get("linkTarget") or "")
+    if int(stat_info.get("mode") or 0) & GO_MODE_SYMLINK or (link_target and lexical_path(link_target) != path):
         raise ToolError("policy_denied", f"[copy_target] {_short_repr(path, 80)} is a symbolic link in the container; "
                         "copy to the real directory")
     if not int(stat_info.get("mode") or 0) & GO_MODE_DIR:
@@ -6081,10 +6084,16 @@ def copy_from_container(call: Call) -> dict[str, Any]:
     container = a["container"]
     enforce_container_power(call, container, "copy")
     max_bytes = min(a.get("max_bytes", 1024 * 1024), call.settings.copy_max_bytes)
+    untrusted = UntrustedOutput(max_chars=max_bytes, redact=not call.settings.reveal_secrets)
+    stat_info = container_path_stat(call, container, a["path"])
+    if stat_info is None:
+        raise ToolError("not_found", f"{_short_repr(a['path'], 80)} does not exist in the container")
+    if int(stat_info.get("mode") or 0) & GO_MODE_SYMLINK:  # Podman's archive would follow it: described instead
+        return untrusted.attach({"path": a["path"], "type": "symlink",
+                                 "link_target": untrusted.value("link_target", str(stat_info.get("linkTarget") or ""))})
     chunks, _ = call.api.get_archive(container, a["path"], chunk_size=65536)
     # A directory's archive is read up to a bound of its own: the listing says when it stopped.
     stream = CappedStream(chunks, max(4 * max_bytes, 16 * 1024 * 1024), call)
-    untrusted = UntrustedOutput(max_chars=max_bytes, redact=not call.settings.reveal_secrets)
     entries: list[dict[str, Any]] = []
     result: dict[str, Any] = {"path": a["path"]}
     try:
@@ -6161,7 +6170,8 @@ def wait_container(call: Call) -> dict[str, Any]:
         if condition == "exited" and state.get("Status") in ("exited", "dead"):
             return {**result, "met": True, "exit_code": state.get("ExitCode")}
         if condition == "healthy":
-            if not (info.get("Config") or {}).get("Healthcheck") and not state.get("Health"):
+            test = ((info.get("Config") or {}).get("Healthcheck") or {}).get("Test") or []
+            if test[:1] in ([], ["NONE"]) and not (state.get("Health") or {}).get("Status"):
                 raise ToolError("invalid_argument", "the container has no healthcheck; wait for running instead")
             health = container_health(call, container) if state.get("Running") else None
             result["health"] = health
