@@ -10301,6 +10301,32 @@ def doctor_checks(settings: Settings, engine_rows: list[dict[str, Any]], engine_
             check_version()]
 
 
+def compose_checks(settings: Settings, rows: list[dict[str, Any]]) -> list[Check]:
+    """The Compose implementation for each kind of engine reached (only when the compose toolset is on)."""
+    if "compose" not in settings.toolsets:
+        return []
+    checks = []
+    for kind in dict.fromkeys(row["kind"] for row in rows if row["reachable"]):
+        found = compose_discovery(settings, kind)
+        if found.tool:
+            checks.append(Check("PASS", f"compose ({kind})", f"{found.tool.source}: {found.tool.flavor} "
+                                f"{found.tool.version}"))
+        else:
+            install = "apt install podman-compose" if kind == "podman" else \
+                "install the docker compose plugin (docker-compose-plugin) or docker-compose"
+            checks.append(Check("WARN", f"compose ({kind})", found.problem.split(";")[0] + "; the compose tools "
+                                "answer that they are unavailable", f"{install}, or set MCP_COMPOSE_COMMAND"))
+    return checks
+
+
+def compose_summary(settings: Settings, row: Mapping[str, Any]) -> str | None:
+    """`engines`: the Compose implementation an engine's projects would use ("v1 1.29.2 (docker-compose)")."""
+    if not row["reachable"] or "compose" not in settings.toolsets:
+        return None
+    tool = compose_discovery(settings, row["kind"]).tool
+    return f"{tool.flavor} {tool.version} ({tool.source})" if tool else "none found"
+
+
 @main.command("doctor")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of lines.")
 @click.option("--timeout", type=click.FloatRange(0.1, 600), default=10.0, show_default=True,
@@ -10316,6 +10342,7 @@ def doctor_command(as_json: bool, timeout: float, **options: Any) -> None:
     engines = Engines(settings)
     rows = probe_engines(engines.all, timeout)
     checks = doctor_checks(settings, rows, [engine.discovery().url for engine in engines.all])
+    checks[-1:-1] = compose_checks(settings, rows)
     if as_json:
         click.echo(json.dumps([dataclasses.asdict(check) for check in checks], indent=2))
     else:
@@ -10452,6 +10479,7 @@ def engines_command(as_json: bool, timeout: float, **options: Any) -> None:
     rows = probe_engines(engines.all, timeout)
     for row, engine in zip(rows, engines.all, strict=True):
         row["url"] = engine.discovery().url  # the operator's own configuration: fine to show here
+        row["compose"] = compose_summary(settings, row)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     else:
@@ -10459,7 +10487,8 @@ def engines_command(as_json: bool, timeout: float, **options: Any) -> None:
             state = (f"{row['kind']} {row['version']} (API {row['api_version']}"
                      f"{', rootless' if row['rootless'] else ''})" if row["reachable"] else f"unreachable: {row['error']}")
             click.echo(f"{row['name']}{' (default)' if index == 0 and engines.named else ''}: {row['url']} "
-                       f"[{row['found_by']}; access {row['access']}] {state}")
+                       f"[{row['found_by']}; access {row['access']}] {state}"
+                       f"{'; compose: ' + row['compose'] if row['compose'] else ''}")
     if not all(row["reachable"] for row in rows):
         sys.exit(1)
 
