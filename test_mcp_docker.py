@@ -64,10 +64,14 @@ ALL_TOOLS = {
     "docker_prune_volumes",
     "docker_list_engines", "docker_version", "docker_system_info", "docker_disk_usage", "docker_events",
     "docker_prune_system",
+    "docker_compose_config", "docker_compose_up", "docker_list_compose_projects", "docker_compose_ps",
+    "docker_compose_logs", "docker_compose_stop", "docker_compose_start", "docker_compose_restart",
+    "docker_compose_down", "docker_copy_to_container", "docker_copy_from_container", "docker_wait_container",
+    "docker_update_container",
 }
 DESTRUCTIVE = {"docker_remove_container", "docker_prune_containers", "docker_remove_image", "docker_prune_images",
                "docker_remove_network", "docker_prune_networks", "docker_remove_volume", "docker_prune_volumes",
-               "docker_prune_system"}
+               "docker_prune_system", "docker_compose_down"}
 
 
 # =============================================================================================
@@ -77,7 +81,7 @@ DESTRUCTIVE = {"docker_remove_container", "docker_prune_containers", "docker_rem
 
 def test_registry_has_exactly_the_catalogue():
     assert set(md.TOOLS) == ALL_TOOLS
-    assert len(md.TOOLS) == 45
+    assert len(md.TOOLS) == len(ALL_TOOLS)
     assert {n for n, s in md.TOOLS.items() if s.tier is md.Tier.DESTRUCTIVE} == DESTRUCTIVE
 
 
@@ -801,7 +805,7 @@ def _cleanup_engine_objects():
 
 @pytest.fixture(scope="module")
 def full():
-    """A server with destructive operations enabled (45 tools)."""
+    """A server with destructive operations enabled (every tool)."""
     require_engine()
     harness = Harness(["--allow-destructive"])
     yield harness
@@ -863,7 +867,7 @@ def test_lists_45_tools_with_spec_annotations_when_destructive_enabled(full):
 
 def test_default_config_hides_destructive_tools_and_refuses_them(default):
     names = {t.name for t in default.list_tools().tools}
-    assert names == ALL_TOOLS - DESTRUCTIVE and len(names) == 36
+    assert names == ALL_TOOLS - DESTRUCTIVE and len(names) == len(ALL_TOOLS - DESTRUCTIVE)
     text = default.error("docker_remove_container", {"container": "whatever"}, "policy_denied")
     assert "SAFETY_ALLOW_DESTRUCTIVE_OPERATIONS" in text
     default.ok("docker_version")  # the server keeps serving
@@ -899,7 +903,7 @@ def test_raw_tools_list_uses_spec_key_names():
         send({"jsonrpc": "2.0", "id": 2, "method": "tools/list"})
         listing = json.loads(proc.stdout.readline())
         tools = listing["result"]["tools"]
-        assert len(tools) == 45
+        assert len(tools) == len(ALL_TOOLS)
         assert all(t["annotations"]["title"] == t["title"] for t in tools)  # 2025-03-26 knows only this title
         raw = json.dumps(tools)
         assert '"readOnly"' not in raw and '"destructive"' not in raw
@@ -950,7 +954,7 @@ def test_stateless_era(mode):
     h = Harness(["--allow-destructive"], mode=mode)
     try:
         assert h.client.session.protocol_version == "2026-07-28" if hasattr(h.client, "session") else True
-        assert len(h.list_tools().tools) == 45
+        assert len(h.list_tools().tools) == len(ALL_TOOLS)
         assert h.ok("docker_version")["api_version"]
         h.error("docker_inspect_container", {"container": f"{PREFIX}-missing"}, "not_found")
     finally:
@@ -1434,7 +1438,7 @@ def test_engine_unavailable_then_back_without_restart(tmp_path):
     h = Harness(env={"DOCKER_HOST": f"unix://{path}"})
     proxy = SocketProxy(path)
     try:
-        assert len(h.list_tools().tools) == 36  # listing needs no engine
+        assert len(h.list_tools().tools) == len(ALL_TOOLS - DESTRUCTIVE)  # listing needs no engine
         text = h.error("docker_list_containers", {}, "engine_unavailable")
         assert path not in text and "sock" not in text
         proxy.start()
@@ -1636,14 +1640,14 @@ def test_http_both_eras_and_legacy_sse_with_sdk_client(tmp_path):
         for mode in ("legacy", "2026-07-28", "auto"):
             h = http_harness(server.url, mode=mode, key=key)
             try:
-                assert len(h.list_tools().tools) == 45
+                assert len(h.list_tools().tools) == len(ALL_TOOLS)
                 assert h.ok("docker_version")["api_version"]
                 h.error("docker_inspect_container", {"container": f"{PREFIX}-missing"}, "not_found")
             finally:
                 h.close()
         h = http_harness(server.base + "/sse", key=key, sse=True)
         try:
-            assert len(h.list_tools().tools) == 45
+            assert len(h.list_tools().tools) == len(ALL_TOOLS)
             assert h.ok("docker_list_containers", {"all": True})["count"] >= 0
         finally:
             h.close()
@@ -3886,7 +3890,7 @@ def test_oauth_mode_end_to_end(issuer, tmp_path):
         admin = http_harness(server.url, key=issuer.token(resource, key=issuer.ec, kid="ec-1", alg="ES256",
                                                           sub="boss", scope="docker:read docker:admin"))
         try:
-            assert len(admin.list_tools().tools) == 45
+            assert len(admin.list_tools().tools) == len(ALL_TOOLS)
         finally:
             admin.close()
         keyed = http_harness(server.url, key=api_key)  # API keys still work beside OAuth
