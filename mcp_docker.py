@@ -5652,17 +5652,15 @@ def container_health(call: Call, container: str) -> str | None:
     return health
 
 
-S_PROJECT = s_str("Compose project name (lowercase letters, digits, _ and -).", pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$",
+S_PROJECT = s_str("Compose project name.", pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$",
                   max_length=63)
-S_SERVICES = s_str_list("Only these services (default: all).", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_items=64,
+S_SERVICES = s_str_list("Only these services.", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_items=64,
                         max_length=128)
 COMPOSE_SOURCE_PARAMS = {
     "project": S_PROJECT,
-    "compose": s_str("The compose file's text (YAML or JSON).", max_length=256 * 1024),
-    "file": s_str("Or: a compose file on this host, under SAFETY_BUILD_CONTEXT_ALLOWLIST or "
-                  "SAFETY_VOLUME_MOUNT_ALLOWLIST.", max_length=4096),
-    "variables": {"type": "object", "description": "Values for ${NAME} in the file (the server's own environment "
-                  "is never used).", "maxProperties": 64,
+    "compose": s_str("The compose file's text.", max_length=256 * 1024),
+    "file": s_str("Or a compose file under an allowlisted directory.", max_length=4096),
+    "variables": {"type": "object", "description": "Values for ${NAME} in the file.", "maxProperties": 64,
                   "propertyNames": {"pattern": COMPOSE_VARIABLE_RE},
                   "additionalProperties": {"type": "string", "maxLength": 8192}},
 }
@@ -5671,8 +5669,8 @@ OUT_COMPOSE = out({"project": {"type": "string"}, "services": {"type": "array", 
 
 
 @tool("docker_compose_config", title="Check a compose project", tier=Tier.SAFE, toolset="compose",
-      description="Validate a compose project without changing anything: the Compose tool's normalized model "
-                  "and the safety policy's verdict (every refusal names the service, rule and setting).",
+      description="Validate a compose project, changing nothing: the Compose tool's normalized model and the "
+                  "policy's verdict.",
       params=COMPOSE_SOURCE_PARAMS, required=("project",),
       output=out({"project": {"type": "string"}, "allowed": {"type": "boolean"},
                   "denials": {"type": "array", "items": {"type": "string"}}, "model": {"type": "object"}},
@@ -5692,13 +5690,11 @@ def compose_config(call: Call) -> dict[str, Any]:
 
 
 @tool("docker_compose_up", title="Start a compose project", tier=Tier.MODERATE, toolset="compose",
-      description="Create and start a compose project with the host's Compose tool. Every service, volume, "
-                  "network and build passes the container safety policy first, and every container is judged "
-                  "again as created before anything starts; hardening defaults apply. Answers with the services "
-                  "and their endpoints.",
+      description="Create and start a compose project with the host's Compose tool. Services, volumes, networks "
+                  "and builds pass the container policy; created containers are judged again before start.",
       params={**COMPOSE_SOURCE_PARAMS, "services": S_SERVICES,
-              "build": s_bool("Build images of services that have a build section (default: only missing ones)."),
-              "wait": {"type": "string", "description": "Wait until every service is running or healthy.",
+              "build": s_bool("Rebuild images (default: build missing ones only)."),
+              "wait": {"type": "string", "description": "Wait until services are running or healthy.",
                        "enum": ["none", "running", "healthy"], "default": "running"},
               "wait_timeout": s_int("Seconds to wait.", 1, 1800, 120)},
       required=("project",), output=OUT_COMPOSE, long_running=True)
@@ -5758,7 +5754,7 @@ def compose_up(call: Call) -> dict[str, Any]:
 
 
 @tool("docker_list_compose_projects", title="List compose projects", tier=Tier.SAFE, toolset="compose",
-      description="Compose projects on the engine (from their containers' labels): name, services, states.",
+      description="Compose projects on the engine: name, services, container states.",
       params={"limit": s_limit()}, output=out_list("projects", ("project",)), list_field="projects")
 def list_compose_projects(call: Call) -> dict[str, Any]:
     rows = call.api.containers(all=True, filters={"label": [COMPOSE_PROJECT_LABEL]})
@@ -5787,7 +5783,7 @@ def project_containers(call: Call, services: list[str] | None = None) -> list[di
 
 
 @tool("docker_compose_ps", title="Services of a compose project", tier=Tier.SAFE, toolset="compose",
-      description="The containers of a compose project: service, state, health and endpoints.",
+      description="A compose project's containers: service, state, health, endpoints.",
       params={"project": S_PROJECT}, required=("project",), output=OUT_COMPOSE, list_field="services")
 def compose_ps(call: Call) -> dict[str, Any]:
     rows = service_rows(call, project_containers(call))
@@ -5795,8 +5791,8 @@ def compose_ps(call: Call) -> dict[str, Any]:
 
 
 @tool("docker_compose_logs", title="Logs of a compose project", tier=Tier.SAFE, toolset="compose",
-      description="The newest output lines of a project's services, each prefixed with its service. "
-                  "Never follows; when cut to fit, the oldest lines go first. Log text is written by the containers.",
+      description="Newest output lines of a project's services, prefixed with the service; never follows. "
+                  "Untrusted text.",
       params={"project": S_PROJECT, "services": S_SERVICES,
               "tail": s_int("Newest lines per container.", 1, 10000, 100)},
       required=("project",),
@@ -5845,7 +5841,7 @@ def compose_lifecycle(call: Call, action: str) -> dict[str, Any]:
 
 
 LIFECYCLE_PARAMS = {"project": S_PROJECT, "services": S_SERVICES,
-                    "timeout": s_int("Seconds to wait for a clean stop before killing.", 0, 600, 10)}
+                    "timeout": s_int("Seconds before killing.", 0, 600, 10)}
 
 
 @tool("docker_compose_stop", title="Stop a compose project", tier=Tier.MODERATE, toolset="compose",
@@ -5870,9 +5866,9 @@ def compose_restart(call: Call) -> dict[str, Any]:
 
 
 @tool("docker_compose_down", title="Remove a compose project", tier=Tier.DESTRUCTIVE, toolset="compose",
-      description="Stop and remove a project's containers and networks; volumes=true also removes its named "
-                  "volumes and their data. dry_run=true shows what would go.",
-      params={"project": S_PROJECT, "volumes": s_bool("Also remove the project's volumes (their data is lost)."),
+      description="Remove a project's containers and networks (volumes=true: its volumes and data too). "
+                  "dry_run=true shows what would go.",
+      params={"project": S_PROJECT, "volumes": s_bool("Also remove its volumes."),
               "dry_run": s_dry_run()},
       required=("project",), output=OUT_ACTION)
 def compose_down(call: Call) -> dict[str, Any]:
@@ -6005,18 +6001,16 @@ def copy_contents(call: Call) -> dict[str, bytes]:
 
 
 @tool("docker_copy_to_container", title="Copy files into a container", tier=Tier.MODERATE, toolset="containers",
-      description="Write a file (content, at path) or several (files, under the directory path) into a container "
-                  "through the engine's archive API. Text or base64; capped by MCP_COPY_MAX_BYTES.",
+      description="Write content at path, or files under the directory path, into a container (archive API).",
       params={"container": s_container(),
-              "path": s_str("Absolute path in the container: the file (with content) or the directory (with files).",
-                            pattern=r"^/", max_length=4096),
-              "content": s_str("The file's content.", max_length=64 * 1024 * 1024),
-              "files": {"type": "object", "description": "Several files: relative name -> content.",
+              "path": s_str("Absolute path: the file (content) or directory (files).", pattern=r"^/",
+                            max_length=4096),
+              "content": s_str("File content.", max_length=64 * 1024 * 1024),
+              "files": {"type": "object", "description": "Relative name -> content.",
                         "maxProperties": 64, "propertyNames": {"maxLength": 1024},
                         "additionalProperties": {"type": "string", "maxLength": 64 * 1024 * 1024}},
-              "encoding": {"type": "string", "description": "How content is given.", "enum": ["text", "base64"],
-                           "default": "text"},
-              "mode": s_str("File mode in octal, e.g. 0644.", pattern=r"^0?[0-7]{3}$", max_length=4)},
+              "encoding": {"type": "string", "description": "Content encoding.", "enum": ["text", "base64"]},
+              "mode": s_str("Octal mode, e.g. 0644.", pattern=r"^0?[0-7]{3}$", max_length=4)},
       required=("container", "path"), output=OUT_ACTION)
 def copy_to_container(call: Call) -> dict[str, Any]:
     a = call.args
@@ -6067,11 +6061,11 @@ TAR_KINDS = {b"0": "file", b"\0": "file", b"1": "hardlink", b"2": "symlink", b"3
 
 
 @tool("docker_copy_from_container", title="Copy a file out of a container", tier=Tier.SAFE, toolset="containers",
-      description="Read a file from a container (text, or base64 when binary) or list a directory (newest first), "
-                  "through the engine's archive API; capped by max_bytes, and a cut says so. Content is untrusted.",
+      description="Read a file from a container (text, or base64 if binary) or list a directory, newest first. "
+                  "Untrusted content.",
       params={"container": s_container(), "path": s_str("Absolute path in the container.", pattern=r"^/",
                                                          max_length=4096),
-              "max_bytes": s_int("Most bytes of the file to return.", 1, 64 * 1024 * 1024, 1024 * 1024),
+              "max_bytes": s_int("Most bytes to return.", 1, 64 * 1024 * 1024, 1024 * 1024),
               "limit": s_limit(200, 5000)},
       required=("container", "path"),
       output=out({"path": {"type": "string"}, "type": {"type": "string"}}, ("path", "type")),
@@ -6138,11 +6132,10 @@ WAIT_CONDITIONS = ("running", "healthy", "exited", "log")
 
 
 @tool("docker_wait_container", title="Wait for a container", tier=Tier.SAFE, toolset="containers",
-      description="Wait until a container is running, healthy, has exited (with its exit code), or printed a log "
-                  "line matching a pattern; bounded by timeout, with progress, cancellable.",
+      description="Wait until a container is running, healthy, exited (exit code) or logs a line matching pattern.",
       params={"container": s_container(),
               "condition": {"type": "string", "description": "What to wait for.", "enum": list(WAIT_CONDITIONS)},
-              "pattern": s_str("For condition=log: a regular expression a line must match.", max_length=512),
+              "pattern": s_str("Regular expression (condition=log).", max_length=512),
               "timeout": s_int("Seconds to wait.", 1, 900, 60)},
       required=("container", "condition"),
       output=out({"container": {"type": "string"}, "condition": {"type": "string"}, "met": {"type": "boolean"}},
@@ -6197,11 +6190,11 @@ def wait_container(call: Call) -> dict[str, Any]:
 
 
 @tool("docker_update_container", title="Change a container's limits", tier=Tier.MODERATE, toolset="containers",
-      description="Change a container's memory, CPU and process limits or restart policy, within the configured "
-                  "maxima; the container as it would be afterwards is judged like a create.",
+      description="Change a running container's memory, CPU, process limits or restart policy, judged like create.",
       params={"container": s_container(),
-              "memory": CONTAINER_CONFIG_PARAMS["memory"], "cpus": CONTAINER_CONFIG_PARAMS["cpus"],
-              "pids_limit": CONTAINER_CONFIG_PARAMS["pids_limit"],
+              "memory": {**CONTAINER_CONFIG_PARAMS["memory"], "description": "Memory limit, e.g. '256m'."},
+              "cpus": {**CONTAINER_CONFIG_PARAMS["cpus"], "description": "CPU cores."},
+              "pids_limit": {**CONTAINER_CONFIG_PARAMS["pids_limit"], "description": "Most processes."},
               "restart_policy": CONTAINER_CONFIG_PARAMS["restart_policy"]},
       required=("container",), output=OUT_ACTION)
 def update_container(call: Call) -> dict[str, Any]:
