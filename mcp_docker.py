@@ -6077,7 +6077,9 @@ def copy_from_container(call: Call) -> dict[str, Any]:
     a = call.args
     container = a["container"]
     enforce_container_power(call, container, "copy")
-    max_bytes = min(a.get("max_bytes", 1024 * 1024), call.settings.copy_max_bytes)
+    # The answer must fit MCP_MAX_OUTPUT_BYTES whole (base64 is 4/3 of the bytes): the cut is ours, and says so.
+    max_bytes = min(a.get("max_bytes", 1024 * 1024), call.settings.copy_max_bytes,
+                    max(1024, (call.settings.max_output_bytes - 8192) * 3 // 4))
     untrusted = UntrustedOutput(max_chars=max_bytes, redact=not call.settings.reveal_secrets)
     stat_info = container_path_stat(call, container, a["path"])
     if stat_info is None:
