@@ -5380,6 +5380,22 @@ COMPOSE_TOOLS: dict[tuple[tuple[str, ...], str], ComposeDiscovery] = {}
 COMPOSE_VARIABLE_RE = r"^(?!(PATH|HOME|LANG|XDG_RUNTIME_DIR)$)(?!(DOCKER|COMPOSE|PODMAN|CONTAINER|LD|PYTHON)_?)" \
                       r"[A-Za-z_][A-Za-z0-9_]{0,127}$"
 YAML_TO_JSON = "import json, sys, yaml; json.dump(yaml.safe_load(sys.stdin), sys.stdout)"
+# docker-compose 1.x's own `config`, run in its own Python and read there by its own YAML reader: one
+# process instead of two (a Python start is most of what `config` costs).
+COMPOSE_V1_MODEL = """
+import contextlib, io, json, sys
+import yaml
+from compose.cli.main import main
+sys.argv = ["docker-compose", *sys.argv[1:]]
+out = io.StringIO()
+with contextlib.redirect_stdout(out):
+    try:
+        main()
+    except SystemExit as exit:
+        if exit.code:
+            raise
+print("\\n@@model@@" + json.dumps(yaml.safe_load(out.getvalue())))
+"""
 # podman-compose before 1.1 has no config command: its own reader, run in its own Python, gives its model.
 PODMAN_COMPOSE_MODEL = """
 import json, sys
@@ -5490,8 +5506,12 @@ class ComposeRun:
         if self.tool.flavor == "v2":
             text = self.run(self.command(file, "config", "--format", "json", project_dir=project_dir))[1]
         elif self.tool.flavor == "v1":
-            yaml_text = self.run(self.command(file, "config", project_dir=project_dir))[1]
-            text = self.run([self.tool.python, "-c", YAML_TO_JSON], stdin=yaml_text)[1]
+            words = self.command(file, "config", project_dir=project_dir)[len(self.tool.argv):]
+            code, text, _ = self.run([self.tool.python, "-c", COMPOSE_V1_MODEL, *words], check=False)
+            if code != 0 or "@@model@@" not in text:  # not importable as compose.cli.main: the tool, then its YAML
+                yaml_text = self.run(self.command(file, "config", project_dir=project_dir))[1]
+                text = self.run([self.tool.python, "-c", YAML_TO_JSON], stdin=yaml_text)[1]
+            text = text.rpartition("@@model@@")[2]
         else:
             text = self.run([self.tool.python, "-c", PODMAN_COMPOSE_MODEL, self.project, file])[1]
             text = text.rpartition("@@model@@")[2]
@@ -5609,6 +5629,28 @@ def service_rows(call: Call, containers: list[dict[str, Any]]) -> list[dict[str,
         rows.append({"service": labels.get(COMPOSE_SERVICE_LABEL, ""), **container_summary(c, call.kind),
                      "health": health, "endpoints": list_endpoints(c.get("Ports"))})
     return rows
+
+
+def start_in_dependency_order(call: Call, model: Mapping[str, Any], containers: list[dict[str, Any]]) -> None:
+    """Start the created containers, each service after those it depends on (what `compose start` does,
+    without starting the Compose tool a second time)."""
+    services = model.get("services") or {}
+    order: list[str] = []
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if name in order or name in path or name not in services:
+            return
+        depends = services[name].get("depends_on") or []
+        for dependency in depends if isinstance(depends, list) else list(depends):
+            visit(str(dependency), (*path, name))
+        order.append(name)
+
+    for name in services:
+        visit(name, ())
+    rank = {name: index for index, name in enumerate(order)}
+    for container in sorted(containers, key=lambda c: rank.get((c.get("Labels") or {}).get(COMPOSE_SERVICE_LABEL), 0)):
+        call.remaining()
+        call.api.start(container["Id"])
 
 
 def wait_for_project(call: Call, project: str, wanted: str, timeout: float) -> list[dict[str, Any]]:
@@ -5738,7 +5780,7 @@ def compose_up(call: Call) -> dict[str, Any]:
                             "image that is missing or cannot be pulled?)")
         for container in created:
             created_container_power(call, container["Id"])
-        run.run([*run.command(judged, "start", project_dir=project_dir), *a.get("services", [])])
+        start_in_dependency_order(call, model, created)
         wanted = a.get("wait", "running")
         if wanted == "none":
             rows = service_rows(call, project_objects(call, run.project)["containers"])
