@@ -5380,21 +5380,26 @@ COMPOSE_TOOLS: dict[tuple[tuple[str, ...], str], ComposeDiscovery] = {}
 COMPOSE_VARIABLE_RE = r"^(?!(PATH|HOME|LANG|XDG_RUNTIME_DIR)$)(?!(DOCKER|COMPOSE|PODMAN|CONTAINER|LD|PYTHON)_?)" \
                       r"[A-Za-z_][A-Za-z0-9_]{0,127}$"
 YAML_TO_JSON = "import json, sys, yaml; json.dump(yaml.safe_load(sys.stdin), sys.stdout)"
-# docker-compose 1.x's own `config`, run in its own Python and read there by its own YAML reader: one
-# process instead of two (a Python start is most of what `config` costs).
-COMPOSE_V1_MODEL = """
+# docker-compose 1.x in one process of its own Python for a whole `up`: its `config` (read by its own YAML
+# reader), then, once the model is judged, its `up --no-start` on the judged file. A Python start and the
+# import of compose are most of what each docker-compose run costs.
+COMPOSE_V1_SESSION = """
 import contextlib, io, json, sys
 import yaml
 from compose.cli.main import main
-sys.argv = ["docker-compose", *sys.argv[1:]]
-out = io.StringIO()
-with contextlib.redirect_stdout(out):
-    try:
-        main()
-    except SystemExit as exit:
-        if exit.code:
-            raise
-print("\\n@@model@@" + json.dumps(yaml.safe_load(out.getvalue())))
+for line in sys.stdin:
+    args = json.loads(line)
+    if not args:
+        break
+    sys.argv, out, code = ["docker-compose", *args], io.StringIO(), 0
+    with contextlib.redirect_stdout(out):
+        try:
+            main()
+        except SystemExit as exit:
+            code = exit.code if isinstance(exit.code, int) else (1 if exit.code else 0)
+    model = yaml.safe_load(out.getvalue()) if code == 0 and args[-1] == "config" else None
+    sys.stdout.write("@@done@@" + json.dumps({"code": code, "model": model}) + "\\n")
+    sys.stdout.flush()
 """
 # podman-compose before 1.1 has no config command: its own reader, run in its own Python, gives its model.
 PODMAN_COMPOSE_MODEL = """
@@ -5458,10 +5463,72 @@ class ComposeRun:
         if tool.flavor != "podman" and call.engine_url:
             self.env["DOCKER_HOST"] = call.engine_url
 
+    session: Any = None  # docker-compose 1.x kept running between the steps of one up (COMPOSE_V1_SESSION)
+
     def close(self) -> None:
         import shutil
 
+        self.close_session()
+        if getattr(self, "_stderr", None) is not None:
+            self._stderr.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+    def close_session(self) -> None:
+        if self.session is not None:
+            with contextlib.suppress(Exception):
+                self.session.stdin.close()  # end of input: the loop ends and the process exits
+                self.session.wait(5)
+            with contextlib.suppress(Exception):
+                self.session.kill()
+                self.session.wait(5)
+            self.session = None
+
+    def in_session(self, words: list[str]) -> dict[str, Any]:
+        """Run one docker-compose 1.x command in the kept process; its answer, or the failure as an error."""
+        import selectors
+        import subprocess
+        import tempfile
+
+        if self.session is None:
+            self._stderr = tempfile.TemporaryFile(dir=self.dir)  # noqa: SIM115 -- read on failure, gone with the dir
+            self.session = subprocess.Popen([self.tool.python, "-c", COMPOSE_V1_SESSION], cwd=self.dir, env=self.env,
+                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
+                                            start_new_session=True)
+            if self.call.cancellation is not None:
+                self.call.cancellation.on_cancel(self.session.kill)
+        process = self.session
+        process.stdin.write((json.dumps(words) + "\n").encode())
+        process.stdin.flush()
+        selector = selectors.DefaultSelector()
+        selector.register(process.stdout, selectors.EVENT_READ)
+        data = b""
+        try:
+            while not data.endswith(b"\n"):
+                if not selector.select(self.call.remaining()):
+                    raise ToolError("timeout", "the Compose tool did not finish in time; raise "
+                                    "MCP_LONG_OPERATION_TIMEOUT or wait_timeout")
+                chunk = os.read(process.stdout.fileno(), 1 << 20)
+                if not chunk:
+                    break
+                data += chunk
+        finally:
+            selector.close()
+        self.call.remaining()
+        reply = data.rpartition(b"@@done@@")[2]
+        try:
+            answer = json.loads(reply)
+        except ValueError:
+            answer = {"code": process.poll() or 1}
+        if answer.get("code"):
+            raise ToolError("engine_error", "the Compose tool failed: " + compose_error_text(self.session_errors()))
+        return answer
+
+    def session_errors(self) -> str:
+        handle = getattr(self, "_stderr", None)
+        if handle is None:
+            return ""
+        handle.seek(0)
+        return handle.read()[-65536:].decode("utf-8", "replace")
 
     def write(self, name: str, text: str) -> str:
         path = os.path.join(self.dir, name)
@@ -5507,11 +5574,15 @@ class ComposeRun:
             text = self.run(self.command(file, "config", "--format", "json", project_dir=project_dir))[1]
         elif self.tool.flavor == "v1":
             words = self.command(file, "config", project_dir=project_dir)[len(self.tool.argv):]
-            code, text, _ = self.run([self.tool.python, "-c", COMPOSE_V1_MODEL, *words], check=False)
-            if code != 0 or "@@model@@" not in text:  # not importable as compose.cli.main: the tool, then its YAML
+            try:
+                text = json.dumps(self.in_session(words).get("model"))
+            except ToolError as error:
+                if "No module named" not in self.session_errors():
+                    raise
+                log.info("docker-compose is not importable in its Python (%s); running it twice", error.message)
+                self.close_session()
                 yaml_text = self.run(self.command(file, "config", project_dir=project_dir))[1]
                 text = self.run([self.tool.python, "-c", YAML_TO_JSON], stdin=yaml_text)[1]
-            text = text.rpartition("@@model@@")[2]
         else:
             text = self.run([self.tool.python, "-c", PODMAN_COMPOSE_MODEL, self.project, file])[1]
             text = text.rpartition("@@model@@")[2]
@@ -5770,7 +5841,10 @@ def compose_up(call: Call) -> dict[str, Any]:
         else:
             command = run.command(judged, "up", "--no-start", "--build" if a.get("build") else "--no-build",
                                   project_dir=project_dir)
-        run.run([*command, *a.get("services", [])])
+        if run.session is not None:  # docker-compose 1.x, still running from the model step
+            run.in_session([*command[len(run.tool.argv):], *a.get("services", [])])
+        else:
+            run.run([*command, *a.get("services", [])])
         created = project_objects(call, run.project)["containers"]
         # podman-compose 1.0 goes on, and exits 0, when podman could not create a container
         missing = set(a.get("services") or model["services"]) - {
