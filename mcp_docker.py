@@ -66,7 +66,7 @@ log = logging.getLogger("mcp_docker")
 # 1. Configuration
 # ---------------------------------------------------------------------------------------------
 
-TOOLSETS = ("containers", "images", "networks", "volumes", "system")
+TOOLSETS = ("containers", "images", "networks", "volumes", "system", "compose")
 
 
 class ConfigError(ValueError):
@@ -241,6 +241,17 @@ def _parse_size_setting(name: str, raw: str) -> int:
     return int(float(match.group(1)) * {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[match.group(2)])
 
 
+def _parse_compose_command(name: str, raw: str) -> tuple[str, ...]:
+    """``docker compose`` or ``/usr/bin/docker-compose``: a program and at most two fixed words, no shell."""
+    words = tuple(raw.split())
+    if not words:
+        return ()
+    if len(words) > 3 or any(not re.fullmatch(r"[A-Za-z0-9_./+-]{1,4096}", w) for w in words) \
+            or words[0].startswith("-"):
+        raise ConfigError(f"{name}: expected a program and up to two words like 'docker compose', got {raw[:60]!r}")
+    return words
+
+
 ENGINE_NAME_RE = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
 ENGINE_SPEC_HELP = "NAME=URL[;read-only|;no-destructive][;cert-path=DIR]"
 
@@ -396,7 +407,7 @@ SETTING_SPECS: tuple[SettingSpec, ...] = (
     SettingSpec("denied_tools", "SAFETY_DENIED_TOOLS", _parse_name_list,
                 "Comma list of tools that are never offered, whatever else allows them."),
     SettingSpec("toolsets", "MCP_TOOLSETS", _parse_toolsets,
-                "Comma list of toolsets to offer: containers,images,networks,volumes,system."),
+                "Comma list of toolsets to offer: containers,images,networks,volumes,system,compose."),
     SettingSpec("max_output_bytes", "MCP_MAX_OUTPUT_BYTES",
                 _positive_int(64 * 1024 * 1024),
                 "Cap on one tool result in bytes; larger results are cut and say truncated. Default 262144."),
@@ -561,6 +572,17 @@ SETTING_SPECS: tuple[SettingSpec, ...] = (
                 _limit_number(4_000_000, integer=True),
                 "Process limit for containers that ask for none, and the most one may ask for. Default 512 "
                 "(0 = none)."),
+    # -- compose projects
+    SettingSpec("compose_command", "MCP_COMPOSE_COMMAND", _parse_compose_command,
+                "The Compose implementation to run, e.g. 'docker compose' or /usr/bin/docker-compose. Default: "
+                "found on PATH (the docker compose plugin, docker-compose, podman-compose for Podman).",
+                metavar="COMMAND"),
+    SettingSpec("copy_max_bytes", "MCP_COPY_MAX_BYTES", _parse_size_setting,
+                "Most bytes docker_copy_to_container writes and docker_copy_from_container returns in one call. "
+                "Default 16m."),
+    SettingSpec("allow_public_ports", "SAFETY_ALLOW_PUBLIC_PORTS", _parse_bool,
+                "Let compose projects publish ports on addresses other than loopback (0.0.0.0 ...). "
+                "Default false: ports without an address are published on 127.0.0.1."),
 )
 SETTINGS_BY_ENV = {spec.env: spec for spec in SETTING_SPECS}
 SETTINGS_BY_FIELD = {spec.field: spec for spec in SETTING_SPECS}
@@ -651,6 +673,9 @@ class Settings:
     container_memory_limit: int = 1024**3
     container_cpu_limit: float = 1.0
     container_pids_limit: int = 512
+    compose_command: tuple[str, ...] = ()
+    copy_max_bytes: int = 16 * 1024**2
+    allow_public_ports: bool = False
     docker_tls_verify: str = ""
     docker_cert_path: str = ""
 
@@ -791,6 +816,103 @@ def discover_engine(docker_host: str, environ: Mapping[str, str], exists: Callab
         steps.append(f"{path}: not found")
     return Discovery(f"unix://{DEFAULT_DOCKER_SOCKET}", "default", (*steps, "nothing found: trying the Docker socket "
                                                                     "on every call until an engine answers"))
+
+
+# -- the Compose implementation ----------------------------------------------------------------
+# What a compose project means is what the host's real Compose tool makes of it: the server never
+# interprets a compose file itself, it asks the tool for its normalized model and judges that.
+
+@dataclasses.dataclass(frozen=True)
+class ComposeTool:
+    """One Compose implementation on this host, and how to get its normalized model as JSON."""
+
+    argv: tuple[str, ...]      # the command: ("/usr/bin/docker", "compose") or ("/usr/bin/docker-compose",)
+    flavor: str                # v2 (the Go plugin or binary), v1 (docker-compose 1.x, Python), podman (podman-compose)
+    version: str
+    source: str                # how it was found, path-free: "--compose-command", "docker compose plugin" ...
+    python: str = ""           # the Python the v1/podman tools run on (their YAML reader), for the model as JSON
+
+
+@dataclasses.dataclass(frozen=True)
+class ComposeDiscovery:
+    tool: ComposeTool | None
+    steps: tuple[str, ...]     # every candidate and its verdict, for the server log and doctor
+
+    @property
+    def problem(self) -> str:
+        return "" if self.tool else ("no Compose implementation found (looked for the docker compose plugin, "
+                                     "docker-compose and podman-compose); install one, or name it with "
+                                     "--compose-command / MCP_COMPOSE_COMMAND")
+
+
+COMPOSE_VERSION_FORMS = (
+    ("v2", re.compile(r"Docker Compose version v?(\d+\.\d+[\w.+-]*)")),
+    ("v1", re.compile(r"docker-compose version (1\.\d+[\w.+-]*)")),
+    ("podman", re.compile(r"podman-composer? version\s+(\d+\.\d+[\w.+-]*)")),
+)
+
+
+def compose_flavor(version_text: str) -> tuple[str, str] | None:
+    """(flavor, version) from what ``<tool> version`` printed, or None when it is no Compose we know."""
+    for flavor, pattern in COMPOSE_VERSION_FORMS:
+        match = pattern.search(version_text or "")
+        if match:
+            return flavor, match.group(1)
+    return None
+
+
+def script_interpreter(script_head: str | None, which: Callable[[str], str | None]) -> str:
+    """The interpreter named by a script's #! line (``/usr/bin/env python3`` looked up), or ''."""
+    first = (script_head or "").split("\n", 1)[0]
+    if not first.startswith("#!"):
+        return ""
+    words = first[2:].split()
+    if words and words[0].endswith("/env") and len(words) > 1:
+        return which(words[1]) or ""
+    return words[0] if words and words[0].startswith("/") and "python" in words[0] else ""
+
+
+def discover_compose(command: tuple[str, ...], engine_kind: str, which: Callable[[str], str | None],
+                     version_of: Callable[[tuple[str, ...]], str | None],
+                     read_text: Callable[[str], str | None]) -> ComposeDiscovery:
+    """Find the Compose tool for an engine of ``engine_kind``: the configured command, else for Docker the
+    ``docker compose`` plugin then ``docker-compose``, for Podman ``podman-compose`` first.
+
+    Pure: the caller passes PATH lookup, the run of ``<tool> version`` and file reads.
+    """
+    steps: list[str] = []
+    if command:
+        candidates = [(command, "--compose-command")]
+    else:
+        docker = which("docker")
+        candidates = [((docker, "compose"), "docker compose plugin")] if docker else []
+        for name in ("docker-compose", "podman-compose"):
+            found = which(name)
+            if found:
+                candidates.append(((found,), name))
+        if engine_kind == "podman":  # podman-compose drives podman itself; the others speak to its socket
+            candidates.sort(key=lambda c: c[1] != "podman-compose")
+        else:
+            candidates = [c for c in candidates if c[1] != "podman-compose"]
+        steps.append("PATH: " + (", ".join(label for _, label in candidates) or "no docker, docker-compose or "
+                                 "podman-compose"))
+    for argv, label in candidates:
+        program = argv[0] if argv[0].startswith("/") else which(argv[0])
+        if not program:
+            steps.append(f"{label}: {argv[0]!r} is not on PATH")
+            continue
+        argv = (program, *argv[1:])
+        flavor = compose_flavor(version_of((*argv, "version")) or "")
+        if flavor is None:
+            steps.append(f"{label}: does not answer like a Compose implementation")
+            continue
+        python = "" if flavor[0] == "v2" else script_interpreter(read_text(program), which)
+        if flavor[0] != "v2" and not python:
+            steps.append(f"{label}: {flavor[0]} {flavor[1]} but its Python interpreter is unknown")
+            continue
+        steps.append(f"{label}: {flavor[0]} {flavor[1]}")
+        return ComposeDiscovery(ComposeTool(argv, flavor[0], flavor[1], label, python), tuple(steps))
+    return ComposeDiscovery(None, tuple(steps))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1286,6 +1408,10 @@ def redact_arguments(value: Any, key: str = "") -> Any:
             return [w if len(w) <= 512 else w[:512] + "..." for w in _redact_words(items)]
         return [redact_arguments(v) for v in items]
     if isinstance(value, str):
+        # Only the first 512 characters are kept: reading a little beyond them finds any secret that would
+        # show, and a 10 MB argument (a file copied in) costs microseconds, not seconds.
+        cut = len(value) > 2048
+        value = value[:2048]
         if re.search(r"\s", value) and not SECRET_VALUE_RE.fullmatch(value.strip()):
             value = redact_command_text(value)  # a script (sh -c's text, a build arg): word by word
         elif SECRET_VALUE_RE.search(value) and not _URL_USERINFO_RE.search(value):
@@ -1296,7 +1422,7 @@ def redact_arguments(value: Any, key: str = "") -> Any:
         if "=" in value and _OPTION_NAME_RE.fullmatch(name) and SENSITIVE_NAME_RE.search(name) and \
                 not value.split("=", 1)[1].startswith((REDACTED, "<redacted")):
             return value.split("=", 1)[0] + "=<redacted>"
-        return value if len(value) <= 512 else value[:512] + "..."
+        return value if len(value) <= 512 and not cut else value[:512] + "..."
     return value
 
 
@@ -3806,6 +3932,325 @@ def denial_error(denials: list[Denial]) -> ToolError:
     return ToolError("policy_denied", text)
 
 
+# -- compose projects: judging the Compose tool's normalized model -----------------------------------
+#
+# A project is judged as the containers, volumes, networks and builds it makes. Each service becomes the
+# same create arguments the single tools take, and goes through ``normalize_container_request`` and
+# ``judge_request``; what a service asks for that has no place in those rules is refused by name (a key
+# this code does not know is a power it cannot judge). The same model, with the engine hardening written
+# into it, is what the Compose tool is then run on.
+
+COMPOSE_PROJECT_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+COMPOSE_PROJECT_LABEL = "com.docker.compose.project"
+COMPOSE_SERVICE_LABEL = "com.docker.compose.service"
+# Service keys that decide nothing about host power (or are judged below by their own rule).
+COMPOSE_PLAIN_KEYS = frozenset({
+    "image", "command", "entrypoint", "environment", "labels", "working_dir", "user", "hostname", "domainname",
+    "container_name", "healthcheck", "restart", "depends_on", "stop_signal", "stop_grace_period", "tty",
+    "stdin_open", "init", "expose", "networks", "profiles", "platform", "pull_policy", "dns", "dns_search",
+    "dns_opt", "extra_hosts", "shm_size", "ulimits", "mac_address", "links", "annotations", "scale",
+    "privileged", "cap_add", "cap_drop", "network_mode", "pid", "ipc", "uts", "userns_mode", "cgroup", "devices",
+    "security_opt", "sysctls", "volumes", "tmpfs", "volumes_from", "read_only", "mem_limit", "memswap_limit",
+    "cpus", "pids_limit", "ports", "build", "deploy", "logging", "group_add", "oom_score_adj"})
+COMPOSE_BUILD_KEYS = frozenset({"context", "dockerfile", "dockerfile_inline", "args", "target", "labels",
+                                "network", "shm_size", "cache_from", "pull", "no_cache"})
+COMPOSE_LOG_DRIVERS = frozenset({"json-file", "local", "k8s-file", "journald", "none"})  # none sends elsewhere
+COMPOSE_TOP_KEYS = frozenset({"version", "name", "services", "networks", "volumes"})
+LOOPBACK_ADDRESSES = ("127.", "::1", "localhost")
+PUBLIC_PORTS_SETTING = "SAFETY_ALLOW_PUBLIC_PORTS"
+
+
+def compose_denial(where: str, denial: Denial) -> Denial:
+    return Denial(denial.rule, f"{where}: {denial.reason}", denial.fix)
+
+
+def compose_volume_name(project: str, key: str, definition: Mapping[str, Any] | None) -> str:
+    """The engine name Compose gives a project's named volume or network."""
+    definition = definition or {}
+    if definition.get("name"):
+        return str(definition["name"])
+    return key if definition.get("external") else f"{project}_{key}"
+
+
+def compose_port(value: Any) -> tuple[str, str, str, str] | None:
+    """A port as Compose writes it -> (host_ip, published, target, protocol); None when not understood."""
+    if isinstance(value, Mapping):
+        if value.get("target") in (None, ""):
+            return None
+        return (str(value.get("host_ip") or ""), str(value.get("published") or ""), str(value["target"]),
+                str(value.get("protocol") or "tcp"))
+    text = str(value)
+    match = re.fullmatch(r"(?:(\[[0-9A-Fa-f:.]+\]|\d+\.\d+\.\d+\.\d+|localhost):)?(?:([0-9-]*):)?([0-9-]+)(?:/(tcp|udp|sctp))?",
+                         text)
+    if not match:
+        return None
+    host_ip, published, target, protocol = match.groups()
+    return ((host_ip or "").strip("[]"), published or "", target, protocol or "tcp")
+
+
+def compose_port_denials(where: str, ports: Any, settings: Settings) -> list[Denial]:
+    denials = []
+    for value in ports or []:
+        port = compose_port(value)
+        if port is None:
+            denials.append(Denial("not_understood", f"{where}: port {_short_repr(value, 40)} is not understood",
+                                  "write it as [127.0.0.1:]HOST:CONTAINER[/tcp]"))
+        elif port[0] and not port[0].startswith(LOOPBACK_ADDRESSES) and not settings.allow_public_ports:
+            denials.append(Denial("published_port", f"{where}: port {port[2]} is published on {port[0]}, "
+                                  "reachable from other hosts", f"publish it on 127.0.0.1, or set "
+                                  f"{PUBLIC_PORTS_SETTING}=true"))
+    return denials
+
+
+def _compose_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, (str, Mapping)) else list(value)
+
+
+def compose_service_args(project: str, name: str, service: Mapping[str, Any],
+                         volumes: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """One service of the normalized model -> create arguments for ``normalize_container_request``, plus
+    what it asks for that the container rules cannot express (each a problem, so refused)."""
+    problems = [f"key {key!r} is not one the policy can judge" for key in service
+                if key not in COMPOSE_PLAIN_KEYS and not key.startswith("x-") and service[key] is not None]
+    args: dict[str, Any] = {}
+    if service.get("image"):
+        args["image"] = str(service["image"])
+    for key in ("privileged", "read_only"):
+        if service.get(key) is not None:
+            args[key] = service[key] in (True, "true", "True", 1)
+    for key in ("cap_add", "cap_drop", "security_opt", "volumes_from"):
+        if service.get(key):
+            args[key] = [str(v) for v in _compose_list(service[key])]
+    for key, option in (("network_mode", "network_mode"), ("pid", "pid_mode"), ("ipc", "ipc_mode"),
+                        ("uts", "uts_mode"), ("userns_mode", "userns_mode"), ("cgroup", "cgroupns_mode")):
+        mode = service.get(key)
+        if mode not in (None, ""):
+            mode = str(mode)  # service:<name> shares another container's namespace, as container:<id> does
+            args[option] = "container:" + mode[8:] if mode.startswith("service:") else mode
+    devices = []
+    for device in _compose_list(service.get("devices")):
+        if isinstance(device, Mapping):
+            device = ":".join(str(device.get(k)) for k in ("source", "target", "permissions") if device.get(k))
+        devices.append(str(device))
+    if devices:
+        args["devices"] = devices
+    sysctls = service.get("sysctls") or {}
+    if not isinstance(sysctls, Mapping):
+        sysctls = dict(str(item).partition("=")[::2] for item in sysctls)
+    if sysctls:
+        args["sysctls"] = dict(sysctls)
+    mounts: list[dict[str, Any]] = []
+    for volume in _compose_list(service.get("volumes")):
+        if isinstance(volume, Mapping):
+            kind = str(volume.get("type") or "volume")
+            source = str(volume.get("source") or "")
+            target = str(volume.get("target") or "")
+            read_only = bool(volume.get("read_only"))
+            if kind == "tmpfs":
+                size = (volume.get("tmpfs") or {}).get("size")
+                mounts.append({"type": "tmpfs", "target": target, **({"tmpfs_size": size} if size else {})})
+                continue
+        else:
+            parts = str(volume).split(":")
+            if len(parts) == 1:
+                source, target, read_only = "", parts[0], False
+            else:
+                source, target = parts[0], parts[1]
+                read_only = len(parts) > 2 and "ro" in parts[2].split(",")
+            kind = "bind" if source.startswith(("/", ".", "~")) else "volume"
+        if kind == "volume" and not source:
+            continue  # an anonymous volume: the engine makes a fresh local one, as for any container
+        if kind == "volume":
+            if source not in volumes:
+                problems.append(f"volume {_short_repr(source, 40)} is not declared under volumes")
+                continue
+            source = compose_volume_name(project, source, volumes.get(source))
+        elif kind != "bind":
+            problems.append(f"mount type {_short_repr(kind, 20)} is not bind, volume or tmpfs")
+            continue
+        mounts.append({"type": kind, "source": source, "target": target, "read_only": read_only})
+    for tmpfs in _compose_list(service.get("tmpfs")):
+        mounts.append({"type": "tmpfs", "target": str(tmpfs).split(":", 1)[0]})
+    if mounts:
+        args["mounts"] = mounts
+    limits = ((service.get("deploy") or {}).get("resources") or {}).get("limits") or {}
+    for key, compose_key, limit_key in (("memory", "mem_limit", "memory"), ("cpus", "cpus", "cpus"),
+                                        ("pids_limit", "pids_limit", "pids")):
+        value = service.get(compose_key) if service.get(compose_key) not in (None, 0, "0") else limits.get(limit_key)
+        if value not in (None, ""):
+            args[key] = value if key != "memory" or isinstance(value, int) else str(value)
+    if service.get("memswap_limit") not in (None, 0, "0", -1, "-1"):
+        problems.append("memswap_limit is not judged; leave it out (the memory limit applies)")
+    deploy_extra = set(service.get("deploy") or {}) - {"resources", "replicas", "restart_policy", "labels"}
+    resources_extra = set(((service.get("deploy") or {}).get("resources")) or {}) - {"limits", "reservations"}
+    if deploy_extra or resources_extra:
+        problems.append(f"deploy option {sorted(deploy_extra | resources_extra)[0]!r} is not judged")
+    logging_driver = str((service.get("logging") or {}).get("driver") or "json-file")
+    if logging_driver not in COMPOSE_LOG_DRIVERS:
+        problems.append(f"log driver {logging_driver!r} sends the logs off this host or to a file")
+    return args, problems
+
+
+def compose_build_denials(where: str, build: Any, host: HostFacts, settings: Settings,
+                          resolve: Callable[[str], HostPath]) -> list[Denial]:
+    """A service's build: a context on this host under SAFETY_BUILD_CONTEXT_ALLOWLIST, the build network
+    default or none, no URL contexts (a build that fetches its context from the network)."""
+    build = {"context": build} if isinstance(build, str) else dict(build or {})
+    context = str(build.get("context") or "")
+    denials: list[Denial] = []
+    unknown = sorted(key for key in build if key not in COMPOSE_BUILD_KEYS and build[key] is not None)
+    if unknown:
+        denials.append(Denial("not_understood", f"{where}: build option {unknown[0]!r} is not judged",
+                              "leave it out; build secrets, ssh and extra contexts are not allowed"))
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://|^git@|^github\.com/", context):
+        denials.append(Denial("build_context", f"{where}: the build context {_short_repr(context, 60)} is "
+                              "fetched from the network", "give a directory under SAFETY_BUILD_CONTEXT_ALLOWLIST"))
+        return denials
+    if str(build.get("network") or "default") not in ("default", "none"):
+        denials.append(Denial("build_network", f"{where}: build network {build['network']!r} is not the "
+                              "default or none"))
+    problem = host_path_problem(context) if context else "a build needs a context directory"
+    if problem:
+        return [*denials, Denial("not_understood", f"{where}: build context: {problem}",
+                                 "give an absolute directory under SAFETY_BUILD_CONTEXT_ALLOWLIST")]
+    request = PowerRequest("docker_compose_up", build_context=resolve(context))
+    denials.extend(compose_denial(where, d) for d in judge_request(request, settings, host))
+    return denials
+
+
+def judge_compose_model(project: str, model: Mapping[str, Any], settings: Settings, host: HostFacts,
+                        resolve: Callable[[str], HostPath],
+                        volume_info: Callable[[str], Mapping[str, Any] | None]) -> list[Denial]:
+    """Every reason a project may not go ahead, judged on the Compose tool's own normalized model."""
+    if not isinstance(model, Mapping) or not isinstance(model.get("services"), Mapping) or not model["services"]:
+        return [Denial("not_understood", "the project has no services", "declare at least one service")]
+    denials = [Denial("not_understood", f"top-level key {key!r} is not one the policy can judge",
+                      "leave it out (secrets and configs read host files)")
+               for key in model if key not in COMPOSE_TOP_KEYS and not key.startswith("x-") and model[key]]
+    volumes = model.get("volumes") or {}
+    networks = model.get("networks") or {}
+
+    def project_volume(name: str) -> Mapping[str, Any] | None:
+        for key, definition in volumes.items():
+            if compose_volume_name(project, key, definition) == name and not (definition or {}).get("external"):
+                # a volume the project declares is judged as declared; the engine makes it with our labels
+                return {"driver": (definition or {}).get("driver") or "local",
+                        "options": (definition or {}).get("driver_opts") or {}, "labels": {MANAGED_LABEL: "true"}}
+        return volume_info(name)
+
+    for name, service in model["services"].items():
+        where = f"service {_short_repr(name, 40)}"
+        if not isinstance(service, Mapping):
+            denials.append(Denial("not_understood", f"{where} is not a mapping", "correct the compose file"))
+            continue
+        args, problems = compose_service_args(project, str(name), service, volumes)
+        request = normalize_container_request("docker_compose_up", args, settings, resolve, project_volume)
+        request = dataclasses.replace(request, problems=request.problems + tuple(problems))
+        if service.get("build") is not None:
+            denials.extend(compose_build_denials(where, service["build"], host, settings, resolve))
+            request = dataclasses.replace(request, images=())  # a built image is judged by its Dockerfile
+        denials.extend(compose_denial(where, d) for d in judge_request(request, settings, host))
+        denials.extend(compose_port_denials(where, service.get("ports"), settings))
+    for key, definition in networks.items():
+        definition = definition or {}
+        driver = str(definition.get("driver") or "bridge")
+        if not settings.allow_privileged and (driver not in ("bridge", "default") or definition.get("driver_opts")):
+            denials.append(Denial("network_driver", f"network {_short_repr(key, 40)}: driver {driver!r} "
+                                  f"{'with driver options ' if definition.get('driver_opts') else ''}can reach the "
+                                  "host's network; only plain bridge networks are judged safe"))
+    return denials
+
+
+def harden_compose_model(project: str, model: Mapping[str, Any], settings: Settings, labels: Mapping[str, str],
+                         resolve: Callable[[str], HostPath]) -> dict[str, Any]:
+    """The model with the engine hardening of every container this server makes written into it: the
+    judged security options and limits, the server's labels (on volumes and networks too), and published
+    ports on 127.0.0.1 where no address was given. This, not the caller's file, is what Compose runs."""
+    hardened = json.loads(json.dumps(model))  # a deep copy of plain JSON data
+    hardened.pop("version", None)  # the Compose Specification form: every tool here reads it
+    volumes = hardened.get("volumes") or {}
+    for name, service in hardened["services"].items():
+        args, _ = compose_service_args(project, name, service, volumes)
+        request = normalize_container_request("docker_compose_up", args, settings, resolve, lambda _: None)
+        service["security_opt"] = list(request.security_opt)
+        for key, value in (("mem_limit", request.memory), ("cpus", (request.nano_cpus or 0) / 1e9 or None),
+                           ("pids_limit", request.pids_limit)):
+            if value is not None:
+                service[key] = value
+        limits = ((service.get("deploy") or {}).get("resources") or {})
+        limits.pop("limits", None)
+        if request.read_only_rootfs:
+            service["read_only"] = True
+        if request.cap_drop:
+            service["cap_drop"] = list(request.cap_drop)
+        if settings.container_profile == "hardened" and not any(
+                str(t).split(":", 1)[0] == "/tmp" for t in _compose_list(service.get("tmpfs"))):
+            service["tmpfs"] = [*_compose_list(service.get("tmpfs")), "/tmp:size=64m"]
+        service_labels = service.get("labels") or {}
+        if not isinstance(service_labels, Mapping):
+            service_labels = dict(str(item).partition("=")[::2] for item in service_labels)
+        service["labels"] = {**service_labels, **labels}
+        ports = []
+        for value in service.get("ports") or []:
+            host_ip, published, target, protocol = compose_port(value) or ("", "", str(value), "tcp")
+            address = host_ip or "127.0.0.1"  # the short form: docker-compose 1.x has no long-form host_ip
+            ports.append(f"{f'[{address}]' if ':' in address else address}:{published}:{target}/{protocol}")
+        if ports:
+            service["ports"] = ports
+    for section in ("volumes", "networks"):
+        for key, definition in list((hardened.get(section) or {}).items()):
+            definition = dict(definition or {})
+            if not definition.get("external"):
+                definition["labels"] = {**(definition.get("labels") or {}), **labels}
+            hardened[section][key] = definition
+    return hardened
+
+
+def endpoint_address(host_ip: str, port: Any, protocol: str = "tcp") -> str:
+    """A published port as an address a client can use: http://127.0.0.1:8080 (tcp), udp://... otherwise."""
+    host = host_ip or "127.0.0.1"
+    host = "127.0.0.1" if host == "0.0.0.0" else "[::1]" if host == "::" else f"[{host}]" if ":" in host else host
+    return f"{'http' if protocol == 'tcp' else protocol}://{host}:{port}"
+
+
+def list_endpoints(ports: Any) -> list[str]:
+    """Endpoints from a container list row's Ports (one per published port; IPv4 and IPv6 twins once)."""
+    seen = {endpoint_address(p.get("IP") or "", p["PublicPort"], str(p.get("Type") or "tcp"))
+            for p in ports or [] if p.get("PublicPort")}
+    return sorted(seen)
+
+
+def inspect_endpoints(info: Mapping[str, Any]) -> list[str]:
+    """Endpoints from an inspect answer's NetworkSettings.Ports."""
+    found = set()
+    for key, bindings in ((info.get("NetworkSettings") or {}).get("Ports") or {}).items():
+        protocol = key.partition("/")[2] or "tcp"
+        for binding in bindings or []:
+            if binding.get("HostPort"):
+                found.add(endpoint_address(binding.get("HostIp") or "", binding["HostPort"], protocol))
+    return sorted(found)
+
+
+def hardening_gaps(info: Mapping[str, Any], settings: Settings) -> list[Denial]:
+    """What the engine hardening promises of every container the server makes, checked on an inspect answer:
+    no-new-privileges, and published ports on loopback unless SAFETY_ALLOW_PUBLIC_PORTS (the container rules
+    judge everything else, see ``container_power_from_inspect``)."""
+    host = info.get("HostConfig") or {}
+    gaps = []
+    if not any(re.sub(r"[=:]true$", "", str(o).lower()) == "no-new-privileges" for o in host.get("SecurityOpt") or []):
+        gaps.append(Denial("engine_hardening", "the container was created without no-new-privileges",
+                           "report this: the Compose tool did not apply the hardened model"))
+    for bindings in (host.get("PortBindings") or {}).values():
+        for binding in bindings or []:
+            address = str(binding.get("HostIp") or "")
+            if not address.startswith(LOOPBACK_ADDRESSES) and not settings.allow_public_ports:
+                gaps.append(Denial("published_port", f"a port is published on {address or 'every address'}",
+                                   f"publish it on 127.0.0.1, or set {PUBLIC_PORTS_SETTING}=true"))
+    return gaps
+
+
 # -- untrusted output -------------------------------------------------------------------------------
 #
 # Logs, exec output, process lists, file names, labels and build output are written by whatever runs
@@ -5491,6 +5936,7 @@ def run_container(call: Call) -> dict[str, Any]:
         raise
     result: dict[str, Any] = {"id": short_id(container_id), "name": a.get("name"), "status": "running"}
     if not a.get("wait"):
+        result["endpoints"] = inspect_endpoints(api.inspect_container(container_id))
         return result
     import requests
 
@@ -5525,7 +5971,10 @@ def container_action(name: str, title: str, description: str, action: Callable[[
         else:
             guard_managed(call, "container", call.args["container"])
         told = action(call)  # an action may add fields to the answer (rename: the new name)
-        return {"id": call.args["container"], "status": status, **(told if isinstance(told, dict) else {})}
+        result = {"id": call.args["container"], "status": status, **(told if isinstance(told, dict) else {})}
+        if judged:  # a start or restart answers with what it serves, as addresses to use
+            result["endpoints"] = inspect_endpoints(call.api.inspect_container(call.args["container"]))
+        return result
 
     tool(name, title=title, description=description, tier=tier, toolset="containers",
          params={"container": s_container(), **(params or {})}, required=("container", *required),
@@ -6664,6 +7113,993 @@ def prune_system(call: Call) -> dict[str, Any]:
         log.info("build cache prune skipped: %s", exc)
     return {**{k: v["count"] for k, v in parts.items()}, "volumes": parts.get("volumes", {}).get("count", 0),
             "space_reclaimed_bytes": sum(v["space_reclaimed_bytes"] for v in parts.values()) + cache_bytes}
+
+
+# -- compose projects ---------------------------------------------------------------------------
+#
+# The host's Compose tool does the Compose work; the server decides whether it may. ``up`` runs in five
+# steps, and each must pass before the next: (1) the tool prints its normalized model of the project
+# (interpolation, extends, profiles and env files resolved by the tool itself); (2) the model is judged by
+# the container rules; (3) the model, hardened, is written to a private file and the tool creates the
+# project from that file without starting anything; (4) every container the engine created is judged again
+# on what the engine reports; (5) only then is the project started. A refusal or failure removes what the
+# call made. The file the tool runs is the judged one: the caller's file is read once, by the tool, in (1).
+
+COMPOSE_TOOLS: dict[tuple[tuple[str, ...], str], ComposeDiscovery] = {}
+COMPOSE_VARIABLE_RE = r"^(?!(PATH|HOME|LANG|XDG_RUNTIME_DIR)$)(?!(DOCKER|COMPOSE|PODMAN|CONTAINER|LD|PYTHON)_?)" \
+                      r"[A-Za-z_][A-Za-z0-9_]{0,127}$"
+YAML_TO_JSON = "import json, sys, yaml; json.dump(yaml.safe_load(sys.stdin), sys.stdout)"
+# docker-compose 1.x in one process of its own Python for a whole `up`: its `config` (read by its own YAML
+# reader), then, once the model is judged, its `up --no-start` on the judged file. A Python start and the
+# import of compose are most of what each docker-compose run costs.
+COMPOSE_V1_SESSION = """
+import contextlib, io, json, sys
+import yaml
+from compose.cli.main import main
+for line in sys.stdin:
+    args = json.loads(line)
+    if not args:
+        break
+    sys.argv, out, code = ["docker-compose", *args], io.StringIO(), 0
+    with contextlib.redirect_stdout(out):
+        try:
+            main()
+        except SystemExit as exit:
+            code = exit.code if isinstance(exit.code, int) else (1 if exit.code else 0)
+    model = yaml.safe_load(out.getvalue()) if code == 0 and args[-1] == "config" else None
+    sys.stdout.write("@@done@@" + json.dumps({"code": code, "model": model}) + "\\n")
+    sys.stdout.flush()
+"""
+# podman-compose before 1.1 has no config command: its own reader, run in its own Python, gives its model.
+PODMAN_COMPOSE_MODEL = """
+import json, sys
+import podman_compose
+compose = podman_compose.podman_compose  # the instance its commands are registered on
+sys.argv = ["podman-compose", "-p", sys.argv[1], "-f", sys.argv[2], "ps"]
+compose._parse_args()
+compose._parse_compose_file()
+services = {name: {k: v for k, v in service.items() if not k.startswith("_")}
+            for name, service in compose.services.items()}
+print("\\n@@model@@" + json.dumps({"services": services, "networks": compose.networks or {},
+                                   "volumes": compose.vols or {}}, default=list))
+"""
+
+
+def _version_output(argv: tuple[str, ...]) -> str | None:
+    import subprocess
+
+    try:
+        done = subprocess.run(argv, capture_output=True, timeout=20, env={"PATH": os.environ.get("PATH", ""),
+                                                                          "LANG": "C.UTF-8"}, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (done.stdout + done.stderr).decode("utf-8", "replace")[:4096]
+
+
+def compose_discovery(settings: Settings, kind: str) -> ComposeDiscovery:
+    """The Compose tool for an engine of this kind, found once per server (a restart finds a new one)."""
+    import shutil
+
+    key = (settings.compose_command, kind)
+    if key not in COMPOSE_TOOLS or COMPOSE_TOOLS[key].tool is None:
+        COMPOSE_TOOLS[key] = discover_compose(settings.compose_command, kind, shutil.which, _version_output,
+                                              _read_text)
+        log.info("compose for %s: %s", kind, "; ".join(COMPOSE_TOOLS[key].steps))
+    return COMPOSE_TOOLS[key]
+
+
+def compose_tool(call: Call) -> ComposeTool:
+    found = compose_discovery(call.settings, call.kind)
+    if found.tool is None:
+        raise ToolError("unavailable", found.problem)
+    if found.tool.flavor == "podman" and not engine_is_local(call.engine_url):
+        raise ToolError("unavailable", "podman-compose drives the local Podman only; this engine is remote")
+    return found.tool
+
+
+class ComposeRun:
+    """One project operation's private working directory, environment and runs of the Compose tool."""
+
+    def __init__(self, call: Call, tool: ComposeTool, project: str):
+        import tempfile
+
+        self.call, self.tool, self.project = call, tool, project
+        self.dir = tempfile.mkdtemp(prefix="mcp-compose-")  # 0700: no other user reads or swaps our files
+        # Compose interpolates ${NAME} from its environment: it gets only what the caller gave, never ours.
+        self.env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": self.dir, "LANG": "C.UTF-8",
+                    **({"XDG_RUNTIME_DIR": os.environ["XDG_RUNTIME_DIR"]} if os.environ.get("XDG_RUNTIME_DIR") else {}),
+                    **(call.args.get("variables") or {})}
+        if tool.flavor != "podman" and call.engine_url:
+            self.env["DOCKER_HOST"] = call.engine_url
+
+    session: Any = None  # docker-compose 1.x kept running between the steps of one up (COMPOSE_V1_SESSION)
+
+    def close(self) -> None:
+        import shutil
+
+        self.close_session()
+        if getattr(self, "_stderr", None) is not None:
+            self._stderr.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def close_session(self) -> None:
+        if self.session is not None:
+            with contextlib.suppress(Exception):
+                self.session.stdin.close()  # end of input: the loop ends and the process exits
+                self.session.wait(5)
+            with contextlib.suppress(Exception):
+                self.session.kill()
+                self.session.wait(5)
+            self.session = None
+
+    def in_session(self, words: list[str]) -> dict[str, Any]:
+        """Run one docker-compose 1.x command in the kept process; its answer, or the failure as an error."""
+        import selectors
+        import subprocess
+        import tempfile
+
+        if self.session is None:
+            self._stderr = tempfile.TemporaryFile(dir=self.dir)  # noqa: SIM115 -- read on failure, gone with the dir
+            self.session = subprocess.Popen([self.tool.python, "-c", COMPOSE_V1_SESSION], cwd=self.dir, env=self.env,
+                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
+                                            start_new_session=True)
+            if self.call.cancellation is not None:
+                self.call.cancellation.on_cancel(self.session.kill)
+        process = self.session
+        process.stdin.write((json.dumps(words) + "\n").encode())
+        process.stdin.flush()
+        selector = selectors.DefaultSelector()
+        selector.register(process.stdout, selectors.EVENT_READ)
+        data = b""
+        try:
+            while not data.endswith(b"\n"):
+                if not selector.select(self.call.remaining()):
+                    raise ToolError("timeout", "the Compose tool did not finish in time; raise "
+                                    "MCP_LONG_OPERATION_TIMEOUT or wait_timeout")
+                chunk = os.read(process.stdout.fileno(), 1 << 20)
+                if not chunk:
+                    break
+                data += chunk
+        finally:
+            selector.close()
+        self.call.remaining()
+        reply = data.rpartition(b"@@done@@")[2]
+        try:
+            answer = json.loads(reply)
+        except ValueError:
+            answer = {"code": process.poll() or 1}
+        if answer.get("code"):
+            raise ToolError("engine_error", "the Compose tool failed: " + compose_error_text(self.session_errors()))
+        return answer
+
+    def session_errors(self) -> str:
+        handle = getattr(self, "_stderr", None)
+        if handle is None:
+            return ""
+        handle.seek(0)
+        return handle.read()[-65536:].decode("utf-8", "replace")
+
+    def write(self, name: str, text: str) -> str:
+        path = os.path.join(self.dir, name)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        return path
+
+    def run(self, argv: list[str], stdin: str | None = None, check: bool = True) -> tuple[int, str, str]:
+        """Run a program of the Compose tool, cancellable and bounded by the call's time; its output is capped."""
+        import subprocess
+
+        process = subprocess.Popen(argv, cwd=self.dir, env=self.env, stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        if self.call.cancellation is not None:
+            self.call.cancellation.on_cancel(process.kill)
+        try:
+            out, err = process.communicate(stdin.encode() if stdin is not None else None,
+                                           timeout=self.call.remaining())
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+            raise ToolError("timeout", "the Compose tool did not finish in time; raise MCP_LONG_OPERATION_TIMEOUT "
+                            "or wait_timeout") from None
+        finally:
+            if self.call.cancellation is not None:
+                self.call.cancellation.forget(process.kill)
+        self.call.remaining()  # a cancel that killed the tool is reported as a cancel
+        text, errors = out[-4 * 1024 * 1024:].decode("utf-8", "replace"), err[-65536:].decode("utf-8", "replace")
+        if check and process.returncode != 0:
+            raise ToolError("engine_error", "the Compose tool failed: " + compose_error_text(errors or text))
+        return process.returncode, text, errors
+
+    def command(self, file: str, *words: str, project_dir: str = "") -> list[str]:
+        base = [*self.tool.argv, "-p", self.project, "-f", file]
+        if project_dir and self.tool.flavor != "podman":
+            base += ["--project-directory", project_dir]
+        return [*base, *words]
+
+    def model(self, file: str, project_dir: str) -> dict[str, Any]:
+        """The tool's own normalized model of the project, as JSON data."""
+        if self.tool.flavor == "v2":
+            text = self.run(self.command(file, "config", "--format", "json", project_dir=project_dir))[1]
+        elif self.tool.flavor == "v1":
+            words = self.command(file, "config", project_dir=project_dir)[len(self.tool.argv):]
+            try:
+                text = json.dumps(self.in_session(words).get("model"))
+            except ToolError as error:
+                if "No module named" not in self.session_errors():
+                    raise
+                log.info("docker-compose is not importable in its Python (%s); running it twice", error.message)
+                self.close_session()
+                yaml_text = self.run(self.command(file, "config", project_dir=project_dir))[1]
+                text = self.run([self.tool.python, "-c", YAML_TO_JSON], stdin=yaml_text)[1]
+        else:
+            text = self.run([self.tool.python, "-c", PODMAN_COMPOSE_MODEL, self.project, file])[1]
+            text = text.rpartition("@@model@@")[2]
+        try:
+            model = json.loads(text)
+        except ValueError:
+            raise ToolError("engine_error", "the Compose tool's model could not be read") from None
+        if not isinstance(model, dict):
+            raise ToolError("invalid_argument", "the compose file does not describe a project")
+        return model
+
+
+def compose_error_text(text: str) -> str:
+    """The tool's complaint, without the host paths of our private files."""
+    text = re.sub(r"/tmp/mcp-compose-[A-Za-z0-9_]+/?", "", text)
+    lines = [line for line in text.strip().splitlines() if line.strip() and not line.startswith("Traceback")]
+    return sanitize_engine_text(" ".join(lines[-3:]) or "no message", 400)
+
+
+def compose_source(call: Call, run: ComposeRun) -> tuple[str, str]:
+    """(file, project directory) of the caller's project: the text, written privately, or a file under an
+    allowed root (SAFETY_BUILD_CONTEXT_ALLOWLIST or SAFETY_VOLUME_MOUNT_ALLOWLIST)."""
+    a = call.args
+    if (a.get("compose") is None) == (a.get("file") is None):
+        raise ToolError("invalid_argument", "give the project as compose (the file's text) or file (a path)")
+    if a.get("compose") is not None:
+        return run.write("compose.yaml", a["compose"]), run.dir
+    problem = host_path_problem(a["file"])
+    if problem:
+        raise ToolError("invalid_argument", f"file: {problem}")
+    host = resolve_host_path(a["file"])
+    roots = tuple(os.path.realpath(p) for p in (*call.settings.build_context_allowlist,
+                                                 *call.settings.volume_mount_allowlist))
+    if not any(_is_within(host.real, root) for root in roots):
+        raise denial_error([Denial("compose_file", "the compose file is not under SAFETY_BUILD_CONTEXT_ALLOWLIST "
+                                   "or SAFETY_VOLUME_MOUNT_ALLOWLIST", "move it under one, or pass its text as "
+                                   "compose")])
+    if not os.path.isfile(host.real):
+        raise ToolError("not_found", "the compose file does not exist")
+    return host.real, os.path.dirname(host.real)
+
+
+def compose_judgement(call: Call, run: ComposeRun, model: Mapping[str, Any]) -> list[Denial]:
+    """Every reason the project may not go ahead: the model's, the Dockerfiles' base images, and in
+    managed-only mode the external networks and volumes it would join."""
+    engines = call.engines.all if call.engines is not None else []
+    facts = gather_host_facts(call.settings, call.engine_url, tuple(engine.url for engine in engines if engine.url))
+    denials = judge_compose_model(run.project, model, call.settings, facts, resolve_host_path,
+                                  lambda name: volume_facts(call.api, name))
+    if denials:
+        return denials
+    for name, service in model["services"].items():
+        build = service.get("build")
+        if build is None:
+            continue
+        build = {"context": build} if isinstance(build, str) else build
+        text = build.get("dockerfile_inline")
+        if text is None:
+            path = resolve_host_path(posixpath.join(build["context"], build.get("dockerfile") or "Dockerfile"))
+            if not _is_within(path.real, resolve_host_path(build["context"]).real):
+                denials.append(Denial("build_context", f"service {name!r}: the Dockerfile is outside the context",
+                                      "keep the Dockerfile inside the build context"))
+                continue
+            text = _read_text(path.real) or ""
+        denials.extend(compose_denial(f"service {name!r}", d) for d in
+                       image_denials("docker_compose_up", tuple(dockerfile_images(text)), call.settings))
+    for section in ("networks", "volumes"):
+        for key, definition in (model.get(section) or {}).items():
+            if (definition or {}).get("external"):
+                guard_managed(call, section[:-1], compose_volume_name(run.project, key, definition))
+    return denials
+
+
+def project_objects(call: Call, project: str) -> dict[str, list[dict[str, Any]]]:
+    """The containers, networks and volumes the engine has for a project, by the Compose project label."""
+    label = {"label": [f"{COMPOSE_PROJECT_LABEL}={project}"]}
+    return {"containers": call.api.containers(all=True, filters=label),
+            "networks": call.api.networks(filters=label),
+            "volumes": (call.api.volumes(filters=label) or {}).get("Volumes") or []}
+
+
+def remove_new_objects(call: Call, project: str, before: Mapping[str, set[str]]) -> None:
+    """Undo a refused or failed up: remove what the project has now that it did not have before the call."""
+    now = project_objects(call, project)
+    for container in now["containers"]:
+        if container["Id"] not in before["containers"]:
+            with contextlib.suppress(Exception):
+                call.api.remove_container(container["Id"], force=True, v=True)
+    for network in now["networks"]:
+        if network["Id"] not in before["networks"]:
+            with contextlib.suppress(Exception):
+                call.api.remove_network(network["Id"])
+    for volume in now["volumes"]:
+        if volume["Name"] not in before["volumes"]:
+            with contextlib.suppress(Exception):
+                call.api.remove_volume(volume["Name"], force=True)
+
+
+def created_container_power(call: Call, container_id: str, action: str = "compose up") -> None:
+    """Judge a container the engine created for a project on its actual configuration, by the create rules,
+    and check that the engine hardening was applied to it."""
+    attrs = enforce_container_power(call, container_id, action)
+    gaps = hardening_gaps(attrs, call.settings)
+    if gaps:
+        raise container_power_error(gaps, container_id[:12], action)
+
+
+def service_rows(call: Call, containers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for c in sorted(containers, key=lambda c: ((c.get("Labels") or {}).get(COMPOSE_SERVICE_LABEL, ""), c["Id"])):
+        labels = c.get("Labels") or {}
+        status = str(c.get("Status") or "")
+        match = re.search(r"\((healthy|unhealthy|health: starting|starting)\)", status)
+        health = match.group(1).replace("health: ", "") if match else None
+        rows.append({"service": labels.get(COMPOSE_SERVICE_LABEL, ""), **container_summary(c, call.kind),
+                     "health": health, "endpoints": list_endpoints(c.get("Ports"))})
+    return rows
+
+
+def start_in_dependency_order(call: Call, model: Mapping[str, Any], containers: list[dict[str, Any]]) -> None:
+    """Start the created containers, each service after those it depends on (what `compose start` does,
+    without starting the Compose tool a second time)."""
+    services = model.get("services") or {}
+    order: list[str] = []
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if name in order or name in path or name not in services:
+            return
+        depends = services[name].get("depends_on") or []
+        for dependency in depends if isinstance(depends, list) else list(depends):
+            visit(str(dependency), (*path, name))
+        order.append(name)
+
+    for name in services:
+        visit(name, ())
+    rank = {name: index for index, name in enumerate(order)}
+    for container in sorted(containers, key=lambda c: rank.get((c.get("Labels") or {}).get(COMPOSE_SERVICE_LABEL), 0)):
+        call.remaining()
+        call.api.start(container["Id"])
+
+
+def wait_for_project(call: Call, project: str, wanted: str, timeout: float) -> list[dict[str, Any]]:
+    """Poll the project's containers until each runs (and, with a healthcheck, is healthy when asked)."""
+    deadline = time.monotonic() + min(timeout, call.remaining())
+    while True:
+        rows = service_rows(call, project_objects(call, project)["containers"])
+        for row in rows if wanted == "healthy" else []:
+            row["health"] = container_health(call, row["id"])
+        exited = [r for r in rows if r["state"] in ("exited", "dead")]
+        if exited:
+            raise ToolError("engine_error", f"service {exited[0]['service']!r} stopped: {exited[0]['status']}")
+        if any(r["health"] == "unhealthy" for r in rows) and wanted == "healthy":
+            bad = next(r for r in rows if r["health"] == "unhealthy")
+            raise ToolError("engine_error", f"service {bad['service']!r} is unhealthy")
+        ready = [r for r in rows if r["state"] == "running" and (wanted != "healthy" or r["health"] in
+                                                               (None, "healthy"))]
+        if call.report is not None:
+            call.report(float(len(ready)), float(len(rows)), f"{len(ready)} of {len(rows)} services {wanted}")
+        if rows and len(ready) == len(rows):
+            return rows
+        if time.monotonic() >= deadline:
+            waiting = [r["service"] for r in rows if r not in ready]
+            raise ToolError("timeout", f"services not {wanted} within wait_timeout: {', '.join(waiting)}")
+        call.remaining()
+        time.sleep(0.5)
+
+
+def container_health(call: Call, container: str) -> str | None:
+    """healthy, unhealthy or starting; None without a healthcheck. Podman runs healthchecks from systemd
+    timers, which hosts without systemd never fire: there the wait runs the check itself, once per poll."""
+    health = ((call.api.inspect_container(container).get("State") or {}).get("Health") or {}).get("Status") or None
+    if call.kind == "podman" and health == "starting":
+        api = call.api
+        try:
+            response = api.get(f"{api.base_url}/v4.0.0/libpod/containers/{container}/healthcheck",
+                               timeout=min(30, call.remaining()))
+            health = str(api._result(response, json=True).get("Status") or health)
+        except ToolError:
+            raise
+        except Exception as exc:
+            log.info("podman healthcheck of %s could not run: %r", container, exc)
+    return health
+
+
+S_PROJECT = s_str("Compose project name.", pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$",
+                  max_length=63)
+S_SERVICES = s_str_list("Only these services.", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_items=64,
+                        max_length=128)
+COMPOSE_SOURCE_PARAMS = {
+    "project": S_PROJECT,
+    "compose": s_str("The compose file's text.", max_length=256 * 1024),
+    "file": s_str("Or a compose file under an allowlisted directory.", max_length=4096),
+    "variables": {"type": "object", "description": "Values for ${NAME} in the file.", "maxProperties": 64,
+                  "propertyNames": {"pattern": COMPOSE_VARIABLE_RE},
+                  "additionalProperties": {"type": "string", "maxLength": 8192}},
+}
+OUT_COMPOSE = out({"project": {"type": "string"}, "services": {"type": "array", "items": {"type": "object"}}},
+                  ("project", "services"))
+
+
+@tool("docker_compose_config", title="Check a compose project", tier=Tier.SAFE, toolset="compose",
+      description="Validate a compose project, changing nothing: the Compose tool's normalized model and the "
+                  "policy's verdict.",
+      params=COMPOSE_SOURCE_PARAMS, required=("project",),
+      output=out({"project": {"type": "string"}, "allowed": {"type": "boolean"},
+                  "denials": {"type": "array", "items": {"type": "string"}}, "model": {"type": "object"}},
+                 ("project", "allowed", "denials")))
+def compose_config(call: Call) -> dict[str, Any]:
+    run = ComposeRun(call, compose_tool(call), call.args["project"])
+    try:
+        file, project_dir = compose_source(call, run)
+        model = run.model(file, project_dir)
+        denials = compose_judgement(call, run, model)
+    finally:
+        run.close()
+    untrusted = UntrustedOutput(max_chars=8192)  # the file's author chose every value in it
+    return untrusted.attach({"project": run.project, "allowed": not denials, "denials": [str(d) for d in denials],
+                             "services": sorted(model.get("services") or {}),
+                             "model": untrusted.value("model", model)})
+
+
+@tool("docker_compose_up", title="Start a compose project", tier=Tier.MODERATE, toolset="compose",
+      description="Create and start a compose project with the host's Compose tool. Services, volumes, networks "
+                  "and builds pass the container policy; created containers are judged again before start.",
+      params={**COMPOSE_SOURCE_PARAMS, "services": S_SERVICES,
+              "build": s_bool("Rebuild images (default: build missing ones only)."),
+              "wait": {"type": "string", "description": "Wait until services are running or healthy.",
+                       "enum": ["none", "running", "healthy"], "default": "running"},
+              "wait_timeout": s_int("Seconds to wait.", 1, 1800, 120)},
+      required=("project",), output=OUT_COMPOSE, long_running=True)
+def compose_up(call: Call) -> dict[str, Any]:
+    a = call.args
+    run = ComposeRun(call, compose_tool(call), a["project"])
+    made = False
+    try:
+        file, project_dir = compose_source(call, run)
+        model = run.model(file, project_dir)
+        denials = compose_judgement(call, run, model)
+        if denials:
+            log.info("policy denied compose project %s: %s", run.project, "; ".join(d.rule for d in denials))
+            raise denial_error(denials)
+        hardened = harden_compose_model(run.project, model, call.settings, ownership_labels(call), resolve_host_path)
+        judged = run.write("judged.json", json.dumps(hardened))
+        existing = project_objects(call, run.project)
+        before = {"containers": {c["Id"] for c in existing["containers"]},
+                  "networks": {n["Id"] for n in existing["networks"]},
+                  "volumes": {v["Name"] for v in existing["volumes"]}}
+        made = True
+        if run.tool.flavor == "podman":
+            limits = [f"--memory={call.settings.container_memory_limit}" if call.settings.container_memory_limit else "",
+                      f"--cpus={call.settings.container_cpu_limit:g}" if call.settings.container_cpu_limit else "",
+                      f"--pids-limit={call.settings.container_pids_limit}" if call.settings.container_pids_limit else ""]
+            # podman-compose 1.0 drops mem_limit, cpus and pids_limit: the configured limits go to podman create
+            command = [*run.tool.argv, f"--podman-run-args={' '.join(x for x in limits if x)}", "-p", run.project,
+                       "-f", judged, "up", "--no-start"]
+        else:
+            command = run.command(judged, "up", "--no-start", "--build" if a.get("build") else "--no-build",
+                                  project_dir=project_dir)
+        if run.session is not None:  # docker-compose 1.x, still running from the model step
+            run.in_session([*command[len(run.tool.argv):], *a.get("services", [])])
+        else:
+            run.run([*command, *a.get("services", [])])
+        created = project_objects(call, run.project)["containers"]
+        # podman-compose 1.0 goes on, and exits 0, when podman could not create a container
+        missing = set(a.get("services") or model["services"]) - {
+            (c.get("Labels") or {}).get(COMPOSE_SERVICE_LABEL) for c in created}
+        if missing:
+            raise ToolError("engine_error", f"the Compose tool did not create service {sorted(missing)[0]!r} (an "
+                            "image that is missing or cannot be pulled?)")
+        for container in created:
+            created_container_power(call, container["Id"])
+        start_in_dependency_order(call, model, created)
+        wanted = a.get("wait", "running")
+        if wanted == "none":
+            rows = service_rows(call, project_objects(call, run.project)["containers"])
+        else:
+            rows = wait_for_project(call, run.project, wanted, a.get("wait_timeout", 120))
+        made = False
+    except BaseException:
+        if made:
+            remove_new_objects(call, run.project, before)
+        raise
+    finally:
+        run.close()
+    return {"project": run.project, "status": "running" if wanted != "none" else "started", "services": rows,
+            "endpoints": [e for r in rows for e in r["endpoints"]]}
+
+
+@tool("docker_list_compose_projects", title="List compose projects", tier=Tier.SAFE, toolset="compose",
+      description="Compose projects on the engine: name, services, container states.",
+      params={"limit": s_limit()}, output=out_list("projects", ("project",)), list_field="projects")
+def list_compose_projects(call: Call) -> dict[str, Any]:
+    rows = call.api.containers(all=True, filters={"label": [COMPOSE_PROJECT_LABEL]})
+    projects: dict[str, dict[str, Any]] = {}
+    for c in rows:
+        labels = c.get("Labels") or {}
+        entry = projects.setdefault(labels.get(COMPOSE_PROJECT_LABEL, ""), {"services": set(), "states": {}})
+        entry["services"].add(labels.get(COMPOSE_SERVICE_LABEL, ""))
+        entry["states"][c.get("State", "")] = entry["states"].get(c.get("State", ""), 0) + 1
+        entry["managed"] = entry.get("managed", True) and labels.get(MANAGED_LABEL) == "true"
+    limit = call.args.get("limit", 100)
+    items = [{"project": name, "services": sorted(entry["services"]), "containers": entry["states"],
+              "managed": entry["managed"]} for name, entry in sorted(projects.items())]
+    return {"projects": items[:limit], "count": min(len(items), limit), "truncated": len(items) > limit}
+
+
+def project_containers(call: Call, services: list[str] | None = None) -> list[dict[str, Any]]:
+    """A project's containers (those of ``services`` only, when given); an unknown project is not found."""
+    project = call.args["project"]
+    containers = project_objects(call, project)["containers"]
+    if not containers:
+        raise ToolError("not_found", f"no compose project {project!r} on this engine")
+    if services:
+        containers = [c for c in containers if (c.get("Labels") or {}).get(COMPOSE_SERVICE_LABEL) in services]
+    return containers
+
+
+@tool("docker_compose_ps", title="Services of a compose project", tier=Tier.SAFE, toolset="compose",
+      description="A compose project's containers: service, state, health, endpoints.",
+      params={"project": S_PROJECT}, required=("project",), output=OUT_COMPOSE, list_field="services")
+def compose_ps(call: Call) -> dict[str, Any]:
+    rows = service_rows(call, project_containers(call))
+    return {"project": call.args["project"], "services": rows, "count": len(rows)}
+
+
+@tool("docker_compose_logs", title="Logs of a compose project", tier=Tier.SAFE, toolset="compose",
+      description="Newest output lines of a project's services, prefixed with the service; never follows. "
+                  "Untrusted text.",
+      params={"project": S_PROJECT, "services": S_SERVICES,
+              "tail": s_int("Newest lines per container.", 1, 10000, 100)},
+      required=("project",),
+      output=out({"project": {"type": "string"}, "lines": {"type": "array", "items": {"type": "string"}},
+                  "count": {"type": "integer"}}, ("project", "lines", "count")), list_field="lines", keep_newest=True)
+def compose_logs(call: Call) -> dict[str, Any]:
+    containers = project_containers(call, call.args.get("services"))
+    share = max(4096, call.settings.max_output_bytes // max(1, len(containers)))
+    untrusted = UntrustedOutput()
+    lines: list[str] = []
+    cut = False
+    for c in containers:
+        service = (c.get("Labels") or {}).get(COMPOSE_SERVICE_LABEL, "")
+        chunks = call.api.logs(c["Id"], stdout=True, stderr=True, tail=call.args.get("tail", 100), stream=True,
+                               follow=False)
+        raw, container_cut = newest_bytes(chunks, share)
+        cut = cut or container_cut
+        lines.extend(f"{service} | {line}" for line in decode_log_lines(raw))
+    lines = untrusted.lines("lines", lines)
+    return untrusted.attach({"project": call.args["project"], "lines": lines, "count": len(lines), "truncated": cut})
+
+
+def compose_lifecycle(call: Call, action: str) -> dict[str, Any]:
+    """stop, start or restart a project's containers; a start is judged on each container first."""
+    containers = project_containers(call, call.args.get("services"))
+    for c in containers:
+        denial = managed_denial("container", c["Names"][0].lstrip("/") if c.get("Names") else c["Id"][:12],
+                                c.get("Labels"), call.settings)
+        if denial:
+            raise denial_error([denial])
+    if action != "stop":
+        for c in containers:
+            created_container_power(call, c["Id"], f"compose {action}")
+    timeout = call.args.get("timeout", 10)
+    for c in containers:
+        call.remaining()
+        if action == "stop":
+            call.api.stop(c["Id"], timeout=timeout)
+        elif action == "start":
+            call.api.start(c["Id"])
+        else:
+            call.api.restart(c["Id"], timeout=timeout)
+    rows = service_rows(call, project_containers(call, call.args.get("services")))
+    return {"project": call.args["project"], "status": {"stop": "stopped", "start": "started",
+                                                        "restart": "restarted"}[action], "services": rows}
+
+
+LIFECYCLE_PARAMS = {"project": S_PROJECT, "services": S_SERVICES,
+                    "timeout": s_int("Seconds before killing.", 0, 600, 10)}
+
+
+@tool("docker_compose_stop", title="Stop a compose project", tier=Tier.MODERATE, toolset="compose",
+      description="Stop a project's containers (or some services'); nothing is removed.",
+      params=LIFECYCLE_PARAMS, required=("project",), output=OUT_COMPOSE, idempotent=True)
+def compose_stop(call: Call) -> dict[str, Any]:
+    return compose_lifecycle(call, "stop")
+
+
+@tool("docker_compose_start", title="Start a stopped compose project", tier=Tier.MODERATE, toolset="compose",
+      description="Start a project's existing containers, each judged by the container policy first.",
+      params=LIFECYCLE_PARAMS, required=("project",), output=OUT_COMPOSE, idempotent=True)
+def compose_start(call: Call) -> dict[str, Any]:
+    return compose_lifecycle(call, "start")
+
+
+@tool("docker_compose_restart", title="Restart a compose project", tier=Tier.MODERATE, toolset="compose",
+      description="Restart a project's containers, each judged by the container policy first.",
+      params=LIFECYCLE_PARAMS, required=("project",), output=OUT_COMPOSE)
+def compose_restart(call: Call) -> dict[str, Any]:
+    return compose_lifecycle(call, "restart")
+
+
+@tool("docker_compose_down", title="Remove a compose project", tier=Tier.DESTRUCTIVE, toolset="compose",
+      description="Remove a project's containers and networks (volumes=true: its volumes and data too). "
+                  "dry_run=true shows what would go.",
+      params={"project": S_PROJECT, "volumes": s_bool("Also remove its volumes."),
+              "dry_run": s_dry_run()},
+      required=("project",), output=OUT_ACTION)
+def compose_down(call: Call) -> dict[str, Any]:
+    a = call.args
+    objects = project_objects(call, a["project"])
+    if not objects["containers"] and not objects["networks"] and not (a.get("volumes") and objects["volumes"]):
+        raise ToolError("not_found", f"no compose project {a['project']!r} on this engine")
+    items = [{"type": "container", "id": short_id(c["Id"]), "name": (c.get("Names") or ["/"])[0].lstrip("/"),
+              "labels": c.get("Labels")} for c in objects["containers"]]
+    items += [{"type": "network", "id": short_id(n["Id"]), "name": n["Name"], "labels": n.get("Labels")}
+              for n in objects["networks"]]
+    if a.get("volumes"):
+        items += [{"type": "volume", "id": v["Name"][:12], "name": v["Name"], "labels": v.get("Labels")}
+                  for v in objects["volumes"]]
+    for item in items:
+        denial = managed_denial(item["type"], item["name"], item.pop("labels") or {}, call.settings)
+        if denial:
+            raise denial_error([denial])
+    if a.get("dry_run"):
+        return preview(items, None, id=a["project"], status="dry run: nothing removed")
+    for item in items:
+        call.remaining()
+        if item["type"] == "container":
+            call.api.remove_container(item["name"] or item["id"], force=True, v=bool(a.get("volumes")))
+    for item in items:
+        with contextlib.suppress(Exception):
+            if item["type"] == "network":
+                call.api.remove_network(item["name"])
+            elif item["type"] == "volume":
+                call.api.remove_volume(item["name"])
+    return {"id": a["project"], "status": "removed", "removed": items}
+
+
+# -- files, waits, updates ------------------------------------------------------------------------
+#
+# Files go in and out through the engine's archive API only: the server builds the archives it sends
+# (regular files and their directories, never links, never a name with '..'), and reads the archives it
+# gets in memory, never extracting them on this host. Both act only in containers the policy would have
+# created (``enforce_container_power``), and what comes out of a container is untrusted output.
+
+COPY_NAME_RE = re.compile(r"(?!/)(?!.*(^|/)\.\.?(/|$))[A-Za-z0-9_.@+=,%~ -]+(/[A-Za-z0-9_.@+=,%~ -]+)*")
+
+
+def container_path_stat(call: Call, container: str, path: str) -> dict[str, Any] | None:
+    """The engine's stat of a path in a container (name, size, mode, linkTarget), None when it does not exist."""
+    import base64
+
+    api = call.api
+    response = api.head(api._url("/containers/{0}/archive", container), params={"path": path},
+                        timeout=min(call.settings.engine_timeout, call.remaining()))
+    if response.status_code == 404:
+        return None
+    api._raise_for_status(response)
+    header = response.headers.get("X-Docker-Container-Path-Stat") or ""
+    try:
+        return json.loads(base64.b64decode(header)) if header else {}
+    except ValueError:
+        return {}
+
+
+GO_MODE_DIR, GO_MODE_SYMLINK = 1 << 31, 1 << 27
+
+
+def refuse_linked_path(call: Call, container: str, path: str) -> bool:
+    """Refuse a destination whose path in the container is a symbolic link (a copy must land where it was
+    asked to, not where a process in the container pointed it); True when the path exists (a directory)."""
+    stat_info = container_path_stat(call, container, path)
+    if stat_info is None:
+        return False
+    # Docker names a link's target in linkTarget; Podman gives every path's resolved form there (and the
+    # link bit in mode): either way, a path that resolves elsewhere is a link on the way.
+    link_target = str(stat_info.get("linkTarget") or "")
+    if int(stat_info.get("mode") or 0) & GO_MODE_SYMLINK or (link_target and lexical_path(link_target) != path):
+        raise ToolError("policy_denied", f"[copy_target] {_short_repr(path, 80)} is a symbolic link in the container; "
+                        "copy to the real directory")
+    if not int(stat_info.get("mode") or 0) & GO_MODE_DIR:
+        raise ToolError("invalid_argument", f"{_short_repr(path, 80)} exists and is not a directory")
+    return True
+
+
+def copy_archive(files: Mapping[str, bytes], mode: int) -> bytes:
+    """A tar of regular files (and the directories above them) under relative, checked names."""
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    now = int(time.time())
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        made: set[str] = set()
+        for name, data in sorted(files.items()):
+            parts = name.split("/")
+            for depth in range(1, len(parts)):
+                directory = "/".join(parts[:depth])
+                if directory not in made:
+                    made.add(directory)
+                    info = tarfile.TarInfo(directory)
+                    info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, now
+                    archive.addfile(info)
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), mode, now
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def copy_contents(call: Call) -> dict[str, bytes]:
+    """The files to copy, as bytes, checked: names relative without '..', the total within MCP_COPY_MAX_BYTES."""
+    import base64
+    import binascii
+
+    a = call.args
+    given = dict(a.get("files") or {})
+    if a.get("content") is not None:
+        given[posixpath.basename(a["path"].rstrip("/"))] = a["content"]
+    if not given:
+        raise ToolError("invalid_argument", "give content (one file at path) or files (names under path)")
+    files: dict[str, bytes] = {}
+    for name, text in given.items():
+        if not COPY_NAME_RE.fullmatch(name) or len(name) > 1024:
+            raise ToolError("invalid_argument", f"file name {_short_repr(name, 60)} must be a relative path without "
+                            "'..', '.' or empty parts")
+        try:
+            files[name] = base64.b64decode(text, validate=True) if a.get("encoding") == "base64" else text.encode()
+        except (binascii.Error, ValueError):
+            raise ToolError("invalid_argument", f"{_short_repr(name, 60)} is not valid base64") from None
+    total = sum(len(data) for data in files.values())
+    if total > call.settings.copy_max_bytes:
+        raise ToolError("invalid_argument", f"{total} bytes to copy is more than MCP_COPY_MAX_BYTES "
+                        f"({call.settings.copy_max_bytes}); raise it to copy more")
+    return files
+
+
+@tool("docker_copy_to_container", title="Copy files into a container", tier=Tier.MODERATE, toolset="containers",
+      description="Write content at path, or files under the directory path, into a container (archive API).",
+      params={"container": s_container(),
+              "path": s_str("Absolute path: the file (content) or directory (files).", pattern=r"^/",
+                            max_length=4096),
+              "content": s_str("File content.", max_length=64 * 1024 * 1024),
+              "files": {"type": "object", "description": "Relative name -> content.",
+                        "maxProperties": 64, "propertyNames": {"maxLength": 1024},
+                        "additionalProperties": {"type": "string", "maxLength": 64 * 1024 * 1024}},
+              "encoding": {"type": "string", "description": "Content encoding.", "enum": ["text", "base64"]},
+              "mode": s_str("Octal mode, e.g. 0644.", pattern=r"^0?[0-7]{3}$", max_length=4)},
+      required=("container", "path"), output=OUT_ACTION)
+def copy_to_container(call: Call) -> dict[str, Any]:
+    a = call.args
+    container = a["container"]
+    enforce_container_power(call, container, "copy")
+    files = copy_contents(call)
+    path = lexical_path(a["path"])
+    target = posixpath.dirname(path.rstrip("/")) or "/" if a.get("content") is not None else path
+    if a.get("content") is not None and a.get("files"):
+        raise ToolError("invalid_argument", "give content or files, not both")
+    if not refuse_linked_path(call, container, target):
+        raise ToolError("not_found", f"directory {_short_repr(target, 80)} does not exist in the container")
+    for name in files:  # every directory on the way that exists already must not be a link either
+        parts = name.split("/")[:-1]
+        for depth in range(1, len(parts) + 1):
+            if not refuse_linked_path(call, container, posixpath.join(target, *parts[:depth])):
+                break
+    call.api.put_archive(container, target, copy_archive(files, int(a.get("mode") or "0644", 8)))
+    return {"id": container, "status": "copied", "path": target, "files": sorted(files),
+            "bytes": sum(len(data) for data in files.values())}
+
+
+class CappedStream:
+    """A file-like view of the engine's archive stream that stops reading at ``limit`` bytes."""
+
+    def __init__(self, chunks: Any, limit: int, call: Call):
+        self.chunks, self.limit, self.call = iter(chunks), limit, call
+        self.buffer = b""
+        self.read_bytes = 0
+        self.cut = False
+
+    def read(self, size: int = -1) -> bytes:
+        while (size < 0 or len(self.buffer) < size) and not self.cut:
+            self.call.remaining()
+            chunk = next(self.chunks, b"")
+            if not chunk:
+                break
+            self.read_bytes += len(chunk)
+            self.buffer += chunk
+            if self.read_bytes > self.limit:
+                self.cut = True
+        data, self.buffer = (self.buffer, b"") if size < 0 else (self.buffer[:size], self.buffer[size:])
+        return data
+
+
+TAR_KINDS = {b"0": "file", b"\0": "file", b"1": "hardlink", b"2": "symlink", b"3": "character device",
+             b"4": "block device", b"5": "directory", b"6": "fifo"}
+
+
+@tool("docker_copy_from_container", title="Copy a file out of a container", tier=Tier.SAFE, toolset="containers",
+      description="Read a file from a container (text, or base64 if binary) or list a directory, newest first. "
+                  "Untrusted content.",
+      params={"container": s_container(), "path": s_str("Absolute path in the container.", pattern=r"^/",
+                                                         max_length=4096),
+              "max_bytes": s_int("Most bytes to return.", 1, 64 * 1024 * 1024, 1024 * 1024),
+              "limit": s_limit(200, 5000)},
+      required=("container", "path"),
+      output=out({"path": {"type": "string"}, "type": {"type": "string"}}, ("path", "type")),
+      list_field="entries")
+def copy_from_container(call: Call) -> dict[str, Any]:
+    import base64
+    import tarfile
+
+    a = call.args
+    container = a["container"]
+    enforce_container_power(call, container, "copy")
+    # The answer must fit MCP_MAX_OUTPUT_BYTES whole (base64 is 4/3 of the bytes): the cut is ours, and says so.
+    max_bytes = min(a.get("max_bytes", 1024 * 1024), call.settings.copy_max_bytes,
+                    max(1024, (call.settings.max_output_bytes - 8192) * 3 // 4))
+    untrusted = UntrustedOutput(max_chars=max_bytes, redact=not call.settings.reveal_secrets)
+    stat_info = container_path_stat(call, container, a["path"])
+    if stat_info is None:
+        raise ToolError("not_found", f"{_short_repr(a['path'], 80)} does not exist in the container")
+    if int(stat_info.get("mode") or 0) & GO_MODE_SYMLINK:  # Podman's archive would follow it: described instead
+        return untrusted.attach({"path": a["path"], "type": "symlink",
+                                 "link_target": untrusted.value("link_target", str(stat_info.get("linkTarget") or ""))})
+    chunks, _ = call.api.get_archive(container, a["path"], chunk_size=65536)
+    # A directory's archive is read up to a bound of its own: the listing says when it stopped.
+    stream = CappedStream(chunks, max(4 * max_bytes, 16 * 1024 * 1024), call)
+    entries: list[dict[str, Any]] = []
+    result: dict[str, Any] = {"path": a["path"]}
+    try:
+        with tarfile.open(fileobj=stream, mode="r|") as archive:
+            for member in archive:
+                kind = TAR_KINDS.get(member.type, "other")
+                if not entries and not result.get("type") and kind == "file":
+                    handle = archive.extractfile(member)
+                    data = handle.read(max_bytes) if handle else b""
+                    result.update(type="file", size=member.size, truncated=member.size > len(data))
+                    try:
+                        text = data.decode("utf-8")
+                    except UnicodeDecodeError:
+                        text = None
+                    if text is not None and not re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", text):
+                        result.update(encoding="text", content=untrusted.text("content", text))
+                    else:  # binary, or text with control characters: exact, as base64
+                        result.update(encoding="base64", content=base64.b64encode(data).decode())
+                    break
+                entries.append({"name": member.name, "type": kind, "size": member.size, "mode": oct(member.mode),
+                                "modified": iso_time(member.mtime),
+                                **({"link_target": member.linkname} if member.linkname else {})})
+    except tarfile.TarError:
+        if not stream.cut:
+            raise ToolError("engine_error", "the engine's archive could not be read") from None
+    finally:
+        close = getattr(chunks, "close", None)
+        if close:
+            with contextlib.suppress(Exception):
+                close()
+    if result.get("type") == "file":
+        return untrusted.attach(result)
+    if len(entries) == 1 and entries[0]["type"] != "directory":  # a link, a device ...: described, never followed
+        return untrusted.attach({**result, **untrusted.value("entry", entries[0])})
+    entries.sort(key=lambda e: e["modified"] or "", reverse=True)
+    limit = a.get("limit", 200)
+    return untrusted.attach({**result, "type": "directory", "entries": untrusted.value("entries", entries[:limit]),
+                             "count": min(len(entries), limit), "truncated": len(entries) > limit or stream.cut})
+
+
+WAIT_CONDITIONS = ("running", "healthy", "exited", "log")
+
+
+@tool("docker_wait_container", title="Wait for a container", tier=Tier.SAFE, toolset="containers",
+      description="Wait until a container is running, healthy, exited (exit code) or logs a line matching pattern.",
+      params={"container": s_container(),
+              "condition": {"type": "string", "description": "What to wait for.", "enum": list(WAIT_CONDITIONS)},
+              "pattern": s_str("Regular expression (condition=log).", max_length=512),
+              "timeout": s_int("Seconds to wait.", 1, 900, 60)},
+      required=("container", "condition"),
+      output=out({"container": {"type": "string"}, "condition": {"type": "string"}, "met": {"type": "boolean"}},
+                 ("container", "condition", "met")), long_running=True)
+def wait_container(call: Call) -> dict[str, Any]:
+    a = call.args
+    container, condition = a["container"], a["condition"]
+    pattern = None
+    if condition == "log":
+        try:
+            pattern = re.compile(a.get("pattern") or "")
+        except re.error as error:
+            raise ToolError("invalid_argument", f"pattern is not a regular expression: {error}") from None
+        if not a.get("pattern"):
+            raise ToolError("invalid_argument", "condition=log needs a pattern")
+    started = time.monotonic()
+    deadline = started + min(a.get("timeout", 60), call.remaining())
+    since = 0
+    while True:
+        info = call.api.inspect_container(container)
+        state = info.get("State") or {}
+        result: dict[str, Any] = {"container": container, "condition": condition, "state": state.get("Status")}
+        if condition == "running" and state.get("Running"):
+            return {**result, "met": True, "endpoints": inspect_endpoints(info)}
+        if condition == "exited" and state.get("Status") in ("exited", "dead"):
+            return {**result, "met": True, "exit_code": state.get("ExitCode")}
+        if condition == "healthy":
+            test = ((info.get("Config") or {}).get("Healthcheck") or {}).get("Test") or []
+            if test[:1] in ([], ["NONE"]) and not (state.get("Health") or {}).get("Status"):
+                raise ToolError("invalid_argument", "the container has no healthcheck; wait for running instead")
+            health = container_health(call, container) if state.get("Running") else None
+            result["health"] = health
+            if health == "healthy":
+                return {**result, "met": True, "endpoints": inspect_endpoints(info)}
+        if pattern is not None:
+            now = int(time.time())
+            raw = call.api.logs(container, stdout=True, stderr=True, since=since or None, tail=10000)
+            since = now
+            untrusted = UntrustedOutput(max_chars=2048)
+            for line in decode_log_lines(raw or b""):
+                if pattern.search(line[:4096]):
+                    return untrusted.attach({**result, "met": True, "line": untrusted.value("line", line)})
+        if condition != "exited" and state.get("Status") in ("exited", "dead") and pattern is None:
+            return {**result, "met": False, "exit_code": state.get("ExitCode"), "note": "the container stopped"}
+        elapsed = time.monotonic() - started
+        if call.report is not None:
+            call.report(round(elapsed, 1), None, f"waiting for {condition}: {state.get('Status')}")
+        if time.monotonic() >= deadline:
+            return {**result, "met": False, "note": f"not {condition} within {a.get('timeout', 60)}s"}
+        call.remaining()
+        time.sleep(0.5 if condition != "log" else 1.0)
+
+
+@tool("docker_update_container", title="Change a container's limits", tier=Tier.MODERATE, toolset="containers",
+      description="Change a running container's memory, CPU, process limits or restart policy, judged like create.",
+      params={"container": s_container(),
+              "memory": {**CONTAINER_CONFIG_PARAMS["memory"], "description": "Memory limit, e.g. '256m'."},
+              "cpus": {**CONTAINER_CONFIG_PARAMS["cpus"], "description": "CPU cores."},
+              "pids_limit": {**CONTAINER_CONFIG_PARAMS["pids_limit"], "description": "Most processes."},
+              "restart_policy": CONTAINER_CONFIG_PARAMS["restart_policy"]},
+      required=("container",), output=OUT_ACTION)
+def update_container(call: Call) -> dict[str, Any]:
+    a = call.args
+    wanted = {key: a[key] for key in ("memory", "cpus", "pids_limit") if a.get(key) is not None}
+    if not wanted and not a.get("restart_policy"):
+        raise ToolError("invalid_argument", "give memory, cpus, pids_limit or restart_policy")
+    limits = normalize_container_request("docker_update_container", wanted, call.settings, resolve_host_path,
+                                         lambda _: None)
+    enforce(limits, call)  # the values themselves: numbers, and within SAFETY_CONTAINER_*_LIMIT
+    attrs = enforce_container_power(call, a["container"], "update")
+    host = dict(attrs.get("HostConfig") or {})
+    update: dict[str, Any] = {}
+    if "memory" in wanted:
+        update.update(Memory=limits.memory, MemorySwap=limits.memory)  # no swap beyond the limit
+    if "cpus" in wanted:
+        update.update(NanoCpus=limits.nano_cpus, CpuQuota=0, CpuPeriod=0)
+    if "pids_limit" in wanted:
+        update["PidsLimit"] = limits.pids_limit
+    if a.get("restart_policy"):
+        update["RestartPolicy"] = {"Name": "" if a["restart_policy"] == "no" else a["restart_policy"]}
+    # The container as it will be: judged by the same rules as a create (a restart policy with bind mounts ...).
+    after = {**attrs, "HostConfig": {**host, **update}}
+    request = container_power_from_inspect("update", after, call.settings, bind_source_resolver(call.settings),
+                                           container_volume_info(call, str(attrs.get("Id") or a["container"])),
+                                           kind=call.kind)
+    denials = judge_request(request, call.settings, call_host_facts(call))
+    if denials:
+        raise container_power_error(denials, a["container"], "update")
+    api = call.api
+    response = api._post_json(api._url("/containers/{0}/update", a["container"]), data=update)
+    if response.status_code == 404 and call.kind == "podman" and "no such" not in response.text.lower():
+        raise ToolError("unavailable", "this Podman does not change a container's limits through its "
+                        "Docker-compatible API")
+    api._raise_for_status(response)
+    return {"id": a["container"], "status": "updated", "changed": sorted(update)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -11276,6 +12712,32 @@ def doctor_checks(settings: Settings, engine_rows: list[dict[str, Any]], engine_
             check_version()]
 
 
+def compose_checks(settings: Settings, rows: list[dict[str, Any]]) -> list[Check]:
+    """The Compose implementation for each kind of engine reached (only when the compose toolset is on)."""
+    if "compose" not in settings.toolsets:
+        return []
+    checks = []
+    for kind in dict.fromkeys(row["kind"] for row in rows if row["reachable"]):
+        found = compose_discovery(settings, kind)
+        if found.tool:
+            checks.append(Check("PASS", f"compose ({kind})", f"{found.tool.source}: {found.tool.flavor} "
+                                f"{found.tool.version}"))
+        else:
+            install = "apt install podman-compose" if kind == "podman" else \
+                "install the docker compose plugin (docker-compose-plugin) or docker-compose"
+            checks.append(Check("WARN", f"compose ({kind})", found.problem.split(";")[0] + "; the compose tools "
+                                "answer that they are unavailable", f"{install}, or set MCP_COMPOSE_COMMAND"))
+    return checks
+
+
+def compose_summary(settings: Settings, row: Mapping[str, Any]) -> str | None:
+    """`engines`: the Compose implementation an engine's projects would use ("v1 1.29.2 (docker-compose)")."""
+    if not row["reachable"] or "compose" not in settings.toolsets:
+        return None
+    tool = compose_discovery(settings, row["kind"]).tool
+    return f"{tool.flavor} {tool.version} ({tool.source})" if tool else "none found"
+
+
 @main.command("doctor", epilog=OTHER_SETTINGS_NOTE.strip())
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of lines.")
 @click.option("--timeout", type=click.FloatRange(0.1, 600), default=10.0, show_default=True,
@@ -11291,6 +12753,7 @@ def doctor_command(as_json: bool, timeout: float, **options: Any) -> None:
     engines = Engines(settings)
     rows = probe_engines(engines.all, timeout)
     checks = doctor_checks(settings, rows, [engine.discovery().url for engine in engines.all])
+    checks[-1:-1] = compose_checks(settings, rows)
     if as_json:
         click.echo(json.dumps([dataclasses.asdict(check) for check in checks], indent=2))
     else:
@@ -11465,6 +12928,7 @@ def engines_command(as_json: bool, timeout: float, **options: Any) -> None:
     rows = probe_engines(engines.all, timeout)
     for row, engine in zip(rows, engines.all, strict=True):
         row["url"] = engine.discovery().url  # the operator's own configuration: fine to show here
+        row["compose"] = compose_summary(settings, row)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     else:
@@ -11472,7 +12936,8 @@ def engines_command(as_json: bool, timeout: float, **options: Any) -> None:
             state = (f"{row['kind']} {row['version']} (API {row['api_version']}"
                      f"{', rootless' if row['rootless'] else ''})" if row["reachable"] else f"unreachable: {row['error']}")
             click.echo(f"{row['name']}{' (default)' if index == 0 and engines.named else ''}: {row['url']} "
-                       f"[{row['found_by']}; access {row['access']}] {state}")
+                       f"[{row['found_by']}; access {row['access']}] {state}"
+                       f"{'; compose: ' + row['compose'] if row['compose'] else ''}")
     if not all(row["reachable"] for row in rows):
         sys.exit(1)
 

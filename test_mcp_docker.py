@@ -71,10 +71,14 @@ ALL_TOOLS = {
     "docker_prune_volumes",
     "docker_list_engines", "docker_version", "docker_system_info", "docker_disk_usage", "docker_events",
     "docker_prune_system",
+    "docker_compose_config", "docker_compose_up", "docker_list_compose_projects", "docker_compose_ps",
+    "docker_compose_logs", "docker_compose_stop", "docker_compose_start", "docker_compose_restart",
+    "docker_compose_down", "docker_copy_to_container", "docker_copy_from_container", "docker_wait_container",
+    "docker_update_container",
 }
 DESTRUCTIVE = {"docker_remove_container", "docker_prune_containers", "docker_remove_image", "docker_prune_images",
                "docker_remove_network", "docker_prune_networks", "docker_remove_volume", "docker_prune_volumes",
-               "docker_prune_system"}
+               "docker_prune_system", "docker_compose_down"}
 
 
 # =============================================================================================
@@ -84,7 +88,7 @@ DESTRUCTIVE = {"docker_remove_container", "docker_prune_containers", "docker_rem
 
 def test_registry_has_exactly_the_catalogue():
     assert set(md.TOOLS) == ALL_TOOLS
-    assert len(md.TOOLS) == 45
+    assert len(md.TOOLS) == len(ALL_TOOLS)
     assert {n for n, s in md.TOOLS.items() if s.tier is md.Tier.DESTRUCTIVE} == DESTRUCTIVE
 
 
@@ -811,7 +815,7 @@ def _cleanup_engine_objects():
 
 @pytest.fixture(scope="module")
 def full():
-    """A server with destructive operations enabled (45 tools)."""
+    """A server with destructive operations enabled (every tool)."""
     require_engine()
     harness = Harness(["--allow-destructive"])
     yield harness
@@ -873,7 +877,7 @@ def test_lists_45_tools_with_spec_annotations_when_destructive_enabled(full):
 
 def test_default_config_hides_destructive_tools_and_refuses_them(default):
     names = {t.name for t in default.list_tools().tools}
-    assert names == ALL_TOOLS - DESTRUCTIVE and len(names) == 36
+    assert names == ALL_TOOLS - DESTRUCTIVE and len(names) == len(ALL_TOOLS - DESTRUCTIVE)
     text = default.error("docker_remove_container", {"container": "whatever"}, "policy_denied")
     assert "SAFETY_ALLOW_DESTRUCTIVE_OPERATIONS" in text
     default.ok("docker_version")  # the server keeps serving
@@ -909,7 +913,7 @@ def test_raw_tools_list_uses_spec_key_names():
         send({"jsonrpc": "2.0", "id": 2, "method": "tools/list"})
         listing = json.loads(proc.stdout.readline())
         tools = listing["result"]["tools"]
-        assert len(tools) == 45
+        assert len(tools) == len(ALL_TOOLS)
         assert all(t["annotations"]["title"] == t["title"] for t in tools)  # 2025-03-26 knows only this title
         raw = json.dumps(tools)
         assert '"readOnly"' not in raw and '"destructive"' not in raw
@@ -960,7 +964,7 @@ def test_stateless_era(mode):
     h = Harness(["--allow-destructive"], mode=mode)
     try:
         assert h.client.session.protocol_version == "2026-07-28" if hasattr(h.client, "session") else True
-        assert len(h.list_tools().tools) == 45
+        assert len(h.list_tools().tools) == len(ALL_TOOLS)
         assert h.ok("docker_version")["api_version"]
         h.error("docker_inspect_container", {"container": f"{PREFIX}-missing"}, "not_found")
     finally:
@@ -1451,7 +1455,7 @@ def test_engine_unavailable_then_back_without_restart(tmp_path):
     h = Harness(env={"DOCKER_HOST": f"unix://{path}"})
     proxy = SocketProxy(path)
     try:
-        assert len(h.list_tools().tools) == 36  # listing needs no engine
+        assert len(h.list_tools().tools) == len(ALL_TOOLS - DESTRUCTIVE)  # listing needs no engine
         text = h.error("docker_list_containers", {}, "engine_unavailable")
         assert path not in text and "sock" not in text
         proxy.start()
@@ -1653,14 +1657,14 @@ def test_http_both_eras_and_legacy_sse_with_sdk_client(tmp_path):
         for mode in ("legacy", "2026-07-28", "auto"):
             h = http_harness(server.url, mode=mode, key=key)
             try:
-                assert len(h.list_tools().tools) == 45
+                assert len(h.list_tools().tools) == len(ALL_TOOLS)
                 assert h.ok("docker_version")["api_version"]
                 h.error("docker_inspect_container", {"container": f"{PREFIX}-missing"}, "not_found")
             finally:
                 h.close()
         h = http_harness(server.base + "/sse", key=key, sse=True)
         try:
-            assert len(h.list_tools().tools) == 45
+            assert len(h.list_tools().tools) == len(ALL_TOOLS)
             assert h.ok("docker_list_containers", {"all": True})["count"] >= 0
         finally:
             h.close()
@@ -3916,7 +3920,7 @@ def test_oauth_mode_end_to_end(issuer, tmp_path):
         admin = http_harness(server.url, key=issuer.token(resource, key=issuer.ec, kid="ec-1", alg="ES256",
                                                           sub="boss", scope="docker:read docker:admin"))
         try:
-            assert len(admin.list_tools().tools) == 45
+            assert len(admin.list_tools().tools) == len(ALL_TOOLS)
         finally:
             admin.close()
         keyed = http_harness(server.url, key=api_key)  # API keys still work beside OAuth
@@ -9605,3 +9609,492 @@ def test_the_readme_deployment_files_are_whole_without_nginx_or_an_engine(tmp_pa
     assert "copytruncate" not in rotate.replace("nocopytruncate", "") and "nocreate" in rotate
     replace_exactly(rotate, "/var/lib/mcp-docker/audit/audit.log", "x")
     replace_exactly(rotate, "su mcp-docker mcp-docker", "x")
+
+
+# =============================================================================================
+# === Compose projects (issue 17): discovery, the model's judgement, up -> ps -> logs -> stop -> down ===
+# =============================================================================================
+
+V2_VERSION = "Docker Compose version v2.24.5\n"
+
+
+def fake_program(directory: Path, name: str, prints: str, shebang: str = "#!/bin/sh") -> Path:
+    """An executable that prints what a Compose implementation prints for `version` (discovery tests only)."""
+    path = directory / name
+    path.write_text(f"{shebang}\ncat <<'EOF'\n{prints}EOF\n" if shebang == "#!/bin/sh" else
+                    f"{shebang}\nimport sys\nsys.stdout.write({prints!r})\n")
+    path.chmod(0o755)
+    return path
+
+
+def discover_in(directory: Path, command: tuple[str, ...] = (), kind: str = "docker") -> md.ComposeDiscovery:
+    import shutil
+
+    return md.discover_compose(command, kind, lambda name: shutil.which(name, path=str(directory)),
+                               md._version_output, md._read_text)
+
+
+def test_compose_discovery_prefers_the_v2_plugin_for_docker(tmp_path):
+    # `docker compose version` answers like v2; docker-compose 1.x is there too, and loses.
+    fake_program(tmp_path, "docker", V2_VERSION)
+    fake_program(tmp_path, "docker-compose", "docker-compose version 1.29.2, build unknown\n",
+                 shebang=f"#!{sys.executable}")
+    found = discover_in(tmp_path)
+    assert found.tool is not None and found.tool.flavor == "v2" and found.tool.version == "2.24.5"
+    assert found.tool.argv == (str(tmp_path / "docker"), "compose") and found.tool.python == ""
+    assert found.tool.source == "docker compose plugin"
+
+
+def test_compose_discovery_falls_back_to_docker_compose_and_knows_its_python(tmp_path):
+    fake_program(tmp_path, "docker", "docker: 'compose' is not a docker command.\n")
+    fake_program(tmp_path, "docker-compose", "docker-compose version 1.29.2, build unknown\n",
+                 shebang=f"#!{sys.executable}")
+    found = discover_in(tmp_path)
+    assert found.tool.flavor == "v1" and found.tool.python == sys.executable
+    assert any("does not answer like a Compose" in step for step in found.steps)
+
+
+def test_compose_discovery_for_podman_prefers_podman_compose_and_docker_never_gets_it(tmp_path):
+    fake_program(tmp_path, "docker", V2_VERSION)
+    (tmp_path / "python3").symlink_to(sys.executable)  # what `#!/usr/bin/env python3` finds on this PATH
+    fake_program(tmp_path, "podman-compose", "podman-compose version 1.0.6\npodman version 4.3.1\n",
+                 shebang="#!/usr/bin/env python3")
+    found = discover_in(tmp_path, kind="podman")
+    assert found.tool.flavor == "podman" and found.tool.version == "1.0.6" and found.tool.python
+    (tmp_path / "docker").unlink()
+    assert discover_in(tmp_path, kind="docker").tool is None  # podman-compose drives podman, not Docker
+
+
+def test_compose_discovery_says_how_to_fix_it_when_none_is_installed(tmp_path):
+    found = discover_in(tmp_path)
+    assert found.tool is None and "MCP_COMPOSE_COMMAND" in found.problem and "--compose-command" in found.problem
+    fake_program(tmp_path, "mycompose", V2_VERSION)
+    chosen = discover_in(tmp_path, ("mycompose",))
+    assert chosen.tool.flavor == "v2" and chosen.tool.source == "--compose-command"
+
+
+def test_compose_command_setting_is_a_program_and_words_never_a_shell_line():
+    assert md.load_settings({}, {"MCP_COMPOSE_COMMAND": "docker compose"}).compose_command == ("docker", "compose")
+    for bad in ("docker compose; rm -rf /", "-x", "a b c d", "$(id)"):
+        with pytest.raises(md.ConfigError, match="MCP_COMPOSE_COMMAND"):
+            md.load_settings({}, {"MCP_COMPOSE_COMMAND": bad})
+
+
+def test_compose_ports_are_read_as_compose_writes_them():
+    assert md.compose_port("18080:80") == ("", "18080", "80", "tcp")
+    assert md.compose_port("127.0.0.1:1:2/udp") == ("127.0.0.1", "1", "2", "udp")
+    assert md.compose_port("0.0.0.0::80") == ("0.0.0.0", "", "80", "tcp")
+    assert md.compose_port({"target": 80, "published": "8080", "host_ip": "::1"}) == ("::1", "8080", "80", "tcp")
+    assert md.compose_port("x:80") is None
+
+
+COMPOSE_FACTS = md.HostFacts(volume_roots=("/srv/ok",), build_roots=("/srv/build",))
+
+
+def judge_model(model: dict[str, Any], settings: md.Settings | None = None, volumes: dict | None = None) -> list[str]:
+    def resolve(text: str) -> md.HostPath:
+        return md.HostPath(text, md.lexical_path(text), md.lexical_path(text), text.endswith(".sock"))
+
+    denials = md.judge_compose_model("proj", model, settings or md.Settings(), COMPOSE_FACTS, resolve,
+                                     lambda name: (volumes or {}).get(name))
+    return [d.rule for d in denials]
+
+
+def svc(**service: Any) -> dict[str, Any]:
+    return {"services": {"app": {"image": "busybox:1", **service}}}
+
+
+@pytest.mark.parametrize(("model", "rule"), [
+    (svc(privileged=True), "privileged"),
+    (svc(cap_add=["SYS_ADMIN"]), "capabilities"),
+    (svc(network_mode="host"), "host_namespace"),
+    (svc(pid="host"), "host_namespace"),
+    (svc(ipc="host"), "host_namespace"),
+    (svc(network_mode="service:other"), "host_namespace"),
+    (svc(devices=["/dev/sda:/dev/sda"]), "devices"),
+    (svc(security_opt=["seccomp:unconfined"]), "security_options"),
+    (svc(volumes=["/etc:/host-etc"]), "sensitive_path"),
+    (svc(volumes=["/srv/elsewhere:/data"]), "bind_mount"),
+    (svc(volumes=[{"type": "bind", "source": "/srv/ok/run/docker.sock", "target": "/s"}]), "engine_socket"),
+    (svc(volumes=["./data:/data"]), "not_understood"),
+    ({**svc(volumes=["data:/data"]), "volumes": {"data": {"driver_opts": {"type": "none", "o": "bind",
+                                                                          "device": "/etc"}}}}, "volume_driver"),
+    (svc(cgroup_parent="/"), "not_understood"),
+    (svc(mem_limit="64g"), "resource_limits"),
+    (svc(ports=["0.0.0.0:8080:80"]), "published_port"),
+    (svc(logging={"driver": "syslog", "options": {"syslog-address": "udp://1.2.3.4:514"}}), "not_understood"),
+    ({**svc(), "secrets": {"s": {"file": "/etc/shadow"}}}, "not_understood"),
+    ({**svc(), "networks": {"n": {"driver": "macvlan"}}}, "network_driver"),
+    (svc(build={"context": "https://github.com/x/y.git"}), "build_context"),
+    (svc(build={"context": "/srv/elsewhere"}), "build_context"),
+    (svc(build={"context": "/srv/build", "network": "host"}), "build_network"),
+    (svc(build={"context": "/srv/build", "ssh": ["default"]}), "not_understood"),
+])
+def test_compose_model_escalations_are_refused_by_the_container_rules(model, rule):
+    assert rule in judge_model(model)
+
+
+def test_compose_model_within_the_policy_passes_and_denials_name_the_service():
+    model = {"services": {"web": {"image": "busybox:1", "ports": ["127.0.0.1:8080:80", "9000"],
+                                  "volumes": ["data:/data", "/srv/ok/site:/site:ro"], "cap_add": ["NET_BIND_SERVICE"],
+                                  "deploy": {"resources": {"limits": {"memory": "256m"}}}, "healthcheck": {
+                                      "test": ["CMD", "true"]}, "build": {"context": "/srv/build"}}},
+             "volumes": {"data": {}}, "networks": {"default": None}}
+    assert judge_model(model) == []
+    settings = md.Settings(allow_public_ports=True)
+    assert judge_model(svc(ports=["0.0.0.0:8080:80"]), settings) == []
+    denial = md.judge_compose_model("proj", svc(privileged=True), md.Settings(), COMPOSE_FACTS, md.resolve_host_path,
+                                    lambda _: None)[0]
+    assert "service 'app'" in denial.reason and md.PRIVILEGED_SETTING in denial.fix
+
+
+def test_an_external_volume_is_judged_on_what_the_engine_says_it_is():
+    model = {**svc(volumes=["shared:/data"]), "volumes": {"shared": {"external": True}}}
+    host_backed = {"shared": {"driver": "local", "options": {"o": "bind", "device": "/etc"}, "labels": {}}}
+    assert "volume_driver" in judge_model(model, volumes=host_backed)
+
+
+def test_the_hardened_model_carries_the_engine_defaults_and_loopback_ports():
+    model = {"services": {"web": {"image": "busybox:1", "ports": ["8080:80", "127.0.0.1::81/udp"],
+                                  "labels": ["a=b"], "deploy": {"resources": {"limits": {"memory": "64m"}}}}},
+             "volumes": {"data": {}}, "networks": {"back": {"external": True}}, "version": "3.9"}
+    hardened = md.harden_compose_model("proj", model, md.Settings(), {md.MANAGED_LABEL: "true"}, md.resolve_host_path)
+    web = hardened["services"]["web"]
+    assert web["security_opt"] == ["no-new-privileges:true"] and web["mem_limit"] == 64 * 1024**2
+    assert web["cpus"] == 1.0 and web["pids_limit"] == 512 and "limits" not in web["deploy"]["resources"]
+    assert web["ports"] == ["127.0.0.1:8080:80/tcp", "127.0.0.1::81/udp"]
+    assert web["labels"] == {"a": "b", md.MANAGED_LABEL: "true"}
+    assert hardened["volumes"]["data"]["labels"] == {md.MANAGED_LABEL: "true"}
+    assert "labels" not in hardened["networks"]["back"] and "version" not in hardened
+    assert model["services"]["web"]["ports"] == ["8080:80", "127.0.0.1::81/udp"]  # the input is not changed
+
+
+def test_a_created_container_is_judged_on_what_the_engine_reports_and_its_hardening_checked():
+    info = {"HostConfig": {"Privileged": False, "CapAdd": ["SYS_ADMIN"], "SecurityOpt": [], "Memory": 0,
+                           "NanoCpus": 10**9, "PidsLimit": 100, "NetworkMode": "host",
+                           "PortBindings": {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"}]}},
+            "Mounts": [{"Type": "bind", "Source": "/etc", "Destination": "/e"}]}
+    gaps = md.hardening_gaps(info, md.Settings())
+    assert [g.rule for g in gaps] == ["engine_hardening", "published_port"] and "0.0.0.0" in gaps[1].reason
+    assert md.hardening_gaps(info, md.Settings(allow_public_ports=True))[1:] == []
+    request = md.container_power_from_inspect("compose up", info, md.Settings(), md.resolve_host_path, lambda _: None)
+    rules = {d.rule for d in md.judge_request(request, md.Settings(), md.HostFacts())}
+    assert {"capabilities", "host_namespace", "resource_limits", "sensitive_path"} <= rules
+    assert md.inspect_endpoints({"NetworkSettings": {"Ports": {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"},
+                                                                          {"HostIp": "::", "HostPort": "8080"}],
+                                                             "53/udp": [{"HostIp": "127.0.0.1", "HostPort": "53"}],
+                                                             "81/tcp": None}}}) == \
+        ["http://127.0.0.1:8080", "http://[::1]:8080", "udp://127.0.0.1:53"]
+
+
+# -- through a real MCP client, against the real Compose tool and engine ------------------------
+
+def compose_objects(project: str) -> dict[str, list[Any]]:
+    api = engine_client()
+    label = {"label": [f"com.docker.compose.project={project}"]}
+    return {"containers": api.containers(all=True, filters=label), "networks": api.networks(filters=label),
+            "volumes": (api.volumes(filters=label) or {}).get("Volumes") or []}
+
+
+def remove_compose_project(project: str) -> None:
+    api = engine_client()
+    objects = compose_objects(project)
+    for c in objects["containers"]:
+        with contextlib.suppress(Exception):
+            api.remove_container(c["Id"], force=True, v=True)
+    for n in objects["networks"]:
+        with contextlib.suppress(Exception):
+            api.remove_network(n["Id"])
+    for v in objects["volumes"]:
+        with contextlib.suppress(Exception):
+            api.remove_volume(v["Name"], force=True)
+
+
+@pytest.fixture(scope="module")
+def composer():
+    require_engine()
+    found = md.compose_discovery(md.Settings(), engine_kind_under_test())
+    if found.tool is None:
+        if REQUIRE_ENGINE:
+            pytest.fail("MCP_DOCKER_REQUIRE_ENGINE=1 but no Compose implementation: " + found.problem)
+        pytest.skip(found.problem)
+    harness = Harness(["--allow-destructive"])
+    yield harness
+    harness.close()
+
+
+STACK = """
+services:
+  web:
+    image: {image}
+    command: ["sh", "-c", "mkdir -p /tmp/w && echo compose-ok > /tmp/w/index.html && echo web-started && exec busybox httpd -f -p 8080 -h /tmp/w"]
+    ports: ["{port}:8080"]
+    healthcheck:
+      test: ["CMD", "busybox", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/"]
+      interval: 1s
+      retries: 30
+    volumes: [data:/data]
+    networks: [back]
+    labels:
+      io.mcp-docker.test: {prefix}
+  worker:
+    image: {image}
+    command: ["sh", "-c", "echo worker-${{GREETING}} && sleep 600"]
+    depends_on: [web]
+    networks: [back]
+    labels:
+      io.mcp-docker.test: {prefix}
+volumes:
+  data: {{}}
+networks:
+  back: {{}}
+"""
+
+
+def test_compose_project_up_ps_logs_stop_start_down_through_mcp(composer):
+    import urllib.request
+
+    project, port = f"{PREFIX}stack", free_port()
+    text = STACK.format(image=TEST_IMAGE, port=port, prefix=PREFIX)
+    try:
+        up = composer.ok("docker_compose_up", {"project": project, "compose": text, "wait": "healthy",
+                                               "variables": {"GREETING": "hello"}, "wait_timeout": 90})
+        assert {s["service"] for s in up["services"]} == {"web", "worker"}
+        assert up["endpoints"] == [f"http://127.0.0.1:{port}"]
+        with urllib.request.urlopen(up["endpoints"][0] + "/index.html", timeout=10) as answer:
+            assert answer.read().strip() == b"compose-ok"
+        api = engine_client()
+        for c in compose_objects(project)["containers"]:
+            info = api.inspect_container(c["Id"])
+            host = info["HostConfig"]
+            assert host["Memory"] == 1024**3 and host["PidsLimit"] == 512 and not host["Privileged"]
+            assert any(o.startswith("no-new-privileges") for o in host["SecurityOpt"])
+            assert info["Config"]["Labels"][md.MANAGED_LABEL] == "true"
+            for bindings in (host.get("PortBindings") or {}).values():
+                assert all(b["HostIp"] == "127.0.0.1" for b in bindings)
+        objects = compose_objects(project)
+        assert len(objects["networks"]) == 1 and len(objects["volumes"]) == 1
+        assert objects["volumes"][0]["Labels"][md.MANAGED_LABEL] == "true"
+
+        ps = composer.ok("docker_compose_ps", {"project": project})
+        assert {s["state"] for s in ps["services"]} == {"running"}
+        listed = composer.ok("docker_list_compose_projects", {})["projects"]
+        assert any(p["project"] == project and p["services"] == ["web", "worker"] and p["managed"] for p in listed)
+        logs = composer.ok("docker_compose_logs", {"project": project})
+        assert "web | web-started" in logs["lines"] and "worker | worker-hello" in logs["lines"]
+        assert "lines" in logs["untrusted"]["fields"]
+
+        stopped = composer.ok("docker_compose_stop", {"project": project, "timeout": 1})
+        assert {s["state"] for s in stopped["services"]} == {"exited"}
+        started = composer.ok("docker_compose_start", {"project": project, "services": ["worker"]})
+        assert {s["state"] for s in started["services"]} == {"running"}
+
+        preview = composer.ok("docker_compose_down", {"project": project, "volumes": True, "dry_run": True})
+        assert {i["type"] for i in preview["would_remove"]} == {"container", "network", "volume"}
+        assert len(compose_objects(project)["containers"]) == 2  # a dry run changes nothing
+        composer.ok("docker_compose_down", {"project": project, "volumes": True})
+        assert compose_objects(project) == {"containers": [], "networks": [], "volumes": []}
+    finally:
+        remove_compose_project(project)
+
+
+def test_compose_interpolation_sees_only_the_variables_given_never_the_servers_environment(composer):
+    text = (f"services:\n  a:\n    image: {TEST_IMAGE}\n    environment:\n      LEAK: \"${{SECURITY_AUDIT_LOG_FILE:-unset}}\"\n"
+            "      HOME_SEEN: \"${PATH:-x}\"\n      GIVEN: \"${GIVEN}\"\n")
+    answer = composer.ok("docker_compose_config", {"project": f"{PREFIX}vars", "compose": text,
+                                                   "variables": {"GIVEN": "yes"}})
+    environment = answer["model"]["services"]["a"]["environment"]
+    environment = environment if isinstance(environment, dict) else dict(e.split("=", 1) for e in environment)
+    assert environment["LEAK"] == "unset" and environment["GIVEN"] == "yes" and answer["allowed"] is True
+    assert "PATH" in composer.error("docker_compose_config", {"project": f"{PREFIX}vars", "compose": text,
+                                                              "variables": {"PATH": "/x"}}, "invalid_argument")
+
+
+ESCALATIONS = {
+    "privileged": "    privileged: true\n",
+    "capability": "    cap_add: [SYS_ADMIN]\n",
+    "host_network": "    network_mode: host\n",
+    "host_pid": "    pid: host\n",
+    "device": "    devices: [\"/dev/mem:/dev/mem\"]\n",
+    "host_root_bind": "    volumes: [\"/:/host\"]\n",
+    "engine_socket": "    volumes: [\"/var/run/docker.sock:/var/run/docker.sock\"]\n",
+    "public_port": "    ports: [\"0.0.0.0:{port}:8080\"]\n",
+    "host_backed_volume": "    volumes: [\"hostetc:/e\"]\n",
+    "network_build": "    build: https://github.com/docker-library/busybox.git\n",
+    "unjudged_key": "    cgroup_parent: /\n",
+}
+
+
+@pytest.mark.adversarial
+@pytest.mark.parametrize("escalation", sorted(ESCALATIONS))
+def test_a_compose_project_asking_for_host_power_creates_and_starts_nothing(composer, escalation):
+    project = f"{PREFIX}esc{escalation.replace('_', '')}"[:63]
+    text = (f"services:\n  ok:\n    image: {TEST_IMAGE}\n    command: [\"sleep\", \"60\"]\n"
+            f"  bad:\n    image: {TEST_IMAGE}\n    command: [\"sleep\", \"60\"]\n" +
+            ESCALATIONS[escalation].format(port=free_port()))
+    if escalation == "host_backed_volume":
+        text += "volumes:\n  hostetc:\n    driver_opts: {type: none, o: bind, device: /etc}\n"
+    try:
+        verdict = composer.ok("docker_compose_config", {"project": project, "compose": text})
+        assert verdict["allowed"] is False and all("service 'bad'" in d or "network" in d for d in verdict["denials"])
+        message = composer.error("docker_compose_up", {"project": project, "compose": text}, "policy_denied")
+        assert "service 'bad'" in message and "/tmp/mcp-compose" not in message
+        assert compose_objects(project) == {"containers": [], "networks": [], "volumes": []}
+    finally:
+        remove_compose_project(project)
+
+
+def test_a_failed_compose_up_leaves_nothing_behind(composer):
+    project = f"{PREFIX}fail"
+    text = (f"services:\n  a:\n    image: {TEST_IMAGE}\n    command: [\"sleep\", \"60\"]\n    volumes: [d:/d]\n"
+            f"  b:\n    image: {PREFIX}-missing/image:1\n    depends_on: [a]\nvolumes:\n  d: {{}}\n")
+    try:
+        composer.error("docker_compose_up", {"project": project, "compose": text, "wait_timeout": 30})
+        assert compose_objects(project) == {"containers": [], "networks": [], "volumes": []}
+    finally:
+        remove_compose_project(project)
+
+
+# -- files in and out, waits, updates, endpoints (through a real MCP client) ----------------------
+
+@pytest.fixture(scope="module")
+def filer():
+    require_engine()
+    harness = Harness(["--allow-destructive"], env={"MCP_COPY_MAX_BYTES": "32m"})
+    yield harness
+    harness.close()
+
+
+def file_in(container: str, path: str) -> bytes | None:
+    """What the engine itself has at a path in a container (None: nothing there)."""
+    import io
+    import tarfile
+
+    import docker.errors
+
+    try:
+        chunks, _ = engine_client().get_archive(container, path)
+    except docker.errors.NotFound:
+        return None
+    with tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as archive:
+        member = archive.next()
+        handle = archive.extractfile(member) if member is not None else None
+        return handle.read() if handle else b""
+
+
+def engine_exec(container: str, *argv: str) -> None:
+    api = engine_client()
+    api.exec_start(api.exec_create(container, list(argv)))
+
+
+def test_copy_files_into_and_out_of_a_container(filer):
+    import base64
+
+    name = sleeper(filer, "copy")
+    done = filer.ok("docker_copy_to_container", {"container": name, "path": "/tmp/note.txt",
+                                                 "content": "hello\n", "mode": "0600"})
+    assert done["status"] == "copied" and file_in(name, "/tmp/note.txt") == b"hello\n"
+    filer.ok("docker_copy_to_container", {"container": name, "path": "/tmp",
+                                          "files": {"site/index.html": "<p>x</p>", "site/a/b.txt": "b"}})
+    assert file_in(name, "/tmp/site/a/b.txt") == b"b"
+    blob = bytes(range(256)) * 64
+    filer.ok("docker_copy_to_container", {"container": name, "path": "/tmp/blob.bin", "encoding": "base64",
+                                          "content": base64.b64encode(blob).decode()})
+    assert file_in(name, "/tmp/blob.bin") == blob
+
+    text = filer.ok("docker_copy_from_container", {"container": name, "path": "/tmp/note.txt"})
+    assert text["type"] == "file" and text["content"] == "hello\n" and text["truncated"] is False
+    assert "content" in text["untrusted"]["fields"]
+    binary = filer.ok("docker_copy_from_container", {"container": name, "path": "/tmp/blob.bin", "max_bytes": 100})
+    assert binary["encoding"] == "base64" and base64.b64decode(binary["content"]) == blob[:100]
+    assert binary["truncated"] is True and binary["size"] == len(blob)  # a cut says so
+    listing = filer.ok("docker_copy_from_container", {"container": name, "path": "/tmp/site"})
+    assert listing["type"] == "directory" and {"site/index.html", "site/a/b.txt"} <= {e["name"] for e in
+                                                                                      listing["entries"]}
+    assert "not_found" in filer.error("docker_copy_to_container", {"container": name, "path": "/nowhere/x",
+                                                                   "content": "x"})
+
+
+@pytest.mark.adversarial
+def test_a_copy_cannot_write_outside_its_target_path(filer):
+    name = sleeper(filer, "copyesc")
+    engine_exec(name, "busybox", "ln", "-s", "/etc", "/tmp/link")
+    for files in ({"../etc/evil": "x"}, {"/etc/evil": "x"}, {"a/../../etc/evil": "x"}, {"./evil": "x"}):
+        assert "relative path" in filer.error("docker_copy_to_container", {"container": name, "path": "/tmp",
+                                                                           "files": files}, "invalid_argument")
+    message = filer.error("docker_copy_to_container", {"container": name, "path": "/tmp/link",
+                                                       "files": {"evil": "x"}}, "policy_denied")
+    assert "symbolic link" in message
+    filer.error("docker_copy_to_container", {"container": name, "path": "/tmp", "files": {"link/evil": "x"}},
+                "policy_denied")
+    filer.error("docker_copy_to_container", {"container": name, "path": "/tmp/link/evil", "content": "x"},
+                "policy_denied")
+    assert file_in(name, "/etc/evil") is None  # the engine's own view: nothing landed behind the link
+    link = filer.ok("docker_copy_from_container", {"container": name, "path": "/tmp/link"})
+    assert link["type"] == "symlink" and link["link_target"] == "/etc"  # described, never followed
+
+
+@pytest.mark.adversarial
+def test_copy_into_or_out_of_an_over_powered_container_is_refused(filer):
+    api = engine_client()
+    name = f"{PREFIX}-copypower"
+    created = api.create_container(TEST_IMAGE, ["sleep", "600"], name=name, labels={"io.mcp-docker.test": PREFIX},
+                                   host_config=api.create_host_config(cap_add=["SYS_ADMIN"], network_mode="none"))
+    api.start(created["Id"])
+    filer.error("docker_copy_to_container", {"container": name, "path": "/tmp/x", "content": "x"}, "policy_denied")
+    filer.error("docker_copy_from_container", {"container": name, "path": "/etc/passwd"}, "policy_denied")
+    assert file_in(name, "/tmp/x") is None
+
+
+def test_copy_size_is_capped_by_its_setting():
+    require_engine()
+    h = Harness(env={"MCP_COPY_MAX_BYTES": "1k"})
+    try:
+        name = sleeper(h, "copycap")
+        assert "MCP_COPY_MAX_BYTES" in h.error("docker_copy_to_container", {"container": name, "path": "/tmp/big",
+                                                                            "content": "x" * 2048}, "invalid_argument")
+        assert file_in(name, "/tmp/big") is None
+    finally:
+        h.close()
+
+
+def test_wait_for_a_log_line_an_exit_code_and_a_timeout(filer):
+    name = f"{PREFIX}-waitlog"
+    filer.ok("docker_run_container", {"image": TEST_IMAGE, "name": name, "network": "none",
+                                      "labels": {"io.mcp-docker.test": PREFIX},
+                                      "command": ["sh", "-c", "sleep 1; echo ready-now; sleep 2; exit 3"]})
+    seen = filer.ok("docker_wait_container", {"container": name, "condition": "log", "pattern": "^ready-n.w$",
+                                              "timeout": 30})
+    assert seen["met"] is True and seen["line"] == "ready-now" and "line" in seen["untrusted"]["fields"]
+    exited = filer.ok("docker_wait_container", {"container": name, "condition": "exited", "timeout": 30})
+    assert exited["met"] is True and exited["exit_code"] == 3
+    name2 = sleeper(filer, "waitto")
+    missed = filer.ok("docker_wait_container", {"container": name2, "condition": "exited", "timeout": 1})
+    assert missed["met"] is False
+    assert "healthcheck" in filer.error("docker_wait_container", {"container": name2, "condition": "healthy"},
+                                        "invalid_argument")
+
+
+def test_update_a_container_within_the_maxima(filer):
+    name = sleeper(filer, "update")
+    answer = filer.call("docker_update_container", {"container": name, "memory": "128m", "pids_limit": 100})
+    if answer.is_error and engine_kind_under_test() == "podman":
+        assert answer.content[0].text.startswith("unavailable:"), answer.content[0].text
+    else:
+        assert not answer.is_error, answer.content[0].text
+        host = engine_client().inspect_container(name)["HostConfig"]
+        assert host["Memory"] == 128 * 1024**2 and host["PidsLimit"] == 100
+    message = filer.error("docker_update_container", {"container": name, "memory": "64g"}, "policy_denied")
+    assert "SAFETY_CONTAINER_MEMORY_LIMIT" in message
+    assert engine_client().inspect_container(name)["HostConfig"]["Memory"] <= 1024**3
+
+
+def test_run_and_start_answer_with_usable_endpoints(filer):
+    name = f"{PREFIX}-endpoints"
+    run = filer.ok("docker_run_container", {"image": TEST_IMAGE, "name": name, "command": ["sleep", "600"],
+                                            "ports": {"8080": 0}, "labels": {"io.mcp-docker.test": PREFIX}})
+    bindings = engine_client().inspect_container(name)["NetworkSettings"]["Ports"]["8080/tcp"]
+    assert run["endpoints"] == sorted({f"http://127.0.0.1:{b['HostPort']}" for b in bindings})
+    filer.ok("docker_stop_container", {"container": name, "timeout": 0})
+    started = filer.ok("docker_start_container", {"container": name})
+    assert len(started["endpoints"]) == 1 and started["endpoints"][0].startswith("http://127.0.0.1:")

@@ -18,6 +18,10 @@ command -v dockerd >/dev/null 2>&1 || need_apt+=(docker.io)
 command -v nginx >/dev/null 2>&1 || need_apt+=(nginx)
 command -v logrotate >/dev/null 2>&1 || need_apt+=(logrotate)
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
+# The compose tests drive the real Compose tools: Debian's docker-compose (1.x) against Docker and
+# podman-compose against Podman (the docker compose v2 plugin is not packaged here; discovery covers it).
+command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)
+[ $want_podman = 1 ] && ! command -v podman-compose >/dev/null 2>&1 && need_apt+=(podman-compose)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq "${need_apt[@]}" >/dev/null

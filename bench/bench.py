@@ -155,7 +155,7 @@ HTTP_CLIENT_ID = "bench"
 UNREACHABLE_LIMITS = {"SECURITY_RATE_LIMIT_ENABLED": "true", "SECURITY_RATE_LIMIT_RPM": "1000000",
                       "SECURITY_RATE_LIMIT_BURST": "1000000", "SECURITY_RATE_LIMIT_CONCURRENT": "100000"}
 SESSION_CONNECTIONS = 8  # connections the --sessions sessions are opened over
-STAGES = ("cold", "genkey", "memory", "tools-list", "stdio", "https", "nginx", "logs")  # in the order they run
+STAGES = ("cold", "genkey", "memory", "tools-list", "stdio", "https", "nginx", "logs", "compose", "copy")  # in run order
 HTTP_STAGES = ("memory", "https", "nginx")
 LOG_BYTES = 50_000_000
 LOG_LINE = "mcpbench log line " + "0" * 81  # 99 characters + newline: 500000 whole lines make 50 MB
@@ -180,6 +180,9 @@ TARGET_RSS_IDLE_BYTES = 70e6
 TARGET_SESSIONS, TARGET_RSS_SESSIONS_BYTES = 500, 200e6
 TARGET_LOG_GROWTH_BYTES = 30e6
 TARGET_TOOL_BYTES = 1000
+TARGET_COMPOSE_RATIO = 1.3
+TARGET_COPY_RATIO = 1.2
+COPY_BYTES = 10 * 1024 * 1024
 
 
 class BenchError(RuntimeError):
@@ -347,18 +350,25 @@ class LineReader:
 
     def readline(self, timeout: float = TIMEOUT) -> bytes:
         deadline = time.monotonic() + timeout
-        while True:
-            newline = self.buffer.find(b"\n")
-            if newline >= 0:
-                line, self.buffer = self.buffer[:newline + 1], self.buffer[newline + 1:]
-                return line
+        # Chunks are gathered in a list and only each new chunk is searched: a 30 MB answer line (a file
+        # copied out) costs linear time, not the quadratic cost of growing and rescanning one buffer.
+        parts, newline = [self.buffer], self.buffer.find(b"\n")
+        while newline < 0:
             left = deadline - time.monotonic()
             if left <= 0 or not self.selector.select(left):
+                self.buffer = b"".join(parts)
                 raise BenchError(f"no complete line from the child within {timeout:.0f}s")
-            chunk = os.read(self.fd, 1 << 16)
+            chunk = os.read(self.fd, 1 << 20)
             if not chunk:
+                self.buffer = b"".join(parts)
                 raise BenchError("the child closed its stdout")
-            self.buffer += chunk
+            parts.append(chunk)
+            found = chunk.find(b"\n")
+            if found >= 0:
+                newline = sum(len(part) for part in parts[:-1]) + found
+        data = b"".join(parts)
+        line, self.buffer = data[:newline + 1], data[newline + 1:]
+        return line
 
     def close(self) -> None:
         self.selector.close()
@@ -1434,6 +1444,152 @@ def bench_logs(api: Any, env: dict[str, str]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
+# 6. Compose projects and file copies
+# ---------------------------------------------------------------------------------------------
+
+
+def compose_text(run_id: str) -> str:
+    """Three sleeping services without a network, labelled for cleanup."""
+    return "services:\n" + "".join(
+        f"  s{number}:\n    image: {IMAGE}\n    command: [\"sleep\", \"3600\"]\n    network_mode: none\n"
+        f"    labels:\n      mcpbench.run: \"{run_id}\"\n" for number in range(3))
+
+
+def remove_compose_project(api: Any, project: str) -> None:
+    label = {"label": [f"com.docker.compose.project={project}"]}
+    for container in api.containers(all=True, filters=label):
+        with contextlib.suppress(Exception):
+            api.remove_container(container["Id"], force=True, v=True)
+    for network in api.networks(filters=label):
+        with contextlib.suppress(Exception):
+            api.remove_network(network["Id"])
+
+
+def bench_compose(api: Any, env: dict[str, str], scratch: Scratch, runs: int) -> dict[str, Any]:
+    """docker_compose_up of 3 services (model, judgement, create, judgement again, start, wait running)
+    against the same Compose tool run directly on the same file (`up -d`), interleaved."""
+    sys.path.insert(0, str(REPO))
+    import mcp_docker as md
+
+    kind = md.engine_kind(api.version())
+    tool = md.compose_discovery(md.load_settings({}, os.environ), kind).tool
+    if tool is None:
+        raise BenchError("no Compose implementation for the compose stage")
+    run_id = uuid.uuid4().hex[:10]
+    text = compose_text(run_id)
+    path = scratch.dir / "compose.yaml"
+    path.write_text(text)
+    tool_env = {"PATH": os.environ.get("PATH", ""), "HOME": str(scratch.dir), "LANG": "C.UTF-8",
+                **({"DOCKER_HOST": env["DOCKER_HOST"]} if env.get("DOCKER_HOST") else {})}
+    raw = RawMCPClient(env)
+    values: list[int] = []
+    floors: list[int] = []
+    projects: list[str] = []
+    try:
+        raw.initialize()
+        for index in range(runs + 1):  # the first of each is a discarded warm-up
+            for side in (("mcp", "cli") if index % 2 else ("cli", "mcp")):
+                project = f"mcpbench{run_id}{side}{index}"
+                projects.append(project)
+                if side == "mcp":
+                    elapsed, result = raw.call_tool("docker_compose_up", {"project": project, "compose": text})
+                    services = check_tool_result(result, "stdio docker_compose_up").get("services") or []
+                    if len(services) != 3 or any(s.get("state") != "running" for s in services):
+                        raise BenchError(f"docker_compose_up: expected 3 running services, got {services}")
+                else:
+                    started = time.perf_counter_ns()
+                    done = subprocess.run([*tool.argv, "-p", project, "-f", str(path), "up", "-d"], env=tool_env,
+                                          cwd=scratch.dir, capture_output=True, timeout=TIMEOUT, check=False)
+                    elapsed = time.perf_counter_ns() - started
+                    if done.returncode != 0:
+                        raise BenchError(f"compose up -d failed: {done.stderr.decode()[-300:]}")
+                if index:
+                    (values if side == "mcp" else floors).append(elapsed)
+                remove_compose_project(api, project)
+    except BenchError as error:
+        raise BenchError(f"{error}; server stderr: {stderr_tail(raw.stderr)}") from None
+    finally:
+        raw.close()
+        for project in projects:
+            remove_compose_project(api, project)
+    return {"value": summarize_ns(values), "floor": summarize_ns(floors), "runs": runs,
+            "tool": f"{tool.source} ({tool.flavor} {tool.version})"}
+
+
+def copy_floor_in(api: Any, container_id: str, data: bytes) -> int:
+    import io
+    import tarfile
+
+    started = time.perf_counter_ns()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        info = tarfile.TarInfo("floor.bin")
+        info.size = len(data)
+        archive.addfile(info, io.BytesIO(data))
+    api.put_archive(container_id, "/tmp", buffer.getvalue())
+    return time.perf_counter_ns() - started
+
+
+def copy_floor_out(api: Any, container_id: str, data: bytes) -> int:
+    import io
+    import tarfile
+
+    started = time.perf_counter_ns()
+    chunks, _ = api.get_archive(container_id, "/tmp/floor.bin", chunk_size=65536)
+    with tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as archive:
+        member = archive.next()
+        handle = archive.extractfile(member) if member else None
+        got = handle.read() if handle else b""
+    elapsed = time.perf_counter_ns() - started
+    if got != data:
+        raise BenchError("the raw archive API returned other bytes than were written")
+    return elapsed
+
+
+def bench_copy(api: Any, env: dict[str, str], runs: int) -> dict[str, Any]:
+    """10 MB in (base64 content) and out (base64 answer) through MCP, against put_archive/get_archive
+    of the same bytes (the floor builds and reads its tar too), interleaved."""
+    import base64
+
+    data = os.urandom(COPY_BYTES)
+    encoded = base64.b64encode(data).decode()
+    raw = RawMCPClient({**env, "MCP_COPY_MAX_BYTES": "32m", "MCP_MAX_OUTPUT_BYTES": str(32 * 1024 * 1024),
+                         "MCP_HTTP_MAX_BODY_BYTES": str(32 * 1024 * 1024)})  # the message cap, stdio too
+    samples: dict[str, list[int]] = {"in": [], "in_floor": [], "out": [], "out_floor": []}
+    try:
+        raw.initialize()
+        with BenchContainers(api, 0) as containers:
+            # the copy tools act only in containers the policy would have made: limits, no-new-privileges
+            host_config = api.create_host_config(network_mode="none", mem_limit="256m", nano_cpus=10**9,
+                                                 pids_limit=100, security_opt=["no-new-privileges:true"])
+            container_id = api.create_container(IMAGE, command=["sleep", "3600"], name=f"{containers.prefix}copy",
+                                                host_config=host_config,
+                                                labels={"mcpbench.run": containers.run_id})["Id"]
+            containers.ids.append(container_id)
+            api.start(container_id)
+            for index in range(runs + 1):
+                elapsed, result = raw.call_tool("docker_copy_to_container", {
+                    "container": container_id, "path": "/tmp/blob.bin", "encoding": "base64", "content": encoded})
+                check_tool_result(result, "stdio docker_copy_to_container")
+                floor_in = copy_floor_in(api, container_id, data)
+                out_elapsed, result = raw.call_tool("docker_copy_from_container", {
+                    "container": container_id, "path": "/tmp/blob.bin", "max_bytes": COPY_BYTES})
+                answer = check_tool_result(result, "stdio docker_copy_from_container")
+                if answer.get("truncated") or base64.b64decode(answer.get("content") or "") != data:
+                    raise BenchError("docker_copy_from_container did not return the bytes written")
+                floor_out = copy_floor_out(api, container_id, data)
+                if index:
+                    for key, value in (("in", elapsed), ("in_floor", floor_in), ("out", out_elapsed),
+                                       ("out_floor", floor_out)):
+                        samples[key].append(value)
+    except BenchError as error:
+        raise BenchError(f"{error}; server stderr: {stderr_tail(raw.stderr)}") from None
+    finally:
+        raw.close()
+    return {key: summarize_ns(values) for key, values in samples.items()} | {"bytes": COPY_BYTES, "runs": runs}
+
+
+# ---------------------------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------------------------
 
@@ -1525,6 +1681,15 @@ def build_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                            ("growth", "growth (peak - before)")):
             rows.append(row(f"{what} {label}", logs["value"][f"{key}_bytes"] / 1e6,
                             logs["floor"][f"{key}_bytes"] / 1e6, f"{floor_name}: {label}", "MB"))
+    compose, copy = results.get("compose"), results.get("copy")
+    if compose is not None:
+        rows.append(row("docker_compose_up, 3 services (median)", compose["value"]["median_ms"],
+                        compose["floor"]["median_ms"], f"{compose['tool']} up -d, same file (median)"))
+    if copy is not None:
+        rows.append(row(f"copy {copy['bytes'] / 1e6:g} MB into a container (median)", copy["in"]["median_ms"],
+                        copy["in_floor"]["median_ms"], "docker-py put_archive of the same bytes (median)"))
+        rows.append(row(f"copy {copy['bytes'] / 1e6:g} MB out of a container (median)", copy["out"]["median_ms"],
+                        copy["out_floor"]["median_ms"], "docker-py get_archive of the same bytes (median)"))
     return rows
 
 
@@ -1588,6 +1753,16 @@ def build_targets(results: dict[str, Any], args: argparse.Namespace) -> list[dic
     sizes = results.get("tools_list")
     targets.append(target(f"tools/list <= {TARGET_TOOL_BYTES / 1000:g} kB per tool on average",
                           sizes and sizes["per_tool_bytes"], TARGET_TOOL_BYTES, "bytes", "<=", why("tools-list")))
+    compose = results.get("compose")
+    targets.append(target(f"docker_compose_up of 3 services <= {TARGET_COMPOSE_RATIO:g}x the Compose tool directly",
+                          compose and compose["value"]["median_ms"],
+                          compose and TARGET_COMPOSE_RATIO * compose["floor"]["median_ms"], "ms", "<=", why("compose")))
+    copy = results.get("copy")
+    for direction in ("in", "out"):
+        targets.append(target(f"copy {COPY_BYTES / 1e6:g} MB {direction} <= {TARGET_COPY_RATIO:g}x the raw archive API",
+                              copy and copy[direction]["median_ms"],
+                              copy and TARGET_COPY_RATIO * copy[f"{direction}_floor"]["median_ms"], "ms", "<=",
+                              why("copy")))
     return targets
 
 
@@ -1837,6 +2012,12 @@ def main(argv: list[str] | None = None) -> int:
             if "logs" in selected:
                 stage(f"memory for the last {LOG_TAIL} lines of a {LOG_BYTES / 1e6:g} MB log (stdio server)")
                 results["logs"] = bench_logs(api, scratch.env)
+            if "compose" in selected:
+                stage(f"docker_compose_up of 3 services vs the Compose tool directly, {args.runs} runs each")
+                results["compose"] = bench_compose(api, scratch.env, scratch, args.runs)
+            if "copy" in selected:
+                stage(f"copy {COPY_BYTES / 1e6:g} MB in and out vs the raw archive API, {args.runs} runs each")
+                results["copy"] = bench_copy(api, scratch.env, args.runs)
             https = results.get("https") or results.get("nginx")
             if https is not None:
                 https["calls_sent"] = HttpsSession.calls_made
