@@ -7764,7 +7764,7 @@ SECRET_CALLS = [  # (tool, arguments); every secret below has the form S3cr3t-<n
 @pytest.mark.engine
 @pytest.mark.adversarial
 def test_secrets_on_command_lines_stay_out_of_the_real_audit_log(default):
-    name = sleeper(default, "secrets")
+    name = sleeper(default, "audit-secrets")
     for tool, args in SECRET_CALLS:
         default.ok(tool, {"container": name, **args})
     run_name = f"{PREFIX}-secret-run"
@@ -8897,7 +8897,7 @@ def import_busybox_image(api: Any, image: str, busybox: str = "/bin/busybox", co
     api.tag(image_id, repository, tag)
 
 
-def test_image_problem(api: Any, image: str, busybox: str = "/bin/busybox") -> str | None:
+def missing_test_image_parts(api: Any, image: str, busybox: str = "/bin/busybox") -> str | None:
     """None when ``image`` can run the suite; else exactly what is missing and how to get it. A missing
     image is built from busybox-static when /bin/busybox is a static busybox."""
     import docker
@@ -8940,7 +8940,7 @@ def _test_image_is_usable():
     (STATE_DIR / "home").mkdir(mode=0o700, parents=True, exist_ok=True)
     if engine_available():
         with contextlib.suppress(Exception):
-            problem = test_image_problem(engine_client(), TEST_IMAGE)
+            problem = missing_test_image_parts(engine_client(), TEST_IMAGE)
             if problem:
                 TEST_IMAGE_PROBLEM.append(problem)
     yield
@@ -8951,19 +8951,19 @@ def test_the_test_image_is_checked_and_built_from_busybox_static(tmp_path):
     api = engine_client()
     image = f"{PREFIX}-busybox:1"
     try:
-        assert test_image_problem(api, image) is None  # missing: built from /bin/busybox, then checked
+        assert missing_test_image_parts(api, image) is None  # missing: built from /bin/busybox, then checked
         assert api.inspect_image(image)["Config"]["Cmd"] == ["sh"]
-        assert test_image_problem(api, image) is None  # there now: checked, not rebuilt
+        assert missing_test_image_parts(api, image) is None  # there now: checked, not rebuilt
     finally:
         with contextlib.suppress(Exception):
             api.remove_image(image, force=True)
-    missing = test_image_problem(api, f"{PREFIX}-absent:1", busybox=str(tmp_path / "no-busybox"))
+    missing = missing_test_image_parts(api, f"{PREFIX}-absent:1", busybox=str(tmp_path / "no-busybox"))
     assert "busybox-static" in missing and "MCP_DOCKER_TEST_IMAGE" in missing
     # an image with another default command is named as such (the applet probe runs for every checked image)
     other = f"{PREFIX}-other:1"
     import_busybox_image(api, other, command="top")
     try:
-        assert "CMD [\"sh\"]" in test_image_problem(api, other)
+        assert "CMD [\"sh\"]" in missing_test_image_parts(api, other)
     finally:
         api.remove_image(other, force=True)
 
@@ -9910,7 +9910,7 @@ def test_compose_interpolation_sees_only_the_variables_given_never_the_servers_e
                                                               "variables": {"PATH": "/x"}}, "invalid_argument")
 
 
-ESCALATIONS = {
+COMPOSE_ESCALATIONS = {
     "privileged": "    privileged: true\n",
     "capability": "    cap_add: [SYS_ADMIN]\n",
     "host_network": "    network_mode: host\n",
@@ -9926,12 +9926,12 @@ ESCALATIONS = {
 
 
 @pytest.mark.adversarial
-@pytest.mark.parametrize("escalation", sorted(ESCALATIONS))
+@pytest.mark.parametrize("escalation", sorted(COMPOSE_ESCALATIONS))
 def test_a_compose_project_asking_for_host_power_creates_and_starts_nothing(composer, escalation):
     project = f"{PREFIX}esc{escalation.replace('_', '')}"[:63]
     text = (f"services:\n  ok:\n    image: {TEST_IMAGE}\n    command: [\"sleep\", \"60\"]\n"
             f"  bad:\n    image: {TEST_IMAGE}\n    command: [\"sleep\", \"60\"]\n" +
-            ESCALATIONS[escalation].format(port=free_port()))
+            COMPOSE_ESCALATIONS[escalation].format(port=free_port()))
     if escalation == "host_backed_volume":
         text += "volumes:\n  hostetc:\n    driver_opts: {type: none, o: bind, device: /etc}\n"
     try:
