@@ -167,6 +167,14 @@ def test_the_sdk_loads_without_its_client_and_still_offers_it():
     assert out.stdout.split() == ["False", "False", "Client", "MCPServer"], out.stderr
 
 
+def replayable_seed() -> int:
+    """A random seed for a test that wants variety, printed (pytest shows it with a failure) so that
+    MCP_DOCKER_TEST_SEED=N replays the same choices."""
+    seed = int(os.environ.get("MCP_DOCKER_TEST_SEED") or secrets.randbits(32))
+    print(f"random seed {seed} (MCP_DOCKER_TEST_SEED={seed} replays it)")
+    return seed
+
+
 def _random_json(rng: random.Random, depth: int = 0) -> Any:
     kinds = ["null", "bool", "int", "float", "str", "list", "dict"] if depth < 3 else ["null", "bool", "int", "str"]
     kind = rng.choice(kinds)
@@ -2092,6 +2100,7 @@ def test_signed_requests_with_ssh_keys_cannot_be_replayed(tmp_path):
 
 
 def test_graceful_shutdown_lets_running_calls_finish(tmp_path):
+    require_engine()
     keys_file, (key,) = make_keys(tmp_path, ["--client-id", "drain"])
     name = standalone_sleeper("drain")
     server = HttpServerProcess(["--shutdown-grace", "15"], {"SECURITY_API_KEYS_FILE": keys_file})
@@ -2122,6 +2131,7 @@ def test_graceful_shutdown_lets_running_calls_finish(tmp_path):
 
 
 def test_cancelling_over_http_ends_the_exchange_and_frees_the_slot(tmp_path):
+    require_engine()
     keys_file, (key,) = make_keys(tmp_path, ["--client-id", "canceller"])
     name = standalone_sleeper("cancel")
     env = {"SECURITY_API_KEYS_FILE": keys_file, "SECURITY_RATE_LIMIT_ENABLED": "true",
@@ -2204,6 +2214,7 @@ def test_odd_header_bytes_and_oversized_keys_are_refused_cleanly(tmp_path):
 
 
 def test_audit_log_chain_and_tamper_detection(tmp_path):
+    require_engine()
     log_path = tmp_path / "audit.log"
     h = Harness(env={"SECURITY_AUDIT_LOG_FILE": str(log_path)})
     try:
@@ -5003,11 +5014,12 @@ def test_kill_9_during_audit_writes_leaves_a_verifiable_chain(tmp_path):
         log_path = directory / "audit.log"
         files = [log_path.with_name("audit.log.2"), log_path.with_name("audit.log.1"), log_path]
         torn_seen, repaired_here = 0, 0
+        rng = random.Random(replayable_seed())
         for number in range(rounds):
             child = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(log_path), str(16 << 20), str(biggest)],
                                      cwd=HERE, stdout=subprocess.PIPE)
             assert child.stdout.readline() == b"ready\n"
-            time.sleep(random.uniform(0, 0.1))
+            time.sleep(rng.uniform(0, 0.1))
             child.kill()
             child.wait()
             child.stdout.close()
@@ -5112,7 +5124,7 @@ def test_kill_9_in_the_middle_of_key_writes_leaves_the_old_or_the_new_keys_file(
     import signal
 
     keys_file = tmp_path / "keys" / "api_keys.json"
-    rng = random.Random()
+    rng = random.Random(replayable_seed())
     zygote = subprocess.Popen([sys.executable, "-c", KEYS_WRITER_ZYGOTE, str(keys_file)], cwd=HERE,
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     previous_hash, previous = None, {}
