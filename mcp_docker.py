@@ -7928,8 +7928,8 @@ class HttpServer:
         if self.shutting_down:
             return False
         limit = self.settings.http_max_unauthenticated_per_ip
-        exempt = bool(self.settings.trusted_proxies) and \
-            resolve_client_ip(client_ip, "", self.settings.trusted_proxies) != client_ip
+        # a trusted reverse proxy carries many clients' connections from one address: only the cap applies
+        exempt = bool(self.settings.trusted_proxies) and ip_allowed(client_ip, self.settings.trusted_proxies)
         if not exempt and self.unauthenticated_from(client_ip) >= limit and not self._evict_oldest(client_ip):
             return False
         return len(self.connections) < self.settings.http_max_connections or self._evict_oldest()

@@ -6033,6 +6033,24 @@ def test_idle_connections_without_credentials_cannot_shut_out_a_valid_key(tmp_pa
             sock.close()
 
 
+def test_a_trusted_proxy_is_not_held_to_the_per_address_bound(tmp_path):
+    """Behind a reverse proxy every client's connection comes from the proxy's address: only the connection
+    cap applies to it, while an ordinary address keeps its bound."""
+    with pre_auth_server(tmp_path, http_max_unauthenticated_per_ip=2, trusted_proxies=("127.0.0.2/32",)) as server:
+        port = server.port
+        proxied = [socket.create_connection(("127.0.0.1", port), timeout=10, source_address=("127.0.0.2", 0))
+                   for _ in range(10)]
+        direct = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(10)]
+        time.sleep(0.5)
+
+        async def count() -> tuple[int, int]:
+            return server.http.unauthenticated_from("127.0.0.2"), server.http.unauthenticated_from("127.0.0.1")
+
+        assert server.call(count()) == (10, 2)
+        for sock in [*proxied, *direct]:
+            sock.close()
+
+
 def test_a_connection_without_credentials_must_send_its_head_quickly(tmp_path):
     """Before it authenticates a connection gets MCP_HTTP_HEADER_TIMEOUT for its head, counted from when it
     connected, not the keep-alive timeout; once authenticated it may idle for the keep-alive timeout."""
