@@ -458,7 +458,7 @@ SETTING_SPECS: tuple[SettingSpec, ...] = (
                 "Open connections at most (503 with Retry-After beyond). Default 1024."),
     SettingSpec("http_max_unauthenticated_per_ip", "MCP_HTTP_MAX_UNAUTHENTICATED_PER_IP", _positive_int(1_000_000),
                 "Connections from one address that have not authenticated yet; beyond, its oldest one still "
-                "waiting for a request head is closed. Default 64."),
+                "waiting for a request head is closed (trusted proxies: the cap only). Default 256."),
     SettingSpec("http_max_streams_per_principal", "MCP_HTTP_MAX_STREAMS_PER_PRINCIPAL", _positive_int(100_000),
                 "Open SSE streams per principal at most (429 beyond). Default 32."),
     SettingSpec("http_max_sessions", "MCP_HTTP_MAX_SESSIONS", _positive_int(1_000_000),
@@ -622,7 +622,7 @@ class Settings:
     http_body_timeout: float = 30.0
     http_keepalive_timeout: float = 30.0
     http_max_connections: int = 1024
-    http_max_unauthenticated_per_ip: int = 64
+    http_max_unauthenticated_per_ip: int = 256
     http_max_streams_per_principal: int = 32
     http_max_sessions: int = 1000
     http_session_idle_timeout: float = 1800.0
@@ -11604,8 +11604,8 @@ class HttpServer:
         if self.shutting_down:
             return False
         limit = self.settings.http_max_unauthenticated_per_ip
-        exempt = bool(self.settings.trusted_proxies) and \
-            resolve_client_ip(client_ip, "", self.settings.trusted_proxies) != client_ip
+        # a trusted reverse proxy carries many clients' connections from one address: only the cap applies
+        exempt = bool(self.settings.trusted_proxies) and ip_allowed(client_ip, self.settings.trusted_proxies)
         if not exempt and self.unauthenticated_from(client_ip) >= limit and not self._evict_oldest(client_ip):
             return False
         return len(self.connections) < self.settings.http_max_connections or self._evict_oldest()

@@ -4,8 +4,9 @@
     python3 bench/fuzz.py [--inputs 100000] [--seed 1] [--properties http,jsonrpc,sse]
                           [--full-probe-every N] [--parallel]
 
-Runs the same hypothesis strategies and checks as the ``test_fuzz_*`` tests in test_mcp_docker.py, with
-many more inputs: the server runs in this process (HttpServer on its own event loop), every input goes over
+Runs the same hypothesis strategies and checks as the ``test_fuzz_*`` tests in test_mcp_docker.py (both take
+them from fuzzrig.py, beside the suite), with many more inputs: the server runs in this process (HttpServer
+on its own event loop), every input goes over
 a real loopback socket, and after each one the server must have logged no error, be back at its baseline
 (asyncio tasks, connections, sessions, SSE stream slots, tool-call slots, calls in flight) and still serve
 a valid client (/healthz, a session, a ping, a DELETE; every ``--full-probe-every``-th input also a
@@ -33,7 +34,7 @@ sys.path.insert(0, str(HERE))
 
 import hypothesis  # noqa: E402
 
-import test_mcp_docker as t  # noqa: E402
+import fuzzrig  # noqa: E402
 
 SHARES = {"http": 0.45, "jsonrpc": 0.45, "sse": 0.10}
 
@@ -46,14 +47,14 @@ def rss_kib() -> int:
     return 0
 
 
-def run_property(name: str, rig: t.FuzzRig, examples: int, seed: int) -> str | None:
-    strategy, body = {"http": (t.http_inputs(), t.fuzz_http_input),
-                      "jsonrpc": (t.jsonrpc_inputs(), t.fuzz_jsonrpc_input),
-                      "sse": (t.reconnect_inputs(), t.fuzz_reconnects)}[name]
+def run_property(name: str, rig: fuzzrig.FuzzRig, examples: int, seed: int) -> str | None:
+    strategy, body = {"http": (fuzzrig.http_inputs(), fuzzrig.fuzz_http_input),
+                      "jsonrpc": (fuzzrig.jsonrpc_inputs(), fuzzrig.fuzz_jsonrpc_input),
+                      "sse": (fuzzrig.reconnect_inputs(), fuzzrig.fuzz_reconnects)}[name]
     started = time.monotonic()
 
     @hypothesis.seed(seed)
-    @t.fuzz_settings(examples, seed)
+    @fuzzrig.fuzz_settings(examples, seed)
     @hypothesis.given(strategy)
     def run(case):
         body(rig, case)
@@ -105,7 +106,7 @@ def main() -> int:
     unknown = set(names) - set(SHARES)
     if unknown:
         parser.error(f"unknown properties: {', '.join(sorted(unknown))}")
-    if not t.engine_available():
+    if not fuzzrig.engine_available():
         print("no container engine answers (DOCKER_HOST / MCP_DOCKER_TEST_HOST)", file=sys.stderr)
         return 2
     total_share = sum(SHARES[n] for n in names)
@@ -119,7 +120,7 @@ def main() -> int:
     try:
         for index, name in enumerate(names):
             examples = max(1, round(args.inputs * SHARES[name] / total_share))
-            rig = t.FuzzRig(directory / name)
+            rig = fuzzrig.FuzzRig(directory / name)
             rig.full_probe_every = max(1, args.full_probe_every)
             began = time.monotonic()
             try:
