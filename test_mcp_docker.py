@@ -1207,7 +1207,8 @@ def test_image_tools(full):
     tag = f"{PREFIX}-built:1"
     built = full.ok("docker_build_image", {
         "tag": tag, "dockerfile": f"FROM {TEST_IMAGE}\nCOPY hello.txt /hello.txt\nRUN cat /hello.txt\n",
-        "files": {"hello.txt": "hello from build\n"}, "labels": {"io.mcp-docker.test": PREFIX}, "network": "none"})
+        "files": {"hello.txt": "hello from build\n"}, "labels": {"io.mcp-docker.test": PREFIX}, "network": "none",
+        "no_cache": True})  # the RUN step's output is checked: another run's image would cache it
     assert built["status"] == "built" and any("hello from build" in line for line in built["log"])
     assert full.ok("docker_inspect_image", {"image": tag})["tags"] == [tag]
     assert tag in full.ok("docker_image_history", {"image": tag})["layers"][0]["tags"]
@@ -3012,8 +3013,8 @@ def test_bind_mounts_and_build_contexts_really_work(policy, host_tree):
     assert out["lines"][0] == "from the context"
     # A symlink inside the context travels as a link: the host file it points to is never read.
     linked = policy.ok("docker_build_image", {
-        "tag": f"{PREFIX}-ctx:3", "context_path": f"{host_tree}/ctx/app", "network": "none",
-        "labels": {"io.mcp-docker.test": PREFIX},
+        "tag": f"{PREFIX}-ctx:3", "context_path": f"{host_tree}/ctx/app", "network": "none", "no_cache": True,
+        "labels": {"io.mcp-docker.test": PREFIX},  # no_cache: another run's image on the engine caches the RUN
         "dockerfile": f"FROM {TEST_IMAGE}\nCOPY sub/ /sub/\nRUN ls -l /sub/escape\n"})
     assert any("-> /etc/hostname" in line for line in linked["log"]), linked["log"]
 
@@ -4213,9 +4214,9 @@ def test_build_reports_progress_and_cancellation_stops_it(full):
 
     tag = f"{PREFIX}-progress:1"
     dockerfile = f"FROM {TEST_IMAGE}\nRUN sleep 1\nRUN sleep 1\nRUN echo done > /done\n"
-    result = full.submit(full.client.call_tool("docker_build_image", {
-        "tag": tag, "network": "none", "dockerfile": dockerfile, "labels": {"io.mcp-docker.test": PREFIX}},
-        progress_callback=record))
+    result = full.submit(full.client.call_tool("docker_build_image", {  # no_cache: steps that really run
+        "tag": tag, "network": "none", "dockerfile": dockerfile, "labels": {"io.mcp-docker.test": PREFIX},
+        "no_cache": True}, progress_callback=record))
     assert not result.is_error, result.content[0].text
     values = [u[0] for u in updates]
     assert len(values) >= 2 and values == sorted(set(values)), updates  # strictly increasing
