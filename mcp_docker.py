@@ -6572,10 +6572,12 @@ def build_image(call: Call) -> dict[str, Any]:
         try:  # O_NOFOLLOW: a Dockerfile that is a symlink out of the context is not read (nor echoed in errors)
             fd = os.open(os.path.join(context.real, "Dockerfile"), os.O_RDONLY | os.O_NOFOLLOW)
             with os.fdopen(fd, encoding="utf-8", errors="replace") as handle:
-                dockerfile_text = handle.read(1024 * 1024)
+                dockerfile_text = handle.read(1024 * 1024 + 1)
         except OSError:
             raise ToolError("invalid_argument", "the build context has no Dockerfile (or it is a symlink); give "
                             "one as text") from None
+        if len(dockerfile_text) > 1024 * 1024:  # judged whole or not at all
+            raise ToolError("invalid_argument", "the context's Dockerfile is larger than 1 MiB")
     else:
         dockerfile_text = dockerfile or ""
     facts = dockerfile_facts(dockerfile_text, a.get("build_args"))
