@@ -2323,12 +2323,18 @@ class _Context:
         self.cwd: str | None = None  # None: the exec's working directory; "~": home; "?": cannot be known
         self.cwd_why = ""
         self.written: set[str] = set()  # files this script wrote (redirections, tee, cp, curl -o ...)
+        self.mentioned: list[str] = []  # the words of the commands before this one
 
     def wrote(self, path: str) -> None:
         self.written.add(posixpath.normpath(path))
 
     def runs_written(self, path: str) -> bool:
-        return posixpath.normpath(path) in self.written
+        """Whether running ``path`` runs something this script made: a file it wrote, or a path that appeared
+        inside an earlier word (`python3 -c "open('/tmp/x', 'w')..."; sh /tmp/x`)."""
+        if "/" not in path and path not in self.written:
+            return False
+        normal = posixpath.normpath(path)
+        return normal in self.written or any(normal in earlier and normal != earlier for earlier in self.mentioned)
 
     def change_directory(self, args: list[ShellWord]) -> None:
         operands = [a for a in args if not a.text.startswith("-") or a.text == "-"]
@@ -2437,13 +2443,15 @@ def _judge_simple_command(argv: list[Any], depth: int, context: _Context | None 
     head = posixpath.basename(words[0].text)
     args = words[1:]
     texts = [w.text for w in args]
-    if context.runs_written(words[0].text) or (
-            (head in _SHELLS or head in ("source", ".") or head in _AWKS or re.match(
-                r"(python|pypy|perl|ruby|node|php|lua)[0-9.]*$", head)) and
-            any(context.runs_written(t) for t in texts if not t.startswith("-"))):
+    redirections = command.redirections if command else []
+    runs_program = head in _SHELLS or head in ("source", ".") or head in _AWKS or \
+        re.match(r"(python|pypy|perl|ruby|node|php|lua)[0-9.]*$", head)
+    if context.runs_written(words[0].text) or (runs_program and (
+            any(context.runs_written(t) for t in texts if not t.startswith("-")) or
+            any(op == "<" and context.runs_written(w.text) for op, w in redirections))):
         raise Indeterminate("it runs a file that the same script wrote, whose content the screen does not follow")
     _note_written_files(head, args, context)
-    redirections = command.redirections if command else []
+    context.mentioned.extend(w.text for w in words if len(w.text) > 2)
     stdin_script = (command is not None and command.piped_in) or any(
         op in ("<<", "<<-", "<<<") or (op == "<" and w.dynamic) for op, w in redirections)
     if head in ("eval", "trap"):

@@ -6468,7 +6468,8 @@ SCREEN_REFUSES: list[tuple[list[str], str]] = [
     (_sh("vi -c ':!rm -rf /'"), "destructive"), (_sh("watch 'rm -rf /'"), "destructive"),
     (_sh("ssh -o ProxyCommand='sh -c \"rm -rf /\"' h"), "destructive"),
     (_sh("{rm,-rf,/}"), "destructive"), (_sh("r{m,} -rf /"), "destructive"), (_sh("sudo {rm,-rf,/etc}"), "destructive"),
-    (_sh("rm${IFS}-rf${IFS}/"), "indeterminate"),
+    (_sh("rm${IFS}-rf${IFS}/"), "indeterminate"), (_sh("printf 'rm -rf /' > /tmp/x; sh < /tmp/x"), "indeterminate"),
+    (_sh("python3 -c \"open('/tmp/x', 'w').write(data)\"; sh /tmp/x"), "indeterminate"),
 ]
 # What agents ordinarily run: none of it may be refused.
 SCREEN_PASSES: list[list[str]] = [
@@ -6499,7 +6500,8 @@ SCREEN_PASSES: list[list[str]] = [
     _sh("sed -i 's/a/b/g' f"), _sh("sed -n '/error/p' f"), _sh("rsync -e 'ssh -p 2222' a b:c"),
     _sh("ssh -o StrictHostKeyChecking=no h ls"), _sh("vim -c ':wq' f"), _sh("watch -n 5 df -h"),
     _sh("echo {a,b}"), _sh("curl -d '{\"a\":1,\"b\":2}' http://127.0.0.1:8080/x"), _sh("mkdir -p /tmp/{a,b,c}"),
-    _sh("{ echo a; echo b; }"), _sh("for i in {1..5}; do echo $i; done"),
+    _sh("{ echo a; echo b; }"), _sh("for i in {1..5}; do echo $i; done"), _sh("ls /app/run.sh && sh /app/run.sh"),
+    _sh("chmod +x /app/run.sh && /app/run.sh"), _sh("make build && ./bin/app"),
 ]
 
 
