@@ -1119,6 +1119,11 @@ def redact_command_text(script: str, depth: int = 0) -> str:
     return "".join(out)
 
 
+def redact_message(text: str) -> str:
+    """An error message for the audit log: messages quote the arguments they refuse, secrets and all."""
+    return redact_command_text(text)
+
+
 def redact_arguments(value: Any, key: str = "") -> Any:
     """A copy of tool arguments fit for the audit log: secret-named fields and secret-shaped values hidden,
     command lines and scripts kept in shape with only their secrets replaced."""
@@ -5578,7 +5583,7 @@ class DockerMCP:
             "engine": self.engine_name(name, arguments),
             "arguments": redact_arguments(arguments if isinstance(arguments, dict) else {}),
             "result": summary,
-            "error": {"category": error.category, "message": error.message} if error else None,
+            "error": {"category": error.category, "message": redact_message(error.message)} if error else None,
             "duration_ms": round((time.monotonic() - started) * 1000, 1),
         }
 

@@ -6712,12 +6712,18 @@ def test_secrets_on_command_lines_stay_out_of_the_real_audit_log(default):
                                         "environment": {"GH_TOKEN": "S3cr3t-12", "DATABASE_URL":
                                                         "postgres://app:S3cr3t-13@db/app"},
                                         "labels": {"io.mcp-docker.test": PREFIX}})
+    # refused calls quote what they refuse: the error message in the audit record is redacted the same way
+    assert "S3cr3t-14" in default.error("docker_exec_command", {"container": name, "command": ["true"],
+                                                                "user": "root --password=S3cr3t-14"}, "invalid_argument")
+    assert "S3cr3t-15" in default.error("docker_exec_command", {"container": name, "command": "mysql -pS3cr3t-15"},
+                                        "invalid_argument")
     text = (STATE_DIR / "audit.log").read_text()
     assert not re.search(r"S3cr3t-\d", text), re.search(r".{80}S3cr3t-\d.{20}", text)
     ours = [r for r in audit_records(STATE_DIR / "audit.log")
             if (r.get("arguments") or {}).get("container") == name or (r.get("arguments") or {}).get("name") == run_name]
     assert len(ours) >= len(SECRET_CALLS) + 1
     kept = json.dumps([r["arguments"] for r in ours])
+    assert "--password=***" in json.dumps([r["error"] for r in ours]) and "mysql -p***" in json.dumps(ours)
     for shape in ("-p***", "admin:***", '"--password", "***"', "--token=***", "bob:***@127.0.0.1",
                   "Bearer ***", "MYSQL_PWD=***", '"-p", "***"', "app:***@db", '"MODE": "plain"'):
         assert shape in kept, shape
