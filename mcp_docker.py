@@ -1966,11 +1966,12 @@ _INTERPRETERS: dict[str, tuple[str, ...]] = {
 }
 _INTERPRETER_EXEC_RE = re.compile(
     r"\b(os\s*\.\s*(system|popen|exec\w*|spawn\w*|remove\w*|unlink|rmdir|fork|kill\w*)|subprocess|commands\s*\."
-    r"|pty|shutil\s*\.\s*(rmtree|move)|importlib|exec|eval|compile|getattr|vars|globals|locals|breakpoint"
-    r"|pathlib|unlink|rmtree|rm_r|rm_rf|system|exec[lv]p?e?|spawn\w*|popen\w*|qx|child_process|execSync"
+    r"|pty|shutil\s*\.\s*(rmtree|move)|importlib|exec|eval|getattr|vars|globals|locals|breakpoint"
+    r"|unlink|rmtree|rm_r|rm_rf|exec[lv]p?e?|spawn\w*|popen\w*|qx|child_process|execSync"
     r"|execFileSync|spawnSync|shell_exec|passthru|proc_open|pcntl_exec|Runtime|ProcessBuilder|binding|dlopen"
     r"|FileUtils|marshal|pickle|ctypes|cffi|rm|rmdir|rmSync|rmdirSync|unlinkSync|Deno\s*\.\s*(run|remove\w*|Command))\b"
-    r"|__\w+__|`|[\"']\s*\||\|\s*[\"']|%x", re.I)
+    r"|(?<!platform\.)\bsystem\b|(?<![.\w])compile\s*\(|__(import|builtins|dict|class|subclasses|globals|code|"
+    r"getattribute|reduce|loader|spec|bases|mro)__|`|[\"']\s*\|\s*[\w/]|\w\s*\|\s*[\"']|%x", re.I)
 # Options whose value is a command line that the program runs (through a shell or as an argv): the value is
 # judged as a script, so `tar --to-command='rm -rf /'` is what `rm -rf /` is, and `tar -I zstd` passes.
 _COMMAND_OPTIONS: dict[str, tuple[str, ...]] = {
@@ -2397,6 +2398,12 @@ def _brace_alternatives(text: str, limit: int = 64) -> list[str]:
     return out
 
 
+def _home_program(word: ShellWord, context: _Context) -> bool:
+    """`$HOME/.local/bin/tool`: a program under the home directory, which this script did not move."""
+    return bool(re.fullmatch(r"(\$HOME|\$\{HOME\})/[^$`\\]+", word.text)) and not word.substitutions and \
+        not any(re.match(r"(export\s+)?HOME=|cd$", text) for text in context.mentioned)
+
+
 def _expand_braces(words: list[ShellWord]) -> list[ShellWord]:
     """The words after bash's brace expansion (`{rm,-rf,/}` is `rm -rf /`); a word that expands too far stays
     whole, unless it is the command name."""
@@ -2443,7 +2450,7 @@ def _judge_simple_command(argv: list[Any], depth: int, context: _Context | None 
     words = [w if isinstance(w, ShellWord) else ShellWord(str(w)) for w in unwrapped]
     if not words:
         return None
-    if words[0].dynamic:
+    if words[0].dynamic and not _home_program(words[0], context):
         raise Indeterminate(f"the command name comes from {words[0].dynamic}, which is known only at run time")
     head = posixpath.basename(words[0].text)
     args = words[1:]
@@ -2456,7 +2463,6 @@ def _judge_simple_command(argv: list[Any], depth: int, context: _Context | None 
             any(op == "<" and context.runs_written(w.text) for op, w in redirections))):
         raise Indeterminate("it runs a file that the same script wrote, whose content the screen does not follow")
     _note_written_files(head, args, context)
-    context.mentioned.extend(w.text for w in words if len(w.text) > 2)
     stdin_script = (command is not None and command.piped_in) or any(
         op in ("<<", "<<-", "<<<") or (op == "<" and w.dynamic) for op, w in redirections)
     if head in ("eval", "trap"):
@@ -2700,6 +2706,7 @@ def _judge_script(script: str, depth: int) -> str | None:
         reason = _judge_simple_command(command.words, depth, context, command)
         if reason:
             return reason
+        context.mentioned.extend(w.text for w in command.words if len(w.text) > 2)
     return None
 
 

@@ -6470,6 +6470,8 @@ SCREEN_REFUSES: list[tuple[list[str], str]] = [
     (_sh("{rm,-rf,/}"), "destructive"), (_sh("r{m,} -rf /"), "destructive"), (_sh("sudo {rm,-rf,/etc}"), "destructive"),
     (_sh("rm${IFS}-rf${IFS}/"), "indeterminate"), (_sh("printf 'rm -rf /' > /tmp/x; sh < /tmp/x"), "indeterminate"),
     (_sh("python3 -c \"open('/tmp/x', 'w').write(data)\"; sh /tmp/x"), "indeterminate"),
+    (["python3", "-c", "getattr(__builtins__, 'ex' + 'ec')(code)"], "indeterminate"),
+    (["perl", "-e", "open(my $f, '|sh'); print $f 'x'"], "indeterminate"), (_sh("HOME=/bin; $HOME/rm -rf /"), "indeterminate"),
 ]
 # What agents ordinarily run: none of it may be refused.
 SCREEN_PASSES: list[list[str]] = [
@@ -6502,6 +6504,9 @@ SCREEN_PASSES: list[list[str]] = [
     _sh("echo {a,b}"), _sh("curl -d '{\"a\":1,\"b\":2}' http://127.0.0.1:8080/x"), _sh("mkdir -p /tmp/{a,b,c}"),
     _sh("{ echo a; echo b; }"), _sh("for i in {1..5}; do echo $i; done"), _sh("ls /app/run.sh && sh /app/run.sh"),
     _sh("chmod +x /app/run.sh && /app/run.sh"), _sh("make build && ./bin/app"),
+    ["python3", "-c", "import platform; print(platform.system())"], ["python3", "-c", "import re; print(re.compile('x'))"],
+    ["python3", "-c", "import pathlib; print(pathlib.Path('.').resolve())"], ["python3", "-c", "print('|'.join('ab'))"],
+    ["python3", "-c", "import requests; print(requests.__version__)"], _sh("$HOME/.local/bin/tool --version"),
 ]
 
 
