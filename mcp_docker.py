@@ -2401,7 +2401,7 @@ def _brace_alternatives(text: str, limit: int = 64) -> list[str]:
 def _home_program(word: ShellWord, context: _Context) -> bool:
     """`$HOME/.local/bin/tool`: a program under the home directory, which this script did not move."""
     return bool(re.fullmatch(r"(\$HOME|\$\{HOME\})/[^$`\\]+", word.text)) and not word.substitutions and \
-        not any(re.match(r"(export\s+)?HOME=|cd$", text) for text in context.mentioned)
+        not any(text.startswith("HOME=") for text in context.mentioned)
 
 
 def _expand_braces(words: list[ShellWord]) -> list[ShellWord]:
