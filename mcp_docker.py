@@ -1395,6 +1395,11 @@ def redact_command_text(script: str, depth: int = 0) -> str:
     return "".join(out)
 
 
+def redact_message(text: str) -> str:
+    """An error message for the audit log: messages quote the arguments they refuse, secrets and all."""
+    return redact_command_text(text)
+
+
 def redact_arguments(value: Any, key: str = "") -> Any:
     """A copy of tool arguments fit for the audit log: secret-named fields and secret-shaped values hidden,
     command lines and scripts kept in shape with only their secrets replaced."""
@@ -3023,11 +3028,12 @@ _INTERPRETERS: dict[str, tuple[str, ...]] = {
 }
 _INTERPRETER_EXEC_RE = re.compile(
     r"\b(os\s*\.\s*(system|popen|exec\w*|spawn\w*|remove\w*|unlink|rmdir|fork|kill\w*)|subprocess|commands\s*\."
-    r"|pty|shutil\s*\.\s*(rmtree|move)|importlib|exec|eval|compile|getattr|vars|globals|locals|breakpoint"
-    r"|pathlib|unlink|rmtree|rm_r|rm_rf|system|exec[lv]p?e?|spawn\w*|popen\w*|qx|child_process|execSync"
+    r"|pty|shutil\s*\.\s*(rmtree|move)|importlib|exec|eval|getattr|vars|globals|locals|breakpoint"
+    r"|unlink|rmtree|rm_r|rm_rf|exec[lv]p?e?|spawn\w*|popen\w*|qx|child_process|execSync"
     r"|execFileSync|spawnSync|shell_exec|passthru|proc_open|pcntl_exec|Runtime|ProcessBuilder|binding|dlopen"
     r"|FileUtils|marshal|pickle|ctypes|cffi|rm|rmdir|rmSync|rmdirSync|unlinkSync|Deno\s*\.\s*(run|remove\w*|Command))\b"
-    r"|__\w+__|`|[\"']\s*\||\|\s*[\"']|%x", re.I)
+    r"|(?<!platform\.)\bsystem\b|(?<![.\w])compile\s*\(|__(import|builtins|dict|class|subclasses|globals|code|"
+    r"getattribute|reduce|loader|spec|bases|mro)__|`|[\"']\s*\|\s*[\w/]|\w\s*\|\s*[\"']|%x", re.I)
 # Options whose value is a command line that the program runs (through a shell or as an argv): the value is
 # judged as a script, so `tar --to-command='rm -rf /'` is what `rm -rf /` is, and `tar -I zstd` passes.
 _COMMAND_OPTIONS: dict[str, tuple[str, ...]] = {
@@ -3385,12 +3391,18 @@ class _Context:
         self.cwd: str | None = None  # None: the exec's working directory; "~": home; "?": cannot be known
         self.cwd_why = ""
         self.written: set[str] = set()  # files this script wrote (redirections, tee, cp, curl -o ...)
+        self.mentioned: list[str] = []  # the words of the commands before this one
 
     def wrote(self, path: str) -> None:
         self.written.add(posixpath.normpath(path))
 
     def runs_written(self, path: str) -> bool:
-        return posixpath.normpath(path) in self.written
+        """Whether running ``path`` runs something this script made: a file it wrote, or a path that appeared
+        inside an earlier word (`python3 -c "open('/tmp/x', 'w')..."; sh /tmp/x`)."""
+        if "/" not in path and path not in self.written:
+            return False
+        normal = posixpath.normpath(path)
+        return normal in self.written or any(normal in earlier and normal != earlier for earlier in self.mentioned)
 
     def change_directory(self, args: list[ShellWord]) -> None:
         operands = [a for a in args if not a.text.startswith("-") or a.text == "-"]
@@ -3448,6 +3460,12 @@ def _brace_alternatives(text: str, limit: int = 64) -> list[str]:
     return out
 
 
+def _home_program(word: ShellWord, context: _Context) -> bool:
+    """`$HOME/.local/bin/tool`: a program under the home directory, which this script did not move."""
+    return bool(re.fullmatch(r"(\$HOME|\$\{HOME\})/[^$`\\]+", word.text)) and not word.substitutions and \
+        not any(text.startswith("HOME=") for text in context.mentioned)
+
+
 def _expand_braces(words: list[ShellWord]) -> list[ShellWord]:
     """The words after bash's brace expansion (`{rm,-rf,/}` is `rm -rf /`); a word that expands too far stays
     whole, unless it is the command name."""
@@ -3494,18 +3512,19 @@ def _judge_simple_command(argv: list[Any], depth: int, context: _Context | None 
     words = [w if isinstance(w, ShellWord) else ShellWord(str(w)) for w in unwrapped]
     if not words:
         return None
-    if words[0].dynamic:
+    if words[0].dynamic and not _home_program(words[0], context):
         raise Indeterminate(f"the command name comes from {words[0].dynamic}, which is known only at run time")
     head = posixpath.basename(words[0].text)
     args = words[1:]
     texts = [w.text for w in args]
-    if context.runs_written(words[0].text) or (
-            (head in _SHELLS or head in ("source", ".") or head in _AWKS or re.match(
-                r"(python|pypy|perl|ruby|node|php|lua)[0-9.]*$", head)) and
-            any(context.runs_written(t) for t in texts if not t.startswith("-"))):
+    redirections = command.redirections if command else []
+    runs_program = head in _SHELLS or head in ("source", ".") or head in _AWKS or \
+        re.match(r"(python|pypy|perl|ruby|node|php|lua)[0-9.]*$", head)
+    if context.runs_written(words[0].text) or (runs_program and (
+            any(context.runs_written(t) for t in texts if not t.startswith("-")) or
+            any(op == "<" and context.runs_written(w.text) for op, w in redirections))):
         raise Indeterminate("it runs a file that the same script wrote, whose content the screen does not follow")
     _note_written_files(head, args, context)
-    redirections = command.redirections if command else []
     stdin_script = (command is not None and command.piped_in) or any(
         op in ("<<", "<<-", "<<<") or (op == "<" and w.dynamic) for op, w in redirections)
     if head in ("eval", "trap"):
@@ -3749,6 +3768,7 @@ def _judge_script(script: str, depth: int) -> str | None:
         reason = _judge_simple_command(command.words, depth, context, command)
         if reason:
             return reason
+        context.mentioned.extend(w.text for w in command.words if len(w.text) > 2)
     return None
 
 
@@ -8407,7 +8427,7 @@ class DockerMCP:
             "engine": self.engine_name(name, arguments),
             "arguments": redact_arguments(arguments if isinstance(arguments, dict) else {}),
             "result": summary,
-            "error": {"category": error.category, "message": error.message} if error else None,
+            "error": {"category": error.category, "message": redact_message(error.message)} if error else None,
             "duration_ms": round((time.monotonic() - started) * 1000, 1),
         }
 

@@ -6872,7 +6872,10 @@ SCREEN_REFUSES: list[tuple[list[str], str]] = [
     (_sh("vi -c ':!rm -rf /'"), "destructive"), (_sh("watch 'rm -rf /'"), "destructive"),
     (_sh("ssh -o ProxyCommand='sh -c \"rm -rf /\"' h"), "destructive"),
     (_sh("{rm,-rf,/}"), "destructive"), (_sh("r{m,} -rf /"), "destructive"), (_sh("sudo {rm,-rf,/etc}"), "destructive"),
-    (_sh("rm${IFS}-rf${IFS}/"), "indeterminate"),
+    (_sh("rm${IFS}-rf${IFS}/"), "indeterminate"), (_sh("printf 'rm -rf /' > /tmp/x; sh < /tmp/x"), "indeterminate"),
+    (_sh("python3 -c \"open('/tmp/x', 'w').write(data)\"; sh /tmp/x"), "indeterminate"),
+    (["python3", "-c", "getattr(__builtins__, 'ex' + 'ec')(code)"], "indeterminate"),
+    (["perl", "-e", "open(my $f, '|sh'); print $f 'x'"], "indeterminate"), (_sh("HOME=/bin; $HOME/rm -rf /"), "indeterminate"),
 ]
 # What agents ordinarily run: none of it may be refused.
 SCREEN_PASSES: list[list[str]] = [
@@ -6903,7 +6906,11 @@ SCREEN_PASSES: list[list[str]] = [
     _sh("sed -i 's/a/b/g' f"), _sh("sed -n '/error/p' f"), _sh("rsync -e 'ssh -p 2222' a b:c"),
     _sh("ssh -o StrictHostKeyChecking=no h ls"), _sh("vim -c ':wq' f"), _sh("watch -n 5 df -h"),
     _sh("echo {a,b}"), _sh("curl -d '{\"a\":1,\"b\":2}' http://127.0.0.1:8080/x"), _sh("mkdir -p /tmp/{a,b,c}"),
-    _sh("{ echo a; echo b; }"), _sh("for i in {1..5}; do echo $i; done"),
+    _sh("{ echo a; echo b; }"), _sh("for i in {1..5}; do echo $i; done"), _sh("ls /app/run.sh && sh /app/run.sh"),
+    _sh("chmod +x /app/run.sh && /app/run.sh"), _sh("make build && ./bin/app"),
+    ["python3", "-c", "import platform; print(platform.system())"], ["python3", "-c", "import re; print(re.compile('x'))"],
+    ["python3", "-c", "import pathlib; print(pathlib.Path('.').resolve())"], ["python3", "-c", "print('|'.join('ab'))"],
+    ["python3", "-c", "import requests; print(requests.__version__)"], _sh("$HOME/.local/bin/tool --version"),
 ]
 
 
@@ -7114,12 +7121,18 @@ def test_secrets_on_command_lines_stay_out_of_the_real_audit_log(default):
                                         "environment": {"GH_TOKEN": "S3cr3t-12", "DATABASE_URL":
                                                         "postgres://app:S3cr3t-13@db/app"},
                                         "labels": {"io.mcp-docker.test": PREFIX}})
+    # refused calls quote what they refuse: the error message in the audit record is redacted the same way
+    assert "S3cr3t-14" in default.error("docker_exec_command", {"container": name, "command": ["true"],
+                                                                "user": "root --password=S3cr3t-14"}, "invalid_argument")
+    assert "S3cr3t-15" in default.error("docker_exec_command", {"container": name, "command": "mysql -pS3cr3t-15"},
+                                        "invalid_argument")
     text = (STATE_DIR / "audit.log").read_text()
     assert not re.search(r"S3cr3t-\d", text), re.search(r".{80}S3cr3t-\d.{20}", text)
     ours = [r for r in audit_records(STATE_DIR / "audit.log")
             if (r.get("arguments") or {}).get("container") == name or (r.get("arguments") or {}).get("name") == run_name]
     assert len(ours) >= len(SECRET_CALLS) + 1
     kept = json.dumps([r["arguments"] for r in ours])
+    assert "--password=***" in json.dumps([r["error"] for r in ours]) and "mysql -p***" in json.dumps(ours)
     for shape in ("-p***", "admin:***", '"--password", "***"', "--token=***", "bob:***@127.0.0.1",
                   "Bearer ***", "MYSQL_PWD=***", '"-p", "***"', "app:***@db", '"MODE": "plain"'):
         assert shape in kept, shape
