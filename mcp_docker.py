@@ -5377,8 +5377,12 @@ def prune_system(call: Call) -> dict[str, Any]:
 # call made. The file the tool runs is the judged one: the caller's file is read once, by the tool, in (1).
 
 COMPOSE_TOOLS: dict[tuple[tuple[str, ...], str], ComposeDiscovery] = {}
-COMPOSE_VARIABLE_RE = r"^(?!(PATH|HOME|LANG|XDG_RUNTIME_DIR)$)(?!(DOCKER|COMPOSE|PODMAN|CONTAINER|LD|PYTHON)_?)" \
-                      r"[A-Za-z_][A-Za-z0-9_]{0,127}$"
+# Variables may not be ones the Compose tools, podman, Python or the loader read themselves (where the engine
+# is, which containers.conf or registries apply, what code is loaded): only the file's own ${NAME}s.
+COMPOSE_VARIABLE_RE = r"^(?!(PATH|HOME|LANG|LC_ALL|TMPDIR|ENV|BASH_ENV|NO_PROXY|no_proxy)$)" \
+                      r"(?!(DOCKER|COMPOSE|PODMAN|CONTAINER|LD|PYTHON|XDG|SSL|REQUESTS|CURL|HTTPS?_PROXY|https?_proxy|" \
+                      r"BUILDAH|BUILDKIT|STORAGE|REGISTRIES|CNI|NETAVARK))" \
+                      r"(?!.*_(CONF|CONFIG|CONFIG_PATH|CONFIG_FILE)$)[A-Za-z_][A-Za-z0-9_]{0,127}$"
 YAML_TO_JSON = "import json, sys, yaml; json.dump(yaml.safe_load(sys.stdin), sys.stdout)"
 # docker-compose 1.x in one process of its own Python for a whole `up`: its `config` (read by its own YAML
 # reader), then, once the model is judged, its `up --no-start` on the judged file. A Python start and the

@@ -6713,8 +6713,16 @@ def test_compose_interpolation_sees_only_the_variables_given_never_the_servers_e
     environment = answer["model"]["services"]["a"]["environment"]
     environment = environment if isinstance(environment, dict) else dict(e.split("=", 1) for e in environment)
     assert environment["LEAK"] == "unset" and environment["GIVEN"] == "yes" and answer["allowed"] is True
-    assert "PATH" in composer.error("docker_compose_config", {"project": f"{PREFIX}vars", "compose": text,
-                                                              "variables": {"PATH": "/x"}}, "invalid_argument")
+    for name in ("PATH", "DOCKER_HOST", "CONTAINERS_CONF", "XDG_CONFIG_HOME", "PYTHONPATH", "LD_PRELOAD"):
+        # what the Compose tools, podman, Python or the loader would read themselves
+        assert name in composer.error("docker_compose_config", {"project": f"{PREFIX}vars", "compose": text,
+                                                                "variables": {name: "/x"}}, "invalid_argument")
+
+
+def test_a_compose_file_outside_the_allowlists_is_refused_before_it_is_read(composer):
+    message = composer.error("docker_compose_config", {"project": f"{PREFIX}file", "file": "/etc/hosts"},
+                             "policy_denied")
+    assert "SAFETY_BUILD_CONTEXT_ALLOWLIST" in message and "/etc" not in message
 
 
 ESCALATIONS = {
