@@ -1614,9 +1614,11 @@ def host_path_denial(host: HostPath, roots: tuple[str, ...], facts: HostFacts, a
     directory holds (the edge searched it, boundedly: ``HostPath.sockets`` and ``unscanned``)."""
     named = host.is_socket and host.real in facts.allowed_sockets
     for candidate in dict.fromkeys((host.path, host.real)):
-        if (host.is_socket and not named) or ENGINE_SOCKET_RE.search(candidate):
+        engine = ENGINE_SOCKET_RE.search(candidate)
+        if (host.is_socket and not named) or engine:
             return Denial("engine_socket", f"{what} {_short_repr(host.given, 60)} is a host socket "
-                          "(a container engine's socket gives root on the host)")
+                          "(a container engine's socket gives root on the host)",
+                          ALLOW_PRIVILEGED if engine else f"name it in {ALLOWED_SOCKETS_SETTING} (or {ALLOW_PRIVILEGED})")
         for sensitive in facts.sensitive:
             if _is_within(candidate, sensitive) or _is_within(sensitive, candidate):
                 shown = "it" if candidate == host.given else f"it resolves to {candidate!r} and"
@@ -1986,7 +1988,8 @@ def container_power_from_inspect(tool: str, attrs: Mapping[str, Any], settings: 
     describes a named volume. Engine defaults that create accepts are read as defaults; nothing the
     container was made with is given by the server's defaults (``actual``: a missing limit is no limit).
     Images are not judged again: the registry rules apply where an image enters (pull, build, create),
-    and the engines name images in their own forms here (Podman's ``localhost/``). ``kind`` is the engine's.
+    and the engines name images in their own forms here (Podman's ``localhost/``). ``kind`` is the engine's;
+    ``settings`` is taken as ``normalize_container_request`` takes it (``judge_request`` applies the rules).
     """
     problems: list[str] = []
     findings: list[Denial] = []
@@ -2412,9 +2415,10 @@ def judge_request(request: PowerRequest, settings: Settings, host: HostFacts) ->
             denials.append(Denial("resource_limits", f"{what} {value:g} is above the configured maximum "
                                   f"{ceiling:g}", f"raise {setting}"))
         elif ceiling and value is None and request.actual:
-            denials.append(Denial("resource_limits", f"it has no {what.removesuffix('_limit')} limit on the engine (0, -1 or a value that "
+            kind = what.removesuffix("_limit")
+            denials.append(Denial("resource_limits", f"it has no {kind} limit on the engine (0, -1 or a value that "
                                   f"rounds to nothing mean unlimited), above the configured maximum {ceiling:g}",
-                                  f"give it a {what} limit, or set {setting}=0"))
+                                  f"give it a {kind} limit, or set {setting}=0"))
     if request.memory_swap == -1 and request.memory is not None and settings.container_memory_limit:
         denials.append(Denial("resource_limits", "its swap is unlimited (memory_swap -1), so the memory limit does "
                               "not bound it", "give it a memory_swap limit, or set SAFETY_CONTAINER_MEMORY_LIMIT=0"))
@@ -4178,8 +4182,10 @@ def container_volume_info(call: Call, container_id: str,
     volumes = _CONTAINER_VOLUMES.get(key)
     if volumes is None:
         volumes = dict(known or {})
-        while len(_CONTAINER_VOLUMES) >= _CONTAINER_VOLUMES_MAX:
-            _CONTAINER_VOLUMES.pop(next(iter(_CONTAINER_VOLUMES)), None)
+        # Handlers run in threads: another may evict at the same time, which costs only a re-ask.
+        with contextlib.suppress(RuntimeError, StopIteration):
+            while len(_CONTAINER_VOLUMES) >= _CONTAINER_VOLUMES_MAX:
+                _CONTAINER_VOLUMES.pop(next(iter(_CONTAINER_VOLUMES)), None)
         _CONTAINER_VOLUMES[key] = volumes
 
     def info(name: str) -> Mapping[str, Any] | None:
@@ -4213,8 +4219,9 @@ def enforce_container_power(call: Call, container: str, action: str) -> dict[str
 
 def container_power_error(denials: list[Denial], container: str, action: str) -> ToolError:
     error = denial_error(denials)
+    outcome = "so it was removed" if action == "create" else f"no {action} in a container the policy would not create"
     return ToolError("policy_denied", f"{error.message} (container {_short_repr(container, 60)}, {ACTUAL_CONFIGURATION}; "
-                     f"no {action} in a container the policy would not have created)")
+                     f"{outcome})")
 
 
 def judged_container_config(call: Call, tool: str,
@@ -4543,7 +4550,8 @@ def read_exec_output(sock: Any, call: Call, cap: int) -> tuple[bytes, bytes, boo
 @tool("docker_exec_command", title="Run a command in a container", tier=Tier.MODERATE, toolset="containers",
       description="Run a command (argument list, no shell) in a running container; returns its exit code "
                   "and output (untrusted). Bounded by `timeout` (the command may outlive it) and an output cap. "
-                  "Known-destructive shapes (rm -rf /, mkfs, fork bombs ...) are refused.",
+                  "Known-destructive shapes (rm -rf /, mkfs, fork bombs ...) are refused, and so is any exec in a "
+                  "container the safety policy would not create (privileged, host namespaces ...).",
       params={
           "container": s_container(),
           "command": {**s_str_list("Command and arguments, e.g. [\"ls\", \"-l\", \"/\"]."), "minItems": 1},

@@ -2995,7 +2995,7 @@ def test_harmless_twin_is_allowed(policy, host_tree, kind, twin):
 
 def test_bind_mounts_and_build_contexts_really_work(policy, host_tree):
     ran = policy.ok("docker_run_container", {**RUN, "network": "none", "command": ["cat", "/h/data/hello.txt"],
-                                             **bind(f"{host_tree}/allowed/link_inside/..", "/h", read_only=True)})
+                                             **bind(f"{host_tree}/allowed/link_inside/../data", "/h/data", read_only=True)})
     assert ran["lines"] == ["hello from the host"]
     policy.ok("docker_build_image", {"tag": f"{PREFIX}-ctx:2", "context_path": f"{host_tree}/ctx/app",
                                      "network": "none", "labels": {"io.mcp-docker.test": PREFIX}})
@@ -6416,6 +6416,613 @@ def test_fuzz_finding_a_call_failing_as_its_session_closes_leaves_no_unretrieved
         return errors
 
     assert [asyncio.run(fail_as_the_session_closes(delay)) for delay in range(4)] == [[]] * 4
+
+
+# === Trust round 2: power judged where it is used (issue 14, classes 1, 2, 3 and 6) ===
+# Attacks a hostile agent would try, each in several spellings, judged on the engine's own state (inspect,
+# logs of what a container read, execs created), on Docker and on Podman. `pytest -m adversarial` runs them.
+# "Operator" containers are made with docker-py directly, as an operator (or a compose file) would, outside
+# the server's policy; the agent then tries to act inside them or to change what they mount.
+
+HOST_MARKER = Path("/etc/machine-id").read_text().strip() if Path("/etc/machine-id").exists() else ""
+LIMITS = {"mem_limit": 64 * 1024**2, "nano_cpus": 500_000_000, "pids_limit": 64}
+
+
+def is_podman() -> bool:
+    return engine_kind_under_test() == "podman"
+
+
+def operator_container(suffix: str, *, start: bool = True, limits: bool = True, managed: bool = False,
+                       command: list[str] | None = None, **host: Any) -> str:
+    """A container made outside the server (docker-py, as an operator would), named and labelled for cleanup.
+    Started when this machine lets it start (a nested engine may lack SYS_ADMIN or a shared mount): the
+    server judges it on its record either way, before the engine would be asked."""
+    import docker.errors
+
+    api = engine_client()
+    labels = {"io.mcp-docker.test": PREFIX, **({md.MANAGED_LABEL: "true"} if managed else {})}
+    host.setdefault("network_mode", "none")
+    created = api.create_container(TEST_IMAGE, command or ["sleep", "3600"], name=f"{PREFIX}-{suffix}", labels=labels,
+                                   host_config=api.create_host_config(**{**(LIMITS if limits else {}), **host}))
+    if start:
+        with contextlib.suppress(docker.errors.APIError):
+            api.start(created["Id"])
+    return created["Id"]
+
+
+def execs_of(container: str) -> list[str]:
+    return engine_client().inspect_container(container).get("ExecIDs") or []
+
+
+def state_of(container: str) -> dict[str, Any]:
+    return engine_client().inspect_container(container).get("State") or {}
+
+
+def logs_of(container: str) -> str:
+    return engine_client().logs(container).decode("utf-8", "replace")
+
+
+def assert_refused(text: str, rule: str, setting: str = PRIVILEGED) -> None:
+    assert text.startswith("policy_denied:"), text
+    assert f"[{rule}]" in text, text
+    assert setting in text, text
+    assert len(text) < 1500, text
+
+
+@pytest.fixture(scope="module")
+def trust_tree(tmp_path_factory):
+    """Host directories for the attacks: an allowlisted root the agent can write into through containers,
+    a directory outside it holding a secret, unix sockets at several depths, and directories too big to search."""
+    root = tmp_path_factory.mktemp("trust")
+    for directory in ("allowed/swap", "allowed/quiet", "allowed/sockdir", "allowed/deep/a/b/c/d/e", "allowed/later",
+                      "allowed/enginesock", "allowed/many", "outside/child", "home"):
+        (root / directory).mkdir(parents=True, exist_ok=True)
+    secret = f"outside-secret-{secrets.token_hex(8)}"
+    (root / "outside/child/secret.txt").write_text(secret + "\n")
+    (root / "outside/secret.txt").write_text(secret + "\n")
+    (root / "allowed/quiet/ok.txt").write_text("ok\n")
+    (root / "allowed/link_to_sockdir").symlink_to(root / "allowed/sockdir")
+    deepest = root / "allowed/toodeep"
+    for level in range(md.BIND_SCAN_MAX_DEPTH + 2):
+        deepest = deepest / f"l{level}"
+    deepest.mkdir(parents=True)
+    for index in range(md.BIND_SCAN_MAX_ENTRIES + 1):
+        (root / "allowed/many" / f"f{index}").touch()
+    sockets = []
+    for path in ("allowed/sockdir/app.sock", "allowed/deep/a/b/c/d/e/app.sock", "allowed/enginesock/docker.sock"):
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(root / path))
+        sockets.append(sock)
+    yield root
+    for sock in sockets:
+        sock.close()
+
+
+def outside_secret(root: Path) -> str:
+    return (root / "outside/secret.txt").read_text().strip()
+
+
+def trust_env(root: Path, **extra: str) -> dict[str, str]:
+    return {"SAFETY_VOLUME_MOUNT_ALLOWLIST": f"{root}/allowed", "HOME": f"{root}/home", **extra}
+
+
+@pytest.fixture(scope="module")
+def trust(trust_tree):
+    """Default policy with an allowlisted root; destructive tools on (the agent may remove what it made)."""
+    require_engine()
+    harness = Harness(["--allow-destructive"], env=trust_env(trust_tree))
+    yield harness
+    harness.close()
+
+
+def trust_run(extra: dict[str, Any]) -> dict[str, Any]:
+    return {**RUN, "network": "none", **extra}
+
+
+def writer(h: Harness, root: Path, suffix: str) -> str:
+    """The agent's own container with the allowlisted swap directory mounted read-write: its way to rewrite
+    host directories under the allowed root between two calls."""
+    return sleeper(h, suffix, **bind(f"{root}/allowed/swap", "/w"))
+
+
+# -- unit: the engine's record -> the request create judges -----------------------------------------
+
+DOCKER_ORDINARY = {"Id": "a" * 64, "Config": {"Labels": {}}, "AppArmorProfile": "", "Mounts": [], "HostConfig": {
+    "Privileged": False, "CapAdd": None, "CapDrop": None, "NetworkMode": "none", "PidMode": "", "IpcMode": "private",
+    "UTSMode": "", "UsernsMode": "", "CgroupnsMode": "host", "Devices": None, "DeviceCgroupRules": None,
+    "SecurityOpt": ["no-new-privileges:true"], "NanoCpus": 500000000, "CpuQuota": 0, "CpuPeriod": 0,
+    "Memory": 67108864, "MemorySwap": 134217728, "PidsLimit": 32, "OomKillDisable": False, "OomScoreAdj": 0,
+    "MaskedPaths": ["/proc/kcore"], "RestartPolicy": {"Name": "", "MaximumRetryCount": 0}}}
+PODMAN_ORDINARY = {"Id": "b" * 64, "Config": {"Labels": {md.MANAGED_LABEL: "true"}}, "Mounts": [], "HostConfig": {
+    "Privileged": False, "CapAdd": [], "CapDrop": ["AUDIT_WRITE", "MKNOD", "NET_RAW"], "NetworkMode": "bridge",
+    "PidMode": "private", "IpcMode": "shareable", "UTSMode": "private", "UsernsMode": "", "CgroupnsMode": "",
+    "Devices": [], "SecurityOpt": ["no-new-privileges"], "NanoCpus": 500000000, "CpuQuota": 50000,
+    "CpuPeriod": 100000, "Memory": 67108864, "MemorySwap": 134217728, "PidsLimit": 32, "MaskedPaths": None,
+    "RestartPolicy": {"Name": "", "MaximumRetryCount": 0}}}
+
+
+def judged_inspect(attrs: dict[str, Any], kind: str = "docker", settings: md.Settings | None = None,
+                   resolve: Any = None, volume_info: Any = no_volumes, **host: Any) -> list[str]:
+    settings = settings or md.Settings()
+    shaped = {**attrs, "HostConfig": {**attrs["HostConfig"], **host}}
+    request = md.container_power_from_inspect("exec", shaped, settings, resolve or fake_resolve(), volume_info, kind=kind)
+    return rules(md.judge_request(request, settings, md.HostFacts(volume_roots=("/srv/data",))))
+
+
+@pytest.mark.adversarial
+def test_ordinary_containers_as_the_engines_report_them_pass():
+    assert judged_inspect(DOCKER_ORDINARY) == []
+    assert judged_inspect(PODMAN_ORDINARY, "podman") == []
+    # The engines' own defaults are not host powers: cgroup v1's host cgroup namespace, "private" modes.
+    assert judged_inspect(DOCKER_ORDINARY, CgroupnsMode="host", PidMode="private", UTSMode="private") == []
+
+
+@pytest.mark.adversarial
+@pytest.mark.parametrize(("host", "rule"), [
+    ({"Privileged": True}, "privileged"),
+    ({"CapAdd": ["cap_sys_admin"]}, "capabilities"),
+    ({"CapAdd": ["CAP_NET_ADMIN"]}, "capabilities"),
+    ({"NetworkMode": "host"}, "host_namespace"),
+    ({"NetworkMode": "container:" + "c" * 64}, "host_namespace"),
+    ({"PidMode": "host"}, "host_namespace"),
+    ({"PidMode": "container:victim"}, "host_namespace"),
+    ({"IpcMode": "host"}, "host_namespace"),
+    ({"UTSMode": "host"}, "host_namespace"),
+    ({"UsernsMode": "host"}, "host_namespace"),
+    ({"UsernsMode": "ns:/proc/1/ns/user"}, "not_understood"),
+    ({"Devices": [{"PathOnHost": "/dev/sda", "PathInContainer": "/dev/sda", "CgroupPermissions": "rwm"}]}, "devices"),
+    ({"DeviceCgroupRules": ["b 8:* rwm"]}, "devices"),
+    ({"DeviceRequests": [{"Driver": "nvidia", "Count": -1}]}, "devices"),
+    ({"SecurityOpt": ["seccomp=unconfined"]}, "security_options"),
+    ({"SecurityOpt": ["apparmor:unconfined"]}, "security_options"),
+    ({"SecurityOpt": ["label=disable"]}, "security_options"),
+    ({"SecurityOpt": ["no-new-privileges=false"]}, "security_options"),
+    ({"MaskedPaths": []}, "security_options"),
+    ({"Sysctls": {"kernel.core_pattern": "|/x"}}, "sysctls"),
+    ({"VolumesFrom": ["privileged-one"]}, "volumes_from"),
+    ({"Memory": 0}, "resource_limits"),
+    ({"NanoCpus": 5000}, "resource_limits"),               # a CFS quota of 0: no limit at all
+    ({"NanoCpus": 0, "CpuQuota": 900, "CpuPeriod": 100000}, "resource_limits"),
+    ({"PidsLimit": -1}, "resource_limits"),
+    ({"PidsLimit": 0}, "resource_limits"),
+    ({"PidsLimit": None}, "resource_limits"),
+    ({"MemorySwap": -1}, "resource_limits"),
+    ({"Memory": 8 * 1024**3}, "resource_limits"),
+    ({"OomKillDisable": True}, "resource_limits"),
+    ({"OomScoreAdj": -999}, "resource_limits"),
+])
+def test_the_engines_record_of_an_over_powered_container_is_refused(host, rule):
+    assert rule in judged_inspect(DOCKER_ORDINARY, **host)
+    assert rule in judged_inspect(PODMAN_ORDINARY, "podman", **host)
+    assert judged_inspect(DOCKER_ORDINARY, settings=md.Settings(allow_privileged=True), **host) in (
+        [], ["resource_limits"], ["not_understood"])
+
+
+@pytest.mark.adversarial
+def test_mounts_on_the_engines_record_are_judged_as_they_resolve_now():
+    mounts = lambda *entries: {**DOCKER_ORDINARY, "Mounts": list(entries)}  # noqa: E731
+    bind_entry = {"Type": "bind", "Source": "/srv/data/app", "Destination": "/app", "RW": True, "Propagation": "rprivate"}
+    assert judged_inspect(mounts(bind_entry)) == []
+    # The source became a symlink (or one of its components did) after it was judged.
+    assert set(judged_inspect(mounts(bind_entry), resolve=fake_resolve({"/srv/data/app": "/etc"}))) >= {
+        "bind_mount", "sensitive_path"}
+    assert "bind_mount" in judged_inspect(mounts(bind_entry), resolve=fake_resolve({"/srv/data": "/srv/other"}))
+    assert "engine_socket" in judged_inspect(mounts({**bind_entry, "Source": "/var/run/docker.sock"}))
+    assert "engine_socket" in judged_inspect(mounts({**bind_entry, "Source": "/srv/data/x.sock"}),
+                                             resolve=fake_resolve(sockets=("/srv/data/x.sock",)))
+    assert "mount_propagation" in judged_inspect(mounts({**bind_entry, "Propagation": "rshared"}))
+    assert "mount_propagation" in judged_inspect(mounts({**bind_entry, "Propagation": "slave"}))
+    assert "not_understood" in judged_inspect(mounts({"Type": "npipe", "Source": "x", "Destination": "/x"}))
+    # A bind only in HostConfig.Binds is judged too.
+    assert "sensitive_path" in judged_inspect({**DOCKER_ORDINARY, "HostConfig": {
+        **DOCKER_ORDINARY["HostConfig"], "Binds": ["/etc:/h:ro"]}})
+    # A named volume backed by a host path.
+    volume = {"Type": "volume", "Name": "data", "Source": "/var/lib/docker/volumes/data/_data", "Destination": "/d",
+              "Driver": "local", "RW": True}
+    backed = lambda name: {"driver": "local", "options": {"o": "bind", "device": "/etc"}, "labels": {}}  # noqa: E731
+    assert "volume_driver" in judged_inspect(mounts(volume), volume_info=backed)
+    # The engine remounts binds on its own restarts, unjudged.
+    assert "restart_policy" in judged_inspect(mounts(bind_entry), RestartPolicy={"Name": "unless-stopped"})
+    assert "restart_policy" in judged_inspect(mounts(bind_entry), RestartPolicy={"Name": "on-failure"})
+    assert judged_inspect(mounts(volume), RestartPolicy={"Name": "always"}) == []
+
+
+@pytest.mark.adversarial
+def test_a_podman_container_not_made_by_the_server_cannot_be_judged():
+    """Measured on Podman 4.3: its inspect shows --ipc host as 'shareable' and leaves out --userns host and
+    sysctls, though they apply; so a container the server did not judge at create is refused."""
+    foreign = {**PODMAN_ORDINARY, "Config": {"Labels": {}}}
+    assert judged_inspect(foreign, "podman") == ["unjudged_container"]
+    assert judged_inspect(foreign, "docker") == []
+    assert judged_inspect(foreign, "podman", settings=md.Settings(allow_privileged=True)) == []
+
+
+@pytest.mark.adversarial
+def test_limits_the_engine_rounds_to_nothing_are_refused_at_create():
+    for cpus in (0.000005, "0.000005", 1e-10, "1e-10", 0.0099, "0.009", "0.001"):
+        assert "not_understood" in rules(judged({"cpus": cpus})), cpus
+    assert rules(judged({"cpus": 0.01})) == []
+    for memory in ("0", 0, "0.4", "0b", "0k", "0.0m"):
+        assert "not_understood" in rules(judged({"memory": memory})), memory
+    for pids in (0, -1, "0", "-1", " -1 ", "0.5"):
+        assert "not_understood" in rules(judged({"pids_limit": pids})), pids
+    # What the engine stored, against what was judged: rounded to nothing, or raised.
+    judged_request = md.PowerRequest("docker_run_container", memory=64 * 1024**2, nano_cpus=10**7, pids_limit=32)
+    stored = md.container_power_from_inspect("create", {**DOCKER_ORDINARY, "HostConfig": {
+        **DOCKER_ORDINARY["HostConfig"], "NanoCpus": 5000, "PidsLimit": 64}}, md.Settings(), fake_resolve(), no_volumes)
+    assert [d.reason.split(" (")[0] for d in md.stored_limit_denials(judged_request, stored)] == [
+        "the engine stored no cpus limit for cpus 0.01", "the engine stored a larger pids_limit limit than 32"]
+
+
+@pytest.mark.adversarial
+def test_restart_policies_with_bind_mounts_are_refused_at_create():
+    for policy_name in ("always", "unless-stopped", "on-failure"):
+        assert "restart_policy" in rules(judged({"restart_policy": policy_name, **bind("/srv/data/app")}))
+        assert rules(judged({"restart_policy": policy_name})) == []
+    assert rules(judged({"restart_policy": "no", **bind("/srv/data/app")})) == []
+
+
+@pytest.mark.adversarial
+def test_sockets_under_a_bind_source_are_found_within_bounds(tmp_path):
+    (tmp_path / "a/b").mkdir(parents=True)
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(tmp_path / "a/b/s.sock"))
+    try:
+        (tmp_path / "link.sock").symlink_to(tmp_path / "a/b/s.sock")  # a link points into the container: not one
+        assert md.find_sockets(str(tmp_path)) == ((str(tmp_path / "a/b/s.sock"),), "")
+        assert md.find_sockets(str(tmp_path), max_depth=1)[1] == "deeper than 1 levels"
+        assert md.find_sockets(str(tmp_path), max_entries=2)[1] == "more than 2 entries"
+        resolve = md.bind_source_resolver(md.Settings(volume_mount_allowlist=(str(tmp_path),)))
+        assert resolve(str(tmp_path / "a")).sockets == (str(tmp_path / "a/b/s.sock"),)
+        assert resolve("/etc").sockets == ()  # outside every root: refused anyway, never searched
+        facts = md.HostFacts(volume_roots=(str(tmp_path),))
+        host = resolve(str(tmp_path / "a"))
+        assert md.host_path_denial(host, facts.volume_roots, facts, "X", "bind mount").rule == "engine_socket"
+        named = dataclasses_replace(facts, allowed_sockets=(str(tmp_path / "a/b/s.sock"),))
+        assert md.host_path_denial(host, facts.volume_roots, named, "X", "bind mount") is None
+        assert md.host_path_denial(resolve(str(tmp_path / "a/b/s.sock")), facts.volume_roots, named, "X",
+                                   "bind mount") is None
+    finally:
+        sock.close()
+
+
+def dataclasses_replace(value: Any, **changes: Any) -> Any:
+    import dataclasses
+
+    return dataclasses.replace(value, **changes)
+
+
+# -- class 1: bind sources that change after the check ---------------------------------------------
+
+def swap_attempt(trust: Harness, root: Path, name: str, source: str, swap: str) -> str:
+    """The agent creates a victim binding ``source`` (judged: fine), rewrites the allowed directory through
+    its writer container, then starts the victim. Returns the start's answer."""
+    command = ["sh", "-c", "cat /v/secret.txt /v/machine-id /v/child/secret.txt 2>/dev/null; sleep 3600"]
+    trust.ok("docker_create_container", {"image": TEST_IMAGE, "name": name, "network": "none", "command": command,
+                                         "labels": {"io.mcp-docker.test": PREFIX}, **bind(source, "/v")})
+    out = trust.ok("docker_exec_command", {"container": trust.writer, "command": ["sh", "-c", swap]})
+    assert out["exit_code"] == 0, out
+    return trust.error("docker_start_container", {"container": name}, "policy_denied")
+
+
+@pytest.fixture(scope="module")
+def swapper(trust, trust_tree):
+    trust.writer = writer(trust, trust_tree, "writer")
+    return trust
+
+
+@pytest.mark.adversarial
+@pytest.mark.parametrize(("spelling", "layout", "swap", "rule"), [
+    ("the source becomes a symlink to /etc", "s1/src", "rm -rf /w/s1/src && ln -s /etc /w/s1/src", "sensitive_path"),
+    ("the source becomes a symlink to /", "s2/src", "rmdir /w/s2/src && ln -s / /w/s2/src", "sensitive_path"),
+    ("the source becomes a symlink outside the root", "s3/src", "rmdir /w/s3/src && ln -s {outside} /w/s3/src",
+     "bind_mount"),
+    ("a component becomes a symlink outside the root", "s4/parent/child",
+     "mv /w/s4/parent /w/s4/old && ln -s {outside} /w/s4/parent", "bind_mount"),
+    ("a component becomes a relative symlink climbing out", "s5/parent/child",
+     "mv /w/s5/parent /w/s5/old && ln -s ../../../outside /w/s5/parent", "bind_mount"),
+    ("a component becomes a symlink to /", "s6/etc", "mv /w/s6 /w/s6.old && ln -s / /w/s6", "sensitive_path"),
+])
+def test_a_bind_source_swapped_between_create_and_start_is_never_mounted(swapper, trust_tree, spelling, layout,
+                                                                          swap, rule):
+    (trust_tree / "allowed/swap" / layout).mkdir(parents=True)
+    name = f"{PREFIX}-swap-{layout.split('/')[0]}"
+    text = swap_attempt(swapper, trust_tree, name, f"{trust_tree}/allowed/swap/{layout}",
+                        swap.replace("{outside}", str(trust_tree / "outside")))
+    assert_refused(text, rule, "SAFETY_" if rule == "bind_mount" else PRIVILEGED)
+    assert "judged on its actual configuration" in text
+    state = state_of(name)  # the engine's own record: never started, so nothing was mounted
+    assert not state.get("Running") and str(state.get("StartedAt", "")).startswith("0001-01-01"), state
+    assert outside_secret(trust_tree) not in logs_of(name) and (not HOST_MARKER or HOST_MARKER not in logs_of(name))
+
+
+@pytest.mark.adversarial
+@pytest.mark.parametrize("how", ["restart", "stop then start", "exec after the swap"])
+def test_a_running_container_whose_bind_source_was_swapped_is_not_remounted(swapper, trust_tree, how):
+    """The container rewrites its own bind source's parent (it mounts the parent too), then asks for a restart."""
+    key = how.split()[0]
+    base = trust_tree / f"allowed/swap/self-{key}"
+    (base / "inner").mkdir(parents=True)
+    name = f"{PREFIX}-self-{key}"
+    command = ["sh", "-c", "cat /i/machine-id /i/secret.txt 2>/dev/null; echo started; sleep 3600"]
+    swapper.ok("docker_run_container", {"image": TEST_IMAGE, "name": name, "network": "none", "command": command,
+                                        "labels": {"io.mcp-docker.test": PREFIX},
+                                        "mounts": [{"type": "bind", "source": str(base), "target": "/p"},
+                                                   {"type": "bind", "source": str(base / "inner"), "target": "/i"}]})
+    before = state_of(name)["StartedAt"]
+    out = swapper.ok("docker_exec_command", {"container": name,
+                                             "command": ["sh", "-c", "mv /p/inner /p/was && ln -s /etc /p/inner"]})
+    assert out["exit_code"] == 0, out
+    if how == "restart":
+        text = swapper.error("docker_restart_container", {"container": name}, "policy_denied")
+    elif how == "stop then start":
+        swapper.ok("docker_stop_container", {"container": name, "timeout": 0})
+        text = swapper.error("docker_start_container", {"container": name}, "policy_denied")
+    else:
+        text = swapper.error("docker_exec_command", {"container": name, "command": ["cat", "/i/machine-id"]},
+                             "policy_denied")
+    assert_refused(text, "sensitive_path")
+    assert state_of(name)["StartedAt"] == before  # the engine did not start it again
+    assert logs_of(name).count("started") == 1
+    assert not HOST_MARKER or HOST_MARKER not in logs_of(name)
+
+
+@pytest.mark.adversarial
+@pytest.mark.parametrize("restart_policy", ["always", "unless-stopped", "on-failure"])
+def test_restart_policies_that_remount_binds_unjudged_are_refused(trust, trust_tree, restart_policy):
+    before = labelled_containers()
+    for tool_name in ("docker_run_container", "docker_create_container"):
+        args = {"image": TEST_IMAGE, "network": "none", "restart_policy": restart_policy,
+                "labels": {"io.mcp-docker.test": PREFIX}, **bind(f"{trust_tree}/allowed/quiet", "/q")}
+        if tool_name == "docker_run_container":
+            args["command"] = ["true"]
+        assert_refused(trust.error(tool_name, args, "policy_denied"), "restart_policy")
+    assert labelled_containers() == before  # nothing was created
+    # Made by an operator anyway: the agent may not start, restart or exec in it.
+    cid = operator_container(f"restart-{restart_policy}", managed=True, restart_policy={"Name": restart_policy},
+                             binds=[f"{trust_tree}/allowed/quiet:/q"])
+    assert_refused(trust.error("docker_exec_command", {"container": cid, "command": ["true"]}), "restart_policy")
+    assert execs_of(cid) == []
+    # The harmless twin: a restart policy without bind mounts.
+    made = trust.ok("docker_create_container", {"image": TEST_IMAGE, "network": "none", "restart_policy": restart_policy,
+                                                "labels": {"io.mcp-docker.test": PREFIX}})
+    info = engine_client().inspect_container(made["id"])
+    assert info["HostConfig"]["RestartPolicy"]["Name"] == restart_policy
+
+
+# -- class 2: sockets under allowed roots ----------------------------------------------------------
+
+@pytest.mark.adversarial
+@pytest.mark.parametrize(("source", "rule"), [
+    ("allowed/sockdir", "engine_socket"),
+    ("allowed/sockdir/", "engine_socket"),
+    ("allowed//sockdir/.", "engine_socket"),
+    ("allowed/quiet/../sockdir", "engine_socket"),
+    ("allowed/link_to_sockdir", "engine_socket"),
+    ("allowed/deep", "engine_socket"),
+    ("allowed/deep/a/b", "engine_socket"),
+    ("allowed", ("engine_socket", "bind_mount")),  # it holds a socket, and more entries than are searched
+    ("allowed/sockdir/app.sock", "engine_socket"),
+    ("allowed/enginesock", "engine_socket"),
+    ("allowed/many", "bind_mount"),       # more entries than the search may read: refused, not passed
+    ("allowed/toodeep", "bind_mount"),    # deeper than the search may go
+])
+def test_a_bind_of_a_directory_holding_a_socket_is_refused(trust, trust_tree, source, rule):
+    before = labelled_containers()
+    for tool_name, extra in (("docker_run_container", {"command": ["ls", "-R", "/v"]}), ("docker_create_container", {})):
+        args = {"image": TEST_IMAGE, "network": "none", "labels": {"io.mcp-docker.test": PREFIX},
+                **bind(f"{trust_tree}/{source}", "/v", read_only=True), **extra}
+        text = trust.error(tool_name, args, "policy_denied")
+        found = next(r for r in (rule if isinstance(rule, tuple) else (rule,)) if f"[{r}]" in text)
+        assert_refused(text, found, md.ALLOWED_SOCKETS_SETTING if found == "engine_socket" else PRIVILEGED)
+    assert labelled_containers() == before
+
+
+@pytest.mark.adversarial
+def test_a_socket_that_appears_between_create_and_start_is_refused(trust, trust_tree):
+    name = f"{PREFIX}-later"
+    trust.ok("docker_create_container", {"image": TEST_IMAGE, "name": name, "network": "none",
+                                         "command": ["ls", "/v"], "labels": {"io.mcp-docker.test": PREFIX},
+                                         **bind(f"{trust_tree}/allowed/later", "/v")})
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(trust_tree / "allowed/later/new.sock"))
+    try:
+        assert_refused(trust.error("docker_start_container", {"container": name}, "policy_denied"), "engine_socket",
+                       md.ALLOWED_SOCKETS_SETTING)
+        assert not state_of(name).get("Running") and logs_of(name) == ""
+    finally:
+        sock.close()
+        (trust_tree / "allowed/later/new.sock").unlink()
+
+
+@pytest.mark.adversarial
+def test_sockets_the_operator_names_may_be_mounted_but_never_an_engines(trust_tree):
+    require_engine()
+    allowed = f"{trust_tree}/allowed/sockdir/app.sock,{trust_tree}/allowed/enginesock/docker.sock"
+    h = Harness(env=trust_env(trust_tree, SAFETY_ALLOWED_SOCKETS=allowed))
+    try:
+        ran = h.ok("docker_run_container", {**trust_run(bind(f"{trust_tree}/allowed/sockdir", "/v", read_only=True)),
+                                            "command": ["ls", "/v"]})
+        assert ran["lines"] == ["app.sock"]  # the named socket is there, as the operator allowed
+        text = h.error("docker_run_container", trust_run(bind(f"{trust_tree}/allowed/enginesock", "/v")),
+                       "policy_denied")
+        assert_refused(text, "engine_socket")
+    finally:
+        h.close()
+
+
+# -- class 3: acting inside a container the policy would not have created --------------------------
+
+OVERPOWERED: list[tuple[str, dict[str, Any], str]] = [
+    ("privileged", {"privileged": True}, "privileged"),
+    ("etc-bind", {"binds": ["/etc:/h:ro"]}, "sensitive_path"),
+    ("root-bind", {"binds": ["/:/host:ro"]}, "sensitive_path"),
+    ("docker-socket", {"binds": ["/var/run/docker.sock:/var/run/docker.sock"]}, "engine_socket"),
+    ("podman-socket", {"binds": ["/tmp/podman.sock:/run/podman.sock"]}, "engine_socket"),
+    ("pid-host", {"pid_mode": "host"}, "host_namespace"),
+    ("net-host", {"network_mode": "host"}, "host_namespace"),
+    ("uts-host", {"uts_mode": "host"}, "host_namespace"),
+    ("cap-sys-admin", {"cap_add": ["SYS_ADMIN"]}, "capabilities"),
+    ("cap-lowercase", {"cap_add": ["cap_sys_ptrace"]}, "capabilities"),
+    ("seccomp-off", {"security_opt": ["seccomp=unconfined"]}, "security_options"),
+    ("device", {"devices": ["/dev/null:/dev/xnull:rwm"]}, "devices"),
+    ("propagation", {"mounts": "{rshared}"}, "mount_propagation"),
+    ("no-limits", {"mem_limit": 0, "nano_cpus": 0, "pids_limit": 0}, "resource_limits"),
+    ("tiny-cpus", {"nano_cpus": 5000}, "resource_limits"),
+    ("oom-off", {"oom_kill_disable": True}, "resource_limits"),
+]
+# Docker reports these; Podman 4.3 does not (see container_power_from_inspect), so there they are refused
+# as containers that cannot be judged.
+OVERPOWERED_DOCKER_ONLY = [
+    ("ipc-host", {"ipc_mode": "host"}, "host_namespace"),
+    ("sysctl", {"sysctls": {"kernel.shmmax": "123456"}}, "sysctls"),
+    ("cgroup-rule", {"device_cgroup_rules": ["c 1:3 rwm"]}, "devices"),
+    ("swap-unlimited", {"memswap_limit": -1}, "resource_limits"),
+]
+EXEC_SPELLINGS = [{"command": ["cat", "/h/shadow"]}, {"command": ["sh", "-c", "id"]},
+                  {"command": ["true"], "user": "0"}, {"command": ["ls"], "workdir": "/"}]
+
+
+def overpowered_kwargs(extra: dict[str, Any], root: Path) -> dict[str, Any]:
+    import docker.types
+
+    if extra.get("mounts") == "{rshared}":
+        return {"mounts": [docker.types.Mount("/q", f"{root}/allowed/quiet", type="bind", propagation="rshared")]}
+    return extra
+
+
+@pytest.mark.adversarial
+@pytest.mark.parametrize(("suffix", "extra", "rule"), OVERPOWERED + OVERPOWERED_DOCKER_ONLY,
+                         ids=[case[0] for case in OVERPOWERED + OVERPOWERED_DOCKER_ONLY])
+def test_no_exec_start_or_restart_in_a_container_the_policy_would_not_create(trust, trust_tree, suffix, extra, rule):
+    hidden_by_podman = is_podman() and (suffix, extra, rule) in OVERPOWERED_DOCKER_ONLY
+    # Whoever created it: the managed label proves nothing on Docker. On Podman a container that carries it
+    # was made by the server (which judged these options at create); Podman's inspect cannot show them.
+    for managed in (False,) if hidden_by_podman else (False, True):
+        cid = operator_container(f"op-{suffix}-{int(managed)}", managed=managed,
+                                 **overpowered_kwargs(extra, trust_tree))
+        for spelling in EXEC_SPELLINGS:
+            text = trust.error("docker_exec_command", {"container": cid, **spelling}, "policy_denied")
+            assert_refused(text, "unjudged_container" if hidden_by_podman else rule,
+                           "SAFETY_" if rule == "resource_limits" else PRIVILEGED)
+            assert "judged on its actual configuration" in text
+        assert execs_of(cid) == []  # the engine's record: no exec was ever created in it
+        started = state_of(cid)["StartedAt"]
+        for action in ("docker_restart_container", "docker_start_container"):
+            trust.error(action, {"container": cid}, "policy_denied")
+        assert state_of(cid)["StartedAt"] == started
+
+
+@pytest.mark.adversarial
+def test_a_created_over_powered_container_is_not_started(trust):
+    cid = operator_container("op-created", start=False, managed=True, privileged=True)
+    assert_refused(trust.error("docker_start_container", {"container": cid}, "policy_denied"), "privileged")
+    assert not state_of(cid).get("Running") and str(state_of(cid)["StartedAt"]).startswith("0001-01-01")
+
+
+@pytest.mark.adversarial
+def test_namespaces_and_mounts_borrowed_from_an_over_powered_container_are_refused(trust, trust_tree):
+    donor = operator_container("op-donor", managed=True, privileged=True, binds=["/etc:/h:ro"])
+    for suffix, extra, rule in (("borrow-pid", {"pid_mode": f"container:{donor}"}, "host_namespace"),
+                                ("borrow-net", {"network_mode": f"container:{donor}"}, "host_namespace"),
+                                ("borrow-ipc", {"ipc_mode": f"container:{donor}"}, "host_namespace"),
+                                ("borrow-volumes", {"volumes_from": [donor]}, "volumes_from")):
+        cid = operator_container(suffix, managed=True, **extra)
+        text = trust.error("docker_exec_command", {"container": cid, "command": ["cat", "/h/shadow"]}, "policy_denied")
+        if is_podman() and suffix == "borrow-ipc":
+            continue  # Podman reports a borrowed IPC namespace as "shareable"; its label vouches for the server
+        assert_refused(text, rule)
+        assert execs_of(cid) == []
+    # And through the server: the same borrowing is refused at create.
+    for args in ({"pid_mode": f"container:{donor}"}, {"network_mode": f"container:{donor}"},
+                 {"ipc_mode": f"container:{donor}"}, {"volumes_from": [donor]}):
+        trust.error("docker_run_container", trust_run(args), "policy_denied")
+
+
+@pytest.mark.adversarial
+def test_exec_into_ordinary_containers_keeps_working(trust, default, trust_tree):
+    own = sleeper(default, "own-ordinary")
+    assert default.ok("docker_exec_command", {"container": own, "command": ["echo", "hi"]})["stdout"] == "hi\n"
+    operator_ordinary = operator_container("op-ordinary", managed=True)
+    assert trust.ok("docker_exec_command", {"container": operator_ordinary, "command": ["true"]})["exit_code"] == 0
+    unlabelled = operator_container("op-unlabelled")
+    answer = trust.call("docker_exec_command", {"container": unlabelled, "command": ["true"]})
+    if is_podman():
+        assert_refused(answer.content[0].text, "unjudged_container")
+    else:
+        assert not answer.is_error, answer.content[0].text
+    bound = sleeper(trust, "own-bound", **bind(f"{trust_tree}/allowed/quiet", "/q", read_only=True))
+    assert trust.ok("docker_exec_command", {"container": bound, "command": ["cat", "/q/ok.txt"]})["stdout"] == "ok\n"
+    trust.ok("docker_restart_container", {"container": bound, "timeout": 0})
+
+
+# -- class 6: limits that round to nothing, judged on what the engine stored ---------------------
+
+@pytest.mark.adversarial
+@pytest.mark.parametrize("limit", [{"cpus": 0.000005}, {"cpus": "0.000005"}, {"cpus": 1e-10}, {"cpus": "0.009"},
+                                   {"memory": "0.4"}, {"memory": 0}, {"pids_limit": 0}, {"pids_limit": "-1"}])
+def test_a_limit_that_rounds_to_nothing_is_refused_and_nothing_is_created(trust, limit):
+    before = labelled_containers()
+    for tool_name, args in (("docker_run_container", trust_run({**limit, "command": ["true"]})),
+                            ("docker_create_container", {"image": TEST_IMAGE, "network": "none", **limit})):
+        text = trust.error(tool_name, args, "policy_denied")
+        assert "[not_understood]" in text, text
+    assert labelled_containers() == before
+
+
+@pytest.mark.adversarial
+def test_the_smallest_cpu_limit_is_stored_and_applied(trust):
+    ran = trust.ok("docker_run_container", trust_run({"cpus": 0.01, "remove": False, "command": [
+        "sh", "-c", "cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/cpu.max 2>/dev/null"]}))
+    assert ran["lines"][0].split()[0] == "1000", ran  # 1 ms per 100 ms: applied, not rounded away
+    host = engine_client().inspect_container(ran["id"])["HostConfig"]
+    assert host["NanoCpus"] == 10**7 and host["PidsLimit"] == 512 and host["Memory"] == 1024**3
+
+
+# -- the cost of judging where power is used --------------------------------------------------------
+
+class CountingApi:
+    """docker-py's client, counting the engine requests made through it (real engine, nothing faked)."""
+
+    def __init__(self, api: Any) -> None:
+        self._api, self.requests = api, []
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._api, name)
+        if not callable(attr) or name.startswith("_") or name in ("create_host_config",):
+            return attr
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.requests.append(name)
+            return attr(*args, **kwargs)
+        return counted
+
+
+@pytest.mark.adversarial
+def test_judging_at_start_and_exec_costs_one_engine_request():
+    require_engine()
+    api = CountingApi(engine_client())
+    call = md.Call(api=api, args={"image": TEST_IMAGE, "name": f"{PREFIX}-counted", "network": "none",
+                                  "command": ["sleep", "3600"], "labels": {"io.mcp-docker.test": PREFIX},
+                                  "volumes": [{"source": f"{PREFIX}-counted-vol", "target": "/data"}]},
+                   settings=md.Settings(), deadline=time.monotonic() + 60, kind=engine_kind_under_test(),
+                   engine_url=ENGINE_URL)
+    created = md.create_judged_container(call, "docker_create_container")
+    api.requests.clear()
+    md.enforce_container_power(call, created["Id"], "start")
+    assert api.requests == ["inspect_container"]  # its volume was described when it was created
+    api.start(created["Id"])
+    api.requests.clear()
+    md.enforce_container_power(call, created["Id"], "exec")
+    assert api.requests == ["inspect_container"]
+    # A container the server did not make: its volumes are asked once, then it is one request again.
+    other = operator_container("counted-other", managed=True, binds=[f"{PREFIX}-counted-vol2:/d"])
+    api.requests.clear()
+    md.enforce_container_power(call, other, "exec")
+    assert api.requests == ["inspect_container", "inspect_volume"]
+    api.requests.clear()
+    md.enforce_container_power(call, other, "exec")
+    assert api.requests == ["inspect_container"]
 
 
 # =============================================================================================
