@@ -6574,6 +6574,10 @@ class DockerMCP:
             summary["truncated"] = bool(result.get("truncated"))
             summary.update({k: result[k] for k in ("id", "name", "count", "exit_code", "status")
                             if isinstance(result.get(k), (str, int)) and k in result})
+            if isinstance(result.get("project"), str):  # a compose project operation: the project and its services
+                summary["project"] = result["project"]
+                summary["services"] = sorted({str(s.get("service")) for s in result.get("services") or []
+                                              if isinstance(s, dict)})[:64]
         return {
             "event_type": event,
             "client_id": principal.client_id if principal else "stdio",

@@ -7308,6 +7308,9 @@ def test_compose_project_up_ps_logs_stop_start_down_through_mcp(composer):
         assert len(compose_objects(project)["containers"]) == 2  # a dry run changes nothing
         composer.ok("docker_compose_down", {"project": project, "volumes": True})
         assert compose_objects(project) == {"containers": [], "networks": [], "volumes": []}
+        records = [json.loads(line) for line in (STATE_DIR / "audit.log").read_text().splitlines() if project in line]
+        up_record = next(r for r in records if r.get("tool_name") == "docker_compose_up")
+        assert up_record["result"]["project"] == project and up_record["result"]["services"] == ["web", "worker"]
     finally:
         remove_compose_project(project)
 
