@@ -5581,7 +5581,16 @@ class ComposeRun:
         return [*base, *words]
 
     def model(self, file: str, project_dir: str) -> dict[str, Any]:
-        """The tool's own normalized model of the project, as JSON data."""
+        """The tool's own normalized model of the project, as JSON data; a file it refuses is the caller's to fix."""
+        try:
+            return self._model(file, project_dir)
+        except ToolError as error:
+            if error.category != "engine_error":
+                raise
+            raise ToolError("invalid_argument", error.message.replace("the Compose tool failed",
+                                                                      "the Compose tool refused the file")) from None
+
+    def _model(self, file: str, project_dir: str) -> dict[str, Any]:
         if self.tool.flavor == "v2":
             text = self.run(self.command(file, "config", "--format", "json", project_dir=project_dir))[1]
         elif self.tool.flavor == "v1":

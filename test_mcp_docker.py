@@ -7380,6 +7380,17 @@ def test_a_failed_compose_up_leaves_nothing_behind(composer):
         remove_compose_project(project)
 
 
+def test_a_compose_file_the_tool_refuses_is_a_clear_error_and_the_server_keeps_serving(composer):
+    message = composer.error("docker_compose_up", {"project": f"{PREFIX}bad", "compose": "services: ["},
+                             "invalid_argument")
+    assert "the Compose tool refused the file" in message and "/tmp/mcp-compose" not in message
+    # docker-compose refuses an unknown key itself; podman-compose passes it on, and the policy refuses it
+    message = composer.error("docker_compose_up", {"project": f"{PREFIX}bad", "compose": "services:\n  a:\n    imag: x\n"})
+    assert "imag" in message and message.startswith(("invalid_argument:", "policy_denied:"))
+    assert compose_objects(f"{PREFIX}bad") == {"containers": [], "networks": [], "volumes": []}
+    assert composer.ok("docker_list_compose_projects", {})["count"] >= 0
+
+
 # -- files in and out, waits, updates, endpoints (through a real MCP client) ----------------------
 
 @pytest.fixture(scope="module")
