@@ -1442,7 +1442,9 @@ def cpu_percent(stats: Mapping[str, Any]) -> float | None:
 # ``PowerRequest``. ``judge_request`` is the one place that decides whether it may go ahead, and the
 # engine receives what was judged, not the raw arguments. Normalizing comes first (capability
 # spellings, ``..`` and symlinks, numbers given as strings, duplicated options); what cannot be
-# understood becomes a ``problem`` and is refused, never passed through.
+# understood becomes a ``problem`` and is refused, never passed through. What exists is judged the same
+# way: ``container_power_from_inspect`` turns the engine's record of a container into a ``PowerRequest``,
+# judged after create and before every start, restart, exec or copy (``enforce_container_power``, §4).
 
 NAME_TEXT = r"[A-Za-z0-9][A-Za-z0-9_.-]*"  # engine object names (containers, networks, volumes)
 MANAGED_LABEL = "io.mcp-docker.managed"
