@@ -7150,8 +7150,12 @@ def prune_system(call: Call) -> dict[str, Any]:
 # call made. The file the tool runs is the judged one: the caller's file is read once, by the tool, in (1).
 
 COMPOSE_TOOLS: dict[tuple[tuple[str, ...], str], ComposeDiscovery] = {}
-COMPOSE_VARIABLE_RE = r"^(?!(PATH|HOME|LANG|XDG_RUNTIME_DIR)$)(?!(DOCKER|COMPOSE|PODMAN|CONTAINER|LD|PYTHON)_?)" \
-                      r"[A-Za-z_][A-Za-z0-9_]{0,127}$"
+# Variables may not be ones the Compose tools, podman, Python or the loader read themselves (where the engine
+# is, which containers.conf or registries apply, what code is loaded): only the file's own ${NAME}s.
+COMPOSE_VARIABLE_RE = r"^(?!(PATH|HOME|LANG|LC_ALL|TMPDIR|ENV|BASH_ENV|NO_PROXY|no_proxy)$)" \
+                      r"(?!(DOCKER|COMPOSE|PODMAN|CONTAINER|LD|PYTHON|XDG|SSL|REQUESTS|CURL|HTTPS?_PROXY|https?_proxy|" \
+                      r"BUILDAH|BUILDKIT|STORAGE|REGISTRIES|CNI|NETAVARK))" \
+                      r"(?!.*_(CONF|CONFIG|CONFIG_PATH|CONFIG_FILE)$)[A-Za-z_][A-Za-z0-9_]{0,127}$"
 YAML_TO_JSON = "import json, sys, yaml; json.dump(yaml.safe_load(sys.stdin), sys.stdout)"
 # docker-compose 1.x in one process of its own Python for a whole `up`: its `config` (read by its own YAML
 # reader), then, once the model is judged, its `up --no-start` on the judged file. A Python start and the
@@ -7342,7 +7346,16 @@ class ComposeRun:
         return [*base, *words]
 
     def model(self, file: str, project_dir: str) -> dict[str, Any]:
-        """The tool's own normalized model of the project, as JSON data."""
+        """The tool's own normalized model of the project, as JSON data; a file it refuses is the caller's to fix."""
+        try:
+            return self._model(file, project_dir)
+        except ToolError as error:
+            if error.category != "engine_error":
+                raise
+            raise ToolError("invalid_argument", error.message.replace("the Compose tool failed",
+                                                                      "the Compose tool refused the file")) from None
+
+    def _model(self, file: str, project_dir: str) -> dict[str, Any]:
         if self.tool.flavor == "v2":
             text = self.run(self.command(file, "config", "--format", "json", project_dir=project_dir))[1]
         elif self.tool.flavor == "v1":
@@ -8417,6 +8430,10 @@ class DockerMCP:
             summary["truncated"] = bool(result.get("truncated"))
             summary.update({k: result[k] for k in ("id", "name", "count", "exit_code", "status")
                             if isinstance(result.get(k), (str, int)) and k in result})
+            if isinstance(result.get("project"), str):  # a compose project operation: the project and its services
+                summary["project"] = result["project"]
+                summary["services"] = sorted({str(s.get("service")) for s in result.get("services") or []
+                                              if isinstance(s, dict)})[:64]
         return {
             "event_type": event,
             "client_id": principal.client_id if principal else "stdio",

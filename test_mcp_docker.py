@@ -9251,6 +9251,9 @@ def test_compose_project_up_ps_logs_stop_start_down_through_mcp(composer):
         assert len(compose_objects(project)["containers"]) == 2  # a dry run changes nothing
         composer.ok("docker_compose_down", {"project": project, "volumes": True})
         assert compose_objects(project) == {"containers": [], "networks": [], "volumes": []}
+        records = [json.loads(line) for line in (STATE_DIR / "audit.log").read_text().splitlines() if project in line]
+        up_record = next(r for r in records if r.get("tool_name") == "docker_compose_up")
+        assert up_record["result"]["project"] == project and up_record["result"]["services"] == ["web", "worker"]
     finally:
         remove_compose_project(project)
 
@@ -9263,8 +9266,16 @@ def test_compose_interpolation_sees_only_the_variables_given_never_the_servers_e
     environment = answer["model"]["services"]["a"]["environment"]
     environment = environment if isinstance(environment, dict) else dict(e.split("=", 1) for e in environment)
     assert environment["LEAK"] == "unset" and environment["GIVEN"] == "yes" and answer["allowed"] is True
-    assert "PATH" in composer.error("docker_compose_config", {"project": f"{PREFIX}vars", "compose": text,
-                                                              "variables": {"PATH": "/x"}}, "invalid_argument")
+    for name in ("PATH", "DOCKER_HOST", "CONTAINERS_CONF", "XDG_CONFIG_HOME", "PYTHONPATH", "LD_PRELOAD"):
+        # what the Compose tools, podman, Python or the loader would read themselves
+        assert name in composer.error("docker_compose_config", {"project": f"{PREFIX}vars", "compose": text,
+                                                                "variables": {name: "/x"}}, "invalid_argument")
+
+
+def test_a_compose_file_outside_the_allowlists_is_refused_before_it_is_read(composer):
+    message = composer.error("docker_compose_config", {"project": f"{PREFIX}file", "file": "/etc/hosts"},
+                             "policy_denied")
+    assert "SAFETY_BUILD_CONTEXT_ALLOWLIST" in message and "/etc" not in message
 
 
 COMPOSE_ESCALATIONS = {
@@ -9310,6 +9321,17 @@ def test_a_failed_compose_up_leaves_nothing_behind(composer):
         assert compose_objects(project) == {"containers": [], "networks": [], "volumes": []}
     finally:
         remove_compose_project(project)
+
+
+def test_a_compose_file_the_tool_refuses_is_a_clear_error_and_the_server_keeps_serving(composer):
+    message = composer.error("docker_compose_up", {"project": f"{PREFIX}bad", "compose": "services: ["},
+                             "invalid_argument")
+    assert "the Compose tool refused the file" in message and "/tmp/mcp-compose" not in message
+    # docker-compose refuses an unknown key itself; podman-compose passes it on, and the policy refuses it
+    message = composer.error("docker_compose_up", {"project": f"{PREFIX}bad", "compose": "services:\n  a:\n    imag: x\n"})
+    assert "imag" in message and message.startswith(("invalid_argument:", "policy_denied:"))
+    assert compose_objects(f"{PREFIX}bad") == {"containers": [], "networks": [], "volumes": []}
+    assert composer.ok("docker_list_compose_projects", {})["count"] >= 0
 
 
 # -- files in and out, waits, updates, endpoints (through a real MCP client) ----------------------
