@@ -2164,8 +2164,7 @@ def service_power(tool: str, spec: Mapping[str, Any], resolve: Callable[[str], H
         security_opt.append(f"seccomp={(privileges.get('Seccomp') or {}).get('Mode')}")
     if (privileges.get("AppArmor") or {}).get("Mode") not in (None, "", "default"):
         security_opt.append(f"apparmor={(privileges.get('AppArmor') or {}).get('Mode')}")
-    if privileges.get("NoNewPrivileges") is False:
-        security_opt.append("no-new-privileges:false")
+    # NoNewPrivileges false is the engine's default (newer CLIs always send the field): nothing is weakened.
 
     sysctls: list[tuple[str, str]] = []
     for name, value in (container.get("Sysctls") or {}).items():
@@ -2261,6 +2260,9 @@ def harden_service_spec(spec: Mapping[str, Any], settings: Settings, labels: Map
     spec = json.loads(json.dumps(spec))  # a deep copy of plain JSON
     template = spec.setdefault("TaskTemplate", {})
     container = template.setdefault("ContainerSpec", {})
+    if (spec.get("Labels") or {}).get(MANAGED_LABEL) == "true":  # ours already: keep who made it and when, or
+        labels = {**labels, **{k: v for k, v in spec["Labels"].items()  # every scale would restart every task
+                               if k in (CLIENT_LABEL, CREATED_LABEL)}}
     spec["Labels"] = {**(spec.get("Labels") or {}), **labels}
     container["Labels"] = {**(container.get("Labels") or {}), **labels}
     resource_limits = template.setdefault("Resources", {}).setdefault("Limits", {})
@@ -5475,8 +5477,11 @@ class StackProxy:
 
     def service(self, target: str, spec: dict[str, Any], service_id: str | None) -> tuple[int, list[tuple[str, str]], bytes]:
         tool = "docker_deploy_stack"
-        if service_id is not None:
-            find_service(self.call, service_id)  # managed-only mode: only services this server made
+        if service_id is not None:  # managed-only mode: only services this server made
+            labels = (find_service(self.call, service_id).get("Spec") or {}).get("Labels") or {}
+            if labels.get(MANAGED_LABEL) == "true":  # an unchanged service keeps its labels, so its tasks run on
+                spec["Labels"] = {**(spec.get("Labels") or {}), **{k: v for k, v in labels.items()
+                                                                   if k in (MANAGED_LABEL, CLIENT_LABEL, CREATED_LABEL)}}
         spec, not_applied = hardened_service_spec(self.call, spec)
         judged_service_spec(self.call, tool, spec, self.network_info)
         with self._lock:

@@ -76,9 +76,9 @@ DESTRUCTIVE = {"docker_remove_container", "docker_prune_containers", "docker_rem
 
 
 def test_registry_has_exactly_the_catalogue():
-    assert set(md.TOOLS) == ALL_TOOLS
-    assert len(md.TOOLS) == 45
-    assert {n for n, s in md.TOOLS.items() if s.tier is md.Tier.DESTRUCTIVE} == DESTRUCTIVE
+    assert set(md.TOOLS) == ALL_TOOLS | SWARM_TOOLS
+    assert len(md.TOOLS) == 45 + len(SWARM_TOOLS)
+    assert {n for n, s in md.TOOLS.items() if s.tier is md.Tier.DESTRUCTIVE} == DESTRUCTIVE | SWARM_DESTRUCTIVE
 
 
 def test_every_parameter_is_described_and_schemas_are_closed():
@@ -6412,3 +6412,414 @@ def test_fuzz_finding_a_call_failing_as_its_session_closes_leaves_no_unretrieved
         return errors
 
     assert [asyncio.run(fail_as_the_session_closes(delay)) for delay in range(4)] == [[]] * 4
+
+
+# === Swarm services and stacks (issue 18) ===================================================
+# Pure tests of the service policy first, then integration tests through a real MCP client against a
+# real single-node swarm that the ``swarm`` fixture makes on the engine under test (`swarm init
+# --advertise-addr 127.0.0.1`) and always leaves again; it skips on Podman and on an engine that is
+# already in a swarm this run did not make. The multi-node test adds a second dockerd in a network
+# namespace of its own, joined over a veth pair.
+
+SWARM_TOOLS = {
+    "docker_swarm_info", "docker_list_nodes", "docker_inspect_node", "docker_list_services",
+    "docker_inspect_service", "docker_service_tasks", "docker_service_logs", "docker_list_stacks",
+    "docker_stack_services", "docker_create_service", "docker_update_service", "docker_scale_service",
+    "docker_rollback_service", "docker_deploy_stack", "docker_remove_service", "docker_remove_stack"}
+SWARM_DESTRUCTIVE = {"docker_remove_service", "docker_remove_stack"}
+SWARM_ARGS = ["--allow-destructive", "--toolsets", ",".join(md.TOOLSETS)]
+# A task that stops at once on SIGTERM (busybox sleep as PID 1 ignores it: 10 s per task on every update).
+QUICK_STOP = ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"]
+
+
+def _spec(**container: Any) -> dict[str, Any]:
+    extra = {k: container.pop(k) for k in ("EndpointSpec", "Networks") if k in container}
+    template = {k: container.pop(k) for k in ("Resources", "LogDriver", "Runtime", "PluginSpec") if k in container}
+    return {"Name": "svc", "TaskTemplate": {"ContainerSpec": {"Image": TEST_IMAGE, **container}, **template},
+            "Mode": {"Replicated": {"Replicas": 1}}, **extra}
+
+
+def _judge(spec: dict[str, Any], settings: md.Settings | None = None, networks: dict[str, Any] | None = None,
+           volumes: dict[str, Any] | None = None) -> list[md.Denial]:
+    facts = md.HostFacts(volume_roots=("/srv/data",), sensitive=md.sensitive_paths(("/root",), "/var/run/docker.sock"))
+    known = {"host": {"name": "host", "driver": "host"}, "hostid123": {"name": "host", "driver": "host"},
+             "web": {"name": "web", "driver": "overlay"}, **(networks or {})}
+    return md.judge_service("docker_create_service", spec, settings or md.Settings(), facts,
+                            lambda p: md.HostPath(p, md.lexical_path(p), md.lexical_path(p)),
+                            lambda name: (volumes or {}).get(name), known.get)
+
+
+@pytest.mark.parametrize(("container", "rule"), [
+    ({"CapabilityAdd": ["CAP_SYS_ADMIN"]}, "capabilities"),
+    ({"CapabilityAdd": ["ALL"]}, "capabilities"),
+    ({"Sysctls": {"kernel.core_pattern": "|/x"}}, "sysctls"),
+    ({"Networks": [{"Target": "host"}]}, "host_namespace"),
+    ({"Networks": [{"Target": "hostid123"}]}, "host_namespace"),          # the host network by its ID
+    ({"Networks": [{"Target": "nosuchnet"}]}, "not_understood"),
+    ({"Mounts": [{"Type": "bind", "Source": "/etc", "Target": "/x"}]}, "sensitive_path"),
+    ({"Mounts": [{"Type": "bind", "Source": "/var/run/docker.sock", "Target": "/s"}]}, "engine_socket"),
+    ({"Mounts": [{"Type": "bind", "Source": "/home/someone", "Target": "/x"}]}, "bind_mount"),
+    ({"Mounts": [{"Type": "bind", "Source": "/srv/data", "Target": "/x",
+                  "BindOptions": {"Propagation": "rshared"}}]}, "bind_mount"),
+    ({"Mounts": [{"Type": "volume", "Source": "v", "Target": "/x", "VolumeOptions": {
+        "DriverConfig": {"Name": "local", "Options": {"type": "none", "o": "bind", "device": "/etc"}}}}]}, "volume_driver"),
+    ({"Mounts": [{"Type": "volume", "Source": "v", "Target": "/x",
+                  "VolumeOptions": {"DriverConfig": {"Name": "sshfs"}}}]}, "volume_driver"),
+    ({"Mounts": [{"Type": "npipe", "Source": "x", "Target": "/x"}]}, "not_understood"),
+    ({"EndpointSpec": {"Ports": [{"TargetPort": 80, "PublishMode": "ingress"}]}}, "published_ports"),
+    ({"EndpointSpec": {"Ports": [{"TargetPort": 80, "PublishedPort": 8080, "PublishMode": "host"}]}}, "published_ports"),
+    ({"Secrets": [{"SecretName": "db", "SecretID": "x", "File": {"Name": "db"}}]}, "swarm_secrets"),
+    ({"Configs": [{"ConfigName": "c", "ConfigID": "x", "File": {"Name": "c"}}]}, "swarm_secrets"),
+    ({"Ulimits": [{"Name": "nofile", "Soft": 1 << 20, "Hard": 1 << 20}]}, "ulimits"),
+    ({"Resources": {"Reservations": {"GenericResources": [{"DiscreteResourceSpec": {"Kind": "gpu", "Value": 1}}]}}},
+     "devices"),
+    ({"LogDriver": {"Name": "syslog", "Options": {"syslog-address": "udp://1.2.3.4:514"}}}, "log_driver"),
+    ({"Runtime": "plugin", "PluginSpec": {"Name": "evil"}}, "plugin"),
+    ({"Privileges": {"SELinuxContext": {"Disable": True}}}, "security_options"),
+    ({"Privileges": {"Seccomp": {"Mode": "unconfined"}}}, "security_options"),
+    ({"Privileges": {"AppArmor": {"Mode": "disabled"}}}, "security_options"),
+    ({"Resources": {"Limits": {"MemoryBytes": 64 * 1024**3}}}, "resource_limits"),
+    ({"SomeFutureField": True}, "not_understood"),                        # unknown is refused, not passed on
+    ({"Isolation": "hyperv"}, "not_understood"),
+])
+def test_a_service_spec_is_judged_like_the_containers_it_makes(container, rule):
+    denials = _judge(_spec(**container))
+    assert rule in {d.rule for d in denials}, denials
+    assert all(d.fix for d in denials)  # each names what would allow it
+
+
+def test_a_plain_service_spec_passes_and_the_settings_open_what_they_name():
+    spec = _spec(Args=["sleep", "1"], Mounts=[{"Type": "bind", "Source": "/srv/data/app", "Target": "/data"},
+                                              {"Type": "tmpfs", "Target": "/tmp"}],
+                 Networks=[{"Target": "web"}], CapabilityAdd=["NET_BIND_SERVICE"], Init=True,
+                 Privileges={"NoNewPrivileges": False})  # what newer CLIs always send: the default
+    assert _judge(spec) == []
+    ports = _spec(EndpointSpec={"Ports": [{"TargetPort": 80}]})
+    assert _judge(ports, md.Settings(allow_swarm_published_ports=True)) == []
+    secret = _spec(Secrets=[{"SecretName": "db", "SecretID": "x"}])
+    assert _judge(secret, md.Settings(allow_swarm_secrets=True)) == []
+    assert _judge(_spec(CapabilityAdd=["SYS_ADMIN"]), md.Settings(allow_privileged=True)) == []
+    registry = _judge(_spec(Image="evil.example.com/x:1"), md.Settings(allowed_registries=("docker.io",)))
+    assert [d.rule for d in registry] == ["image_registry"]
+
+
+def test_hardening_a_service_spec_sets_labels_and_limits_and_says_what_it_cannot():
+    labels = {md.MANAGED_LABEL: "true", md.CLIENT_LABEL: "c", md.CREATED_LABEL: "now"}
+    spec, not_applied = md.harden_service_spec(_spec(Labels={md.MANAGED_LABEL: "false"}), md.Settings(), labels, "1.41")
+    container = spec["TaskTemplate"]["ContainerSpec"]
+    assert spec["Labels"][md.MANAGED_LABEL] == "true" and container["Labels"][md.MANAGED_LABEL] == "true"
+    assert spec["TaskTemplate"]["Resources"]["Limits"] == {"MemoryBytes": 1024**3, "NanoCPUs": 10**9, "Pids": 512}
+    assert any("no-new-privileges" in n for n in not_applied) and "Privileges" not in container
+    newer, not_applied = md.harden_service_spec(_spec(), md.Settings(container_profile="hardened"), labels, "1.46")
+    container = newer["TaskTemplate"]["ContainerSpec"]
+    assert container["Privileges"]["NoNewPrivileges"] is True and container["ReadOnly"] is True
+    assert container["CapabilityDrop"] == ["ALL"] and container["Mounts"][0]["Target"] == "/tmp"
+    assert any("cgroup" in n for n in not_applied)
+    # A service that is ours keeps who made it and when: scaling it must not restart every task.
+    again, _ = md.harden_service_spec(spec, md.Settings(), {**labels, md.CREATED_LABEL: "later"}, "1.41")
+    assert again["TaskTemplate"]["ContainerSpec"]["Labels"][md.CREATED_LABEL] == "now"
+
+
+def test_convergence_follows_tasks_of_the_current_spec():
+    service = {"Spec": {"Mode": {"Replicated": {"Replicas": 2}},
+                        "TaskTemplate": {"ContainerSpec": {"Image": "b:2"}}}}
+
+    def task(image: str, state: str = "running", desired: str = "running") -> dict[str, Any]:
+        return {"DesiredState": desired, "Status": {"State": state}, "Spec": {"ContainerSpec": {"Image": image}}}
+
+    assert md.convergence(service, [task("b:2"), task("b:2")])[:3] == (True, "running", 2)
+    assert not md.convergence(service, [task("b:2"), task("b:1")])[0]          # one task still the old image
+    assert not md.convergence(service, [task("b:2"), task("b:2", "starting")])[0]
+    updating = {**service, "UpdateStatus": {"State": "updating"}}
+    assert not md.convergence(updating, [task("b:2"), task("b:2")])[0]
+    paused = {**service, "UpdateStatus": {"State": "paused"}}
+    assert md.convergence(paused, [task("b:2")])[:2] == (True, "update paused")
+    glob = {"Spec": {"Mode": {"Global": {}}, "TaskTemplate": {"ContainerSpec": {"Image": "b:2"}}}}
+    assert not md.convergence(glob, [])[0] and md.convergence(glob, [task("b:2"), task("b:2")])[0]
+
+
+def test_the_swarm_toolset_is_opt_in():
+    for name in SWARM_TOOLS:
+        spec = md.TOOLS[name]
+        assert spec.toolset == "swarm" and (spec.tier is md.Tier.DESTRUCTIVE) is (name in SWARM_DESTRUCTIVE)
+        assert "MCP_TOOLSETS" in md.tool_denial(name, spec.tier, spec.toolset, md.Settings(allow_destructive=True))
+        assert md.tool_denial(name, spec.tier, spec.toolset, md.Settings(
+            allow_destructive=True, toolsets=md.TOOLSETS)) is None
+
+
+def test_swarm_roles_from_engine_info():
+    assert md.swarm_role({})["role"] == "none"
+    assert md.swarm_role({"Swarm": {"LocalNodeState": "inactive"}}) == {"role": "none", "state": "inactive"}
+    assert md.swarm_role({"Swarm": {"LocalNodeState": "active", "ControlAvailable": False}})["role"] == "worker"
+    assert md.swarm_role({"Swarm": {"LocalNodeState": "active", "ControlAvailable": True, "Nodes": 2,
+                                    "Managers": 1}}) == {"role": "manager", "state": "active", "nodes": 2, "managers": 1}
+
+
+@pytest.mark.engine
+def test_swarm_tools_without_a_manager_answer_one_clear_error():
+    require_engine()
+    api = engine_client()
+    if engine_kind_under_test() == "docker" and (api.info().get("Swarm") or {}).get("LocalNodeState") == "active":
+        pytest.skip("the engine under test is in a swarm: this test needs one that is not")
+    h = Harness(SWARM_ARGS)
+    try:
+        for name, args in (("docker_swarm_info", {}), ("docker_list_services", {}),
+                           ("docker_create_service", {"name": f"{PREFIX}-x", "image": TEST_IMAGE})):
+            text = h.error(name, args, "unavailable")
+            assert ("Podman has no Swarm mode" if engine_kind_under_test() == "podman" else "not in a swarm") in text
+        assert h.ok("docker_system_info")["swarm"]["role"] == "none"
+        assert h.ok("docker_list_engines")["engines"][0]["swarm"]["role"] == "none"
+    finally:
+        h.close()
+
+
+class Swarm:
+    """A single-node swarm this run made on the engine under test, and a server with the swarm toolset."""
+
+    def __init__(self) -> None:
+        self.api = engine_client()
+        self.h: Harness | None = None
+
+    def services(self, **labels: str) -> list[dict[str, Any]]:
+        return [s for s in self.api.services() if s["Spec"]["Name"].startswith(PREFIX)]
+
+    def service(self, name: str) -> dict[str, Any] | None:
+        return next((s for s in self.api.services() if s["Spec"]["Name"] == name), None)
+
+
+def _leave_swarm(api: Any, had_gwbridge: bool) -> None:
+    with contextlib.suppress(Exception):
+        for service in api.services():
+            api.remove_service(service["ID"])
+    with contextlib.suppress(Exception):
+        api.leave_swarm(force=True)
+    if not had_gwbridge:  # swarm init made it; leaving does not remove it
+        for _ in range(20):
+            try:
+                api.remove_network("docker_gwbridge")
+                break
+            except Exception as exc:
+                if "not found" in str(exc).lower() or "No such network" in str(exc):
+                    break
+                time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def swarm():
+    require_engine()
+    if engine_kind_under_test() == "podman":
+        pytest.skip("Podman has no Swarm mode: the swarm tests need a Docker engine")
+    api = engine_client()
+    if (api.info().get("Swarm") or {}).get("LocalNodeState") != "inactive":
+        pytest.skip("the engine under test is already in a swarm this run did not make; it is left alone")
+    had_gwbridge = bool(api.networks(names=["docker_gwbridge"]))
+    made = Swarm()
+    try:
+        api.init_swarm(advertise_addr="127.0.0.1", listen_addr="0.0.0.0:2377")
+        made.h = Harness(SWARM_ARGS)
+        yield made
+    finally:
+        if made.h is not None:
+            made.h.close()
+        _leave_swarm(api, had_gwbridge)
+
+
+@pytest.mark.engine
+def test_service_lifecycle_create_scale_update_rollback_tasks_logs(swarm):
+    h, api = swarm.h, swarm.api
+    name = f"{PREFIX}-web"
+    second_tag = f"mcp-docker-test/busybox:{PREFIX}"  # the test image under a second tag, for a rolling update
+    api.tag(TEST_IMAGE, "mcp-docker-test/busybox", PREFIX)
+    command = ["sh", "-c", f"echo hello-{PREFIX}; trap 'exit 0' TERM; while :; do sleep 1; done"]
+    created = h.ok("docker_create_service", {"name": name, "image": TEST_IMAGE, "command": command,
+                                             "replicas": 1, "labels": {"io.mcp-docker.test": PREFIX},
+                                             "update_delay_seconds": 0, "wait": True, "wait_timeout": 120})
+    assert created["status"] == "created" and created["converged"] and created["running"] == 1, created
+    spec = api.inspect_service(name)["Spec"]
+    limits = spec["TaskTemplate"]["Resources"]["Limits"]
+    assert limits["MemoryBytes"] == 1024**3 and limits["Pids"] == 512 and limits["NanoCPUs"] == 10**9
+    assert spec["Labels"][md.MANAGED_LABEL] == "true"
+    assert spec["TaskTemplate"]["ContainerSpec"]["Labels"][md.MANAGED_LABEL] == "true"
+
+    updates: list[tuple[float, float | None, str | None]] = []
+
+    async def record(progress: float, total: float | None, message: str | None) -> None:
+        updates.append((progress, total, message))
+
+    scaled = h.submit(h.client.call_tool("docker_scale_service", {"service": name, "replicas": 3, "wait": True,
+                                                                   "wait_timeout": 120}, progress_callback=record))
+    assert not scaled.is_error, scaled.content[0].text
+    assert scaled.structured_content["converged"] and scaled.structured_content["running"] == 3
+    running = [t for t in api.tasks(filters={"service": name, "desired-state": "running"})
+               if t["Status"]["State"] == "running"]
+    assert len(running) == 3  # the engine's own count
+    values = [u[0] for u in updates]
+    assert updates and values == sorted(set(values)) and "3/3 tasks running" in updates[-1][2], updates
+    # Scaling did not restart the first task (its spec, labels included, is unchanged).
+    assert len(api.tasks(filters={"service": name})) == 3
+
+    updated = h.ok("docker_update_service", {"service": name, "image": second_tag, "update_parallelism": 3,
+                                             "wait": True, "wait_timeout": 120})
+    assert updated["converged"] and updated["state"] == "completed", updated
+    images = {t["Spec"]["ContainerSpec"]["Image"].split("@")[0] for t in
+              api.tasks(filters={"service": name, "desired-state": "running"})}
+    assert images == {second_tag}
+
+    rolled = h.ok("docker_rollback_service", {"service": name, "wait": True, "wait_timeout": 120})
+    assert rolled["converged"] and rolled["state"] == "rollback_completed", rolled
+    assert api.inspect_service(name)["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"].split("@")[0] == TEST_IMAGE
+
+    tasks = h.ok("docker_service_tasks", {"service": name, "running_only": True})
+    assert tasks["count"] == 3 and {t["state"] for t in tasks["tasks"]} == {"running"}
+    assert all(t["node"] and t["container"] for t in tasks["tasks"])
+    every = h.ok("docker_service_tasks", {"service": name})
+    assert any(t["desired_state"] == "shutdown" for t in every["tasks"])  # the replaced ones, kept as history
+    deadline = time.time() + 30
+    while True:
+        logs = h.ok("docker_service_logs", {"service": name, "tail": 50})
+        if any(f"hello-{PREFIX}" in line for line in logs["lines"]) or time.time() > deadline:
+            break
+        time.sleep(1)
+    assert any(f"hello-{PREFIX}" in line for line in logs["lines"]), logs
+    assert "lines" in logs["untrusted"]["fields"]
+
+    listed = h.ok("docker_list_services")
+    row = next(s for s in listed["services"] if s["name"] == name)
+    assert row["replicas"] == 3 and row["running"] == 3 and row["managed"]
+    detail = h.ok("docker_inspect_service", {"service": name})
+    assert detail["args"] == command and detail["has_previous_spec"]
+    assert h.ok("docker_swarm_info")["role"] == "manager"
+    assert h.ok("docker_list_nodes")["count"] == 1
+    assert h.ok("docker_system_info")["swarm"]["role"] == "manager"
+
+    preview = h.ok("docker_remove_service", {"service": name, "dry_run": True})
+    assert preview["dry_run"] and swarm.service(name) is not None
+    assert h.ok("docker_remove_service", {"service": name})["status"] == "removed"
+    assert swarm.service(name) is None
+
+
+@pytest.mark.engine
+def test_stack_deploy_and_remove_from_compose_text(swarm):
+    h, api = swarm.h, swarm.api
+    stack = f"{PREFIX}st"
+    compose = (f'version: "3.8"\nservices:\n  web:\n    image: {TEST_IMAGE}\n'
+               f"    command: {json.dumps(QUICK_STOP)}\n    deploy:\n      replicas: 2\n"
+               f"  worker:\n    image: {TEST_IMAGE}\n    command: {json.dumps(QUICK_STOP)}\n")
+    deployed = h.ok("docker_deploy_stack", {"name": stack, "compose": compose, "wait": True, "wait_timeout": 120})
+    assert sorted(deployed["services"]) == [f"{stack}_web", f"{stack}_worker"] and deployed["converged"], deployed
+    for service in api.services(filters={"label": [f"{md.STACK_LABEL}={stack}"]}):
+        spec = service["Spec"]
+        assert spec["Labels"][md.MANAGED_LABEL] == "true"  # hardened as it was written
+        assert spec["TaskTemplate"]["Resources"]["Limits"]["Pids"] == 512
+    assert {"name": stack, "services": 2} in h.ok("docker_list_stacks")["stacks"]
+    listed = h.ok("docker_stack_services", {"stack": stack})
+    assert {s["name"]: s["running"] for s in listed["services"]} == {f"{stack}_web": 2, f"{stack}_worker": 1}
+    # Deploying the same text again changes nothing: no task is restarted.
+    before = {t["ID"] for t in api.tasks(filters={"label": [f"{md.STACK_LABEL}={stack}"]})}
+    assert h.ok("docker_deploy_stack", {"name": stack, "compose": compose})["status"] == "deployed"
+    time.sleep(2)
+    assert {t["ID"] for t in api.tasks(filters={"label": [f"{md.STACK_LABEL}={stack}"]})} == before
+
+    preview = h.ok("docker_remove_stack", {"name": stack, "dry_run": True})
+    assert {i["type"] for i in preview["would_remove"]} == {"service", "network"}
+    removed = h.ok("docker_remove_stack", {"name": stack})
+    assert removed["status"] == "removed"
+    assert not api.services(filters={"label": [f"{md.STACK_LABEL}={stack}"]})
+    assert not api.networks(filters={"label": [f"{md.STACK_LABEL}={stack}"]})
+
+
+ESCALATING_SERVICES = [
+    ({"cap_add": ["SYS_ADMIN"]}, "capabilities"),
+    ({"sysctls": {"kernel.domainname": "x"}}, "sysctls"),
+    ({"networks": ["host"]}, "host_namespace"),
+    ({"mounts": [{"type": "bind", "source": "/etc", "target": "/host-etc"}]}, "sensitive_path"),
+    ({"mounts": [{"type": "bind", "source": "/var/run/docker.sock", "target": "/s"}]}, "engine_socket"),
+    ({"mounts": [{"type": "bind", "source": "/tmp", "target": "/t"}]}, "bind_mount"),
+    ({"ports": [{"target": 80}]}, "published_ports"),
+    ({"ports": [{"target": 80, "published": 18080, "mode": "host"}]}, "published_ports"),
+    ({"memory": "64g"}, "resource_limits"),
+]
+
+
+@pytest.mark.engine
+@pytest.mark.adversarial
+@pytest.mark.parametrize(("extra", "rule"), ESCALATING_SERVICES)
+def test_a_service_asking_for_host_power_creates_nothing(swarm, extra, rule):
+    name = f"{PREFIX}-evil-{rule}"
+    text = swarm.h.error("docker_create_service", {"name": name, "image": TEST_IMAGE, "command": ["sleep", "60"],
+                                                   **extra}, "policy_denied")
+    assert f"[{rule}]" in text and "/var/run" not in text
+    assert swarm.service(name) is None  # the manager never saw it
+
+
+@pytest.mark.engine
+@pytest.mark.adversarial
+def test_an_update_or_rollback_to_host_power_is_refused_and_changes_nothing(swarm):
+    h, api = swarm.h, swarm.api
+    name = f"{PREFIX}-upd"
+    h.ok("docker_create_service", {"name": name, "image": TEST_IMAGE, "command": QUICK_STOP, "replicas": 0})
+    version = api.inspect_service(name)["Version"]["Index"]
+    for extra, rule in ESCALATING_SERVICES[:6]:
+        text = h.error("docker_update_service", {"service": name, **extra}, "policy_denied")
+        assert f"[{rule}]" in text
+    assert api.inspect_service(name)["Version"]["Index"] == version  # not one update reached the manager
+    # Someone with the engine's own CLI gives it SYS_ADMIN; the previous spec (ours) is fine, but scaling the
+    # current one, or updating it, is judged again and refused.
+    service = api.inspect_service(name)
+    spec = service["Spec"]
+    spec["TaskTemplate"]["ContainerSpec"]["CapabilityAdd"] = ["CAP_SYS_ADMIN"]
+    api.update_service(name, version, task_template=spec["TaskTemplate"], name=name, labels=spec["Labels"],
+                       mode={"Replicated": {"Replicas": 0}})
+    assert "[capabilities]" in h.error("docker_scale_service", {"service": name, "replicas": 2}, "policy_denied")
+    assert api.inspect_service(name)["Spec"]["Mode"]["Replicated"]["Replicas"] == 0
+    # Rolling back to the previous spec is judged like a new one: ours passes; the bad one, made previous, not.
+    h.ok("docker_rollback_service", {"service": name})
+    assert not api.inspect_service(name)["Spec"]["TaskTemplate"]["ContainerSpec"].get("CapabilityAdd")
+    text = h.error("docker_rollback_service", {"service": name}, "policy_denied")
+    assert "[capabilities]" in text
+    assert not api.inspect_service(name)["Spec"]["TaskTemplate"]["ContainerSpec"].get("CapabilityAdd")
+    h.ok("docker_remove_service", {"service": name})
+
+
+@pytest.mark.engine
+@pytest.mark.adversarial
+@pytest.mark.parametrize(("service_yaml", "top_yaml", "rule"), [
+    ("    cap_add: [SYS_ADMIN]\n", "", "capabilities"),
+    ("    volumes: [\"/etc:/host-etc\"]\n", "", "sensitive_path"),
+    ("    volumes: [\"/var/run/docker.sock:/var/run/docker.sock\"]\n", "", "engine_socket"),
+    ("    ports: [\"18081:80\"]\n", "", "published_ports"),
+    ("    networks: [outside]\n", "networks:\n  outside:\n    external: true\n    name: host\n", "host_namespace"),
+    ("    sysctls: {kernel.shmmax: 1}\n", "", "sysctls"),
+    ("    ulimits: {nofile: 1048576}\n", "", "ulimits"),
+    ("    logging: {driver: syslog}\n", "", "log_driver"),
+    ("    configs: [leak]\n", "configs:\n  leak:\n    file: /etc/hostname\n", "swarm_secrets"),
+    ("    secrets: [leak]\n", "secrets:\n  leak:\n    file: /etc/hostname\n", "swarm_secrets"),
+    ("    env_file: /etc/hostname\n", "", "host_files"),
+])
+def test_a_stack_with_one_bad_service_deploys_nothing(swarm, service_yaml, top_yaml, rule):
+    stack = f"{PREFIX}bad"
+    compose = (f'version: "3.8"\nservices:\n  good:\n    image: {TEST_IMAGE}\n    command: ["sleep", "60"]\n'
+               f'  bad:\n    image: {TEST_IMAGE}\n    command: ["sleep", "60"]\n{service_yaml}{top_yaml}')
+    text = swarm.h.error("docker_deploy_stack", {"name": stack, "compose": compose}, "policy_denied")
+    assert f"[{rule}]" in text, text
+    label = {"label": [f"{md.STACK_LABEL}={stack}"]}
+    api = swarm.api
+    assert not api.services(filters=label) and not api.networks(filters=label)  # not even the good one
+    assert not api.configs(filters=label) and not api.secrets(filters=label)
+
+
+@pytest.mark.engine
+def test_managed_only_mode_leaves_foreign_services_alone(swarm):
+    api = swarm.api
+    name = f"{PREFIX}-foreign"
+    api.create_service({"ContainerSpec": {"Image": TEST_IMAGE, "Args": ["sleep", "60"]}}, name=name,
+                       mode={"Replicated": {"Replicas": 0}})
+    h = Harness([*SWARM_ARGS, "--managed-only"])
+    try:
+        for tool_name, args in (("docker_scale_service", {"replicas": 1}), ("docker_update_service", {"force": True}),
+                                ("docker_remove_service", {})):
+            assert "[managed_only]" in h.error(tool_name, {"service": name, **args}, "policy_denied")
+        assert swarm.service(name)["Spec"]["Mode"]["Replicated"]["Replicas"] == 0
+    finally:
+        h.close()
+        api.remove_service(name)
