@@ -5202,7 +5202,9 @@ def service_tasks(call: Call) -> dict[str, Any]:
                   "logs.",
       params={"service": S_SERVICE, "tail": s_int("Lines per task to return.", 1, 10000, 100),
               "timestamps": s_bool("Prefix each line with its timestamp.")},
-      required=("service",), output=out_list("lines"), list_field="lines", keep_newest=True)
+      required=("service",), output=out({"service": {"type": "string"}, "lines": {"type": "array", "items": {
+          "type": "string"}}, "count": {"type": "integer"}}, ("service", "lines", "count")),
+      list_field="lines", keep_newest=True)
 def service_logs(call: Call) -> dict[str, Any]:
     swarm_manager(call)
     a = call.args
