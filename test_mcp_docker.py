@@ -6826,3 +6826,138 @@ def test_managed_only_mode_leaves_foreign_services_alone(swarm):
     finally:
         h.close()
         api.remove_service(name)
+
+
+# The namespace the swarm's manager engine lives in, when it is not this process's own (a development
+# engine started inside a network namespace); CI's engine shares the test's namespace.
+SWARM_MANAGER_NETNS = os.environ.get("MCP_DOCKER_TEST_SWARM_NETNS", "")
+
+
+def _run(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(list(argv), capture_output=True, text=True, timeout=60)
+
+
+def _in_manager_ns(*argv: str) -> list[str]:
+    return ["ip", "-n", SWARM_MANAGER_NETNS, *argv] if SWARM_MANAGER_NETNS else ["ip", *argv]
+
+
+class SecondNode:
+    """A second dockerd in a network namespace of its own (its own data root, exec root and socket), wired
+    to the manager's namespace by a veth pair with addresses only these two namespaces know."""
+
+    def __init__(self) -> None:
+        octet = int(hashlib.sha256(PREFIX.encode()).hexdigest()[:2], 16)
+        self.ns, self.manager_end, self.node_end = f"{PREFIX}n", f"{PREFIX}a", f"{PREFIX}b"
+        self.manager_ip, self.node_ip = f"10.213.{octet}.1", f"10.213.{octet}.2"
+        self.root = Path(f"/tmp/{PREFIX}-node")
+        self.socket = f"unix://{self.root}/docker.sock"
+        self.made_ns = False
+        self.process: subprocess.Popen | None = None
+
+    def limit(self) -> str | None:
+        """Why this machine cannot host a second node (the skip reason), or None."""
+        import shutil
+
+        if os.geteuid() != 0:
+            return "a second dockerd in a network namespace needs root"
+        missing = [tool for tool in ("ip", "nsenter", "dockerd") if shutil.which(tool) is None]
+        if missing:
+            return f"a second node needs {', '.join(missing)} on PATH"
+        if not engine_urls_under_test()[0].startswith("unix://"):
+            return "the engine under test is not a local socket: a second local node could not reach it"
+        return None
+
+    def start(self) -> None:
+        steps = [["ip", "netns", "add", self.ns]]
+        self.made_ns = True
+        steps += [["ip", "link", "add", self.manager_end, "type", "veth", "peer", "name", self.node_end],
+                  ["ip", "link", "set", self.node_end, "netns", self.ns]]
+        if SWARM_MANAGER_NETNS:
+            steps.append(["ip", "link", "set", self.manager_end, "netns", SWARM_MANAGER_NETNS])
+        steps += [_in_manager_ns("addr", "add", f"{self.manager_ip}/30", "dev", self.manager_end),
+                  _in_manager_ns("link", "set", self.manager_end, "up"),
+                  ["ip", "-n", self.ns, "addr", "add", f"{self.node_ip}/30", "dev", self.node_end],
+                  ["ip", "-n", self.ns, "link", "set", self.node_end, "up"],
+                  ["ip", "-n", self.ns, "link", "set", "lo", "up"]]
+        for step in steps:
+            done = _run(*step)
+            if done.returncode != 0:
+                pytest.skip(f"the kernel refused `{' '.join(step)}`: {done.stderr.strip()[:200]}")
+        self.root.mkdir(parents=True, exist_ok=True)
+        log = open(self.root / "dockerd.log", "wb")  # noqa: SIM115 - the daemon writes it until stop()
+        # nsenter --net, not `ip netns exec`: that also remounts /sys, which hides the cgroup hierarchy.
+        self.process = subprocess.Popen(
+            ["nsenter", f"--net=/var/run/netns/{self.ns}", "dockerd", "--data-root", str(self.root / "data"),
+             "--exec-root", str(self.root / "exec"), "--pidfile", str(self.root / "docker.pid"),
+             "-H", self.socket, "--bridge=none", "--iptables=false", "--ip-masq=false"],
+            stdout=log, stderr=log, start_new_session=True)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            with contextlib.suppress(Exception):
+                engine_client(self.socket).ping()
+                return
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.5)
+        tail = (self.root / "dockerd.log").read_text(errors="replace").strip().splitlines()[-3:]
+        pytest.skip(f"a second dockerd did not start in its namespace: {' | '.join(tail)[:400]}")
+
+    def stop(self) -> None:
+        import shutil
+        import signal
+
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        if self.made_ns:
+            _run("ip", "netns", "del", self.ns)
+            _run(*_in_manager_ns("link", "del", self.manager_end))  # gone with the pair, unless the peer lingers
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.mark.engine
+def test_a_global_service_runs_one_task_on_each_of_two_nodes(swarm):
+    api = swarm.api
+    node = SecondNode()
+    reason = node.limit()
+    if reason:
+        pytest.skip(reason)
+    joined_id = None
+    name = f"{PREFIX}-global"
+    try:
+        node.start()
+        worker = engine_client(node.socket)
+        worker.load_image(api.get_image(TEST_IMAGE))  # nothing can be pulled here: the image goes across
+        token = api.inspect_swarm()["JoinTokens"]["Worker"]
+        worker.join_swarm([f"{node.manager_ip}:2377"], token, advertise_addr=node.node_ip,
+                          listen_addr=f"{node.node_ip}:2377")
+        joined_id = worker.info()["Swarm"]["NodeID"]
+        deadline = time.time() + 60
+        while not all(n["Status"]["State"] == "ready" for n in api.nodes()) or len(api.nodes()) < 2:
+            assert time.time() < deadline, f"the second node never became ready: {api.nodes()}"
+            time.sleep(0.5)
+        h = swarm.h
+        assert h.ok("docker_list_nodes")["count"] == 2
+        assert h.ok("docker_swarm_info")["nodes"] == 2
+        created = h.ok("docker_create_service", {"name": name, "image": TEST_IMAGE, "command": QUICK_STOP,
+                                                 "mode": "global", "wait": True, "wait_timeout": 120})
+        assert created["converged"] and created["running"] == 2, created
+        running = [t for t in api.tasks(filters={"service": name, "desired-state": "running"})
+                   if t["Status"]["State"] == "running"]
+        assert sorted(t["NodeID"] for t in running) == sorted(n["ID"] for n in api.nodes())  # one on each
+        assert joined_id in {t["NodeID"] for t in running}
+        assert worker.containers(filters={"label": f"com.docker.swarm.service.name={name}"})  # really there
+        h.ok("docker_remove_service", {"service": name})
+    finally:
+        with contextlib.suppress(Exception):
+            api.remove_service(name)
+        with contextlib.suppress(Exception):
+            engine_client(node.socket).leave_swarm(force=True)
+        node.stop()
+        if joined_id:
+            with contextlib.suppress(Exception):
+                api.remove_node(joined_id, force=True)
