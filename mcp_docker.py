@@ -4787,20 +4787,38 @@ SWARM_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 SWARM_POLL_SECONDS = 0.5
 
 
-def swarm_manager(call: Call) -> dict[str, Any]:
-    """The one clear error for an engine that cannot take swarm calls; the engine's info when it can."""
+def swarm_manager(call: Call) -> None:
+    """Podman's one clear error, without a request: a swarm call on a Docker engine that is not a manager
+    gets its own from ``swarm_guard`` (the engine's answer says which case it is, at no extra round trip)."""
     if call.kind == "podman":
         raise ToolError("unavailable", "Podman has no Swarm mode: the swarm tools need a Docker engine that is a "
                         "swarm manager (choose one with the engine argument)")
-    info = call.api.info()
-    role = swarm_role(info)
-    if role["role"] == "none":
-        raise ToolError("unavailable", f"this engine is not in a swarm (state: {role['state']}); the swarm tools "
-                        "need a swarm manager: run `docker swarm init` there, or point the server at a manager")
-    if role["role"] == "worker":
-        raise ToolError("unavailable", "this engine is a swarm worker, and only a manager can list or change "
-                        "services: point DOCKER_HOST (or MCP_ENGINES) at a manager of the swarm")
-    return info
+
+
+NOT_IN_SWARM = ("this engine is not in a swarm; the swarm tools need a swarm manager: run `docker swarm init` "
+                "there, or point the server at a manager")
+NOT_A_MANAGER = ("this engine is a swarm worker, and only a manager can list or change services: point "
+                 "DOCKER_HOST (or MCP_ENGINES) at a manager of the swarm")
+
+
+def swarm_guard(handler: Callable[[Call], Any]) -> Callable[[Call], Any]:
+    """Turn the engine's 'not a swarm manager' answers into the one clear error of each case."""
+    import functools
+
+    @functools.wraps(handler)
+    def guarded(call: Call) -> Any:
+        swarm_manager(call)
+        try:
+            return handler(call)
+        except ToolError:
+            raise
+        except Exception as exc:
+            text = str(getattr(exc, "explanation", "") or exc)
+            if "not a swarm manager" in text or "not part of a swarm" in text:
+                raise ToolError("unavailable", NOT_A_MANAGER if "Worker nodes" in text else NOT_IN_SWARM) from None
+            raise
+
+    return guarded
 
 
 def network_facts(api: Any, target: str) -> dict[str, Any] | None:
@@ -5102,11 +5120,15 @@ def change_service(call: Call, tool: str, service: Mapping[str, Any] | None, spe
       description="The swarm this engine manages: its ID, node and manager counts, when it was made, the "
                   "default address pool's size, and this node's role.",
       output=out({"role": {"type": "string"}, "nodes": {"type": "integer"}}, ("role",)))
+@swarm_guard
 def swarm_info(call: Call) -> dict[str, Any]:
-    info = swarm_manager(call)
+    info = call.api.info()
+    role = swarm_role(info)
+    if role["role"] != "manager":
+        raise ToolError("unavailable", NOT_IN_SWARM if role["role"] == "none" else NOT_A_MANAGER)
     swarm = call.api.inspect_swarm()
     spec = swarm.get("Spec") or {}
-    return {**swarm_role(info), "id": short_id(swarm.get("ID")), "created": iso_time(swarm.get("CreatedAt")),
+    return {**role, "id": short_id(swarm.get("ID")), "created": iso_time(swarm.get("CreatedAt")),
             "updated": iso_time(swarm.get("UpdatedAt")),
             "task_history_limit": (spec.get("Orchestration") or {}).get("TaskHistoryRetentionLimit"),
             "autolock": bool((spec.get("EncryptionConfig") or {}).get("AutoLockManagers")),
@@ -5116,8 +5138,8 @@ def swarm_info(call: Call) -> dict[str, Any]:
 @tool("docker_list_nodes", title="List swarm nodes", tier=Tier.SAFE, toolset="swarm",
       description="The swarm's nodes: hostname, role, availability, state, leader, engine version.",
       params={"limit": s_limit()}, output=out_list("nodes", ("id", "role")), list_field="nodes")
+@swarm_guard
 def list_nodes(call: Call) -> dict[str, Any]:
-    swarm_manager(call)
     nodes = [node_summary(n) for n in call.api.nodes()][: call.args.get("limit", 100)]
     return {"nodes": nodes, "count": len(nodes)}
 
@@ -5126,8 +5148,8 @@ def list_nodes(call: Call) -> dict[str, Any]:
       description="One node: role, availability, state, resources, engine version and labels.",
       params={"node": s_str("Node ID or hostname.", pattern=NAME_PATTERN, max_length=128)}, required=("node",),
       output=OUT_OBJECT)
+@swarm_guard
 def inspect_node(call: Call) -> dict[str, Any]:
-    swarm_manager(call)
     node = call.api.inspect_node(call.args["node"])
     resources = (node.get("Description") or {}).get("Resources") or {}
     result = {**node_summary(node), "labels": (node.get("Spec") or {}).get("Labels") or {},
@@ -5139,8 +5161,8 @@ def inspect_node(call: Call) -> dict[str, Any]:
       description="The swarm's services: name, image, mode, wanted replicas and running tasks, stack, ports.",
       params={"stack": s_str("Only the services of this stack.", pattern=SWARM_NAME_PATTERN, max_length=63),
               "limit": s_limit()}, output=out_list("services", ("id", "name")), list_field="services")
+@swarm_guard
 def list_services(call: Call) -> dict[str, Any]:
-    swarm_manager(call)
     filters = {"label": [f"{STACK_LABEL}={call.args['stack']}"]} if call.args.get("stack") else None
     services = call.api.services(filters=filters)[: call.args.get("limit", 100)]
     running: dict[str, int] = {}
@@ -5155,8 +5177,8 @@ def list_services(call: Call) -> dict[str, Any]:
       description="One service: its spec in short (image, command, environment with secret values hidden, "
                   "mounts, networks, limits, placement, update policy) and its update status.",
       params={"service": S_SERVICE}, required=("service",), output=OUT_OBJECT)
+@swarm_guard
 def inspect_service(call: Call) -> dict[str, Any]:
-    swarm_manager(call)
     service = call.api.inspect_service(call.args["service"])
     spec = service.get("Spec") or {}
     template = spec.get("TaskTemplate") or {}
@@ -5185,8 +5207,8 @@ def inspect_service(call: Call) -> dict[str, Any]:
       params={"service": S_SERVICE, "running_only": s_bool("Only tasks that should be running."),
               "limit": s_limit(50, 500)}, required=("service",), output=out_list("tasks", ("id", "state")),
       list_field="tasks")
+@swarm_guard
 def service_tasks(call: Call) -> dict[str, Any]:
-    swarm_manager(call)
     service = call.api.inspect_service(call.args["service"])
     filters: dict[str, Any] = {"service": service["ID"]}
     if call.args.get("running_only"):
@@ -5205,8 +5227,8 @@ def service_tasks(call: Call) -> dict[str, Any]:
       required=("service",), output=out({"service": {"type": "string"}, "lines": {"type": "array", "items": {
           "type": "string"}}, "count": {"type": "integer"}}, ("service", "lines", "count")),
       list_field="lines", keep_newest=True)
+@swarm_guard
 def service_logs(call: Call) -> dict[str, Any]:
-    swarm_manager(call)
     a = call.args
     chunks = call.api.service_logs(a["service"], stdout=True, stderr=True, timestamps=a.get("timestamps", False),
                                    tail=a.get("tail", 100), follow=False)
@@ -5222,8 +5244,8 @@ def service_logs(call: Call) -> dict[str, Any]:
                   "SAFETY_ALLOW_SWARM_PUBLISHED_PORTS. wait=true follows the tasks until they run.",
       params={"name": S_SERVICE, **SERVICE_PARAMS, "wait": S_WAIT, "wait_timeout": S_WAIT_TIMEOUT},
       required=("name", "image"), output=OUT_SERVICE)
+@swarm_guard
 def create_service(call: Call) -> dict[str, Any]:
-    swarm_manager(call)
     spec = apply_service_args({"Name": call.args["name"]}, call.args)
     return change_service(call, "docker_create_service", None, spec)
 
@@ -5236,8 +5258,8 @@ def create_service(call: Call) -> dict[str, Any]:
               "force": s_bool("Restart every task even if nothing changed."), "wait": S_WAIT,
               "wait_timeout": S_WAIT_TIMEOUT},
       required=("service",), output=OUT_SERVICE)
+@swarm_guard
 def update_service(call: Call) -> dict[str, Any]:
-    swarm_manager(call)
     service = find_service(call, call.args["service"])
     spec = apply_service_args(json.loads(json.dumps(service["Spec"])), call.args)
     if call.args.get("force"):
@@ -5252,8 +5274,8 @@ def update_service(call: Call) -> dict[str, Any]:
       params={"service": S_SERVICE, "replicas": s_int("Tasks to run.", 0, 1000), "wait": S_WAIT,
               "wait_timeout": S_WAIT_TIMEOUT},
       required=("service", "replicas"), output=OUT_SERVICE)
+@swarm_guard
 def scale_service(call: Call) -> dict[str, Any]:
-    swarm_manager(call)
     service = find_service(call, call.args["service"])
     spec = json.loads(json.dumps(service["Spec"]))
     if service_mode(spec)[0] != "replicated":
@@ -5269,8 +5291,8 @@ def scale_service(call: Call) -> dict[str, Any]:
                   "first like a new one. wait=true follows the rollback.",
       params={"service": S_SERVICE, "wait": S_WAIT, "wait_timeout": S_WAIT_TIMEOUT},
       required=("service",), output=OUT_SERVICE)
+@swarm_guard
 def rollback_service(call: Call) -> dict[str, Any]:
-    swarm_manager(call)
     service = find_service(call, call.args["service"])
     previous = service.get("PreviousSpec")
     if not previous:
@@ -5291,8 +5313,8 @@ def rollback_service(call: Call) -> dict[str, Any]:
 @tool("docker_remove_service", title="Remove a service", tier=Tier.DESTRUCTIVE, toolset="swarm",
       description="Delete a service and stop all its tasks. dry_run=true shows what would go.",
       params={"service": S_SERVICE, "dry_run": s_dry_run()}, required=("service",), output=OUT_ACTION)
+@swarm_guard
 def remove_service(call: Call) -> dict[str, Any]:
-    swarm_manager(call)
     service = find_service(call, call.args["service"])
     if call.args.get("dry_run"):
         tasks = call.api.tasks(filters={"service": service["ID"], "desired-state": "running"})
@@ -5305,8 +5327,8 @@ def remove_service(call: Call) -> dict[str, Any]:
 @tool("docker_list_stacks", title="List stacks", tier=Tier.SAFE, toolset="swarm",
       description="The stacks deployed on the swarm (services labelled by `docker stack deploy`), with their "
                   "service counts.", output=out_list("stacks", ("name", "services")), list_field="stacks")
+@swarm_guard
 def list_stacks(call: Call) -> dict[str, Any]:
-    swarm_manager(call)
     stacks: dict[str, int] = {}
     for service in call.api.services(filters={"label": [STACK_LABEL]}):
         name = ((service.get("Spec") or {}).get("Labels") or {}).get(STACK_LABEL)
@@ -5319,6 +5341,7 @@ def list_stacks(call: Call) -> dict[str, Any]:
       description="The services of one stack, with wanted and running tasks.",
       params={"stack": S_STACK, "limit": s_limit()}, required=("stack",),
       output=out_list("services", ("id", "name")), list_field="services")
+@swarm_guard
 def stack_services(call: Call) -> dict[str, Any]:
     result = list_services(call)
     return {"stack": call.args["stack"], **result}
@@ -5526,8 +5549,8 @@ HOST_FILE_KEYS = re.compile(r"^\s*(env_file|extends)\s*:", re.M)
               "wait": S_WAIT, "wait_timeout": S_WAIT_TIMEOUT},
       required=("name", "compose"), output=out({"stack": {"type": "string"}, "status": {"type": "string"},
                                                  "services": {"type": "array"}}, ("stack", "status", "services")))
+@swarm_guard
 def deploy_stack(call: Call) -> dict[str, Any]:
-    swarm_manager(call)
     cli = docker_cli()
     if cli is None:
         raise ToolError("unavailable", "docker_deploy_stack needs the docker CLI (`docker stack deploy`) on the "
@@ -5577,8 +5600,8 @@ def stack_objects(call: Call, stack: str) -> dict[str, list[dict[str, Any]]]:
       description="Delete a stack: its services, then its secrets, configs and networks. dry_run=true shows "
                   "what would go.",
       params={"name": S_STACK, "dry_run": s_dry_run()}, required=("name",), output=OUT_ACTION)
+@swarm_guard
 def remove_stack(call: Call) -> dict[str, Any]:
-    swarm_manager(call)
     stack = call.args["name"]
     objects = stack_objects(call, stack)
     if not any(objects.values()):

@@ -6952,6 +6952,13 @@ def test_a_global_service_runs_one_task_on_each_of_two_nodes(swarm):
         assert joined_id in {t["NodeID"] for t in running}
         assert worker.containers(filters={"label": f"com.docker.swarm.service.name={name}"})  # really there
         h.ok("docker_remove_service", {"service": name})
+        on_worker = Harness(SWARM_ARGS, env={"DOCKER_HOST": node.socket})
+        try:  # the same tools pointed at the worker: one clear error, not the engine's text
+            assert "swarm worker" in on_worker.error("docker_list_services", {}, "unavailable")
+            assert "swarm worker" in on_worker.error("docker_swarm_info", {}, "unavailable")
+            assert on_worker.ok("docker_system_info")["swarm"]["role"] == "worker"
+        finally:
+            on_worker.close()
     finally:
         with contextlib.suppress(Exception):
             api.remove_service(name)
