@@ -2245,10 +2245,29 @@ def service_denials(spec: Mapping[str, Any], settings: Settings) -> list[Denial]
 
 def judge_service(tool: str, spec: Mapping[str, Any], settings: Settings, host: HostFacts,
                   resolve: Callable[[str], HostPath], volume_info: Callable[[str], Mapping[str, Any] | None],
-                  network_info: Callable[[str], Mapping[str, Any] | None]) -> list[Denial]:
-    """Every reason a service spec may not reach the manager (empty: it may). Pure: the I/O is passed in."""
+                  network_info: Callable[[str], Mapping[str, Any] | None], nodes: int = 1) -> list[Denial]:
+    """Every reason a service spec may not reach the manager (empty: it may). Pure: the I/O is passed in.
+
+    ``nodes`` is the swarm's node count: a bind mount is judged on this host's paths, so it can be judged
+    only while this host is the one node a task can land on.
+    """
     request = service_power(tool, spec, resolve, volume_info, network_info)
-    return judge_request(request, settings, host) + service_denials(spec, settings)
+    denials = judge_request(request, settings, host) + service_denials(spec, settings)
+    binds = [m for m in request.mounts if m.type == "bind"]
+    if binds and nodes > 1 and not settings.allow_privileged:
+        denials.append(Denial("bind_mount", f"a task may run on any of the swarm's {nodes} nodes, where bind "
+                              f"mount {_short_repr(binds[0].host.given if binds[0].host else binds[0].source, 60)} "
+                              "is another host's path, which this server cannot check"))
+    if settings.managed_only:
+        template = spec.get("TaskTemplate") or {}
+        for attachment in [*(template.get("Networks") or []), *(spec.get("Networks") or [])]:
+            target = str((attachment or {}).get("Target") or "")
+            facts = network_info(target) if target else None
+            if facts is not None:
+                denial = managed_denial("network", str(facts.get("name") or target), facts.get("labels"), settings)
+                if denial:
+                    denials.append(denial)
+    return denials
 
 
 def harden_service_spec(spec: Mapping[str, Any], settings: Settings, labels: Mapping[str, str],
@@ -4828,7 +4847,8 @@ def network_facts(api: Any, target: str) -> dict[str, Any] | None:
         if translate_engine_error(exc).category == "not_found":
             return None
         raise
-    return {"name": network.get("Name"), "driver": network.get("Driver"), "scope": network.get("Scope")}
+    return {"name": network.get("Name"), "driver": network.get("Driver"), "scope": network.get("Scope"),
+            "labels": network.get("Labels") or {}}
 
 
 def judged_service_spec(call: Call, tool: str, spec: Mapping[str, Any],
@@ -4837,12 +4857,14 @@ def judged_service_spec(call: Call, tool: str, spec: Mapping[str, Any],
     api = call.api
     engines = call.engines.all if call.engines is not None else []
     mounts = ((spec.get("TaskTemplate") or {}).get("ContainerSpec") or {}).get("Mounts") or []
-    # The host's facts (home directories, allowlists, engine sockets: ~3 ms) matter only to bind mounts.
-    facts = gather_host_facts(call.settings, call.engine_url, tuple(e.url for e in engines if e.url)) if any(
-        str((m or {}).get("Type") or "volume").lower() == "bind" for m in mounts if isinstance(m, Mapping)) \
+    binds = any(str((m or {}).get("Type") or "volume").lower() == "bind" for m in mounts if isinstance(m, Mapping))
+    # The host's facts (home directories, allowlists, engine sockets: ~3 ms) and the node count matter
+    # only to bind mounts.
+    facts = gather_host_facts(call.settings, call.engine_url, tuple(e.url for e in engines if e.url)) if binds \
         else HostFacts(remote_engine=not engine_is_local(call.engine_url or call.settings.docker_host))
+    nodes = len(api.nodes()) if binds else 1
     denials = judge_service(tool, spec, call.settings, facts, resolve_host_path, lambda name: volume_facts(api, name),
-                            networks or (lambda target: network_facts(api, target)))
+                            networks or (lambda target: network_facts(api, target)), nodes)
     if denials:
         log.info("policy denied %s: %s", tool, "; ".join(d.rule for d in denials))
         raise denial_error(denials)
@@ -5302,9 +5324,7 @@ def rollback_service(call: Call) -> dict[str, Any]:
     if not previous:
         raise ToolError("conflict", f"service {call.args['service']!r} has no previous spec to roll back to")
     # The manager rolls back to PreviousSpec, whatever body comes with the request: judge that one.
-    hardened, _ = hardened_service_spec(call, previous)
     judged_service_spec(call, "docker_rollback_service", previous)
-    judged_service_spec(call, "docker_rollback_service", hardened)
     answer = post_service_spec(call, service["Spec"], service, rollback=True)
     result: dict[str, Any] = {"id": short_id(service["ID"]), "name": (service.get("Spec") or {}).get("Name"),
                               "status": "rolled back",
@@ -5487,12 +5507,13 @@ class StackProxy:
             if index in (0, 1):
                 return self.service(target, document, match.group(1) if index == 1 else None)
             if index == 2:
-                self.networks[str(document.get("Name"))] = {"name": document.get("Name"),
-                                                            "driver": document.get("Driver") or "overlay"}
-                if (document.get("Driver") or "overlay") not in ("overlay", "bridge"):
-                    raise ToolError("policy_denied", f"[stack] network driver {_short_repr(document.get('Driver'), 30)} "
-                                    f"is not overlay; {ALLOW_PRIVILEGED}")
+                if (document.get("Driver") or "overlay") not in ("overlay", "bridge") or document.get("Ingress") \
+                        or document.get("ConfigFrom"):
+                    raise ToolError("policy_denied", f"[stack] network {_short_repr(document.get('Name'), 60)} is not "
+                                    f"a plain overlay network; {ALLOW_PRIVILEGED}")
                 document["Labels"] = {**document["Labels"], **ownership_labels(self.call)}
+                self.networks[str(document.get("Name"))] = {"name": document.get("Name"), "labels": document["Labels"],
+                                                            "driver": document.get("Driver") or "overlay"}
                 return self.placeholder("Id") if self.dry else self.forward(method, target, json.dumps(document).encode())
             kind = match.group(1)[:-1]
             if not self.call.settings.allow_swarm_secrets:
@@ -5531,7 +5552,7 @@ def run_stack_cli(call: Call, cli: str, proxy: StackProxy) -> tuple[int, str]:
 
     # A minimal environment: the CLI interpolates ${VARIABLES} in the Compose text from its environment,
     # which must not hand the server's own (keys, tokens) to a stack the client wrote.
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": proxy.directory,
+    env = {"PATH": os.path.dirname(cli), "HOME": proxy.directory,
            "DOCKER_CONFIG": os.path.join(proxy.directory, "config"), "DOCKER_HOST": f"unix://{proxy.socket_path}"}
     try:
         done = subprocess.run([cli, "stack", "deploy", "--detach=true", "--resolve-image", "never", "-c", "-",
@@ -5542,7 +5563,11 @@ def run_stack_cli(call: Call, cli: str, proxy: StackProxy) -> tuple[int, str]:
     return done.returncode, done.stderr.decode("utf-8", "replace") + done.stdout.decode("utf-8", "replace")
 
 
-HOST_FILE_KEYS = re.compile(r"^\s*(env_file|extends)\s*:", re.M)
+# What makes the docker CLI read files on this host (env_file, extends, include), and the YAML that could
+# spell those keys without writing them (escapes, a backslash line join, tags such as !!binary, %TAG).
+# Lexical and deliberately broad: a Compose file that trips it is refused, never half-read.
+HOST_FILE_WORDS = re.compile(r"env_file|extends|(?:^|[\s{,?])[\"']?include[\"']?\s*:", re.M)
+YAML_DISGUISES = re.compile(r"\\[xuU\r\n]|!!|!<|^%", re.M)
 
 
 @tool("docker_deploy_stack", title="Deploy a stack", tier=Tier.MODERATE, toolset="swarm", long_running=True,
@@ -5559,10 +5584,14 @@ def deploy_stack(call: Call) -> dict[str, Any]:
     if cli is None:
         raise ToolError("unavailable", "docker_deploy_stack needs the docker CLI (`docker stack deploy`) on the "
                         "server's host, and there is none on its PATH; create the services with docker_create_service")
-    found = HOST_FILE_KEYS.search(call.args["compose"])
+    found = HOST_FILE_WORDS.search(call.args["compose"])
     if found and not call.settings.allow_privileged:
-        raise ToolError("policy_denied", f"[host_files] {found.group(1)} makes the docker CLI read files on the "
-                        f"server's host; put the values in the Compose text ({ALLOW_PRIVILEGED})")
+        raise ToolError("policy_denied", f"[host_files] {found.group(0).strip(' {,?:')!r} makes the docker CLI "
+                        f"read files on the server's host; put the values in the Compose text ({ALLOW_PRIVILEGED})")
+    disguise = YAML_DISGUISES.search(call.args["compose"])
+    if disguise:
+        raise ToolError("policy_denied", f"[not_understood] the Compose text uses {disguise.group(0)!r} (a YAML "
+                        "escape, tag or directive), which could spell keys this server must see; write it plainly")
     outcome: dict[str, Any] = {}
     for dry in (True, False):
         proxy = StackProxy(call, call.args["name"], dry)

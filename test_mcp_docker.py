@@ -6503,6 +6503,20 @@ def test_a_plain_service_spec_passes_and_the_settings_open_what_they_name():
     assert [d.rule for d in registry] == ["image_registry"]
 
 
+def test_bind_mounts_on_a_multi_node_swarm_and_foreign_networks_in_managed_only_mode():
+    bind = _spec(Mounts=[{"Type": "bind", "Source": "/srv/data/app", "Target": "/data"}])
+    facts = md.HostFacts(volume_roots=("/srv/data",))
+    judge = lambda spec, settings, nodes: md.judge_service(  # noqa: E731
+        "t", spec, settings, facts, lambda p: md.HostPath(p, p, p), lambda n: None,
+        {"web": {"name": "web", "driver": "overlay", "labels": {}},
+         "ours": {"name": "ours", "driver": "overlay", "labels": {md.MANAGED_LABEL: "true"}}}.get, nodes)
+    assert judge(bind, md.Settings(), 1) == []
+    assert [d.rule for d in judge(bind, md.Settings(), 3)] == ["bind_mount"]  # another node's path
+    foreign = _spec(Networks=[{"Target": "web"}])
+    assert [d.rule for d in judge(foreign, md.Settings(managed_only=True), 1)] == ["managed_only"]
+    assert judge(_spec(Networks=[{"Target": "ours"}]), md.Settings(managed_only=True), 1) == []
+
+
 def test_hardening_a_service_spec_sets_labels_and_limits_and_says_what_it_cannot():
     labels = {md.MANAGED_LABEL: "true", md.CLIENT_LABEL: "c", md.CREATED_LABEL: "now"}
     spec, not_applied = md.harden_service_spec(_spec(Labels={md.MANAGED_LABEL: "false"}), md.Settings(), labels, "1.41")
@@ -6798,6 +6812,8 @@ def test_an_update_or_rollback_to_host_power_is_refused_and_changes_nothing(swar
     ("    configs: [leak]\n", "configs:\n  leak:\n    file: /etc/hostname\n", "swarm_secrets"),
     ("    secrets: [leak]\n", "secrets:\n  leak:\n    file: /etc/hostname\n", "swarm_secrets"),
     ("    env_file: /etc/hostname\n", "", "host_files"),
+    ("    \"env\\x5ffile\": /etc/hostname\n", "", "not_understood"),  # env_file, spelt with an escape
+    ("    ? !!binary ZW52X2ZpbGU=\n    : /etc/hostname\n", "", "not_understood"),
 ])
 def test_a_stack_with_one_bad_service_deploys_nothing(swarm, service_yaml, top_yaml, rule):
     stack = f"{PREFIX}bad"
@@ -6952,6 +6968,14 @@ def test_a_global_service_runs_one_task_on_each_of_two_nodes(swarm):
         assert joined_id in {t["NodeID"] for t in running}
         assert worker.containers(filters={"label": f"com.docker.swarm.service.name={name}"})  # really there
         h.ok("docker_remove_service", {"service": name})
+        allowing = Harness([*SWARM_ARGS, "--volume-mount-allowlist", str(STATE_DIR)])
+        try:  # a bind mount this host could allow is another node's path there: refused on two nodes
+            text = allowing.error("docker_create_service", {"name": f"{name}-bind", "image": TEST_IMAGE, "mounts": [
+                {"type": "bind", "source": str(STATE_DIR), "target": "/data"}]}, "policy_denied")
+            assert "[bind_mount]" in text and "2 nodes" in text
+            assert swarm.service(f"{name}-bind") is None
+        finally:
+            allowing.close()
         on_worker = Harness(SWARM_ARGS, env={"DOCKER_HOST": node.socket})
         try:  # the same tools pointed at the worker: one clear error, not the engine's text
             assert "swarm worker" in on_worker.error("docker_list_services", {}, "unavailable")
