@@ -5132,6 +5132,11 @@ def change_service(call: Call, tool: str, service: Mapping[str, Any] | None, spe
     judged_service_spec(call, tool, spec)
     answer = post_service_spec(call, spec, service, rollback)
     service_id = answer.get("ID") or (service or {}).get("ID")
+    wanted = ((spec["TaskTemplate"]["ContainerSpec"].get("Privileges") or {}).get("NoNewPrivileges"))
+    if wanted:  # an engine that does not know the field drops it silently: say so, do not promise it
+        stored = call.api.inspect_service(service_id)["Spec"]["TaskTemplate"]["ContainerSpec"]
+        if not (stored.get("Privileges") or {}).get("NoNewPrivileges"):
+            not_applied.append("no-new-privileges (the engine did not keep it)")
     result: dict[str, Any] = {"id": short_id(service_id), "name": spec.get("Name"),
                               "status": "created" if service is None else "updated",
                               "warnings": [sanitize_engine_text(w) for w in answer.get("Warnings") or []]}
