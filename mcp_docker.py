@@ -5285,7 +5285,7 @@ def create_service(call: Call) -> dict[str, Any]:
       description="Change a service (a rolling update of its tasks): image, command, environment (replaced "
                   "when given), limits, placement, update policy. The whole new spec is judged again. "
                   "force=true redeploys the tasks unchanged. wait=true follows the update.",
-      params={"service": S_SERVICE, **{k: v for k, v in SERVICE_PARAMS.items() if k not in ("mode", "ports")},
+      params={"service": S_SERVICE, **{k: v for k, v in SERVICE_PARAMS.items() if k != "mode"},
               "force": s_bool("Restart every task even if nothing changed."), "wait": S_WAIT,
               "wait_timeout": S_WAIT_TIMEOUT},
       required=("service",), output=OUT_SERVICE)
