@@ -6629,7 +6629,7 @@ def swarm():
     had_gwbridge = bool(api.networks(names=["docker_gwbridge"]))
     made = Swarm()
     try:
-        api.init_swarm(advertise_addr="127.0.0.1", listen_addr="0.0.0.0:2377")
+        api.init_swarm(advertise_addr="127.0.0.1", listen_addr="127.0.0.1:2377")
         made.h = Harness(SWARM_ARGS)
         yield made
     finally:
@@ -6946,6 +6946,9 @@ def test_a_global_service_runs_one_task_on_each_of_two_nodes(swarm):
     name = f"{PREFIX}-global"
     try:
         node.start()
+        # The swarm again, on the manager's end of the veth pair (the fixture's listens on loopback only).
+        _leave_swarm(api, had_gwbridge=True)
+        api.init_swarm(advertise_addr=node.manager_ip, listen_addr=f"{node.manager_ip}:2377")
         worker = engine_client(node.socket)
         worker.load_image(api.get_image(TEST_IMAGE))  # nothing can be pulled here: the image goes across
         token = api.inspect_swarm()["JoinTokens"]["Worker"]
@@ -6992,3 +6995,7 @@ def test_a_global_service_runs_one_task_on_each_of_two_nodes(swarm):
         if joined_id:
             with contextlib.suppress(Exception):
                 api.remove_node(joined_id, force=True)
+        if (api.info().get("Swarm") or {}).get("LocalNodeState") == "active" and \
+                api.inspect_swarm()["JoinTokens"] and node.manager_ip in json.dumps(api.info()["Swarm"]):
+            _leave_swarm(api, had_gwbridge=True)  # back to the fixture's loopback swarm for any test after this
+            api.init_swarm(advertise_addr="127.0.0.1", listen_addr="127.0.0.1:2377")
