@@ -984,6 +984,9 @@ SECRET_VALUE_RE = re.compile(
     r"|\bxox[abpr]-[A-Za-z0-9-]{10,}|\bBearer\s+[A-Za-z0-9._~+/=-]{16,}|://[^/\s:@]+:[^/\s@]+@|\beyJ[A-Za-z0-9_-]{10,}\.")
 
 
+_SECRET_LINE_RE = re.compile(r"^([ \t]*(?:-[ \t]*)?(?:(?:ENV|ARG|export)[ \t]+)?[\"']?([A-Za-z0-9_.-]+)[\"']?[ \t]*[:=][ \t]*)(\S.*)$", re.M)
+
+
 def redact_arguments(value: Any, key: str = "") -> Any:
     """A copy of tool arguments fit for the audit log: secret-named fields and secret-shaped values hidden."""
     if key and SENSITIVE_NAME_RE.search(key) and not isinstance(value, (bool, int, float)) and value not in (None, ""):
@@ -993,9 +996,12 @@ def redact_arguments(value: Any, key: str = "") -> Any:
     if isinstance(value, list):
         return [redact_arguments(v) for v in value[:64]]
     if isinstance(value, str):
+        if "\n" in value:  # a Compose file or Dockerfile: its `PASSWORD: x` / `TOKEN=x` lines
+            value = _SECRET_LINE_RE.sub(lambda m: m.group(1) + "<redacted>" if SENSITIVE_NAME_RE.search(m.group(2))
+                                        else m.group(0), value)
         if SECRET_VALUE_RE.search(value):
             return "<redacted>"
-        if "=" in value and SENSITIVE_NAME_RE.search(value.split("=", 1)[0]):
+        if "=" in value and "\n" not in value and SENSITIVE_NAME_RE.search(value.split("=", 1)[0]):
             return value.split("=", 1)[0] + "=<redacted>"
         return value if len(value) <= 512 else value[:512] + "..."
     return value

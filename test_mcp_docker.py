@@ -6552,6 +6552,14 @@ def test_convergence_follows_tasks_of_the_current_spec():
     assert not md.convergence(glob, [])[0] and md.convergence(glob, [task("b:2"), task("b:2")])[0]
 
 
+def test_secrets_in_compose_text_stay_out_of_the_audit_log():
+    compose = ("services:\n  db:\n    environment:\n      POSTGRES_PASSWORD: hunter2\n      - API_TOKEN=abc123\n"
+               "      LEVEL: debug\nENV DB_PASSWORD=x\n")
+    redacted = md.redact_arguments({"name": "s", "compose": compose})["compose"]
+    assert "hunter2" not in redacted and "abc123" not in redacted and "DB_PASSWORD=x" not in redacted
+    assert "LEVEL: debug" in redacted and "POSTGRES_PASSWORD: <redacted>" in redacted
+
+
 def test_the_swarm_toolset_is_opt_in():
     for name in SWARM_TOOLS:
         spec = md.TOOLS[name]
