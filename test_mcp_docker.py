@@ -6595,6 +6595,33 @@ def test_swarm_tools_without_a_manager_answer_one_clear_error():
         h.close()
 
 
+def test_doctor_and_engines_say_what_role_an_engine_has_in_a_swarm():
+    base = {"name": "e", "reachable": True, "kind": "docker", "version": "20.10", "api_version": "1.41",
+            "rootless": False, "error": None}
+    manager = md.check_engine_rows([{**base, "swarm": {"role": "manager", "nodes": 3, "managers": 1}}], ["tcp://x:1"])
+    assert any(c.status == "PASS" and "swarm manager: 3 node(s)" in c.message for c in manager)
+    worker = md.check_engine_rows([{**base, "swarm": {"role": "worker"}}], ["tcp://x:1"])
+    assert any(c.status == "WARN" and "worker" in c.message for c in worker)
+    alone = md.check_engine_rows([{**base, "swarm": {"role": "none"}}], ["tcp://x:1"])
+    assert not any("swarm" in c.area for c in alone)
+
+
+@pytest.mark.engine
+def test_a_stack_without_the_docker_cli_is_refused_clearly():
+    require_engine()
+    if engine_kind_under_test() == "podman":
+        pytest.skip("on Podman the swarm tools stop at Podman's own error (tested above)")
+    here = os.path.dirname(sys.executable)
+    if os.path.exists(os.path.join(here, "docker")):
+        pytest.skip("the docker CLI sits beside this Python: no PATH without it")
+    h = Harness(SWARM_ARGS, env={"PATH": here})
+    try:
+        text = h.error("docker_deploy_stack", {"name": f"{PREFIX}nocli", "compose": "services: {}\n"}, "unavailable")
+        assert "needs the docker CLI" in text and "docker_create_service" in text
+    finally:
+        h.close()
+
+
 class Swarm:
     """A single-node swarm this run made on the engine under test, and a server with the swarm toolset."""
 
@@ -6751,6 +6778,23 @@ def test_stack_deploy_and_remove_from_compose_text(swarm):
     while api.networks(filters={"label": [f"{md.STACK_LABEL}={stack}"]}) and time.time() < deadline:
         time.sleep(0.5)
     assert not api.networks(filters={"label": [f"{md.STACK_LABEL}={stack}"]})
+
+
+@pytest.mark.engine
+def test_a_failing_task_reports_its_state_and_error(swarm):
+    name = f"{PREFIX}-fails"
+    created = swarm.h.ok("docker_create_service", {"name": name, "image": TEST_IMAGE, "command": ["sh", "-c", "exit 3"],
+                                                   "restart_condition": "none", "wait": True, "wait_timeout": 15})
+    assert not created["converged"]  # it never runs: the wait says so instead of hanging
+    deadline = time.time() + 60
+    while True:
+        tasks = swarm.h.ok("docker_service_tasks", {"service": name})["tasks"]
+        if any(t["state"] == "failed" for t in tasks) or time.time() > deadline:
+            break
+        time.sleep(1)
+    failed = next(t for t in tasks if t["state"] == "failed")
+    assert failed["exit_code"] == 3 and "non-zero exit (3)" in failed["error"], failed
+    swarm.h.ok("docker_remove_service", {"service": name})
 
 
 ESCALATING_SERVICES = [
