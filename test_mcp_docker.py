@@ -6653,7 +6653,7 @@ def _leave_swarm(api: Any, had_gwbridge: bool) -> None:
                 time.sleep(0.5)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="class")
 def swarm():
     require_engine()
     if engine_kind_under_test() == "podman":
@@ -6673,130 +6673,6 @@ def swarm():
         _leave_swarm(api, had_gwbridge)
 
 
-@pytest.mark.engine
-def test_service_lifecycle_create_scale_update_rollback_tasks_logs(swarm):
-    h, api = swarm.h, swarm.api
-    name = f"{PREFIX}-web"
-    second_tag = f"mcp-docker-test/busybox:{PREFIX}"  # the test image under a second tag, for a rolling update
-    api.tag(TEST_IMAGE, "mcp-docker-test/busybox", PREFIX)
-    command = ["sh", "-c", f"echo hello-{PREFIX}; trap 'exit 0' TERM; while :; do sleep 1; done"]
-    created = h.ok("docker_create_service", {"name": name, "image": TEST_IMAGE, "command": command,
-                                             "replicas": 1, "labels": {"io.mcp-docker.test": PREFIX},
-                                             "update_delay_seconds": 0, "wait": True, "wait_timeout": 120})
-    assert created["status"] == "created" and created["converged"] and created["running"] == 1, created
-    spec = api.inspect_service(name)["Spec"]
-    limits = spec["TaskTemplate"]["Resources"]["Limits"]
-    assert limits["MemoryBytes"] == 1024**3 and limits["Pids"] == 512 and limits["NanoCPUs"] == 10**9
-    assert spec["Labels"][md.MANAGED_LABEL] == "true"
-    assert spec["TaskTemplate"]["ContainerSpec"]["Labels"][md.MANAGED_LABEL] == "true"
-
-    updates: list[tuple[float, float | None, str | None]] = []
-
-    async def record(progress: float, total: float | None, message: str | None) -> None:
-        updates.append((progress, total, message))
-
-    scaled = h.submit(h.client.call_tool("docker_scale_service", {"service": name, "replicas": 3, "wait": True,
-                                                                   "wait_timeout": 120}, progress_callback=record))
-    assert not scaled.is_error, scaled.content[0].text
-    assert scaled.structured_content["converged"] and scaled.structured_content["running"] == 3
-    running = [t for t in api.tasks(filters={"service": name, "desired-state": "running"})
-               if t["Status"]["State"] == "running"]
-    assert len(running) == 3  # the engine's own count
-    values = [u[0] for u in updates]
-    assert updates and values == sorted(set(values)) and "3/3 tasks running" in updates[-1][2], updates
-    # Scaling did not restart the first task (its spec, labels included, is unchanged).
-    assert len(api.tasks(filters={"service": name})) == 3
-
-    updated = h.ok("docker_update_service", {"service": name, "image": second_tag, "update_parallelism": 3,
-                                             "wait": True, "wait_timeout": 120})
-    assert updated["converged"] and updated["state"] == "completed", updated
-    images = {t["Spec"]["ContainerSpec"]["Image"].split("@")[0] for t in
-              api.tasks(filters={"service": name, "desired-state": "running"})}
-    assert images == {second_tag}
-
-    rolled = h.ok("docker_rollback_service", {"service": name, "wait": True, "wait_timeout": 120})
-    assert rolled["converged"] and rolled["state"] == "rollback_completed", rolled
-    assert api.inspect_service(name)["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"].split("@")[0] == TEST_IMAGE
-
-    tasks = h.ok("docker_service_tasks", {"service": name, "running_only": True})
-    assert tasks["count"] == 3 and {t["state"] for t in tasks["tasks"]} == {"running"}
-    assert all(t["node"] and t["container"] for t in tasks["tasks"])
-    every = h.ok("docker_service_tasks", {"service": name})
-    assert any(t["desired_state"] == "shutdown" for t in every["tasks"])  # the replaced ones, kept as history
-    deadline = time.time() + 30
-    while True:
-        logs = h.ok("docker_service_logs", {"service": name, "tail": 50})
-        if any(f"hello-{PREFIX}" in line for line in logs["lines"]) or time.time() > deadline:
-            break
-        time.sleep(1)
-    assert any(f"hello-{PREFIX}" in line for line in logs["lines"]), logs
-    assert "lines" in logs["untrusted"]["fields"]
-
-    listed = h.ok("docker_list_services")
-    row = next(s for s in listed["services"] if s["name"] == name)
-    assert row["replicas"] == 3 and row["running"] == 3 and row["managed"]
-    detail = h.ok("docker_inspect_service", {"service": name})
-    assert detail["args"] == command and detail["has_previous_spec"]
-    assert h.ok("docker_swarm_info")["role"] == "manager"
-    assert h.ok("docker_list_nodes")["count"] == 1
-    assert h.ok("docker_system_info")["swarm"]["role"] == "manager"
-
-    preview = h.ok("docker_remove_service", {"service": name, "dry_run": True})
-    assert preview["dry_run"] and swarm.service(name) is not None
-    assert h.ok("docker_remove_service", {"service": name})["status"] == "removed"
-    assert swarm.service(name) is None
-
-
-@pytest.mark.engine
-def test_stack_deploy_and_remove_from_compose_text(swarm):
-    h, api = swarm.h, swarm.api
-    stack = f"{PREFIX}st"
-    compose = (f'version: "3.8"\nservices:\n  web:\n    image: {TEST_IMAGE}\n'
-               f"    command: {json.dumps(QUICK_STOP)}\n    deploy:\n      replicas: 2\n"
-               f"  worker:\n    image: {TEST_IMAGE}\n    command: {json.dumps(QUICK_STOP)}\n")
-    deployed = h.ok("docker_deploy_stack", {"name": stack, "compose": compose, "wait": True, "wait_timeout": 120})
-    assert sorted(deployed["services"]) == [f"{stack}_web", f"{stack}_worker"] and deployed["converged"], deployed
-    for service in api.services(filters={"label": [f"{md.STACK_LABEL}={stack}"]}):
-        spec = service["Spec"]
-        assert spec["Labels"][md.MANAGED_LABEL] == "true"  # hardened as it was written
-        assert spec["TaskTemplate"]["Resources"]["Limits"]["Pids"] == 512
-    assert {"name": stack, "services": 2} in h.ok("docker_list_stacks")["stacks"]
-    listed = h.ok("docker_stack_services", {"stack": stack})
-    assert {s["name"]: s["running"] for s in listed["services"]} == {f"{stack}_web": 2, f"{stack}_worker": 1}
-    # Deploying the same text again changes nothing: no task is restarted.
-    before = {t["ID"] for t in api.tasks(filters={"label": [f"{md.STACK_LABEL}={stack}"]})}
-    assert h.ok("docker_deploy_stack", {"name": stack, "compose": compose})["status"] == "deployed"
-    time.sleep(2)
-    assert {t["ID"] for t in api.tasks(filters={"label": [f"{md.STACK_LABEL}={stack}"]})} == before
-
-    preview = h.ok("docker_remove_stack", {"name": stack, "dry_run": True})
-    assert {i["type"] for i in preview["would_remove"]} == {"service", "network"}
-    removed = h.ok("docker_remove_stack", {"name": stack})
-    assert removed["status"] == "removed"
-    assert not api.services(filters={"label": [f"{md.STACK_LABEL}={stack}"]})
-    deadline = time.time() + 20  # the manager deletes a removed overlay network a moment later
-    while api.networks(filters={"label": [f"{md.STACK_LABEL}={stack}"]}) and time.time() < deadline:
-        time.sleep(0.5)
-    assert not api.networks(filters={"label": [f"{md.STACK_LABEL}={stack}"]})
-
-
-@pytest.mark.engine
-def test_a_failing_task_reports_its_state_and_error(swarm):
-    name = f"{PREFIX}-fails"
-    created = swarm.h.ok("docker_create_service", {"name": name, "image": TEST_IMAGE, "command": ["sh", "-c", "exit 3"],
-                                                   "restart_condition": "none", "wait": True, "wait_timeout": 15})
-    assert not created["converged"]  # it never runs: the wait says so instead of hanging
-    deadline = time.time() + 60
-    while True:
-        tasks = swarm.h.ok("docker_service_tasks", {"service": name})["tasks"]
-        if any(t["state"] == "failed" for t in tasks) or time.time() > deadline:
-            break
-        time.sleep(1)
-    failed = next(t for t in tasks if t["state"] == "failed")
-    assert failed["exit_code"] == 3 and "non-zero exit (3)" in failed["error"], failed
-    swarm.h.ok("docker_remove_service", {"service": name})
-
-
 ESCALATING_SERVICES = [
     ({"cap_add": ["SYS_ADMIN"]}, "capabilities"),
     ({"sysctls": {"kernel.domainname": "x"}}, "sysctls"),
@@ -6808,92 +6684,6 @@ ESCALATING_SERVICES = [
     ({"ports": [{"target": 80, "published": 18080, "mode": "host"}]}, "published_ports"),
     ({"memory": "64g"}, "resource_limits"),
 ]
-
-
-@pytest.mark.engine
-@pytest.mark.adversarial
-@pytest.mark.parametrize(("extra", "rule"), ESCALATING_SERVICES)
-def test_a_service_asking_for_host_power_creates_nothing(swarm, extra, rule):
-    name = f"{PREFIX}-evil-{rule}"
-    text = swarm.h.error("docker_create_service", {"name": name, "image": TEST_IMAGE, "command": ["sleep", "60"],
-                                                   **extra}, "policy_denied")
-    assert f"[{rule}]" in text
-    assert swarm.service(name) is None  # the manager never saw it
-
-
-@pytest.mark.engine
-@pytest.mark.adversarial
-def test_an_update_or_rollback_to_host_power_is_refused_and_changes_nothing(swarm):
-    h, api = swarm.h, swarm.api
-    name = f"{PREFIX}-upd"
-    h.ok("docker_create_service", {"name": name, "image": TEST_IMAGE, "command": QUICK_STOP, "replicas": 0})
-    version = api.inspect_service(name)["Version"]["Index"]
-    for extra, rule in ESCALATING_SERVICES[:6]:
-        text = h.error("docker_update_service", {"service": name, **extra}, "policy_denied")
-        assert f"[{rule}]" in text
-    assert api.inspect_service(name)["Version"]["Index"] == version  # not one update reached the manager
-    # Someone with the engine's own CLI gives it SYS_ADMIN; the previous spec (ours) is fine, but scaling the
-    # current one, or updating it, is judged again and refused.
-    service = api.inspect_service(name)
-    spec = service["Spec"]
-    spec["TaskTemplate"]["ContainerSpec"]["CapabilityAdd"] = ["CAP_SYS_ADMIN"]
-    api.update_service(name, version, task_template=spec["TaskTemplate"], name=name, labels=spec["Labels"],
-                       mode={"Replicated": {"Replicas": 0}})
-    assert "[capabilities]" in h.error("docker_scale_service", {"service": name, "replicas": 2}, "policy_denied")
-    assert api.inspect_service(name)["Spec"]["Mode"]["Replicated"]["Replicas"] == 0
-    # Rolling back to the previous spec is judged like a new one: ours passes; the bad one, made previous, not.
-    h.ok("docker_rollback_service", {"service": name})
-    assert not api.inspect_service(name)["Spec"]["TaskTemplate"]["ContainerSpec"].get("CapabilityAdd")
-    text = h.error("docker_rollback_service", {"service": name}, "policy_denied")
-    assert "[capabilities]" in text
-    assert not api.inspect_service(name)["Spec"]["TaskTemplate"]["ContainerSpec"].get("CapabilityAdd")
-    h.ok("docker_remove_service", {"service": name})
-
-
-@pytest.mark.engine
-@pytest.mark.adversarial
-@pytest.mark.parametrize(("service_yaml", "top_yaml", "rule"), [
-    ("    cap_add: [SYS_ADMIN]\n", "", "capabilities"),
-    ("    volumes: [\"/etc:/host-etc\"]\n", "", "sensitive_path"),
-    ("    volumes: [\"/var/run/docker.sock:/var/run/docker.sock\"]\n", "", "engine_socket"),
-    ("    ports: [\"18081:80\"]\n", "", "published_ports"),
-    ("    networks: [outside]\n", "networks:\n  outside:\n    external: true\n    name: host\n", "host_namespace"),
-    ("    sysctls: {kernel.shmmax: 1}\n", "", "sysctls"),
-    ("    ulimits: {nofile: 1048576}\n", "", "ulimits"),
-    ("    logging: {driver: syslog}\n", "", "log_driver"),
-    ("    configs: [leak]\n", "configs:\n  leak:\n    file: /etc/hostname\n", "swarm_secrets"),
-    ("    secrets: [leak]\n", "secrets:\n  leak:\n    file: /etc/hostname\n", "swarm_secrets"),
-    ("    env_file: /etc/hostname\n", "", "host_files"),
-    ("    \"env\\x5ffile\": /etc/hostname\n", "", "not_understood"),  # env_file, spelt with an escape
-    ("    ? !!binary ZW52X2ZpbGU=\n    : /etc/hostname\n", "", "not_understood"),
-])
-def test_a_stack_with_one_bad_service_deploys_nothing(swarm, service_yaml, top_yaml, rule):
-    stack = f"{PREFIX}bad"
-    compose = (f'version: "3.8"\nservices:\n  good:\n    image: {TEST_IMAGE}\n    command: ["sleep", "60"]\n'
-               f'  bad:\n    image: {TEST_IMAGE}\n    command: ["sleep", "60"]\n{service_yaml}{top_yaml}')
-    text = swarm.h.error("docker_deploy_stack", {"name": stack, "compose": compose}, "policy_denied")
-    assert f"[{rule}]" in text, text
-    label = {"label": [f"{md.STACK_LABEL}={stack}"]}
-    api = swarm.api
-    assert not api.services(filters=label) and not api.networks(filters=label)  # not even the good one
-    assert not api.configs(filters=label) and not api.secrets(filters=label)
-
-
-@pytest.mark.engine
-def test_managed_only_mode_leaves_foreign_services_alone(swarm):
-    api = swarm.api
-    name = f"{PREFIX}-foreign"
-    api.create_service({"ContainerSpec": {"Image": TEST_IMAGE, "Args": ["sleep", "60"]}}, name=name,
-                       mode={"Replicated": {"Replicas": 0}})
-    h = Harness([*SWARM_ARGS, "--managed-only"])
-    try:
-        for tool_name, args in (("docker_scale_service", {"replicas": 1}), ("docker_update_service", {"force": True}),
-                                ("docker_remove_service", {})):
-            assert "[managed_only]" in h.error(tool_name, {"service": name, **args}, "policy_denied")
-        assert swarm.service(name)["Spec"]["Mode"]["Replicated"]["Replicas"] == 0
-    finally:
-        h.close()
-        api.remove_service(name)
 
 
 # The namespace the swarm's manager engine lives in, when it is not this process's own (a development
@@ -6987,67 +6777,274 @@ class SecondNode:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-@pytest.mark.engine
-def test_a_global_service_runs_one_task_on_each_of_two_nodes(swarm):
-    api = swarm.api
-    node = SecondNode()
-    reason = node.limit()
-    if reason:
-        pytest.skip(reason)
-    joined_id = None
-    name = f"{PREFIX}-global"
-    try:
-        node.start()
-        # The swarm again, on the manager's end of the veth pair (the fixture's listens on loopback only).
-        _leave_swarm(api, had_gwbridge=True)
-        api.init_swarm(advertise_addr=node.manager_ip, listen_addr=f"{node.manager_ip}:2377")
-        worker = engine_client(node.socket)
-        worker.load_image(api.get_image(TEST_IMAGE))  # nothing can be pulled here: the image goes across
-        token = api.inspect_swarm()["JoinTokens"]["Worker"]
-        worker.join_swarm([f"{node.manager_ip}:2377"], token, advertise_addr=node.node_ip,
-                          listen_addr=f"{node.node_ip}:2377")
-        joined_id = worker.info()["Swarm"]["NodeID"]
-        deadline = time.time() + 60
-        while not all(n["Status"]["State"] == "ready" for n in api.nodes()) or len(api.nodes()) < 2:
-            assert time.time() < deadline, f"the second node never became ready: {api.nodes()}"
-            time.sleep(0.5)
-        h = swarm.h
-        assert h.ok("docker_list_nodes")["count"] == 2
-        assert h.ok("docker_swarm_info")["nodes"] == 2
-        created = h.ok("docker_create_service", {"name": name, "image": TEST_IMAGE, "command": QUICK_STOP,
-                                                 "mode": "global", "wait": True, "wait_timeout": 120})
-        assert created["converged"] and created["running"] == 2, created
+class TestSwarm:
+    """The tests that need the swarm: one class, so the swarm is left as soon as they are done (tests
+    appended after this block never run against an engine in swarm mode)."""
+
+    @pytest.mark.engine
+    def test_service_lifecycle_create_scale_update_rollback_tasks_logs(self, swarm):
+        h, api = swarm.h, swarm.api
+        name = f"{PREFIX}-web"
+        second_tag = f"mcp-docker-test/busybox:{PREFIX}"  # the test image under a second tag, for a rolling update
+        api.tag(TEST_IMAGE, "mcp-docker-test/busybox", PREFIX)
+        command = ["sh", "-c", f"echo hello-{PREFIX}; trap 'exit 0' TERM; while :; do sleep 1; done"]
+        created = h.ok("docker_create_service", {"name": name, "image": TEST_IMAGE, "command": command,
+                                                 "replicas": 1, "labels": {"io.mcp-docker.test": PREFIX},
+                                                 "update_delay_seconds": 0, "wait": True, "wait_timeout": 120})
+        assert created["status"] == "created" and created["converged"] and created["running"] == 1, created
+        spec = api.inspect_service(name)["Spec"]
+        limits = spec["TaskTemplate"]["Resources"]["Limits"]
+        assert limits["MemoryBytes"] == 1024**3 and limits["Pids"] == 512 and limits["NanoCPUs"] == 10**9
+        assert spec["Labels"][md.MANAGED_LABEL] == "true"
+        assert spec["TaskTemplate"]["ContainerSpec"]["Labels"][md.MANAGED_LABEL] == "true"
+
+        updates: list[tuple[float, float | None, str | None]] = []
+
+        async def record(progress: float, total: float | None, message: str | None) -> None:
+            updates.append((progress, total, message))
+
+        scaled = h.submit(h.client.call_tool("docker_scale_service", {"service": name, "replicas": 3, "wait": True,
+                                                                       "wait_timeout": 120}, progress_callback=record))
+        assert not scaled.is_error, scaled.content[0].text
+        assert scaled.structured_content["converged"] and scaled.structured_content["running"] == 3
         running = [t for t in api.tasks(filters={"service": name, "desired-state": "running"})
                    if t["Status"]["State"] == "running"]
-        assert sorted(t["NodeID"] for t in running) == sorted(n["ID"] for n in api.nodes())  # one on each
-        assert joined_id in {t["NodeID"] for t in running}
-        assert worker.containers(filters={"label": f"com.docker.swarm.service.name={name}"})  # really there
+        assert len(running) == 3  # the engine's own count
+        values = [u[0] for u in updates]
+        assert updates and values == sorted(set(values)) and "3/3 tasks running" in updates[-1][2], updates
+        # Scaling did not restart the first task (its spec, labels included, is unchanged).
+        assert len(api.tasks(filters={"service": name})) == 3
+
+        updated = h.ok("docker_update_service", {"service": name, "image": second_tag, "update_parallelism": 3,
+                                                 "wait": True, "wait_timeout": 120})
+        assert updated["converged"] and updated["state"] == "completed", updated
+        images = {t["Spec"]["ContainerSpec"]["Image"].split("@")[0] for t in
+                  api.tasks(filters={"service": name, "desired-state": "running"})}
+        assert images == {second_tag}
+
+        rolled = h.ok("docker_rollback_service", {"service": name, "wait": True, "wait_timeout": 120})
+        assert rolled["converged"] and rolled["state"] == "rollback_completed", rolled
+        assert api.inspect_service(name)["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"].split("@")[0] == TEST_IMAGE
+
+        tasks = h.ok("docker_service_tasks", {"service": name, "running_only": True})
+        assert tasks["count"] == 3 and {t["state"] for t in tasks["tasks"]} == {"running"}
+        assert all(t["node"] and t["container"] for t in tasks["tasks"])
+        every = h.ok("docker_service_tasks", {"service": name})
+        assert any(t["desired_state"] == "shutdown" for t in every["tasks"])  # the replaced ones, kept as history
+        deadline = time.time() + 30
+        while True:
+            logs = h.ok("docker_service_logs", {"service": name, "tail": 50})
+            if any(f"hello-{PREFIX}" in line for line in logs["lines"]) or time.time() > deadline:
+                break
+            time.sleep(1)
+        assert any(f"hello-{PREFIX}" in line for line in logs["lines"]), logs
+        assert "lines" in logs["untrusted"]["fields"]
+
+        listed = h.ok("docker_list_services")
+        row = next(s for s in listed["services"] if s["name"] == name)
+        assert row["replicas"] == 3 and row["running"] == 3 and row["managed"]
+        detail = h.ok("docker_inspect_service", {"service": name})
+        assert detail["args"] == command and detail["has_previous_spec"]
+        assert h.ok("docker_swarm_info")["role"] == "manager"
+        assert h.ok("docker_list_nodes")["count"] == 1
+        assert h.ok("docker_system_info")["swarm"]["role"] == "manager"
+
+        preview = h.ok("docker_remove_service", {"service": name, "dry_run": True})
+        assert preview["dry_run"] and swarm.service(name) is not None
+        assert h.ok("docker_remove_service", {"service": name})["status"] == "removed"
+        assert swarm.service(name) is None
+
+    @pytest.mark.engine
+    def test_stack_deploy_and_remove_from_compose_text(self, swarm):
+        h, api = swarm.h, swarm.api
+        stack = f"{PREFIX}st"
+        compose = (f'version: "3.8"\nservices:\n  web:\n    image: {TEST_IMAGE}\n'
+                   f"    command: {json.dumps(QUICK_STOP)}\n    deploy:\n      replicas: 2\n"
+                   f"  worker:\n    image: {TEST_IMAGE}\n    command: {json.dumps(QUICK_STOP)}\n")
+        deployed = h.ok("docker_deploy_stack", {"name": stack, "compose": compose, "wait": True, "wait_timeout": 120})
+        assert sorted(deployed["services"]) == [f"{stack}_web", f"{stack}_worker"] and deployed["converged"], deployed
+        for service in api.services(filters={"label": [f"{md.STACK_LABEL}={stack}"]}):
+            spec = service["Spec"]
+            assert spec["Labels"][md.MANAGED_LABEL] == "true"  # hardened as it was written
+            assert spec["TaskTemplate"]["Resources"]["Limits"]["Pids"] == 512
+        assert {"name": stack, "services": 2} in h.ok("docker_list_stacks")["stacks"]
+        listed = h.ok("docker_stack_services", {"stack": stack})
+        assert {s["name"]: s["running"] for s in listed["services"]} == {f"{stack}_web": 2, f"{stack}_worker": 1}
+        # Deploying the same text again changes nothing: no task is restarted.
+        before = {t["ID"] for t in api.tasks(filters={"label": [f"{md.STACK_LABEL}={stack}"]})}
+        assert h.ok("docker_deploy_stack", {"name": stack, "compose": compose})["status"] == "deployed"
+        time.sleep(2)
+        assert {t["ID"] for t in api.tasks(filters={"label": [f"{md.STACK_LABEL}={stack}"]})} == before
+
+        preview = h.ok("docker_remove_stack", {"name": stack, "dry_run": True})
+        assert {i["type"] for i in preview["would_remove"]} == {"service", "network"}
+        removed = h.ok("docker_remove_stack", {"name": stack})
+        assert removed["status"] == "removed"
+        assert not api.services(filters={"label": [f"{md.STACK_LABEL}={stack}"]})
+        deadline = time.time() + 20  # the manager deletes a removed overlay network a moment later
+        while api.networks(filters={"label": [f"{md.STACK_LABEL}={stack}"]}) and time.time() < deadline:
+            time.sleep(0.5)
+        assert not api.networks(filters={"label": [f"{md.STACK_LABEL}={stack}"]})
+
+    @pytest.mark.engine
+    def test_a_failing_task_reports_its_state_and_error(self, swarm):
+        name = f"{PREFIX}-fails"
+        created = swarm.h.ok("docker_create_service", {"name": name, "image": TEST_IMAGE, "command": ["sh", "-c", "exit 3"],
+                                                       "restart_condition": "none", "wait": True, "wait_timeout": 15})
+        assert not created["converged"]  # it never runs: the wait says so instead of hanging
+        deadline = time.time() + 60
+        while True:
+            tasks = swarm.h.ok("docker_service_tasks", {"service": name})["tasks"]
+            if any(t["state"] == "failed" for t in tasks) or time.time() > deadline:
+                break
+            time.sleep(1)
+        failed = next(t for t in tasks if t["state"] == "failed")
+        assert failed["exit_code"] == 3 and "non-zero exit (3)" in failed["error"], failed
+        swarm.h.ok("docker_remove_service", {"service": name})
+
+    @pytest.mark.engine
+    @pytest.mark.adversarial
+    @pytest.mark.parametrize(("extra", "rule"), ESCALATING_SERVICES)
+    def test_a_service_asking_for_host_power_creates_nothing(self, swarm, extra, rule):
+        name = f"{PREFIX}-evil-{rule}"
+        text = swarm.h.error("docker_create_service", {"name": name, "image": TEST_IMAGE, "command": ["sleep", "60"],
+                                                       **extra}, "policy_denied")
+        assert f"[{rule}]" in text
+        assert swarm.service(name) is None  # the manager never saw it
+
+    @pytest.mark.engine
+    @pytest.mark.adversarial
+    def test_an_update_or_rollback_to_host_power_is_refused_and_changes_nothing(self, swarm):
+        h, api = swarm.h, swarm.api
+        name = f"{PREFIX}-upd"
+        h.ok("docker_create_service", {"name": name, "image": TEST_IMAGE, "command": QUICK_STOP, "replicas": 0})
+        version = api.inspect_service(name)["Version"]["Index"]
+        for extra, rule in ESCALATING_SERVICES[:6]:
+            text = h.error("docker_update_service", {"service": name, **extra}, "policy_denied")
+            assert f"[{rule}]" in text
+        assert api.inspect_service(name)["Version"]["Index"] == version  # not one update reached the manager
+        # Someone with the engine's own CLI gives it SYS_ADMIN; the previous spec (ours) is fine, but scaling the
+        # current one, or updating it, is judged again and refused.
+        service = api.inspect_service(name)
+        spec = service["Spec"]
+        spec["TaskTemplate"]["ContainerSpec"]["CapabilityAdd"] = ["CAP_SYS_ADMIN"]
+        api.update_service(name, version, task_template=spec["TaskTemplate"], name=name, labels=spec["Labels"],
+                           mode={"Replicated": {"Replicas": 0}})
+        assert "[capabilities]" in h.error("docker_scale_service", {"service": name, "replicas": 2}, "policy_denied")
+        assert api.inspect_service(name)["Spec"]["Mode"]["Replicated"]["Replicas"] == 0
+        # Rolling back to the previous spec is judged like a new one: ours passes; the bad one, made previous, not.
+        h.ok("docker_rollback_service", {"service": name})
+        assert not api.inspect_service(name)["Spec"]["TaskTemplate"]["ContainerSpec"].get("CapabilityAdd")
+        text = h.error("docker_rollback_service", {"service": name}, "policy_denied")
+        assert "[capabilities]" in text
+        assert not api.inspect_service(name)["Spec"]["TaskTemplate"]["ContainerSpec"].get("CapabilityAdd")
         h.ok("docker_remove_service", {"service": name})
-        allowing = Harness([*SWARM_ARGS, "--volume-mount-allowlist", str(STATE_DIR)])
-        try:  # a bind mount this host could allow is another node's path there: refused on two nodes
-            text = allowing.error("docker_create_service", {"name": f"{name}-bind", "image": TEST_IMAGE, "mounts": [
-                {"type": "bind", "source": str(STATE_DIR), "target": "/data"}]}, "policy_denied")
-            assert "[bind_mount]" in text and "2 nodes" in text
-            assert swarm.service(f"{name}-bind") is None
+
+    @pytest.mark.engine
+    @pytest.mark.adversarial
+    @pytest.mark.parametrize(("service_yaml", "top_yaml", "rule"), [
+        ("    cap_add: [SYS_ADMIN]\n", "", "capabilities"),
+        ("    volumes: [\"/etc:/host-etc\"]\n", "", "sensitive_path"),
+        ("    volumes: [\"/var/run/docker.sock:/var/run/docker.sock\"]\n", "", "engine_socket"),
+        ("    ports: [\"18081:80\"]\n", "", "published_ports"),
+        ("    networks: [outside]\n", "networks:\n  outside:\n    external: true\n    name: host\n", "host_namespace"),
+        ("    sysctls: {kernel.shmmax: 1}\n", "", "sysctls"),
+        ("    ulimits: {nofile: 1048576}\n", "", "ulimits"),
+        ("    logging: {driver: syslog}\n", "", "log_driver"),
+        ("    configs: [leak]\n", "configs:\n  leak:\n    file: /etc/hostname\n", "swarm_secrets"),
+        ("    secrets: [leak]\n", "secrets:\n  leak:\n    file: /etc/hostname\n", "swarm_secrets"),
+        ("    env_file: /etc/hostname\n", "", "host_files"),
+        ("    \"env\\x5ffile\": /etc/hostname\n", "", "not_understood"),  # env_file, spelt with an escape
+        ("    ? !!binary ZW52X2ZpbGU=\n    : /etc/hostname\n", "", "not_understood"),
+    ])
+    def test_a_stack_with_one_bad_service_deploys_nothing(self, swarm, service_yaml, top_yaml, rule):
+        stack = f"{PREFIX}bad"
+        compose = (f'version: "3.8"\nservices:\n  good:\n    image: {TEST_IMAGE}\n    command: ["sleep", "60"]\n'
+                   f'  bad:\n    image: {TEST_IMAGE}\n    command: ["sleep", "60"]\n{service_yaml}{top_yaml}')
+        text = swarm.h.error("docker_deploy_stack", {"name": stack, "compose": compose}, "policy_denied")
+        assert f"[{rule}]" in text, text
+        label = {"label": [f"{md.STACK_LABEL}={stack}"]}
+        api = swarm.api
+        assert not api.services(filters=label) and not api.networks(filters=label)  # not even the good one
+        assert not api.configs(filters=label) and not api.secrets(filters=label)
+
+    @pytest.mark.engine
+    def test_managed_only_mode_leaves_foreign_services_alone(self, swarm):
+        api = swarm.api
+        name = f"{PREFIX}-foreign"
+        api.create_service({"ContainerSpec": {"Image": TEST_IMAGE, "Args": ["sleep", "60"]}}, name=name,
+                           mode={"Replicated": {"Replicas": 0}})
+        h = Harness([*SWARM_ARGS, "--managed-only"])
+        try:
+            for tool_name, args in (("docker_scale_service", {"replicas": 1}), ("docker_update_service", {"force": True}),
+                                    ("docker_remove_service", {})):
+                assert "[managed_only]" in h.error(tool_name, {"service": name, **args}, "policy_denied")
+            assert swarm.service(name)["Spec"]["Mode"]["Replicated"]["Replicas"] == 0
         finally:
-            allowing.close()
-        on_worker = Harness(SWARM_ARGS, env={"DOCKER_HOST": node.socket})
-        try:  # the same tools pointed at the worker: one clear error, not the engine's text
-            assert "swarm worker" in on_worker.error("docker_list_services", {}, "unavailable")
-            assert "swarm worker" in on_worker.error("docker_swarm_info", {}, "unavailable")
-            assert on_worker.ok("docker_system_info")["swarm"]["role"] == "worker"
-        finally:
-            on_worker.close()
-    finally:
-        with contextlib.suppress(Exception):
+            h.close()
             api.remove_service(name)
-        with contextlib.suppress(Exception):
-            engine_client(node.socket).leave_swarm(force=True)
-        node.stop()
-        if joined_id:
+
+    @pytest.mark.engine
+    def test_a_global_service_runs_one_task_on_each_of_two_nodes(self, swarm):
+        api = swarm.api
+        node = SecondNode()
+        reason = node.limit()
+        if reason:
+            pytest.skip(reason)
+        joined_id = None
+        name = f"{PREFIX}-global"
+        try:
+            node.start()
+            # The swarm again, on the manager's end of the veth pair (the fixture's listens on loopback only).
+            _leave_swarm(api, had_gwbridge=True)
+            api.init_swarm(advertise_addr=node.manager_ip, listen_addr=f"{node.manager_ip}:2377")
+            worker = engine_client(node.socket)
+            worker.load_image(api.get_image(TEST_IMAGE))  # nothing can be pulled here: the image goes across
+            token = api.inspect_swarm()["JoinTokens"]["Worker"]
+            worker.join_swarm([f"{node.manager_ip}:2377"], token, advertise_addr=node.node_ip,
+                              listen_addr=f"{node.node_ip}:2377")
+            joined_id = worker.info()["Swarm"]["NodeID"]
+            deadline = time.time() + 60
+            while not all(n["Status"]["State"] == "ready" for n in api.nodes()) or len(api.nodes()) < 2:
+                assert time.time() < deadline, f"the second node never became ready: {api.nodes()}"
+                time.sleep(0.5)
+            h = swarm.h
+            assert h.ok("docker_list_nodes")["count"] == 2
+            assert h.ok("docker_swarm_info")["nodes"] == 2
+            created = h.ok("docker_create_service", {"name": name, "image": TEST_IMAGE, "command": QUICK_STOP,
+                                                     "mode": "global", "wait": True, "wait_timeout": 120})
+            assert created["converged"] and created["running"] == 2, created
+            running = [t for t in api.tasks(filters={"service": name, "desired-state": "running"})
+                       if t["Status"]["State"] == "running"]
+            assert sorted(t["NodeID"] for t in running) == sorted(n["ID"] for n in api.nodes())  # one on each
+            assert joined_id in {t["NodeID"] for t in running}
+            assert worker.containers(filters={"label": f"com.docker.swarm.service.name={name}"})  # really there
+            h.ok("docker_remove_service", {"service": name})
+            allowing = Harness([*SWARM_ARGS, "--volume-mount-allowlist", str(STATE_DIR)])
+            try:  # a bind mount this host could allow is another node's path there: refused on two nodes
+                text = allowing.error("docker_create_service", {"name": f"{name}-bind", "image": TEST_IMAGE, "mounts": [
+                    {"type": "bind", "source": str(STATE_DIR), "target": "/data"}]}, "policy_denied")
+                assert "[bind_mount]" in text and "2 nodes" in text
+                assert swarm.service(f"{name}-bind") is None
+            finally:
+                allowing.close()
+            on_worker = Harness(SWARM_ARGS, env={"DOCKER_HOST": node.socket})
+            try:  # the same tools pointed at the worker: one clear error, not the engine's text
+                assert "swarm worker" in on_worker.error("docker_list_services", {}, "unavailable")
+                assert "swarm worker" in on_worker.error("docker_swarm_info", {}, "unavailable")
+                assert on_worker.ok("docker_system_info")["swarm"]["role"] == "worker"
+            finally:
+                on_worker.close()
+        finally:
             with contextlib.suppress(Exception):
-                api.remove_node(joined_id, force=True)
-        if (api.info().get("Swarm") or {}).get("LocalNodeState") == "active" and \
-                api.inspect_swarm()["JoinTokens"] and node.manager_ip in json.dumps(api.info()["Swarm"]):
-            _leave_swarm(api, had_gwbridge=True)  # back to the fixture's loopback swarm for any test after this
-            api.init_swarm(advertise_addr="127.0.0.1", listen_addr="127.0.0.1:2377")
+                api.remove_service(name)
+            with contextlib.suppress(Exception):
+                engine_client(node.socket).leave_swarm(force=True)
+            node.stop()
+            if joined_id:
+                with contextlib.suppress(Exception):
+                    api.remove_node(joined_id, force=True)
+            if (api.info().get("Swarm") or {}).get("LocalNodeState") == "active" and \
+                    api.inspect_swarm()["JoinTokens"] and node.manager_ip in json.dumps(api.info()["Swarm"]):
+                _leave_swarm(api, had_gwbridge=True)  # back to the fixture's loopback swarm for any test after this
+                api.init_swarm(advertise_addr="127.0.0.1", listen_addr="127.0.0.1:2377")
