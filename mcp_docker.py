@@ -5268,13 +5268,20 @@ def service_tasks(call: Call) -> dict[str, Any]:
       list_field="lines", keep_newest=True)
 @swarm_guard
 def service_logs(call: Call) -> dict[str, Any]:
-    a = call.args
-    chunks = call.api.service_logs(a["service"], stdout=True, stderr=True, timestamps=a.get("timestamps", False),
-                                   tail=a.get("tail", 100), follow=False)
-    raw = chunks if isinstance(chunks, bytes) else newest_bytes(chunks, call.settings.max_output_bytes)[0]
+    a, api = call.args, call.api
+    service = api.inspect_service(a["service"])
+    tty = bool(((service.get("Spec") or {}).get("TaskTemplate") or {}).get("ContainerSpec", {}).get("TTY"))
+    # Streamed, keeping only the newest bytes an answer can carry (docker-py's service_logs would hold
+    # every task's whole tail in memory first).
+    response = api._get(api._url("/services/{0}/logs", service["ID"]), stream=True, timeout=call.remaining(),
+                        params={"stdout": 1, "stderr": 1, "follow": 0, "details": 0, "tail": a.get("tail", 100),
+                                "timestamps": int(a.get("timestamps", False))})
+    api._raise_for_status(response)
+    chunks = api._stream_raw_result(response, 4096, False) if tty else api._multiplexed_response_stream_helper(response)
+    raw, cut = newest_bytes(chunks, call.settings.max_output_bytes)
     untrusted = UntrustedOutput()
     lines = untrusted.lines("lines", decode_log_lines(raw))
-    return untrusted.attach({"service": a["service"], "lines": lines, "count": len(lines)})
+    return untrusted.attach({"service": a["service"], "lines": lines, "count": len(lines), "truncated": cut})
 
 
 @tool("docker_create_service", title="Create a service", tier=Tier.MODERATE, toolset="swarm", long_running=True,
