@@ -6949,6 +6949,9 @@ class TestSwarm:
         ("    ports: [\"18081:80\"]\n", "", "published_ports"),
         ("    networks: [outside]\n", "networks:\n  outside:\n    external: true\n    name: host\n", "host_namespace"),
         ("    sysctls: {kernel.shmmax: 1}\n", "", "sysctls"),
+    ("    <<: {cap_add: [NET_ADMIN]}\n", "", "capabilities"),  # a YAML merge key: judged on what the CLI made
+    ("    volumes: [\"data:/x\"]\n", "volumes:\n  data:\n    driver_opts: {type: none, o: bind, device: /etc}\n",
+     "volume_driver"),
         ("    ulimits: {nofile: 1048576}\n", "", "ulimits"),
         ("    logging: {driver: syslog}\n", "", "log_driver"),
         ("    configs: [leak]\n", "configs:\n  leak:\n    file: /etc/hostname\n", "swarm_secrets"),
