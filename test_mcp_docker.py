@@ -6875,6 +6875,12 @@ class TestSwarm:
         assert h.ok("docker_deploy_stack", {"name": stack, "compose": compose})["status"] == "deployed"
         time.sleep(2)
         assert {t["ID"] for t in api.tasks(filters={"label": [f"{md.STACK_LABEL}={stack}"]})} == before
+        # A redeploy that would give one service a power changes neither: the dry run refuses it first.
+        versions = {s["ID"]: s["Version"]["Index"] for s in api.services(filters={"label": [f"{md.STACK_LABEL}={stack}"]})}
+        worse = compose.replace("  worker:\n", "  worker:\n    cap_add: [SYS_ADMIN]\n")
+        assert "[capabilities]" in h.error("docker_deploy_stack", {"name": stack, "compose": worse}, "policy_denied")
+        assert {s["ID"]: s["Version"]["Index"] for s in api.services(
+            filters={"label": [f"{md.STACK_LABEL}={stack}"]})} == versions
 
         preview = h.ok("docker_remove_stack", {"name": stack, "dry_run": True})
         assert {i["type"] for i in preview["would_remove"]} == {"service", "network"}
