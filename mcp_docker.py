@@ -5574,13 +5574,22 @@ def run_stack_cli(call: Call, cli: str, proxy: StackProxy) -> tuple[int, str]:
     # which must not hand the server's own (keys, tokens) to a stack the client wrote.
     env = {"PATH": os.path.dirname(cli), "HOME": proxy.directory,
            "DOCKER_CONFIG": os.path.join(proxy.directory, "config"), "DOCKER_HOST": f"unix://{proxy.socket_path}"}
+    process = subprocess.Popen([cli, "stack", "deploy", "--detach=true", "--resolve-image", "never", "-c", "-",
+                                proxy.stack], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env=env, cwd=proxy.directory)
+    if call.cancellation is not None:  # a cancelled call stops the CLI too (the proxy then refuses the rest)
+        call.cancellation.on_cancel(process.kill)
     try:
-        done = subprocess.run([cli, "stack", "deploy", "--detach=true", "--resolve-image", "never", "-c", "-",
-                               proxy.stack], input=call.args["compose"].encode(), env=env, cwd=proxy.directory,
-                              capture_output=True, timeout=max(1.0, call.remaining()))
+        out, err = process.communicate(call.args["compose"].encode(), timeout=max(1.0, call.remaining()))
     except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
         raise ToolError("timeout", "docker stack deploy did not finish in time") from None
-    return done.returncode, done.stderr.decode("utf-8", "replace") + done.stdout.decode("utf-8", "replace")
+    finally:
+        if call.cancellation is not None:
+            call.cancellation.forget(process.kill)
+    call.remaining()  # cancelled meanwhile: say so, whatever the CLI printed
+    return process.returncode, err.decode("utf-8", "replace") + out.decode("utf-8", "replace")
 
 
 # What makes the docker CLI read files on this host (env_file, extends, include), and the YAML that could
