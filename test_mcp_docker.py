@@ -6629,9 +6629,6 @@ class Swarm:
         self.api = engine_client()
         self.h: Harness | None = None
 
-    def services(self, **labels: str) -> list[dict[str, Any]]:
-        return [s for s in self.api.services() if s["Spec"]["Name"].startswith(PREFIX)]
-
     def service(self, name: str) -> dict[str, Any] | None:
         return next((s for s in self.api.services() if s["Spec"]["Name"] == name), None)
 
