@@ -12,8 +12,10 @@ Sections, in order (each uses only the ones above it):
                        named engines, engine discovery (pure: the caller passes the file checks)
 2. Errors           -- ``ToolError`` categories and the translation of engine failures (Docker's and Podman's)
 3. Policy           -- tiers, gating, per-engine ceilings, validation, bounding; the container safety
-                       policy, untrusted output, destructive confirmations (pure)
-4. Engine and tools -- the lazy engine connections, summaries, and the one tool registry
+                       policy (and swarm service specs judged by it), untrusted output, destructive
+                       confirmations (pure)
+4. Engine and tools -- the lazy engine connections, summaries, and the one tool registry (swarm services
+                       and stacks included, the stack CLI behind a judging socket)
 5. MCP wiring       -- the SDK's low-level ``Server`` reading that registry; resources (container logs and
                        stats, through their tools), prompts, completion of their arguments, log messages
                        to clients, progress
@@ -66,7 +68,10 @@ log = logging.getLogger("mcp_docker")
 # 1. Configuration
 # ---------------------------------------------------------------------------------------------
 
-TOOLSETS = ("containers", "images", "networks", "volumes", "system", "compose")
+TOOLSETS = ("containers", "images", "networks", "volumes", "system", "compose", "swarm")
+# Offered unless MCP_TOOLSETS names others: swarm is opt-in, since its tools only answer on a swarm manager
+# and every client pays for the listing in its context.
+DEFAULT_TOOLSETS = ("containers", "images", "networks", "volumes", "system", "compose")
 
 
 class ConfigError(ValueError):
@@ -407,7 +412,8 @@ SETTING_SPECS: tuple[SettingSpec, ...] = (
     SettingSpec("denied_tools", "SAFETY_DENIED_TOOLS", _parse_name_list,
                 "Comma list of tools that are never offered, whatever else allows them."),
     SettingSpec("toolsets", "MCP_TOOLSETS", _parse_toolsets,
-                "Comma list of toolsets to offer: containers,images,networks,volumes,system,compose."),
+                "Comma list of toolsets to offer: containers,images,networks,volumes,system,compose,swarm. "
+                "Default all but swarm."),
     SettingSpec("max_output_bytes", "MCP_MAX_OUTPUT_BYTES",
                 _positive_int(64 * 1024 * 1024),
                 "Cap on one tool result in bytes; larger results are cut and say truncated. Default 262144."),
@@ -583,6 +589,13 @@ SETTING_SPECS: tuple[SettingSpec, ...] = (
     SettingSpec("allow_public_ports", "SAFETY_ALLOW_PUBLIC_PORTS", _parse_bool,
                 "Let compose projects publish ports on addresses other than loopback (0.0.0.0 ...). "
                 "Default false: ports without an address are published on 127.0.0.1."),
+    # -- swarm services (the container policy above applies to each service's containers too)
+    SettingSpec("allow_swarm_published_ports", "SAFETY_ALLOW_SWARM_PUBLISHED_PORTS", _parse_bool,
+                "Allow services to publish ports: swarm publishes them on every interface of every node "
+                "(ingress or host mode). Default false."),
+    SettingSpec("allow_swarm_secrets", "SAFETY_ALLOW_SWARM_SECRETS", _parse_bool,
+                "Allow services to mount swarm secrets and configs, and stacks to create them from files "
+                "(which the docker CLI reads on this host). Default false."),
 )
 SETTINGS_BY_ENV = {spec.env: spec for spec in SETTING_SPECS}
 SETTINGS_BY_FIELD = {spec.field: spec for spec in SETTING_SPECS}
@@ -598,7 +611,7 @@ class Settings:
     allow_destructive: bool = False
     allowed_tools: tuple[str, ...] = ()
     denied_tools: tuple[str, ...] = ()
-    toolsets: tuple[str, ...] = TOOLSETS
+    toolsets: tuple[str, ...] = DEFAULT_TOOLSETS
     max_output_bytes: int = 256 * 1024
     engine_timeout: float = 60.0
     long_operation_timeout: float = 900.0
@@ -676,6 +689,8 @@ class Settings:
     compose_command: tuple[str, ...] = ()
     copy_max_bytes: int = 16 * 1024**2
     allow_public_ports: bool = False
+    allow_swarm_published_ports: bool = False
+    allow_swarm_secrets: bool = False
     docker_tls_verify: str = ""
     docker_cert_path: str = ""
 
@@ -1400,6 +1415,9 @@ def redact_message(text: str) -> str:
     return redact_command_text(text)
 
 
+_SECRET_LINE_RE = re.compile(r"^([ \t]*(?:-[ \t]*)?(?:(?:ENV|ARG|export)[ \t]+)?[\"']?([A-Za-z0-9_.-]+)[\"']?[ \t]*[:=][ \t]*)(\S.*)$", re.M)
+
+
 def redact_arguments(value: Any, key: str = "") -> Any:
     """A copy of tool arguments fit for the audit log: secret-named fields and secret-shaped values hidden,
     command lines and scripts kept in shape with only their secrets replaced."""
@@ -1417,6 +1435,9 @@ def redact_arguments(value: Any, key: str = "") -> Any:
         # show, and a 10 MB argument (a file copied in) costs microseconds, not seconds.
         cut = len(value) > 2048
         value = value[:2048]
+        if "\n" in value:  # a Compose file or Dockerfile: its `PASSWORD: x` / `TOKEN=x` lines
+            value = _SECRET_LINE_RE.sub(lambda m: m.group(1) + "<redacted>" if SENSITIVE_NAME_RE.search(m.group(2))
+                                        else m.group(0), value)
         if re.search(r"\s", value) and not SECRET_VALUE_RE.fullmatch(value.strip()):
             value = redact_command_text(value)  # a script (sh -c's text, a build arg): word by word
         elif SECRET_VALUE_RE.search(value) and not _URL_USERINFO_RE.search(value):
@@ -4273,6 +4294,264 @@ def hardening_gaps(info: Mapping[str, Any], settings: Settings) -> list[Denial]:
     return gaps
 
 
+# -- swarm services: a service spec judged as the containers it will make --------------------------
+#
+# A service is a template for containers that the swarm's nodes create, restart and replace on their
+# own, long after the call. So a service spec is judged by the container policy above, on the engine's
+# own form (the ``ServiceSpec`` JSON the manager receives, whoever wrote it: our tools, or the docker CLI
+# deploying a stack), and only what it can say is understood: an unknown field is refused, not passed on.
+# ``service_power`` maps the spec onto a ``PowerRequest``; ``service_denials`` adds what only services
+# have (published ports on every node, cluster secrets, ulimits, plugins); ``judge_service`` is both.
+
+SWARM_PORTS_SETTING = "SAFETY_ALLOW_SWARM_PUBLISHED_PORTS"
+SWARM_SECRETS_SETTING = "SAFETY_ALLOW_SWARM_SECRETS"
+SERVICE_SPEC_KEYS = frozenset({"Name", "Labels", "TaskTemplate", "Mode", "UpdateConfig", "RollbackConfig",
+                               "Networks", "EndpointSpec"})
+TASK_TEMPLATE_KEYS = frozenset({"ContainerSpec", "Resources", "RestartPolicy", "Placement", "Networks",
+                                "LogDriver", "ForceUpdate", "Runtime", "PluginSpec", "NetworkAttachmentSpec"})
+CONTAINER_SPEC_KEYS = frozenset({
+    "Image", "Labels", "Command", "Args", "Hostname", "Env", "Dir", "User", "Groups", "Privileges", "TTY",
+    "OpenStdin", "ReadOnly", "Mounts", "StopSignal", "StopGracePeriod", "HealthCheck", "Hosts", "DNSConfig",
+    "Secrets", "Configs", "Isolation", "Init", "Sysctls", "CapabilityAdd", "CapabilityDrop", "Ulimits"})
+MOUNT_KEYS = frozenset({"Type", "Source", "Target", "ReadOnly", "Consistency", "BindOptions", "VolumeOptions",
+                        "TmpfsOptions"})
+PRIVATE_PROPAGATION = ("", "private", "rprivate")
+
+
+def _unknown_keys(node: Any, known: frozenset[str], where: str, problems: list[str]) -> Mapping[str, Any]:
+    if node is None:
+        return {}
+    if not isinstance(node, Mapping):
+        problems.append(f"{where} is not an object")
+        return {}
+    for key in sorted(set(node) - known):
+        problems.append(f"{where}.{_short_repr(key, 40)} is not understood by this server's policy")
+    return node
+
+
+def _service_mount(mount: Mapping[str, Any], resolve: Callable[[str], HostPath],
+                   volume_info: Callable[[str], Mapping[str, Any] | None], problems: list[str]) -> MountSpec | None:
+    kind = str(mount.get("Type") or "volume").lower()
+    target = _normalize_target(mount.get("Target", ""), problems)
+    source = str(mount.get("Source") or "").strip()
+    read_only = bool(mount.get("ReadOnly"))
+    if kind == "bind":
+        problem = host_path_problem(source) if source else "a bind mount needs a source host path"
+        if problem:
+            problems.append(f"bind mount: {problem}")
+            return None
+        host = resolve(source)
+        return MountSpec("bind", target, host.real, host=host, read_only=read_only)
+    if kind == "volume":
+        if source and (not re.fullmatch(NAME_TEXT, source) or len(source) > 255):
+            problems.append(f"volume mount: source {_short_repr(source, 50)} is not a volume name")
+            return None
+        existing = volume_info(source) if source else None
+        driver = ((mount.get("VolumeOptions") or {}).get("DriverConfig") or {})
+        volume = existing
+        if driver:  # every node that runs a task creates the volume with this driver and these options
+            volume = {"driver": driver.get("Name") or (existing or {}).get("driver") or "local",
+                      "options": {**((existing or {}).get("options") or {}), **(driver.get("Options") or {})},
+                      "labels": (existing or {}).get("labels") if existing else {MANAGED_LABEL: "true"}}
+        return MountSpec("volume", target, source, read_only=read_only, volume=volume)
+    if kind == "tmpfs":
+        if source:
+            problems.append("a tmpfs mount takes no source")
+        size = (mount.get("TmpfsOptions") or {}).get("SizeBytes")
+        return MountSpec("tmpfs", target, read_only=read_only, tmpfs_size=int(size) if size else None)
+    problems.append(f"mount type {_short_repr(kind, 20)} is not bind, volume or tmpfs")
+    return None
+
+
+def service_power(tool: str, spec: Mapping[str, Any], resolve: Callable[[str], HostPath],
+                  volume_info: Callable[[str], Mapping[str, Any] | None],
+                  network_info: Callable[[str], Mapping[str, Any] | None]) -> PowerRequest:
+    """A ServiceSpec (engine form) -> the ``PowerRequest`` of each container it makes, for ``judge_request``.
+
+    ``resolve``, ``volume_info`` and ``network_info`` (name or ID -> {"name", "driver"}, None when there is
+    none) are the edges' I/O, passed in. Nothing is defaulted here: the spec is judged as it will be sent.
+    """
+    problems: list[str] = []
+    top = _unknown_keys(spec, SERVICE_SPEC_KEYS, "ServiceSpec", problems)
+    template = _unknown_keys(top.get("TaskTemplate"), TASK_TEMPLATE_KEYS, "TaskTemplate", problems)
+    container = _unknown_keys(template.get("ContainerSpec"), CONTAINER_SPEC_KEYS, "ContainerSpec", problems)
+    if not container.get("Image"):
+        problems.append("the service has no ContainerSpec.Image")
+    if template.get("Runtime") not in (None, "", "container"):
+        problems.append(f"task runtime {_short_repr(template.get('Runtime'), 30)} is not a container")
+    if container.get("Isolation") not in (None, "", "default"):
+        problems.append(f"isolation {_short_repr(container.get('Isolation'), 30)} is not the engine's default")
+    cap_add = _normalize_capabilities(container.get("CapabilityAdd"), "CapabilityAdd", problems)
+    cap_drop = _normalize_capabilities(container.get("CapabilityDrop"), "CapabilityDrop", problems)
+
+    security_opt: list[str] = []
+    privileges = _unknown_keys(container.get("Privileges"), frozenset({
+        "CredentialSpec", "SELinuxContext", "Seccomp", "AppArmor", "NoNewPrivileges"}), "Privileges", problems)
+    if privileges.get("CredentialSpec"):
+        problems.append("a credential spec (Windows) is not understood by this server's policy")
+    selinux = privileges.get("SELinuxContext") or {}
+    if selinux.get("Disable"):
+        security_opt.append("label=disable")
+    for part in ("User", "Role", "Type", "Level"):
+        if selinux.get(part):
+            security_opt.append(f"label={part.lower()}:{selinux[part]}")
+    if (privileges.get("Seccomp") or {}).get("Mode") not in (None, "", "default"):
+        security_opt.append(f"seccomp={(privileges.get('Seccomp') or {}).get('Mode')}")
+    if (privileges.get("AppArmor") or {}).get("Mode") not in (None, "", "default"):
+        security_opt.append(f"apparmor={(privileges.get('AppArmor') or {}).get('Mode')}")
+    # NoNewPrivileges false is the engine's default (newer CLIs always send the field): nothing is weakened.
+
+    sysctls: list[tuple[str, str]] = []
+    for name, value in (container.get("Sysctls") or {}).items():
+        key = str(name).strip().lower().replace("/", ".")
+        if not re.fullmatch(r"[a-z0-9_]+(\.[a-z0-9_*-]+)+", key):
+            problems.append(f"sysctl {_short_repr(name, 50)} is not a sysctl name")
+        sysctls.append((key, str(value)))
+
+    mounts = []
+    for mount in container.get("Mounts") or []:
+        _unknown_keys(mount, MOUNT_KEYS, "Mounts[]", problems)
+        judged = _service_mount(mount, resolve, volume_info, problems) if isinstance(mount, Mapping) else None
+        if judged:
+            mounts.append(judged)
+    targets = [m.target for m in mounts]
+    if len(set(targets)) < len(targets):
+        problems.append("two mounts share a target")
+
+    namespaces: list[tuple[str, str]] = []
+    for attachment in [*(template.get("Networks") or []), *(top.get("Networks") or [])]:
+        target = str((attachment or {}).get("Target") or "")
+        facts = network_info(target) if target else None
+        if facts is None:
+            problems.append(f"network {_short_repr(target, 60)} does not exist (or cannot be judged)")
+            continue
+        host_network = facts.get("driver") == "host" or facts.get("name") == "host"
+        namespaces.append(("network", "host" if host_network else str(facts.get("name") or target)))
+
+    devices = []
+    reservations = ((template.get("Resources") or {}).get("Reservations") or {})
+    for resource in reservations.get("GenericResources") or []:
+        kind = next(iter((resource or {}).values()), {}) if isinstance(resource, Mapping) else {}
+        devices.append(f"generic resource {_short_repr((kind or {}).get('Kind'), 30)} (a device on the node)")
+
+    limits = (template.get("Resources") or {}).get("Limits") or {}
+    return PowerRequest(
+        tool=tool, images=(str(container["Image"]),) if container.get("Image") else (),
+        cap_add=cap_add, cap_drop=cap_drop, namespaces=tuple(namespaces), devices=tuple(devices),
+        security_opt=tuple(security_opt), mounts=tuple(mounts), sysctls=tuple(sysctls),
+        read_only_rootfs=bool(container.get("ReadOnly")), memory=limits.get("MemoryBytes") or None,
+        nano_cpus=limits.get("NanoCPUs") or None, pids_limit=limits.get("Pids") or None, problems=tuple(problems))
+
+
+def service_denials(spec: Mapping[str, Any], settings: Settings) -> list[Denial]:
+    """What only a service can ask for: ports on every node, cluster secrets, ulimits, log drivers, plugins."""
+    denials = []
+    template = spec.get("TaskTemplate") or {}
+    container = template.get("ContainerSpec") or {}
+    if not settings.allow_swarm_published_ports:
+        for port in (spec.get("EndpointSpec") or {}).get("Ports") or []:
+            mode = port.get("PublishMode") or "ingress"
+            denials.append(Denial("published_ports", f"port {port.get('TargetPort')}/{port.get('Protocol') or 'tcp'} "
+                                  f"would be published ({mode} mode) on every interface of every node that runs "
+                                  "the service, not on loopback", f"set {SWARM_PORTS_SETTING}=true to allow it"))
+            break
+    if not settings.allow_swarm_secrets:
+        for kind in ("Secrets", "Configs"):
+            for item in container.get(kind) or []:
+                denials.append(Denial("swarm_secrets", f"{kind[:-1].lower()} {_short_repr(item.get(f'{kind[:-1]}Name'), 60)}"
+                                      " gives the service's containers data stored in the cluster",
+                                      f"set {SWARM_SECRETS_SETTING}=true to allow it"))
+                break
+    if not settings.allow_privileged:
+        if container.get("Ulimits"):
+            denials.append(Denial("ulimits", "ulimits can raise the limits the engine sets on each container"))
+        if template.get("LogDriver"):
+            denials.append(Denial("log_driver", f"log driver {_short_repr(template['LogDriver'].get('Name'), 40)} "
+                                  "sends the containers' output where the policy cannot see"))
+        if template.get("PluginSpec") or template.get("NetworkAttachmentSpec"):
+            denials.append(Denial("plugin", "a plugin service installs an engine plugin with host powers on every node"))
+        for mount in container.get("Mounts") or []:
+            propagation = ((mount or {}).get("BindOptions") or {}).get("Propagation") or ""
+            if propagation not in PRIVATE_PROPAGATION:
+                denials.append(Denial("bind_mount", f"bind propagation {propagation!r} shares mounts between "
+                                      "the container and the host"))
+    return denials
+
+
+def judge_service(tool: str, spec: Mapping[str, Any], settings: Settings, host: HostFacts,
+                  resolve: Callable[[str], HostPath], volume_info: Callable[[str], Mapping[str, Any] | None],
+                  network_info: Callable[[str], Mapping[str, Any] | None], nodes: int = 1) -> list[Denial]:
+    """Every reason a service spec may not reach the manager (empty: it may). Pure: the I/O is passed in.
+
+    ``nodes`` is the swarm's node count: a bind mount is judged on this host's paths, so it can be judged
+    only while this host is the one node a task can land on.
+    """
+    request = service_power(tool, spec, resolve, volume_info, network_info)
+    denials = judge_request(request, settings, host) + service_denials(spec, settings)
+    binds = [m for m in request.mounts if m.type == "bind"]
+    if binds and nodes > 1 and not settings.allow_privileged:
+        denials.append(Denial("bind_mount", f"a task may run on any of the swarm's {nodes} nodes, where bind "
+                              f"mount {_short_repr(binds[0].host.given if binds[0].host else binds[0].source, 60)} "
+                              "is another host's path, which this server cannot check"))
+    if settings.managed_only:
+        template = spec.get("TaskTemplate") or {}
+        for attachment in [*(template.get("Networks") or []), *(spec.get("Networks") or [])]:
+            target = str((attachment or {}).get("Target") or "")
+            facts = network_info(target) if target else None
+            if facts is not None:
+                denial = managed_denial("network", str(facts.get("name") or target), facts.get("labels"), settings)
+                if denial:
+                    denials.append(denial)
+    return denials
+
+
+def harden_service_spec(spec: Mapping[str, Any], settings: Settings, labels: Mapping[str, str],
+                        api_version: str) -> tuple[dict[str, Any], list[str]]:
+    """The server's defaults on a service spec, as on a container: its labels on the service and on every
+    container (the caller cannot override them), limits for whatever was not limited, the hardened
+    profile, no-new-privileges where the API has a field for it. Returns the new spec and what the engine
+    cannot be given (so the answer can say so, rather than promise it)."""
+    spec = json.loads(json.dumps(spec))  # a deep copy of plain JSON
+    template = spec.setdefault("TaskTemplate", {})
+    container = template.setdefault("ContainerSpec", {})
+    if (spec.get("Labels") or {}).get(MANAGED_LABEL) == "true":  # ours already: keep who made it and when, or
+        labels = {**labels, **{k: v for k, v in spec["Labels"].items()  # every scale would restart every task
+                               if k in (CLIENT_LABEL, CREATED_LABEL)}}
+    spec["Labels"] = {**(spec.get("Labels") or {}), **labels}
+    container["Labels"] = {**(container.get("Labels") or {}), **labels}
+    resource_limits = template.setdefault("Resources", {}).setdefault("Limits", {})
+    if not resource_limits.get("MemoryBytes") and settings.container_memory_limit:
+        resource_limits["MemoryBytes"] = settings.container_memory_limit
+    if not resource_limits.get("NanoCPUs") and settings.container_cpu_limit:
+        resource_limits["NanoCPUs"] = int(settings.container_cpu_limit * 1e9)
+    if not resource_limits.get("Pids") and settings.container_pids_limit:
+        resource_limits["Pids"] = settings.container_pids_limit
+    for mount in container.get("Mounts") or []:
+        if (mount.get("Type") or "volume") == "volume" and mount.get("Source"):
+            options = mount.setdefault("VolumeOptions", {})
+            options["Labels"] = {**(options.get("Labels") or {}), **labels}
+    not_applied = []
+    if _api_at_least(api_version, "1.46"):
+        container.setdefault("Privileges", {})["NoNewPrivileges"] = True
+    else:
+        not_applied.append(f"no-new-privileges (API {api_version} has no field for it in a service)")
+    if settings.container_profile == "hardened":
+        container["ReadOnly"] = True
+        container["CapabilityDrop"] = ["ALL"]
+        if not any(m.get("Target") == "/tmp" for m in container.get("Mounts") or []):
+            container.setdefault("Mounts", []).append({"Type": "tmpfs", "Target": "/tmp",
+                                                       "TmpfsOptions": {"SizeBytes": 64 * 1024**2}})
+        not_applied.append("a private cgroup namespace (a service spec has no field for it)")
+    return spec, not_applied
+
+
+def _api_at_least(version: str, wanted: str) -> bool:
+    try:
+        return tuple(int(p) for p in str(version).split(".")[:2]) >= tuple(int(p) for p in wanted.split("."))
+    except ValueError:
+        return False
+
+
 # -- untrusted output -------------------------------------------------------------------------------
 #
 # Logs, exec output, process lists, file names, labels and build output are written by whatever runs
@@ -4527,6 +4806,19 @@ def engine_kind(version: Mapping[str, Any]) -> str:
 def engine_rootless(info: Mapping[str, Any]) -> bool:
     """Rootless mode from the engine's info: Podman says Rootless, Docker lists name=rootless."""
     return bool(info.get("Rootless")) or any("rootless" in str(s) for s in info.get("SecurityOptions") or [])
+
+
+def swarm_role(info: Mapping[str, Any]) -> dict[str, Any]:
+    """manager / worker / none, with node counts, from an engine's info (Podman has no swarm: none)."""
+    swarm = info.get("Swarm") or {}
+    state = swarm.get("LocalNodeState") or "inactive"
+    if state != "active":
+        return {"role": "none", "state": state}
+    role = "manager" if swarm.get("ControlAvailable") else "worker"
+    row: dict[str, Any] = {"role": role, "state": state}
+    if role == "manager":
+        row.update(nodes=swarm.get("Nodes"), managers=swarm.get("Managers"))
+    return row
 
 
 def _read_text(path: str) -> str | None:
@@ -4807,7 +5099,7 @@ def engine_row(engine: Engine, error: str | None = None) -> dict[str, Any]:
     found = engine.discovery()
     return {"name": engine.name, "transport": found.url.split("://", 1)[0], "tls": bool(found.cert_path),
             "access": engine.access, "found_by": found.source, "reachable": False, "kind": None,
-            "version": None, "api_version": None, "rootless": None, "error": error}
+            "version": None, "api_version": None, "rootless": None, "swarm": None, "error": error}
 
 
 def probe_engine(engine: Engine) -> dict[str, Any]:
@@ -4816,8 +5108,9 @@ def probe_engine(engine: Engine) -> dict[str, Any]:
     try:
         api = engine.api()
         version = api.version()
+        info = api.info()
         row.update(reachable=True, kind=engine_kind(version), version=version.get("Version"),
-                   api_version=version.get("ApiVersion"), rootless=engine_rootless(api.info()),
+                   api_version=version.get("ApiVersion"), rootless=engine_rootless(info), swarm=swarm_role(info),
                    tls=row["tls"] or str(getattr(api, "base_url", "")).startswith("https://"))
     except Exception as exc:
         error = translate_engine_error(exc)
@@ -6983,6 +7276,7 @@ async def system_info(call: Call) -> dict[str, Any]:
         "storage_driver": i.get("Driver"), "cgroup_driver": i.get("CgroupDriver"),
         "cgroup_version": i.get("CgroupVersion"),
         "rootless": engine_rootless(i),
+        "swarm": swarm_role(i),
         "security_options": [str(s) for s in security],
         "warnings": [sanitize_engine_text(w) for w in (i.get("Warnings") or [])[:10]],
     }
@@ -8137,6 +8431,903 @@ def update_container(call: Call) -> dict[str, Any]:
                         "Docker-compatible API")
     api._raise_for_status(response)
     return {"id": a["container"], "status": "updated", "changed": sorted(update)}
+
+
+# -- swarm ----------------------------------------------------------------------------------------
+# Services and stacks on a swarm manager. Every spec that reaches the manager (created, updated, scaled,
+# rolled back to, or written by `docker stack deploy`) is first hardened and judged by ``judge_service``:
+# the manager schedules its tasks on every node, at once and again on every restart, so there is no
+# later point at which to judge. Node changes and swarm init/join are not tools: they change the cluster.
+
+STACK_LABEL = "com.docker.stack.namespace"
+SWARM_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+SWARM_POLL_SECONDS = 0.5
+
+
+def swarm_manager(call: Call) -> None:
+    """Podman's one clear error, without a request: a swarm call on a Docker engine that is not a manager
+    gets its own from ``swarm_guard`` (the engine's answer says which case it is, at no extra round trip)."""
+    if call.kind == "podman":
+        raise ToolError("unavailable", "Podman has no Swarm mode: the swarm tools need a Docker engine that is a "
+                        "swarm manager (choose one with the engine argument)")
+
+
+NOT_IN_SWARM = ("this engine is not in a swarm; the swarm tools need a swarm manager: run `docker swarm init` "
+                "there, or point the server at a manager")
+NOT_A_MANAGER = ("this engine is a swarm worker, and only a manager can list or change services: point "
+                 "DOCKER_HOST (or MCP_ENGINES) at a manager of the swarm")
+
+
+def swarm_guard(handler: Callable[[Call], Any]) -> Callable[[Call], Any]:
+    """Turn the engine's 'not a swarm manager' answers into the one clear error of each case."""
+    import functools
+
+    @functools.wraps(handler)
+    def guarded(call: Call) -> Any:
+        swarm_manager(call)
+        try:
+            return handler(call)
+        except ToolError:
+            raise
+        except Exception as exc:
+            text = str(getattr(exc, "explanation", "") or exc)
+            if "not a swarm manager" in text or "not part of a swarm" in text:
+                raise ToolError("unavailable", NOT_A_MANAGER if "Worker nodes" in text else NOT_IN_SWARM) from None
+            raise
+
+    return guarded
+
+
+def network_facts(api: Any, target: str) -> dict[str, Any] | None:
+    try:
+        network = api.inspect_network(target)
+    except Exception as exc:
+        if translate_engine_error(exc).category == "not_found":
+            return None
+        raise
+    return {"name": network.get("Name"), "driver": network.get("Driver"), "scope": network.get("Scope"),
+            "labels": network.get("Labels") or {}}
+
+
+def judged_service_spec(call: Call, tool: str, spec: Mapping[str, Any],
+                        networks: Callable[[str], Mapping[str, Any] | None] | None = None) -> None:
+    """Refuse (ToolError) a spec the policy does not allow; managed-only mode also wants its networks ours."""
+    api = call.api
+    engines = call.engines.all if call.engines is not None else []
+    mounts = ((spec.get("TaskTemplate") or {}).get("ContainerSpec") or {}).get("Mounts") or []
+    binds = any(str((m or {}).get("Type") or "volume").lower() == "bind" for m in mounts if isinstance(m, Mapping))
+    # The host's facts (home directories, allowlists, engine sockets: ~3 ms) and the node count matter
+    # only to bind mounts.
+    facts = gather_host_facts(call.settings, call.engine_url, tuple(e.url for e in engines if e.url)) if binds \
+        else HostFacts(remote_engine=not engine_is_local(call.engine_url or call.settings.docker_host))
+    nodes = len(api.nodes()) if binds else 1
+    denials = judge_service(tool, spec, call.settings, facts, resolve_host_path, lambda name: volume_facts(api, name),
+                            networks or (lambda target: network_facts(api, target)), nodes)
+    if denials:
+        log.info("policy denied %s: %s", tool, "; ".join(d.rule for d in denials))
+        raise denial_error(denials)
+
+
+def hardened_service_spec(call: Call, spec: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    return harden_service_spec(spec, call.settings, ownership_labels(call), str(getattr(call.api, "api_version", "") or ""))
+
+
+def find_service(call: Call, name: str) -> dict[str, Any]:
+    service = call.api.inspect_service(name)
+    denial = managed_denial("service", name, (service.get("Spec") or {}).get("Labels"), call.settings)
+    if denial:
+        raise denial_error([denial])
+    return service
+
+
+def post_service_spec(call: Call, spec: Mapping[str, Any], service: Mapping[str, Any] | None = None,
+                      rollback: bool = False) -> dict[str, Any]:
+    """Send exactly the judged spec (not docker-py's rebuilding of it): create, or update at a version."""
+    api = call.api
+    if service is None:
+        response = api._post_json(api._url("/services/create"), data=spec, timeout=call.remaining())
+    else:
+        params: dict[str, Any] = {"version": (service.get("Version") or {}).get("Index")}
+        if rollback:
+            params["rollback"] = "previous"
+        response = api._post_json(api._url("/services/{0}/update", service["ID"]), data=spec, params=params,
+                                  timeout=call.remaining())
+    return api._result(response, json=True) or {}
+
+
+def service_mode(spec: Mapping[str, Any]) -> tuple[str, int | None]:
+    mode = spec.get("Mode") or {}
+    if "Global" in mode:
+        return "global", None
+    if "Replicated" in mode or not mode:
+        return "replicated", int((mode.get("Replicated") or {}).get("Replicas", 1))
+    return next(iter(mode)).lower(), None
+
+
+def service_summary(service: Mapping[str, Any], kind: str = "docker") -> dict[str, Any]:
+    spec = service.get("Spec") or {}
+    container = (spec.get("TaskTemplate") or {}).get("ContainerSpec") or {}
+    mode, replicas = service_mode(spec)
+    ports = [f"{p.get('PublishedPort')}->{p.get('TargetPort')}/{p.get('Protocol', 'tcp')} ({p.get('PublishMode')})"
+             for p in (service.get("Endpoint") or {}).get("Ports") or []]
+    update = service.get("UpdateStatus") or {}
+    return {"id": short_id(service.get("ID")), "name": spec.get("Name"),
+            "image": familiar_image(str(container.get("Image") or "").split("@", 1)[0], kind), "mode": mode,
+            "replicas": replicas, "stack": (spec.get("Labels") or {}).get(STACK_LABEL), "ports": ports,
+            "update_state": update.get("State"), "created": iso_time(service.get("CreatedAt")),
+            "updated": iso_time(service.get("UpdatedAt")),
+            "managed": (spec.get("Labels") or {}).get(MANAGED_LABEL) == "true"}
+
+
+def task_summary(task: Mapping[str, Any], hostnames: Mapping[str, str]) -> dict[str, Any]:
+    status = task.get("Status") or {}
+    container = status.get("ContainerStatus") or {}
+    return {"id": short_id(task.get("ID")), "slot": task.get("Slot"),
+            "node": hostnames.get(task.get("NodeID") or "", short_id(task.get("NodeID"))),
+            "desired_state": task.get("DesiredState"), "state": status.get("State"),
+            "message": sanitize_engine_text(status.get("Message") or ""),
+            "error": sanitize_engine_text(status.get("Err")) if status.get("Err") else None,
+            "container": short_id(container.get("ContainerID")) or None, "exit_code": container.get("ExitCode"),
+            "image": str((((task.get("Spec") or {}).get("ContainerSpec") or {}).get("Image")) or "").split("@", 1)[0],
+            "updated": iso_time(status.get("Timestamp"))}
+
+
+def node_summary(node: Mapping[str, Any]) -> dict[str, Any]:
+    """A node without its addresses (the cluster's network is not the client's business)."""
+    spec = node.get("Spec") or {}
+    description = node.get("Description") or {}
+    manager = node.get("ManagerStatus") or {}
+    return {"id": short_id(node.get("ID")), "hostname": description.get("Hostname"),
+            "role": spec.get("Role"), "availability": spec.get("Availability"),
+            "state": (node.get("Status") or {}).get("State"),
+            "leader": bool(manager.get("Leader")), "reachability": manager.get("Reachability"),
+            "engine_version": (description.get("Engine") or {}).get("EngineVersion"),
+            "platform": "/".join(filter(None, ((description.get("Platform") or {}).get("OS"),
+                                              (description.get("Platform") or {}).get("Architecture"))))}
+
+
+def node_hostnames(api: Any) -> dict[str, str]:
+    return {n["ID"]: (n.get("Description") or {}).get("Hostname") or short_id(n["ID"]) for n in api.nodes()}
+
+
+def service_state(call: Call, service_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    service = call.api.inspect_service(service_id)
+    return service, call.api.tasks(filters={"service": service_id})
+
+
+def convergence(service: Mapping[str, Any], tasks: list[Mapping[str, Any]]) -> tuple[bool, str, int, int | None]:
+    """(done, state, running, wanted) of a service from its tasks and its update status (pure)."""
+    mode, replicas = service_mode(service.get("Spec") or {})
+    template = (service.get("Spec") or {}).get("TaskTemplate") or {}
+
+    def of_this_spec(task: Mapping[str, Any]) -> bool:  # the manager updates a rolling update's tasks one by one
+        spec = task.get("Spec") or {}
+        return ((spec.get("ContainerSpec") or {}).get("Image") == (template.get("ContainerSpec") or {}).get("Image")
+                and (spec.get("ForceUpdate") or 0) == (template.get("ForceUpdate") or 0))
+
+    current = [t for t in tasks if t.get("DesiredState") == "running"]
+    running = sum(1 for t in current if (t.get("Status") or {}).get("State") == "running" and of_this_spec(t))
+    wanted = replicas if mode == "replicated" else len(current) if mode == "global" else None
+    update = (service.get("UpdateStatus") or {}).get("State")
+    if update in ("paused", "rollback_paused"):
+        return True, f"update {update}", running, wanted
+    settled = update in (None, "", "completed", "rollback_completed")
+    done = settled and wanted is not None and running == wanted and len(current) == wanted and \
+        (mode != "global" or bool(current))
+    return done, update or "running", running, wanted
+
+
+def wait_for_service(call: Call, service_id: str, timeout: float) -> dict[str, Any]:
+    """Poll until the service converged (or its update paused), reporting each change as progress."""
+    deadline = time.monotonic() + timeout
+    step = 0
+    last = ""
+    while True:
+        service, tasks = service_state(call, service_id)
+        done, state, running, wanted = convergence(service, tasks)
+        message = f"{running}/{wanted if wanted is not None else '?'} tasks running ({state})"
+        if message != last and call.report is not None:
+            step += 1
+            call.report(step, None, message)
+            last = message
+        if done or time.monotonic() >= deadline or call.remaining() < SWARM_POLL_SECONDS * 2:
+            errors = [sanitize_engine_text(t["Status"]["Err"]) for t in sorted(
+                tasks, key=lambda t: str((t.get("Status") or {}).get("Timestamp")), reverse=True)
+                if (t.get("Status") or {}).get("Err")][:3]
+            return {"converged": done and not state.endswith("paused"), "state": state, "running": running,
+                    "wanted": wanted, "task_errors": errors}
+        if call.cancellation is not None and call.cancellation.event.wait(SWARM_POLL_SECONDS):
+            call.remaining()  # raises "cancelled"
+        elif call.cancellation is None:
+            time.sleep(SWARM_POLL_SECONDS)
+
+
+S_WAIT = s_bool("Wait until the service converged (every task running, the update done), with progress.")
+S_WAIT_TIMEOUT = s_int("Seconds to wait when wait=true.", 1, 3600, 120)
+S_SERVICE = s_str("Service name or ID.", pattern=NAME_PATTERN, max_length=128)
+S_STACK = s_str("Stack name.", pattern=SWARM_NAME_PATTERN, max_length=63)
+OUT_SERVICE = out({"id": {"type": "string"}, "status": {"type": "string"}}, ("id", "status"))
+
+SERVICE_PARAMS: dict[str, Any] = {
+    "image": s_image("Image the service's tasks run."),
+    "command": s_str_list("Arguments (the image's CMD), e.g. [\"sleep\", \"3600\"]."),
+    "entrypoint": s_str_list("Entrypoint as an argument list, replacing the image's."),
+    "environment": s_str_map("Environment variables, NAME -> value.", key_pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,254}$"),
+    "labels": s_str_map("Labels on the service."),
+    "mode": {"type": "string", "enum": ["replicated", "global"], "description": "replicated (default) or "
+             "global (one task on every node)."},
+    "replicas": s_int("Tasks to run (replicated mode).", 0, 1000, 1),
+    "networks": s_str_list("Overlay networks to attach (names); the host network needs "
+                           "SAFETY_ALLOW_PRIVILEGED_CONTAINERS.", pattern=NAME_PATTERN, max_items=8, max_length=128),
+    "ports": {"type": "array", "maxItems": 16, "description": "Ports to publish; swarm publishes them on every "
+              "interface of every node, so they need SAFETY_ALLOW_SWARM_PUBLISHED_PORTS.",
+              "items": {"type": "object", "additionalProperties": False, "required": ["target"], "properties": {
+                  "target": s_int("Port inside the container.", 1, 65535),
+                  "published": s_int("Port on the nodes (0: the swarm picks one).", 0, 65535),
+                  "protocol": {"type": "string", "enum": ["tcp", "udp", "sctp"], "description": "Protocol."},
+                  "mode": {"type": "string", "enum": ["ingress", "host"], "description": "ingress (the "
+                           "routing mesh) or host (the node the task runs on)."}}}},
+    "mounts": CONTAINER_CONFIG_PARAMS["mounts"],
+    "memory": CONTAINER_CONFIG_PARAMS["memory"], "cpus": CONTAINER_CONFIG_PARAMS["cpus"],
+    "pids_limit": CONTAINER_CONFIG_PARAMS["pids_limit"],
+    "reserve_memory": {"type": ["string", "integer"], "maxLength": 32, "description": "Memory to reserve on "
+                       "the node, e.g. '64m'."},
+    "reserve_cpus": {"type": "number", "minimum": 0, "maximum": 1024, "description": "CPU cores to reserve."},
+    "constraints": s_str_list("Placement constraints, e.g. ['node.role==manager'].", max_items=16, max_length=256),
+    "restart_condition": {"type": "string", "enum": ["none", "on-failure", "any"],
+                          "description": "When tasks are restarted (default any)."},
+    "restart_max_attempts": s_int("Most restarts of a task (0: no limit).", 0, 1000),
+    "update_parallelism": s_int("Tasks updated at once (rolling update).", 0, 100),
+    "update_delay_seconds": s_int("Seconds between updating batches of tasks.", 0, 3600),
+    "update_failure_action": {"type": "string", "enum": ["pause", "continue", "rollback"],
+                              "description": "What a failed rolling update does."},
+    "update_order": {"type": "string", "enum": ["stop-first", "start-first"],
+                     "description": "Stop the old task first (default) or start the new one first."},
+    "cap_add": CONTAINER_CONFIG_PARAMS["cap_add"], "cap_drop": CONTAINER_CONFIG_PARAMS["cap_drop"],
+    "sysctls": CONTAINER_CONFIG_PARAMS["sysctls"],
+    "read_only": s_bool("Read-only root filesystem (always with the hardened profile)."),
+    "user": CONTAINER_CONFIG_PARAMS["user"], "working_dir": CONTAINER_CONFIG_PARAMS["working_dir"],
+    "init": s_bool("Run an init process that reaps zombies and forwards signals."),
+}
+
+
+def _nano(cpus: Any) -> int:
+    return int(float(cpus) * 1e9)
+
+
+def apply_service_args(spec: dict[str, Any], a: Mapping[str, Any]) -> dict[str, Any]:
+    """Tool arguments onto an engine-form ServiceSpec (new, or the current one for an update)."""
+    template = spec.setdefault("TaskTemplate", {})
+    container = template.setdefault("ContainerSpec", {})
+    simple = {"image": "Image", "command": "Args", "entrypoint": "Command", "user": "User", "working_dir": "Dir",
+              "read_only": "ReadOnly", "init": "Init", "cap_add": "CapabilityAdd", "cap_drop": "CapabilityDrop"}
+    for arg, key in simple.items():
+        if arg in a:
+            container[key] = a[arg]
+    if "environment" in a:
+        container["Env"] = [f"{k}={v}" for k, v in a["environment"].items()]
+    if "sysctls" in a:
+        container["Sysctls"] = {str(k): str(v) for k, v in a["sysctls"].items()}
+    if "labels" in a:
+        spec["Labels"] = {**(spec.get("Labels") or {}), **a["labels"]}
+    if "mounts" in a:
+        mounts = []
+        for m in a["mounts"]:
+            mount: dict[str, Any] = {"Type": m["type"], "Target": m["target"], "ReadOnly": bool(m.get("read_only"))}
+            if m.get("source"):
+                mount["Source"] = m["source"]
+            if m.get("tmpfs_size") is not None:
+                mount["TmpfsOptions"] = {"SizeBytes": parse_memory(m["tmpfs_size"])}
+            mounts.append(mount)
+        container["Mounts"] = mounts
+    resources = template.setdefault("Resources", {})
+    limits = resources.setdefault("Limits", {})
+    if a.get("memory") is not None:
+        limits["MemoryBytes"] = parse_memory(a["memory"])
+    if a.get("cpus") is not None:
+        limits["NanoCPUs"] = _nano(a["cpus"])
+    if a.get("pids_limit") is not None:
+        limits["Pids"] = int(a["pids_limit"])
+    if a.get("reserve_memory") is not None:
+        resources.setdefault("Reservations", {})["MemoryBytes"] = parse_memory(a["reserve_memory"])
+    if a.get("reserve_cpus") is not None:
+        resources.setdefault("Reservations", {})["NanoCPUs"] = _nano(a["reserve_cpus"])
+    if "constraints" in a:
+        template.setdefault("Placement", {})["Constraints"] = list(a["constraints"])
+    if "restart_condition" in a or "restart_max_attempts" in a:
+        policy = template.setdefault("RestartPolicy", {})
+        if "restart_condition" in a:
+            policy["Condition"] = a["restart_condition"]
+        if "restart_max_attempts" in a:
+            policy["MaxAttempts"] = a["restart_max_attempts"]
+    if "networks" in a:
+        template["Networks"] = [{"Target": name} for name in a["networks"]]
+        spec.pop("Networks", None)
+    if "ports" in a:
+        spec["EndpointSpec"] = {"Ports": [{"TargetPort": p["target"], "PublishedPort": p.get("published", 0),
+                                           "Protocol": p.get("protocol", "tcp"), "PublishMode": p.get("mode", "ingress")}
+                                          for p in a["ports"]]}
+    update_keys = {"update_parallelism": "Parallelism", "update_delay_seconds": "Delay",
+                   "update_failure_action": "FailureAction", "update_order": "Order"}
+    for arg, key in update_keys.items():
+        if arg in a:
+            value = a[arg] * 1_000_000_000 if key == "Delay" else a[arg]
+            spec.setdefault("UpdateConfig", {})[key] = value
+    if a.get("mode") == "global":
+        spec["Mode"] = {"Global": {}}
+    elif "replicas" in a or a.get("mode") == "replicated" or not spec.get("Mode"):
+        if "Global" in (spec.get("Mode") or {}) and a.get("mode") != "replicated":
+            raise ToolError("invalid_argument", "a global service has no replica count (it runs one task per node)")
+        spec["Mode"] = {"Replicated": {"Replicas": a.get("replicas", service_mode(spec)[1] or 1)}}
+    return spec
+
+
+def change_service(call: Call, tool: str, service: Mapping[str, Any] | None, spec: dict[str, Any],
+                   rollback: bool = False) -> dict[str, Any]:
+    """Harden, judge, send; with wait, follow the tasks until they converge. The answer says what could not
+    be applied (a hardening the engine's API has no field for)."""
+    spec, not_applied = hardened_service_spec(call, spec)
+    judged_service_spec(call, tool, spec)
+    answer = post_service_spec(call, spec, service, rollback)
+    service_id = answer.get("ID") or (service or {}).get("ID")
+    wanted = ((spec["TaskTemplate"]["ContainerSpec"].get("Privileges") or {}).get("NoNewPrivileges"))
+    if wanted:  # an engine that does not know the field drops it silently: say so, do not promise it
+        stored = call.api.inspect_service(service_id)["Spec"]["TaskTemplate"]["ContainerSpec"]
+        if not (stored.get("Privileges") or {}).get("NoNewPrivileges"):
+            not_applied.append("no-new-privileges (the engine did not keep it)")
+    result: dict[str, Any] = {"id": short_id(service_id), "name": spec.get("Name"),
+                              "status": "created" if service is None else "updated",
+                              "warnings": [sanitize_engine_text(w) for w in answer.get("Warnings") or []]}
+    if not_applied:
+        result["not_applied"] = not_applied
+    if call.args.get("wait"):
+        result.update(wait_for_service(call, service_id, call.args.get("wait_timeout", 120)))
+    return result
+
+
+@tool("docker_swarm_info", title="Swarm information", tier=Tier.SAFE, toolset="swarm",
+      description="The swarm this engine manages: its ID, node and manager counts, when it was made, the "
+                  "default address pool's size, and this node's role.",
+      output=out({"role": {"type": "string"}, "nodes": {"type": "integer"}}, ("role",)))
+@swarm_guard
+def swarm_info(call: Call) -> dict[str, Any]:
+    info = call.api.info()
+    role = swarm_role(info)
+    if role["role"] != "manager":
+        raise ToolError("unavailable", NOT_IN_SWARM if role["role"] == "none" else NOT_A_MANAGER)
+    swarm = call.api.inspect_swarm()
+    spec = swarm.get("Spec") or {}
+    return {**role, "id": short_id(swarm.get("ID")), "created": iso_time(swarm.get("CreatedAt")),
+            "updated": iso_time(swarm.get("UpdatedAt")),
+            "task_history_limit": (spec.get("Orchestration") or {}).get("TaskHistoryRetentionLimit"),
+            "autolock": bool((spec.get("EncryptionConfig") or {}).get("AutoLockManagers")),
+            "default_address_pools": len(swarm.get("DefaultAddrPool") or [])}
+
+
+@tool("docker_list_nodes", title="List swarm nodes", tier=Tier.SAFE, toolset="swarm",
+      description="The swarm's nodes: hostname, role, availability, state, leader, engine version.",
+      params={"limit": s_limit()}, output=out_list("nodes", ("id", "role")), list_field="nodes")
+@swarm_guard
+def list_nodes(call: Call) -> dict[str, Any]:
+    nodes = [node_summary(n) for n in call.api.nodes()][: call.args.get("limit", 100)]
+    return {"nodes": nodes, "count": len(nodes)}
+
+
+@tool("docker_inspect_node", title="Inspect a swarm node", tier=Tier.SAFE, toolset="swarm",
+      description="One node: role, availability, state, resources, engine version and labels.",
+      params={"node": s_str("Node ID or hostname.", pattern=NAME_PATTERN, max_length=128)}, required=("node",),
+      output=OUT_OBJECT)
+@swarm_guard
+def inspect_node(call: Call) -> dict[str, Any]:
+    node = call.api.inspect_node(call.args["node"])
+    resources = (node.get("Description") or {}).get("Resources") or {}
+    result = {**node_summary(node), "labels": (node.get("Spec") or {}).get("Labels") or {},
+              "cpus": (resources.get("NanoCPUs") or 0) / 1e9, "memory_bytes": resources.get("MemoryBytes")}
+    return untrusted_labels(result)
+
+
+@tool("docker_list_services", title="List services", tier=Tier.SAFE, toolset="swarm",
+      description="The swarm's services: name, image, mode, wanted replicas and running tasks, stack, ports.",
+      params={"stack": s_str("Only the services of this stack.", pattern=SWARM_NAME_PATTERN, max_length=63),
+              "limit": s_limit()}, output=out_list("services", ("id", "name")), list_field="services")
+@swarm_guard
+def list_services(call: Call) -> dict[str, Any]:
+    filters = {"label": [f"{STACK_LABEL}={call.args['stack']}"]} if call.args.get("stack") else None
+    services = call.api.services(filters=filters)[: call.args.get("limit", 100)]
+    running: dict[str, int] = {}
+    for task in call.api.tasks(filters={"desired-state": "running"}):
+        if (task.get("Status") or {}).get("State") == "running":
+            running[task.get("ServiceID")] = running.get(task.get("ServiceID"), 0) + 1
+    rows = [{**service_summary(s, call.kind), "running": running.get(s["ID"], 0)} for s in services]
+    return {"services": rows, "count": len(rows)}
+
+
+@tool("docker_inspect_service", title="Inspect a service", tier=Tier.SAFE, toolset="swarm",
+      description="One service: its spec in short (image, command, environment with secret values hidden, "
+                  "mounts, networks, limits, placement, update policy) and its update status.",
+      params={"service": S_SERVICE}, required=("service",), output=OUT_OBJECT)
+@swarm_guard
+def inspect_service(call: Call) -> dict[str, Any]:
+    service = call.api.inspect_service(call.args["service"])
+    spec = service.get("Spec") or {}
+    template = spec.get("TaskTemplate") or {}
+    container = template.get("ContainerSpec") or {}
+    env = container.get("Env") or []
+    result = {**service_summary(service, call.kind),
+              "command": container.get("Command"), "args": container.get("Args"),
+              "environment": env if call.settings.reveal_secrets else redact_environment(env),
+              "labels": spec.get("Labels") or {},
+              "mounts": [{"type": m.get("Type"), "source": m.get("Source"), "target": m.get("Target"),
+                          "read_only": bool(m.get("ReadOnly"))} for m in container.get("Mounts") or []],
+              "networks": [n.get("Target") for n in template.get("Networks") or []],
+              "limits": (template.get("Resources") or {}).get("Limits") or {},
+              "reservations": (template.get("Resources") or {}).get("Reservations") or {},
+              "constraints": (template.get("Placement") or {}).get("Constraints") or [],
+              "restart_policy": template.get("RestartPolicy") or {}, "update_config": spec.get("UpdateConfig") or {},
+              "update_message": sanitize_engine_text((service.get("UpdateStatus") or {}).get("Message") or ""),
+              "has_previous_spec": bool(service.get("PreviousSpec")),
+              "version": (service.get("Version") or {}).get("Index")}
+    return untrusted_labels(result)
+
+
+@tool("docker_service_tasks", title="Service tasks", tier=Tier.SAFE, toolset="swarm",
+      description="Where each task of a service runs and its state, newest first, with the error when one "
+                  "failed. running_only=true leaves out finished tasks.",
+      params={"service": S_SERVICE, "running_only": s_bool("Only tasks that should be running."),
+              "limit": s_limit(50, 500)}, required=("service",), output=out_list("tasks", ("id", "state")),
+      list_field="tasks")
+@swarm_guard
+def service_tasks(call: Call) -> dict[str, Any]:
+    service = call.api.inspect_service(call.args["service"])
+    filters: dict[str, Any] = {"service": service["ID"]}
+    if call.args.get("running_only"):
+        filters["desired-state"] = "running"
+    tasks = sorted(call.api.tasks(filters=filters), key=lambda t: str(t.get("UpdatedAt") or ""), reverse=True)
+    hostnames = node_hostnames(call.api)
+    rows = [task_summary(t, hostnames) for t in tasks[: call.args.get("limit", 50)]]
+    return {"service": (service.get("Spec") or {}).get("Name"), "tasks": rows, "count": len(rows)}
+
+
+@tool("docker_service_logs", title="Service logs", tier=Tier.SAFE, toolset="swarm",
+      description="The newest log lines of every task of a service (untrusted output), bounded like container "
+                  "logs.",
+      params={"service": S_SERVICE, "tail": s_int("Lines per task to return.", 1, 10000, 100),
+              "timestamps": s_bool("Prefix each line with its timestamp.")},
+      required=("service",), output=out({"service": {"type": "string"}, "lines": {"type": "array", "items": {
+          "type": "string"}}, "count": {"type": "integer"}}, ("service", "lines", "count")),
+      list_field="lines", keep_newest=True)
+@swarm_guard
+def service_logs(call: Call) -> dict[str, Any]:
+    a, api = call.args, call.api
+    service = api.inspect_service(a["service"])
+    tty = bool(((service.get("Spec") or {}).get("TaskTemplate") or {}).get("ContainerSpec", {}).get("TTY"))
+    # Streamed, keeping only the newest bytes an answer can carry (docker-py's service_logs would hold
+    # every task's whole tail in memory first).
+    response = api._get(api._url("/services/{0}/logs", service["ID"]), stream=True, timeout=call.remaining(),
+                        params={"stdout": 1, "stderr": 1, "follow": 0, "details": 0, "tail": a.get("tail", 100),
+                                "timestamps": int(a.get("timestamps", False))})
+    api._raise_for_status(response)
+    chunks = api._stream_raw_result(response, 4096, False) if tty else api._multiplexed_response_stream_helper(response)
+    raw, cut = newest_bytes(chunks, call.settings.max_output_bytes)
+    untrusted = UntrustedOutput()
+    lines = untrusted.lines("lines", decode_log_lines(raw))
+    return untrusted.attach({"service": a["service"], "lines": lines, "count": len(lines), "truncated": cut})
+
+
+@tool("docker_create_service", title="Create a service", tier=Tier.MODERATE, toolset="swarm", long_running=True,
+      description="Create a swarm service. Its spec passes the container policy before the manager sees it; "
+                  "limits and the server's labels are always set. Published ports need "
+                  "SAFETY_ALLOW_SWARM_PUBLISHED_PORTS. wait=true follows the tasks until they run.",
+      params={"name": S_SERVICE, **SERVICE_PARAMS, "wait": S_WAIT, "wait_timeout": S_WAIT_TIMEOUT},
+      required=("name", "image"), output=OUT_SERVICE)
+@swarm_guard
+def create_service(call: Call) -> dict[str, Any]:
+    spec = apply_service_args({"Name": call.args["name"]}, call.args)
+    return change_service(call, "docker_create_service", None, spec)
+
+
+@tool("docker_update_service", title="Update a service", tier=Tier.MODERATE, toolset="swarm", long_running=True,
+      description="Change a service (a rolling update of its tasks): image, command, environment (replaced "
+                  "when given), limits, placement, update policy. The whole new spec is judged again. "
+                  "force=true redeploys the tasks unchanged. wait=true follows the update.",
+      params={"service": S_SERVICE, **{k: v for k, v in SERVICE_PARAMS.items() if k != "mode"},
+              "force": s_bool("Restart every task even if nothing changed."), "wait": S_WAIT,
+              "wait_timeout": S_WAIT_TIMEOUT},
+      required=("service",), output=OUT_SERVICE)
+@swarm_guard
+def update_service(call: Call) -> dict[str, Any]:
+    service = find_service(call, call.args["service"])
+    spec = apply_service_args(json.loads(json.dumps(service["Spec"])), call.args)
+    if call.args.get("force"):
+        template = spec.setdefault("TaskTemplate", {})
+        template["ForceUpdate"] = int(template.get("ForceUpdate") or 0) + 1
+    return change_service(call, "docker_update_service", service, spec)
+
+
+@tool("docker_scale_service", title="Scale a service", tier=Tier.MODERATE, toolset="swarm", long_running=True,
+      description="Set the number of tasks of a replicated service (its spec is judged again first). "
+                  "wait=true follows the tasks until that many run, with progress.",
+      params={"service": S_SERVICE, "replicas": s_int("Tasks to run.", 0, 1000), "wait": S_WAIT,
+              "wait_timeout": S_WAIT_TIMEOUT},
+      required=("service", "replicas"), output=OUT_SERVICE)
+@swarm_guard
+def scale_service(call: Call) -> dict[str, Any]:
+    service = find_service(call, call.args["service"])
+    spec = json.loads(json.dumps(service["Spec"]))
+    if service_mode(spec)[0] != "replicated":
+        raise ToolError("invalid_argument", f"service {call.args['service']!r} is {service_mode(spec)[0]}, not "
+                        "replicated: it has no replica count")
+    spec["Mode"] = {"Replicated": {"Replicas": call.args["replicas"]}}
+    result = change_service(call, "docker_scale_service", service, spec)
+    return {**result, "status": "scaled", "replicas": call.args["replicas"]}
+
+
+@tool("docker_rollback_service", title="Roll back a service", tier=Tier.MODERATE, toolset="swarm", long_running=True,
+      description="Return a service to its previous spec (the one before its last update), which is judged "
+                  "first like a new one. wait=true follows the rollback.",
+      params={"service": S_SERVICE, "wait": S_WAIT, "wait_timeout": S_WAIT_TIMEOUT},
+      required=("service",), output=OUT_SERVICE)
+@swarm_guard
+def rollback_service(call: Call) -> dict[str, Any]:
+    service = find_service(call, call.args["service"])
+    previous = service.get("PreviousSpec")
+    if not previous:
+        raise ToolError("conflict", f"service {call.args['service']!r} has no previous spec to roll back to")
+    # The manager rolls back to PreviousSpec, whatever body comes with the request: judge that one.
+    judged_service_spec(call, "docker_rollback_service", previous)
+    answer = post_service_spec(call, service["Spec"], service, rollback=True)
+    result: dict[str, Any] = {"id": short_id(service["ID"]), "name": (service.get("Spec") or {}).get("Name"),
+                              "status": "rolled back",
+                              "warnings": [sanitize_engine_text(w) for w in answer.get("Warnings") or []]}
+    if call.args.get("wait"):
+        result.update(wait_for_service(call, service["ID"], call.args.get("wait_timeout", 120)))
+    return result
+
+
+@tool("docker_remove_service", title="Remove a service", tier=Tier.DESTRUCTIVE, toolset="swarm",
+      description="Delete a service and stop all its tasks. dry_run=true shows what would go.",
+      params={"service": S_SERVICE, "dry_run": s_dry_run()}, required=("service",), output=OUT_ACTION)
+@swarm_guard
+def remove_service(call: Call) -> dict[str, Any]:
+    service = find_service(call, call.args["service"])
+    if call.args.get("dry_run"):
+        tasks = call.api.tasks(filters={"service": service["ID"], "desired-state": "running"})
+        return preview([{"type": "service", "id": short_id(service["ID"]), "name": service["Spec"].get("Name"),
+                         "running_tasks": len(tasks)}], id=call.args["service"], status="dry run: nothing removed")
+    call.api.remove_service(service["ID"])
+    return {"id": call.args["service"], "status": "removed"}
+
+
+@tool("docker_list_stacks", title="List stacks", tier=Tier.SAFE, toolset="swarm",
+      description="The stacks deployed on the swarm (services labelled by `docker stack deploy`), with their "
+                  "service counts.", output=out_list("stacks", ("name", "services")), list_field="stacks")
+@swarm_guard
+def list_stacks(call: Call) -> dict[str, Any]:
+    stacks: dict[str, int] = {}
+    for service in call.api.services(filters={"label": [STACK_LABEL]}):
+        name = ((service.get("Spec") or {}).get("Labels") or {}).get(STACK_LABEL)
+        stacks[name] = stacks.get(name, 0) + 1
+    rows = [{"name": name, "services": count} for name, count in sorted(stacks.items())]
+    return {"stacks": rows, "count": len(rows)}
+
+
+@tool("docker_stack_services", title="Stack services", tier=Tier.SAFE, toolset="swarm",
+      description="The services of one stack, with wanted and running tasks.",
+      params={"stack": S_STACK, "limit": s_limit()}, required=("stack",),
+      output=out_list("services", ("id", "name")), list_field="services")
+@swarm_guard
+def stack_services(call: Call) -> dict[str, Any]:
+    result = list_services(call)
+    return {"stack": call.args["stack"], **result}
+
+
+def docker_cli() -> str | None:
+    """The host's docker CLI, found when needed (never required to start)."""
+    import shutil
+
+    return shutil.which("docker")
+
+
+class StackProxy:
+    """A Docker API endpoint for one `docker stack deploy`, on a socket in a private directory.
+
+    The CLI turns Compose text into API calls; this sits between it and the engine. What the CLI reads is
+    forwarded. Every service spec it writes is hardened and judged at the moment it is written, so what
+    the manager receives is what was judged, whoever parsed the YAML. In a dry run nothing is forwarded
+    that would change the engine: creates are recorded and answered with placeholders, so a stack is
+    judged whole before any of it exists. Anything else the CLI might write is refused.
+    """
+
+    ROUTES = (("POST", re.compile(r"/services/create")), ("POST", re.compile(r"/services/([^/]+)/update")),
+              ("POST", re.compile(r"/networks/create")), ("POST", re.compile(r"/(secrets|configs)/create")))
+    PASSED_HEADERS = ("api-version", "docker-experimental", "ostype", "content-type", "server", "swarm")
+
+    def __init__(self, call: Call, stack: str, dry: bool):
+        import socket
+        import tempfile
+        import threading
+
+        self.call, self.stack, self.dry = call, stack, dry
+        self.services: list[dict[str, Any]] = []       # the specs written (judged), with the engine's answers
+        self.networks: dict[str, dict[str, Any]] = {}  # networks the CLI created, by name
+        self.refusal: ToolError | None = None
+        self.not_applied: list[str] = []
+        self.directory = tempfile.mkdtemp(prefix="mcp-docker-stack-")  # 0700: only this user reaches the socket
+        self.socket_path = os.path.join(self.directory, "docker.sock")
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(self.socket_path)
+        self.listener.listen(8)
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True, name="stack-proxy").start()
+
+    def close(self) -> None:
+        import shutil
+
+        with contextlib.suppress(OSError):
+            self.listener.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def _accept(self) -> None:
+        import threading
+
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True, name="stack-proxy-conn").start()
+
+    def _serve(self, conn: Any) -> None:
+        import h11
+
+        http = h11.Connection(h11.SERVER)
+        with conn:
+            request: Any = None
+            body = bytearray()
+            while True:
+                try:
+                    event = http.next_event()
+                    if event is h11.NEED_DATA:
+                        data = conn.recv(65536)
+                        http.receive_data(data)
+                        if not data:
+                            return
+                        continue
+                    if isinstance(event, h11.Request):
+                        request, body = event, bytearray()
+                    elif isinstance(event, h11.Data):
+                        body += event.data
+                        if len(body) > 16 * 1024 * 1024:
+                            return
+                    elif isinstance(event, h11.EndOfMessage):
+                        method = request.method.decode()
+                        status, headers, payload = self.handle(method, request.target.decode(), bytes(body))
+                        if method == "HEAD":
+                            payload = b""
+                        conn.sendall(http.send(h11.Response(status_code=status, headers=[
+                            *headers, ("Content-Length", str(len(payload)))])))
+                        if payload:
+                            conn.sendall(http.send(h11.Data(data=payload)))
+                        conn.sendall(http.send(h11.EndOfMessage()))
+                        if http.our_state is not h11.DONE or http.their_state is not h11.DONE:
+                            return
+                        http.start_next_cycle()
+                    elif isinstance(event, h11.ConnectionClosed):
+                        return
+                except (h11.ProtocolError, OSError):
+                    return
+
+    def forward(self, method: str, target: str, body: bytes | None) -> tuple[int, list[tuple[str, str]], bytes]:
+        api = self.call.api
+        response = api.request(method, api.base_url + target, data=body or None,
+                               headers={"Content-Type": "application/json"} if body else None,
+                               timeout=max(1.0, self.call.remaining()))
+        headers = [(k, v) for k, v in response.headers.items() if k.lower() in self.PASSED_HEADERS]
+        return response.status_code, headers, response.content
+
+    def refuse(self, error: ToolError) -> tuple[int, list[tuple[str, str]], bytes]:
+        with self._lock:
+            self.refusal = self.refusal or error
+        return 403, [("Content-Type", "application/json")], json.dumps({"message": str(error.message)}).encode()
+
+    def placeholder(self, key: str) -> tuple[int, list[tuple[str, str]], bytes]:
+        fake = hashlib.sha256(os.urandom(16)).hexdigest()[:25]
+        return 201, [("Content-Type", "application/json")], json.dumps({key: fake}).encode()
+
+    def network_info(self, target: str) -> Mapping[str, Any] | None:
+        return self.networks.get(target) or network_facts(self.call.api, target)
+
+    def handle(self, method: str, target: str, body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+        path = re.sub(r"^/v[0-9.]+", "", target.split("?", 1)[0])
+        try:
+            self.call.remaining()
+            if method in ("GET", "HEAD"):
+                return self.forward(method, target, None)
+            route = next(((i, m) for i, (verb, pattern) in enumerate(self.ROUTES)
+                          if verb == method and (m := pattern.fullmatch(path))), None)
+            if route is None:
+                return self.refuse(ToolError("policy_denied", f"[stack] the docker CLI asked for {method} {path[:80]}, "
+                                             "which a stack deploy does not need; nothing more was sent"))
+            index, match = route
+            document = json.loads(body or b"{}")
+            if not isinstance(document, dict):
+                raise ToolError("invalid_argument", "the docker CLI sent a body that is not a JSON object")
+            if ((document.get("Labels") or {}).get(STACK_LABEL)) != self.stack:
+                raise ToolError("policy_denied", "[stack] the docker CLI wrote an object outside the stack")
+            if index in (0, 1):
+                return self.service(target, document, match.group(1) if index == 1 else None)
+            if index == 2:
+                if (document.get("Driver") or "overlay") not in ("overlay", "bridge") or document.get("Ingress") \
+                        or document.get("ConfigFrom"):
+                    raise ToolError("policy_denied", f"[stack] network {_short_repr(document.get('Name'), 60)} is not "
+                                    f"a plain overlay network; {ALLOW_PRIVILEGED}")
+                document["Labels"] = {**document["Labels"], **ownership_labels(self.call)}
+                self.networks[str(document.get("Name"))] = {"name": document.get("Name"), "labels": document["Labels"],
+                                                            "driver": document.get("Driver") or "overlay"}
+                return self.placeholder("Id") if self.dry else self.forward(method, target, json.dumps(document).encode())
+            kind = match.group(1)[:-1]
+            if not self.call.settings.allow_swarm_secrets:
+                raise ToolError("policy_denied", f"[swarm_secrets] the stack makes a {kind} from a file, which the "
+                                f"docker CLI reads on this host; set {SWARM_SECRETS_SETTING}=true to allow it")
+            return self.placeholder("ID") if self.dry else self.forward(method, target, body)
+        except ToolError as error:
+            return self.refuse(error)
+        except Exception as exc:
+            return self.refuse(translate_engine_error(exc))
+
+    def service(self, target: str, spec: dict[str, Any], service_id: str | None) -> tuple[int, list[tuple[str, str]], bytes]:
+        tool = "docker_deploy_stack"
+        if service_id is not None:  # managed-only mode: only services this server made
+            labels = (find_service(self.call, service_id).get("Spec") or {}).get("Labels") or {}
+            if labels.get(MANAGED_LABEL) == "true":  # an unchanged service keeps its labels, so its tasks run on
+                spec["Labels"] = {**(spec.get("Labels") or {}), **{k: v for k, v in labels.items()
+                                                                   if k in (MANAGED_LABEL, CLIENT_LABEL, CREATED_LABEL)}}
+        spec, not_applied = hardened_service_spec(self.call, spec)
+        judged_service_spec(self.call, tool, spec, self.network_info)
+        with self._lock:
+            self.not_applied = not_applied
+        if self.dry:
+            self.services.append({"name": spec.get("Name"), "id": None})
+            return self.placeholder("ID") if service_id is None else (200, [("Content-Type", "application/json")], b"{}")
+        status, headers, payload = self.forward("POST", target, json.dumps(spec).encode())
+        if status < 300:
+            with contextlib.suppress(ValueError):
+                answer = json.loads(payload or b"{}")
+                self.services.append({"name": spec.get("Name"), "id": answer.get("ID") or service_id})
+        return status, headers, payload
+
+
+def run_stack_cli(call: Call, cli: str, proxy: StackProxy) -> tuple[int, str]:
+    import subprocess
+
+    # A minimal environment: the CLI interpolates ${VARIABLES} in the Compose text from its environment,
+    # which must not hand the server's own (keys, tokens) to a stack the client wrote.
+    env = {"PATH": os.path.dirname(cli), "HOME": proxy.directory,
+           "DOCKER_CONFIG": os.path.join(proxy.directory, "config"), "DOCKER_HOST": f"unix://{proxy.socket_path}"}
+    process = subprocess.Popen([cli, "stack", "deploy", "--detach=true", "--resolve-image", "never", "-c", "-",
+                                proxy.stack], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env=env, cwd=proxy.directory)
+    if call.cancellation is not None:  # a cancelled call stops the CLI too (the proxy then refuses the rest)
+        call.cancellation.on_cancel(process.kill)
+    try:
+        out, err = process.communicate(call.args["compose"].encode(), timeout=max(1.0, call.remaining()))
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise ToolError("timeout", "docker stack deploy did not finish in time") from None
+    finally:
+        if call.cancellation is not None:
+            call.cancellation.forget(process.kill)
+    call.remaining()  # cancelled meanwhile: say so, whatever the CLI printed
+    return process.returncode, err.decode("utf-8", "replace") + out.decode("utf-8", "replace")
+
+
+# What makes the docker CLI read files on this host (env_file, extends, include), and the YAML that could
+# spell those keys without writing them (escapes, a backslash line join, tags such as !!binary, %TAG).
+# Lexical and deliberately broad: a Compose file that trips it is refused, never half-read.
+HOST_FILE_WORDS = re.compile(r"env_file|extends|(?:^|[\s{,?])[\"']?include[\"']?\s*:", re.M)
+YAML_DISGUISES = re.compile(r"\\[xuU\r\n]|!!|!<|^%", re.M)
+
+
+@tool("docker_deploy_stack", title="Deploy a stack", tier=Tier.MODERATE, toolset="swarm", long_running=True,
+      description="Deploy (or update) a stack from Compose text (version 3) with the host's docker CLI. Every "
+                  "service the CLI would write is judged first, in a dry run; nothing deploys unless all pass, "
+                  "and each is judged again as it is written. wait=true follows the services until they run.",
+      params={"name": S_STACK, "compose": s_str("The Compose file's text (YAML).", max_length=256 * 1024),
+              "wait": S_WAIT, "wait_timeout": S_WAIT_TIMEOUT},
+      required=("name", "compose"), output=out({"stack": {"type": "string"}, "status": {"type": "string"},
+                                                 "services": {"type": "array"}}, ("stack", "status", "services")))
+@swarm_guard
+def deploy_stack(call: Call) -> dict[str, Any]:
+    cli = docker_cli()
+    if cli is None:
+        raise ToolError("unavailable", "docker_deploy_stack needs the docker CLI (`docker stack deploy`) on the "
+                        "server's host, and there is none on its PATH; create the services with docker_create_service")
+    found = HOST_FILE_WORDS.search(call.args["compose"])
+    if found and not call.settings.allow_privileged:
+        raise ToolError("policy_denied", f"[host_files] {found.group(0).strip(' {,?:')!r} makes the docker CLI "
+                        f"read files on the server's host; put the values in the Compose text ({ALLOW_PRIVILEGED})")
+    disguise = YAML_DISGUISES.search(call.args["compose"])
+    if disguise:
+        raise ToolError("policy_denied", f"[not_understood] the Compose text uses {disguise.group(0)!r} (a YAML "
+                        "escape, tag or directive), which could spell keys this server must see; write it plainly")
+    outcome: dict[str, Any] = {}
+    for dry in (True, False):
+        proxy = StackProxy(call, call.args["name"], dry)
+        try:
+            code, output = run_stack_cli(call, cli, proxy)
+        finally:
+            proxy.close()
+        if proxy.refusal is not None:
+            raise proxy.refusal if dry else ToolError(proxy.refusal.category, proxy.refusal.message +
+                                                      " (the stack is partly deployed; remove it with docker_remove_stack)")
+        if code != 0:
+            lines = [line for line in output.splitlines() if line.strip()]
+            raise ToolError("engine_error", "docker stack deploy failed: " + sanitize_engine_text(
+                " ".join(lines[-3:]) or f"exit status {code}", 400))
+        if dry and not proxy.services:
+            raise ToolError("invalid_argument", "the Compose text defines no services")
+        outcome = {"stack": call.args["name"], "status": "deployed", "services": [s["name"] for s in proxy.services]}
+        if proxy.not_applied:
+            outcome["not_applied"] = proxy.not_applied
+        created = [s["id"] for s in proxy.services if s["id"]]
+    if call.args.get("wait"):
+        timeout = call.args.get("wait_timeout", 120)
+        started = time.monotonic()
+        results = [wait_for_service(call, service_id, max(1.0, timeout - (time.monotonic() - started)))
+                   for service_id in created]
+        outcome["converged"] = all(r["converged"] for r in results)
+        outcome["task_errors"] = [e for r in results for e in r["task_errors"]][:5]
+    return outcome
+
+
+def stack_objects(call: Call, stack: str) -> dict[str, list[dict[str, Any]]]:
+    api = call.api
+    label = {"label": [f"{STACK_LABEL}={stack}"]}
+    return {"service": api.services(filters=label), "secret": api.secrets(filters=label),
+            "config": api.configs(filters=label), "network": api.networks(filters=label)}
+
+
+@tool("docker_remove_stack", title="Remove a stack", tier=Tier.DESTRUCTIVE, toolset="swarm",
+      description="Delete a stack: its services, then its secrets, configs and networks. dry_run=true shows "
+                  "what would go.",
+      params={"name": S_STACK, "dry_run": s_dry_run()}, required=("name",), output=OUT_ACTION)
+@swarm_guard
+def remove_stack(call: Call) -> dict[str, Any]:
+    stack = call.args["name"]
+    objects = stack_objects(call, stack)
+    if not any(objects.values()):
+        raise ToolError("not_found", f"no stack named {stack!r}")
+    for service in objects["service"]:
+        denial = managed_denial("service", service["Spec"]["Name"], service["Spec"].get("Labels"), call.settings)
+        if denial:
+            raise denial_error([denial])
+    items = [{"type": kind, "id": short_id(o.get("ID") or o.get("Id")),
+              "name": (o.get("Spec") or {}).get("Name") or o.get("Name")} for kind, found in objects.items() for o in found]
+    if call.args.get("dry_run"):
+        return preview(items, id=stack, status="dry run: nothing removed")
+    api = call.api
+    for service in objects["service"]:
+        api.remove_service(service["ID"])
+    for secret in objects["secret"]:
+        api.remove_secret(secret["ID"])
+    for config in objects["config"]:
+        api.remove_config(config["ID"])
+    left = list(objects["network"])
+    while left:  # a network goes once the services' tasks on it have stopped
+        for network in list(left):
+            try:
+                api.remove_network(network["Id"])
+                left.remove(network)
+            except Exception as exc:
+                if translate_engine_error(exc).category == "not_found":
+                    left.remove(network)
+                elif call.remaining() < 2:
+                    raise
+        if left:
+            time.sleep(SWARM_POLL_SECONDS)
+    return {"id": stack, "status": "removed", "removed": items}
+
 
 
 # ---------------------------------------------------------------------------------------------
@@ -12696,6 +13887,13 @@ def check_engine_rows(rows: list[dict[str, Any]], urls: list[str]) -> list[Check
                                 "--engine at it (mcp-docker engines shows what was tried)"))
             continue
         checks.append(Check("PASS", name, f"{url}: {row['kind']} {row['version']} (API {row['api_version']})"))
+        swarm = row.get("swarm") or {}
+        if swarm.get("role") == "manager":
+            checks.append(Check("PASS", f"{name} swarm", f"swarm manager: {swarm.get('nodes')} node(s), "
+                                f"{swarm.get('managers')} manager(s); services obey the container policy"))
+        elif swarm.get("role") == "worker":
+            checks.append(Check("WARN", f"{name} swarm", "swarm worker: the swarm tools answer only on a manager",
+                                "point --docker-host / --engine at a manager to use the swarm toolset"))
         if row["rootless"]:
             checks.append(Check("PASS", f"{name} rootless", "rootless: the engine cannot give root on the host"))
         else:
@@ -12974,8 +14172,11 @@ def engines_command(as_json: bool, timeout: float, **options: Any) -> None:
         click.echo(json.dumps(rows, indent=2))
     else:
         for index, row in enumerate(rows):
+            swarm = row.get("swarm") or {}
+            role = {"manager": f", swarm manager of {swarm.get('nodes')} node(s)", "worker": ", swarm worker"}.get(
+                swarm.get("role"), "")
             state = (f"{row['kind']} {row['version']} (API {row['api_version']}"
-                     f"{', rootless' if row['rootless'] else ''})" if row["reachable"] else f"unreachable: {row['error']}")
+                     f"{', rootless' if row['rootless'] else ''}{role})" if row["reachable"] else f"unreachable: {row['error']}")
             click.echo(f"{row['name']}{' (default)' if index == 0 and engines.named else ''}: {row['url']} "
                        f"[{row['found_by']}; access {row['access']}] {state}"
                        f"{'; compose: ' + row['compose'] if row['compose'] else ''}")

@@ -87,9 +87,9 @@ DESTRUCTIVE = {"docker_remove_container", "docker_prune_containers", "docker_rem
 
 
 def test_registry_has_exactly_the_catalogue():
-    assert set(md.TOOLS) == ALL_TOOLS
-    assert len(md.TOOLS) == len(ALL_TOOLS)
-    assert {n for n, s in md.TOOLS.items() if s.tier is md.Tier.DESTRUCTIVE} == DESTRUCTIVE
+    assert set(md.TOOLS) == ALL_TOOLS | SWARM_TOOLS
+    assert len(md.TOOLS) == len(ALL_TOOLS) + len(SWARM_TOOLS)
+    assert {n for n, s in md.TOOLS.items() if s.tier is md.Tier.DESTRUCTIVE} == DESTRUCTIVE | SWARM_DESTRUCTIVE
 
 
 def test_every_parameter_is_described_and_schemas_are_closed():
@@ -2760,11 +2760,11 @@ def test_every_setting_has_its_flag_and_engine_repeats():
     listed = CliRunner().invoke(md.main, ["tools", "--json", "--allow-destructive", "--engine", "a=unix:///a.sock",
                                           "--engine", "b=unix:///b.sock;read-only,c=unix:///c.sock;no-destructive"])
     assert listed.exit_code == 0, listed.output
-    assert all(row["enabled"] for row in json.loads(listed.output))  # 'a' allows everything
+    assert all(row["enabled"] for row in json.loads(listed.output) if row["toolset"] in md.DEFAULT_TOOLSETS)
     only_read = CliRunner().invoke(md.main, ["tools", "--json", "--allow-destructive",
                                              "--engine", "a=unix:///a.sock;read-only", "--engine", "b=unix:///b.sock;read-only"])
     assert {r["name"] for r in json.loads(only_read.output) if r["enabled"]} == \
-        {n for n, s in md.TOOLS.items() if s.tier is md.Tier.SAFE}
+        {n for n, s in md.TOOLS.items() if s.tier is md.Tier.SAFE and s.toolset in md.DEFAULT_TOOLSETS}
     twice = CliRunner().invoke(md.main, ["tools", "--engine", "a=unix:///a.sock", "--engine", "a=unix:///b.sock"])
     assert twice.exit_code == 2 and "--engine: engine 'a' is named twice" in twice.output
 
@@ -3462,7 +3462,7 @@ def test_read_only_engines_shrink_the_tool_list():
     h = Harness(["--allow-destructive", "--engine", f"only={ENGINE_URL};read-only"])
     try:
         names = {t.name for t in h.list_tools().tools}
-        assert names == {n for n, s in md.TOOLS.items() if s.tier is md.Tier.SAFE}
+        assert names == {n for n, s in md.TOOLS.items() if s.tier is md.Tier.SAFE and s.toolset in md.DEFAULT_TOOLSETS}
         assert "every configured engine" in h.error("docker_run_container", {"image": TEST_IMAGE}, "policy_denied")
         assert h.ok("docker_list_containers", {"engine": "only", "all": True})["count"] >= 0
     finally:
@@ -3924,7 +3924,7 @@ def test_oauth_mode_end_to_end(issuer, tmp_path):
         reader = http_harness(server.url, key=issuer.token(resource, sub="reader", scope="docker:read"))
         try:
             names = {t.name for t in reader.list_tools().tools}
-            assert names == {n for n, s in md.TOOLS.items() if s.tier is md.Tier.SAFE}
+            assert names == {n for n, s in md.TOOLS.items() if s.tier is md.Tier.SAFE and s.toolset in md.DEFAULT_TOOLSETS}
             assert reader.ok("docker_version")["api_version"]
             assert "role" in reader.error("docker_run_container", {"image": TEST_IMAGE}, "policy_denied")
         finally:
@@ -9477,3 +9477,645 @@ def test_run_and_start_answer_with_usable_endpoints(filer):
     filer.ok("docker_stop_container", {"container": name, "timeout": 0})
     started = filer.ok("docker_start_container", {"container": name})
     assert len(started["endpoints"]) == 1 and started["endpoints"][0].startswith("http://127.0.0.1:")
+
+
+# === Swarm services and stacks (issue 18) ===================================================
+# Pure tests of the service policy first, then integration tests through a real MCP client against a
+# real single-node swarm that the ``swarm`` fixture makes on the engine under test (`swarm init
+# --advertise-addr 127.0.0.1`) and always leaves again; it skips on Podman and on an engine that is
+# already in a swarm this run did not make. The multi-node test adds a second dockerd in a network
+# namespace of its own, joined over a veth pair.
+
+SWARM_TOOLS = {
+    "docker_swarm_info", "docker_list_nodes", "docker_inspect_node", "docker_list_services",
+    "docker_inspect_service", "docker_service_tasks", "docker_service_logs", "docker_list_stacks",
+    "docker_stack_services", "docker_create_service", "docker_update_service", "docker_scale_service",
+    "docker_rollback_service", "docker_deploy_stack", "docker_remove_service", "docker_remove_stack"}
+SWARM_DESTRUCTIVE = {"docker_remove_service", "docker_remove_stack"}
+SWARM_ARGS = ["--allow-destructive", "--toolsets", ",".join(md.TOOLSETS)]
+# A task that stops at once on SIGTERM (busybox sleep as PID 1 ignores it: 10 s per task on every update).
+QUICK_STOP = ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"]
+
+
+def _spec(**container: Any) -> dict[str, Any]:
+    extra = {k: container.pop(k) for k in ("EndpointSpec", "Networks") if k in container}
+    template = {k: container.pop(k) for k in ("Resources", "LogDriver", "Runtime", "PluginSpec") if k in container}
+    return {"Name": "svc", "TaskTemplate": {"ContainerSpec": {"Image": TEST_IMAGE, **container}, **template},
+            "Mode": {"Replicated": {"Replicas": 1}}, **extra}
+
+
+def _judge(spec: dict[str, Any], settings: md.Settings | None = None, networks: dict[str, Any] | None = None,
+           volumes: dict[str, Any] | None = None) -> list[md.Denial]:
+    facts = md.HostFacts(volume_roots=("/srv/data",), sensitive=md.sensitive_paths(("/root",), "/var/run/docker.sock"))
+    known = {"host": {"name": "host", "driver": "host"}, "hostid123": {"name": "host", "driver": "host"},
+             "web": {"name": "web", "driver": "overlay"}, **(networks or {})}
+    return md.judge_service("docker_create_service", spec, settings or md.Settings(), facts,
+                            lambda p: md.HostPath(p, md.lexical_path(p), md.lexical_path(p)),
+                            lambda name: (volumes or {}).get(name), known.get)
+
+
+@pytest.mark.parametrize(("container", "rule"), [
+    ({"CapabilityAdd": ["CAP_SYS_ADMIN"]}, "capabilities"),
+    ({"CapabilityAdd": ["ALL"]}, "capabilities"),
+    ({"Sysctls": {"kernel.core_pattern": "|/x"}}, "sysctls"),
+    ({"Networks": [{"Target": "host"}]}, "host_namespace"),
+    ({"Networks": [{"Target": "hostid123"}]}, "host_namespace"),          # the host network by its ID
+    ({"Networks": [{"Target": "nosuchnet"}]}, "not_understood"),
+    ({"Mounts": [{"Type": "bind", "Source": "/etc", "Target": "/x"}]}, "sensitive_path"),
+    ({"Mounts": [{"Type": "bind", "Source": "/var/run/docker.sock", "Target": "/s"}]}, "engine_socket"),
+    ({"Mounts": [{"Type": "bind", "Source": "/home/someone", "Target": "/x"}]}, "bind_mount"),
+    ({"Mounts": [{"Type": "bind", "Source": "/srv/data", "Target": "/x",
+                  "BindOptions": {"Propagation": "rshared"}}]}, "bind_mount"),
+    ({"Mounts": [{"Type": "volume", "Source": "v", "Target": "/x", "VolumeOptions": {
+        "DriverConfig": {"Name": "local", "Options": {"type": "none", "o": "bind", "device": "/etc"}}}}]}, "volume_driver"),
+    ({"Mounts": [{"Type": "volume", "Source": "v", "Target": "/x",
+                  "VolumeOptions": {"DriverConfig": {"Name": "sshfs"}}}]}, "volume_driver"),
+    ({"Mounts": [{"Type": "npipe", "Source": "x", "Target": "/x"}]}, "not_understood"),
+    ({"EndpointSpec": {"Ports": [{"TargetPort": 80, "PublishMode": "ingress"}]}}, "published_ports"),
+    ({"EndpointSpec": {"Ports": [{"TargetPort": 80, "PublishedPort": 8080, "PublishMode": "host"}]}}, "published_ports"),
+    ({"Secrets": [{"SecretName": "db", "SecretID": "x", "File": {"Name": "db"}}]}, "swarm_secrets"),
+    ({"Configs": [{"ConfigName": "c", "ConfigID": "x", "File": {"Name": "c"}}]}, "swarm_secrets"),
+    ({"Ulimits": [{"Name": "nofile", "Soft": 1 << 20, "Hard": 1 << 20}]}, "ulimits"),
+    ({"Resources": {"Reservations": {"GenericResources": [{"DiscreteResourceSpec": {"Kind": "gpu", "Value": 1}}]}}},
+     "devices"),
+    ({"LogDriver": {"Name": "syslog", "Options": {"syslog-address": "udp://1.2.3.4:514"}}}, "log_driver"),
+    ({"Runtime": "plugin", "PluginSpec": {"Name": "evil"}}, "plugin"),
+    ({"Privileges": {"SELinuxContext": {"Disable": True}}}, "security_options"),
+    ({"Privileges": {"Seccomp": {"Mode": "unconfined"}}}, "security_options"),
+    ({"Privileges": {"AppArmor": {"Mode": "disabled"}}}, "security_options"),
+    ({"Resources": {"Limits": {"MemoryBytes": 64 * 1024**3}}}, "resource_limits"),
+    ({"SomeFutureField": True}, "not_understood"),                        # unknown is refused, not passed on
+    ({"Isolation": "hyperv"}, "not_understood"),
+])
+def test_a_service_spec_is_judged_like_the_containers_it_makes(container, rule):
+    denials = _judge(_spec(**container))
+    assert rule in {d.rule for d in denials}, denials
+    assert all(d.fix for d in denials)  # each names what would allow it
+
+
+def test_a_plain_service_spec_passes_and_the_settings_open_what_they_name():
+    spec = _spec(Args=["sleep", "1"], Mounts=[{"Type": "bind", "Source": "/srv/data/app", "Target": "/data"},
+                                              {"Type": "tmpfs", "Target": "/tmp"}],
+                 Networks=[{"Target": "web"}], CapabilityAdd=["NET_BIND_SERVICE"], Init=True,
+                 Privileges={"NoNewPrivileges": False})  # what newer CLIs always send: the default
+    assert _judge(spec) == []
+    ports = _spec(EndpointSpec={"Ports": [{"TargetPort": 80}]})
+    assert _judge(ports, md.Settings(allow_swarm_published_ports=True)) == []
+    secret = _spec(Secrets=[{"SecretName": "db", "SecretID": "x"}])
+    assert _judge(secret, md.Settings(allow_swarm_secrets=True)) == []
+    assert _judge(_spec(CapabilityAdd=["SYS_ADMIN"]), md.Settings(allow_privileged=True)) == []
+    registry = _judge(_spec(Image="evil.example.com/x:1"), md.Settings(allowed_registries=("docker.io",)))
+    assert [d.rule for d in registry] == ["image_registry"]
+
+
+def test_bind_mounts_on_a_multi_node_swarm_and_foreign_networks_in_managed_only_mode():
+    bind = _spec(Mounts=[{"Type": "bind", "Source": "/srv/data/app", "Target": "/data"}])
+    facts = md.HostFacts(volume_roots=("/srv/data",))
+    judge = lambda spec, settings, nodes: md.judge_service(  # noqa: E731
+        "t", spec, settings, facts, lambda p: md.HostPath(p, p, p), lambda n: None,
+        {"web": {"name": "web", "driver": "overlay", "labels": {}},
+         "ours": {"name": "ours", "driver": "overlay", "labels": {md.MANAGED_LABEL: "true"}}}.get, nodes)
+    assert judge(bind, md.Settings(), 1) == []
+    assert [d.rule for d in judge(bind, md.Settings(), 3)] == ["bind_mount"]  # another node's path
+    foreign = _spec(Networks=[{"Target": "web"}])
+    assert [d.rule for d in judge(foreign, md.Settings(managed_only=True), 1)] == ["managed_only"]
+    assert judge(_spec(Networks=[{"Target": "ours"}]), md.Settings(managed_only=True), 1) == []
+
+
+def test_hardening_a_service_spec_sets_labels_and_limits_and_says_what_it_cannot():
+    labels = {md.MANAGED_LABEL: "true", md.CLIENT_LABEL: "c", md.CREATED_LABEL: "now"}
+    spec, not_applied = md.harden_service_spec(_spec(Labels={md.MANAGED_LABEL: "false"}), md.Settings(), labels, "1.41")
+    container = spec["TaskTemplate"]["ContainerSpec"]
+    assert spec["Labels"][md.MANAGED_LABEL] == "true" and container["Labels"][md.MANAGED_LABEL] == "true"
+    assert spec["TaskTemplate"]["Resources"]["Limits"] == {"MemoryBytes": 1024**3, "NanoCPUs": 10**9, "Pids": 512}
+    assert any("no-new-privileges" in n for n in not_applied) and "Privileges" not in container
+    newer, not_applied = md.harden_service_spec(_spec(), md.Settings(container_profile="hardened"), labels, "1.46")
+    container = newer["TaskTemplate"]["ContainerSpec"]
+    assert container["Privileges"]["NoNewPrivileges"] is True and container["ReadOnly"] is True
+    assert container["CapabilityDrop"] == ["ALL"] and container["Mounts"][0]["Target"] == "/tmp"
+    assert any("cgroup" in n for n in not_applied)
+    # A service that is ours keeps who made it and when: scaling it must not restart every task.
+    again, _ = md.harden_service_spec(spec, md.Settings(), {**labels, md.CREATED_LABEL: "later"}, "1.41")
+    assert again["TaskTemplate"]["ContainerSpec"]["Labels"][md.CREATED_LABEL] == "now"
+
+
+def test_convergence_follows_tasks_of_the_current_spec():
+    service = {"Spec": {"Mode": {"Replicated": {"Replicas": 2}},
+                        "TaskTemplate": {"ContainerSpec": {"Image": "b:2"}}}}
+
+    def task(image: str, state: str = "running", desired: str = "running") -> dict[str, Any]:
+        return {"DesiredState": desired, "Status": {"State": state}, "Spec": {"ContainerSpec": {"Image": image}}}
+
+    assert md.convergence(service, [task("b:2"), task("b:2")])[:3] == (True, "running", 2)
+    assert not md.convergence(service, [task("b:2"), task("b:1")])[0]          # one task still the old image
+    assert not md.convergence(service, [task("b:2"), task("b:2", "starting")])[0]
+    updating = {**service, "UpdateStatus": {"State": "updating"}}
+    assert not md.convergence(updating, [task("b:2"), task("b:2")])[0]
+    paused = {**service, "UpdateStatus": {"State": "paused"}}
+    assert md.convergence(paused, [task("b:2")])[:2] == (True, "update paused")
+    glob = {"Spec": {"Mode": {"Global": {}}, "TaskTemplate": {"ContainerSpec": {"Image": "b:2"}}}}
+    assert not md.convergence(glob, [])[0] and md.convergence(glob, [task("b:2"), task("b:2")])[0]
+
+
+def test_secrets_in_compose_text_stay_out_of_the_audit_log():
+    compose = ("services:\n  db:\n    environment:\n      POSTGRES_PASSWORD: hunter2\n      - API_TOKEN=abc123\n"
+               "      LEVEL: debug\nENV DB_PASSWORD=x\n")
+    redacted = md.redact_arguments({"name": "s", "compose": compose})["compose"]
+    assert "hunter2" not in redacted and "abc123" not in redacted and "DB_PASSWORD=x" not in redacted
+    assert "LEVEL: debug" in redacted and "POSTGRES_PASSWORD: <redacted>" in redacted
+
+
+def test_the_swarm_toolset_is_opt_in():
+    for name in SWARM_TOOLS:
+        spec = md.TOOLS[name]
+        assert spec.toolset == "swarm" and (spec.tier is md.Tier.DESTRUCTIVE) is (name in SWARM_DESTRUCTIVE)
+        assert "MCP_TOOLSETS" in md.tool_denial(name, spec.tier, spec.toolset, md.Settings(allow_destructive=True))
+        assert md.tool_denial(name, spec.tier, spec.toolset, md.Settings(
+            allow_destructive=True, toolsets=md.TOOLSETS)) is None
+
+
+def test_swarm_roles_from_engine_info():
+    assert md.swarm_role({})["role"] == "none"
+    assert md.swarm_role({"Swarm": {"LocalNodeState": "inactive"}}) == {"role": "none", "state": "inactive"}
+    assert md.swarm_role({"Swarm": {"LocalNodeState": "active", "ControlAvailable": False}})["role"] == "worker"
+    assert md.swarm_role({"Swarm": {"LocalNodeState": "active", "ControlAvailable": True, "Nodes": 2,
+                                    "Managers": 1}}) == {"role": "manager", "state": "active", "nodes": 2, "managers": 1}
+
+
+@pytest.mark.engine
+def test_swarm_tools_without_a_manager_answer_one_clear_error():
+    require_engine()
+    api = engine_client()
+    if engine_kind_under_test() == "docker" and (api.info().get("Swarm") or {}).get("LocalNodeState") == "active":
+        pytest.skip("the engine under test is in a swarm: this test needs one that is not")
+    h = Harness(SWARM_ARGS)
+    try:
+        for name, args in (("docker_swarm_info", {}), ("docker_list_services", {}),
+                           ("docker_create_service", {"name": f"{PREFIX}-x", "image": TEST_IMAGE})):
+            text = h.error(name, args, "unavailable")
+            assert ("Podman has no Swarm mode" if engine_kind_under_test() == "podman" else "not in a swarm") in text
+        assert h.ok("docker_system_info")["swarm"]["role"] == "none"
+        assert h.ok("docker_list_engines")["engines"][0]["swarm"]["role"] == "none"
+    finally:
+        h.close()
+
+
+def test_doctor_and_engines_say_what_role_an_engine_has_in_a_swarm():
+    base = {"name": "e", "reachable": True, "kind": "docker", "version": "20.10", "api_version": "1.41",
+            "rootless": False, "error": None}
+    manager = md.check_engine_rows([{**base, "swarm": {"role": "manager", "nodes": 3, "managers": 1}}], ["tcp://x:1"])
+    assert any(c.status == "PASS" and "swarm manager: 3 node(s)" in c.message for c in manager)
+    worker = md.check_engine_rows([{**base, "swarm": {"role": "worker"}}], ["tcp://x:1"])
+    assert any(c.status == "WARN" and "worker" in c.message for c in worker)
+    alone = md.check_engine_rows([{**base, "swarm": {"role": "none"}}], ["tcp://x:1"])
+    assert not any("swarm" in c.area for c in alone)
+
+
+@pytest.mark.engine
+def test_a_stack_without_the_docker_cli_is_refused_clearly():
+    require_engine()
+    if engine_kind_under_test() == "podman":
+        pytest.skip("on Podman the swarm tools stop at Podman's own error (tested above)")
+    here = os.path.dirname(sys.executable)
+    if os.path.exists(os.path.join(here, "docker")):
+        pytest.skip("the docker CLI sits beside this Python: no PATH without it")
+    h = Harness(SWARM_ARGS, env={"PATH": here})
+    try:
+        text = h.error("docker_deploy_stack", {"name": f"{PREFIX}nocli", "compose": "services: {}\n"}, "unavailable")
+        assert "needs the docker CLI" in text and "docker_create_service" in text
+    finally:
+        h.close()
+
+
+class Swarm:
+    """A single-node swarm this run made on the engine under test, and a server with the swarm toolset."""
+
+    def __init__(self) -> None:
+        self.api = engine_client()
+        self.h: Harness | None = None
+
+    def service(self, name: str) -> dict[str, Any] | None:
+        return next((s for s in self.api.services() if s["Spec"]["Name"] == name), None)
+
+
+def _leave_swarm(api: Any, had_gwbridge: bool) -> None:
+    with contextlib.suppress(Exception):
+        for service in api.services():
+            api.remove_service(service["ID"])
+    with contextlib.suppress(Exception):
+        api.leave_swarm(force=True)
+    if not had_gwbridge:  # swarm init made it; leaving does not remove it
+        for _ in range(20):
+            try:
+                api.remove_network("docker_gwbridge")
+                break
+            except Exception as exc:
+                if "not found" in str(exc).lower() or "No such network" in str(exc):
+                    break
+                time.sleep(0.5)
+
+
+@pytest.fixture(scope="class")
+def swarm():
+    require_engine()
+    if engine_kind_under_test() == "podman":
+        pytest.skip("Podman has no Swarm mode: the swarm tests need a Docker engine")
+    api = engine_client()
+    if (api.info().get("Swarm") or {}).get("LocalNodeState") != "inactive":
+        pytest.skip("the engine under test is already in a swarm this run did not make; it is left alone")
+    had_gwbridge = bool(api.networks(names=["docker_gwbridge"]))
+    made = Swarm()
+    try:
+        api.init_swarm(advertise_addr="127.0.0.1", listen_addr="127.0.0.1:2377")
+        made.h = Harness(SWARM_ARGS)
+        yield made
+    finally:
+        if made.h is not None:
+            made.h.close()
+        _leave_swarm(api, had_gwbridge)
+
+
+ESCALATING_SERVICES = [
+    ({"cap_add": ["SYS_ADMIN"]}, "capabilities"),
+    ({"sysctls": {"kernel.domainname": "x"}}, "sysctls"),
+    ({"networks": ["host"]}, "host_namespace"),
+    ({"mounts": [{"type": "bind", "source": "/etc", "target": "/host-etc"}]}, "sensitive_path"),
+    ({"mounts": [{"type": "bind", "source": "/var/run/docker.sock", "target": "/s"}]}, "engine_socket"),
+    ({"mounts": [{"type": "bind", "source": str(STATE_DIR), "target": "/t"}]}, "bind_mount"),
+    ({"ports": [{"target": 80}]}, "published_ports"),
+    ({"ports": [{"target": 80, "published": 18080, "mode": "host"}]}, "published_ports"),
+    ({"memory": "64g"}, "resource_limits"),
+]
+
+
+# The namespace the swarm's manager engine lives in, when it is not this process's own (a development
+# engine started inside a network namespace); CI's engine shares the test's namespace.
+SWARM_MANAGER_NETNS = os.environ.get("MCP_DOCKER_TEST_SWARM_NETNS", "")
+
+
+def _run(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(list(argv), capture_output=True, text=True, timeout=60)
+
+
+def _in_manager_ns(*argv: str) -> list[str]:
+    return ["ip", "-n", SWARM_MANAGER_NETNS, *argv] if SWARM_MANAGER_NETNS else ["ip", *argv]
+
+
+class SecondNode:
+    """A second dockerd in a network namespace of its own (its own data root, exec root and socket), wired
+    to the manager's namespace by a veth pair with addresses only these two namespaces know."""
+
+    def __init__(self) -> None:
+        octet = int(hashlib.sha256(PREFIX.encode()).hexdigest()[:2], 16)
+        self.ns, self.manager_end, self.node_end = f"{PREFIX}n", f"{PREFIX}a", f"{PREFIX}b"
+        self.manager_ip, self.node_ip = f"10.213.{octet}.1", f"10.213.{octet}.2"
+        self.root = Path(f"/tmp/{PREFIX}-node")
+        self.socket = f"unix://{self.root}/docker.sock"
+        self.made_ns = False
+        self.process: subprocess.Popen | None = None
+
+    def limit(self) -> str | None:
+        """Why this machine cannot host a second node (the skip reason), or None."""
+        import shutil
+
+        if os.geteuid() != 0:
+            return "a second dockerd in a network namespace needs root"
+        missing = [tool for tool in ("ip", "nsenter", "dockerd") if shutil.which(tool) is None]
+        if missing:
+            return f"a second node needs {', '.join(missing)} on PATH"
+        if not engine_urls_under_test()[0].startswith("unix://"):
+            return "the engine under test is not a local socket: a second local node could not reach it"
+        return None
+
+    def start(self) -> None:
+        steps = [["ip", "netns", "add", self.ns]]
+        self.made_ns = True
+        steps += [["ip", "link", "add", self.manager_end, "type", "veth", "peer", "name", self.node_end],
+                  ["ip", "link", "set", self.node_end, "netns", self.ns]]
+        if SWARM_MANAGER_NETNS:
+            steps.append(["ip", "link", "set", self.manager_end, "netns", SWARM_MANAGER_NETNS])
+        steps += [_in_manager_ns("addr", "add", f"{self.manager_ip}/30", "dev", self.manager_end),
+                  _in_manager_ns("link", "set", self.manager_end, "up"),
+                  ["ip", "-n", self.ns, "addr", "add", f"{self.node_ip}/30", "dev", self.node_end],
+                  ["ip", "-n", self.ns, "link", "set", self.node_end, "up"],
+                  ["ip", "-n", self.ns, "link", "set", "lo", "up"]]
+        for step in steps:
+            done = _run(*step)
+            if done.returncode != 0:
+                pytest.skip(f"the kernel refused `{' '.join(step)}`: {done.stderr.strip()[:200]}")
+        self.root.mkdir(parents=True, exist_ok=True)
+        log = open(self.root / "dockerd.log", "wb")  # noqa: SIM115 - the daemon writes it until stop()
+        # nsenter --net, not `ip netns exec`: that also remounts /sys, which hides the cgroup hierarchy.
+        self.process = subprocess.Popen(
+            ["nsenter", f"--net=/var/run/netns/{self.ns}", "dockerd", "--data-root", str(self.root / "data"),
+             "--exec-root", str(self.root / "exec"), "--pidfile", str(self.root / "docker.pid"),
+             "-H", self.socket, "--bridge=none", "--iptables=false", "--ip-masq=false"],
+            stdout=log, stderr=log, start_new_session=True)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            with contextlib.suppress(Exception):
+                engine_client(self.socket).ping()
+                return
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.5)
+        tail = (self.root / "dockerd.log").read_text(errors="replace").strip().splitlines()[-3:]
+        pytest.skip(f"a second dockerd did not start in its namespace: {' | '.join(tail)[:400]}")
+
+    def stop(self) -> None:
+        import shutil
+        import signal
+
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        if self.made_ns:
+            _run("ip", "netns", "del", self.ns)
+            _run(*_in_manager_ns("link", "del", self.manager_end))  # gone with the pair, unless the peer lingers
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+class TestSwarm:
+    """The tests that need the swarm: one class, so the swarm is left as soon as they are done (tests
+    appended after this block never run against an engine in swarm mode)."""
+
+    @pytest.mark.engine
+    def test_service_lifecycle_create_scale_update_rollback_tasks_logs(self, swarm):
+        h, api = swarm.h, swarm.api
+        name = f"{PREFIX}-web"
+        second_tag = f"mcp-docker-test/busybox:{PREFIX}"  # the test image under a second tag, for a rolling update
+        api.tag(TEST_IMAGE, "mcp-docker-test/busybox", PREFIX)
+        command = ["sh", "-c", f"echo hello-{PREFIX}; trap 'exit 0' TERM; while :; do sleep 1; done"]
+        created = h.ok("docker_create_service", {"name": name, "image": TEST_IMAGE, "command": command,
+                                                 "replicas": 1, "labels": {"io.mcp-docker.test": PREFIX},
+                                                 "update_delay_seconds": 0, "wait": True, "wait_timeout": 120})
+        assert created["status"] == "created" and created["converged"] and created["running"] == 1, created
+        spec = api.inspect_service(name)["Spec"]
+        limits = spec["TaskTemplate"]["Resources"]["Limits"]
+        assert limits["MemoryBytes"] == 1024**3 and limits["Pids"] == 512 and limits["NanoCPUs"] == 10**9
+        assert spec["Labels"][md.MANAGED_LABEL] == "true"
+        assert spec["TaskTemplate"]["ContainerSpec"]["Labels"][md.MANAGED_LABEL] == "true"
+
+        updates: list[tuple[float, float | None, str | None]] = []
+
+        async def record(progress: float, total: float | None, message: str | None) -> None:
+            updates.append((progress, total, message))
+
+        scaled = h.submit(h.client.call_tool("docker_scale_service", {"service": name, "replicas": 3, "wait": True,
+                                                                       "wait_timeout": 120}, progress_callback=record))
+        assert not scaled.is_error, scaled.content[0].text
+        assert scaled.structured_content["converged"] and scaled.structured_content["running"] == 3
+        running = [t for t in api.tasks(filters={"service": name, "desired-state": "running"})
+                   if t["Status"]["State"] == "running"]
+        assert len(running) == 3  # the engine's own count
+        values = [u[0] for u in updates]
+        assert updates and values == sorted(set(values)) and "3/3 tasks running" in updates[-1][2], updates
+        # Scaling did not restart the first task (its spec, labels included, is unchanged).
+        assert len(api.tasks(filters={"service": name})) == 3
+
+        updated = h.ok("docker_update_service", {"service": name, "image": second_tag, "update_parallelism": 3,
+                                                 "wait": True, "wait_timeout": 120})
+        assert updated["converged"] and updated["state"] == "completed", updated
+        images = {t["Spec"]["ContainerSpec"]["Image"].split("@")[0] for t in
+                  api.tasks(filters={"service": name, "desired-state": "running"})}
+        assert images == {second_tag}
+
+        rolled = h.ok("docker_rollback_service", {"service": name, "wait": True, "wait_timeout": 120})
+        assert rolled["converged"] and rolled["state"] == "rollback_completed", rolled
+        assert api.inspect_service(name)["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"].split("@")[0] == TEST_IMAGE
+
+        tasks = h.ok("docker_service_tasks", {"service": name, "running_only": True})
+        assert tasks["count"] == 3 and {t["state"] for t in tasks["tasks"]} == {"running"}
+        assert all(t["node"] and t["container"] for t in tasks["tasks"])
+        every = h.ok("docker_service_tasks", {"service": name})
+        assert any(t["desired_state"] == "shutdown" for t in every["tasks"])  # the replaced ones, kept as history
+        deadline = time.time() + 30
+        while True:
+            logs = h.ok("docker_service_logs", {"service": name, "tail": 50})
+            if any(f"hello-{PREFIX}" in line for line in logs["lines"]) or time.time() > deadline:
+                break
+            time.sleep(1)
+        assert any(f"hello-{PREFIX}" in line for line in logs["lines"]), logs
+        assert "lines" in logs["untrusted"]["fields"]
+
+        listed = h.ok("docker_list_services")
+        row = next(s for s in listed["services"] if s["name"] == name)
+        assert row["replicas"] == 3 and row["running"] == 3 and row["managed"]
+        detail = h.ok("docker_inspect_service", {"service": name})
+        assert detail["args"] == command and detail["has_previous_spec"]
+        assert h.ok("docker_swarm_info")["role"] == "manager"
+        assert h.ok("docker_list_nodes")["count"] == 1
+        assert h.ok("docker_system_info")["swarm"]["role"] == "manager"
+
+        preview = h.ok("docker_remove_service", {"service": name, "dry_run": True})
+        assert preview["dry_run"] and swarm.service(name) is not None
+        assert h.ok("docker_remove_service", {"service": name})["status"] == "removed"
+        assert swarm.service(name) is None
+
+    @pytest.mark.engine
+    def test_stack_deploy_and_remove_from_compose_text(self, swarm):
+        h, api = swarm.h, swarm.api
+        stack = f"{PREFIX}st"
+        compose = (f'version: "3.8"\nservices:\n  web:\n    image: {TEST_IMAGE}\n'
+                   f"    command: {json.dumps(QUICK_STOP)}\n    deploy:\n      replicas: 2\n"
+                   f"  worker:\n    image: {TEST_IMAGE}\n    command: {json.dumps(QUICK_STOP)}\n")
+        deployed = h.ok("docker_deploy_stack", {"name": stack, "compose": compose, "wait": True, "wait_timeout": 120})
+        assert sorted(deployed["services"]) == [f"{stack}_web", f"{stack}_worker"] and deployed["converged"], deployed
+        for service in api.services(filters={"label": [f"{md.STACK_LABEL}={stack}"]}):
+            spec = service["Spec"]
+            assert spec["Labels"][md.MANAGED_LABEL] == "true"  # hardened as it was written
+            assert spec["TaskTemplate"]["Resources"]["Limits"]["Pids"] == 512
+        assert {"name": stack, "services": 2} in h.ok("docker_list_stacks")["stacks"]
+        listed = h.ok("docker_stack_services", {"stack": stack})
+        assert {s["name"]: s["running"] for s in listed["services"]} == {f"{stack}_web": 2, f"{stack}_worker": 1}
+        # Deploying the same text again changes nothing: no task is restarted.
+        before = {t["ID"] for t in api.tasks(filters={"label": [f"{md.STACK_LABEL}={stack}"]})}
+        assert h.ok("docker_deploy_stack", {"name": stack, "compose": compose})["status"] == "deployed"
+        time.sleep(2)
+        assert {t["ID"] for t in api.tasks(filters={"label": [f"{md.STACK_LABEL}={stack}"]})} == before
+        # A redeploy that would give one service a power changes neither: the dry run refuses it first.
+        versions = {s["ID"]: s["Version"]["Index"] for s in api.services(filters={"label": [f"{md.STACK_LABEL}={stack}"]})}
+        worse = compose.replace("  worker:\n", "  worker:\n    cap_add: [SYS_ADMIN]\n")
+        assert "[capabilities]" in h.error("docker_deploy_stack", {"name": stack, "compose": worse}, "policy_denied")
+        assert {s["ID"]: s["Version"]["Index"] for s in api.services(
+            filters={"label": [f"{md.STACK_LABEL}={stack}"]})} == versions
+
+        preview = h.ok("docker_remove_stack", {"name": stack, "dry_run": True})
+        assert {i["type"] for i in preview["would_remove"]} == {"service", "network"}
+        removed = h.ok("docker_remove_stack", {"name": stack})
+        assert removed["status"] == "removed"
+        assert not api.services(filters={"label": [f"{md.STACK_LABEL}={stack}"]})
+        deadline = time.time() + 20  # the manager deletes a removed overlay network a moment later
+        while api.networks(filters={"label": [f"{md.STACK_LABEL}={stack}"]}) and time.time() < deadline:
+            time.sleep(0.5)
+        assert not api.networks(filters={"label": [f"{md.STACK_LABEL}={stack}"]})
+
+    @pytest.mark.engine
+    def test_a_failing_task_reports_its_state_and_error(self, swarm):
+        name = f"{PREFIX}-fails"
+        created = swarm.h.ok("docker_create_service", {"name": name, "image": TEST_IMAGE, "command": ["sh", "-c", "exit 3"],
+                                                       "restart_condition": "none", "wait": True, "wait_timeout": 15})
+        assert not created["converged"]  # it never runs: the wait says so instead of hanging
+        deadline = time.time() + 60
+        while True:
+            tasks = swarm.h.ok("docker_service_tasks", {"service": name})["tasks"]
+            if any(t["state"] == "failed" for t in tasks) or time.time() > deadline:
+                break
+            time.sleep(1)
+        failed = next(t for t in tasks if t["state"] == "failed")
+        assert failed["exit_code"] == 3 and "non-zero exit (3)" in failed["error"], failed
+        swarm.h.ok("docker_remove_service", {"service": name})
+
+    @pytest.mark.engine
+    @pytest.mark.adversarial
+    @pytest.mark.parametrize(("extra", "rule"), ESCALATING_SERVICES)
+    def test_a_service_asking_for_host_power_creates_nothing(self, swarm, extra, rule):
+        name = f"{PREFIX}-evil-{rule}"
+        text = swarm.h.error("docker_create_service", {"name": name, "image": TEST_IMAGE, "command": ["sleep", "60"],
+                                                       **extra}, "policy_denied")
+        assert f"[{rule}]" in text
+        assert swarm.service(name) is None  # the manager never saw it
+
+    @pytest.mark.engine
+    @pytest.mark.adversarial
+    def test_an_update_or_rollback_to_host_power_is_refused_and_changes_nothing(self, swarm):
+        h, api = swarm.h, swarm.api
+        name = f"{PREFIX}-upd"
+        h.ok("docker_create_service", {"name": name, "image": TEST_IMAGE, "command": QUICK_STOP, "replicas": 0})
+        version = api.inspect_service(name)["Version"]["Index"]
+        for extra, rule in ESCALATING_SERVICES[:6]:
+            text = h.error("docker_update_service", {"service": name, **extra}, "policy_denied")
+            assert f"[{rule}]" in text
+        assert api.inspect_service(name)["Version"]["Index"] == version  # not one update reached the manager
+        # Someone with the engine's own CLI gives it SYS_ADMIN; the previous spec (ours) is fine, but scaling the
+        # current one, or updating it, is judged again and refused.
+        service = api.inspect_service(name)
+        spec = service["Spec"]
+        spec["TaskTemplate"]["ContainerSpec"]["CapabilityAdd"] = ["CAP_SYS_ADMIN"]
+        api.update_service(name, version, task_template=spec["TaskTemplate"], name=name, labels=spec["Labels"],
+                           mode={"Replicated": {"Replicas": 0}})
+        assert "[capabilities]" in h.error("docker_scale_service", {"service": name, "replicas": 2}, "policy_denied")
+        assert api.inspect_service(name)["Spec"]["Mode"]["Replicated"]["Replicas"] == 0
+        # Rolling back to the previous spec is judged like a new one: ours passes; the bad one, made previous, not.
+        h.ok("docker_rollback_service", {"service": name})
+        assert not api.inspect_service(name)["Spec"]["TaskTemplate"]["ContainerSpec"].get("CapabilityAdd")
+        text = h.error("docker_rollback_service", {"service": name}, "policy_denied")
+        assert "[capabilities]" in text
+        assert not api.inspect_service(name)["Spec"]["TaskTemplate"]["ContainerSpec"].get("CapabilityAdd")
+        h.ok("docker_remove_service", {"service": name})
+
+    @pytest.mark.engine
+    @pytest.mark.adversarial
+    @pytest.mark.parametrize(("service_yaml", "top_yaml", "rule"), [
+        ("    cap_add: [SYS_ADMIN]\n", "", "capabilities"),
+        ("    volumes: [\"/etc:/host-etc\"]\n", "", "sensitive_path"),
+        ("    volumes: [\"/var/run/docker.sock:/var/run/docker.sock\"]\n", "", "engine_socket"),
+        ("    ports: [\"18081:80\"]\n", "", "published_ports"),
+        ("    networks: [outside]\n", "networks:\n  outside:\n    external: true\n    name: host\n", "host_namespace"),
+        ("    sysctls: {kernel.shmmax: 1}\n", "", "sysctls"),
+    ("    <<: {cap_add: [NET_ADMIN]}\n", "", "capabilities"),  # a YAML merge key: judged on what the CLI made
+    ("    volumes: [\"data:/x\"]\n", "volumes:\n  data:\n    driver_opts: {type: none, o: bind, device: /etc}\n",
+     "volume_driver"),
+        ("    ulimits: {nofile: 1048576}\n", "", "ulimits"),
+        ("    logging: {driver: syslog}\n", "", "log_driver"),
+        ("    configs: [leak]\n", "configs:\n  leak:\n    file: /etc/hostname\n", "swarm_secrets"),
+        ("    secrets: [leak]\n", "secrets:\n  leak:\n    file: /etc/hostname\n", "swarm_secrets"),
+        ("    env_file: /etc/hostname\n", "", "host_files"),
+        ("    \"env\\x5ffile\": /etc/hostname\n", "", "not_understood"),  # env_file, spelt with an escape
+        ("    ? !!binary ZW52X2ZpbGU=\n    : /etc/hostname\n", "", "not_understood"),
+    ])
+    def test_a_stack_with_one_bad_service_deploys_nothing(self, swarm, service_yaml, top_yaml, rule):
+        stack = f"{PREFIX}bad"
+        compose = (f'version: "3.8"\nservices:\n  good:\n    image: {TEST_IMAGE}\n    command: ["sleep", "60"]\n'
+                   f'  bad:\n    image: {TEST_IMAGE}\n    command: ["sleep", "60"]\n{service_yaml}{top_yaml}')
+        text = swarm.h.error("docker_deploy_stack", {"name": stack, "compose": compose}, "policy_denied")
+        assert f"[{rule}]" in text, text
+        label = {"label": [f"{md.STACK_LABEL}={stack}"]}
+        api = swarm.api
+        assert not api.services(filters=label) and not api.networks(filters=label)  # not even the good one
+        assert not api.configs(filters=label) and not api.secrets(filters=label)
+
+    @pytest.mark.engine
+    def test_managed_only_mode_leaves_foreign_services_alone(self, swarm):
+        api = swarm.api
+        name = f"{PREFIX}-foreign"
+        api.create_service({"ContainerSpec": {"Image": TEST_IMAGE, "Args": ["sleep", "60"]}}, name=name,
+                           mode={"Replicated": {"Replicas": 0}})
+        h = Harness([*SWARM_ARGS, "--managed-only"])
+        try:
+            for tool_name, args in (("docker_scale_service", {"replicas": 1}), ("docker_update_service", {"force": True}),
+                                    ("docker_remove_service", {})):
+                assert "[managed_only]" in h.error(tool_name, {"service": name, **args}, "policy_denied")
+            assert swarm.service(name)["Spec"]["Mode"]["Replicated"]["Replicas"] == 0
+        finally:
+            h.close()
+            api.remove_service(name)
+
+    @pytest.mark.engine
+    def test_a_global_service_runs_one_task_on_each_of_two_nodes(self, swarm):
+        api = swarm.api
+        node = SecondNode()
+        reason = node.limit()
+        if reason:
+            pytest.skip(reason)
+        joined_id = None
+        name = f"{PREFIX}-global"
+        try:
+            node.start()
+            # The swarm again, on the manager's end of the veth pair (the fixture's listens on loopback only).
+            _leave_swarm(api, had_gwbridge=True)
+            api.init_swarm(advertise_addr=node.manager_ip, listen_addr=f"{node.manager_ip}:2377")
+            worker = engine_client(node.socket)
+            worker.load_image(api.get_image(TEST_IMAGE))  # nothing can be pulled here: the image goes across
+            token = api.inspect_swarm()["JoinTokens"]["Worker"]
+            worker.join_swarm([f"{node.manager_ip}:2377"], token, advertise_addr=node.node_ip,
+                              listen_addr=f"{node.node_ip}:2377")
+            joined_id = worker.info()["Swarm"]["NodeID"]
+            deadline = time.time() + 60
+            while not all(n["Status"]["State"] == "ready" for n in api.nodes()) or len(api.nodes()) < 2:
+                assert time.time() < deadline, f"the second node never became ready: {api.nodes()}"
+                time.sleep(0.5)
+            h = swarm.h
+            assert h.ok("docker_list_nodes")["count"] == 2
+            assert h.ok("docker_swarm_info")["nodes"] == 2
+            created = h.ok("docker_create_service", {"name": name, "image": TEST_IMAGE, "command": QUICK_STOP,
+                                                     "mode": "global", "wait": True, "wait_timeout": 120})
+            assert created["converged"] and created["running"] == 2, created
+            running = [t for t in api.tasks(filters={"service": name, "desired-state": "running"})
+                       if t["Status"]["State"] == "running"]
+            assert sorted(t["NodeID"] for t in running) == sorted(n["ID"] for n in api.nodes())  # one on each
+            assert joined_id in {t["NodeID"] for t in running}
+            assert worker.containers(filters={"label": f"com.docker.swarm.service.name={name}"})  # really there
+            h.ok("docker_remove_service", {"service": name})
+            allowing = Harness([*SWARM_ARGS, "--volume-mount-allowlist", str(STATE_DIR)])
+            try:  # a bind mount this host could allow is another node's path there: refused on two nodes
+                text = allowing.error("docker_create_service", {"name": f"{name}-bind", "image": TEST_IMAGE, "mounts": [
+                    {"type": "bind", "source": str(STATE_DIR), "target": "/data"}]}, "policy_denied")
+                assert "[bind_mount]" in text and "2 nodes" in text
+                assert swarm.service(f"{name}-bind") is None
+            finally:
+                allowing.close()
+            on_worker = Harness(SWARM_ARGS, env={"DOCKER_HOST": node.socket})
+            try:  # the same tools pointed at the worker: one clear error, not the engine's text
+                assert "swarm worker" in on_worker.error("docker_list_services", {}, "unavailable")
+                assert "swarm worker" in on_worker.error("docker_swarm_info", {}, "unavailable")
+                assert on_worker.ok("docker_system_info")["swarm"]["role"] == "worker"
+            finally:
+                on_worker.close()
+        finally:
+            with contextlib.suppress(Exception):
+                api.remove_service(name)
+            with contextlib.suppress(Exception):
+                engine_client(node.socket).leave_swarm(force=True)
+            node.stop()
+            if joined_id:
+                with contextlib.suppress(Exception):
+                    api.remove_node(joined_id, force=True)
+            if (api.info().get("Swarm") or {}).get("LocalNodeState") == "active" and \
+                    api.inspect_swarm()["JoinTokens"] and node.manager_ip in json.dumps(api.info()["Swarm"]):
+                _leave_swarm(api, had_gwbridge=True)  # back to the fixture's loopback swarm for any test after this
+                api.init_swarm(advertise_addr="127.0.0.1", listen_addr="127.0.0.1:2377")

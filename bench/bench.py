@@ -8,7 +8,8 @@ engine socket or whatever ``DOCKER_HOST`` names, and to 127.0.0.1)::
     python3 bench/bench.py [--runs 10] [--iterations 200] [--warmup 20] [--json PATH] [--no-sdk]
                            [--no-http] [--http-seconds 5] [--http-clients 1,16,64]
                            [--http-max-requests 200000] [--sessions 500]
-                           [--only cold,genkey,memory,tools-list,stdio,https,nginx,logs] [--require-targets]
+                           [--only cold,genkey,memory,tools-list,stdio,https,nginx,logs,compose,copy,swarm]
+                           [--require-targets] [--swarm-iterations 30]
 
 It prints one table and the issue's targets, and writes the same as JSON (default ``bench/results.json``). Every
 figure stands next to a *floor* -- the cost of the same work without mcp-docker -- measured in the
@@ -81,6 +82,14 @@ same run, and the ratio value/floor:
    file is not writable) and RSS after; growth = peak - before. The answer must be the last 1000
    lines. Floor: a fresh Python that imported docker, made one ``version()`` call and then the same
    ``APIClient.logs(..., tail=1000)`` request, measured the same way.
+
+6. **Swarm** -- only on an engine that already is a swarm manager (the benchmark never makes a
+   swarm; otherwise the stage says so and its targets are "not measured"): ``docker_create_service``
+   (replicas 0) and ``docker_scale_service`` (1 <-> 2 tasks that can never be placed, so no container
+   starts) over stdio raw JSON-RPC, ``--swarm-iterations`` each, interleaved with the same API calls
+   made directly (``POST /services/create`` with the spec the server sends; inspect +
+   ``POST /services/{id}/update``). Every service is named ``mcpbench-<random>-...`` and removed at
+   the end.
 
 After the table, **TARGETS** lists the issue's targets (each MET / NOT MET with its value and limit,
 or "not measured" when its stage did not run). Sizes there are SI: 1 MB = 10**6 bytes, 1 kB = 1000
@@ -155,7 +164,8 @@ HTTP_CLIENT_ID = "bench"
 UNREACHABLE_LIMITS = {"SECURITY_RATE_LIMIT_ENABLED": "true", "SECURITY_RATE_LIMIT_RPM": "1000000",
                       "SECURITY_RATE_LIMIT_BURST": "1000000", "SECURITY_RATE_LIMIT_CONCURRENT": "100000"}
 SESSION_CONNECTIONS = 8  # connections the --sessions sessions are opened over
-STAGES = ("cold", "genkey", "memory", "tools-list", "stdio", "https", "nginx", "logs", "compose", "copy")  # in run order
+STAGES = ("cold", "genkey", "memory", "tools-list", "stdio", "https", "nginx", "logs", "compose", "copy",
+          "swarm")  # in run order
 HTTP_STAGES = ("memory", "https", "nginx")
 LOG_BYTES = 50_000_000
 LOG_LINE = "mcpbench log line " + "0" * 81  # 99 characters + newline: 500000 whole lines make 50 MB
@@ -183,6 +193,7 @@ TARGET_TOOL_BYTES = 1000
 TARGET_COMPOSE_RATIO = 1.3
 TARGET_COPY_RATIO = 1.2
 COPY_BYTES = 10 * 1024 * 1024
+TARGET_SWARM_OVERHEAD_MS = 2.0
 
 
 class BenchError(RuntimeError):
@@ -1590,6 +1601,93 @@ def bench_copy(api: Any, env: dict[str, str], runs: int) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
+# 7. Swarm: create and scale a service (only on an engine that already is a swarm manager)
+# ---------------------------------------------------------------------------------------------
+
+SWARM_ITERATIONS = 30
+# Tasks that can never be placed: scaling makes the manager create and schedule tasks, but no container
+# starts, so neither side's clock (nor the next call's) pays for container starts.
+SWARM_NOWHERE = "node.labels.mcpbench==never"
+
+
+def bench_service_spec(name: str, replicas: int, constraints: list[str] | None = None) -> dict[str, Any]:
+    """The spec the server sends for the benchmark's arguments: its labels and limits included."""
+    labels = {"io.mcp-docker.managed": "true", "io.mcp-docker.client": "bench", "io.mcp-docker.created": "now"}
+    template: dict[str, Any] = {"ContainerSpec": {"Image": IMAGE, "Args": ["sleep", "3600"], "Labels": labels},
+                                "Resources": {"Limits": {"MemoryBytes": 1024**3, "NanoCPUs": 10**9, "Pids": 512}}}
+    if constraints:
+        template["Placement"] = {"Constraints": constraints}
+    return {"Name": name, "Labels": labels, "TaskTemplate": template, "Mode": {"Replicated": {"Replicas": replicas}}}
+
+
+def bench_swarm(api: Any, env: dict[str, str], warmup: int, iterations: int) -> dict[str, Any]:
+    """docker_create_service and docker_scale_service over stdio against the same API calls made directly."""
+    swarm = api.info().get("Swarm") or {}
+    if swarm.get("LocalNodeState") != "active" or not swarm.get("ControlAvailable"):
+        return {"skipped": "the engine is not a swarm manager (the benchmark never makes a swarm: point "
+                           "DOCKER_HOST at a manager)"}
+    prefix = f"mcpbench-{uuid.uuid4().hex[:8]}"
+    counter = iter(range(1_000_000))
+    raw = RawMCPClient({**env, "MCP_TOOLSETS": "swarm"})
+
+    def create_via_server() -> int:
+        name = f"{prefix}-s{next(counter)}"
+        elapsed, result = raw.call_tool("docker_create_service", {"name": name, "image": IMAGE,
+                                                                  "command": ["sleep", "3600"], "replicas": 0})
+        if check_tool_result(result, "docker_create_service").get("status") != "created":
+            raise BenchError(f"docker_create_service: {result}")
+        return elapsed
+
+    def create_direct() -> int:
+        spec = bench_service_spec(f"{prefix}-d{next(counter)}", 0)
+        started = time.perf_counter_ns()
+        answer = api._result(api._post_json(api._url("/services/create"), data=spec), json=True)
+        elapsed = time.perf_counter_ns() - started
+        if not answer.get("ID"):
+            raise BenchError(f"services/create: {answer}")
+        return elapsed
+
+    scaled = {"server": 0, "direct": 0}
+
+    def scale_via_server() -> int:
+        scaled["server"] += 1
+        elapsed, result = raw.call_tool("docker_scale_service", {"service": f"{prefix}-scale-server",
+                                                                 "replicas": 1 + scaled["server"] % 2})
+        if check_tool_result(result, "docker_scale_service").get("status") != "scaled":
+            raise BenchError(f"docker_scale_service: {result}")
+        return elapsed
+
+    def scale_direct() -> int:  # what the server does, without the judging: inspect, then update
+        scaled["direct"] += 1
+        started = time.perf_counter_ns()
+        service = api.inspect_service(f"{prefix}-scale-direct")
+        spec = service["Spec"]
+        spec["Mode"] = {"Replicated": {"Replicas": 1 + scaled["direct"] % 2}}
+        api._result(api._post_json(api._url("/services/{0}/update", service["ID"]), data=spec,
+                                   params={"version": service["Version"]["Index"]}), json=True)
+        return time.perf_counter_ns() - started
+
+    try:
+        raw.initialize()
+        for side in ("server", "direct"):
+            api._result(api._post_json(api._url("/services/create"), data=bench_service_spec(
+                f"{prefix}-scale-{side}", 1, [SWARM_NOWHERE])), json=True)
+        samples = asyncio.run(run_interleaved({"create_server": create_via_server, "create_direct": create_direct,
+                                               "scale_server": scale_via_server, "scale_direct": scale_direct},
+                                              min(warmup, 5), iterations))
+    except BenchError as error:
+        raise BenchError(f"{error}; server stderr: {stderr_tail(raw.stderr)}") from None
+    finally:
+        raw.close()
+        for service in api.services(filters={"name": prefix}):
+            if service["Spec"]["Name"].startswith(prefix):
+                with contextlib.suppress(Exception):
+                    api.remove_service(service["ID"])
+    return {tool: {"server": summarize_ns(samples[f"{short}_server"]), "direct": summarize_ns(samples[f"{short}_direct"])}
+            for tool, short in (("docker_create_service", "create"), ("docker_scale_service", "scale"))}
+
+
+# ---------------------------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------------------------
 
@@ -1674,6 +1772,10 @@ def build_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                             cells["direct"][f"{stat}_ms"], f"mcp-docker's own HTTPS, {who} ({stat})"))
             rows.append(row(f"version via nginx, 2 replicas, {who} ({stat})", cells["nginx_2_replicas"][f"{stat}_ms"],
                             cells["nginx_1_replica"][f"{stat}_ms"], f"via nginx, 1 replica, {who} ({stat})"))
+    for tool, data in ((results.get("swarm") or {}).get("latency") or {}).items():
+        for stat in ("median", "p90"):
+            rows.append(row(f"{tool} via stdio raw JSON-RPC ({stat})", data["server"][f"{stat}_ms"],
+                            data["direct"][f"{stat}_ms"], f"the same API calls made directly ({stat})"))
     if logs is not None:
         what = f"logs tail={logs['tail']} of {logs['log_bytes'] / 1e6:g} MB, stdio server RSS"
         floor_name = f"python: docker-py logs(tail={logs['tail']}) only"
@@ -1750,6 +1852,13 @@ def build_targets(results: dict[str, Any], args: argparse.Namespace) -> list[dic
     targets.append(target(f"RSS growth for tail={LOG_TAIL} of a {LOG_BYTES / 1e6:g} MB log <= "
                           f"{TARGET_LOG_GROWTH_BYTES / 1e6:g} MB", logs and logs["value"]["growth_bytes"],
                           TARGET_LOG_GROWTH_BYTES, "bytes", "<=", why("logs"), logs and logs["answer_error"]))
+    swarm = results.get("swarm") or {}
+    for tool in ("docker_create_service", "docker_scale_service"):
+        cell = (swarm.get("latency") or {}).get(tool)
+        targets.append(target(f"stdio {tool} median <= direct + {TARGET_SWARM_OVERHEAD_MS:g} ms",
+                              cell and cell["server"]["median_ms"],
+                              cell and cell["direct"]["median_ms"] + TARGET_SWARM_OVERHEAD_MS, "ms", "<=",
+                              why("swarm") or swarm.get("skipped")))
     sizes = results.get("tools_list")
     targets.append(target(f"tools/list <= {TARGET_TOOL_BYTES / 1000:g} kB per tool on average",
                           sizes and sizes["per_tool_bytes"], TARGET_TOOL_BYTES, "bytes", "<=", why("tools-list")))
@@ -1928,6 +2037,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="concurrent clients per throughput cell (default 1,16,64)")
     parser.add_argument("--http-max-requests", type=count(1), default=200_000,
                         help="at most this many requests per throughput cell (default 200000)")
+    parser.add_argument("--swarm-iterations", type=count(1), default=SWARM_ITERATIONS,
+                        help=f"timed create/scale calls of the swarm stage (default {SWARM_ITERATIONS})")
     parser.add_argument("--sessions", type=count(1, 990), default=500,  # the server's default cap is 1000
                         help="sessions held open for the memory figure (default 500, at most 990)")
     parser.add_argument("--only", type=stage_names, default=list(STAGES), metavar="STAGE,...",
@@ -2018,6 +2129,10 @@ def main(argv: list[str] | None = None) -> int:
             if "copy" in selected:
                 stage(f"copy {COPY_BYTES / 1e6:g} MB in and out vs the raw archive API, {args.runs} runs each")
                 results["copy"] = bench_copy(api, scratch.env, args.runs)
+            if "swarm" in selected:
+                stage(f"swarm: create and scale a service, {args.swarm_iterations} calls each")
+                found = bench_swarm(api, scratch.env, args.warmup, args.swarm_iterations)
+                results["swarm"] = found if "skipped" in found else {"latency": found}
             https = results.get("https") or results.get("nginx")
             if https is not None:
                 https["calls_sent"] = HttpsSession.calls_made
