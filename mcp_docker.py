@@ -8670,8 +8670,8 @@ SERVICE_PARAMS: dict[str, Any] = {
     "mounts": CONTAINER_CONFIG_PARAMS["mounts"],
     "memory": CONTAINER_CONFIG_PARAMS["memory"], "cpus": CONTAINER_CONFIG_PARAMS["cpus"],
     "pids_limit": CONTAINER_CONFIG_PARAMS["pids_limit"],
-    "reserve_memory": {"type": ["string", "integer"], "maxLength": 32, "description": "Memory to reserve on "
-                       "the node, e.g. '64m'."},
+    "reserve_memory": {"anyOf": [{"type": "string", "maxLength": 32}, {"type": "integer"}],
+                       "description": "Memory to reserve on the node, e.g. '64m'."},
     "reserve_cpus": {"type": "number", "minimum": 0, "maximum": 1024, "description": "CPU cores to reserve."},
     "constraints": s_str_list("Placement constraints, e.g. ['node.role==manager'].", max_items=16, max_length=256),
     "restart_condition": {"type": "string", "enum": ["none", "on-failure", "any"],
