@@ -12003,7 +12003,303 @@ def limit_tls_read_buffer() -> None:
 # -- MCP over HTTP: the gate, the routes and the sessions (no sockets) -----------------------------------
 
 
-class McpHttpApp:
+class StreamableHttp:
+    """Part of McpHttpApp: Streamable HTTP with sessions (the handshake era, 2024-11-05 ... 2025-11-25).
+    POST /mcp carries client messages (initialize opens a session), GET /mcp the server's own stream
+    (resumable with Last-Event-ID), DELETE /mcp ends the session. A session belongs to the principal
+    that opened it; another one is told it does not exist."""
+
+    sessions: dict[str, StreamableSession]
+
+    def _session_for(self, request: HttpRequest, info: RequestInfo) -> StreamableSession | HttpResponse:
+        session_id = request.headers.get("mcp-session-id")
+        if not session_id:
+            return rpc_error(400, -32600, "Bad Request: Mcp-Session-Id header is required")
+        session = self.sessions.get(session_id)
+        if session is None or session.channel is None or session.channel.closed or \
+                session.channel.principal.client_id != info.principal.client_id:
+            return rpc_error(404, -32001, "Session not found")
+        version = request.headers.get("mcp-protocol-version")
+        if version is not None and version not in HANDSHAKE_VERSIONS:
+            return rpc_error(400, -32600, f"Bad Request: unsupported MCP-Protocol-Version {version[:40]!r}")
+        info.session_id = session_id
+        return session
+
+    async def _mcp_post(self, request: HttpRequest, info: RequestInfo) -> HttpResponse:
+        import mcp_types
+        from pydantic import ValidationError
+
+        accept = request.headers.get("accept", "")
+        if not (accepts(accept, "application/json") and accepts(accept, "text/event-stream")):
+            return rpc_error(406, -32600, "Not Acceptable: Accept must list application/json and text/event-stream")
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            return rpc_error(415, -32600, "Unsupported Media Type: Content-Type must be application/json")
+        try:
+            decoded = json.loads(request.body)
+        except (ValueError, RecursionError):
+            return rpc_error(400, -32700, "Parse error")
+        if request.headers.get("mcp-protocol-version") in STATELESS_VERSIONS:
+            return await self._stateless_post(request, decoded, info)
+        items = decoded if isinstance(decoded, list) else [decoded]
+        if not items:
+            return rpc_error(400, -32600, "Invalid Request: empty batch")
+        try:
+            messages = [mcp_types.jsonrpc_message_adapter.validate_python(item, by_name=False) for item in items]
+        except ValidationError:
+            return rpc_error(400, -32600, "Invalid Request: not a JSON-RPC message")
+        requests = [m for m in messages if isinstance(m, mcp_types.JSONRPCRequest)]
+        initializing = any(m.method == "initialize" for m in requests)
+        if initializing:
+            if len(messages) != 1:
+                return rpc_error(400, -32600, "Invalid Request: initialize must be sent alone")
+            if "mcp-session-id" in request.headers:
+                return rpc_error(400, -32600, "Bad Request: initialize must not carry Mcp-Session-Id")
+            session = self._new_session(info)
+            if isinstance(session, HttpResponse):
+                return session
+        else:
+            found = self._session_for(request, info)
+            if isinstance(found, HttpResponse):
+                return found
+            session = found
+            batch_allowed = session.channel is not None and session.channel.protocol_version == "2025-03-26"
+            if isinstance(decoded, list) and not batch_allowed:
+                return rpc_error(400, -32600, "Invalid Request: JSON-RPC batches are not allowed in this "
+                                              "protocol version")
+        assert session.channel is not None
+        request_ids = [m.id for m in requests]
+        if len(set(request_ids)) < len(request_ids) or any(i in session.pending for i in request_ids):
+            # answers are routed by id: a second request with an id still open would take the first one's
+            # answer and leave the first exchange waiting for ever
+            return rpc_error(400, -32600, "Invalid Request: a request id is already in use in this session")
+        admitted = self._admit_calls(requests, info)
+        if isinstance(admitted, HttpResponse):
+            return admitted
+        session.channel.calls.update(admitted)
+        if not requests:
+            for message in messages:
+                await session.channel.send(message, info)
+            return HttpResponse(202)
+        stream = session.open_stream(expected=len(requests))
+        for message in requests:
+            session.pending[message.id] = stream
+        for message in messages:
+            request_id = getattr(message, "id", None) if message in requests else None
+            await session.channel.send(message, info, None if request_id is None else
+                                       self._unanswered_hook(session, request_id))
+        headers = [("mcp-session-id", session.id)] if initializing else []
+        response = await self._answer(stream, info.principal, headers, batch=isinstance(decoded, list))
+        if initializing:
+            self._note_negotiated_version(session, stream)
+        return response
+
+    def _unanswered_hook(self, session: StreamableSession, request_id: Any) -> Callable[[], Awaitable[None]]:
+        async def hook() -> None:
+            stream = session.pending.pop(request_id, None)
+            if session.channel is not None:
+                session.channel.end_call(request_id)
+            if stream is not None:
+                stream.expected -= 1
+                if stream.expected <= 0:
+                    stream.finish()
+        return hook
+
+    def _new_session(self, info: RequestInfo) -> StreamableSession | HttpResponse:
+        import secrets
+
+        if len(self.sessions) >= self.settings.http_max_sessions:
+            return rpc_error(503, -32600, "too many sessions", headers=[("retry-after", "30")])
+        session = StreamableSession(secrets.token_urlsafe(24))
+        session.channel = McpChannel(self.server, self.init_options, session.id, info.principal, session.route)
+        session.channel.start()
+        self.access.record("session_start", client_id=info.principal.client_id, client_ip=info.client_ip,
+                           session=session.id[:8], transport="streamable-http")
+        self.sessions[session.id] = session
+        info.session_id = session.id
+        log.info("session %s started for %s from %s", session.id[:8], info.principal.client_id, info.client_ip)
+        return session
+
+    @staticmethod
+    def _note_negotiated_version(session: StreamableSession, stream: EventStream) -> None:
+        for _, data, _ in stream.events:
+            with contextlib.suppress(ValueError, AttributeError, TypeError):
+                version = json.loads(data).get("result", {}).get("protocolVersion")
+                if version and session.channel:
+                    session.channel.protocol_version = version
+
+
+    async def _mcp_get(self, request: HttpRequest, info: RequestInfo) -> HttpResponse:
+        if not accepts(request.headers.get("accept", ""), "text/event-stream"):
+            return rpc_error(406, -32600, "Not Acceptable: Accept must list text/event-stream")
+        found = self._session_for(request, info)
+        if isinstance(found, HttpResponse):
+            return found
+        session = found
+        last_event_id = request.headers.get("last-event-id")
+        if last_event_id:
+            stream_id, _, seq = last_event_id.rpartition("-")
+            stream = session.streams.get(stream_id)
+            if stream is None or not seq.isdigit():
+                return rpc_error(404, -32600, "unknown Last-Event-ID")
+            for _ in range(40):  # a reconnect can arrive before the old connection's close is noticed
+                if not stream.attached:
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                return rpc_error(409, -32600, "that stream is already being read")
+            return self._stream_response(stream, info.principal, after=int(seq))
+        if session.standalone is None:
+            session.standalone = session.open_stream(0)
+        if session.standalone.attached:
+            return rpc_error(409, -32600, "Conflict: a GET stream is already open for this session")
+        return self._stream_response(session.standalone, info.principal, after=0)
+
+    async def _mcp_delete(self, request: HttpRequest, info: RequestInfo) -> HttpResponse:
+        found = self._session_for(request, info)
+        if isinstance(found, HttpResponse):
+            return found
+        await self.end_session(found.id, reason="deleted")
+        log.info("session %s ended by the client", found.id[:8])
+        return HttpResponse(200)
+
+
+class StatelessHttp:
+    """Part of McpHttpApp: one self-contained stateless (2026-07-28) request per POST /mcp, answered by the
+    SDK's serve_one; no session, its own envelope, one answer (SSE when notifications come first)."""
+
+    tasks: set[asyncio.Task[Any]]
+
+    async def _stateless_post(self, request: HttpRequest, decoded: Any, info: RequestInfo) -> HttpResponse:
+        """One self-contained 2026-07-28 request: no session, its own envelope, one answer."""
+        import mcp_types
+        from mcp.server.connection import Connection
+        from mcp.server.runner import modern_error_data, serve_one
+        from mcp.shared.inbound import (
+            ERROR_CODE_HTTP_STATUS,
+            InboundLadderRejection,
+            classify_inbound_request,
+            find_duplicated_routing_header,
+        )
+        from mcp.shared.jsonrpc_dispatcher import progress_token_from_params
+        from mcp.shared.message import ServerMessageMetadata
+        from mcp.shared.transport_context import TransportContext
+
+        if "mcp-session-id" in request.headers:
+            return rpc_error(400, -32600, "Bad Request: 2026-07-28 requests carry no Mcp-Session-Id")
+        if isinstance(decoded, dict) and "id" not in decoded:
+            return HttpResponse(202)  # this revision defines no client notifications; acknowledge and drop
+        if not isinstance(decoded, dict) or not isinstance(decoded.get("method"), str) or \
+                not isinstance(decoded.get("id"), (str, int)) or isinstance(decoded.get("id"), bool):
+            return rpc_error(400, -32600, "Invalid Request: one JSON-RPC request object expected")
+        request_id = decoded["id"]
+        duplicated = find_duplicated_routing_header(request.raw_headers)
+        if duplicated is not None:
+            return rpc_error(400, -32020, f"{duplicated} header appears more than once", request_id)
+        verdict = classify_inbound_request(decoded, headers=request.headers)
+        if isinstance(verdict, InboundLadderRejection):
+            body = {"jsonrpc": "2.0", "id": request_id,
+                    "error": {"code": verdict.code, "message": verdict.message,
+                              **({"data": verdict.data} if verdict.data is not None else {})}}
+            return json_response(ERROR_CODE_HTTP_STATUS.get(verdict.code, 400), body)
+        stream = EventStream("x", expected=1)
+        dctx = ExchangeContext(TransportContext(kind="streamable-http", can_send_request=False,
+                                                headers=request.headers),
+                               request_id, ServerMessageMetadata(request_context=info),
+                               progress_token_from_params(decoded.get("params")), stream)
+        connection = Connection.from_envelope(verdict.protocol_version, verdict.client_info,
+                                              verdict.client_capabilities)
+
+        message = mcp_types.JSONRPCRequest(jsonrpc="2.0", id=request_id, method=decoded["method"])
+        admitted = self._admit_calls([message], info)
+        if isinstance(admitted, HttpResponse):
+            return admitted
+        slot = admitted.get(request_id, CallSlot())
+
+        async def run() -> None:
+            try:
+                result = await serve_one(self.server, dctx, decoded["method"], decoded.get("params"),
+                                         connection=connection, lifespan_state={})
+                reply: Any = mcp_types.JSONRPCResponse(jsonrpc="2.0", id=request_id, result=result)
+            except Exception as exc:
+                reply = mcp_types.JSONRPCError(jsonrpc="2.0", id=request_id, error=modern_error_data(exc))
+            finally:
+                slot.release()
+            stream.push(reply.model_dump_json(by_alias=True, exclude_none=True), response=True)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+        def status_of(answer: dict[str, Any]) -> int:
+            error = answer.get("error")
+            return ERROR_CODE_HTTP_STATUS.get(error.get("code"), 200) if isinstance(error, dict) else 200
+
+        return await self._answer(stream, info.principal, [], status_of=status_of)
+
+
+class LegacySse:
+    """Part of McpHttpApp: legacy HTTP+SSE (2024-11-05). GET /sse opens the session and its one stream,
+    which says where to POST (/messages?session_id=...); answers travel on the stream. The session lives
+    exactly as long as its stream."""
+
+    sse_sessions: dict[str, McpChannel]
+
+    async def _legacy_sse_open(self, request: HttpRequest, info: RequestInfo) -> HttpResponse:
+        import secrets
+
+        if not accepts(request.headers.get("accept", "*/*"), "text/event-stream"):
+            return rpc_error(406, -32600, "Not Acceptable: Accept must list text/event-stream")
+        if len(self.sse_sessions) + len(self.sessions) >= self.settings.http_max_sessions:
+            return rpc_error(503, -32600, "too many sessions", headers=[("retry-after", "30")])
+        session_id = secrets.token_hex(16)
+        stream = EventStream(session_id)
+
+        def deliver(session_message: Any) -> None:
+            stream.push(session_message.message.model_dump_json(by_alias=True, exclude_unset=True))
+
+        channel = McpChannel(self.server, self.init_options, session_id, info.principal, deliver)
+        channel.stream_end = stream.finish
+
+        async def end_session() -> None:  # the legacy session lives exactly as long as its stream
+            if self.sse_sessions.pop(session_id, None) is not None:
+                self.access.record("session_end", client_id=info.principal.client_id, session=session_id[:8],
+                                   reason="stream closed")
+            await channel.close()
+
+        response = self._stream_response(stream, info.principal, then=end_session,
+                                         prelude=sse_event(f"/messages?session_id={session_id}", event="endpoint"))
+        if response.status != 200:
+            return response
+        channel.start()
+        self.sse_sessions[session_id] = channel
+        self.access.record("session_start", client_id=info.principal.client_id, client_ip=info.client_ip,
+                           session=session_id[:8], transport="sse")
+        return response
+
+    async def _legacy_sse_post(self, request: HttpRequest, info: RequestInfo) -> HttpResponse:
+        import mcp_types
+        from pydantic import ValidationError
+
+        channel = self.sse_sessions.get(request.query.get("session_id", ""))
+        if channel is None or channel.principal.client_id != info.principal.client_id:
+            return rpc_error(404, -32001, "Session not found")
+        if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+            return rpc_error(415, -32600, "Unsupported Media Type: Content-Type must be application/json")
+        try:
+            message = mcp_types.jsonrpc_message_adapter.validate_json(request.body, by_name=False)
+        except (ValidationError, ValueError):
+            return rpc_error(400, -32600, "Invalid Request: not a JSON-RPC message")
+        info.session_id = channel.session_id
+        admitted = self._admit_calls([message], info)
+        if isinstance(admitted, HttpResponse):
+            return admitted
+        channel.calls.update(admitted)
+        await channel.send(message, info)
+        return HttpResponse(202, [("content-type", "text/plain")], b"Accepted")
+
+
+class McpHttpApp(StreamableHttp, StatelessHttp, LegacySse):
     """MCP over HTTP, without sockets or h11: ``await handle(request)`` gives the response (possibly a
     stream). The HTTP connection below frames it; this class decides it.
 
@@ -12011,7 +12307,9 @@ class McpHttpApp:
     unauthenticated paths (/healthz, the OAuth metadata), then authentication. The route table then picks
     one of the three session protocols, which all end in the SDK's server and so in the tool registry:
     Streamable HTTP with sessions (the handshake era), one-shot stateless 2026-07-28 requests, and legacy
-    HTTP+SSE. Two kinds of slot bound what a client holds: every admitted tools/call holds a CallSlot until
+    HTTP+SSE, each written as a part of this class above it (StreamableHttp, StatelessHttp, LegacySse);
+    their state (sessions, tasks, legacy sessions) and the services they share (admission, stream slots,
+    the answer) live here. Two kinds of slot bound what a client holds: every admitted tools/call holds a CallSlot until
     it is over, and every open SSE stream one of its principal's stream slots.
     """
 
@@ -12176,125 +12474,6 @@ class McpHttpApp:
 
         return HttpResponse(200, [*SSE_HEADERS, *(headers or [])], stream=body(), on_close=release)
 
-    # -- Streamable HTTP ----------------------------------------------------------------------------
-
-    def _session_for(self, request: HttpRequest, info: RequestInfo) -> StreamableSession | HttpResponse:
-        session_id = request.headers.get("mcp-session-id")
-        if not session_id:
-            return rpc_error(400, -32600, "Bad Request: Mcp-Session-Id header is required")
-        session = self.sessions.get(session_id)
-        if session is None or session.channel is None or session.channel.closed or \
-                session.channel.principal.client_id != info.principal.client_id:
-            return rpc_error(404, -32001, "Session not found")
-        version = request.headers.get("mcp-protocol-version")
-        if version is not None and version not in HANDSHAKE_VERSIONS:
-            return rpc_error(400, -32600, f"Bad Request: unsupported MCP-Protocol-Version {version[:40]!r}")
-        info.session_id = session_id
-        return session
-
-    async def _mcp_post(self, request: HttpRequest, info: RequestInfo) -> HttpResponse:
-        import mcp_types
-        from pydantic import ValidationError
-
-        accept = request.headers.get("accept", "")
-        if not (accepts(accept, "application/json") and accepts(accept, "text/event-stream")):
-            return rpc_error(406, -32600, "Not Acceptable: Accept must list application/json and text/event-stream")
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if content_type != "application/json":
-            return rpc_error(415, -32600, "Unsupported Media Type: Content-Type must be application/json")
-        try:
-            decoded = json.loads(request.body)
-        except (ValueError, RecursionError):
-            return rpc_error(400, -32700, "Parse error")
-        if request.headers.get("mcp-protocol-version") in STATELESS_VERSIONS:
-            return await self._stateless_post(request, decoded, info)
-        items = decoded if isinstance(decoded, list) else [decoded]
-        if not items:
-            return rpc_error(400, -32600, "Invalid Request: empty batch")
-        try:
-            messages = [mcp_types.jsonrpc_message_adapter.validate_python(item, by_name=False) for item in items]
-        except ValidationError:
-            return rpc_error(400, -32600, "Invalid Request: not a JSON-RPC message")
-        requests = [m for m in messages if isinstance(m, mcp_types.JSONRPCRequest)]
-        initializing = any(m.method == "initialize" for m in requests)
-        if initializing:
-            if len(messages) != 1:
-                return rpc_error(400, -32600, "Invalid Request: initialize must be sent alone")
-            if "mcp-session-id" in request.headers:
-                return rpc_error(400, -32600, "Bad Request: initialize must not carry Mcp-Session-Id")
-            session = self._new_session(info)
-            if isinstance(session, HttpResponse):
-                return session
-        else:
-            found = self._session_for(request, info)
-            if isinstance(found, HttpResponse):
-                return found
-            session = found
-            batch_allowed = session.channel is not None and session.channel.protocol_version == "2025-03-26"
-            if isinstance(decoded, list) and not batch_allowed:
-                return rpc_error(400, -32600, "Invalid Request: JSON-RPC batches are not allowed in this "
-                                              "protocol version")
-        assert session.channel is not None
-        request_ids = [m.id for m in requests]
-        if len(set(request_ids)) < len(request_ids) or any(i in session.pending for i in request_ids):
-            # answers are routed by id: a second request with an id still open would take the first one's
-            # answer and leave the first exchange waiting for ever
-            return rpc_error(400, -32600, "Invalid Request: a request id is already in use in this session")
-        admitted = self._admit_calls(requests, info)
-        if isinstance(admitted, HttpResponse):
-            return admitted
-        session.channel.calls.update(admitted)
-        if not requests:
-            for message in messages:
-                await session.channel.send(message, info)
-            return HttpResponse(202)
-        stream = session.open_stream(expected=len(requests))
-        for message in requests:
-            session.pending[message.id] = stream
-        for message in messages:
-            request_id = getattr(message, "id", None) if message in requests else None
-            await session.channel.send(message, info, None if request_id is None else
-                                       self._unanswered_hook(session, request_id))
-        headers = [("mcp-session-id", session.id)] if initializing else []
-        response = await self._answer(stream, info.principal, headers, batch=isinstance(decoded, list))
-        if initializing:
-            self._note_negotiated_version(session, stream)
-        return response
-
-    def _unanswered_hook(self, session: StreamableSession, request_id: Any) -> Callable[[], Awaitable[None]]:
-        async def hook() -> None:
-            stream = session.pending.pop(request_id, None)
-            if session.channel is not None:
-                session.channel.end_call(request_id)
-            if stream is not None:
-                stream.expected -= 1
-                if stream.expected <= 0:
-                    stream.finish()
-        return hook
-
-    def _new_session(self, info: RequestInfo) -> StreamableSession | HttpResponse:
-        import secrets
-
-        if len(self.sessions) >= self.settings.http_max_sessions:
-            return rpc_error(503, -32600, "too many sessions", headers=[("retry-after", "30")])
-        session = StreamableSession(secrets.token_urlsafe(24))
-        session.channel = McpChannel(self.server, self.init_options, session.id, info.principal, session.route)
-        session.channel.start()
-        self.access.record("session_start", client_id=info.principal.client_id, client_ip=info.client_ip,
-                           session=session.id[:8], transport="streamable-http")
-        self.sessions[session.id] = session
-        info.session_id = session.id
-        log.info("session %s started for %s from %s", session.id[:8], info.principal.client_id, info.client_ip)
-        return session
-
-    @staticmethod
-    def _note_negotiated_version(session: StreamableSession, stream: EventStream) -> None:
-        for _, data, _ in stream.events:
-            with contextlib.suppress(ValueError, AttributeError, TypeError):
-                version = json.loads(data).get("result", {}).get("protocolVersion")
-                if version and session.channel:
-                    session.channel.protocol_version = version
-
     async def _answer(self, stream: EventStream, principal: Principal, headers: list[tuple[str, str]],
                       batch: bool = False, status_of: Callable[[dict[str, Any]], int] | None = None) -> HttpResponse:
         """Plain JSON when only the answer comes; SSE as soon as a notification (progress, log) comes
@@ -12314,162 +12493,6 @@ class McpHttpApp:
         payload: Any = answers if batch else answers[0]
         status = status_of(answers[0]) if status_of and not batch else 200
         return json_response(status, payload, headers)
-
-    async def _mcp_get(self, request: HttpRequest, info: RequestInfo) -> HttpResponse:
-        if not accepts(request.headers.get("accept", ""), "text/event-stream"):
-            return rpc_error(406, -32600, "Not Acceptable: Accept must list text/event-stream")
-        found = self._session_for(request, info)
-        if isinstance(found, HttpResponse):
-            return found
-        session = found
-        last_event_id = request.headers.get("last-event-id")
-        if last_event_id:
-            stream_id, _, seq = last_event_id.rpartition("-")
-            stream = session.streams.get(stream_id)
-            if stream is None or not seq.isdigit():
-                return rpc_error(404, -32600, "unknown Last-Event-ID")
-            for _ in range(40):  # a reconnect can arrive before the old connection's close is noticed
-                if not stream.attached:
-                    break
-                await asyncio.sleep(0.05)
-            else:
-                return rpc_error(409, -32600, "that stream is already being read")
-            return self._stream_response(stream, info.principal, after=int(seq))
-        if session.standalone is None:
-            session.standalone = session.open_stream(0)
-        if session.standalone.attached:
-            return rpc_error(409, -32600, "Conflict: a GET stream is already open for this session")
-        return self._stream_response(session.standalone, info.principal, after=0)
-
-    async def _mcp_delete(self, request: HttpRequest, info: RequestInfo) -> HttpResponse:
-        found = self._session_for(request, info)
-        if isinstance(found, HttpResponse):
-            return found
-        await self.end_session(found.id, reason="deleted")
-        log.info("session %s ended by the client", found.id[:8])
-        return HttpResponse(200)
-
-    async def _stateless_post(self, request: HttpRequest, decoded: Any, info: RequestInfo) -> HttpResponse:
-        """One self-contained 2026-07-28 request: no session, its own envelope, one answer."""
-        import mcp_types
-        from mcp.server.connection import Connection
-        from mcp.server.runner import modern_error_data, serve_one
-        from mcp.shared.inbound import (
-            ERROR_CODE_HTTP_STATUS,
-            InboundLadderRejection,
-            classify_inbound_request,
-            find_duplicated_routing_header,
-        )
-        from mcp.shared.jsonrpc_dispatcher import progress_token_from_params
-        from mcp.shared.message import ServerMessageMetadata
-        from mcp.shared.transport_context import TransportContext
-
-        if "mcp-session-id" in request.headers:
-            return rpc_error(400, -32600, "Bad Request: 2026-07-28 requests carry no Mcp-Session-Id")
-        if isinstance(decoded, dict) and "id" not in decoded:
-            return HttpResponse(202)  # this revision defines no client notifications; acknowledge and drop
-        if not isinstance(decoded, dict) or not isinstance(decoded.get("method"), str) or \
-                not isinstance(decoded.get("id"), (str, int)) or isinstance(decoded.get("id"), bool):
-            return rpc_error(400, -32600, "Invalid Request: one JSON-RPC request object expected")
-        request_id = decoded["id"]
-        duplicated = find_duplicated_routing_header(request.raw_headers)
-        if duplicated is not None:
-            return rpc_error(400, -32020, f"{duplicated} header appears more than once", request_id)
-        verdict = classify_inbound_request(decoded, headers=request.headers)
-        if isinstance(verdict, InboundLadderRejection):
-            body = {"jsonrpc": "2.0", "id": request_id,
-                    "error": {"code": verdict.code, "message": verdict.message,
-                              **({"data": verdict.data} if verdict.data is not None else {})}}
-            return json_response(ERROR_CODE_HTTP_STATUS.get(verdict.code, 400), body)
-        stream = EventStream("x", expected=1)
-        dctx = ExchangeContext(TransportContext(kind="streamable-http", can_send_request=False,
-                                                headers=request.headers),
-                               request_id, ServerMessageMetadata(request_context=info),
-                               progress_token_from_params(decoded.get("params")), stream)
-        connection = Connection.from_envelope(verdict.protocol_version, verdict.client_info,
-                                              verdict.client_capabilities)
-
-        message = mcp_types.JSONRPCRequest(jsonrpc="2.0", id=request_id, method=decoded["method"])
-        admitted = self._admit_calls([message], info)
-        if isinstance(admitted, HttpResponse):
-            return admitted
-        slot = admitted.get(request_id, CallSlot())
-
-        async def run() -> None:
-            try:
-                result = await serve_one(self.server, dctx, decoded["method"], decoded.get("params"),
-                                         connection=connection, lifespan_state={})
-                reply: Any = mcp_types.JSONRPCResponse(jsonrpc="2.0", id=request_id, result=result)
-            except Exception as exc:
-                reply = mcp_types.JSONRPCError(jsonrpc="2.0", id=request_id, error=modern_error_data(exc))
-            finally:
-                slot.release()
-            stream.push(reply.model_dump_json(by_alias=True, exclude_none=True), response=True)
-
-        task = asyncio.get_running_loop().create_task(run())
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-        def status_of(answer: dict[str, Any]) -> int:
-            error = answer.get("error")
-            return ERROR_CODE_HTTP_STATUS.get(error.get("code"), 200) if isinstance(error, dict) else 200
-
-        return await self._answer(stream, info.principal, [], status_of=status_of)
-
-    # -- legacy HTTP+SSE (2024-11-05) ------------------------------------------------------------
-
-    async def _legacy_sse_open(self, request: HttpRequest, info: RequestInfo) -> HttpResponse:
-        import secrets
-
-        if not accepts(request.headers.get("accept", "*/*"), "text/event-stream"):
-            return rpc_error(406, -32600, "Not Acceptable: Accept must list text/event-stream")
-        if len(self.sse_sessions) + len(self.sessions) >= self.settings.http_max_sessions:
-            return rpc_error(503, -32600, "too many sessions", headers=[("retry-after", "30")])
-        session_id = secrets.token_hex(16)
-        stream = EventStream(session_id)
-
-        def deliver(session_message: Any) -> None:
-            stream.push(session_message.message.model_dump_json(by_alias=True, exclude_unset=True))
-
-        channel = McpChannel(self.server, self.init_options, session_id, info.principal, deliver)
-        channel.stream_end = stream.finish
-
-        async def end_session() -> None:  # the legacy session lives exactly as long as its stream
-            if self.sse_sessions.pop(session_id, None) is not None:
-                self.access.record("session_end", client_id=info.principal.client_id, session=session_id[:8],
-                                   reason="stream closed")
-            await channel.close()
-
-        response = self._stream_response(stream, info.principal, then=end_session,
-                                         prelude=sse_event(f"/messages?session_id={session_id}", event="endpoint"))
-        if response.status != 200:
-            return response
-        channel.start()
-        self.sse_sessions[session_id] = channel
-        self.access.record("session_start", client_id=info.principal.client_id, client_ip=info.client_ip,
-                           session=session_id[:8], transport="sse")
-        return response
-
-    async def _legacy_sse_post(self, request: HttpRequest, info: RequestInfo) -> HttpResponse:
-        import mcp_types
-        from pydantic import ValidationError
-
-        channel = self.sse_sessions.get(request.query.get("session_id", ""))
-        if channel is None or channel.principal.client_id != info.principal.client_id:
-            return rpc_error(404, -32001, "Session not found")
-        if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
-            return rpc_error(415, -32600, "Unsupported Media Type: Content-Type must be application/json")
-        try:
-            message = mcp_types.jsonrpc_message_adapter.validate_json(request.body, by_name=False)
-        except (ValidationError, ValueError):
-            return rpc_error(400, -32600, "Invalid Request: not a JSON-RPC message")
-        info.session_id = channel.session_id
-        admitted = self._admit_calls([message], info)
-        if isinstance(admitted, HttpResponse):
-            return admitted
-        channel.calls.update(admitted)
-        await channel.send(message, info)
-        return HttpResponse(202, [("content-type", "text/plain")], b"Accepted")
 
 
 # -- HTTP/1.1 connections: h11 framing, limits, streaming ---------------------------------------------
