@@ -1436,7 +1436,7 @@ def redact_arguments(value: Any, key: str = "") -> Any:
         cut = len(value) > 2048
         value = value[:2048]
         if "\n" in value:  # a Compose file or Dockerfile: its `PASSWORD: x` / `TOKEN=x` lines
-            value = _SECRET_LINE_RE.sub(lambda m: m.group(1) + "<redacted>" if SENSITIVE_NAME_RE.search(m.group(2))
+            value = _SECRET_LINE_RE.sub(lambda m: m.group(1) + REDACTED if SENSITIVE_NAME_RE.search(m.group(2))
                                         else m.group(0), value)
         if re.search(r"\s", value) and not SECRET_VALUE_RE.fullmatch(value.strip()):
             value = redact_command_text(value)  # a script (sh -c's text, a build arg): word by word
