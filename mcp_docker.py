@@ -2156,8 +2156,9 @@ def _normalize_sysctls_option(draft: RequestDraft, value: Any) -> None:
 
 def _normalize_volumes_option(draft: RequestDraft, value: Any) -> None:
     for volume in value or []:  # the older named-volume form: same as a volume mount
-        draft.mounts.append(MountSpec("volume", _normalize_target(volume["target"], draft.problems), volume["source"],
-                                      read_only=bool(volume.get("read_only")), volume=draft.volume_info(volume["source"])))
+        target = _normalize_target(volume["target"], draft.problems)
+        draft.mounts.append(MountSpec("volume", target, volume["source"], read_only=bool(volume.get("read_only")),
+                                      volume=draft.volume_info(volume["source"])))
 
 
 def _normalize_mount(draft: RequestDraft, mount: Mapping[str, Any]) -> MountSpec | None:
@@ -2251,6 +2252,7 @@ class ContainerOption:
     namespace: str = ""                       # the namespace it sets: network, pid, ipc, uts, userns, cgroupns
     private_modes: frozenset[str] = frozenset()   # the modes that keep that namespace private ('' = the default)
     inspect: str = ""                         # the HostConfig field an engine's inspect reports it in
+    compose: str = ""                         # a namespace option's key in a Compose service
 
 
 _ENGINE_NAME = f"^{NAME_TEXT}$"
@@ -2264,14 +2266,17 @@ CONTAINER_OPTIONS: tuple[ContainerOption, ...] = (
     ContainerOption("name", {"type": "string", "description": "Container name.", "maxLength": 128,
                              "pattern": _ENGINE_NAME}, config="name"),
     ContainerOption("command", {"type": "array", "description": "Command as an argument list (no shell), e.g. "
-                                "[\"sleep\", \"60\"].", "items": {"type": "string", "maxLength": 4096}, "maxItems": 64}, config="command"),
+                                "[\"sleep\", \"60\"].", "items": {"type": "string", "maxLength": 4096},
+                                "maxItems": 64}, config="command"),
     ContainerOption("entrypoint", {"type": "array", "description": "Entrypoint as an argument list, replacing the "
-                                   "image's.", "items": {"type": "string", "maxLength": 4096}, "maxItems": 64}, config="entrypoint"),
+                                   "image's.", "items": {"type": "string", "maxLength": 4096}, "maxItems": 64},
+                    config="entrypoint"),
     ContainerOption("environment", {"type": "object", "description": "Environment variables, NAME -> value.",
-                                    "maxProperties": 128, "propertyNames": {"pattern": r"^[A-Za-z_][A-Za-z0-9_]{0,254}$"},
+                                    "maxProperties": 128,
+                                    "propertyNames": {"pattern": r"^[A-Za-z_][A-Za-z0-9_]{0,254}$"},
                                     "additionalProperties": {"type": "string", "maxLength": 8192}},
                     config="environment"),
-    # The server's ownership labels are added to these (``ownership_labels``), so they are passed by the builder.
+    # The server's ownership labels are added to these (``ownership_labels``): the builder passes them.
     ContainerOption("labels", {"type": "object", "description": "Labels to set, key -> value.", "maxProperties": 128,
                                "propertyNames": {"pattern": r"^[A-Za-z0-9_.\-/]{1,255}$"},
                                "additionalProperties": {"type": "string", "maxLength": 8192}}),
@@ -2296,7 +2301,8 @@ CONTAINER_OPTIONS: tuple[ContainerOption, ...] = (
                                                          "maxLength": 128, "pattern": _ENGINE_NAME},
                                               "target": {"type": "string", "description": "Mount point inside "
                                                          "the container.", "maxLength": 1024, "pattern": "^/"},
-                                              "read_only": {"type": "boolean", "description": "Mount read-only.", "default": False}}}},
+                                              "read_only": {"type": "boolean", "description": "Mount read-only.",
+                                                            "default": False}}}},
                     _normalize_volumes_option),
     # anyOf, one form per type: clients such as the Inspector reject type arrays (["string", "integer"])
     ContainerOption("memory", {"anyOf": [{"type": "string", "maxLength": 32}, {"type": "integer"}],
@@ -2314,11 +2320,13 @@ CONTAINER_OPTIONS: tuple[ContainerOption, ...] = (
                                        "enum": ["no", "on-failure", "unless-stopped", "always"]},
                     _into("restart_policy", _normalize_restart_policy), host_config="restart_policy",
                     judged=lambda request: {"Name": request.restart_policy} if request.restart_policy else None),
-    ContainerOption("read_only", {"type": "boolean", "description": "Read-only root filesystem (always with the hardened "
-                                  "profile).", "default": False}, _into("read_only_rootfs", bool), host_config="read_only",
+    ContainerOption("read_only", {"type": "boolean", "description": "Read-only root filesystem (always with the "
+                                  "hardened profile).", "default": False},
+                    _into("read_only_rootfs", bool), host_config="read_only",
                     judged=lambda request: request.read_only_rootfs),
-    ContainerOption("tty", {"type": "boolean", "description": "Allocate a pseudo-terminal.", "default": False}, config="tty"),
-    # Volumes and mounts become engine mounts together (the builder: volumes it creates get the server's labels).
+    ContainerOption("tty", {"type": "boolean", "description": "Allocate a pseudo-terminal.", "default": False},
+                    config="tty"),
+    # Volumes and mounts become engine mounts together (the builder; a volume it creates gets the server's labels).
     ContainerOption("mounts", {"type": "array", "description": "Mounts of type volume, tmpfs or bind (host "
                                "directories under SAFETY_VOLUME_MOUNT_ALLOWLIST only; sensitive paths and engine "
                                "sockets never).", "maxItems": 32,
@@ -2330,12 +2338,14 @@ CONTAINER_OPTIONS: tuple[ContainerOption, ...] = (
                                                         "volume name (volume).", "maxLength": 4096},
                                              "target": {"type": "string", "description": "Mount point inside the "
                                                         "container (absolute path).", "maxLength": 1024},
-                                             "read_only": {"type": "boolean", "description": "Mount read-only.", "default": False},
+                                             "read_only": {"type": "boolean", "description": "Mount read-only.",
+                                                           "default": False},
                                              "tmpfs_size": {"anyOf": [{"type": "string", "maxLength": 32},
                                                                       {"type": "integer"}],
                                                             "description": "Size of a tmpfs mount, e.g. '64m'."}}}},
                     _normalize_mounts_option),
-    ContainerOption("privileged", {"type": "boolean", "description": f"Privileged mode. Refused unless {PRIVILEGED_SETTING}=true.", "default": False},
+    ContainerOption("privileged", {"type": "boolean", "description": "Privileged mode. Refused unless "
+                                   f"{PRIVILEGED_SETTING}=true.", "default": False},
                     _into("privileged", bool), host_power=True, host_config="privileged",
                     judged=lambda request: request.privileged),
     ContainerOption("cap_add", {"type": "array", "description": "Capabilities to add, e.g. ['NET_BIND_SERVICE']; "
@@ -2348,35 +2358,40 @@ CONTAINER_OPTIONS: tuple[ContainerOption, ...] = (
     ContainerOption("network_mode", {"type": "string", "description": "bridge, none or a network name; host or "
                                      f"container:<id> need {PRIVILEGED_SETTING}.", "maxLength": 200},
                     _normalize_network_option, host_config="network_mode", judged=_judged_namespace("network"),
-                    namespace="network", inspect="NetworkMode"),
+                    namespace="network", inspect="NetworkMode", compose="network_mode"),
     ContainerOption("pid_mode", {"type": "string", "description": "PID namespace: private (default); host or "
                                  f"container:<id> need {PRIVILEGED_SETTING}.", "maxLength": 200},
-                    _namespace_option("pid"), host_power=True, host_config="pid_mode", judged=_judged_namespace("pid"),
-                    namespace="pid", private_modes=frozenset({"", "private"}), inspect="PidMode"),
+                    _namespace_option("pid"), host_power=True, host_config="pid_mode",
+                    judged=_judged_namespace("pid"),
+                    namespace="pid", private_modes=frozenset({"", "private"}), inspect="PidMode", compose="pid"),
     ContainerOption("ipc_mode", {"type": "string", "description": "private, shareable or none; host or "
                                  f"container:<id> need {PRIVILEGED_SETTING}.", "maxLength": 200},
                     _namespace_option("ipc"), host_config="ipc_mode", judged=_judged_namespace("ipc"),
-                    namespace="ipc", private_modes=frozenset({"", "private", "shareable", "none"}), inspect="IpcMode"),
+                    namespace="ipc", private_modes=frozenset({"", "private", "shareable", "none"}), inspect="IpcMode",
+                    compose="ipc"),
     ContainerOption("uts_mode", {"type": "string", "description": "UTS namespace: private (default); host needs "
                                  f"{PRIVILEGED_SETTING}.", "maxLength": 200},
-                    _namespace_option("uts"), host_power=True, host_config="uts_mode", judged=_judged_namespace("uts"),
-                    namespace="uts", private_modes=frozenset({"", "private"}), inspect="UTSMode"),
+                    _namespace_option("uts"), host_power=True, host_config="uts_mode",
+                    judged=_judged_namespace("uts"),
+                    namespace="uts", private_modes=frozenset({"", "private"}), inspect="UTSMode", compose="uts"),
     ContainerOption("userns_mode", {"type": "string", "description": "User namespace: private (default); host needs "
                                     f"{PRIVILEGED_SETTING}.", "maxLength": 200},
                     _namespace_option("userns"), host_power=True, host_config="userns_mode",
                     judged=_judged_namespace("userns"), namespace="userns", private_modes=frozenset({"", "private"}),
-                    inspect="UsernsMode"),
+                    inspect="UsernsMode", compose="userns_mode"),
     ContainerOption("cgroupns_mode", {"type": "string", "description": f"private; host needs {PRIVILEGED_SETTING}.",
                                       "maxLength": 200},
                     _namespace_option("cgroupns"), host_config="cgroupns", judged=_judged_namespace("cgroupns"),
-                    namespace="cgroupns", private_modes=frozenset({"private"}), inspect="CgroupnsMode"),
+                    namespace="cgroupns", private_modes=frozenset({"private"}), inspect="CgroupnsMode",
+                    compose="cgroup"),
     ContainerOption("devices", {"type": "array", "description": "Host devices, 'host_path[:container_path[:rwm]]'. "
                                 f"Need {PRIVILEGED_SETTING}.", "items": {"type": "string", "maxLength": 512},
                                 "maxItems": 16},
-                    _normalize_devices_option, host_power=True, host_config="devices", judged=_list_or_none("devices")),
+                    _normalize_devices_option, host_power=True, host_config="devices",
+                    judged=_list_or_none("devices")),
     ContainerOption("security_opt", {"type": "array", "description": "Security options (no-new-privileges is always "
-                                     f"set); weakening ones need {PRIVILEGED_SETTING}.", "items": {"type": "string", "maxLength": 4096},
-                                     "maxItems": 16},
+                                     f"set); weakening ones need {PRIVILEGED_SETTING}.",
+                                     "items": {"type": "string", "maxLength": 4096}, "maxItems": 16},
                     _normalize_security_opt_option, host_config="security_opt",
                     judged=lambda request: list(request.security_opt)),
     ContainerOption("sysctls", {"type": "object", "description": "Kernel parameters, name -> value; beyond a safe "
@@ -4279,12 +4294,11 @@ def compose_service_args(project: str, name: str, service: Mapping[str, Any],
     for key in ("cap_add", "cap_drop", "security_opt", "volumes_from"):
         if service.get(key):
             args[key] = [str(v) for v in _compose_list(service[key])]
-    for key, option in (("network_mode", "network_mode"), ("pid", "pid_mode"), ("ipc", "ipc_mode"),
-                        ("uts", "uts_mode"), ("userns_mode", "userns_mode"), ("cgroup", "cgroupns_mode")):
-        mode = service.get(key)
+    for option in CONTAINER_OPTIONS:
+        mode = service.get(option.compose) if option.compose else None
         if mode not in (None, ""):
             mode = str(mode)  # service:<name> shares another container's namespace, as container:<id> does
-            args[option] = "container:" + mode[8:] if mode.startswith("service:") else mode
+            args[option.name] = "container:" + mode[8:] if mode.startswith("service:") else mode
     devices = []
     for device in _compose_list(service.get("devices")):
         if isinstance(device, Mapping):
