@@ -2085,8 +2085,10 @@ def _normalize_target(value: Any, problems: list[str]) -> str:
 # schema of the argument (plain data; section 4 builds the create/run tools from it), how it is normalized
 # into the ``PowerRequest`` the policy judges (its normalizer), whether tools/list hides it while host
 # powers are off, the engine keyword the judged value goes to, and, for a namespace, the modes that keep it
-# private and the field an engine's inspect reports it in. Adding an option is adding a row (and its
-# README line); ``judge_request`` judges the ``PowerRequest`` field a normalizer fills.
+# private, the field an engine's inspect reports it in and its Compose key. An option the policy already
+# knows how to judge (a plain engine option, one more spelling of a namespace, mount or limit) is one row; an
+# option that brings a new kind of power also needs its ``PowerRequest`` field and its rule in
+# ``judge_request``. The problems a request has come in the order of the rows.
 
 
 @dataclasses.dataclass
