@@ -2259,6 +2259,16 @@ class ContainerOption:
 
 _ENGINE_NAME = f"^{NAME_TEXT}$"
 
+
+def _namespace_row(name: str, kind: str, description: str, private_modes: set[str], inspect: str, compose: str, *,
+                   host_power: bool = False, host_config: str = "") -> ContainerOption:
+    """The row of a namespace option: a mode that is private unless it is ``host`` or ``container:<id>``."""
+    return ContainerOption(name, {"type": "string", "description": description, "maxLength": 200},
+                           _namespace_option(kind), host_power=host_power, host_config=host_config or name,
+                           judged=_judged_namespace(kind), namespace=kind, private_modes=frozenset(private_modes),
+                           inspect=inspect, compose=compose)
+
+
 # In the order the create/run tools list them. Options without a normalizer decide nothing about host power
 # (the engine gets them as given); the rules that concern several options are in ``normalize_container_request``.
 CONTAINER_OPTIONS: tuple[ContainerOption, ...] = (
@@ -2361,31 +2371,16 @@ CONTAINER_OPTIONS: tuple[ContainerOption, ...] = (
                                      f"container:<id> need {PRIVILEGED_SETTING}.", "maxLength": 200},
                     _normalize_network_option, host_config="network_mode", judged=_judged_namespace("network"),
                     namespace="network", inspect="NetworkMode", compose="network_mode"),
-    ContainerOption("pid_mode", {"type": "string", "description": "PID namespace: private (default); host or "
-                                 f"container:<id> need {PRIVILEGED_SETTING}.", "maxLength": 200},
-                    _namespace_option("pid"), host_power=True, host_config="pid_mode",
-                    judged=_judged_namespace("pid"),
-                    namespace="pid", private_modes=frozenset({"", "private"}), inspect="PidMode", compose="pid"),
-    ContainerOption("ipc_mode", {"type": "string", "description": "private, shareable or none; host or "
-                                 f"container:<id> need {PRIVILEGED_SETTING}.", "maxLength": 200},
-                    _namespace_option("ipc"), host_config="ipc_mode", judged=_judged_namespace("ipc"),
-                    namespace="ipc", private_modes=frozenset({"", "private", "shareable", "none"}), inspect="IpcMode",
-                    compose="ipc"),
-    ContainerOption("uts_mode", {"type": "string", "description": "UTS namespace: private (default); host needs "
-                                 f"{PRIVILEGED_SETTING}.", "maxLength": 200},
-                    _namespace_option("uts"), host_power=True, host_config="uts_mode",
-                    judged=_judged_namespace("uts"),
-                    namespace="uts", private_modes=frozenset({"", "private"}), inspect="UTSMode", compose="uts"),
-    ContainerOption("userns_mode", {"type": "string", "description": "User namespace: private (default); host needs "
-                                    f"{PRIVILEGED_SETTING}.", "maxLength": 200},
-                    _namespace_option("userns"), host_power=True, host_config="userns_mode",
-                    judged=_judged_namespace("userns"), namespace="userns", private_modes=frozenset({"", "private"}),
-                    inspect="UsernsMode", compose="userns_mode"),
-    ContainerOption("cgroupns_mode", {"type": "string", "description": f"private; host needs {PRIVILEGED_SETTING}.",
-                                      "maxLength": 200},
-                    _namespace_option("cgroupns"), host_config="cgroupns", judged=_judged_namespace("cgroupns"),
-                    namespace="cgroupns", private_modes=frozenset({"private"}), inspect="CgroupnsMode",
-                    compose="cgroup"),
+    _namespace_row("pid_mode", "pid", "PID namespace: private (default); host or container:<id> need "
+                   f"{PRIVILEGED_SETTING}.", {"", "private"}, "PidMode", "pid", host_power=True),
+    _namespace_row("ipc_mode", "ipc", "private, shareable or none; host or container:<id> need "
+                   f"{PRIVILEGED_SETTING}.", {"", "private", "shareable", "none"}, "IpcMode", "ipc"),
+    _namespace_row("uts_mode", "uts", f"UTS namespace: private (default); host needs {PRIVILEGED_SETTING}.",
+                   {"", "private"}, "UTSMode", "uts", host_power=True),
+    _namespace_row("userns_mode", "userns", "User namespace: private (default); host needs "
+                   f"{PRIVILEGED_SETTING}.", {"", "private"}, "UsernsMode", "userns_mode", host_power=True),
+    _namespace_row("cgroupns_mode", "cgroupns", f"private; host needs {PRIVILEGED_SETTING}.", {"private"},
+                   "CgroupnsMode", "cgroup", host_config="cgroupns"),
     ContainerOption("devices", {"type": "array", "description": "Host devices, 'host_path[:container_path[:rwm]]'. "
                                 f"Need {PRIVILEGED_SETTING}.", "items": {"type": "string", "maxLength": 512},
                                 "maxItems": 16},
