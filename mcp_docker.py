@@ -12,7 +12,8 @@ Sections, in order (each uses only the ones above it):
                        named engines, engine discovery (pure: the caller passes the file checks)
 2. Errors           -- ``ToolError`` categories and the translation of engine failures (Docker's and Podman's)
 3. Policy           -- tiers, gating, per-engine ceilings, validation, bounding; the container safety
-                       policy, untrusted output, destructive confirmations (pure)
+                       policy (``CONTAINER_OPTIONS``: one row per create/run option), untrusted output,
+                       destructive confirmations (pure)
 4. Engine and tools -- the lazy engine connections, summaries, and the one tool registry
 5. MCP wiring       -- the SDK's low-level ``Server`` reading that registry; resources (container logs and
                        stats, through their tools), prompts, completion of their arguments, log messages
