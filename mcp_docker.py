@@ -12,8 +12,8 @@ Sections, in order (each uses only the ones above it):
                        named engines, engine discovery (pure: the caller passes the file checks)
 2. Errors           -- ``ToolError`` categories and the translation of engine failures (Docker's and Podman's)
 3. Policy           -- tiers, gating, per-engine ceilings, validation, bounding; the container safety
-                       policy (and swarm service specs judged by it), untrusted output, destructive
-                       confirmations (pure)
+                       policy (``CONTAINER_OPTIONS``: one row per create/run option; swarm service specs
+                       judged by it), untrusted output, destructive confirmations (pure)
 4. Engine and tools -- the lazy engine connections, summaries, and the one tool registry (swarm services
                        and stacks included, the stack CLI behind a judging socket)
 5. MCP wiring       -- the SDK's low-level ``Server`` reading that registry; resources (container logs and
@@ -1806,6 +1806,7 @@ def cpu_percent(stats: Mapping[str, Any]) -> float | None:
 # judged after create and before every start, restart, exec or copy (``enforce_container_power``, §4).
 
 NAME_TEXT = r"[A-Za-z0-9][A-Za-z0-9_.-]*"  # engine object names (containers, networks, volumes)
+IMAGE_TEXT = r"[A-Za-z0-9][A-Za-z0-9._/:@+-]*"  # image references: name[:tag], name@digest, IDs
 MANAGED_LABEL = "io.mcp-docker.managed"
 CLIENT_LABEL = "io.mcp-docker.client"
 CREATED_LABEL = "io.mcp-docker.created"
@@ -1833,11 +1834,6 @@ SAFE_CAPABILITIES = frozenset({
 # Namespaced sysctls that Kubernetes calls safe: they cannot reach the host or other containers.
 SAFE_SYSCTLS = frozenset({"net.ipv4.ip_unprivileged_port_start", "net.ipv4.ping_group_range",
                           "net.ipv4.ip_local_port_range", "net.ipv4.tcp_syncookies", "kernel.shm_rmid_forced"})
-# Namespace options and the values that keep the namespace private ('' = the engine's default).
-NAMESPACE_MODES = {
-    "pid": {"", "private"}, "ipc": {"", "private", "shareable", "none"}, "uts": {"", "private"},
-    "userns": {"", "private"}, "cgroupns": {"private"},
-}
 BUILTIN_NETWORKS = ("bridge", "none", "default")
 # The smallest CPU limit: 1 ms of CFS quota per 100 ms period. Less becomes a quota of 0, which both
 # engines read as no limit (measured: Docker 20.10 and Podman 4.3 run cpus=0.000005 unbounded).
@@ -2111,134 +2107,404 @@ def _normalize_target(value: Any, problems: list[str]) -> str:
     return target
 
 
+# -- container options: one row per create/run argument ------------------------------------------
+#
+# Everything the program knows of a container option is in its row of ``CONTAINER_OPTIONS``: the JSON
+# schema of the argument (plain data; section 4 builds the create/run tools from it), how it is normalized
+# into the ``PowerRequest`` the policy judges (its normalizer), whether tools/list hides it while host
+# powers are off, the engine keyword the judged value goes to, and, for a namespace, the modes that keep it
+# private, the field an engine's inspect reports it in and its Compose key. An option the policy already
+# knows how to judge (a plain engine option, one more spelling of a namespace, mount or limit) is one row; an
+# option that brings a new kind of power also needs its ``PowerRequest`` field and its rule in
+# ``judge_request``. The problems a request has come in the order of the rows.
+
+
+@dataclasses.dataclass
+class RequestDraft:
+    """A create/run request while its options are normalized one by one: what each normalizer found so
+    far, the problems, and the edges' I/O the mount options need (``resolve``, ``volume_info``)."""
+
+    args: Mapping[str, Any]
+    settings: Settings
+    resolve: Callable[[str], HostPath]
+    volume_info: Callable[[str], Mapping[str, Any] | None]
+    problems: list[str] = dataclasses.field(default_factory=list)
+    fields: dict[str, Any] = dataclasses.field(default_factory=dict)   # PowerRequest fields set as they are
+    networks: list[str] = dataclasses.field(default_factory=list)      # network and network_mode, to agree
+    namespaces: dict[str, str] = dataclasses.field(default_factory=dict)
+    security_opt: list[str] = dataclasses.field(default_factory=list)
+    mounts: list[MountSpec] = dataclasses.field(default_factory=list)
+    memory: int | None = None
+    cpus: float | None = None
+    pids: float | None = None
+
+
+Normalizer = Callable[[RequestDraft, Any], None]
+
+
+def _into(field: str, convert: Callable[[Any], Any]) -> Normalizer:
+    """A normalizer that sets one ``PowerRequest`` field from the argument, converted."""
+    def normalize(draft: RequestDraft, value: Any) -> None:
+        draft.fields[field] = convert(value)
+    return normalize
+
+
+def _normalize_image_option(draft: RequestDraft, value: Any) -> None:
+    if value:
+        draft.fields["images"] = (value,)
+
+
+def _capabilities_option(where: str) -> Normalizer:
+    def normalize(draft: RequestDraft, value: Any) -> None:
+        draft.fields[where] = _normalize_capabilities(value, where, draft.problems)
+    return normalize
+
+
+def _normalize_network_option(draft: RequestDraft, value: Any) -> None:
+    if value:
+        draft.networks.append(_normalize_network(value, draft.problems))
+
+
+def _namespace_option(kind: str) -> Normalizer:
+    def normalize(draft: RequestDraft, value: Any) -> None:
+        if value != "":
+            draft.namespaces[kind] = _normalize_namespace(kind, value, draft.problems)
+    return normalize
+
+
+def _normalize_devices_option(draft: RequestDraft, value: Any) -> None:
+    draft.fields["devices"] = _normalize_devices(value or [], draft.problems)
+
+
+def _normalize_security_opt_option(draft: RequestDraft, value: Any) -> None:
+    draft.security_opt = [opt for opt in (_normalize_security_opt(v, draft.problems) for v in value or []) if opt]
+
+
+def _normalize_sysctls_option(draft: RequestDraft, value: Any) -> None:
+    draft.fields["sysctls"] = tuple(_normalize_sysctls(value or {}, draft.problems).items())
+
+
+def _normalize_volumes_option(draft: RequestDraft, value: Any) -> None:
+    for volume in value or []:  # the older named-volume form: same as a volume mount
+        target = _normalize_target(volume["target"], draft.problems)
+        draft.mounts.append(MountSpec("volume", target, volume["source"], read_only=bool(volume.get("read_only")),
+                                      volume=draft.volume_info(volume["source"])))
+
+
+def _normalize_mount(draft: RequestDraft, mount: Mapping[str, Any]) -> MountSpec | None:
+    problems = draft.problems
+    kind = str(mount.get("type", "")).strip().lower()
+    target = _normalize_target(mount.get("target", ""), problems)
+    read_only = bool(mount.get("read_only"))
+    source = str(mount.get("source") or "").strip()
+    if kind == "bind":
+        problem = host_path_problem(source) if source else "a bind mount needs a source host path"
+        if problem:
+            problems.append(f"bind mount: {problem}")
+            return None
+        host = draft.resolve(source)
+        return MountSpec("bind", target, host.real, host=host, read_only=read_only)
+    if kind == "volume":
+        if not re.fullmatch(NAME_TEXT, source) or len(source) > 255:
+            problems.append(f"volume mount: source {_short_repr(source, 50)} is not a volume name")
+            return None
+        return MountSpec("volume", target, source, read_only=read_only, volume=draft.volume_info(source))
+    if kind == "tmpfs":
+        size = mount.get("tmpfs_size")
+        size_bytes = None
+        if size is not None:
+            try:
+                size_bytes = parse_memory(size if isinstance(size, int) else str(size))
+            except ToolError:
+                problems.append(f"tmpfs_size {_short_repr(size, 30)} is not a size like 64m")
+        if source:
+            problems.append("a tmpfs mount takes no source")
+        return MountSpec("tmpfs", target, read_only=read_only, tmpfs_size=size_bytes)
+    problems.append(f"mount type {_short_repr(mount.get('type'), 20)} is not bind, volume or tmpfs")
+    return None
+
+
+def _normalize_mounts_option(draft: RequestDraft, value: Any) -> None:
+    draft.mounts.extend(spec for spec in (_normalize_mount(draft, mount) for mount in value or []) if spec)
+
+
+def _normalize_memory_option(draft: RequestDraft, value: Any) -> None:
+    try:
+        memory = parse_memory(value)  # "64m", "67108864" and 67108864 alike
+    except ToolError as error:
+        draft.problems.append(error.message)
+        return
+    if memory <= 0:
+        draft.problems.append("memory 0 would lift the memory limit; give a size like 256m")
+        return
+    draft.memory = memory
+
+
+def _normalize_cpus_option(draft: RequestDraft, value: Any) -> None:
+    cpus = _normalize_number(value, "cpus", draft.problems, integer=False)
+    if cpus is not None and cpus < MIN_CPUS:
+        # The engines turn cpus into a CFS quota per 100 ms period: below 1 ms it is 0 (no limit at all, on
+        # Docker and on Podman) or refused by the kernel. A limit that rounds to nothing is not a limit.
+        draft.problems.append(f"cpus {_short_repr(value, 30)} is below {MIN_CPUS:g}, the smallest CPU limit "
+                              "the engines apply (less rounds to no limit)")
+        return
+    draft.cpus = cpus
+
+
+def _normalize_pids_option(draft: RequestDraft, value: Any) -> None:
+    draft.pids = _normalize_number(value, "pids_limit", draft.problems, integer=True)
+
+
+def _normalize_restart_policy(value: Any) -> str:
+    name = str(value or "").strip().lower()
+    return "" if name == "no" else name
+
+
+def _judged_namespace(kind: str) -> Callable[[PowerRequest], Any]:
+    return lambda request: request.namespace(kind) or None
+
+
+def _list_or_none(field: str) -> Callable[[PowerRequest], Any]:
+    return lambda request: list(getattr(request, field)) or None
+
+
+@dataclasses.dataclass(frozen=True)
+class ContainerOption:
+    """One create/run argument: everything the program knows of it (see ``CONTAINER_OPTIONS``)."""
+
+    name: str
+    schema: Mapping[str, Any]                 # its JSON schema in docker_create_container / docker_run_container
+    normalize: Normalizer | None = None       # into the PowerRequest; None: the option decides no power
+    host_power: bool = False                  # tools/list leaves it out while host powers are not allowed
+    config: str = ""                          # the create_container keyword the argument is passed as, as given
+    host_config: str = ""                     # the create_host_config keyword the judged value goes to ...
+    judged: Callable[[PowerRequest], Any] | None = None   # ... and that value, read from the judged request
+    namespace: str = ""                       # the namespace it sets: network, pid, ipc, uts, userns, cgroupns
+    private_modes: frozenset[str] = frozenset()   # the modes that keep that namespace private ('' = the default)
+    inspect: str = ""                         # the HostConfig field an engine's inspect reports it in
+    compose: str = ""                         # a namespace option's key in a Compose service
+
+
+_ENGINE_NAME = f"^{NAME_TEXT}$"
+
+
+def _namespace_row(name: str, kind: str, description: str, private_modes: set[str], inspect: str, compose: str, *,
+                   host_power: bool = False, host_config: str = "") -> ContainerOption:
+    """The row of a namespace option: a mode that is private unless it is ``host`` or ``container:<id>``."""
+    return ContainerOption(name, {"type": "string", "description": description, "maxLength": 200},
+                           _namespace_option(kind), host_power=host_power, host_config=host_config or name,
+                           judged=_judged_namespace(kind), namespace=kind, private_modes=frozenset(private_modes),
+                           inspect=inspect, compose=compose)
+
+
+# In the order the create/run tools list them. Options without a normalizer decide nothing about host power
+# (the engine gets them as given); the rules that concern several options are in ``normalize_container_request``.
+CONTAINER_OPTIONS: tuple[ContainerOption, ...] = (
+    ContainerOption("image", {"type": "string", "description": "Image to create the container from.",
+                              "maxLength": 512, "pattern": f"^{IMAGE_TEXT}$"}, _normalize_image_option,
+                    config="image"),
+    ContainerOption("name", {"type": "string", "description": "Container name.", "maxLength": 128,
+                             "pattern": _ENGINE_NAME}, config="name"),
+    ContainerOption("command", {"type": "array", "description": "Command as an argument list (no shell), e.g. "
+                                "[\"sleep\", \"60\"].", "items": {"type": "string", "maxLength": 4096},
+                                "maxItems": 64}, config="command"),
+    ContainerOption("entrypoint", {"type": "array", "description": "Entrypoint as an argument list, replacing the "
+                                   "image's.", "items": {"type": "string", "maxLength": 4096}, "maxItems": 64},
+                    config="entrypoint"),
+    ContainerOption("environment", {"type": "object", "description": "Environment variables, NAME -> value.",
+                                    "maxProperties": 128,
+                                    "propertyNames": {"pattern": r"^[A-Za-z_][A-Za-z0-9_]{0,254}$"},
+                                    "additionalProperties": {"type": "string", "maxLength": 8192}},
+                    config="environment"),
+    # The server's ownership labels are added to these (``ownership_labels``): the builder passes them.
+    ContainerOption("labels", {"type": "object", "description": "Labels to set, key -> value.", "maxProperties": 128,
+                               "propertyNames": {"pattern": r"^[A-Za-z0-9_.\-/]{1,255}$"},
+                               "additionalProperties": {"type": "string", "maxLength": 8192}}),
+    ContainerOption("working_dir", {"type": "string", "description": "Working directory (absolute path).",
+                                    "maxLength": 1024, "pattern": "^/"}, config="working_dir"),
+    ContainerOption("user", {"type": "string", "description": "User to run as: name, uid or uid:gid.",
+                             "maxLength": 64, "pattern": r"^[A-Za-z0-9_.:-]+$"}, config="user"),
+    # ports and host_ip become port bindings together (the builder): published on 127.0.0.1 unless asked.
+    ContainerOption("ports", {"type": "object", "description": "Ports to publish: container port ('80/tcp') -> "
+                              "host port, on 127.0.0.1 unless host_ip is set.", "maxProperties": 32,
+                              "propertyNames": {"pattern": r"^[0-9]{1,5}(/(tcp|udp|sctp))?$"},
+                              "additionalProperties": {"type": "integer", "minimum": 0, "maximum": 65535}}),
+    ContainerOption("host_ip", {"type": "string", "description": "Address published ports bind to (default "
+                                "127.0.0.1).", "maxLength": 64, "pattern": r"^[0-9A-Fa-f:.]+$"}),
+    ContainerOption("network", {"type": "string", "description": "Network to attach to ('none': no network).",
+                                "maxLength": 128, "pattern": _ENGINE_NAME}, _normalize_network_option,
+                    namespace="network"),
+    ContainerOption("volumes", {"type": "array", "description": "Named volumes to mount.", "maxItems": 16,
+                                "items": {"type": "object", "additionalProperties": False,
+                                          "required": ["source", "target"], "properties": {
+                                              "source": {"type": "string", "description": "Volume name.",
+                                                         "maxLength": 128, "pattern": _ENGINE_NAME},
+                                              "target": {"type": "string", "description": "Mount point inside "
+                                                         "the container.", "maxLength": 1024, "pattern": "^/"},
+                                              "read_only": {"type": "boolean", "description": "Mount read-only.",
+                                                            "default": False}}}},
+                    _normalize_volumes_option),
+    # anyOf, one form per type: clients such as the Inspector reject type arrays (["string", "integer"])
+    ContainerOption("memory", {"anyOf": [{"type": "string", "maxLength": 32}, {"type": "integer"}],
+                               "description": "Memory limit, e.g. '256m' (default and maximum: "
+                               "SAFETY_CONTAINER_MEMORY_LIMIT)."}, _normalize_memory_option,
+                    host_config="mem_limit", judged=lambda request: request.memory),
+    ContainerOption("cpus", {"anyOf": [{"type": "number"}, {"type": "string", "maxLength": 16}],
+                             "description": "CPU cores, e.g. 0.5 (default and maximum: SAFETY_CONTAINER_CPU_LIMIT)."},
+                    _normalize_cpus_option, host_config="nano_cpus", judged=lambda request: request.nano_cpus),
+    ContainerOption("pids_limit", {"anyOf": [{"type": "integer"}, {"type": "string", "maxLength": 16}],
+                                   "description": "Most processes (default and maximum: "
+                                   "SAFETY_CONTAINER_PIDS_LIMIT)."}, _normalize_pids_option,
+                    host_config="pids_limit", judged=lambda request: request.pids_limit),
+    ContainerOption("restart_policy", {"type": "string", "description": "Restart policy.",
+                                       "enum": ["no", "on-failure", "unless-stopped", "always"]},
+                    _into("restart_policy", _normalize_restart_policy), host_config="restart_policy",
+                    judged=lambda request: {"Name": request.restart_policy} if request.restart_policy else None),
+    ContainerOption("read_only", {"type": "boolean", "description": "Read-only root filesystem (always with the "
+                                  "hardened profile).", "default": False},
+                    _into("read_only_rootfs", bool), host_config="read_only",
+                    judged=lambda request: request.read_only_rootfs),
+    ContainerOption("tty", {"type": "boolean", "description": "Allocate a pseudo-terminal.", "default": False},
+                    config="tty"),
+    # Volumes and mounts become engine mounts together (the builder; a volume it creates gets the server's labels).
+    ContainerOption("mounts", {"type": "array", "description": "Mounts of type volume, tmpfs or bind (host "
+                               "directories under SAFETY_VOLUME_MOUNT_ALLOWLIST only; sensitive paths and engine "
+                               "sockets never).", "maxItems": 32,
+                               "items": {"type": "object", "additionalProperties": False,
+                                         "required": ["type", "target"], "properties": {
+                                             "type": {"type": "string", "description": "bind, volume or tmpfs.",
+                                                      "maxLength": 16},
+                                             "source": {"type": "string", "description": "Host path (bind) or "
+                                                        "volume name (volume).", "maxLength": 4096},
+                                             "target": {"type": "string", "description": "Mount point inside the "
+                                                        "container (absolute path).", "maxLength": 1024},
+                                             "read_only": {"type": "boolean", "description": "Mount read-only.",
+                                                           "default": False},
+                                             "tmpfs_size": {"anyOf": [{"type": "string", "maxLength": 32},
+                                                                      {"type": "integer"}],
+                                                            "description": "Size of a tmpfs mount, e.g. '64m'."}}}},
+                    _normalize_mounts_option),
+    ContainerOption("privileged", {"type": "boolean", "description": "Privileged mode. Refused unless "
+                                   f"{PRIVILEGED_SETTING}=true.", "default": False},
+                    _into("privileged", bool), host_power=True, host_config="privileged",
+                    judged=lambda request: request.privileged),
+    ContainerOption("cap_add", {"type": "array", "description": "Capabilities to add, e.g. ['NET_BIND_SERVICE']; "
+                                f"beyond the default set they need {PRIVILEGED_SETTING}.",
+                                "items": {"type": "string", "maxLength": 64}, "maxItems": 48},
+                    _capabilities_option("cap_add"), host_config="cap_add", judged=_list_or_none("cap_add")),
+    ContainerOption("cap_drop", {"type": "array", "description": "Capabilities to drop, e.g. ['ALL'].",
+                                 "items": {"type": "string", "maxLength": 64}, "maxItems": 48},
+                    _capabilities_option("cap_drop"), host_config="cap_drop", judged=_list_or_none("cap_drop")),
+    ContainerOption("network_mode", {"type": "string", "description": "bridge, none or a network name; host or "
+                                     f"container:<id> need {PRIVILEGED_SETTING}.", "maxLength": 200},
+                    _normalize_network_option, host_config="network_mode", judged=_judged_namespace("network"),
+                    namespace="network", inspect="NetworkMode", compose="network_mode"),
+    _namespace_row("pid_mode", "pid", "PID namespace: private (default); host or container:<id> need "
+                   f"{PRIVILEGED_SETTING}.", {"", "private"}, "PidMode", "pid", host_power=True),
+    _namespace_row("ipc_mode", "ipc", "private, shareable or none; host or container:<id> need "
+                   f"{PRIVILEGED_SETTING}.", {"", "private", "shareable", "none"}, "IpcMode", "ipc"),
+    _namespace_row("uts_mode", "uts", f"UTS namespace: private (default); host needs {PRIVILEGED_SETTING}.",
+                   {"", "private"}, "UTSMode", "uts", host_power=True),
+    _namespace_row("userns_mode", "userns", "User namespace: private (default); host needs "
+                   f"{PRIVILEGED_SETTING}.", {"", "private"}, "UsernsMode", "userns_mode", host_power=True),
+    _namespace_row("cgroupns_mode", "cgroupns", f"private; host needs {PRIVILEGED_SETTING}.", {"private"},
+                   "CgroupnsMode", "cgroup", host_config="cgroupns"),
+    ContainerOption("devices", {"type": "array", "description": "Host devices, 'host_path[:container_path[:rwm]]'. "
+                                f"Need {PRIVILEGED_SETTING}.", "items": {"type": "string", "maxLength": 512},
+                                "maxItems": 16},
+                    _normalize_devices_option, host_power=True, host_config="devices",
+                    judged=_list_or_none("devices")),
+    ContainerOption("security_opt", {"type": "array", "description": "Security options (no-new-privileges is always "
+                                     f"set); weakening ones need {PRIVILEGED_SETTING}.",
+                                     "items": {"type": "string", "maxLength": 4096}, "maxItems": 16},
+                    _normalize_security_opt_option, host_config="security_opt",
+                    judged=lambda request: list(request.security_opt)),
+    ContainerOption("sysctls", {"type": "object", "description": "Kernel parameters, name -> value; beyond a safe "
+                                f"set they need {PRIVILEGED_SETTING}.", "maxProperties": 16,
+                                "additionalProperties": {"anyOf": [{"type": "string", "maxLength": 256},
+                                                                   {"type": "number"}]}},
+                    _normalize_sysctls_option, host_config="sysctls",
+                    judged=lambda request: dict(request.sysctls) or None),
+    ContainerOption("volumes_from", {"type": "array", "description": "Containers whose mounts to copy. Needs "
+                                     f"{PRIVILEGED_SETTING}.", "items": {"type": "string", "maxLength": 200},
+                                     "maxItems": 8},
+                    _into("volumes_from", lambda value: tuple(str(v) for v in value or [])), host_power=True,
+                    host_config="volumes_from", judged=_list_or_none("volumes_from")),
+)
+# Namespace kind -> the modes that keep it private ('' = the engine's default); network is judged by name.
+NAMESPACE_MODES = {option.namespace: option.private_modes for option in CONTAINER_OPTIONS if option.private_modes}
+
+
 def normalize_container_request(
     tool: str, args: Mapping[str, Any], settings: Settings,
     resolve: Callable[[str], HostPath], volume_info: Callable[[str], Mapping[str, Any] | None],
 ) -> PowerRequest:
     """create/run arguments -> the complete normalized request, with the configured defaults applied.
 
-    ``resolve`` turns an absolute host path into a ``HostPath`` (symlinks resolved) and
-    ``volume_info`` describes an existing volume (None when there is none): the edges' I/O, passed in.
+    Each option given goes through its row's normalizer (``CONTAINER_OPTIONS``); then the rules that
+    concern several options, the configured defaults and the hardened profile. ``resolve`` turns an
+    absolute host path into a ``HostPath`` (symlinks resolved) and ``volume_info`` describes an existing
+    volume (None when there is none): the edges' I/O, passed in.
     """
-    problems: list[str] = []
-    cap_add = _normalize_capabilities(args.get("cap_add"), "cap_add", problems)
-    cap_drop = _normalize_capabilities(args.get("cap_drop"), "cap_drop", problems)
-    both = sorted(set(cap_add) & set(cap_drop) - {"ALL"})
+    draft = RequestDraft(args, settings, resolve, volume_info)
+    for option in CONTAINER_OPTIONS:
+        if option.normalize is not None and args.get(option.name) is not None:
+            option.normalize(draft, args[option.name])
+    _combine_options(draft)
+    _apply_container_defaults(draft)
+    conflicts = _apply_hardened_profile(draft) if settings.container_profile == "hardened" else []
+    cpus, pids = draft.cpus, draft.pids
+    return PowerRequest(
+        tool=tool, **draft.fields, namespaces=tuple(draft.namespaces.items()),
+        security_opt=tuple(dict.fromkeys(draft.security_opt)), mounts=tuple(draft.mounts), memory=draft.memory,
+        nano_cpus=round(cpus * 1e9) if cpus else None, pids_limit=int(pids) if pids else None,
+        profile_conflicts=tuple(conflicts), problems=tuple(draft.problems))
+
+
+def _combine_options(draft: RequestDraft) -> None:
+    """The rules that concern more than one option."""
+    problems = draft.problems
+    both = sorted(set(draft.fields.get("cap_add", ())) & set(draft.fields.get("cap_drop", ())) - {"ALL"})
     if both:
         problems.append(f"capability {both[0]} is both added and dropped")
-
-    namespaces: dict[str, str] = {}
-    networks = {_normalize_network(args[key], problems) for key in ("network", "network_mode") if args.get(key)}
+    networks = set(draft.networks)
     if len(networks) > 1:
         problems.append(f"network and network_mode disagree ({' vs '.join(sorted(networks))})")
     elif networks:
-        namespaces["network"] = networks.pop()
-    for kind in NAMESPACE_MODES:
-        if args.get(f"{kind}_mode") not in (None, ""):
-            namespaces[kind] = _normalize_namespace(kind, args[f"{kind}_mode"], problems)
-
-    devices = _normalize_devices(args.get("devices") or [], problems)
-
-    security_opt = [opt for opt in (_normalize_security_opt(v, problems) for v in args.get("security_opt") or [])
-                    if opt]
-    if not any(opt.startswith("no-new-privileges:") for opt in security_opt):
-        security_opt.insert(0, "no-new-privileges:true")  # every container the server makes gets it
-    elif len({opt for opt in security_opt if opt.startswith("no-new-privileges:")}) > 1:
+        draft.namespaces = {"network": networks.pop(), **draft.namespaces}
+    if not any(opt.startswith("no-new-privileges:") for opt in draft.security_opt):
+        draft.security_opt.insert(0, "no-new-privileges:true")  # every container the server makes gets it
+    elif len({opt for opt in draft.security_opt if opt.startswith("no-new-privileges:")}) > 1:
         problems.append("no-new-privileges is given twice with different values")
-
-    sysctls = _normalize_sysctls(args.get("sysctls") or {}, problems)
-
-    mounts: list[MountSpec] = []
-    for volume in args.get("volumes") or []:  # the older named-volume form: same as a volume mount
-        mounts.append(MountSpec("volume", _normalize_target(volume["target"], problems), volume["source"],
-                                read_only=bool(volume.get("read_only")), volume=volume_info(volume["source"])))
-    for mount in args.get("mounts") or []:
-        kind = str(mount.get("type", "")).strip().lower()
-        target = _normalize_target(mount.get("target", ""), problems)
-        read_only = bool(mount.get("read_only"))
-        source = str(mount.get("source") or "").strip()
-        if kind == "bind":
-            problem = host_path_problem(source) if source else "a bind mount needs a source host path"
-            if problem:
-                problems.append(f"bind mount: {problem}")
-                continue
-            host = resolve(source)
-            mounts.append(MountSpec("bind", target, host.real, host=host, read_only=read_only))
-        elif kind == "volume":
-            if not re.fullmatch(NAME_TEXT, source) or len(source) > 255:
-                problems.append(f"volume mount: source {_short_repr(source, 50)} is not a volume name")
-                continue
-            mounts.append(MountSpec("volume", target, source, read_only=read_only, volume=volume_info(source)))
-        elif kind == "tmpfs":
-            size = mount.get("tmpfs_size")
-            size_bytes = None
-            if size is not None:
-                try:
-                    size_bytes = parse_memory(size if isinstance(size, int) else str(size))
-                except ToolError:
-                    problems.append(f"tmpfs_size {_short_repr(size, 30)} is not a size like 64m")
-            if source:
-                problems.append("a tmpfs mount takes no source")
-            mounts.append(MountSpec("tmpfs", target, read_only=read_only, tmpfs_size=size_bytes))
-        else:
-            problems.append(f"mount type {_short_repr(mount.get('type'), 20)} is not bind, volume or tmpfs")
-    targets = [m.target for m in mounts]
+    targets = [m.target for m in draft.mounts]
     duplicated = sorted({t for t in targets if targets.count(t) > 1})
     if duplicated:
         problems.append(f"two mounts share the target {duplicated[0]}")
 
-    memory = None
-    if args.get("memory") is not None:
-        try:
-            memory = parse_memory(args["memory"])  # "64m", "67108864" and 67108864 alike
-        except ToolError as error:
-            problems.append(error.message)
-        if memory is not None and memory <= 0:
-            problems.append("memory 0 would lift the memory limit; give a size like 256m")
-            memory = None
-    cpus = _normalize_number(args.get("cpus"), "cpus", problems, integer=False)
-    if cpus is not None and cpus < MIN_CPUS:
-        # The engines turn cpus into a CFS quota per 100 ms period: below 1 ms it is 0 (no limit at all, on
-        # Docker and on Podman) or refused by the kernel. A limit that rounds to nothing is not a limit.
-        problems.append(f"cpus {_short_repr(args.get('cpus'), 30)} is below {MIN_CPUS:g}, the smallest CPU limit "
-                        "the engines apply (less rounds to no limit)")
-        cpus = None
-    pids = _normalize_number(args.get("pids_limit"), "pids_limit", problems, integer=True)
 
-    # Defaults for every container this server makes, then the hardened profile on top.
-    if memory is None and settings.container_memory_limit:
-        memory = settings.container_memory_limit
-    if cpus is None and settings.container_cpu_limit:
-        cpus = settings.container_cpu_limit
-    if pids is None and settings.container_pids_limit:
-        pids = settings.container_pids_limit
-    read_only = bool(args.get("read_only", False))
-    conflicts: list[str] = []
-    if settings.container_profile == "hardened":
-        if args.get("read_only") is False:
-            conflicts.append("read_only=false")
-        read_only = True
-        cap_drop = ("ALL",)
-        if not any(m.target == "/tmp" for m in mounts):
-            mounts.append(MountSpec("tmpfs", "/tmp", tmpfs_size=64 * 1024**2))
-        if "network" not in namespaces and not args.get("ports"):
-            namespaces["network"] = "none"
-        # On cgroup v1 the engine's default is the host's cgroup namespace, which shows host cgroup paths.
-        namespaces.setdefault("cgroupns", "private")
-
-    return PowerRequest(
-        tool=tool, images=(args["image"],) if args.get("image") else (), privileged=bool(args.get("privileged")),
-        cap_add=cap_add, cap_drop=cap_drop, namespaces=tuple(namespaces.items()), devices=tuple(devices),
-        security_opt=tuple(dict.fromkeys(security_opt)), mounts=tuple(mounts),
-        volumes_from=tuple(str(v) for v in args.get("volumes_from") or []), sysctls=tuple(sysctls.items()),
-        read_only_rootfs=read_only, memory=memory, nano_cpus=round(cpus * 1e9) if cpus else None,
-        pids_limit=int(pids) if pids else None, restart_policy=_normalize_restart_policy(args.get("restart_policy")),
-        profile_conflicts=tuple(conflicts), problems=tuple(problems))
+def _apply_container_defaults(draft: RequestDraft) -> None:
+    """The limits every container this server makes gets when the request gives none."""
+    settings = draft.settings
+    if draft.memory is None and settings.container_memory_limit:
+        draft.memory = settings.container_memory_limit
+    if draft.cpus is None and settings.container_cpu_limit:
+        draft.cpus = settings.container_cpu_limit
+    if draft.pids is None and settings.container_pids_limit:
+        draft.pids = settings.container_pids_limit
 
 
-def _normalize_restart_policy(value: Any) -> str:
-    name = str(value or "").strip().lower()
-    return "" if name == "no" else name
+def _apply_hardened_profile(draft: RequestDraft) -> list[str]:
+    """SAFETY_CONTAINER_PROFILE=hardened on top of the request; returns what the request asked against it."""
+    conflicts = ["read_only=false"] if draft.args.get("read_only") is False else []
+    draft.fields["read_only_rootfs"] = True
+    draft.fields["cap_drop"] = ("ALL",)
+    if not any(m.target == "/tmp" for m in draft.mounts):
+        draft.mounts.append(MountSpec("tmpfs", "/tmp", tmpfs_size=64 * 1024**2))
+    if "network" not in draft.namespaces and not draft.args.get("ports"):
+        draft.namespaces["network"] = "none"
+    # On cgroup v1 the engine's default is the host's cgroup namespace, which shows host cgroup paths.
+    draft.namespaces.setdefault("cgroupns", "private")
+    return conflicts
 
 
 # What the engine says a container is, judged like a request: every place where a container turns into
@@ -2273,9 +2539,11 @@ def _inspect_namespaces(host_config: Mapping[str, Any], problems: list[str]) -> 
     network = str(host_config.get("NetworkMode") or "").strip()
     if network and network.lower() not in ("default", "bridge"):
         namespaces["network"] = _normalize_network(network, problems)
-    fields = {"pid": "PidMode", "ipc": "IpcMode", "uts": "UTSMode", "userns": "UsernsMode", "cgroupns": "CgroupnsMode"}
-    for kind, field in fields.items():
-        mode = str(host_config.get(field) or "").strip()
+    for option in CONTAINER_OPTIONS:
+        if not option.private_modes:
+            continue
+        kind = option.namespace
+        mode = str(host_config.get(option.inspect) or "").strip()
         if kind == "cgroupns" and mode.lower() == "host":
             # On cgroup v1 (Docker 20.10 here) every container the engine makes has the host's cgroup
             # namespace unless asked: the engine's default, which create accepts too (see SECURITY.md).
@@ -4066,12 +4334,11 @@ def compose_service_args(project: str, name: str, service: Mapping[str, Any],
     for key in ("cap_add", "cap_drop", "security_opt", "volumes_from"):
         if service.get(key):
             args[key] = [str(v) for v in _compose_list(service[key])]
-    for key, option in (("network_mode", "network_mode"), ("pid", "pid_mode"), ("ipc", "ipc_mode"),
-                        ("uts", "uts_mode"), ("userns_mode", "userns_mode"), ("cgroup", "cgroupns_mode")):
-        mode = service.get(key)
+    for option in CONTAINER_OPTIONS:
+        mode = service.get(option.compose) if option.compose else None
         if mode not in (None, ""):
             mode = str(mode)  # service:<name> shares another container's namespace, as container:<id> does
-            args[option] = "container:" + mode[8:] if mode.startswith("service:") else mode
+            args[option.name] = "container:" + mode[8:] if mode.startswith("service:") else mode
     devices = []
     for device in _compose_list(service.get("devices")):
         if isinstance(device, Mapping):
@@ -5305,7 +5572,7 @@ TOOLS: dict[str, ToolSpec] = {}
 # -- schema building blocks: every parameter carries a description ---------------------------
 
 NAME_PATTERN = rf"^{NAME_TEXT}$"
-IMAGE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]*$"
+IMAGE_PATTERN = rf"^{IMAGE_TEXT}$"
 
 
 def s_str(description: str, *, pattern: str | None = None, max_length: int = 256, **extra: Any) -> dict[str, Any]:
@@ -5429,7 +5696,7 @@ def tool(name: str, *, title: str, description: str, tier: Tier, toolset: str,
 # uses them anyway is judged, and refused, like any other).
 
 LISTING_OMITS = frozenset({"maxLength", "pattern", "maxItems", "maxProperties", "propertyNames"})
-HOST_POWER_PARAMS = frozenset({"privileged", "pid_mode", "uts_mode", "userns_mode", "devices", "volumes_from"})
+HOST_POWER_PARAMS = frozenset(option.name for option in CONTAINER_OPTIONS if option.host_power)
 
 
 def listing_schema(schema: Mapping[str, Any], engine_names: list[str] | None, host_powers: bool) -> dict[str, Any]:
@@ -5877,81 +6144,8 @@ def container_diff(call: Call) -> dict[str, Any]:
     return untrusted.attach({"changes": changes, "count": len(changes), "truncated": len(rows) > limit})
 
 
-CONTAINER_CONFIG_PARAMS: dict[str, Any] = {
-    "image": s_image("Image to create the container from."),
-    "name": s_str("Container name.", pattern=NAME_PATTERN, max_length=128),
-    "command": s_str_list("Command as an argument list (no shell), e.g. [\"sleep\", \"60\"]."),
-    "entrypoint": s_str_list("Entrypoint as an argument list, replacing the image's."),
-    "environment": s_str_map("Environment variables, NAME -> value.", key_pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,254}$"),
-    "labels": s_str_map("Labels to set, key -> value."),
-    "working_dir": s_str("Working directory (absolute path).", pattern=r"^/", max_length=1024),
-    "user": s_str("User to run as: name, uid or uid:gid.", pattern=r"^[A-Za-z0-9_.:-]+$", max_length=64),
-    "ports": {"type": "object", "description": "Ports to publish: container port ('80/tcp') -> host port, "
-              "on 127.0.0.1 unless host_ip is set.", "maxProperties": 32,
-              "propertyNames": {"pattern": r"^[0-9]{1,5}(/(tcp|udp|sctp))?$"},
-              "additionalProperties": {"type": "integer", "minimum": 0, "maximum": 65535}},
-    "host_ip": s_str("Address published ports bind to (default 127.0.0.1).",
-                     pattern=r"^[0-9A-Fa-f:.]+$", max_length=64),
-    "network": s_str("Network to attach to ('none': no network).",
-                     pattern=NAME_PATTERN, max_length=128),
-    "volumes": {"type": "array", "description": "Named volumes to mount.",
-                "maxItems": 16, "items": {"type": "object", "additionalProperties": False,
-                                          "required": ["source", "target"],
-                                          "properties": {
-                                              "source": s_str("Volume name.", pattern=NAME_PATTERN, max_length=128),
-                                              "target": s_str("Mount point inside the container.",
-                                                              pattern=r"^/", max_length=1024),
-                                              "read_only": s_bool("Mount read-only.")}}},
-    # anyOf, one form per type: clients such as the Inspector reject type arrays (["string", "integer"])
-    "memory": {"anyOf": [{"type": "string", "maxLength": 32}, {"type": "integer"}],
-               "description": "Memory limit, e.g. '256m' (default and maximum: SAFETY_CONTAINER_MEMORY_LIMIT)."},
-    "cpus": {"anyOf": [{"type": "number"}, {"type": "string", "maxLength": 16}],
-             "description": "CPU cores, e.g. 0.5 (default and maximum: SAFETY_CONTAINER_CPU_LIMIT)."},
-    "pids_limit": {"anyOf": [{"type": "integer"}, {"type": "string", "maxLength": 16}],
-                   "description": "Most processes (default and maximum: SAFETY_CONTAINER_PIDS_LIMIT)."},
-    "restart_policy": {"type": "string", "description": "Restart policy.",
-                       "enum": ["no", "on-failure", "unless-stopped", "always"]},
-    "read_only": s_bool("Read-only root filesystem (always with the hardened profile)."),
-    "tty": s_bool("Allocate a pseudo-terminal."),
-    "mounts": {"type": "array", "description": "Mounts of type volume, tmpfs or bind (host directories under "
-               "SAFETY_VOLUME_MOUNT_ALLOWLIST only; sensitive paths and engine sockets never).", "maxItems": 32,
-               "items": {"type": "object", "additionalProperties": False, "required": ["type", "target"],
-                         "properties": {
-                             "type": s_str("bind, volume or tmpfs.", max_length=16),
-                             "source": s_str("Host path (bind) or volume name (volume).", max_length=4096),
-                             "target": s_str("Mount point inside the container (absolute path).", max_length=1024),
-                             "read_only": s_bool("Mount read-only."),
-                             "tmpfs_size": {"anyOf": [{"type": "string", "maxLength": 32}, {"type": "integer"}],
-                                            "description": "Size of a tmpfs mount, e.g. '64m'."}}}},
-    "privileged": s_bool("Privileged mode. Refused unless SAFETY_ALLOW_PRIVILEGED_CONTAINERS=true."),
-    "cap_add": s_str_list("Capabilities to add, e.g. ['NET_BIND_SERVICE']; beyond the default set they "
-                          "need SAFETY_ALLOW_PRIVILEGED_CONTAINERS.", max_items=48, max_length=64),
-    "cap_drop": s_str_list("Capabilities to drop, e.g. ['ALL'].", max_items=48, max_length=64),
-    "network_mode": s_str("bridge, none or a network name; host or container:<id> need "
-                          "SAFETY_ALLOW_PRIVILEGED_CONTAINERS.", max_length=200),
-    "pid_mode": s_str("PID namespace: private (default); host or container:<id> need "
-                      "SAFETY_ALLOW_PRIVILEGED_CONTAINERS.", max_length=200),
-    "ipc_mode": s_str("private, shareable or none; host or container:<id> need "
-                      "SAFETY_ALLOW_PRIVILEGED_CONTAINERS.", max_length=200),
-    "uts_mode": s_str("UTS namespace: private (default); host needs SAFETY_ALLOW_PRIVILEGED_CONTAINERS.",
-                      max_length=200),
-    "userns_mode": s_str("User namespace: private (default); host needs SAFETY_ALLOW_PRIVILEGED_CONTAINERS.",
-                         max_length=200),
-    "cgroupns_mode": s_str("private; host needs SAFETY_ALLOW_PRIVILEGED_CONTAINERS.",
-                           max_length=200),
-    "devices": s_str_list("Host devices, 'host_path[:container_path[:rwm]]'. Need "
-                          "SAFETY_ALLOW_PRIVILEGED_CONTAINERS.", max_items=16, max_length=512),
-    "security_opt": s_str_list("Security options (no-new-privileges is always set); weakening ones need "
-                               "SAFETY_ALLOW_PRIVILEGED_CONTAINERS.",
-                               max_items=16, max_length=4096),
-    "sysctls": {"type": "object", "description": "Kernel parameters, name -> value; beyond a safe set they need "
-                "SAFETY_ALLOW_PRIVILEGED_CONTAINERS.", "maxProperties": 16,
-                "additionalProperties": {"anyOf": [{"type": "string", "maxLength": 256}, {"type": "number"}]}},
-    "volumes_from": s_str_list("Containers whose mounts to copy. Needs SAFETY_ALLOW_PRIVILEGED_CONTAINERS.",
-                               max_items=8, max_length=200),
-}
-NAMESPACE_OPTIONS = {"network": "network_mode", "pid": "pid_mode", "ipc": "ipc_mode", "uts": "uts_mode",
-                     "userns": "userns_mode", "cgroupns": "cgroupns"}
+# The create/run arguments, from the one table of container options (section 3).
+CONTAINER_CONFIG_PARAMS: dict[str, Any] = {option.name: option.schema for option in CONTAINER_OPTIONS}
 
 
 def engine_mount(mount: MountSpec, labels: Mapping[str, str]) -> Any:
@@ -6090,36 +6284,17 @@ def judged_container_config(call: Call, tool: str,
         port_bindings[key] = (host_ip, host_port or None)
     labels = ownership_labels(call, a.get("labels"))
     volume_labels = {k: v for k, v in labels.items() if k.startswith("io.mcp-docker.")}
-    host_kwargs: dict[str, Any] = {
-        "port_bindings": port_bindings or None,
-        "security_opt": list(request.security_opt),
-        "read_only": request.read_only_rootfs,
-        "privileged": request.privileged,
-        "cap_add": list(request.cap_add) or None,
-        "cap_drop": list(request.cap_drop) or None,
-        "devices": list(request.devices) or None,
-        "sysctls": dict(request.sysctls) or None,
-        "volumes_from": list(request.volumes_from) or None,
-        "mounts": [engine_mount(m, volume_labels) for m in request.mounts] or None,
-        "mem_limit": request.memory,
-        "nano_cpus": request.nano_cpus,
-        "pids_limit": request.pids_limit,
-    }
-    for kind, mode in request.namespaces:
-        if mode:
-            host_kwargs[NAMESPACE_OPTIONS[kind]] = mode
-    if request.restart_policy:
-        host_kwargs["restart_policy"] = {"Name": request.restart_policy}
+    # Each option's row names its engine keyword: the judged value for host_config, the argument as given
+    # (or its schema default) for the rest. Ports, labels and mounts are put together here.
+    host_kwargs: dict[str, Any] = {option.host_config: option.judged(request) for option in CONTAINER_OPTIONS
+                                   if option.host_config and option.judged is not None}
+    host_kwargs["port_bindings"] = port_bindings or None
+    host_kwargs["mounts"] = [engine_mount(m, volume_labels) for m in request.mounts] or None
+    config = {option.config: a.get(option.name, option.schema.get("default")) for option in CONTAINER_OPTIONS
+              if option.config}
     return request, {
-        "image": a["image"],
-        "name": a.get("name"),
-        "command": a.get("command"),
-        "entrypoint": a.get("entrypoint"),
-        "environment": a.get("environment"),
+        **config,
         "labels": labels,
-        "working_dir": a.get("working_dir"),
-        "user": a.get("user"),
-        "tty": a.get("tty", False),
         # docker-py wants (port, protocol) pairs here; a "80/tcp" string would become "80/tcp/tcp"
         "ports": [tuple(key.split("/", 1)) for key in port_bindings] or None,
         "host_config": api.create_host_config(**host_kwargs),

@@ -10119,3 +10119,107 @@ class TestSwarm:
                     api.inspect_swarm()["JoinTokens"] and node.manager_ip in json.dumps(api.info()["Swarm"]):
                 _leave_swarm(api, had_gwbridge=True)  # back to the fixture's loopback swarm for any test after this
                 api.init_swarm(advertise_addr="127.0.0.1", listen_addr="127.0.0.1:2377")
+
+
+# === container options table (CONTAINER_OPTIONS: one row per create/run option) ===
+#
+# Pure tests: everything the program knows of a container option is read from its row, so these check
+# that each reader (schema, listing, normalizer, engine keywords, inspect reader, Compose mapping) follows
+# the table, whatever rows it has.
+
+
+def _options_request(**args):
+    return md.normalize_container_request("docker_create_container", {"image": "app:1", **args}, md.Settings(),
+                                          lambda text: md.HostPath(text, text, text), lambda _name: None)
+
+
+def test_create_and_run_schemas_are_the_container_options_rows():
+    names = [option.name for option in md.CONTAINER_OPTIONS]
+    assert len(names) == len(set(names)), "one row per option"
+    for tool in ("docker_create_container", "docker_run_container"):
+        properties = md.TOOLS[tool].input_schema["properties"]
+        for option in md.CONTAINER_OPTIONS:
+            assert properties[option.name] == option.schema, (tool, option.name)
+            assert option.schema.get("description"), option.name
+    create = dict(md.TOOLS["docker_create_container"].input_schema["properties"])
+    create.pop("engine", None)
+    assert list(create) == names, "the create tool lists the table's options, in its order"
+
+
+def test_listing_leaves_out_exactly_the_host_power_rows_while_host_powers_are_off():
+    schema = md.TOOLS["docker_create_container"].input_schema
+    powers = {option.name for option in md.CONTAINER_OPTIONS if option.host_power}
+    assert powers == {"privileged", "pid_mode", "uts_mode", "userns_mode", "devices", "volumes_from"}
+    hidden = set(schema["properties"]) - set(md.listing_schema(schema, None, False)["properties"])
+    assert hidden - {"engine"} == powers
+    shown = md.listing_schema(schema, None, True)["properties"]
+    assert powers <= set(shown)
+
+
+def test_every_engine_keyword_in_the_table_is_one_the_engine_client_takes():
+    import inspect
+
+    import docker
+
+    request = _options_request(
+        privileged=True, cap_add=["NET_ADMIN"], cap_drop=["MKNOD"], network_mode="host", pid_mode="host",
+        ipc_mode="host", uts_mode="host", userns_mode="host", cgroupns_mode="host", devices=["/dev/fuse"],
+        security_opt=["seccomp=unconfined"], sysctls={"net.ipv4.ping_group_range": "0 1"}, volumes_from=["other"],
+        memory="64m", cpus=0.5, pids_limit=50, restart_policy="always", read_only=True)
+    assert request.problems == ()
+    keywords = {option.host_config: option.judged(request) for option in md.CONTAINER_OPTIONS
+                if option.host_config and option.judged is not None}
+    assert all(value not in (None, [], {}) for value in keywords.values()), keywords
+    host_config = docker.APIClient(base_url="unix:///nonexistent.sock", version="1.41").create_host_config(**keywords)
+    for option in md.CONTAINER_OPTIONS:
+        if option.inspect:  # the field an engine's inspect reports the option in is the one the client sets
+            assert host_config.get(option.inspect) == "host", (option.name, option.inspect, host_config)
+    config = {option.config for option in md.CONTAINER_OPTIONS if option.config}
+    assert config <= set(inspect.signature(docker.APIClient.create_container).parameters)
+
+
+def test_each_namespace_row_is_judged_and_read_back_from_the_engines_record():
+    rows = [option for option in md.CONTAINER_OPTIONS if option.namespace]
+    assert {option.namespace for option in rows} == {"network", "pid", "ipc", "uts", "userns", "cgroupns"}
+    modes = {option.namespace: option.private_modes for option in rows if option.private_modes}
+    assert modes == md.NAMESPACE_MODES
+    for option in rows:
+        request = _options_request(**{option.name: "host"})
+        assert request.namespace(option.namespace) == "host", option.name
+        assert "host_namespace" in {d.rule for d in md.judge_request(request, md.Settings(), md.HostFacts())}
+        for private in option.private_modes - {""}:
+            private_request = _options_request(**{option.name: private})
+            assert private_request.problems == (), (option.name, private)
+            assert "host_namespace" not in {d.rule for d in md.judge_request(private_request, md.Settings(),
+                                                                              md.HostFacts())}
+        if not option.inspect or option.namespace == "cgroupns":  # host cgroupns: cgroup v1's default, accepted
+            continue
+        stored = md.container_power_from_inspect(
+            "exec", {"HostConfig": {option.inspect: "host"}, "Config": {"Labels": {md.MANAGED_LABEL: "true"}}},
+            md.Settings(), lambda text: md.HostPath(text, text, text), lambda _name: None)
+        assert stored.namespace(option.namespace) == "host", option.name
+
+
+def test_compose_namespace_keys_map_onto_the_rows():
+    for option in md.CONTAINER_OPTIONS:
+        if not option.compose:
+            continue
+        args, problems = md.compose_service_args("p", "web", {"image": "app:1", option.compose: "host"}, {})
+        assert problems == [] and args[option.name] == "host", (option.name, args, problems)
+        args, _ = md.compose_service_args("p", "web", {"image": "app:1", option.compose: "service:db"}, {})
+        assert args[option.name] == "container:db"
+
+
+def test_options_the_request_does_not_give_take_the_configured_defaults_and_the_hardened_profile():
+    plain = _options_request()
+    settings = md.Settings()
+    assert plain.security_opt == ("no-new-privileges:true",)
+    assert (plain.memory, plain.nano_cpus, plain.pids_limit) == (
+        settings.container_memory_limit, round(settings.container_cpu_limit * 1e9), settings.container_pids_limit)
+    hardened = md.normalize_container_request(
+        "docker_create_container", {"image": "app:1", "read_only": False, "cap_add": ["CHOWN"]},
+        md.Settings(container_profile="hardened"), lambda text: md.HostPath(text, text, text),
+        lambda _name: None)
+    assert hardened.read_only_rootfs and hardened.cap_drop == ("ALL",) and hardened.cap_add == ("CHOWN",)
+    assert dict(hardened.namespaces) == {"network": "none", "cgroupns": "private"}
+    assert [m.target for m in hardened.mounts] == ["/tmp"] and hardened.profile_conflicts == ("read_only=false",)
