@@ -3824,12 +3824,12 @@ def command_denial(command: Sequence[str], settings: Settings) -> Denial | None:
         return None
     if verdict.kind == "destructive":
         return Denial("destructive_command", f"the command looks destructive: {verdict.reason} (a screening of "
-                      "known shapes)", "set SAFETY_ALLOW_DESTRUCTIVE_COMMANDS=true")
+                      "known shapes)", f"set {env_of('allow_destructive_commands')}=true")
     if settings.allow_destructive and CALL_CEILING.get() is Tier.DESTRUCTIVE:
         return None
     return Denial("destructive_command", f"the screen cannot determine what the command does, so it is treated as "
-                  f"destructive: {verdict.reason}", "set SAFETY_ALLOW_DESTRUCTIVE_OPERATIONS=true (or "
-                  "SAFETY_ALLOW_DESTRUCTIVE_COMMANDS=true), or give the command as a plain argument list")
+                  f"destructive: {verdict.reason}", f"set {env_of('allow_destructive')}=true (or "
+                  f"{env_of('allow_destructive_commands')}=true), or give the command as a plain argument list")
 
 
 # -- the judge ----------------------------------------------------------------------------------------
@@ -3838,7 +3838,7 @@ def command_denial(command: Sequence[str], settings: Settings) -> Denial | None:
 def managed_denial(kind: str, name: str, labels: Mapping[str, str] | None, settings: Settings) -> Denial | None:
     if settings.managed_only and (labels or {}).get(MANAGED_LABEL) != "true":
         return Denial("managed_only", f"{kind} {_short_repr(name, 60)} was not created by mcp-docker "
-                      f"(no {MANAGED_LABEL}=true label)", "set SAFETY_MANAGED_ONLY=false to act on it")
+                      f"(no {MANAGED_LABEL}=true label)", f"set {env_of('managed_only')}=false to act on it")
     return None
 
 
