@@ -379,320 +379,331 @@ def _parse_scope_roles(name: str, raw: str) -> tuple[tuple[str, str, tuple[str, 
     return tuple(mapping)
 
 
+def _show_setting(value: Any) -> str:
+    """A default as one would write it in the environment: true/false, 60, a,b,c."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple):
+        return ",".join(_show_setting(item) for item in value)
+    return str(value)
+
+
+def _show_size(value: int) -> str:
+    """A byte size the way _parse_size_setting reads it: 1g, 16m, 512k (exact, or plain bytes)."""
+    for unit, size in (("g", 1024**3), ("m", 1024**2), ("k", 1024)):
+        if value and value % size == 0:
+            return f"{value // size}{unit}"
+    return str(value)
+
+
+def _show_scope_roles(roles: tuple[tuple[str, str, tuple[str, ...]], ...]) -> str:
+    return ",".join(f"{scope}={tier}" + (":" + "|".join(tools) if tools else "") for scope, tier, tools in roles)
+
+
+# The defaults of settings whose default is "not set, so derived": shown in --help and the README, and used
+# by Settings.keys_path / .audit_path.
+DEFAULT_KEYS_FILE = "~/.mcp-docker/api_keys.json"
+DEFAULT_AUDIT_LOG = "~/.mcp-docker/audit.log"
+DEFAULT_SCOPE_ROLES = (("docker:read", "safe", ()), ("docker:write", "moderate", ()),
+                       ("docker:admin", "destructive", ()))
+
+
 @dataclasses.dataclass(frozen=True)
 class SettingSpec:
-    """One setting: its field, environment name, parser and help text (shown by the CLI)."""
+    """One setting, declared once: its field, environment name, parser, default and help text.
+
+    ``Settings`` is built from these, ``--help`` and the README's configuration table show the default
+    (a test checks the README row), so adding a setting is one entry here plus its README row.
+    """
 
     field: str
     env: str
     parse: Callable[[str, str], Any]
-    help: str
+    default: Any  # the value when nothing sets it; immutable (tuples, not lists)
+    help: str  # what it does; the default is appended by help_text, never written here
     flag: str = ""  # the CLI flag when it is not --field-name
     multiple: bool = False  # the flag may be repeated; the parser then gets a tuple of the values
     metavar: str = ""  # what --help shows for the value
+    shown: str = ""  # how an empty default is described ("discovered"), when it means more than none
+    show: Callable[[Any], str] = _show_setting  # the default written as the parser reads it
 
     @property
     def option(self) -> str:
         return self.flag or "--" + self.field.replace("_", "-")
 
+    @property
+    def named(self) -> str:
+        """Both names of the setting, for a message: "SECURITY_API_KEYS_FILE (--api-keys-file)"."""
+        return f"{self.env} ({self.option})"
+
+    @property
+    def shown_default(self) -> str:
+        """The default as --help and the README say it; an empty one is "(none)" unless ``shown`` says more."""
+        if self.default not in ("", ()):
+            return self.show(self.default)
+        return self.shown or "(none)"
+
+    @property
+    def help_text(self) -> str:
+        has_default = self.default not in ("", ()) or self.shown
+        return f"{self.help} Default {self.shown_default}." if has_default else self.help
+
 
 SETTING_SPECS: tuple[SettingSpec, ...] = (
-    SettingSpec("docker_host", "DOCKER_HOST", _parse_docker_host,
-                "Engine URL (unix://, tcp://, ssh://). Default: DOCKER_HOST, else the local socket."),
-    SettingSpec("engines", "MCP_ENGINES", _parse_engines,
+    SettingSpec("docker_host", "DOCKER_HOST", _parse_docker_host, "",
+                "Engine URL (unix://, tcp://, ssh://); when unset, CONTAINER_HOST, the Docker context or a local "
+                "socket.", shown="discovered"),
+    SettingSpec("engines", "MCP_ENGINES", _parse_engines, (),
                 "Named engines, comma list (or repeat --engine): " + ENGINE_SPEC_HELP + ". The first is "
                 "the default; tools take an 'engine' argument. Replaces DOCKER_HOST and discovery.",
                 "--engine", multiple=True, metavar="NAME=URL[;OPTION]"),
-    SettingSpec("allow_moderate", "SAFETY_ALLOW_MODERATE_OPERATIONS", _parse_bool,
-                "Allow reversible state changes (create, start, stop, exec, pull ...). Default true."),
-    SettingSpec("allow_destructive", "SAFETY_ALLOW_DESTRUCTIVE_OPERATIONS", _parse_bool,
-                "Allow removals and prunes. Default false."),
-    SettingSpec("allowed_tools", "SAFETY_ALLOWED_TOOLS", _parse_name_list,
-                "Comma list: only these tools (empty = every tool the tiers allow)."),
-    SettingSpec("denied_tools", "SAFETY_DENIED_TOOLS", _parse_name_list,
+    SettingSpec("allow_moderate", "SAFETY_ALLOW_MODERATE_OPERATIONS", _parse_bool, True,
+                "Allow reversible state changes (create, start, stop, exec, pull ...)."),
+    SettingSpec("allow_destructive", "SAFETY_ALLOW_DESTRUCTIVE_OPERATIONS", _parse_bool, False,
+                "Allow removals and prunes."),
+    SettingSpec("allowed_tools", "SAFETY_ALLOWED_TOOLS", _parse_name_list, (),
+                "Comma list: only these tools (empty = every tool the tiers allow).", shown="all"),
+    SettingSpec("denied_tools", "SAFETY_DENIED_TOOLS", _parse_name_list, (),
                 "Comma list of tools that are never offered, whatever else allows them."),
-    SettingSpec("toolsets", "MCP_TOOLSETS", _parse_toolsets,
-                "Comma list of toolsets to offer: containers,images,networks,volumes,system,compose,swarm. "
-                "Default all but swarm."),
+    SettingSpec("toolsets", "MCP_TOOLSETS", _parse_toolsets, DEFAULT_TOOLSETS,
+                "Comma list of toolsets to offer (of containers,images,networks,volumes,system,compose,swarm; "
+                "swarm is opt-in)."),
     SettingSpec("max_output_bytes", "MCP_MAX_OUTPUT_BYTES",
-                _positive_int(64 * 1024 * 1024),
-                "Cap on one tool result in bytes; larger results are cut and say truncated. Default 262144."),
-    SettingSpec("engine_timeout", "MCP_ENGINE_TIMEOUT", _positive_float(3600),
-                "Seconds one engine call may take before it fails with a timeout. Default 60."),
+                _positive_int(64 * 1024 * 1024), 256 * 1024,
+                "Cap on one tool result in bytes; larger results are cut and say truncated."),
+    SettingSpec("engine_timeout", "MCP_ENGINE_TIMEOUT", _positive_float(3600), 60.0,
+                "Seconds one engine call may take before it fails with a timeout."),
     SettingSpec("long_operation_timeout", "MCP_LONG_OPERATION_TIMEOUT",
-                _positive_float(24 * 3600),
-                "Seconds a pull, push or build may take in all. Default 900."),
-    SettingSpec("log_level", "MCP_LOG_LEVEL", _parse_log_level,
-                "Server log level on stderr: DEBUG, INFO, WARNING, ERROR. Default INFO."),
-    SettingSpec("resources_enabled", "MCP_RESOURCES_ENABLED", _parse_bool,
-                "Offer container logs and stats as MCP resources (resource templates). Default true."),
-    SettingSpec("prompts_enabled", "MCP_PROMPTS_ENABLED", _parse_bool,
-                "Offer the MCP prompts (troubleshoot a container, audit its security, clean up disk). Default true."),
-    SettingSpec("logging_enabled", "MCP_LOGGING_ENABLED", _parse_bool,
-                "Offer MCP logging: clients that set a level (logging/setLevel) get a log message per tool call. "
-                "Default true."),
+                _positive_float(24 * 3600), 900.0,
+                "Seconds a pull, push or build may take in all."),
+    SettingSpec("log_level", "MCP_LOG_LEVEL", _parse_log_level, "INFO",
+                "Server log level on stderr: DEBUG, INFO, WARNING, ERROR."),
+    SettingSpec("resources_enabled", "MCP_RESOURCES_ENABLED", _parse_bool, True,
+                "Offer container logs and stats as MCP resources (resource templates)."),
+    SettingSpec("prompts_enabled", "MCP_PROMPTS_ENABLED", _parse_bool, True,
+                "Offer the MCP prompts (troubleshoot a container, audit its security, clean up disk)."),
+    SettingSpec("logging_enabled", "MCP_LOGGING_ENABLED", _parse_bool, True,
+                "Offer MCP logging: clients that set a level (logging/setLevel) get a log message per tool call."),
     # -- network transport
-    SettingSpec("transport", "MCP_TRANSPORT", _parse_choice("stdio", "http"),
+    SettingSpec("transport", "MCP_TRANSPORT", _parse_choice("stdio", "http"), "stdio",
                 "stdio (the client starts this process) or http (Streamable HTTP + legacy SSE on one port)."),
-    SettingSpec("host", "MCP_HOST", lambda n, r: _parse_host_list(n, r)[0] if r.strip() else "127.0.0.1",
-                "Address to bind in http mode. Default 127.0.0.1."),
-    SettingSpec("port", "MCP_PORT", _parse_port, "Port to bind in http mode (0 = any free port). Default 8000."),
-    SettingSpec("tls_enabled", "MCP_TLS_ENABLED", _parse_bool,
+    SettingSpec("host", "MCP_HOST", lambda n, r: _parse_host_list(n, r)[0] if r.strip() else "127.0.0.1", "127.0.0.1",
+                "Address to bind in http mode."),
+    SettingSpec("port", "MCP_PORT", _parse_port, 8000, "Port to bind in http mode (0 = any free port)."),
+    SettingSpec("tls_enabled", "MCP_TLS_ENABLED", _parse_bool, False,
                 "Serve HTTPS (needs --tls-cert and --tls-key; on by itself when they are given)."),
-    SettingSpec("tls_cert", "MCP_TLS_CERT_FILE", _parse_path, "PEM certificate (chain) for HTTPS.", "--tls-cert"),
-    SettingSpec("tls_key", "MCP_TLS_KEY_FILE", _parse_path, "PEM private key for HTTPS.", "--tls-key"),
-    SettingSpec("tls_client_ca", "MCP_TLS_CLIENT_CA_FILE", _parse_path,
+    SettingSpec("tls_cert", "MCP_TLS_CERT_FILE", _parse_path, "", "PEM certificate (chain) for HTTPS.", "--tls-cert"),
+    SettingSpec("tls_key", "MCP_TLS_KEY_FILE", _parse_path, "", "PEM private key for HTTPS.", "--tls-key"),
+    SettingSpec("tls_client_ca", "MCP_TLS_CLIENT_CA_FILE", _parse_path, "",
                 "Require client certificates issued by this CA (mTLS); the subject's CN becomes the principal.",
                 "--tls-client-ca"),
-    SettingSpec("tls_min_version", "MCP_TLS_MIN_VERSION", _parse_choice("1.2", "1.3"),
-                "Lowest TLS version accepted: 1.2 (default) or 1.3."),
-    SettingSpec("allowed_hosts", "MCP_ALLOWED_HOSTS", _parse_host_list,
+    SettingSpec("tls_min_version", "MCP_TLS_MIN_VERSION", _parse_choice("1.2", "1.3"), "1.2",
+                "Lowest TLS version accepted: 1.2 or 1.3."),
+    SettingSpec("allowed_hosts", "MCP_ALLOWED_HOSTS", _parse_host_list, (),
                 "Extra Host header values accepted (DNS-rebinding defence); the bound address always is."),
-    SettingSpec("allowed_origins", "MCP_ALLOWED_ORIGINS", _parse_origin_list,
+    SettingSpec("allowed_origins", "MCP_ALLOWED_ORIGINS", _parse_origin_list, (),
                 "Extra browser Origins accepted, e.g. https://app.example.com; the server's own always are."),
-    SettingSpec("http_max_header_bytes", "MCP_HTTP_MAX_HEADER_BYTES", _positive_int(1024 * 1024),
-                "Largest request head (request line + headers) in bytes. Default 16384."),
-    SettingSpec("http_max_body_bytes", "MCP_HTTP_MAX_BODY_BYTES", _positive_int(256 * 1024 * 1024),
-                "Largest request body in bytes (413 beyond), and largest stdio message. Default 4194304."),
-    SettingSpec("http_header_timeout", "MCP_HTTP_HEADER_TIMEOUT", _positive_float(600),
-                "Seconds a client may take to send a request head. Default 10."),
-    SettingSpec("http_body_timeout", "MCP_HTTP_BODY_TIMEOUT", _positive_float(3600),
-                "Seconds a client may take to send a request body. Default 30."),
-    SettingSpec("http_keepalive_timeout", "MCP_HTTP_KEEPALIVE_TIMEOUT", _positive_float(3600),
-                "Seconds an idle keep-alive connection stays open. Default 30."),
-    SettingSpec("http_max_connections", "MCP_HTTP_MAX_CONNECTIONS", _positive_int(1_000_000),
-                "Open connections at most (503 with Retry-After beyond). Default 1024."),
+    SettingSpec("http_max_header_bytes", "MCP_HTTP_MAX_HEADER_BYTES", _positive_int(1024 * 1024), 16 * 1024,
+                "Largest request head (request line + headers) in bytes."),
+    SettingSpec("http_max_body_bytes", "MCP_HTTP_MAX_BODY_BYTES", _positive_int(256 * 1024 * 1024), 4 * 1024 * 1024,
+                "Largest request body in bytes (413 beyond), and largest stdio message."),
+    SettingSpec("http_header_timeout", "MCP_HTTP_HEADER_TIMEOUT", _positive_float(600), 10.0,
+                "Seconds a client may take to send a request head."),
+    SettingSpec("http_body_timeout", "MCP_HTTP_BODY_TIMEOUT", _positive_float(3600), 30.0,
+                "Seconds a client may take to send a request body."),
+    SettingSpec("http_keepalive_timeout", "MCP_HTTP_KEEPALIVE_TIMEOUT", _positive_float(3600), 30.0,
+                "Seconds an idle keep-alive connection stays open."),
+    SettingSpec("http_max_connections", "MCP_HTTP_MAX_CONNECTIONS", _positive_int(1_000_000), 1024,
+                "Open connections at most (503 with Retry-After beyond)."),
     SettingSpec("http_max_unauthenticated_per_ip", "MCP_HTTP_MAX_UNAUTHENTICATED_PER_IP", _positive_int(1_000_000),
-                "Connections from one address that have not authenticated yet; beyond, its oldest one still "
-                "waiting for a request head is closed (trusted proxies: the cap only). Default 256."),
-    SettingSpec("http_max_streams_per_principal", "MCP_HTTP_MAX_STREAMS_PER_PRINCIPAL", _positive_int(100_000),
-                "Open SSE streams per principal at most (429 beyond). Default 32."),
-    SettingSpec("http_max_sessions", "MCP_HTTP_MAX_SESSIONS", _positive_int(1_000_000),
-                "MCP sessions at most (503 beyond). Default 1000."),
-    SettingSpec("http_session_idle_timeout", "MCP_HTTP_SESSION_IDLE_TIMEOUT", _positive_float(7 * 86400),
-                "Seconds an unused MCP session is kept. Default 1800."),
-    SettingSpec("shutdown_grace", "MCP_SHUTDOWN_GRACE", _positive_float(3600),
-                "Seconds in-flight calls get to finish on SIGTERM/SIGINT. Default 10."),
+                256, "Connections from one address that have not authenticated yet; beyond, its oldest one still "
+                "waiting for a request head is closed (trusted proxies: the cap only)."),
+    SettingSpec("http_max_streams_per_principal", "MCP_HTTP_MAX_STREAMS_PER_PRINCIPAL", _positive_int(100_000), 32,
+                "Open SSE streams per principal at most (429 beyond)."),
+    SettingSpec("http_max_sessions", "MCP_HTTP_MAX_SESSIONS", _positive_int(1_000_000), 1000,
+                "MCP sessions at most (503 beyond)."),
+    SettingSpec("http_session_idle_timeout", "MCP_HTTP_SESSION_IDLE_TIMEOUT", _positive_float(7 * 86400), 1800.0,
+                "Seconds an unused MCP session is kept."),
+    SettingSpec("shutdown_grace", "MCP_SHUTDOWN_GRACE", _positive_float(3600), 10.0,
+                "Seconds in-flight calls get to finish on SIGTERM/SIGINT."),
     # -- access control and accountability
-    SettingSpec("auth_enabled", "SECURITY_AUTH_ENABLED", _parse_bool,
+    SettingSpec("auth_enabled", "SECURITY_AUTH_ENABLED", _parse_bool, True,
                 "Require an API key (or an mTLS certificate) in http mode. Off is allowed on loopback only.",
                 "--auth"),
-    SettingSpec("api_keys_file", "SECURITY_API_KEYS_FILE", _parse_path,
-                "Hashed API keys (JSON, mode 600). Default ~/.mcp-docker/api_keys.json."),
-    SettingSpec("ssh_authorized_keys", "SECURITY_SSH_AUTHORIZED_KEYS_FILE", _parse_path,
+    SettingSpec("api_keys_file", "SECURITY_API_KEYS_FILE", _parse_path, "",
+                "Hashed API keys (JSON, mode 600).", shown=DEFAULT_KEYS_FILE),
+    SettingSpec("ssh_authorized_keys", "SECURITY_SSH_AUTHORIZED_KEYS_FILE", _parse_path, "",
                 "OpenSSH public keys (one per line, comment = client id) accepted for signed requests."),
-    SettingSpec("allow_insecure_http", "SECURITY_ALLOW_INSECURE_HTTP", _parse_bool,
+    SettingSpec("allow_insecure_http", "SECURITY_ALLOW_INSECURE_HTTP", _parse_bool, False,
                 "Allow plain HTTP on a non-loopback address (credentials then cross the network in clear)."),
-    SettingSpec("rate_limit_enabled", "SECURITY_RATE_LIMIT_ENABLED", _parse_bool,
-                "Limit tool calls per client (token bucket and concurrency). Default true."),
-    SettingSpec("rate_limit_rpm", "SECURITY_RATE_LIMIT_RPM", _positive_int(1_000_000),
-                "Tool calls per minute per client (sustained). Default 120."),
-    SettingSpec("rate_limit_burst", "SECURITY_RATE_LIMIT_BURST", _positive_int(1_000_000),
-                "Tool calls a client may make at once before the per-minute rate applies. Default 30."),
-    SettingSpec("rate_limit_concurrent", "SECURITY_RATE_LIMIT_CONCURRENT", _positive_int(100_000),
-                "Tool calls one client may have running at the same time. Default 8."),
-    SettingSpec("auth_failure_limit", "SECURITY_AUTH_FAILURES_PER_MINUTE", _positive_int(1_000_000),
-                "Failed authentications per client IP per minute before it gets 429s. Default 10."),
-    SettingSpec("allowed_client_ips", "SECURITY_ALLOWED_CLIENT_IPS", _parse_networks,
+    SettingSpec("rate_limit_enabled", "SECURITY_RATE_LIMIT_ENABLED", _parse_bool, True,
+                "Limit tool calls per client (token bucket and concurrency)."),
+    SettingSpec("rate_limit_rpm", "SECURITY_RATE_LIMIT_RPM", _positive_int(1_000_000), 120,
+                "Tool calls per minute per client (sustained)."),
+    SettingSpec("rate_limit_burst", "SECURITY_RATE_LIMIT_BURST", _positive_int(1_000_000), 30,
+                "Tool calls a client may make at once before the per-minute rate applies."),
+    SettingSpec("rate_limit_concurrent", "SECURITY_RATE_LIMIT_CONCURRENT", _positive_int(100_000), 8,
+                "Tool calls one client may have running at the same time."),
+    SettingSpec("auth_failure_limit", "SECURITY_AUTH_FAILURES_PER_MINUTE", _positive_int(1_000_000), 10,
+                "Failed authentications per client IP per minute before it gets 429s."),
+    SettingSpec("allowed_client_ips", "SECURITY_ALLOWED_CLIENT_IPS", _parse_networks, (),
                 "Comma list of CIDR ranges (IPv4/IPv6) allowed to connect; empty = any."),
-    SettingSpec("trusted_proxies", "SECURITY_TRUSTED_PROXIES", _parse_networks,
+    SettingSpec("trusted_proxies", "SECURITY_TRUSTED_PROXIES", _parse_networks, (),
                 "Comma list of CIDR ranges whose X-Forwarded-For is believed (walked right to left)."),
-    SettingSpec("audit_log_enabled", "SECURITY_AUDIT_LOG_ENABLED", _parse_bool,
-                "Write the tamper-evident audit log. Default true."),
-    SettingSpec("audit_log_file", "SECURITY_AUDIT_LOG_FILE", _parse_path,
-                "Audit log path (JSON lines, mode 600). Default ~/.mcp-docker/audit.log."),
-    SettingSpec("audit_log_max_bytes", "SECURITY_AUDIT_LOG_MAX_BYTES", _positive_int(1 << 40),
-                "Rotate the audit log when it grows past this size. Default 52428800."),
-    SettingSpec("audit_log_backups", "SECURITY_AUDIT_LOG_BACKUPS", _positive_int(1000),
-                "Rotated audit logs to keep (.1 is the newest). Default 10."),
+    SettingSpec("audit_log_enabled", "SECURITY_AUDIT_LOG_ENABLED", _parse_bool, True,
+                "Write the tamper-evident audit log."),
+    SettingSpec("audit_log_file", "SECURITY_AUDIT_LOG_FILE", _parse_path, "",
+                "Audit log path (JSON lines, mode 600).", shown=DEFAULT_AUDIT_LOG),
+    SettingSpec("audit_log_max_bytes", "SECURITY_AUDIT_LOG_MAX_BYTES", _positive_int(1 << 40), 50 * 1024 * 1024,
+                "Rotate the audit log when it grows past this size."),
+    SettingSpec("audit_log_backups", "SECURITY_AUDIT_LOG_BACKUPS", _positive_int(1000), 10,
+                "Rotated audit logs to keep (.1 is the newest)."),
     # -- OAuth 2.1 resource server (off unless an issuer is set)
-    SettingSpec("oauth_issuer", "SECURITY_OAUTH_ISSUER", _parse_oauth_url,
+    SettingSpec("oauth_issuer", "SECURITY_OAUTH_ISSUER", _parse_oauth_url, "",
                 "Accept OAuth access tokens (JWT) from this issuer (the exact iss value); empty = OAuth off."),
-    SettingSpec("oauth_resource", "SECURITY_OAUTH_RESOURCE", _parse_oauth_url,
+    SettingSpec("oauth_resource", "SECURITY_OAUTH_RESOURCE", _parse_oauth_url, "",
                 "This server's canonical resource URL, e.g. https://mcp.example.com/mcp; tokens must name it in aud."),
-    SettingSpec("oauth_jwks_url", "SECURITY_OAUTH_JWKS_URL", _parse_oauth_url,
+    SettingSpec("oauth_jwks_url", "SECURITY_OAUTH_JWKS_URL", _parse_oauth_url, "",
                 "The issuer's JWKS URL (https; http for loopback only); cached, refetched for unknown key ids."),
-    SettingSpec("oauth_jwks_file", "SECURITY_OAUTH_JWKS_FILE", _parse_path,
+    SettingSpec("oauth_jwks_file", "SECURITY_OAUTH_JWKS_FILE", _parse_path, "",
                 "A local JWKS file instead of the URL (air-gapped hosts); reread when it changes."),
-    SettingSpec("oauth_algorithms", "SECURITY_OAUTH_ALGORITHMS", _parse_oauth_algorithms,
-                "Comma list of accepted signature algorithms. Default RS256,ES256,EdDSA (never none or HMAC)."),
-    SettingSpec("oauth_clock_skew", "SECURITY_OAUTH_CLOCK_SKEW", _parse_clock_skew,
-                "Seconds of clock difference tolerated on exp/nbf/iat (0..300). Default 60."),
-    SettingSpec("oauth_scope_roles", "SECURITY_OAUTH_SCOPE_ROLES", _parse_scope_roles,
-                "Comma list scope=tier[:tool|tool]: what each scope allows. Default docker:read=safe,"
-                "docker:write=moderate,docker:admin=destructive."),
-    SettingSpec("oauth_required_scopes", "SECURITY_OAUTH_REQUIRED_SCOPES", _parse_scope_list,
-                "Scopes every token must carry (403 insufficient_scope otherwise). Default none."),
+    SettingSpec("oauth_algorithms", "SECURITY_OAUTH_ALGORITHMS", _parse_oauth_algorithms, ("RS256", "ES256", "EdDSA"),
+                "Comma list of accepted signature algorithms (never none or HMAC)."),
+    SettingSpec("oauth_clock_skew", "SECURITY_OAUTH_CLOCK_SKEW", _parse_clock_skew, 60.0,
+                "Seconds of clock difference tolerated on exp/nbf/iat (0..300)."),
+    SettingSpec("oauth_scope_roles", "SECURITY_OAUTH_SCOPE_ROLES", _parse_scope_roles, DEFAULT_SCOPE_ROLES,
+                "Comma list scope=tier[:tool|tool]: what each scope allows.", show=_show_scope_roles),
+    SettingSpec("oauth_required_scopes", "SECURITY_OAUTH_REQUIRED_SCOPES", _parse_scope_list, (),
+                "Scopes every token must carry (403 insufficient_scope otherwise)."),
     # -- container safety policy
-    SettingSpec("allow_privileged", "SAFETY_ALLOW_PRIVILEGED_CONTAINERS", _parse_bool,
+    SettingSpec("allow_privileged", "SAFETY_ALLOW_PRIVILEGED_CONTAINERS", _parse_bool, False,
                 "Allow containers with host powers: privileged, extra capabilities, host namespaces, devices, "
-                "weakened security options, sensitive host paths. Default false."),
-    SettingSpec("volume_mount_allowlist", "SAFETY_VOLUME_MOUNT_ALLOWLIST", _parse_path_list,
+                "weakened security options, sensitive host paths."),
+    SettingSpec("volume_mount_allowlist", "SAFETY_VOLUME_MOUNT_ALLOWLIST", _parse_path_list, (),
                 "Comma list of host directories that bind mounts may come from (empty = no bind mounts)."),
-    SettingSpec("allowed_sockets", "SAFETY_ALLOWED_SOCKETS", _parse_path_list,
-                "Comma list of host unix sockets a bind mount may contain or be (engine sockets never). "
-                "Default none: a bind of a directory holding any other socket is refused."),
-    SettingSpec("build_context_allowlist", "SAFETY_BUILD_CONTEXT_ALLOWLIST", _parse_path_list,
+    SettingSpec("allowed_sockets", "SAFETY_ALLOWED_SOCKETS", _parse_path_list, (),
+                "Comma list of host unix sockets a bind mount may contain or be (engine sockets never); a bind of "
+                "a directory holding any other socket is refused."),
+    SettingSpec("build_context_allowlist", "SAFETY_BUILD_CONTEXT_ALLOWLIST", _parse_path_list, (),
                 "Comma list of host directories that builds may use as their context (empty = none)."),
-    SettingSpec("managed_only", "SAFETY_MANAGED_ONLY", _parse_bool,
-                "Change and remove only containers, networks and volumes this server created. Default false."),
-    SettingSpec("allowed_registries", "SAFETY_ALLOWED_REGISTRIES", _parse_registry_list,
-                "Comma list of registries images may come from (docker.io, ghcr.io, host:port); empty = any."),
-    SettingSpec("require_pinned_images", "SAFETY_REQUIRE_PINNED_IMAGES", _parse_bool,
-                "Refuse images without a tag other than latest or a digest. Default false."),
+    SettingSpec("managed_only", "SAFETY_MANAGED_ONLY", _parse_bool, False,
+                "Change and remove only containers, networks and volumes this server created."),
+    SettingSpec("allowed_registries", "SAFETY_ALLOWED_REGISTRIES", _parse_registry_list, (),
+                "Comma list of registries images may come from (docker.io, ghcr.io, host:port).", shown="any"),
+    SettingSpec("require_pinned_images", "SAFETY_REQUIRE_PINNED_IMAGES", _parse_bool, False,
+                "Refuse images without a tag other than latest or a digest."),
     # -- builds, image names and networks (issue 14: classes 4, 7, 8)
-    SettingSpec("allow_build_network", "SAFETY_ALLOW_BUILD_NETWORK", _parse_bool,
+    SettingSpec("allow_build_network", "SAFETY_ALLOW_BUILD_NETWORK", _parse_bool, False,
                 "Let builds reach the network: ADD <url> and git sources (fetched by the engine from the host's "
                 "network namespace), RUN steps on network 'default', and RUN steps on builders that cannot isolate "
-                "them (Podman's). Default false."),
-    SettingSpec("allow_unbounded_build_steps", "SAFETY_ALLOW_UNBOUNDED_BUILD_STEPS", _parse_bool,
+                "them (Podman's)."),
+    SettingSpec("allow_unbounded_build_steps", "SAFETY_ALLOW_UNBOUNDED_BUILD_STEPS", _parse_bool, False,
                 "Allow RUN steps when no parent cgroup can bound their process count (remote engine, systemd "
-                "cgroup driver, read-only cgroup tree). Default false."),
-    SettingSpec("allow_image_overwrite", "SAFETY_ALLOW_IMAGE_OVERWRITE", _parse_bool,
-                "Let docker_tag_image and a build's tag repoint an image name this server did not create. "
-                "Default false."),
-    SettingSpec("network_drivers", "SAFETY_NETWORK_DRIVERS", _parse_name_list,
-                "Comma list of drivers docker_create_network may use. Default bridge."),
+                "cgroup driver, read-only cgroup tree)."),
+    SettingSpec("allow_image_overwrite", "SAFETY_ALLOW_IMAGE_OVERWRITE", _parse_bool, False,
+                "Let docker_tag_image and a build's tag repoint an image name this server did not create."),
+    SettingSpec("network_drivers", "SAFETY_NETWORK_DRIVERS", _parse_name_list, ("bridge",),
+                "Comma list of drivers docker_create_network may use."),
     SettingSpec("network_driver_options", "SAFETY_NETWORK_DRIVER_OPTIONS", _parse_name_list,
-                "Comma list of driver option names docker_create_network may set. Default "
-                "com.docker.network.driver.mtu,com.docker.network.bridge.enable_icc."),
-    SettingSpec("reveal_secrets", "SAFETY_REVEAL_SECRETS", _parse_bool,
-                "Show environment values whose names look secret in inspect results. Default false."),
-    SettingSpec("allow_destructive_commands", "SAFETY_ALLOW_DESTRUCTIVE_COMMANDS", _parse_bool,
-                "Turn off exec's screening of known-destructive commands (rm -rf /, mkfs ...). Default false."),
+                ("com.docker.network.driver.mtu", "com.docker.network.bridge.enable_icc"),
+                "Comma list of driver option names docker_create_network may set."),
+    SettingSpec("reveal_secrets", "SAFETY_REVEAL_SECRETS", _parse_bool, False,
+                "Show environment values whose names look secret in inspect results."),
+    SettingSpec("allow_destructive_commands", "SAFETY_ALLOW_DESTRUCTIVE_COMMANDS", _parse_bool, False,
+                "Turn off exec's screening of known-destructive commands (rm -rf /, mkfs ...)."),
+    # Destructive tools are already opt-in (SAFETY_ALLOW_DESTRUCTIVE_OPERATIONS); an operator who enabled
+    # them for a client that cannot show a confirmation has made that choice, and most clients ask their
+    # user before a destructiveHint tool themselves. Set deny where only elicitation-capable clients may remove.
     SettingSpec("destructive_without_elicitation", "SAFETY_DESTRUCTIVE_WITHOUT_ELICITATION",
-                _parse_choice("allow", "deny"),
-                "What destructive tools do for clients that cannot be asked to confirm: allow or deny. "
-                "Default allow."),
-    SettingSpec("container_profile", "SAFETY_CONTAINER_PROFILE", _parse_choice("default", "hardened"),
+                _parse_choice("allow", "deny"), "allow",
+                "What destructive tools do for clients that cannot be asked to confirm: allow or deny."),
+    SettingSpec("container_profile", "SAFETY_CONTAINER_PROFILE", _parse_choice("default", "hardened"), "default",
                 "default, or hardened: read-only root with a tmpfs /tmp, all capabilities dropped, no network "
                 "unless asked for."),
-    SettingSpec("container_memory_limit", "SAFETY_CONTAINER_MEMORY_LIMIT", _parse_size_setting,
-                "Memory limit given to containers that ask for none, and the most one may ask for. Default 1g "
-                "(0 = none)."),
+    SettingSpec("container_memory_limit", "SAFETY_CONTAINER_MEMORY_LIMIT", _parse_size_setting, 1024**3,
+                "Memory limit given to containers that ask for none, and the most one may ask for (0 = none).",
+                show=_show_size),
     SettingSpec("container_cpu_limit", "SAFETY_CONTAINER_CPU_LIMIT",
-                _limit_number(1024, integer=False),
-                "CPU limit in cores for containers that ask for none, and the most one may ask for. Default 1 "
-                "(0 = none)."),
+                _limit_number(1024, integer=False), 1.0,
+                "CPU limit in cores for containers that ask for none, and the most one may ask for (0 = none)."),
     SettingSpec("container_pids_limit", "SAFETY_CONTAINER_PIDS_LIMIT",
-                _limit_number(4_000_000, integer=True),
-                "Process limit for containers that ask for none, and the most one may ask for. Default 512 "
-                "(0 = none)."),
+                _limit_number(4_000_000, integer=True), 512,
+                "Process limit for containers that ask for none, and the most one may ask for (0 = none)."),
     # -- compose projects
-    SettingSpec("compose_command", "MCP_COMPOSE_COMMAND", _parse_compose_command,
-                "The Compose implementation to run, e.g. 'docker compose' or /usr/bin/docker-compose. Default: "
-                "found on PATH (the docker compose plugin, docker-compose, podman-compose for Podman).",
-                metavar="COMMAND"),
-    SettingSpec("copy_max_bytes", "MCP_COPY_MAX_BYTES", _parse_size_setting,
-                "Most bytes docker_copy_to_container writes and docker_copy_from_container returns in one call. "
-                "Default 16m."),
-    SettingSpec("allow_public_ports", "SAFETY_ALLOW_PUBLIC_PORTS", _parse_bool,
-                "Let compose projects publish ports on addresses other than loopback (0.0.0.0 ...). "
-                "Default false: ports without an address are published on 127.0.0.1."),
+    SettingSpec("compose_command", "MCP_COMPOSE_COMMAND", _parse_compose_command, (),
+                "The Compose implementation to run, e.g. 'docker compose' or /usr/bin/docker-compose (looked for: "
+                "the docker compose plugin, docker-compose, podman-compose for Podman).",
+                metavar="COMMAND", shown="found on PATH"),
+    SettingSpec("copy_max_bytes", "MCP_COPY_MAX_BYTES", _parse_size_setting, 16 * 1024**2,
+                "Most bytes docker_copy_to_container writes and docker_copy_from_container returns in one call.",
+                show=_show_size),
+    SettingSpec("allow_public_ports", "SAFETY_ALLOW_PUBLIC_PORTS", _parse_bool, False,
+                "Let compose projects publish ports on addresses other than loopback (0.0.0.0 ...); "
+                "when off, ports without an address are published on 127.0.0.1."),
     # -- swarm services (the container policy above applies to each service's containers too)
-    SettingSpec("allow_swarm_published_ports", "SAFETY_ALLOW_SWARM_PUBLISHED_PORTS", _parse_bool,
+    SettingSpec("allow_swarm_published_ports", "SAFETY_ALLOW_SWARM_PUBLISHED_PORTS", _parse_bool, False,
                 "Allow services to publish ports: swarm publishes them on every interface of every node "
-                "(ingress or host mode). Default false."),
-    SettingSpec("allow_swarm_secrets", "SAFETY_ALLOW_SWARM_SECRETS", _parse_bool,
+                "(ingress or host mode)."),
+    SettingSpec("allow_swarm_secrets", "SAFETY_ALLOW_SWARM_SECRETS", _parse_bool, False,
                 "Allow services to mount swarm secrets and configs, and stacks to create them from files "
-                "(which the docker CLI reads on this host). Default false."),
+                "(which the docker CLI reads on this host)."),
 )
 SETTINGS_BY_ENV = {spec.env: spec for spec in SETTING_SPECS}
 SETTINGS_BY_FIELD = {spec.field: spec for spec in SETTING_SPECS}
+
+
+def env_of(field: str) -> str:
+    """A setting's environment name, for messages that name it (a misspelt field fails here, loudly)."""
+    return SETTINGS_BY_FIELD[field].env
+
+
+def setting_fix(field: str, value: Any) -> str:
+    """How to give a setting a value, as flag and variable: "--no-reveal-secrets (SAFETY_REVEAL_SECRETS=false)"."""
+    spec = SETTINGS_BY_FIELD[field]
+    written = spec.show(value)
+    if spec.parse is _parse_bool:
+        flag = spec.option if value else "--no-" + spec.option[2:]
+    else:
+        flag = f"{spec.option} {written}"
+    return f"{flag} ({spec.env}={written})"
 # Read by the docker SDK itself; accepted in env files so one file can describe a deployment.
 PASSTHROUGH_ENV = ("DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH")
 
 
-@dataclasses.dataclass(frozen=True)
-class Settings:
-    docker_host: str = ""
-    engines: tuple[EngineConfig, ...] = ()
-    allow_moderate: bool = True
-    allow_destructive: bool = False
-    allowed_tools: tuple[str, ...] = ()
-    denied_tools: tuple[str, ...] = ()
-    toolsets: tuple[str, ...] = DEFAULT_TOOLSETS
-    max_output_bytes: int = 256 * 1024
-    engine_timeout: float = 60.0
-    long_operation_timeout: float = 900.0
-    log_level: str = "INFO"
-    resources_enabled: bool = True
-    prompts_enabled: bool = True
-    logging_enabled: bool = True
-    transport: str = "stdio"
-    host: str = "127.0.0.1"
-    port: int = 8000
-    tls_enabled: bool = False
-    tls_cert: str = ""
-    tls_key: str = ""
-    tls_client_ca: str = ""
-    tls_min_version: str = "1.2"
-    allowed_hosts: tuple[str, ...] = ()
-    allowed_origins: tuple[str, ...] = ()
-    http_max_header_bytes: int = 16 * 1024
-    http_max_body_bytes: int = 4 * 1024 * 1024
-    http_header_timeout: float = 10.0
-    http_body_timeout: float = 30.0
-    http_keepalive_timeout: float = 30.0
-    http_max_connections: int = 1024
-    http_max_unauthenticated_per_ip: int = 256
-    http_max_streams_per_principal: int = 32
-    http_max_sessions: int = 1000
-    http_session_idle_timeout: float = 1800.0
-    shutdown_grace: float = 10.0
-    auth_enabled: bool = True
-    api_keys_file: str = ""
-    ssh_authorized_keys: str = ""
-    allow_insecure_http: bool = False
-    rate_limit_enabled: bool = True
-    rate_limit_rpm: int = 120
-    rate_limit_burst: int = 30
-    rate_limit_concurrent: int = 8
-    auth_failure_limit: int = 10
-    allowed_client_ips: tuple[str, ...] = ()
-    trusted_proxies: tuple[str, ...] = ()
-    audit_log_enabled: bool = True
-    audit_log_file: str = ""
-    audit_log_max_bytes: int = 50 * 1024 * 1024
-    audit_log_backups: int = 10
-    oauth_issuer: str = ""
-    oauth_resource: str = ""
-    oauth_jwks_url: str = ""
-    oauth_jwks_file: str = ""
-    oauth_algorithms: tuple[str, ...] = ("RS256", "ES256", "EdDSA")
-    oauth_clock_skew: float = 60.0
-    oauth_scope_roles: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-        ("docker:read", "safe", ()), ("docker:write", "moderate", ()), ("docker:admin", "destructive", ()))
-    oauth_required_scopes: tuple[str, ...] = ()
-    allow_privileged: bool = False
-    volume_mount_allowlist: tuple[str, ...] = ()
-    allowed_sockets: tuple[str, ...] = ()
-    build_context_allowlist: tuple[str, ...] = ()
-    managed_only: bool = False
-    allowed_registries: tuple[str, ...] = ()
-    require_pinned_images: bool = False
-    allow_build_network: bool = False
-    allow_unbounded_build_steps: bool = False
-    allow_image_overwrite: bool = False
-    network_drivers: tuple[str, ...] = ("bridge",)
-    network_driver_options: tuple[str, ...] = ("com.docker.network.driver.mtu", "com.docker.network.bridge.enable_icc")
-    reveal_secrets: bool = False
-    allow_destructive_commands: bool = False
-    # Destructive tools are already opt-in (SAFETY_ALLOW_DESTRUCTIVE_OPERATIONS); an operator who enabled
-    # them for a client that cannot show a confirmation has made that choice, and most clients ask their
-    # user before a destructiveHint tool themselves. Set deny where only elicitation-capable clients may remove.
-    destructive_without_elicitation: str = "allow"
-    container_profile: str = "default"
-    container_memory_limit: int = 1024**3
-    container_cpu_limit: float = 1.0
-    container_pids_limit: int = 512
-    compose_command: tuple[str, ...] = ()
-    copy_max_bytes: int = 16 * 1024**2
-    allow_public_ports: bool = False
-    allow_swarm_published_ports: bool = False
-    allow_swarm_secrets: bool = False
-    docker_tls_verify: str = ""
-    docker_cert_path: str = ""
+class DerivedSettings:
+    """Values computed from several settings, in one place so that every caller agrees on them."""
+
+    api_keys_file: str
+    audit_log_file: str
+    tls_enabled: bool
+    tls_cert: str
+    tls_key: str
+
+    @property
+    def keys_path(self) -> str:
+        """The API keys file in use: the one named, else ~/.mcp-docker/api_keys.json."""
+        return os.path.expanduser(self.api_keys_file or DEFAULT_KEYS_FILE)
+
+    @property
+    def audit_path(self) -> str:
+        """The audit log in use: the one named, else ~/.mcp-docker/audit.log."""
+        return os.path.expanduser(self.audit_log_file or DEFAULT_AUDIT_LOG)
+
+    @property
+    def tls_on(self) -> bool:
+        """HTTPS: asked for, or on by itself because a certificate or key was given."""
+        return self.tls_enabled or bool(self.tls_cert or self.tls_key)
+
+
+# Every setting's field and default come from its spec, so they cannot disagree; the two passthrough values
+# (read by the docker SDK, PASSTHROUGH_ENV) have no flag. Frozen: settings are read, never changed, once loaded.
+Settings = dataclasses.make_dataclass(
+    "Settings",
+    [(spec.field, type(spec.default), dataclasses.field(default=spec.default)) for spec in SETTING_SPECS]
+    + [(name.lower(), str, dataclasses.field(default="")) for name in PASSTHROUGH_ENV],
+    bases=(DerivedSettings,), frozen=True, namespace={"__module__": __name__})
 
 
 def parse_env_file(text: str) -> dict[str, str]:
@@ -1110,7 +1121,8 @@ def translate_engine_error(exc: BaseException, keep: frozenset[str] = frozenset(
     if status is not None and (clash := port_clash(explanation, keep)):
         return clash
     if name in ("ReadTimeout", "ConnectTimeout", "Timeout", "TimeoutError") or isinstance(exc, TimeoutError):
-        return ToolError("timeout", "the engine did not answer in time; try again or raise MCP_ENGINE_TIMEOUT")
+        return ToolError("timeout", "the engine did not answer in time; try again or raise "
+                         + env_of("engine_timeout"))
     if name in ("SSLError", "SSLCertVerificationError") or (name == "DockerException" and "SSLError" in str(exc)):
         return ToolError("engine_unavailable", "the TLS handshake with the engine failed; check its certificates")
     if name in ("ConnectionError", "ProtocolError", "ConnectionRefusedError", "FileNotFoundError",
@@ -1455,19 +1467,19 @@ def redact_arguments(value: Any, key: str = "") -> Any:
 def tool_denial(name: str, tier: Tier, toolset: str, settings: Settings) -> str | None:
     """Why the configuration does not permit this tool, or None when it does."""
     if name in settings.denied_tools:
-        return f"{name} is listed in SAFETY_DENIED_TOOLS"
+        return f"{name} is listed in {env_of('denied_tools')}"
     if settings.allowed_tools and name not in settings.allowed_tools:
-        return f"{name} is not listed in SAFETY_ALLOWED_TOOLS"
+        return f"{name} is not listed in {env_of('allowed_tools')}"
     if toolset not in settings.toolsets:
-        return f"{name} belongs to the {toolset} toolset, which MCP_TOOLSETS does not include"
+        return f"{name} belongs to the {toolset} toolset, which {env_of('toolsets')} does not include"
     if tier is Tier.DESTRUCTIVE and not settings.allow_destructive:
-        return f"{name} is destructive; set SAFETY_ALLOW_DESTRUCTIVE_OPERATIONS=true to allow it"
+        return f"{name} is destructive; set {env_of('allow_destructive')}=true to allow it"
     if tier is Tier.MODERATE and not settings.allow_moderate:
-        return f"{name} changes state; set SAFETY_ALLOW_MODERATE_OPERATIONS=true to allow it"
+        return f"{name} changes state; set {env_of('allow_moderate')}=true to allow it"
     if tier not in (Tier.SAFE, Tier.MODERATE, Tier.DESTRUCTIVE):  # fail closed on anything unknown
         return f"{name} has no known safety tier"
     if settings.engines and all(engine_denial(name, tier, e.name, e.access) for e in settings.engines):
-        return f"{name} is {tier.value} and every configured engine is limited below that (MCP_ENGINES)"
+        return f"{name} is {tier.value} and every configured engine is limited below that ({env_of('engines')})"
     return None
 
 
@@ -1669,7 +1681,7 @@ def bound_result(result: dict[str, Any], max_bytes: int, list_field: str | None 
         if _encoded_size(shortened) <= max_bytes:
             return shortened
         limit //= 4
-    return {"truncated": True, "note": "the result was larger than MCP_MAX_OUTPUT_BYTES allows"}
+    return {"truncated": True, "note": f"the result was larger than {env_of('max_output_bytes')} allows"}
 
 
 _SECRET_NAME_RE = re.compile(r"pass(word|wd)?|secret|token|api[_-]?key|credential|private[_-]?key|auth", re.I)
@@ -1810,9 +1822,9 @@ IMAGE_TEXT = r"[A-Za-z0-9][A-Za-z0-9._/:@+-]*"  # image references: name[:tag], 
 MANAGED_LABEL = "io.mcp-docker.managed"
 CLIENT_LABEL = "io.mcp-docker.client"
 CREATED_LABEL = "io.mcp-docker.created"
-PRIVILEGED_SETTING = "SAFETY_ALLOW_PRIVILEGED_CONTAINERS"
+PRIVILEGED_SETTING = env_of("allow_privileged")
 ALLOW_PRIVILEGED = f"set {PRIVILEGED_SETTING}=true to allow it"
-ALLOWED_SOCKETS_SETTING = "SAFETY_ALLOWED_SOCKETS"
+ALLOWED_SOCKETS_SETTING = env_of("allowed_sockets")
 # A bind source directory is searched for unix sockets to this depth and number of entries; past either
 # bound it is refused (fail closed), since a socket may lie beyond.
 BIND_SCAN_MAX_DEPTH = 16
@@ -2745,11 +2757,11 @@ def image_denials(tool: str, images: tuple[str, ...], settings: Settings) -> lis
             if not any(full.startswith(allowed.replace("index.docker.io", "docker.io") + "/")
                        for allowed in settings.allowed_registries):
                 denials.append(Denial("image_registry", f"image {_short_repr(image, 60)} comes from {registry}, "
-                                      "which SAFETY_ALLOWED_REGISTRIES does not list",
-                                      f"add {registry} to SAFETY_ALLOWED_REGISTRIES"))
+                                      f"which {env_of('allowed_registries')} does not list",
+                                      f"add {registry} to {env_of('allowed_registries')}"))
         if settings.require_pinned_images and tool != "docker_push_image" and not image_is_pinned(image):
             denials.append(Denial("image_pinning", f"image {_short_repr(image, 60)} is not pinned (give a tag "
-                                  "other than latest, or a digest)", "set SAFETY_REQUIRE_PINNED_IMAGES=false"))
+                                  "other than latest, or a digest)", f"set {env_of('require_pinned_images')}=false"))
     return denials
 
 
@@ -3198,7 +3210,7 @@ RESERVED_NETWORKS = (
     ("100.100.100.200/32", "a cloud metadata address"), ("224.0.0.0/4", "multicast"), ("240.0.0.0/4", "reserved"),
     ("::/128", "the unspecified address"), ("::1/128", "loopback"), ("::ffff:0:0/96", "IPv4-mapped"),
     ("fe80::/10", "link-local"), ("fd00:ec2::254/128", "a cloud metadata address"), ("ff00::/8", "multicast"))
-NETWORK_SUBNET_SETTING = "SAFETY_ALLOW_PRIVILEGED_CONTAINERS"
+NETWORK_SUBNET_SETTING = PRIVILEGED_SETTING
 
 
 def parse_ipv4_routes(text: str) -> list[str]:
@@ -4121,12 +4133,12 @@ def command_denial(command: Sequence[str], settings: Settings) -> Denial | None:
         return None
     if verdict.kind == "destructive":
         return Denial("destructive_command", f"the command looks destructive: {verdict.reason} (a screening of "
-                      "known shapes)", "set SAFETY_ALLOW_DESTRUCTIVE_COMMANDS=true")
+                      "known shapes)", f"set {env_of('allow_destructive_commands')}=true")
     if settings.allow_destructive and CALL_CEILING.get() is Tier.DESTRUCTIVE:
         return None
     return Denial("destructive_command", f"the screen cannot determine what the command does, so it is treated as "
-                  f"destructive: {verdict.reason}", "set SAFETY_ALLOW_DESTRUCTIVE_OPERATIONS=true (or "
-                  "SAFETY_ALLOW_DESTRUCTIVE_COMMANDS=true), or give the command as a plain argument list")
+                  f"destructive: {verdict.reason}", f"set {env_of('allow_destructive')}=true (or "
+                  f"{env_of('allow_destructive_commands')}=true), or give the command as a plain argument list")
 
 
 # -- the judge ----------------------------------------------------------------------------------------
@@ -4135,7 +4147,7 @@ def command_denial(command: Sequence[str], settings: Settings) -> Denial | None:
 def managed_denial(kind: str, name: str, labels: Mapping[str, str] | None, settings: Settings) -> Denial | None:
     if settings.managed_only and (labels or {}).get(MANAGED_LABEL) != "true":
         return Denial("managed_only", f"{kind} {_short_repr(name, 60)} was not created by mcp-docker "
-                      f"(no {MANAGED_LABEL}=true label)", "set SAFETY_MANAGED_ONLY=false to act on it")
+                      f"(no {MANAGED_LABEL}=true label)", f"set {env_of('managed_only')}=false to act on it")
     return None
 
 
@@ -11384,12 +11396,12 @@ class AccessControl:
                 raise StartupError(str(exc)) from None
         if not settings.auth_enabled:
             if settings.oauth_issuer:
-                raise StartupError("OAuth mode (SECURITY_OAUTH_ISSUER) needs authentication on (--auth)")
+                raise StartupError(f"OAuth mode ({env_of('oauth_issuer')}) needs authentication on (--auth)")
             log.warning("authentication is OFF (loopback only): every local process can use this server")
             return
         if settings.oauth_issuer:
             self._setup_oauth()
-        path = settings.api_keys_file or default_state_path("api_keys.json")
+        path = settings.keys_path
         self.keys = KeyStore(path)
         if os.path.exists(path):
             try:
@@ -11415,12 +11427,14 @@ class AccessControl:
     def _setup_oauth(self) -> None:
         settings = self.settings
         if not settings.oauth_resource:
-            raise StartupError("OAuth mode needs SECURITY_OAUTH_RESOURCE, this server's canonical URL (the audience)")
+            raise StartupError(f"OAuth mode needs {env_of('oauth_resource')}, this server's canonical URL "
+                               "(the audience)")
         if bool(settings.oauth_jwks_url) == bool(settings.oauth_jwks_file):
-            raise StartupError("OAuth mode needs exactly one of SECURITY_OAUTH_JWKS_URL and SECURITY_OAUTH_JWKS_FILE")
+            raise StartupError(f"OAuth mode needs exactly one of {env_of('oauth_jwks_url')} and "
+                               f"{env_of('oauth_jwks_file')}")
         unknown = sorted({t for _, _, tools in settings.oauth_scope_roles for t in tools} - set(TOOLS))
         if unknown:
-            raise StartupError(f"SECURITY_OAUTH_SCOPE_ROLES names unknown tool {unknown[0]!r}")
+            raise StartupError(f"{env_of('oauth_scope_roles')} names unknown tool {unknown[0]!r}")
         self.oauth = OAuthVerifier(settings)
         if settings.oauth_jwks_file:
             problem = private_file_problem(settings.oauth_jwks_file)
@@ -11501,7 +11515,7 @@ class AccessControl:
             return principal
         if self.failures.check(client_ip, now):  # this address's failure tokens are spent
             self.record("rate_limit_exceeded", client_ip=client_ip, reason="auth_failures", path=request.path)
-            return Refusal(429, "Too many failed authentications (SECURITY_AUTH_FAILURES_PER_MINUTE)",
+            return Refusal(429, f"Too many failed authentications ({env_of('auth_failure_limit')})",
                            (("retry-after", "60"),))
         self.record("auth_failure", client_ip=client_ip, reason=reason, path=request.path)
         return self.unauthorized(reason != "missing")
@@ -12913,7 +12927,7 @@ class HttpServer:
 
     def __init__(self, mcp: DockerMCP, settings: Settings, audit: AuditLog | None = None):
         self.mcp, self.settings, self.audit = mcp, settings, audit
-        self.tls = settings.tls_enabled or bool(settings.tls_cert or settings.tls_key)
+        self.tls = settings.tls_on
         if settings.tls_client_ca and not self.tls:
             raise StartupError("--tls-client-ca needs TLS (--tls-cert and --tls-key)")
         self.ssl_context = build_ssl_context(settings) if self.tls else None
@@ -13112,7 +13126,7 @@ def setting_options(command: Callable[..., Any] | None = None, *,
         flags = [click.option("--env-file", type=click.Path(dir_okay=False), default=None,
                               help="Read KEY=VALUE settings from this file (flags and the environment win).")]
         for spec in SETTING_SPECS:
-            help_text = f"{spec.help} [{spec.env}]"
+            help_text = f"{spec.help_text} [{spec.env}]"
             hidden = shown is not None and spec.field not in shown
             if spec.parse is _parse_bool:
                 name = spec.option[2:]
@@ -13191,15 +13205,14 @@ def describe_engines(engines: Engines) -> list[str]:
 
 def keys_file_problem(settings: Settings) -> str | None:
     """A keys file named explicitly must be there: a typo must not quietly become an ephemeral key."""
-    path = settings.api_keys_file
-    if not path or settings.transport != "http" or not settings.auth_enabled:
+    if not settings.api_keys_file or settings.transport != "http" or not settings.auth_enabled:
         return None
-    path = os.path.expanduser(path)
+    path, setting = settings.keys_path, SETTINGS_BY_FIELD["api_keys_file"].named
     if os.path.isdir(path):
-        return (f"SECURITY_API_KEYS_FILE (--api-keys-file) {path} is a directory, not a keys file; name the file, "
+        return (f"{setting} {path} is a directory, not a keys file; name the file, "
                 f"e.g. {os.path.join(path, 'api_keys.json')}")
     if not os.path.exists(path):
-        return (f"SECURITY_API_KEYS_FILE (--api-keys-file) {path} does not exist; create it with `mcp-docker genkey "
+        return (f"{setting} {path} does not exist; create it with `mcp-docker genkey "
                 f"--client-id NAME --keys-file {path}`, or leave the setting out (a loopback server then makes an "
                 "ephemeral key)")
     return None
@@ -13256,7 +13269,7 @@ def serve(verbose: bool, **options: Any) -> None:
     app = DockerMCP(settings)
     audit = None
     if settings.audit_log_enabled:
-        audit = AuditLog(settings.audit_log_file or default_state_path("audit.log"),
+        audit = AuditLog(settings.audit_path,
                          settings.audit_log_max_bytes, settings.audit_log_backups, sync_in_background=True)
         app.audit, app.audit_problem = audit.write, audit.problem
     if settings.rate_limit_enabled and settings.transport == "stdio":
@@ -13305,12 +13318,14 @@ def exit_without_waiting_for_abandoned_calls() -> None:
 
 
 def keys_file_option(command: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--keys-file", envvar="SECURITY_API_KEYS_FILE", default=None,
-                        help="Keys file. Default ~/.mcp-docker/api_keys.json [SECURITY_API_KEYS_FILE]")(command)
+    env = env_of("api_keys_file")
+    return click.option("--keys-file", envvar=env, default=None,
+                        help=f"Keys file. Default {DEFAULT_KEYS_FILE} [{env}]")(command)
 
 
 def keys_path(option: str | None) -> str:
-    return os.path.expanduser(option) if option else default_state_path("api_keys.json")
+    """The keys file a `keys`/`genkey` command works on: --keys-file, else the server's default."""
+    return Settings(api_keys_file=option or "").keys_path
 
 
 @main.command()
@@ -13462,7 +13477,7 @@ AUDIT_SETTINGS = frozenset({"audit_log_file", "audit_log_backups"})
 
 def configured_audit_files(settings: Settings) -> list[str]:
     """The configured audit log and its rotated files that exist, oldest first (.N ... .1, then the log)."""
-    path = os.path.expanduser(settings.audit_log_file) if settings.audit_log_file else default_state_path("audit.log")
+    path = settings.audit_path
     rotated = [f"{path}.{index}" for index in range(settings.audit_log_backups, 0, -1)]
     return [name for name in rotated if os.path.isfile(name)] + [path]
 
@@ -13481,8 +13496,8 @@ def audit_verify(files: tuple[str, ...], **options: Any) -> None:
     if not files:
         found = configured_audit_files(settings_from_cli(options))
         if not os.path.isfile(found[-1]):
-            raise click.ClickException(f"no audit log at {found[-1]} (SECURITY_AUDIT_LOG_FILE); name the files to "
-                                       "verify, oldest first")
+            raise click.ClickException(f"no audit log at {found[-1]} ({env_of('audit_log_file')}); name the files "
+                                       "to verify, oldest first")
         files = tuple(found)
     previous_hash: str | None = None
     previous_seq: int | None = None
@@ -13610,7 +13625,7 @@ def audit_show(since: str | None, client: str | None, tool: str | None, events: 
     """
     files = configured_audit_files(settings_from_cli(options))
     if not os.path.isfile(files[-1]) and not follow:
-        raise click.ClickException(f"no audit log at {files[-1]} (SECURITY_AUDIT_LOG_FILE)")
+        raise click.ClickException(f"no audit log at {files[-1]} ({env_of('audit_log_file')})")
     moment = audit_since(since, utc_now()) if since else None
 
     def emit(raw: bytes) -> None:
@@ -13859,7 +13874,7 @@ def _wildcard_host(host: str) -> bool:
 
 def check_keys_file(settings: Settings, now: _dt.datetime) -> list[Check]:
     """The keys file: mode and owner, parse, plaintext (legacy) keys and their strength, expiry."""
-    path = settings.api_keys_file or default_state_path("api_keys.json")
+    path = settings.keys_path
     if settings.transport != "http" or not settings.auth_enabled:
         return [Check("PASS", "keys", "API keys are not used (" +
                       ("stdio: the client starts the server)" if settings.transport != "http" else "auth is off)"))]
@@ -13931,7 +13946,7 @@ def check_tls(settings: Settings, now: _dt.datetime) -> list[Check]:
     """Certificate readable, matching its key, not expiring within 30 days, SANs covering the bind host."""
     if settings.transport != "http":
         return []
-    if not (settings.tls_enabled or settings.tls_cert or settings.tls_key):
+    if not settings.tls_on:
         return []
     gencert_fix = "mcp-docker gencert --hostname HOST, then --tls-cert/--tls-key with the files it prints"
     problem = tls_files_problem(settings)
@@ -13993,18 +14008,18 @@ def check_exposure(settings: Settings) -> list[Check]:
     """Bind address against authentication and TLS (the rules AccessControl.setup enforces, and softer ones)."""
     if settings.transport != "http":
         return [Check("PASS", "exposure", "stdio transport: no network listener")]
-    tls = settings.tls_enabled or bool(settings.tls_cert or settings.tls_key)
+    tls = settings.tls_on
     loopback = is_loopback(settings.host)
     where = f"{settings.host}:{settings.port}"
     if not settings.auth_enabled:
         if loopback:
             return [Check("WARN", "exposure", f"auth off on {where}: every local process and user can use it",
-                          "--auth (SECURITY_AUTH_ENABLED=true) and mcp-docker genkey")]
+                          f"{setting_fix('auth_enabled', True)} and mcp-docker genkey")]
         return [Check("FAIL", "exposure", f"auth off on non-loopback {where} (the server refuses to start)",
-                      "--auth (SECURITY_AUTH_ENABLED=true) and mcp-docker genkey, or --host 127.0.0.1")]
+                      f"{setting_fix('auth_enabled', True)} and mcp-docker genkey, or --host 127.0.0.1")]
     if not tls and not loopback:
         return [Check("FAIL", "exposure", f"plain HTTP on non-loopback {where}: keys and output travel in clear"
-                      + (" (allowed by SECURITY_ALLOW_INSECURE_HTTP)" if settings.allow_insecure_http else
+                      + (f" (allowed by {env_of('allow_insecure_http')})" if settings.allow_insecure_http else
                          " (the server refuses to start)"),
                       "mcp-docker gencert --hostname HOST, then --tls-cert/--tls-key; drop --allow-insecure-http")]
     if not tls:
@@ -14018,9 +14033,9 @@ def check_accountability(settings: Settings) -> list[Check]:
     checks = []
     if not settings.audit_log_enabled:
         checks.append(Check("FAIL", "audit log", "the audit log is off: nothing records who did what",
-                            "--audit-log-enabled (SECURITY_AUDIT_LOG_ENABLED=true)"))
+                            setting_fix("audit_log_enabled", True)))
     else:
-        path = settings.audit_log_file or default_state_path("audit.log")
+        path = settings.audit_path
         directory = os.path.dirname(os.path.abspath(path))
         problem = private_file_problem(path) if os.path.exists(path) else None
         unwritable = audit_location_problem(path, directory_made=True) if os.path.isdir(directory) else None
@@ -14043,7 +14058,7 @@ def check_accountability(settings: Settings) -> list[Check]:
                                                                        " (made with mode 600 on first start)")))
     if not settings.rate_limit_enabled:
         checks.append(Check("FAIL" if settings.transport == "http" else "WARN", "rate limit",
-                            "tool calls are not rate limited", "--rate-limit-enabled (SECURITY_RATE_LIMIT_ENABLED=true)"))
+                            "tool calls are not rate limited", setting_fix("rate_limit_enabled", True)))
     else:
         checks.append(Check("PASS", "rate limit", f"on: {settings.rate_limit_rpm}/min, burst {settings.rate_limit_burst}, "
                             f"{settings.rate_limit_concurrent} at once per client"))
@@ -14055,17 +14070,17 @@ def check_powers(settings: Settings) -> list[Check]:
     checks = []
     if settings.allow_privileged:
         checks.append(Check("FAIL", "privileged containers", "on: a client can start containers with host root powers",
-                            "--no-allow-privileged (SAFETY_ALLOW_PRIVILEGED_CONTAINERS=false)"))
+                            setting_fix("allow_privileged", False)))
     if settings.allow_destructive:
         checks.append(Check("WARN", "destructive tools", "on: clients can remove and prune"
                             + ("" if settings.managed_only else " anything on the engine"),
                             "--no-allow-destructive unless needed; else --managed-only limits it to what this server made"))
     if settings.allow_destructive_commands:
         checks.append(Check("WARN", "exec screening", "off: exec runs known-destructive commands (rm -rf /, mkfs ...)",
-                            "--no-allow-destructive-commands (SAFETY_ALLOW_DESTRUCTIVE_COMMANDS=false)"))
+                            setting_fix("allow_destructive_commands", False)))
     if settings.reveal_secrets:
         checks.append(Check("WARN", "secrets", "inspect shows secret-looking environment values",
-                            "--no-reveal-secrets (SAFETY_REVEAL_SECRETS=false)"))
+                            setting_fix("reveal_secrets", False)))
     if "/" in settings.volume_mount_allowlist:
         checks.append(Check("FAIL", "bind mounts", "the whole host filesystem may be bind mounted",
                             "--volume-mount-allowlist with only the directories clients need"))

@@ -10223,3 +10223,103 @@ def test_options_the_request_does_not_give_take_the_configured_defaults_and_the_
     assert hardened.read_only_rootfs and hardened.cap_drop == ("ALL",) and hardened.cap_add == ("CHOWN",)
     assert dict(hardened.namespaces) == {"network": "none", "cgroupns": "private"}
     assert [m.target for m in hardened.mounts] == ["/tmp"] and hardened.profile_conflicts == ("read_only=false",)
+
+
+# === Settings declared once (issue 15 item 4): specs carry defaults, derived values, setting names ===
+
+
+def readme_configuration_rows() -> dict[str, list[str]]:
+    """The README configuration tables, by environment name: [flag, env, default, meaning]."""
+    text = (HERE / "README.md").read_text(encoding="utf-8")
+    section = text.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split(" | ")]
+        if line.startswith("| `") and len(cells) >= 4:
+            rows[cells[1].strip("`")] = cells
+    return rows
+
+
+def test_readme_configuration_defaults_are_the_spec_defaults():
+    rows = readme_configuration_rows()
+    wrong = {spec.env: (rows[spec.env][2], spec.shown_default) for spec in md.SETTING_SPECS
+             if spec.env in rows and rows[spec.env][2].strip("`") != spec.shown_default}
+    assert not wrong, f"README default column disagrees with SETTING_SPECS (README, spec): {wrong}"
+
+
+def test_settings_fields_and_defaults_come_from_the_specs():
+    import dataclasses
+
+    fields = dataclasses.fields(md.Settings)
+    assert [f.name for f in fields] == [spec.field for spec in md.SETTING_SPECS] + \
+        [name.lower() for name in md.PASSTHROUGH_ENV]
+    for spec, field in zip(md.SETTING_SPECS, fields[:len(md.SETTING_SPECS)], strict=True):
+        assert field.default == spec.default, spec.field
+        assert getattr(md.Settings(), spec.field) == spec.default, spec.field
+    assert md.Settings().oauth_scope_roles == md.DEFAULT_SCOPE_ROLES and md.Settings().engine_timeout == 60.0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        md.Settings().port = 1  # type: ignore[misc]
+    assert dataclasses.replace(md.Settings(), port=9).port == 9 and md.Settings() == md.Settings()
+    assert repr(md.Settings()).startswith("Settings(docker_host=''")
+
+
+@pytest.mark.parametrize("spec", [s for s in md.SETTING_SPECS if s.default not in ("", ())], ids=lambda s: s.env)
+def test_each_shown_default_reads_back_as_the_default(spec):
+    # What --help and the README say the default is, given back as the setting, is exactly the default:
+    # the written form cannot drift from the value (1g, 16m, the scope-role syntax, 60 for 60.0 ...).
+    assert spec.parse(spec.env, spec.shown_default) == spec.default
+    assert md.load_settings({}, {spec.env: spec.shown_default}, {}) == md.Settings()
+
+
+def test_help_states_each_default_once_and_generated():
+    from click.testing import CliRunner
+
+    for spec in md.SETTING_SPECS:
+        assert not re.search(r"\bDefault\b|\(default\)", spec.help), f"{spec.env}: the default is written by hand"
+        if spec.default not in ("", ()) or spec.shown:
+            assert spec.help_text == f"{spec.help} Default {spec.shown_default}."
+        else:
+            assert spec.help_text == spec.help
+    shown = " ".join(CliRunner().invoke(md.main, ["serve", "--help"], terminal_width=2000).output.split())
+    for spec in md.SETTING_SPECS:
+        assert f"{spec.help_text} [{spec.env}]" in shown, spec.env
+    assert "Seconds one engine call may take before it fails with a timeout. Default 60. [MCP_ENGINE_TIMEOUT]" in shown
+    assert "Default 1g. [SAFETY_CONTAINER_MEMORY_LIMIT]" in shown and "Default 16m. [MCP_COPY_MAX_BYTES]" in shown
+
+
+def test_derived_settings_are_properties_every_caller_shares(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    default = md.Settings()
+    assert default.keys_path == str(tmp_path / ".mcp-docker" / "api_keys.json") == md.default_state_path("api_keys.json")
+    assert default.audit_path == str(tmp_path / ".mcp-docker" / "audit.log") == md.default_state_path("audit.log")
+    assert md.Settings(api_keys_file="~/k.json").keys_path == str(tmp_path / "k.json")
+    assert md.Settings(audit_log_file="/var/log/a.log").audit_path == "/var/log/a.log"
+    assert md.keys_path(None) == default.keys_path and md.keys_path("/srv/k.json") == "/srv/k.json"
+    assert md.configured_audit_files(md.Settings(audit_log_backups=1))[-1] == default.audit_path
+    assert not default.tls_on
+    for tls in ({"tls_enabled": True}, {"tls_cert": "/c.pem"}, {"tls_key": "/k.pem"}):
+        assert md.Settings(**tls).tls_on, tls
+    # the loader's ~ expansion and the property agree, so a server and `keys`/`doctor` name one file
+    loaded = md.load_settings({}, {"SECURITY_API_KEYS_FILE": "~/keys.json"}, {})
+    assert loaded.keys_path == loaded.api_keys_file == str(tmp_path / "keys.json")
+
+
+def test_env_of_and_setting_fix_name_settings_as_the_specs_do():
+    assert md.env_of("allow_privileged") == "SAFETY_ALLOW_PRIVILEGED_CONTAINERS" == md.PRIVILEGED_SETTING
+    with pytest.raises(KeyError):
+        md.env_of("allow_privilegd")
+    assert md.setting_fix("auth_enabled", True) == "--auth (SECURITY_AUTH_ENABLED=true)"
+    assert md.setting_fix("reveal_secrets", False) == "--no-reveal-secrets (SAFETY_REVEAL_SECRETS=false)"
+    assert md.setting_fix("engine_timeout", 120.0) == "--engine-timeout 120 (MCP_ENGINE_TIMEOUT=120)"
+    assert md.SETTINGS_BY_FIELD["api_keys_file"].named == "SECURITY_API_KEYS_FILE (--api-keys-file)"
+    denial = md.tool_denial("docker_remove_container", md.Tier.DESTRUCTIVE, "containers", md.Settings())
+    assert denial == "docker_remove_container is destructive; set SAFETY_ALLOW_DESTRUCTIVE_OPERATIONS=true to allow it"
+
+
+def test_every_setting_name_the_program_mentions_is_a_real_setting():
+    # Names still spelled out (in docstrings, templates, sections that keep their literals) must exist:
+    # a message naming a misspelt or renamed setting would send the operator to a variable nothing reads.
+    source = (HERE / "mcp_docker.py").read_text(encoding="utf-8")
+    named = set(re.findall(r"\b(?:SAFETY|SECURITY|MCP)_[A-Z0-9_]*[A-Z0-9]\b", source))
+    not_settings = {"MCP_DOCKER_API_KEY", "SECURITY_HEADERS"}  # client-config's key variable; a header table
+    assert named - set(md.SETTINGS_BY_ENV) - not_settings == set()
