@@ -1,13 +1,18 @@
-"""Tests for mcp_docker.py.
+"""Tests for mcp_docker.py, in the program's order.
 
-Unit tests cover the pure parts (settings, policy, bounding, parsing). Integration tests start the
-real server as a subprocess and drive it through the ``mcp`` SDK's client over stdio, against the
-real container engine and the local test image ``mcp-docker-test/busybox:1`` (see ``.ci/run``).
+The tests follow the program's sections (1. Configuration ... 8. CLI, then deployment and what cuts
+across), each with the sub-headings below, so the tests of a feature sit under the section that
+implements it: pure unit tests first, then in-memory protocol tests, then integration tests that start
+the real server and drive it through the ``mcp`` SDK's client (stdio or HTTP) against the real
+container engine and the local test image ``mcp-docker-test/busybox:1`` (see ``.ci/run``). The shared
+harnesses come first, in one block of their own.
 
 Every engine object a test makes carries the per-run prefix ``PREFIX`` and the label
-``TEST_LABEL``; a session fixture removes them all at the end, pass or fail.
+``TEST_LABEL``; a session fixture removes them all at the end, pass or fail. Set
+``MCP_DOCKER_REQUIRE_ENGINE=1`` to make a missing engine a failure instead of a skip.
 
-Set ``MCP_DOCKER_REQUIRE_ENGINE=1`` to make a missing engine a failure instead of a skip.
+The order is kept by a script (``reorder_tests.py``, kept with the project notes): a new test goes
+at the end of its sub-section, or anywhere, and the script puts it in place.
 """
 
 from __future__ import annotations
@@ -57,28 +62,11 @@ TEST_ENV = {"SECURITY_AUDIT_LOG_FILE": str(STATE_DIR / "audit.log"), "SECURITY_R
 # operator who allowed it.
 if "podman" in ENGINE_URL:
     TEST_ENV["SAFETY_ALLOW_BUILD_NETWORK"] = "true"
-ALL_TOOLS = {
-    "docker_list_containers", "docker_inspect_container", "docker_container_logs", "docker_container_stats",
-    "docker_container_top", "docker_container_diff", "docker_create_container", "docker_run_container",
-    "docker_start_container", "docker_stop_container", "docker_restart_container", "docker_pause_container",
-    "docker_unpause_container", "docker_kill_container", "docker_rename_container", "docker_exec_command",
-    "docker_remove_container", "docker_prune_containers",
-    "docker_list_images", "docker_inspect_image", "docker_image_history", "docker_pull_image",
-    "docker_build_image", "docker_tag_image", "docker_push_image", "docker_remove_image", "docker_prune_images",
-    "docker_list_networks", "docker_inspect_network", "docker_create_network", "docker_connect_container",
-    "docker_disconnect_container", "docker_remove_network", "docker_prune_networks",
-    "docker_list_volumes", "docker_inspect_volume", "docker_create_volume", "docker_remove_volume",
-    "docker_prune_volumes",
-    "docker_list_engines", "docker_version", "docker_system_info", "docker_disk_usage", "docker_events",
-    "docker_prune_system",
-    "docker_compose_config", "docker_compose_up", "docker_list_compose_projects", "docker_compose_ps",
-    "docker_compose_logs", "docker_compose_stop", "docker_compose_start", "docker_compose_restart",
-    "docker_compose_down", "docker_copy_to_container", "docker_copy_from_container", "docker_wait_container",
-    "docker_update_container",
-}
-DESTRUCTIVE = {"docker_remove_container", "docker_prune_containers", "docker_remove_image", "docker_prune_images",
-               "docker_remove_network", "docker_prune_networks", "docker_remove_volume", "docker_prune_volumes",
-               "docker_prune_system", "docker_compose_down"}
+# The catalogue is the registry: the tests never keep their own list of tool names or counts. The one
+# list written by hand is the README's tools table, and a test checks it against the registry.
+# ALL_TOOLS: what a server lists with every tier on and the default toolsets (swarm is opt-in).
+ALL_TOOLS = frozenset(name for name, spec in md.TOOLS.items() if spec.toolset in md.DEFAULT_TOOLSETS)
+DESTRUCTIVE = frozenset(name for name in ALL_TOOLS if md.TOOLS[name].tier is md.Tier.DESTRUCTIVE)
 
 
 # =============================================================================================
@@ -86,10 +74,31 @@ DESTRUCTIVE = {"docker_remove_container", "docker_prune_containers", "docker_rem
 # =============================================================================================
 
 
-def test_registry_has_exactly_the_catalogue():
-    assert set(md.TOOLS) == ALL_TOOLS | SWARM_TOOLS
-    assert len(md.TOOLS) == len(ALL_TOOLS) + len(SWARM_TOOLS)
+def test_registry_is_the_default_toolsets_and_the_opt_in_swarm_tools():
+    assert set(md.TOOLS) == ALL_TOOLS | SWARM_TOOLS and not ALL_TOOLS & SWARM_TOOLS
     assert {n for n, s in md.TOOLS.items() if s.tier is md.Tier.DESTRUCTIVE} == DESTRUCTIVE | SWARM_DESTRUCTIVE
+
+
+def readme_tools_table() -> tuple[int, dict[str, dict[str, str]]]:
+    """The README's "Tools (N)" heading and its table: toolset -> {tool name: mark ('', 'M' or 'D')}."""
+    text = (HERE / "README.md").read_text()
+    heading = re.search(r"^## Tools \((\d+)\)$", text, re.MULTILINE)
+    assert heading, "README.md has no '## Tools (N)' heading"
+    table: dict[str, dict[str, str]] = {}
+    start = text.index("| toolset | tools |", heading.end())
+    for toolset, cell in re.findall(r"^\| (\w+) \| (`docker_.*) \|$", text[start:text.index("\n\n", start)],
+                                    re.MULTILINE):
+        table[toolset] = dict(re.findall(r"`(docker_\w+)`(?: \(([MD])\))?", cell))
+    return int(heading.group(1)), table
+
+
+def test_readme_tools_table_lists_exactly_the_registry_by_toolset_and_tier():
+    count, table = readme_tools_table()
+    mark = {md.Tier.SAFE: "", md.Tier.MODERATE: "M", md.Tier.DESTRUCTIVE: "D"}
+    registry = {toolset: {name: mark[spec.tier] for name, spec in md.TOOLS.items() if spec.toolset == toolset}
+                for toolset in md.TOOLSETS}
+    assert table == registry
+    assert count == len(md.TOOLS) == sum(len(row) for row in table.values())
 
 
 def test_every_parameter_is_described_and_schemas_are_closed():
@@ -409,24 +418,42 @@ def test_translate_engine_errors():
     assert md.translate_engine_error(KeyError("boom")).category == "internal"
 
 
-def test_redaction_and_parsers():
+def test_environment_values_with_secret_names_are_redacted():
     assert md.redact_environment(["PATH=/bin", "DB_PASSWORD=hunter2", "API_TOKEN=abc", "EMPTY_SECRET="]) == [
         "PATH=/bin", "DB_PASSWORD=<redacted>", "API_TOKEN=<redacted>", "EMPTY_SECRET="]
+
+
+def test_image_references_split_into_repository_and_tag_or_digest():
     assert md.split_image_reference("alpine") == ("alpine", "latest")
     assert md.split_image_reference("localhost:5000/team/app:1.2") == ("localhost:5000/team/app", "1.2")
     assert md.split_image_reference("localhost:5000/app") == ("localhost:5000/app", "latest")
     assert md.split_image_reference("app@sha256:abc") == ("app", "sha256:abc")
+
+
+def test_memory_sizes_parse_with_units_and_nonsense_is_a_tool_error():
     assert md.parse_memory("256m") == 256 * 1024**2
     assert md.parse_memory("1g") == 1024**3
     assert md.parse_memory(1000) == 1000
     with pytest.raises(md.ToolError):
         md.parse_memory("lots")
+
+
+def test_published_ports_read_as_address_host_port_and_container_port():
     assert md.format_ports([{"IP": "127.0.0.1", "PrivatePort": 80, "PublicPort": 8080, "Type": "tcp"},
                             {"PrivatePort": 53, "Type": "udp"}]) == ["127.0.0.1:8080->80/tcp", "53/udp"]
+
+
+def test_engine_filters_drop_empty_values_and_spell_booleans_as_the_engine_does():
     assert md.engine_filters({"all": True, "label": ["a=b"], "name": "", "x": None},
                              {"all": "all", "label": "label", "name": "name", "x": "x"}) == {
         "all": ["true"], "label": ["a=b"]}
+
+
+def test_log_lines_drop_carriage_returns_and_replace_invalid_bytes():
     assert md.decode_log_lines(b"a\r\nb\n\xff\n") == ["a", "b", "\ufffd"]
+
+
+def test_cpu_percent_comes_from_the_difference_of_two_samples():
     assert md.cpu_percent({"cpu_stats": {"cpu_usage": {"total_usage": 200}, "system_cpu_usage": 2000,
                                          "online_cpus": 2},
                            "precpu_stats": {"cpu_usage": {"total_usage": 100}, "system_cpu_usage": 1000}}) == 20.0
@@ -870,7 +897,7 @@ def wait_for_process(container: str, command: str, seconds: float = 15) -> None:
 # =============================================================================================
 
 
-def test_lists_45_tools_with_spec_annotations_when_destructive_enabled(full):
+def test_lists_every_registered_tool_with_spec_annotations_when_destructive_enabled(full):
     tools = full.list_tools().tools
     assert {t.name for t in tools} == ALL_TOOLS
     for t in tools:
@@ -1104,7 +1131,7 @@ def test_logs_default_tail_and_truncation_keeps_newest():
         full_tail = h.ok("docker_container_logs", {"container": name, "tail": 10})
         assert full_tail["lines"] == [str(i) for i in range(2991, 3001)] and full_tail["truncated"] is False
         listing = h.ok("docker_list_images", {"limit": 1000})
-        assert len(json.dumps(listing)) <= 2048 + 64
+        assert len(json.dumps(listing, separators=(",", ":"))) <= 2048 + 64  # measured as bounded: compact
     finally:
         h.close()
 
@@ -2331,7 +2358,7 @@ def test_stdio_rate_limit_guards_against_a_runaway_agent():
         h.close()
 
 
-def test_unit_access_control_pieces():
+def test_keys_documents_parse_check_keys_and_ask_to_migrate_plaintext():
     now = md.utc_now()
     entries, warnings = md.parse_keys_document(json.dumps({"keys": [
         {"client_id": "a", "key_hash": md.hash_api_key("sk-a"), "role": {"max_tier": "safe"}},
@@ -2347,21 +2374,39 @@ def test_unit_access_control_pieces():
                 '{"keys": [{"client_id": "x", "mtls": true, "role": {"max_tier": "root"}}]}'):
         with pytest.raises(md.ConfigError):
             md.parse_keys_document(bad)
+
+
+def test_the_presented_key_comes_from_a_bearer_token_or_the_api_key_header():
     assert md.presented_key({"authorization": "Bearer sk-1"}) == "sk-1"
     assert md.presented_key({"x-mcp-api-key": "sk-2"}) == "sk-2"
     assert md.presented_key({"authorization": "Basic abc"}) is None
+
+
+def test_a_token_bucket_allows_its_burst_then_refills_at_its_rate():
     bucket = md.TokenBucket(rate=1.0, burst=2, now=0.0)
     assert [bucket.take(0.0), bucket.take(0.0)] == [0.0, 0.0] and bucket.take(0.0) == pytest.approx(1.0)
     assert bucket.take(1.0) == 0.0
+
+
+def test_key_lifetimes_parse_days_and_hours_and_refuse_words():
     assert md.parse_duration("90d").days == 90 and md.parse_duration("12h").seconds == 12 * 3600
     with pytest.raises(md.ConfigError):
         md.parse_duration("soon")
+
+
+def test_audited_arguments_lose_secret_values_and_url_passwords():
     assert md.redact_arguments({"environment": {"DB_PASSWORD": "x", "MODE": "y"}, "token": "t",
                                 "command": ["curl", "https://user:pw@host/", "AKIAABCDEFGHIJKLMNOP"]}) == {
         "environment": {"DB_PASSWORD": "<redacted>", "MODE": "y"}, "token": "<redacted>",
         "command": ["curl", "https://user:***@host/", "<redacted>"]}
+
+
+def test_roles_deny_tools_above_their_tier_or_named_as_denied():
     assert md.role_denial("docker_remove_image", md.Tier.DESTRUCTIVE, md.Role(max_tier=md.Tier.MODERATE))
     assert md.role_denial("docker_version", md.Tier.SAFE, md.Role(denied_tools=("docker_version",)))
+
+
+def test_client_addresses_and_host_headers_are_checked_against_their_allowlists():
     assert md.ip_allowed("10.2.3.4", ("10.0.0.0/8",)) and not md.ip_allowed("11.0.0.1", ("10.0.0.0/8",))
     assert md.ip_allowed("::ffff:10.0.0.1", ("10.0.0.0/8",)) and md.ip_allowed("anything", ())
     assert md.host_allowed("localhost:8000", {"localhost"}) and not md.host_allowed("evil.com", {"localhost"})
@@ -2769,7 +2814,7 @@ def test_every_setting_has_its_flag_and_engine_repeats():
     assert twice.exit_code == 2 and "--engine: engine 'a' is named twice" in twice.output
 
 
-def test_confirmation_helpers():
+def test_confirmation_tokens_bind_the_tool_its_arguments_the_key_and_the_expiry():
     key = b"k" * 32
     token = md.confirmation_token(key, "docker_remove_volume", {"volume": "v"}, 2000)
     assert md.confirmation_token_valid(key, "docker_remove_volume", {"volume": "v"}, token, 1999)
@@ -2777,16 +2822,25 @@ def test_confirmation_helpers():
     assert not md.confirmation_token_valid(key, "docker_remove_volume", {"volume": "v"}, token, 2001)
     assert not md.confirmation_token_valid(b"x" * 32, "docker_remove_volume", {"volume": "v"}, token, 1999)
     assert not md.confirmation_token_valid(key, "docker_remove_volume", {"volume": "v"}, "2000.zz", 1)
+
+
+def test_only_an_explicit_accept_with_confirm_counts_as_consent():
     assert md.elicitation_accepted({"action": "accept", "content": {"confirm": True}})
     assert not md.elicitation_accepted({"action": "accept", "content": {"confirm": False}})
     assert not md.elicitation_accepted({"action": "accept"})
     assert not md.elicitation_accepted({"action": "decline", "content": {"confirm": True}})
     assert not md.elicitation_accepted(None)
+
+
+def test_prune_until_reads_durations_timestamps_and_dates():
     assert md.parse_until("24h", 100000) == 100000 - 86400
     assert md.parse_until("1h30m", 10000) == 10000 - 5400
     assert md.parse_until("1700000000", 0) == 1700000000
     assert md.parse_until("2024-01-01T00:00:00Z", 0) == 1704067200
     assert md.parse_until("soon", 0) is None
+
+
+def test_the_confirmation_message_names_the_first_items_and_the_size():
     message = md.confirmation_message("docker_prune_volumes", {
         "would_remove": [{"name": f"v{i}"} for i in range(12)], "would_reclaim_bytes": 5 * 1024**2})
     assert "12 item(s): v0, v1" in message and "and 2 more" in message and "5.0 MB" in message
@@ -8864,7 +8918,7 @@ def test_sighup_rereads_the_keys_file_and_the_server_keeps_serving(tmp_path):
     with http_server([], {"SECURITY_API_KEYS_FILE": keys_file, "SECURITY_AUDIT_LOG_FILE": str(audit)}) as server:
         server.proc.send_signal(1)  # systemctl reload
         deadline = time.time() + 10
-        while not any(r["event_type"] == "key_reload" for r in audit_records(audit)):
+        while not (audit.exists() and any(r["event_type"] == "key_reload" for r in audit_records(audit))):
             assert time.time() < deadline, "SIGHUP did not re-read the keys file"
             time.sleep(0.1)
         assert server.proc.poll() is None
