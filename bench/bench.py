@@ -1320,7 +1320,7 @@ async def bench_nginx(scratch: Scratch, args: argparse.Namespace, stage: Callabl
     """docker_version through nginx (TLS there, plain HTTP on loopback to the replicas, the README's exact
     site file as the deployment tests run it) against the same call to mcp-docker serving TLS itself."""
     sys.path.insert(0, str(REPO))
-    import test_mcp_docker as deployment  # the README's nginx file and the nginx runner of the tests
+    import testkit as deployment  # the README's nginx file and the nginx runner the tests use
 
     behind = ("--trusted-proxies", "127.0.0.1/32")
     servers = [HttpServerProcess(scratch, "nginx-direct")]
