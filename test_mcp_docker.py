@@ -4920,7 +4920,9 @@ def test_docker_and_podman_at_once():
             assert [TEST_IMAGE in i["tags"] for i in images] == [True]
             shapes.add(json.dumps([sorted(listed[0]), sorted(detail), sorted(detail["state"]), sorted(detail["config"]),
                                    sorted(detail["host_config"]), sorted(stats), sorted(stats["memory"]),
-                                   sorted(images[0])]))
+                                   # an image's container count is there where the engine counted (Podman
+                                   # does; Docker's list answers -1, and the field is then left out)
+                                   sorted(set(images[0]) - {"containers"})]))
         assert len(shapes) == 1  # the same answer shapes from every engine
         first, *others = engines
         h.ok("docker_remove_container", {"container": name, "force": True, "engine": first})
