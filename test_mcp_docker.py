@@ -11,8 +11,8 @@ Every engine object a test makes carries the per-run prefix ``PREFIX`` and the l
 ``TEST_LABEL``; a session fixture removes them all at the end, pass or fail. Set
 ``MCP_DOCKER_REQUIRE_ENGINE=1`` to make a missing engine a failure instead of a skip.
 
-The order is kept by a script (``reorder_tests.py``, kept with the project notes): a new test goes
-at the end of its sub-section, or anywhere, and the script puts it in place.
+A new test goes at the end of the sub-section of the program section it tests (the banners below);
+shared harnesses go in the harness block, or in testkit.py when bench/ needs them too.
 
 The file in order (search for a banner's title to jump to it):
 
