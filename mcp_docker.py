@@ -1459,7 +1459,7 @@ def redact_arguments(value: Any, key: str = "") -> Any:
         name = value.split("=", 1)[0]
         if "=" in value and _OPTION_NAME_RE.fullmatch(name) and SENSITIVE_NAME_RE.search(name) and \
                 not value.split("=", 1)[1].startswith((REDACTED, "<redacted")):
-            return value.split("=", 1)[0] + "=<redacted>"
+            return name + "=<redacted>"
         return value if len(value) <= 512 and not cut else value[:512] + "..."
     return value
 
