@@ -10764,6 +10764,8 @@ class AuditLog:
     line, so the chain goes on rather than starting anew. The directory is made on the first write only: if
     it vanishes later, writes fail until it is back, and a file found empty after this process wrote to it
     starts with an ``audit_log_missing`` line continuing the sequence from the last line this process wrote.
+    A rotation cut short after its rename (the new file empty or holding only a torn first line) is finished
+    by the next writer: its ``audit_rotated`` line continues the chain from the end of ``path.1``.
     """
 
     def __init__(self, path: str, max_bytes: int, backups: int, sync_in_background: bool = False):
@@ -10835,12 +10837,35 @@ class AuditLog:
                 return str(record["hash"]), int(record["seq"]), events, end, torn
             except (ValueError, KeyError, TypeError):
                 pass  # an edited last line: start a new chain, which `audit verify` shows
-        elif end == 0 and self.last_written is not None:
+            return AUDIT_GENESIS, 0, events, end, torn
+        rotated_end = self._previous_file_end()
+        if rotated_end is not None and (self.last_written is None or rotated_end[1] >= self.last_written[1]):
+            # A writer was killed in the middle of a rotation (after the rename, before or inside the new
+            # file's first line): the chain goes on from the file it renamed, and this line says so.
+            events.insert(0, {"event_type": "audit_rotated", "previous_file": os.path.basename(self.path) + ".1",
+                              "finished_by_next_writer": True})
+            return *rotated_end, events, end, torn
+        if self.last_written is not None:
             previous_hash, seq = self.last_written
             log.error("audit log: the file was removed or emptied since this process wrote line %d", seq)
             events.append({"event_type": "audit_log_missing", "last_seq": seq, "last_hash": previous_hash})
             return previous_hash, seq, events, end, torn
         return AUDIT_GENESIS, 0, events, end, torn
+
+    def _previous_file_end(self) -> tuple[str, int] | None:
+        """Hash and seq of the last complete line of ``path.1`` (the file the last rotation renamed), or None."""
+        try:
+            fd = os.open(f"{self.path}.1", os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            _, last = self._last_complete_line(fd, os.fstat(fd).st_size)
+            record = json.loads(last) if last else None
+            return (str(record["hash"]), int(record["seq"])) if isinstance(record, dict) else None
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        finally:
+            os.close(fd)
 
     def _put(self, fd: int, data: bytes, at: int | None) -> int:
         """Append ``data``, or write it over a torn tail starting at ``at`` (so that a writer killed here
@@ -10926,8 +10951,9 @@ class AuditLog:
             os.fsync(fd)  # the background syncer only knows the current file
         new = self._open_locked()
         try:
-            self._write_lines(new, [{"event_type": "audit_rotated", "previous_file": os.path.basename(self.path) + ".1"}],
-                              previous_hash, seq)
+            if os.fstat(new).st_size == 0:  # else a writer that came in between already went on from path.1
+                self._write_lines(new, [{"event_type": "audit_rotated",
+                                         "previous_file": os.path.basename(self.path) + ".1"}], previous_hash, seq)
         except BaseException:
             os.close(new)
             raise
@@ -13517,12 +13543,15 @@ def audit_verify(files: tuple[str, ...], **options: Any) -> None:
         found = verify_audit_lines(lines, previous_hash, previous_seq)
         problems.extend(f"{path}: {problem}" for problem in found)
         for number, raw in enumerate(lines, start=1):
-            if b'"audit_tail_repaired"' in raw or b'"audit_log_missing"' in raw:
+            if b'"audit_tail_repaired"' in raw or b'"audit_log_missing"' in raw or b'"finished_by_next_writer"' in raw:
                 with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
                     event = json.loads(raw)
                     if event["event_type"] == "audit_tail_repaired":
                         notes.append(f"{path}: line {number}: a torn line of {event['cut_bytes']} bytes (an "
                                      "interrupted write) was cut off here; the chain continues from the line before")
+                    elif event.get("finished_by_next_writer") is True:
+                        notes.append(f"{path}: line {number}: a rotation was interrupted (a writer stopped after "
+                                     "renaming the file); the next writer finished it and the chain continues")
                     elif event["event_type"] == "audit_log_missing":
                         notes.append(f"{path}: line {number}: the log file was removed or emptied after line "
                                      f"{event['last_seq']}; the sequence continues from there")

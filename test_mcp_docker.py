@@ -7178,6 +7178,56 @@ def test_audit_rotation_keeps_the_chain(tmp_path):
     assert done.returncode == 0, done.stdout
 
 
+@pytest.mark.parametrize("left", ["no new file", "an empty new file", "a torn first line"])
+def test_a_rotation_cut_short_after_its_rename_is_finished_by_the_next_writer(left, tmp_path):
+    """A writer killed between renaming audit.log to audit.log.1 and writing the new file's first line
+    (the kill -9 test found it: the next writer used to start a new chain at seq 1): the next writer, a
+    process that never wrote before, continues the chain from the end of audit.log.1 and says so."""
+    log_path = tmp_path / "audit.log"
+    first = md.AuditLog(str(log_path), 1 << 30, 2)
+    for number in range(3):
+        assert first.write({"event_type": "tool_call", "n": number})
+    log_path.rename(tmp_path / "audit.log.1")  # what _rotate had done when it was killed
+    torn = b""
+    if left == "a torn first line":
+        torn = audit_line_bytes({"event_type": "audit_rotated", "previous_file": "audit.log.1"})[:-30]
+    if left != "no new file":
+        log_path.write_bytes(torn)
+    assert md.AuditLog(str(log_path), 1 << 30, 2).write({"event_type": "tool_call", "n": 3})
+    records = assert_whole_lines_and_intact_chain(tmp_path / "audit.log.1", log_path, notes=(
+        ("a rotation was interrupted",) + ((f"a torn line of {len(torn)} bytes",) if torn else ())))
+    assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
+    new = audit_records(log_path)
+    assert new[0]["event_type"] == "audit_rotated" and new[0]["finished_by_next_writer"] is True
+    assert [r["event_type"] for r in new[1:]] == ["audit_tail_repaired"] * bool(torn) + ["tool_call"]
+
+
+def test_a_rotation_whose_new_file_another_writer_began_adds_no_second_rotation_line(tmp_path):
+    """Two writers race at a rotation: the one that renamed finds the new file already begun by the other
+    (which continued the chain from audit.log.1), so it appends after it instead of chaining a second
+    ``audit_rotated`` line from the old end (which would fork the chain)."""
+    log_path = tmp_path / "audit.log"
+    rotating = md.AuditLog(str(log_path), 500, 2)
+    while not log_path.exists() or log_path.stat().st_size < 500:
+        assert rotating.write({"event_type": "tool_call", "writer": "rotating"})
+    open_new = rotating._open_locked
+
+    def other_writer_comes_first() -> int:
+        if not (tmp_path / "audit.log.1").exists() or log_path.exists():
+            return open_new()
+        assert md.AuditLog(str(log_path), 1 << 30, 2).write({"event_type": "tool_call", "writer": "other"})
+        return open_new()
+
+    rotating._open_locked = other_writer_comes_first
+    assert rotating.write({"event_type": "tool_call", "writer": "rotating", "last": True})
+    records = assert_whole_lines_and_intact_chain(tmp_path / "audit.log.1", log_path,
+                                                  notes=("a rotation was interrupted",))
+    new = audit_records(log_path)
+    assert [(r["event_type"], r.get("writer")) for r in new] == [
+        ("audit_rotated", None), ("tool_call", "other"), ("tool_call", "rotating")]
+    assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
+
+
 def test_background_audit_sync_flushes_and_fails_closed(tmp_path):
     audit = md.AuditLog(str(tmp_path / "audit.log"), 1 << 30, 2, sync_in_background=True)
     for number in range(50):
