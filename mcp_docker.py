@@ -13550,8 +13550,9 @@ def audit_verify(files: tuple[str, ...], **options: Any) -> None:
                         notes.append(f"{path}: line {number}: a torn line of {event['cut_bytes']} bytes (an "
                                      "interrupted write) was cut off here; the chain continues from the line before")
                     elif event.get("finished_by_next_writer") is True:
-                        notes.append(f"{path}: line {number}: a rotation was interrupted (a writer stopped after "
-                                     "renaming the file); the next writer finished it and the chain continues")
+                        notes.append(f"{path}: line {number}: a rotation was finished by the next writer (the writer "
+                                     "that renamed the file stopped, or had not yet written this first line); "
+                                     "the chain continues")
                     elif event["event_type"] == "audit_log_missing":
                         notes.append(f"{path}: line {number}: the log file was removed or emptied after line "
                                      f"{event['last_seq']}; the sequence continues from there")

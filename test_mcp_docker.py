@@ -7195,7 +7195,7 @@ def test_a_rotation_cut_short_after_its_rename_is_finished_by_the_next_writer(le
         log_path.write_bytes(torn)
     assert md.AuditLog(str(log_path), 1 << 30, 2).write({"event_type": "tool_call", "n": 3})
     records = assert_whole_lines_and_intact_chain(tmp_path / "audit.log.1", log_path, notes=(
-        ("a rotation was interrupted",) + ((f"a torn line of {len(torn)} bytes",) if torn else ())))
+        ("a rotation was finished by the next writer",) + ((f"a torn line of {len(torn)} bytes",) if torn else ())))
     assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
     new = audit_records(log_path)
     assert new[0]["event_type"] == "audit_rotated" and new[0]["finished_by_next_writer"] is True
@@ -7221,7 +7221,7 @@ def test_a_rotation_whose_new_file_another_writer_began_adds_no_second_rotation_
     rotating._open_locked = other_writer_comes_first
     assert rotating.write({"event_type": "tool_call", "writer": "rotating", "last": True})
     records = assert_whole_lines_and_intact_chain(tmp_path / "audit.log.1", log_path,
-                                                  notes=("a rotation was interrupted",))
+                                                  notes=("a rotation was finished by the next writer",))
     new = audit_records(log_path)
     assert [(r["event_type"], r.get("writer")) for r in new] == [
         ("audit_rotated", None), ("tool_call", "other"), ("tool_call", "rotating")]
