@@ -4746,7 +4746,8 @@ def test_read_tools_reach_a_local_engine_on_the_event_loop_and_others_through_th
     assert {name for name, spec in md.TOOLS.items() if asyncio.iscoroutinefunction(spec.handler)} == {
         f"docker_{name}" for name in ("version", "system_info", "list_containers", "inspect_container", "list_images",
                                       "inspect_image", "list_networks", "inspect_network", "list_volumes",
-                                      "inspect_volume")}
+                                      "inspect_volume", "create_service", "update_service", "scale_service",
+                                      "rollback_service")}
     for status, category in ((404, "not_found"), (409, "conflict"), (400, "invalid_argument"), (500, "engine_error")):
         assert md.translate_engine_error(md.EngineAnswerError(status, "no such container: x")).category == category
 
