@@ -5281,10 +5281,13 @@ class EngineRequests:
     async def post_json(self, path: str, body: Any, params: Mapping[str, Any] | None = None) -> Any:
         """POST a JSON body exactly as given. Sent again on a fresh connection only when a kept-alive one
         turns out closed before any answer came (the engine drops idle ones; it did not act on it)."""
-        return await self.get(path, params, method="POST", payload=json.dumps(body).encode())
+        return await self.request("POST", path, params, json.dumps(body).encode())
 
-    async def get(self, path: str, params: Mapping[str, Any] | None = None, method: str = "GET",
-                  payload: bytes | None = None) -> Any:
+    async def get(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
+        return await self.request("GET", path, params)
+
+    async def request(self, method: str, path: str, params: Mapping[str, Any] | None = None,
+                      payload: bytes | None = None) -> Any:
         from urllib.parse import urlencode
 
         target = f"/v{self.api_version}{path}" + (f"?{urlencode(params)}" if params else "")
