@@ -10666,3 +10666,57 @@ class TestSwarmToolsOnTheLoopAndThroughThreads:
                     api.remove_service(name)
             with contextlib.suppress(Exception):
                 api.remove_volume(volume)
+
+    @pytest.mark.engine
+    def test_create_and_scale_make_the_engine_requests_the_bench_floor_makes_and_no_more(self, swarm):
+        """The bench compares these tools with the same API calls made directly: this holds the server to
+        those calls (create: one POST; scale: inspect + POST; a volume to judge: one inspect more)."""
+        if not ENGINE_URL.startswith("unix://"):
+            pytest.skip("the engine under test is not on a local socket: its requests go through threads")
+        api = swarm.api
+        checks_nnp = md._api_at_least(str(api.api_version), "1.46")  # then the server sees NNP kept: +1 inspect
+
+        class Counting:
+            def __init__(self, engine: md.EngineRequests) -> None:
+                self.engine, self.api_version, self.requests = engine, engine.api_version, []
+
+            def __getattr__(self, name: str) -> Any:
+                method = getattr(self.engine, name)
+
+                async def counted(*args: Any, **kwargs: Any) -> Any:
+                    self.requests.append(f"{name} {args[0]}" if name == "post_json" else name)
+                    return await method(*args, **kwargs)
+                return counted
+
+        counting = Counting(md.EngineRequests(ENGINE_URL[len("unix://"):], str(api.api_version), 30))
+        name = f"{PREFIX}-counted"
+
+        def run(tool: str, args: dict[str, Any]) -> dict[str, Any]:
+            call = md.Call(api=counting, args=args, settings=md.Settings(), deadline=time.monotonic() + 60,
+                           kind="docker", engine_url=ENGINE_URL)
+            counting.requests.clear()
+            return md.TOOLS[tool].handler(call)
+
+        async def scenario() -> list[list[str]]:
+            seen = []
+            for tool, args in (
+                    ("docker_create_service", {"name": name, "image": TEST_IMAGE, "replicas": 0}),
+                    ("docker_scale_service", {"service": name, "replicas": 0}),
+                    ("docker_create_service", {"name": f"{name}-vol", "image": TEST_IMAGE, "replicas": 0,
+                                               "mounts": [{"type": "volume", "source": f"{PREFIX}-never-made",
+                                                           "target": "/data"}]})):
+                await run(tool, args)
+                seen.append(list(counting.requests))
+            return seen
+
+        try:
+            created, scaled, with_volume = asyncio.run(scenario())
+        finally:
+            for service in (name, f"{name}-vol"):
+                with contextlib.suppress(Exception):
+                    api.remove_service(service)
+        nnp = ["inspect_service"] if checks_nnp else []
+        assert created == ["post_json /services/create", *nnp]
+        assert scaled[0] == "inspect_service" and scaled[1].startswith("post_json /services/") and \
+            scaled[1].endswith("/update") and scaled[2:] == nnp
+        assert with_volume == ["inspect_volume", "post_json /services/create", *nnp]
