@@ -4746,7 +4746,8 @@ def test_read_tools_reach_a_local_engine_on_the_event_loop_and_others_through_th
     assert {name for name, spec in md.TOOLS.items() if asyncio.iscoroutinefunction(spec.handler)} == {
         f"docker_{name}" for name in ("version", "system_info", "list_containers", "inspect_container", "list_images",
                                       "inspect_image", "list_networks", "inspect_network", "list_volumes",
-                                      "inspect_volume")}
+                                      "inspect_volume", "create_service", "update_service", "scale_service",
+                                      "rollback_service")}
     for status, category in ((404, "not_found"), (409, "conflict"), (400, "invalid_argument"), (500, "engine_error")):
         assert md.translate_engine_error(md.EngineAnswerError(status, "no such container: x")).category == category
 
@@ -10464,3 +10465,258 @@ def test_the_test_image_is_checked_and_built_from_busybox_static(tmp_path):
         assert "CMD [\"sh\"]" in missing_test_image_parts(api, other)
     finally:
         api.remove_image(other, force=True)
+
+
+# =============================================================================================
+# === Swarm tools on the event loop (create, update, scale, rollback) ===
+# =============================================================================================
+# The service-changing tools are async: on a local engine their requests go out from the event loop
+# (EngineRequests, POST included), elsewhere through docker-py in threads (ThreadedRequests). The judge
+# gets what it looks up fetched first; these tests hold that to what service_power asks for, the POST
+# to its wire behaviour, and both ways in to the engine's own state.
+
+SPECS_TO_LOOK_UP = [
+    {"TaskTemplate": {"ContainerSpec": {"Image": "x"}}},
+    {"TaskTemplate": {"ContainerSpec": {"Image": "x", "Mounts": [
+        {"Type": "volume", "Source": " data ", "Target": "/a"}, {"Target": "/b", "Source": "other"},
+        {"Type": "VOLUME", "Source": "data", "Target": "/c"}, {"Type": "volume", "Target": "/d"},
+        {"Type": "volume", "Source": "../etc", "Target": "/e"}, {"Type": "tmpfs", "Target": "/f"},
+        "not a mount"]}},
+     "Networks": [{"Target": "top"}]},
+    {"TaskTemplate": {"ContainerSpec": {"Image": "x", "Mounts": [{"Type": "Bind", "Source": "/srv", "Target": "/s"}]},
+                      "Networks": [{"Target": "net1"}, {"Target": ""}, {"Aliases": ["a"]}, {"Target": 7}]}},
+]
+
+
+@pytest.mark.parametrize("spec", SPECS_TO_LOOK_UP)
+def test_spec_lookups_name_exactly_what_the_judge_looks_up(spec):
+    """What judged_service_spec_on_loop fetches before judging is what service_power asks for (a name
+    asked for and not fetched would fail the call; one fetched and not asked for costs a request)."""
+    asked_volumes: list[str] = []
+    asked_networks: list[str] = []
+    request = md.service_power("docker_create_service", spec,
+                               lambda path: md.HostPath(given=path, path=path, real=path, is_socket=False),
+                               lambda name: asked_volumes.append(name), lambda target: asked_networks.append(target))
+    binds, networks, volumes = md.spec_lookups(spec)
+    assert binds == any(m.type == "bind" for m in request.mounts)
+    assert set(networks) == set(asked_networks)
+    fetched = {v for v in volumes if re.fullmatch(md.NAME_TEXT, v) and len(v) <= 255}  # as the prefetch filters
+    assert fetched == set(asked_volumes)
+
+
+def test_a_lookup_the_prefetch_did_not_make_fails_the_call_instead_of_answering_none():
+    class Engine:  # answers what the prefetch asks; records it
+        api_version = "1.41"
+
+        def __init__(self) -> None:
+            self.asked: list[str] = []
+
+        async def inspect_volume(self, name: str) -> dict[str, Any]:
+            self.asked.append(f"volume {name}")
+            return {"Driver": "local", "Options": {"type": "none", "o": "bind", "device": "/etc"}, "Labels": {}}
+
+        async def inspect_network(self, target: str) -> dict[str, Any]:
+            self.asked.append(f"network {target}")
+            raise md.EngineAnswerError(404, f"network {target} not found")
+
+    engine = Engine()
+    call = md.Call(engine, {}, md.Settings(), time.monotonic() + 30)
+    spec = {"TaskTemplate": {"ContainerSpec": {"Image": "x", "Mounts": [
+        {"Type": "volume", "Source": "hostbacked", "Target": "/d"}]}, "Networks": [{"Target": "gone"}]}}
+    with pytest.raises(md.ToolError) as refused:
+        asyncio.run(md.judged_service_spec_on_loop(call, "docker_create_service", spec))
+    assert "[volume_driver]" in refused.value.message and "gone" in refused.value.message
+    assert engine.asked == ["network gone", "volume hostbacked"]  # each once, before judging
+    # The judge asking for something not fetched is a failure, never "there is no such volume".
+    with pytest.raises(KeyError):
+        md.judge_service_spec(call, "docker_create_service", spec, md.HostFacts(), 1, {}.__getitem__,
+                              {"gone": None}.__getitem__)
+
+
+class FakeEngineSocket:
+    """A unix socket that answers HTTP/1.1 like the engine, scripted per request: ``answer`` (keep the
+    connection), ``close_idle`` (answer, then drop the kept-alive connection, as the engine does to idle
+    ones) or ``die_answering`` (half an answer, then close)."""
+
+    def __init__(self, path: str, script: list[str]):
+        self.path, self.script, self.requests = path, list(script), []
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(path)
+        self.server.listen(4)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            buffer = b""
+            while True:  # past the script, each request is recorded and the connection closed on it
+                while b"\r\n\r\n" not in buffer:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    buffer += data
+                head, _, rest = buffer.partition(b"\r\n\r\n")
+                length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1)) if b"ength" in head else 0
+                while len(rest) < length:
+                    rest += conn.recv(65536)
+                body, buffer = rest[:length], rest[length:]
+                self.requests.append((head.decode(), body))
+                step = self.script.pop(0) if self.script else "die_answering"
+                answer = json.dumps({"ID": f"svc{len(self.requests)}"}).encode()
+                if step == "die_answering":
+                    conn.sendall(b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+                    return
+                conn.sendall(b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: "
+                             + str(len(answer)).encode() + b"\r\n\r\n" + answer)
+                if step == "close_idle":
+                    conn.shutdown(socket.SHUT_RDWR)
+                    return
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def test_engine_requests_post_sends_the_body_as_given_and_resends_only_what_the_engine_never_got(tmp_path):
+    path = str(tmp_path / "engine.sock")
+    fake = FakeEngineSocket(path, ["close_idle", "answer", "die_answering"])
+    spec = {"Name": "web", "Labels": {"ünïcode": "✓"}, "TaskTemplate": {"ContainerSpec": {"Image": "x"}}}
+
+    async def scenario() -> list[Any]:
+        engine = md.EngineRequests(path, "1.41", 5)
+        first = await engine.post_json("/services/create", spec)
+        await asyncio.sleep(0.2)  # the engine has dropped the kept-alive connection meanwhile
+        second = await engine.post_json("/services/svc1/update", spec, {"version": 12})
+        with pytest.raises(Exception) as died:  # it was answering: it acted, so the POST is not sent again
+            await engine.post_json("/services/create", spec)
+        return [first, second, died.value]
+
+    try:
+        first, second, died = asyncio.run(scenario())
+    finally:
+        fake.close()
+    assert first == {"ID": "svc1"} and second == {"ID": "svc2"}
+    assert len(fake.requests) == 3  # the POST on the dropped connection never arrived; resent once, it did
+    (head1, body1), (head2, body2), _ = fake.requests
+    assert head1.startswith("POST /v1.41/services/create HTTP/1.1") and "application/json" in head1.lower()
+    assert json.loads(body1) == spec and json.loads(body2) == spec
+    assert head2.startswith("POST /v1.41/services/svc1/update?version=12 HTTP/1.1")
+    assert not isinstance(died, (ConnectionResetError, BrokenPipeError))
+
+
+class TcpEngineProxy(SocketProxy):
+    """The engine's socket behind a TCP address on loopback: the server reaches it through docker-py in
+    worker threads (ThreadedRequests), not on its event loop."""
+
+    def start(self) -> None:
+        self.server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(16)
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+
+class TestSwarmToolsOnTheLoopAndThroughThreads:
+    """A swarm of its own (the class-scoped fixture makes and leaves it), after TestSwarm."""
+
+    @pytest.mark.engine
+    @pytest.mark.adversarial
+    def test_a_host_backed_volume_is_refused_and_a_plain_service_changes_on_either_path(self, swarm):
+        api = swarm.api
+        volume = f"{PREFIX}-hostbacked"
+        api.create_volume(volume, driver="local", driver_opts={"type": "none", "o": "bind", "device": "/etc"},
+                          labels={"io.mcp-docker.test": PREFIX})
+        proxy = TcpEngineProxy("")
+        proxy.start()
+        threaded = Harness(SWARM_ARGS, env={"DOCKER_HOST": f"tcp://127.0.0.1:{proxy.port}"})
+        try:
+            for way, h in (("loop", swarm.h), ("threads", threaded)):
+                name = f"{PREFIX}-{way}"
+                mount = [{"type": "volume", "source": volume, "target": "/data"}]
+                text = h.error("docker_create_service", {"name": name, "image": TEST_IMAGE, "command": QUICK_STOP,
+                                                         "mounts": mount}, "policy_denied")
+                assert "[volume_driver]" in text and swarm.service(name) is None  # the manager never saw it
+                created = h.ok("docker_create_service", {"name": name, "image": TEST_IMAGE, "command": QUICK_STOP,
+                                                         "replicas": 0, "constraints": ["node.labels.mcpt==never"]})
+                assert created["status"] == "created"
+                spec = api.inspect_service(name)["Spec"]
+                assert spec["Labels"][md.MANAGED_LABEL] == "true"
+                assert spec["TaskTemplate"]["Resources"]["Limits"]["Pids"] == 512
+                assert h.ok("docker_scale_service", {"service": name, "replicas": 2})["replicas"] == 2
+                assert api.inspect_service(name)["Spec"]["Mode"]["Replicated"]["Replicas"] == 2
+                h.ok("docker_update_service", {"service": name, "environment": {"WAY": way}})
+                assert api.inspect_service(name)["Spec"]["TaskTemplate"]["ContainerSpec"]["Env"] == [f"WAY={way}"]
+                text = h.error("docker_update_service", {"service": name, "mounts": mount}, "policy_denied")
+                assert "[volume_driver]" in text
+                assert api.inspect_service(name)["Spec"]["TaskTemplate"]["ContainerSpec"].get("Mounts") is None
+                h.ok("docker_rollback_service", {"service": name})
+                assert not api.inspect_service(name)["Spec"]["TaskTemplate"]["ContainerSpec"].get("Env")
+                h.ok("docker_remove_service", {"service": name})
+        finally:
+            threaded.close()
+            proxy.stop()
+            for name in (f"{PREFIX}-loop", f"{PREFIX}-threads"):
+                with contextlib.suppress(Exception):
+                    api.remove_service(name)
+            with contextlib.suppress(Exception):
+                api.remove_volume(volume)
+
+    @pytest.mark.engine
+    def test_create_and_scale_make_the_engine_requests_the_bench_floor_makes_and_no_more(self, swarm):
+        """The bench compares these tools with the same API calls made directly: this holds the server to
+        those calls (create: one POST; scale: inspect + POST; a volume to judge: one inspect more)."""
+        if not ENGINE_URL.startswith("unix://"):
+            pytest.skip("the engine under test is not on a local socket: its requests go through threads")
+        api = swarm.api
+        checks_nnp = md._api_at_least(str(api.api_version), "1.46")  # then the server sees NNP kept: +1 inspect
+
+        class Counting:
+            def __init__(self, engine: md.EngineRequests) -> None:
+                self.engine, self.api_version, self.requests = engine, engine.api_version, []
+
+            def __getattr__(self, name: str) -> Any:
+                method = getattr(self.engine, name)
+
+                async def counted(*args: Any, **kwargs: Any) -> Any:
+                    self.requests.append(f"{name} {args[0]}" if name == "post_json" else name)
+                    return await method(*args, **kwargs)
+                return counted
+
+        counting = Counting(md.EngineRequests(ENGINE_URL[len("unix://"):], str(api.api_version), 30))
+        name = f"{PREFIX}-counted"
+
+        def run(tool: str, args: dict[str, Any]) -> dict[str, Any]:
+            call = md.Call(api=counting, args=args, settings=md.Settings(), deadline=time.monotonic() + 60,
+                           kind="docker", engine_url=ENGINE_URL)
+            counting.requests.clear()
+            return md.TOOLS[tool].handler(call)
+
+        async def scenario() -> list[list[str]]:
+            seen = []
+            for tool, args in (
+                    ("docker_create_service", {"name": name, "image": TEST_IMAGE, "replicas": 0}),
+                    ("docker_scale_service", {"service": name, "replicas": 0}),
+                    ("docker_create_service", {"name": f"{name}-vol", "image": TEST_IMAGE, "replicas": 0,
+                                               "mounts": [{"type": "volume", "source": f"{PREFIX}-never-made",
+                                                           "target": "/data"}]})):
+                await run(tool, args)
+                seen.append(list(counting.requests))
+            return seen
+
+        try:
+            created, scaled, with_volume = asyncio.run(scenario())
+        finally:
+            for service in (name, f"{name}-vol"):
+                with contextlib.suppress(Exception):
+                    api.remove_service(service)
+        nnp = ["inspect_service"] if checks_nnp else []
+        assert created == ["post_json /services/create", *nnp]
+        assert scaled[0] == "inspect_service" and scaled[1].startswith("post_json /services/") and \
+            scaled[1].endswith("/update") and scaled[2:] == nnp
+        assert with_volume == ["inspect_volume", "post_json /services/create", *nnp]

@@ -83,12 +83,16 @@ same run, and the ratio value/floor:
    lines. Floor: a fresh Python that imported docker, made one ``version()`` call and then the same
    ``APIClient.logs(..., tail=1000)`` request, measured the same way.
 
-6. **Swarm** -- only on an engine that already is a swarm manager (the benchmark never makes a
-   swarm; otherwise the stage says so and its targets are "not measured"): ``docker_create_service``
+6. **Swarm** -- on the engine's swarm when it is a manager; on an engine in no swarm, a single-node
+   swarm made for the stage (``swarm init --advertise-addr 127.0.0.1``) and left again at its end, also
+   on errors, Ctrl-C and SIGTERM (with the ``docker_gwbridge`` network init adds, when it was not there
+   before); a worker, a swarm in another state and Podman are left alone (the stage says so and its
+   targets are "not measured"): ``docker_create_service``
    (replicas 0) and ``docker_scale_service`` (1 <-> 2 tasks that can never be placed, so no container
    starts) over stdio raw JSON-RPC, ``--swarm-iterations`` each, interleaved with the same API calls
    made directly (``POST /services/create`` with the spec the server sends; inspect +
-   ``POST /services/{id}/update``). Every service is named ``mcpbench-<random>-...`` and removed at
+   ``POST /services/{id}/update``; on API 1.46+ one inspect more each, as the server checks that
+   no-new-privileges was kept). Every service is named ``mcpbench-<random>-...`` and removed at
    the end.
 
 After the table, **TARGETS** lists the issue's targets (each MET / NOT MET with its value and limit,
@@ -136,7 +140,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -1610,22 +1614,75 @@ SWARM_ITERATIONS = 30
 SWARM_NOWHERE = "node.labels.mcpbench==never"
 
 
-def bench_service_spec(name: str, replicas: int, constraints: list[str] | None = None) -> dict[str, Any]:
-    """The spec the server sends for the benchmark's arguments: its labels and limits included."""
+def api_at_least(api: Any, wanted: tuple[int, int]) -> bool:
+    return tuple(int(part) for part in str(api.api_version).split(".")[:2]) >= wanted
+
+
+def bench_service_spec(api: Any, name: str, replicas: int, constraints: list[str] | None = None) -> dict[str, Any]:
+    """The spec the server sends for the benchmark's arguments: its labels and limits included (and
+    no-new-privileges, on an API that has the field)."""
     labels = {"io.mcp-docker.managed": "true", "io.mcp-docker.client": "bench", "io.mcp-docker.created": "now"}
-    template: dict[str, Any] = {"ContainerSpec": {"Image": IMAGE, "Args": ["sleep", "3600"], "Labels": labels},
+    container: dict[str, Any] = {"Image": IMAGE, "Args": ["sleep", "3600"], "Labels": labels}
+    if api_at_least(api, NO_NEW_PRIVILEGES_API):
+        container["Privileges"] = {"NoNewPrivileges": True}
+    template: dict[str, Any] = {"ContainerSpec": container,
                                 "Resources": {"Limits": {"MemoryBytes": 1024**3, "NanoCPUs": 10**9, "Pids": 512}}}
     if constraints:
         template["Placement"] = {"Constraints": constraints}
     return {"Name": name, "Labels": labels, "TaskTemplate": template, "Mode": {"Replicated": {"Replicas": replicas}}}
 
 
-def bench_swarm(api: Any, env: dict[str, str], warmup: int, iterations: int) -> dict[str, Any]:
-    """docker_create_service and docker_scale_service over stdio against the same API calls made directly."""
+NO_NEW_PRIVILEGES_API = (1, 46)  # from here the server sets it, and inspects the service once to see it kept
+
+
+@contextlib.contextmanager
+def single_node_swarm(api: Any) -> Iterator[str | None]:
+    """The engine as a swarm manager for the stage: as it is when it already is one; made a single-node
+    swarm (advertised on 127.0.0.1) when it is in none, and left again at the end -- also on an error,
+    Ctrl-C or SIGTERM -- with the docker_gwbridge network that `swarm init` adds, when it was not there.
+    Yields None, or why the stage cannot run (a worker, a swarm in another state, Podman)."""
+    version = api.version()
+    if any("podman" in str(c.get("Name", "")).lower() for c in version.get("Components") or []):
+        yield "Podman has no Swarm mode"
+        return
     swarm = api.info().get("Swarm") or {}
-    if swarm.get("LocalNodeState") != "active" or not swarm.get("ControlAvailable"):
-        return {"skipped": "the engine is not a swarm manager (the benchmark never makes a swarm: point "
-                           "DOCKER_HOST at a manager)"}
+    state = swarm.get("LocalNodeState") or "inactive"
+    if state == "active" and swarm.get("ControlAvailable"):
+        yield None
+        return
+    if state != "inactive":
+        yield (f"the engine is a swarm worker (or its swarm is {state}): point DOCKER_HOST at a manager"
+               if state == "active" else f"the engine's swarm is {state}; the benchmark leaves it alone")
+        return
+    had_gwbridge = bool(api.networks(names=["docker_gwbridge"]))
+    print("  the engine is in no swarm: making a single-node one for this stage (left at the end)", file=sys.stderr)
+    try:
+        api.init_swarm(advertise_addr="127.0.0.1", listen_addr="127.0.0.1:2377")
+        yield None
+    finally:
+        with contextlib.suppress(Exception):
+            api.leave_swarm(force=True)
+        for _ in range(20 if not had_gwbridge else 0):  # a network the engine still uses for a moment
+            try:
+                api.remove_network("docker_gwbridge")
+                break
+            except Exception as error:
+                if "not found" in str(error).lower() or "no such network" in str(error).lower():
+                    break
+                time.sleep(0.5)
+
+
+def bench_swarm(api: Any, env: dict[str, str], warmup: int, iterations: int) -> dict[str, Any]:
+    """docker_create_service and docker_scale_service over stdio against the same API calls made directly,
+    on the engine's swarm (or a single-node one made for the stage, see ``single_node_swarm``)."""
+    with single_node_swarm(api) as unavailable:
+        if unavailable:
+            return {"skipped": unavailable}
+        return bench_services(api, env, warmup, iterations)
+
+
+def bench_services(api: Any, env: dict[str, str], warmup: int, iterations: int) -> dict[str, Any]:
+    checks_no_new_privileges = api_at_least(api, NO_NEW_PRIVILEGES_API)
     prefix = f"mcpbench-{uuid.uuid4().hex[:8]}"
     counter = iter(range(1_000_000))
     raw = RawMCPClient({**env, "MCP_TOOLSETS": "swarm"})
@@ -1638,14 +1695,15 @@ def bench_swarm(api: Any, env: dict[str, str], warmup: int, iterations: int) -> 
             raise BenchError(f"docker_create_service: {result}")
         return elapsed
 
-    def create_direct() -> int:
-        spec = bench_service_spec(f"{prefix}-d{next(counter)}", 0)
+    def create_direct() -> int:  # what the server sends: one create (and the inspect that sees NNP kept)
+        spec = bench_service_spec(api, f"{prefix}-d{next(counter)}", 0)
         started = time.perf_counter_ns()
         answer = api._result(api._post_json(api._url("/services/create"), data=spec), json=True)
-        elapsed = time.perf_counter_ns() - started
         if not answer.get("ID"):
             raise BenchError(f"services/create: {answer}")
-        return elapsed
+        if checks_no_new_privileges:
+            api.inspect_service(answer["ID"])
+        return time.perf_counter_ns() - started
 
     scaled = {"server": 0, "direct": 0}
 
@@ -1665,13 +1723,15 @@ def bench_swarm(api: Any, env: dict[str, str], warmup: int, iterations: int) -> 
         spec["Mode"] = {"Replicated": {"Replicas": 1 + scaled["direct"] % 2}}
         api._result(api._post_json(api._url("/services/{0}/update", service["ID"]), data=spec,
                                    params={"version": service["Version"]["Index"]}), json=True)
+        if checks_no_new_privileges:
+            api.inspect_service(service["ID"])
         return time.perf_counter_ns() - started
 
     try:
         raw.initialize()
         for side in ("server", "direct"):
             api._result(api._post_json(api._url("/services/create"), data=bench_service_spec(
-                f"{prefix}-scale-{side}", 1, [SWARM_NOWHERE])), json=True)
+                api, f"{prefix}-scale-{side}", 1, [SWARM_NOWHERE])), json=True)
         samples = asyncio.run(run_interleaved({"create_server": create_via_server, "create_direct": create_direct,
                                                "scale_server": scale_via_server, "scale_direct": scale_direct},
                                               min(warmup, 5), iterations))
