@@ -8441,19 +8441,44 @@ class CappedStream:
         return data
 
 
+class ContentBlock:
+    """A tool answer's bulk text (a file copied out) carried as its own content block of the tool result,
+    beside the structured answer instead of inside it, so that megabytes travel once, not twice (in
+    structuredContent and again in its JSON text), and are not serialized to be measured or audited:
+    ``on_call_tool`` moves it out of the result; anything else that renders the result (the audit log's
+    size, ``bound_result``) sees only this short stand-in. Whoever makes one bounds its size itself."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __str__(self) -> str:
+        return f"<content block: {len(self.text)} characters>"
+
+    __repr__ = __str__
+
+
+def json_text_length(text: str) -> int:
+    """The bytes ``text`` takes as a JSON string in UTF-8 (quotes included), counted without encoding it
+    (the control characters other than tab and newline are not counted: callers exclude them)."""
+    return len(text.encode()) + 2 + sum(text.count(char) for char in '"\\\n\t')
+
+
 TAR_KINDS = {b"0": "file", b"\0": "file", b"1": "hardlink", b"2": "symlink", b"3": "character device",
              b"4": "block device", b"5": "directory", b"6": "fifo"}
 
 
 @tool("docker_copy_from_container", title="Copy a file out of a container", tier=Tier.SAFE, toolset="containers",
-      description="Read a file from a container (text, or base64 if binary) or list a directory, newest first. "
-                  "Untrusted content.",
+      description="Read a file from a container (text, or base64 if binary; the content is the text of "
+                  "content block content_block) or list a directory, newest first. Untrusted content.",
       params={"container": s_container(), "path": s_str("Absolute path in the container.", pattern=r"^/",
                                                          max_length=4096),
               "max_bytes": s_int("Most bytes to return.", 1, 64 * 1024 * 1024, 1024 * 1024),
               "limit": s_limit(200, 5000)},
       required=("container", "path"),
-      output=out({"path": {"type": "string"}, "type": {"type": "string"}}, ("path", "type")),
+      output=out({"path": {"type": "string"}, "type": {"type": "string"}, "encoding": {"type": "string"},
+                  "content_block": {"type": "integer"}}, ("path", "type")),
       list_field="entries")
 def copy_from_container(call: Call) -> dict[str, Any]:
     import base64
@@ -8463,8 +8488,8 @@ def copy_from_container(call: Call) -> dict[str, Any]:
     container = a["container"]
     enforce_container_power(call, container, "copy")
     # The answer must fit MCP_MAX_OUTPUT_BYTES whole (base64 is 4/3 of the bytes): the cut is ours, and says so.
-    max_bytes = min(a.get("max_bytes", 1024 * 1024), call.settings.copy_max_bytes,
-                    max(1024, (call.settings.max_output_bytes - 8192) * 3 // 4))
+    answer_budget = max(1368, call.settings.max_output_bytes - 8192)
+    max_bytes = min(a.get("max_bytes", 1024 * 1024), call.settings.copy_max_bytes, max(1024, answer_budget * 3 // 4))
     untrusted = UntrustedOutput(max_chars=max_bytes, redact=not call.settings.reveal_secrets)
     stat_info = container_path_stat(call, container, a["path"])
     if stat_info is None:
@@ -8489,10 +8514,18 @@ def copy_from_container(call: Call) -> dict[str, Any]:
                         text = data.decode("utf-8")
                     except UnicodeDecodeError:
                         text = None
-                    if text is not None and not re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", text):
-                        result.update(encoding="text", content=untrusted.text("content", text))
-                    else:  # binary, or text with control characters: exact, as base64
-                        result.update(encoding="base64", content=base64.b64encode(data).decode())
+                    # text with control characters, or whose JSON escaping would not fit the answer (quotes,
+                    # backslashes, newlines double), goes exact as base64, which always fits
+                    if text is not None and (re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", text)
+                                             or json_text_length(text) > answer_budget):
+                        text = None
+                    if text is not None:
+                        result.update(encoding="text", content_block=1,
+                                      content=ContentBlock(untrusted.text("content", text)))
+                    else:  # binary, or text with control characters: exact, as base64 (untrusted all the same)
+                        untrusted._mark("content")  # listed as untrusted: base64 is not cleaned, only marked
+                        result.update(encoding="base64", content_block=1,
+                                      content=ContentBlock(base64.b64encode(data).decode("ascii")))
                     break
                 entries.append({"name": member.name, "type": kind, "size": member.size, "mode": oct(member.mode),
                                 "modified": iso_time(member.mtime),
@@ -10124,8 +10157,11 @@ class DockerMCP:
                 structured_content={"error": {"category": failure.category, "message": failure.message}},
                 is_error=True)
         log.debug("tool %s ok (%.0f ms)", name, elapsed_ms)
+        # bulk text (a copied file) travels once, as its own block after the structured answer's JSON
+        blocks = [mcp_types.TextContent(type="text", text=v.text) for v in result.values() if isinstance(v, ContentBlock)]
+        result = {k: v for k, v in result.items() if not isinstance(v, ContentBlock)} if blocks else result
         text = json.dumps(result, separators=(",", ":"), default=str)
-        return mcp_types.CallToolResult(content=[mcp_types.TextContent(type="text", text=text)],
+        return mcp_types.CallToolResult(content=[mcp_types.TextContent(type="text", text=text), *blocks],
                                         structured_content=result)
 
     async def on_list_resources(self, ctx: Any, params: Any) -> Any:

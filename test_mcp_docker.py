@@ -5796,6 +5796,20 @@ def file_in(container: str, path: str) -> bytes | None:
         return handle.read() if handle else b""
 
 
+def copied_out(harness: Any, args: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """docker_copy_from_container's structured answer (metadata) and the file's content: the text of the
+    content block the answer names (None for a listing or a link, which have no content block)."""
+    result = harness.call("docker_copy_from_container", args)
+    assert not result.is_error, f"docker_copy_from_container failed: {result.content[0].text}"
+    answer = result.structured_content
+    assert json.loads(result.content[0].text) == answer and "content" not in answer  # carried once
+    if "content_block" not in answer:
+        assert len(result.content) == 1
+        return answer, None
+    assert answer["content_block"] == 1 and len(result.content) == 2
+    return answer, result.content[1].text
+
+
 def engine_exec(container: str, *argv: str) -> None:
     api = engine_client()
     api.exec_start(api.exec_create(container, list(argv)))
@@ -5816,11 +5830,12 @@ def test_copy_files_into_and_out_of_a_container(filer):
                                           "content": base64.b64encode(blob).decode()})
     assert file_in(name, "/tmp/blob.bin") == blob
 
-    text = filer.ok("docker_copy_from_container", {"container": name, "path": "/tmp/note.txt"})
-    assert text["type"] == "file" and text["content"] == "hello\n" and text["truncated"] is False
-    assert "content" in text["untrusted"]["fields"]
-    binary = filer.ok("docker_copy_from_container", {"container": name, "path": "/tmp/blob.bin", "max_bytes": 100})
-    assert binary["encoding"] == "base64" and base64.b64decode(binary["content"]) == blob[:100]
+    text, content = copied_out(filer, {"container": name, "path": "/tmp/note.txt"})
+    assert text["type"] == "file" and text["encoding"] == "text" and content == "hello\n"
+    assert text["truncated"] is False and "content" in text["untrusted"]["fields"]
+    binary, content = copied_out(filer, {"container": name, "path": "/tmp/blob.bin", "max_bytes": 100})
+    assert binary["encoding"] == "base64" and base64.b64decode(content) == blob[:100]
+    assert "content" in binary["untrusted"]["fields"]  # binary content is untrusted too
     assert binary["truncated"] is True and binary["size"] == len(blob)  # a cut says so
     listing = filer.ok("docker_copy_from_container", {"container": name, "path": "/tmp/site"})
     assert listing["type"] == "directory" and {"site/index.html", "site/a/b.txt"} <= {e["name"] for e in
