@@ -8334,51 +8334,102 @@ def refuse_linked_path(call: Call, container: str, path: str) -> bool:
     return True
 
 
-def copy_archive(files: Mapping[str, bytes], mode: int) -> bytes:
-    """A tar of regular files (and the directories above them) under relative, checked names."""
-    import io
+BASE64_DIGITS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+COPY_DECODE_CHARS = 1 << 20  # base64 decoded and sent a chunk at a time (a multiple of 4: whole quanta)
+
+
+def checked_base64(text: str) -> bytes:
+    """The ASCII of ``text`` when it is strict base64 (the standard alphabet, whole 4-character quanta,
+    at most two '=' and only at the end), checked in a few passes over the bytes without decoding it;
+    ValueError otherwise. Any chunk of whole quanta of it then decodes without error."""
+    raw = text.encode("ascii")  # UnicodeEncodeError is a ValueError
+    digits = raw.rstrip(b"=")
+    if len(raw) % 4 or len(raw) - len(digits) > 2 or digits.translate(None, BASE64_DIGITS):
+        raise ValueError("not base64")
+    return raw
+
+
+class CopyFile:
+    """One file to copy in: its size, known (and capped) before anything is sent, and its bytes, made only
+    as they are sent: base64 is decoded a chunk at a time, so decoding overlaps the engine's unpacking
+    instead of coming before it, and the decoded file never exists whole in memory."""
+
+    __slots__ = ("data", "encoded", "size")
+
+    def __init__(self, data: bytes, encoded: bool):
+        self.data, self.encoded = data, encoded  # encoded: checked_base64's answer
+        self.size = len(data) // 4 * 3 - (len(data) - len(data.rstrip(b"="))) if encoded else len(data)
+
+    def chunks(self) -> Iterator[bytes]:
+        import binascii
+
+        if not self.encoded:
+            yield self.data
+            return
+        view = memoryview(self.data)
+        for start in range(0, len(view), COPY_DECODE_CHARS):
+            yield binascii.a2b_base64(view[start:start + COPY_DECODE_CHARS])
+
+
+def copy_archive(files: Mapping[str, CopyFile], mode: int) -> Iterator[bytes]:
+    """A tar stream of regular files (and the directories above them) under relative, checked names: the
+    bytes ``tarfile`` writes for them (PAX headers, 512-byte blocks, end blocks, a whole record), made as
+    they are sent rather than joined in memory first."""
     import tarfile
 
-    buffer = io.BytesIO()
     now = int(time.time())
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
-        made: set[str] = set()
-        for name, data in sorted(files.items()):
-            parts = name.split("/")
-            for depth in range(1, len(parts)):
-                directory = "/".join(parts[:depth])
-                if directory not in made:
-                    made.add(directory)
-                    info = tarfile.TarInfo(directory)
-                    info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, now
-                    archive.addfile(info)
-            info = tarfile.TarInfo(name)
-            info.size, info.mode, info.mtime = len(data), mode, now
-            archive.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
+    made: set[str] = set()
+    written = 0
+
+    def header(name: str, kind: bytes, size: int, file_mode: int) -> bytes:
+        info = tarfile.TarInfo(name)
+        info.type, info.size, info.mode, info.mtime = kind, size, file_mode, now
+        return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+    for name, item in sorted(files.items()):
+        parts = name.split("/")
+        for depth in range(1, len(parts)):
+            directory = "/".join(parts[:depth])
+            if directory not in made:
+                made.add(directory)
+                block = header(directory, tarfile.DIRTYPE, 0, 0o755)
+                written += len(block)
+                yield block
+        block = header(name, tarfile.REGTYPE, item.size, mode)
+        written += len(block)
+        yield block
+        for chunk in item.chunks():
+            written += len(chunk)
+            yield chunk
+        if written % tarfile.BLOCKSIZE:
+            padding = tarfile.BLOCKSIZE - written % tarfile.BLOCKSIZE
+            written += padding
+            yield bytes(padding)
+    written += 2 * tarfile.BLOCKSIZE
+    yield bytes(2 * tarfile.BLOCKSIZE + (-written) % tarfile.RECORDSIZE)
 
 
-def copy_contents(call: Call) -> dict[str, bytes]:
-    """The files to copy, as bytes, checked: names relative without '..', the total within MCP_COPY_MAX_BYTES."""
-    import base64
-    import binascii
-
+def copy_contents(call: Call) -> dict[str, CopyFile]:
+    """The files to copy, checked: names relative without '..', base64 valid, the total within
+    MCP_COPY_MAX_BYTES (all before anything is sent). The content is data: it is only encoded or checked,
+    never scanned otherwise."""
     a = call.args
     given = dict(a.get("files") or {})
     if a.get("content") is not None:
         given[posixpath.basename(a["path"].rstrip("/"))] = a["content"]
     if not given:
         raise ToolError("invalid_argument", "give content (one file at path) or files (names under path)")
-    files: dict[str, bytes] = {}
+    files: dict[str, CopyFile] = {}
     for name, text in given.items():
         if not COPY_NAME_RE.fullmatch(name) or len(name) > 1024:
             raise ToolError("invalid_argument", f"file name {_short_repr(name, 60)} must be a relative path without "
                             "'..', '.' or empty parts")
         try:
-            files[name] = base64.b64decode(text, validate=True) if a.get("encoding") == "base64" else text.encode()
-        except (binascii.Error, ValueError):
+            files[name] = CopyFile(checked_base64(text), True) if a.get("encoding") == "base64" else \
+                CopyFile(text.encode(), False)
+        except ValueError:
             raise ToolError("invalid_argument", f"{_short_repr(name, 60)} is not valid base64") from None
-    total = sum(len(data) for data in files.values())
+    total = sum(item.size for item in files.values())
     if total > call.settings.copy_max_bytes:
         raise ToolError("invalid_argument", f"{total} bytes to copy is more than MCP_COPY_MAX_BYTES "
                         f"({call.settings.copy_max_bytes}); raise it to copy more")
@@ -8415,7 +8466,7 @@ def copy_to_container(call: Call) -> dict[str, Any]:
                 break
     call.api.put_archive(container, target, copy_archive(files, int(a.get("mode") or "0644", 8)))
     return {"id": container, "status": "copied", "path": target, "files": sorted(files),
-            "bytes": sum(len(data) for data in files.values())}
+            "bytes": sum(item.size for item in files.values())}
 
 
 class CappedStream:
@@ -8423,7 +8474,7 @@ class CappedStream:
 
     def __init__(self, chunks: Any, limit: int, call: Call):
         self.chunks, self.limit, self.call = iter(chunks), limit, call
-        self.buffer = b""
+        self.buffer = bytearray()  # grown at the end, consumed from the front: each byte is copied once
         self.read_bytes = 0
         self.cut = False
 
@@ -8437,7 +8488,9 @@ class CappedStream:
             self.buffer += chunk
             if self.read_bytes > self.limit:
                 self.cut = True
-        data, self.buffer = (self.buffer, b"") if size < 0 else (self.buffer[:size], self.buffer[size:])
+        size = len(self.buffer) if size < 0 else min(size, len(self.buffer))
+        data = bytes(memoryview(self.buffer)[:size])
+        del self.buffer[:size]
         return data
 
 
@@ -8465,6 +8518,7 @@ def json_text_length(text: str) -> int:
     return len(text.encode()) + 2 + sum(text.count(char) for char in '"\\\n\t')
 
 
+COPY_READ_CHUNK = 1 << 20  # the engine's archive read in pieces this big (tarfile's default is 10 KB)
 TAR_KINDS = {b"0": "file", b"\0": "file", b"1": "hardlink", b"2": "symlink", b"3": "character device",
              b"4": "block device", b"5": "directory", b"6": "fifo"}
 
@@ -8497,13 +8551,13 @@ def copy_from_container(call: Call) -> dict[str, Any]:
     if int(stat_info.get("mode") or 0) & GO_MODE_SYMLINK:  # Podman's archive would follow it: described instead
         return untrusted.attach({"path": a["path"], "type": "symlink",
                                  "link_target": untrusted.value("link_target", str(stat_info.get("linkTarget") or ""))})
-    chunks, _ = call.api.get_archive(container, a["path"], chunk_size=65536)
+    chunks, _ = call.api.get_archive(container, a["path"], chunk_size=COPY_READ_CHUNK)
     # A directory's archive is read up to a bound of its own: the listing says when it stopped.
     stream = CappedStream(chunks, max(4 * max_bytes, 16 * 1024 * 1024), call)
     entries: list[dict[str, Any]] = []
     result: dict[str, Any] = {"path": a["path"]}
     try:
-        with tarfile.open(fileobj=stream, mode="r|") as archive:
+        with tarfile.open(fileobj=stream, mode="r|", bufsize=COPY_READ_CHUNK) as archive:
             for member in archive:
                 kind = TAR_KINDS.get(member.type, "other")
                 if not entries and not result.get("type") and kind == "file":
