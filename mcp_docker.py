@@ -8372,51 +8372,96 @@ def refuse_linked_path(call: Call, container: str, path: str) -> bool:
     return True
 
 
-def copy_archive(files: Mapping[str, bytes], mode: int) -> bytes:
-    """A tar of regular files (and the directories above them) under relative, checked names."""
-    import io
+BASE64_DIGITS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+
+def checked_base64(text: str) -> bytes:
+    """The ASCII of ``text`` when it is strict base64 (the standard alphabet, whole 4-character quanta,
+    at most two '=' and only at the end), checked in a few passes over the bytes without decoding it;
+    ValueError otherwise. It then decodes without error, and its decoded size is known beforehand."""
+    raw = text.encode("ascii")  # UnicodeEncodeError is a ValueError
+    rest = raw.translate(None, BASE64_DIGITS)  # what is not a digit: only the padding may be
+    if len(raw) % 4 or rest not in (b"", b"=", b"==") or not raw.endswith(rest):
+        raise ValueError("not base64")
+    return raw
+
+
+class CopyFile:
+    """One file to copy in: its size, known (and capped) before any of it is decoded, and its bytes, made
+    only as the archive is built. (Decoding a chunk at a time while the archive streams to the engine was
+    measured: on a loaded two-core machine it was slower than one decode and one body, so it is not done.)"""
+
+    __slots__ = ("data", "encoded", "size")
+
+    def __init__(self, data: bytes, encoded: bool):
+        self.data, self.encoded = data, encoded  # encoded: checked_base64's answer
+        self.size = len(data) // 4 * 3 - data[-2:].count(b"=") if encoded else len(data)
+
+    def chunks(self) -> Iterator[bytes]:
+        import binascii
+
+        yield binascii.a2b_base64(self.data) if self.encoded else self.data
+
+
+def copy_archive(files: Mapping[str, CopyFile], mode: int) -> Iterator[bytes]:
+    """A tar of regular files (and the directories above them) under relative, checked names, in pieces:
+    the bytes ``tarfile`` writes for them (PAX headers, 512-byte blocks, end blocks, a whole record),
+    without its BytesIO round trip (joined once, each file's bytes are copied once)."""
     import tarfile
 
-    buffer = io.BytesIO()
     now = int(time.time())
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
-        made: set[str] = set()
-        for name, data in sorted(files.items()):
-            parts = name.split("/")
-            for depth in range(1, len(parts)):
-                directory = "/".join(parts[:depth])
-                if directory not in made:
-                    made.add(directory)
-                    info = tarfile.TarInfo(directory)
-                    info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, now
-                    archive.addfile(info)
-            info = tarfile.TarInfo(name)
-            info.size, info.mode, info.mtime = len(data), mode, now
-            archive.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
+    made: set[str] = set()
+    written = 0
+
+    def header(name: str, kind: bytes, size: int, file_mode: int) -> bytes:
+        info = tarfile.TarInfo(name)
+        info.type, info.size, info.mode, info.mtime = kind, size, file_mode, now
+        return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+    for name, item in sorted(files.items()):
+        parts = name.split("/")
+        for depth in range(1, len(parts)):
+            directory = "/".join(parts[:depth])
+            if directory not in made:
+                made.add(directory)
+                block = header(directory, tarfile.DIRTYPE, 0, 0o755)
+                written += len(block)
+                yield block
+        block = header(name, tarfile.REGTYPE, item.size, mode)
+        written += len(block)
+        yield block
+        for chunk in item.chunks():
+            written += len(chunk)
+            yield chunk
+        if written % tarfile.BLOCKSIZE:
+            padding = tarfile.BLOCKSIZE - written % tarfile.BLOCKSIZE
+            written += padding
+            yield bytes(padding)
+    written += 2 * tarfile.BLOCKSIZE
+    yield bytes(2 * tarfile.BLOCKSIZE + (-written) % tarfile.RECORDSIZE)
 
 
-def copy_contents(call: Call) -> dict[str, bytes]:
-    """The files to copy, as bytes, checked: names relative without '..', the total within MCP_COPY_MAX_BYTES."""
-    import base64
-    import binascii
-
+def copy_contents(call: Call) -> dict[str, CopyFile]:
+    """The files to copy, checked: names relative without '..', base64 valid, the total within
+    MCP_COPY_MAX_BYTES (all before anything is sent). The content is data: it is only encoded or checked,
+    never scanned otherwise."""
     a = call.args
     given = dict(a.get("files") or {})
     if a.get("content") is not None:
         given[posixpath.basename(a["path"].rstrip("/"))] = a["content"]
     if not given:
         raise ToolError("invalid_argument", "give content (one file at path) or files (names under path)")
-    files: dict[str, bytes] = {}
+    files: dict[str, CopyFile] = {}
     for name, text in given.items():
         if not COPY_NAME_RE.fullmatch(name) or len(name) > 1024:
             raise ToolError("invalid_argument", f"file name {_short_repr(name, 60)} must be a relative path without "
                             "'..', '.' or empty parts")
         try:
-            files[name] = base64.b64decode(text, validate=True) if a.get("encoding") == "base64" else text.encode()
-        except (binascii.Error, ValueError):
+            files[name] = CopyFile(checked_base64(text), True) if a.get("encoding") == "base64" else \
+                CopyFile(text.encode(), False)
+        except ValueError:
             raise ToolError("invalid_argument", f"{_short_repr(name, 60)} is not valid base64") from None
-    total = sum(len(data) for data in files.values())
+    total = sum(item.size for item in files.values())
     if total > call.settings.copy_max_bytes:
         raise ToolError("invalid_argument", f"{total} bytes to copy is more than MCP_COPY_MAX_BYTES "
                         f"({call.settings.copy_max_bytes}); raise it to copy more")
@@ -8451,9 +8496,9 @@ def copy_to_container(call: Call) -> dict[str, Any]:
         for depth in range(1, len(parts) + 1):
             if not refuse_linked_path(call, container, posixpath.join(target, *parts[:depth])):
                 break
-    call.api.put_archive(container, target, copy_archive(files, int(a.get("mode") or "0644", 8)))
+    call.api.put_archive(container, target, b"".join(copy_archive(files, int(a.get("mode") or "0644", 8))))
     return {"id": container, "status": "copied", "path": target, "files": sorted(files),
-            "bytes": sum(len(data) for data in files.values())}
+            "bytes": sum(item.size for item in files.values())}
 
 
 class CappedStream:
@@ -8461,7 +8506,7 @@ class CappedStream:
 
     def __init__(self, chunks: Any, limit: int, call: Call):
         self.chunks, self.limit, self.call = iter(chunks), limit, call
-        self.buffer = b""
+        self.buffer = bytearray()  # grown at the end, consumed from the front: each byte is copied once
         self.read_bytes = 0
         self.cut = False
 
@@ -8475,23 +8520,51 @@ class CappedStream:
             self.buffer += chunk
             if self.read_bytes > self.limit:
                 self.cut = True
-        data, self.buffer = (self.buffer, b"") if size < 0 else (self.buffer[:size], self.buffer[size:])
+        size = len(self.buffer) if size < 0 else min(size, len(self.buffer))
+        data = bytes(memoryview(self.buffer)[:size])
+        del self.buffer[:size]
         return data
 
 
+class ContentBlock:
+    """A tool answer's bulk text (a file copied out) carried as its own content block of the tool result,
+    beside the structured answer instead of inside it, so that megabytes travel once, not twice (in
+    structuredContent and again in its JSON text), and are not serialized to be measured or audited:
+    ``on_call_tool`` moves it out of the result; anything else that renders the result (the audit log's
+    size, ``bound_result``) sees only this short stand-in. Whoever makes one bounds its size itself."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __str__(self) -> str:
+        return f"<content block: {len(self.text)} characters>"
+
+    __repr__ = __str__
+
+
+def json_text_length(text: str) -> int:
+    """The bytes ``text`` takes as a JSON string in UTF-8 (quotes included), counted without encoding it
+    (control characters other than tab, newline and carriage return are not counted: callers exclude them)."""
+    return len(text.encode()) + 2 + sum(text.count(char) for char in '"\\\n\t\r')
+
+
+COPY_READ_CHUNK = 1 << 20  # the engine's archive read in pieces this big (tarfile's default is 10 KB)
 TAR_KINDS = {b"0": "file", b"\0": "file", b"1": "hardlink", b"2": "symlink", b"3": "character device",
              b"4": "block device", b"5": "directory", b"6": "fifo"}
 
 
 @tool("docker_copy_from_container", title="Copy a file out of a container", tier=Tier.SAFE, toolset="containers",
-      description="Read a file from a container (text, or base64 if binary) or list a directory, newest first. "
-                  "Untrusted content.",
+      description="Read a file from a container (text, or base64 if binary; the content is the text of "
+                  "content block content_block) or list a directory, newest first. Untrusted content.",
       params={"container": s_container(), "path": s_str("Absolute path in the container.", pattern=r"^/",
                                                          max_length=4096),
               "max_bytes": s_int("Most bytes to return.", 1, 64 * 1024 * 1024, 1024 * 1024),
               "limit": s_limit(200, 5000)},
       required=("container", "path"),
-      output=out({"path": {"type": "string"}, "type": {"type": "string"}}, ("path", "type")),
+      output=out({"path": {"type": "string"}, "type": {"type": "string"}, "encoding": {"type": "string"},
+                  "content_block": {"type": "integer"}}, ("path", "type")),
       list_field="entries")
 def copy_from_container(call: Call) -> dict[str, Any]:
     import base64
@@ -8501,8 +8574,8 @@ def copy_from_container(call: Call) -> dict[str, Any]:
     container = a["container"]
     enforce_container_power(call, container, "copy")
     # The answer must fit MCP_MAX_OUTPUT_BYTES whole (base64 is 4/3 of the bytes): the cut is ours, and says so.
-    max_bytes = min(a.get("max_bytes", 1024 * 1024), call.settings.copy_max_bytes,
-                    max(1024, (call.settings.max_output_bytes - 8192) * 3 // 4))
+    answer_budget = max(1368, call.settings.max_output_bytes - 8192)
+    max_bytes = min(a.get("max_bytes", 1024 * 1024), call.settings.copy_max_bytes, max(1024, answer_budget * 3 // 4))
     untrusted = UntrustedOutput(max_chars=max_bytes, redact=not call.settings.reveal_secrets)
     stat_info = container_path_stat(call, container, a["path"])
     if stat_info is None:
@@ -8510,13 +8583,13 @@ def copy_from_container(call: Call) -> dict[str, Any]:
     if int(stat_info.get("mode") or 0) & GO_MODE_SYMLINK:  # Podman's archive would follow it: described instead
         return untrusted.attach({"path": a["path"], "type": "symlink",
                                  "link_target": untrusted.value("link_target", str(stat_info.get("linkTarget") or ""))})
-    chunks, _ = call.api.get_archive(container, a["path"], chunk_size=65536)
+    chunks, _ = call.api.get_archive(container, a["path"], chunk_size=COPY_READ_CHUNK)
     # A directory's archive is read up to a bound of its own: the listing says when it stopped.
     stream = CappedStream(chunks, max(4 * max_bytes, 16 * 1024 * 1024), call)
     entries: list[dict[str, Any]] = []
     result: dict[str, Any] = {"path": a["path"]}
     try:
-        with tarfile.open(fileobj=stream, mode="r|") as archive:
+        with tarfile.open(fileobj=stream, mode="r|", bufsize=COPY_READ_CHUNK) as archive:
             for member in archive:
                 kind = TAR_KINDS.get(member.type, "other")
                 if not entries and not result.get("type") and kind == "file":
@@ -8527,10 +8600,18 @@ def copy_from_container(call: Call) -> dict[str, Any]:
                         text = data.decode("utf-8")
                     except UnicodeDecodeError:
                         text = None
-                    if text is not None and not re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", text):
-                        result.update(encoding="text", content=untrusted.text("content", text))
-                    else:  # binary, or text with control characters: exact, as base64
-                        result.update(encoding="base64", content=base64.b64encode(data).decode())
+                    # text with control characters, or whose JSON escaping would not fit the answer (quotes,
+                    # backslashes, newlines double), goes exact as base64, which always fits
+                    if text is not None and (re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", text)
+                                             or json_text_length(text) > answer_budget):
+                        text = None
+                    if text is not None:
+                        result.update(encoding="text", content_block=1,
+                                      content=ContentBlock(untrusted.text("content", text)))
+                    else:  # binary, or text with control characters: exact, as base64 (untrusted all the same)
+                        untrusted._mark("content")  # listed as untrusted: base64 is not cleaned, only marked
+                        result.update(encoding="base64", content_block=1,
+                                      content=ContentBlock(base64.b64encode(data).decode("ascii")))
                     break
                 entries.append({"name": member.name, "type": kind, "size": member.size, "mode": oct(member.mode),
                                 "modified": iso_time(member.mtime),
@@ -10275,8 +10356,11 @@ class DockerMCP:
                 structured_content={"error": {"category": failure.category, "message": failure.message}},
                 is_error=True)
         log.debug("tool %s ok (%.0f ms)", name, elapsed_ms)
+        # bulk text (a copied file) travels once, as its own block after the structured answer's JSON
+        blocks = [mcp_types.TextContent(type="text", text=v.text) for v in result.values() if isinstance(v, ContentBlock)]
+        result = {k: v for k, v in result.items() if not isinstance(v, ContentBlock)} if blocks else result
         text = json.dumps(result, separators=(",", ":"), default=str)
-        return mcp_types.CallToolResult(content=[mcp_types.TextContent(type="text", text=text)],
+        return mcp_types.CallToolResult(content=[mcp_types.TextContent(type="text", text=text), *blocks],
                                         structured_content=result)
 
     async def on_list_resources(self, ctx: Any, params: Any) -> Any:

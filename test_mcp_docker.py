@@ -5797,6 +5797,20 @@ def file_in(container: str, path: str) -> bytes | None:
         return handle.read() if handle else b""
 
 
+def copied_out(harness: Any, args: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """docker_copy_from_container's structured answer (metadata) and the file's content: the text of the
+    content block the answer names (None for a listing or a link, which have no content block)."""
+    result = harness.call("docker_copy_from_container", args)
+    assert not result.is_error, f"docker_copy_from_container failed: {result.content[0].text}"
+    answer = result.structured_content
+    assert json.loads(result.content[0].text) == answer and "content" not in answer  # carried once
+    if "content_block" not in answer:
+        assert len(result.content) == 1
+        return answer, None
+    assert answer["content_block"] == 1 and len(result.content) == 2
+    return answer, result.content[1].text
+
+
 def engine_exec(container: str, *argv: str) -> None:
     api = engine_client()
     api.exec_start(api.exec_create(container, list(argv)))
@@ -5817,11 +5831,12 @@ def test_copy_files_into_and_out_of_a_container(filer):
                                           "content": base64.b64encode(blob).decode()})
     assert file_in(name, "/tmp/blob.bin") == blob
 
-    text = filer.ok("docker_copy_from_container", {"container": name, "path": "/tmp/note.txt"})
-    assert text["type"] == "file" and text["content"] == "hello\n" and text["truncated"] is False
-    assert "content" in text["untrusted"]["fields"]
-    binary = filer.ok("docker_copy_from_container", {"container": name, "path": "/tmp/blob.bin", "max_bytes": 100})
-    assert binary["encoding"] == "base64" and base64.b64decode(binary["content"]) == blob[:100]
+    text, content = copied_out(filer, {"container": name, "path": "/tmp/note.txt"})
+    assert text["type"] == "file" and text["encoding"] == "text" and content == "hello\n"
+    assert text["truncated"] is False and "content" in text["untrusted"]["fields"]
+    binary, content = copied_out(filer, {"container": name, "path": "/tmp/blob.bin", "max_bytes": 100})
+    assert binary["encoding"] == "base64" and base64.b64decode(content) == blob[:100]
+    assert "content" in binary["untrusted"]["fields"]  # binary content is untrusted too
     assert binary["truncated"] is True and binary["size"] == len(blob)  # a cut says so
     listing = filer.ok("docker_copy_from_container", {"container": name, "path": "/tmp/site"})
     assert listing["type"] == "directory" and {"site/index.html", "site/a/b.txt"} <= {e["name"] for e in
@@ -10720,3 +10735,108 @@ class TestSwarmToolsOnTheLoopAndThroughThreads:
         assert scaled[0] == "inspect_service" and scaled[1].startswith("post_json /services/") and \
             scaled[1].endswith("/update") and scaled[2:] == nnp
         assert with_volume == ["inspect_volume", "post_json /services/create", *nnp]
+
+
+# === Copy performance: archives built without tarfile's round trip, content carried once ===
+
+
+def test_copy_archive_is_the_bytes_tarfile_writes(monkeypatch):
+    import base64
+    import io
+    import tarfile
+
+    monkeypatch.setattr(md.time, "time", lambda: 1_700_000_000.5)
+    files = {"a/b/c.txt": b"hello", "a/x.bin": bytes(range(256)) * 12, "z": b"", "big": b"\x01" * (70_000 + 7),
+             "e/exact": b"y" * 1024}
+    reference = io.BytesIO()
+    with tarfile.open(fileobj=reference, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        made: set[str] = set()
+        for name, data in sorted(files.items()):
+            parts = name.split("/")
+            for depth in range(1, len(parts)):
+                directory = "/".join(parts[:depth])
+                if directory not in made:
+                    made.add(directory)
+                    info = tarfile.TarInfo(directory)
+                    info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, 1_700_000_000
+                    archive.addfile(info)
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o640, 1_700_000_000
+            archive.addfile(info, io.BytesIO(data))
+    for encoded in (False, True):
+        given = {name: md.CopyFile(md.checked_base64(base64.b64encode(data).decode()), True)
+                 if encoded else md.CopyFile(data, False) for name, data in files.items()}
+        assert {name: item.size for name, item in given.items()} == {name: len(d) for name, d in files.items()}
+        assert b"".join(md.copy_archive(given, 0o640)) == reference.getvalue()
+
+
+def test_copy_base64_is_checked_strictly_without_decoding_it():
+    import base64
+
+    for data in (b"", b"\x00", b"ab", b"abc", bytes(range(256)) * 3):
+        text = base64.b64encode(data).decode()
+        assert md.checked_base64(text) == text.encode()
+        assert md.CopyFile(text.encode(), True).size == len(data)
+    # what base64.b64decode(validate=True) refuses, and stricter: no stray padding after a whole quantum
+    for bad in ("A", "AB", "ABC", "AB=C", "A===", "====", "AB==AB==", "ABCD==", "AB\n==", "AB -", "QUJD\u00e9",
+                "AB_-", "QU=="[:3] + "\u0660"):
+        with pytest.raises(ValueError):
+            md.checked_base64(bad)
+
+
+def test_copy_json_text_length_is_the_wire_size_of_a_text():
+    import mcp_types
+
+    for text in ("", "plain", 'a "quoted" \\ back\\slash', "lines\nand\ttabs\n", "caf\u00e9 \u2603 \U0001f600",
+                 "\r\n mixed \"\\\n\t"):
+        block = mcp_types.TextContent(type="text", text=text).model_dump_json(by_alias=True, exclude_none=True)
+        assert md.json_text_length(text) == len(block.encode()) - len('{"type":"text","text":}')
+        assert md.json_text_length(text) >= len(json.dumps(text, ensure_ascii=False).encode())
+
+
+def test_copy_out_carries_a_file_once_for_both_protocol_eras():
+    import base64
+
+    require_engine()
+    for mode in ("legacy", "2026-07-28"):
+        h = Harness(["--allow-destructive"], mode=mode, env={"MCP_COPY_MAX_BYTES": "32m"})
+        try:
+            name = sleeper(h, f"copyonce{mode[:4]}")
+            blob = bytes(range(256)) * 400
+            h.ok("docker_copy_to_container", {"container": name, "path": "/tmp/blob.bin", "encoding": "base64",
+                                              "content": base64.b64encode(blob).decode()})
+            assert file_in(name, "/tmp/blob.bin") == blob  # the engine's own view
+            result = h.call("docker_copy_from_container", {"container": name, "path": "/tmp/blob.bin",
+                                                           "max_bytes": len(blob)})
+            answer = result.structured_content  # the SDK client checked it against the outputSchema
+            assert list(answer)[0] == "untrusted" and "content" in answer["untrusted"]["fields"]
+            assert answer["encoding"] == "base64" and answer["content_block"] == 1 and not answer["truncated"]
+            assert base64.b64decode(result.content[1].text) == blob
+            assert json.loads(result.content[0].text) == answer and "content" not in answer
+            assert len(result.content[0].text) < 1024  # the metadata only: the file is not in it again
+        finally:
+            h.close()
+
+
+def test_copy_out_of_a_text_whose_escaping_would_not_fit_is_exact_base64():
+    import base64
+
+    require_engine()
+    h = Harness(["--allow-destructive"], env={"MCP_MAX_OUTPUT_BYTES": "20000"})
+    try:
+        name = sleeper(h, "copyescape")
+        escaping = '"\\\n' * 2800  # 8400 bytes: within max_bytes (8856), but 16800 escaped: over the 11808 left
+        plain = "a" * 8400
+        h.ok("docker_copy_to_container", {"container": name, "path": "/tmp", "files": {"esc.txt": escaping,
+                                                                                        "plain.txt": plain}})
+        answer, content = copied_out(h, {"container": name, "path": "/tmp/esc.txt", "max_bytes": 8800})
+        assert answer["encoding"] == "base64" and base64.b64decode(content).decode() == escaping
+        assert not answer["truncated"] and "content" in answer["untrusted"]["fields"]
+        answer, content = copied_out(h, {"container": name, "path": "/tmp/plain.txt", "max_bytes": 8800})
+        assert answer["encoding"] == "text" and content == plain
+        for bad in ("AB=C", "ABC", "QUJD==", "QUJD\u00e9"):
+            h.error("docker_copy_to_container", {"container": name, "path": "/tmp/bad.bin", "encoding": "base64",
+                                                 "content": bad}, "invalid_argument")
+        assert file_in(name, "/tmp/bad.bin") is None  # refused before anything reached the engine
+    finally:
+        h.close()

@@ -1590,7 +1590,10 @@ def bench_copy(api: Any, env: dict[str, str], runs: int) -> dict[str, Any]:
                 out_elapsed, result = raw.call_tool("docker_copy_from_container", {
                     "container": container_id, "path": "/tmp/blob.bin", "max_bytes": COPY_BYTES})
                 answer = check_tool_result(result, "stdio docker_copy_from_container")
-                if answer.get("truncated") or base64.b64decode(answer.get("content") or "") != data:
+                blocks = result.get("content") or []  # the file is the text of the block the answer names
+                block = blocks[answer["content_block"]] if isinstance(answer.get("content_block"), int) and \
+                    answer["content_block"] < len(blocks) else {}
+                if answer.get("truncated") or base64.b64decode(block.get("text") or "") != data:
                     raise BenchError("docker_copy_from_container did not return the bytes written")
                 floor_out = copy_floor_out(api, container_id, data)
                 if index:
