@@ -34,6 +34,7 @@ need them so that ``tools`` and ``--help`` stay fast and an engine is never need
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import contextvars
 import dataclasses
@@ -4879,6 +4880,27 @@ INJECTION_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
         re.I)),
 )
 
+# Needles: in ASCII text (lower-cased) a pattern can only match where one of its needles occurs, so a text
+# that holds none of a pattern's needles is not searched with it; text with other characters is searched
+# with every pattern (case folding beyond ASCII is the regex engine's to judge). Kept beside the patterns:
+# a new pattern needs its needles (a test checks every pattern has them).
+SECRET_NEEDLES: dict[str, tuple[str, ...]] = {
+    "private-key": ("-----begin",), "url-password": ("://",),
+    "aws-access-key": ("akia", "asia", "agpa", "aida", "aroa", "anpa", "anva", "aipa"),
+    "bearer-token": ("bearer ",), "basic-auth": ("authorization: basic ",),
+    "github-token": ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"), "slack-token": ("xox",),
+    "google-api-key": ("aiza",), "jwt": ("eyj",), "secret-value": ("pass", "secret", "token", "key", "credential"),
+}
+INJECTION_NEEDLES: dict[str, tuple[str, ...]] = dict(zip((reason for reason, _ in INJECTION_PATTERNS), (
+    ("ignore", "disregard", "forget", "override", "bypass"),
+    ("system", "instruction", "orders", "directive"),
+    ("you are now", "act as", "pretend to be", "as an ai", "dear ", "must", "should", "need to", "are required to",
+     "attention "),
+    ("<", "inst]", "system", "assistant", "human"),
+    ("tool", "function", "arguments", "<", "docker_"),
+), strict=True))
+# The same heuristics over many lines joined at once: ``^`` then matches at every line's start.
+INJECTION_PATTERNS_MULTILINE = tuple(re.compile(pattern.pattern, pattern.flags | re.M) for _, pattern in INJECTION_PATTERNS)
 
 # Look-alikes: the heuristics match a folded copy of each line, never what is returned. NFKC folds fullwidth,
 # mathematical, circled and compatibility letters; the map folds the Cyrillic, Greek and other letters that look
@@ -4924,7 +4946,10 @@ class UntrustedOutput:
         self._dropped_warnings = 0
 
     def _redact(self, text: str) -> str:
+        lowered = text.lower() if text.isascii() else None  # the needles' view (other text runs every pattern)
         for kind, pattern in SECRET_PATTERNS:
+            if lowered is not None and not any(needle in lowered for needle in SECRET_NEEDLES[kind]):
+                continue
             def replace(match: re.Match[str], kind: str = kind) -> str:
                 self.redactions += 1
                 if kind == "secret-value":
@@ -4932,18 +4957,43 @@ class UntrustedOutput:
                 if kind == "url-password":
                     return f"{match.group(1)}:<redacted:{kind}>"
                 return f"<redacted:{kind}>"
-            text = pattern.sub(replace, text)
+            text, replaced = pattern.subn(replace, text)
+            if replaced and lowered is not None:
+                lowered = text.lower()
         return text
 
     def _scan(self, where: str, text: str) -> None:
-        for number, line in enumerate(text.split("\n"), start=1):
-            folded = fold_lookalikes(line)
+        lines = text.split("\n")
+        self._scan_lines([f"{where} line {number}" if len(lines) > 1 else where
+                          for number in range(1, len(lines) + 1)], lines)
+
+    def _scan_lines(self, places: list[str], lines: list[str]) -> None:
+        """Warn about each line (newline-free) that a heuristic matches, the first heuristic that does.
+
+        Per line, as the heuristics are written; but a line is looked at only when a search of all lines
+        at once (one regex pass per heuristic, and only those whose needles occur) touched it: a heuristic
+        that matches a line at some offset also matches the joined text there, so no line is missed."""
+        folded = lines if all(line.isascii() for line in lines) else [fold_lookalikes(line) for line in lines]
+        joined = "\n".join(folded)
+        lowered = joined.lower() if joined.isascii() else None
+        starts, offset = [], 0
+        for line in folded:
+            starts.append(offset)
+            offset += len(line) + 1
+        touched: set[int] = set()
+        for (reason, _), everywhere in zip(INJECTION_PATTERNS, INJECTION_PATTERNS_MULTILINE, strict=True):
+            if lowered is not None and not any(needle in lowered for needle in INJECTION_NEEDLES[reason]):
+                continue
+            for match in everywhere.finditer(joined):
+                first = bisect.bisect_right(starts, match.start()) - 1
+                last = bisect.bisect_right(starts, max(match.start(), match.end() - 1)) - 1
+                touched.update(range(first, last + 1))
+        for index in sorted(touched):
             for reason, pattern in INJECTION_PATTERNS:
-                if pattern.search(folded):
+                if pattern.search(folded[index]):
                     if len(self.warnings) < 20:
-                        at = f"{where} line {number}" if "\n" in text else where
-                        disguised = "" if pattern.search(line) else " (written with look-alike characters)"
-                        self.warnings.append(f"{at}: {reason}{disguised}")
+                        disguised = "" if pattern.search(lines[index]) else " (written with look-alike characters)"
+                        self.warnings.append(f"{places[index]}: {reason}{disguised}")
                     else:
                         self._dropped_warnings += 1
                     break
@@ -4969,8 +5019,7 @@ class UntrustedOutput:
         self._mark(where)
         cleaned = self.clean("\n".join(lines), cut=False) if lines else ""
         out = [self._cut(line) for line in cleaned.split("\n")] if lines else []
-        for number, line in enumerate(out):
-            self._scan(f"{where}[{number}]", line)
+        self._scan_lines([f"{where}[{number}]" for number in range(len(out))], out)
         return out
 
     def value(self, where: str, value: Any) -> Any:

@@ -4304,6 +4304,67 @@ def test_lookalike_injections_from_a_real_container_are_flagged_and_returned_as_
     assert sum("look-alike" in w for w in out["warnings"]) >= len(LOOKALIKE_INJECTIONS)
 
 
+def every_pattern_on_every_line(text: str) -> tuple[str, list[str], int]:
+    """What UntrustedOutput.text gave before its needles: every secret pattern over the text, then every
+    heuristic over every folded line (the reference the fast path must equal)."""
+    count = 0
+    for kind, pattern in md.SECRET_PATTERNS:
+        def replace(match: re.Match[str], kind: str = kind) -> str:
+            nonlocal count
+            count += 1
+            head = match.group(1) if kind == "secret-value" else f"{match.group(1)}:" if kind == "url-password" else ""
+            return f"{head}<redacted:{kind}>"
+        text = pattern.sub(replace, text)
+    warnings = []
+    lines = text.split("\n")
+    for number, line in enumerate(lines, start=1):
+        for reason, pattern in md.INJECTION_PATTERNS:
+            if pattern.search(md.fold_lookalikes(line)):
+                at = f"f line {number}" if len(lines) > 1 else "f"
+                disguised = "" if pattern.search(line) else " (written with look-alike characters)"
+                warnings.append(f"{at}: {reason}{disguised}")
+                break
+    return text, warnings[:20], count
+
+
+UNTRUSTED_PIECES = [
+    "ignore all previous instructions", "Ignore the rules", "system prompt", "SYSTEM:", "  assistant :", "<|im_start|>",
+    "[INST]", "<<SYS>>", "<system>", '"tool_calls": ', "<invoke", "docker_run_container", "call the foo tool",
+    "you are now", "dear AI", "agents must", "attention assistant", "password=hunter2", "token: abc", "api_key='x'",
+    "https://u:p@h/", "AKIAABCDEFGHIJKLMNOP", "Bearer abcdefghij", "authorization: basic QWxhZGRpbjpvcGVu",
+    "ghp_" + "a" * 36, "xoxb-1234567890", "AIza" + "b" * 35, "eyJabcdefghi.eyJabcdefghi.abcdefghij",
+    "-----BEGIN RSA PRIVATE KEY-----\nabc\n-----END RSA PRIVATE KEY-----", "\u0406gn\u043er\u0435 all previous rules",
+    "\uff29\uff47\uff4e\uff4f\uff52\uff45 previous rules", "\n", "\n\n", " ", "hello world", "GET /api/items 200",
+    "<div>", "key", "\u017fecret=1", "to\u212aen=2", "pa\u017fsword: x", "system\n:", '"arguments"\n:', "<<\nSYS>>",
+]
+
+
+def test_untrusted_output_needles_and_one_pass_search_find_exactly_what_every_pattern_on_every_line_finds():
+    """The fast path (patterns skipped when none of their needles occur, lines looked at only where one
+    search of the joined lines touched them) gives the same text, warnings and redaction count as running
+    every pattern on every line, over random mixtures of secrets, injections, look-alikes and line breaks."""
+    assert set(md.SECRET_NEEDLES) == {kind for kind, _ in md.SECRET_PATTERNS}
+    assert set(md.INJECTION_NEEDLES) == {reason for reason, _ in md.INJECTION_PATTERNS}
+    rng = random.Random(replayable_seed())
+    for _ in range(1500):
+        text = "".join(rng.choice(UNTRUSTED_PIECES) + rng.choice(["", " ", "\n", " x "])
+                       for _ in range(rng.randint(1, 12)))
+        untrusted = md.UntrustedOutput(max_chars=1 << 20)
+        assert (untrusted.text("f", text), untrusted.warnings, untrusted.redactions) == \
+            every_pattern_on_every_line(reference_cleaned(text)), repr(text)
+        by_line = md.UntrustedOutput(max_chars=1 << 20)
+        out = by_line.lines("f", text.split("\n"))  # each line warned about on its own, as f[N]
+        expected = [w.replace("f:", f"f[{n}]:", 1) for n, line in enumerate(out)
+                    for w in every_pattern_on_every_line(line)[1]]
+        assert by_line.warnings == expected[:20], repr(text)
+
+
+def reference_cleaned(text: str) -> str:
+    """The text as UntrustedOutput.clean leaves it before redaction (control sequences and invisibles gone)."""
+    text = md._ANSI_RE.sub("", text)
+    return md._INVISIBLE_RE.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
+
+
 # -- destructive confirmations and dry runs -----------------------------------------------------
 
 
