@@ -11048,8 +11048,9 @@ class AuditLog:
     line, so the chain goes on rather than starting anew. The directory is made on the first write only: if
     it vanishes later, writes fail until it is back, and a file found empty after this process wrote to it
     starts with an ``audit_log_missing`` line continuing the sequence from the last line this process wrote.
-    A rotation cut short after its rename (the new file empty or holding only a torn first line) is finished
-    by the next writer: its ``audit_rotated`` line continues the chain from the end of ``path.1``.
+    A rotation never leaves the name missing (see ``_rotate``); where it can (no hard links, or a rotation
+    cut short after its rename: the new file missing, empty or holding only a torn first line), the next
+    writer begins the new file: its ``audit_rotated`` line continues the chain from the end of ``path.1``.
     """
 
     def __init__(self, path: str, max_bytes: int, backups: int, sync_in_background: bool = False):
@@ -11222,22 +11223,61 @@ class AuditLog:
 
     def _rotate(self, fd: int) -> int:
         """Shift path -> path.1 -> path.2 ...; the new file's chain continues from the old file's end.
-        Returns the new file, locked; the caller closes ``fd`` (the old one)."""
+        Returns the new file, locked; the caller closes ``fd`` (the old one).
+
+        The name never goes missing: the new file is written (its ``audit_rotated`` line) under a side name
+        first, the old one gets its backup name as a second link, and the new one then replaces the name
+        in one rename. A writer in another process opens either the old file (it waits for our lock, then
+        reopens) or the new one, already begun. Where the file system has no hard links, the old file is
+        renamed away and the new one made after it (a writer that comes in between begins it itself)."""
         previous_hash, seq, events, end, torn = self._chain_end(fd)
         if events:  # a torn tail is cut and reported in the file it was found in
             self._write_lines(fd, events, previous_hash, seq, end if torn else None, torn)
             previous_hash, seq = self.last_written or (previous_hash, seq)
-        for index in range(self.backups - 1, 0, -1):
-            if os.path.exists(f"{self.path}.{index}"):
-                os.replace(f"{self.path}.{index}", f"{self.path}.{index + 1}")
-        os.replace(self.path, f"{self.path}.1")
+        first_backup = f"{self.path}.1"
+        try:  # a rotation killed between its link and its rename left both names on this file, shifted already
+            redone = os.path.samefile(self.path, first_backup)
+        except OSError:
+            redone = False
+        if redone:
+            os.unlink(first_backup)
+        else:
+            for index in range(self.backups - 1, 0, -1):
+                if os.path.exists(f"{self.path}.{index}"):
+                    os.replace(f"{self.path}.{index}", f"{self.path}.{index + 1}")
         if self.syncer is not None:
             os.fsync(fd)  # the background syncer only knows the current file
+        rotated = [{"event_type": "audit_rotated", "previous_file": os.path.basename(first_backup)}]
+        side_name = f"{self.path}.rotating"  # only the holder of the current file's lock rotates: one name is enough
+        new = os.open(side_name, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            import fcntl
+
+            fcntl.flock(new, fcntl.LOCK_EX)
+            self._write_lines(new, rotated, previous_hash, seq)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(first_backup)  # with one backup the shift left it: it is the one dropped
+            os.link(self.path, first_backup)
+        except OSError as exc:
+            os.close(new)
+            with contextlib.suppress(OSError):
+                os.unlink(side_name)
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.EXDEV):
+                raise
+            return self._rotate_without_links(rotated, previous_hash, seq)
+        try:
+            os.replace(side_name, self.path)
+        except BaseException:
+            os.close(new)
+            raise
+        return new
+
+    def _rotate_without_links(self, rotated: list[dict[str, Any]], previous_hash: str, seq: int) -> int:
+        os.replace(self.path, f"{self.path}.1")
         new = self._open_locked()
         try:
             if os.fstat(new).st_size == 0:  # else a writer that came in between already went on from path.1
-                self._write_lines(new, [{"event_type": "audit_rotated",
-                                         "previous_file": os.path.basename(self.path) + ".1"}], previous_hash, seq)
+                self._write_lines(new, rotated, previous_hash, seq)
         except BaseException:
             os.close(new)
             raise

@@ -7279,10 +7279,15 @@ def test_a_rotation_cut_short_after_its_rename_is_finished_by_the_next_writer(le
     assert [r["event_type"] for r in new[1:]] == ["audit_tail_repaired"] * bool(torn) + ["tool_call"]
 
 
-def test_a_rotation_whose_new_file_another_writer_began_adds_no_second_rotation_line(tmp_path):
-    """Two writers race at a rotation: the one that renamed finds the new file already begun by the other
-    (which continued the chain from audit.log.1), so it appends after it instead of chaining a second
-    ``audit_rotated`` line from the old end (which would fork the chain)."""
+def test_a_rotation_whose_new_file_another_writer_began_adds_no_second_rotation_line(tmp_path, monkeypatch):
+    """Without hard links (the fallback: rename the old file away, then make the new one), two writers race
+    at a rotation: the one that renamed finds the new file already begun by the other (which continued the
+    chain from audit.log.1), so it appends after it instead of chaining a second ``audit_rotated`` line
+    from the old end (which would fork the chain)."""
+    def no_links(source: Any, target: Any) -> None:
+        raise OSError(md.errno.EPERM, "hard links are not supported here")
+
+    monkeypatch.setattr(md.os, "link", no_links)
     log_path = tmp_path / "audit.log"
     rotating = md.AuditLog(str(log_path), 500, 2)
     while not log_path.exists() or log_path.stat().st_size < 500:
@@ -7303,6 +7308,43 @@ def test_a_rotation_whose_new_file_another_writer_began_adds_no_second_rotation_
     assert [(r["event_type"], r.get("writer")) for r in new] == [
         ("audit_rotated", None), ("tool_call", "other"), ("tool_call", "rotating")]
     assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
+    assert not (tmp_path / "audit.log.rotating").exists()
+
+
+def test_a_rotation_never_leaves_the_name_missing_and_one_killed_after_its_link_is_redone(tmp_path, monkeypatch):
+    """With hard links the new file is begun under a side name and renamed over the old name, so a
+    writer never finds the log missing or empty mid-rotation (no 'finished by the next writer' note).
+    A rotation killed after linking the old file to audit.log.1, before the rename, leaves both names on
+    one file: the next rotation drops the extra name instead of keeping the same lines twice."""
+    log_path = tmp_path / "audit.log"
+    audit = md.AuditLog(str(log_path), 500, 3)
+    renamed_over: list[bool] = []
+    real_replace = os.replace
+
+    def watching_replace(source: Any, target: Any) -> None:
+        if str(target) == str(log_path):  # the name is never absent: it is swapped in one rename
+            renamed_over.append(log_path.exists() and Path(source).stat().st_size > 0)
+        real_replace(source, target)
+
+    monkeypatch.setattr(md.os, "replace", watching_replace)
+    while not (tmp_path / "audit.log.2").exists():
+        assert audit.write({"event_type": "tool_call", "pad": "x" * 50})
+    monkeypatch.undo()
+    assert renamed_over and all(renamed_over)
+    assert_whole_lines_and_intact_chain(tmp_path / "audit.log.2", tmp_path / "audit.log.1", log_path)
+    # what a kill between the link and the rename leaves: the shift done, both names on the full file
+    while log_path.stat().st_size < 500:
+        assert audit.write({"event_type": "tool_call", "pad": "y" * 50})
+    real_replace(tmp_path / "audit.log.2", tmp_path / "audit.log.3")
+    real_replace(tmp_path / "audit.log.1", tmp_path / "audit.log.2")
+    os.link(log_path, tmp_path / "audit.log.1")
+    (tmp_path / "audit.log.rotating").write_bytes(b'{"half": "a side file')
+    assert md.AuditLog(str(log_path), 500, 3).write({"event_type": "tool_call", "writer": "next"})
+    files = [tmp_path / f"audit.log.{n}" for n in (3, 2, 1)] + [log_path]
+    assert len({path.stat().st_ino for path in files}) == 4
+    records = assert_whole_lines_and_intact_chain(*files)
+    assert [r["seq"] for r in records] == list(range(records[0]["seq"], records[0]["seq"] + len(records)))
+    assert records[-1]["writer"] == "next" and not (tmp_path / "audit.log.rotating").exists()
 
 
 def test_background_audit_sync_flushes_and_fails_closed(tmp_path):
