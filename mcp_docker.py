@@ -1185,6 +1185,47 @@ TIER_ORDER = {Tier.SAFE: 0, Tier.MODERATE: 1, Tier.DESTRUCTIVE: 2}
 
 
 @dataclasses.dataclass(frozen=True)
+class ToolSpec:
+    """One tool as every layer sees it: listed, gated, judged and called from this one value. Declared by
+    ``@tool(...)`` in section 4; what a tool means to the policy is a field here, never its name."""
+
+    name: str
+    title: str
+    description: str
+    tier: Tier
+    toolset: str
+    input_schema: dict[str, Any]
+    output_schema: dict[str, Any]
+    handler: Callable[[Any], Any]  # given the Call (section 4), returns the answer; an async one gets
+    #                                awaitable engine methods (call.api)
+    idempotent: bool = False
+    open_world: bool = False
+    long_running: bool = False
+    list_field: str | None = None
+    keep_newest: bool = False
+    per_engine: bool = True  # takes the optional 'engine' argument and runs against that engine
+    budget_args: tuple[str, ...] = ()  # arguments (seconds) the tool waits for: added to its time budget
+    # What the tool means to the policy:
+    pushes_images: bool = False       # its images go to a registry and are not run here: pinning is not asked
+    execs_in_container: bool = False  # its power request is one process in an existing container, not a new one
+
+    @property
+    def annotations(self) -> dict[str, Any]:
+        return {"title": self.title, **tool_annotations(self.tier, idempotent=self.idempotent,
+                                                         open_world=self.open_world)}
+
+
+# The registry, filled by section 4's ``@tool`` declarations at import. The policy reads a tool's declared
+# meaning from it by name (``declared``), since a power request names the tool that asks.
+TOOLS: dict[str, ToolSpec] = {}
+
+
+def declared(tool: str) -> ToolSpec | None:
+    """The spec of the tool named ``tool``; None for a label that is no tool (a container 'start', 'update')."""
+    return TOOLS.get(tool)
+
+
+@dataclasses.dataclass(frozen=True)
 class Role:
     """What one principal may do, on top of the server-wide settings: a tier ceiling and tool lists."""
 
@@ -1193,10 +1234,11 @@ class Role:
     denied_tools: tuple[str, ...] = ()
 
 
-def role_denial(name: str, tier: Tier, role: Role | None) -> str | None:
+def role_denial(spec: ToolSpec, role: Role | None) -> str | None:
     """Why this principal's role does not permit the tool, or None when it does (or there is no role)."""
     if role is None:
         return None
+    name, tier = spec.name, spec.tier
     if name in role.denied_tools:
         return f"{name} is denied to this client by its role"
     if role.allowed_tools and name not in role.allowed_tools:
@@ -1209,8 +1251,9 @@ def role_denial(name: str, tier: Tier, role: Role | None) -> str | None:
 ACCESS_CEILING = {"full": Tier.DESTRUCTIVE, "no-destructive": Tier.MODERATE, "read-only": Tier.SAFE}
 
 
-def engine_denial(name: str, tier: Tier, engine: str, access: str) -> str | None:
+def engine_denial(spec: ToolSpec, engine: str, access: str) -> str | None:
     """Why a named engine's access level forbids this tool, or None when it allows it."""
+    name, tier = spec.name, spec.tier
     ceiling = ACCESS_CEILING.get(access)
     if ceiling is None or tier not in TIER_ORDER:  # fail closed on anything unknown
         return f"engine {engine!r} has no known access level"
@@ -1464,8 +1507,9 @@ def redact_arguments(value: Any, key: str = "") -> Any:
     return value
 
 
-def tool_denial(name: str, tier: Tier, toolset: str, settings: Settings) -> str | None:
+def tool_denial(spec: ToolSpec, settings: Settings) -> str | None:
     """Why the configuration does not permit this tool, or None when it does."""
+    name, tier, toolset = spec.name, spec.tier, spec.toolset
     if name in settings.denied_tools:
         return f"{name} is listed in {env_of('denied_tools')}"
     if settings.allowed_tools and name not in settings.allowed_tools:
@@ -1478,7 +1522,7 @@ def tool_denial(name: str, tier: Tier, toolset: str, settings: Settings) -> str 
         return f"{name} changes state; set {env_of('allow_moderate')}=true to allow it"
     if tier not in (Tier.SAFE, Tier.MODERATE, Tier.DESTRUCTIVE):  # fail closed on anything unknown
         return f"{name} has no known safety tier"
-    if settings.engines and all(engine_denial(name, tier, e.name, e.access) for e in settings.engines):
+    if settings.engines and all(engine_denial(spec, e.name, e.access) for e in settings.engines):
         return f"{name} is {tier.value} and every configured engine is limited below that ({env_of('engines')})"
     return None
 
@@ -2742,6 +2786,8 @@ def image_is_pinned(reference: str) -> bool:
 
 def image_denials(tool: str, images: tuple[str, ...], settings: Settings) -> list[Denial]:
     denials: list[Denial] = []
+    spec = declared(tool)
+    pushed = spec is not None and spec.pushes_images
     for image in images:
         if (settings.allowed_registries or settings.require_pinned_images) and "$" in image:
             denials.append(Denial("not_understood", f"image {_short_repr(image, 60)} is chosen by a build "
@@ -2759,7 +2805,7 @@ def image_denials(tool: str, images: tuple[str, ...], settings: Settings) -> lis
                 denials.append(Denial("image_registry", f"image {_short_repr(image, 60)} comes from {registry}, "
                                       f"which {env_of('allowed_registries')} does not list",
                                       f"add {registry} to {env_of('allowed_registries')}"))
-        if settings.require_pinned_images and tool != "docker_push_image" and not image_is_pinned(image):
+        if settings.require_pinned_images and not pushed and not image_is_pinned(image):
             denials.append(Denial("image_pinning", f"image {_short_repr(image, 60)} is not pinned (give a tag "
                                   "other than latest, or a digest)", f"set {env_of('require_pinned_images')}=false"))
     return denials
@@ -4158,8 +4204,10 @@ def judge_request(request: PowerRequest, settings: Settings, host: HostFacts) ->
     privileged_ok = settings.allow_privileged
     if not privileged_ok:
         if request.privileged:
+            spec = declared(request.tool)
+            execs = spec is not None and spec.execs_in_container
             denials.append(Denial("privileged", "privileged mode gives the container every device and "
-                                  "capability of the host" if request.tool != "docker_exec_command" else
+                                  "capability of the host" if not execs else
                                   "a privileged exec runs with every capability of the host"))
         unsafe_caps = [c for c in request.cap_add if c not in SAFE_CAPABILITIES]
         if unsafe_caps:
@@ -5555,31 +5603,6 @@ def ownership_labels(call: Call, labels: Mapping[str, str] | None = None) -> dic
             CREATED_LABEL: _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
 
 
-@dataclasses.dataclass(frozen=True)
-class ToolSpec:
-    name: str
-    title: str
-    description: str
-    tier: Tier
-    toolset: str
-    input_schema: dict[str, Any]
-    output_schema: dict[str, Any]
-    handler: Callable[[Call], Any]  # returns the answer; an async one gets awaitable engine methods (call.api)
-    idempotent: bool = False
-    open_world: bool = False
-    long_running: bool = False
-    list_field: str | None = None
-    keep_newest: bool = False
-    per_engine: bool = True  # takes the optional 'engine' argument and runs against that engine
-    budget_args: tuple[str, ...] = ()  # arguments (seconds) the tool waits for: added to its time budget
-
-    @property
-    def annotations(self) -> dict[str, Any]:
-        return {"title": self.title, **tool_annotations(self.tier, idempotent=self.idempotent,
-                                                         open_world=self.open_world)}
-
-
-TOOLS: dict[str, ToolSpec] = {}
 
 # -- schema building blocks: every parameter carries a description ---------------------------
 
@@ -6601,7 +6624,7 @@ def read_exec_output(sock: Any, call: Call, cap: int) -> tuple[bytes, bytes, boo
       }, required=("container", "command"),
       output=out({"exit_code": {"anyOf": [{"type": "integer"}, {"type": "null"}]}, "stdout": {"type": "string"},
                   "stderr": {"type": "string"}}, ("exit_code", "stdout", "stderr")),
-      budget_args=("timeout",))
+      budget_args=("timeout",), execs_in_container=True)
 def exec_command(call: Call) -> dict[str, Any]:
     a = call.args
     api = call.api
@@ -7146,7 +7169,7 @@ def tag_image(call: Call) -> dict[str, Any]:
 @tool("docker_push_image", title="Push an image", tier=Tier.MODERATE, toolset="images",
       description="Upload a local image to its registry (credentials come from the host's docker config).",
       params={"image": s_image("Image to push, 'registry/repository[:tag]'.")}, required=("image",),
-      output=OUT_ACTION, idempotent=True, open_world=True, long_running=True)
+      output=OUT_ACTION, idempotent=True, open_world=True, long_running=True, pushes_images=True)
 def push_image(call: Call) -> dict[str, Any]:
     # The registry rule applies to pushes too: an unlisted registry is also a way out for local images.
     enforce(PowerRequest("docker_push_image", images=(call.args["image"],)), call)
@@ -9580,7 +9603,7 @@ def naming_engine(engine: Engine | None) -> Any:
 
 def catalogue(settings: Settings) -> list[tuple[ToolSpec, str | None]]:
     """Every tool with the reason it is not permitted (None when it is), in registry order."""
-    return [(spec, tool_denial(spec.name, spec.tier, spec.toolset, settings)) for spec in TOOLS.values()]
+    return [(spec, tool_denial(spec, settings)) for spec in TOOLS.values()]
 
 
 def wants_progress(ctx: Any) -> bool:
@@ -9751,7 +9774,7 @@ class DockerMCP:
 
     def permitted_tools(self, role: Role | None = None) -> list[ToolSpec]:
         return [spec for spec, denial in catalogue(self.settings)
-                if denial is None and role_denial(spec.name, spec.tier, role) is None]
+                if denial is None and role_denial(spec, role) is None]
 
     def mcp_tools(self, role: Role | None = None, protocol_version: str | None = None) -> list[Any]:
         """The listing for ``role``. Clients of revisions before 2025-06-18 know a tool's title only as
@@ -9778,7 +9801,7 @@ class DockerMCP:
         """Checks that come before the tool's own: the caller's role, stdio's rate limit, the audit log.
         The server-wide tiers and the chosen engine's ceiling follow in ``call``, on every path to an engine
         (a confirmation's preview included), once the arguments are validated."""
-        denial = role_denial(spec.name, spec.tier, getattr(caller, "role", None))
+        denial = role_denial(spec, getattr(caller, "role", None))
         if denial:
             raise ToolError("policy_denied", denial)
         set_call_ceiling(getattr(caller, "role", None))  # what the exec screen may allow this caller
@@ -9858,13 +9881,13 @@ class DockerMCP:
         import anyio
 
         spec = TOOLS[name]
-        denial = tool_denial(spec.name, spec.tier, spec.toolset, self.settings)  # checked again on every call
+        denial = tool_denial(spec, self.settings)  # checked again on every call
         if denial:
             raise ToolError("policy_denied", denial)
         args = dict(self.validate(spec, arguments))
         engine = self.engines.select(args.pop("engine", None)) if spec.per_engine else None
         if engine is not None:  # a named engine's own ceiling, checked on every call
-            denial = engine_denial(spec.name, spec.tier, engine.name, engine.access)
+            denial = engine_denial(spec, engine.name, engine.access)
             if denial:
                 raise ToolError("policy_denied", denial)
             narrow_call_ceiling(engine.access)
@@ -10156,8 +10179,7 @@ class DockerMCP:
                                                "docker://containers/{container}/stats")
         name = RESOURCE_TEMPLATES[match.group(2)][0]
         arguments = {"container": unquote(match.group(1))}
-        outcome = await self.run_tool(ctx, name, arguments, offered=lambda spec: tool_denial(
-            spec.name, spec.tier, spec.toolset, self.settings) is None)
+        outcome = await self.run_tool(ctx, name, arguments, offered=lambda spec: tool_denial(spec, self.settings) is None)
         if outcome.failure is not None:
             failure = outcome.failure
             code = RESOURCE_NOT_FOUND if failure.category == "not_found" else mcp_types.INVALID_PARAMS

@@ -807,7 +807,7 @@ def test_env_of_and_setting_fix_name_settings_as_the_specs_do():
     assert md.setting_fix("reveal_secrets", False) == "--no-reveal-secrets (SAFETY_REVEAL_SECRETS=false)"
     assert md.setting_fix("engine_timeout", 120.0) == "--engine-timeout 120 (MCP_ENGINE_TIMEOUT=120)"
     assert md.SETTINGS_BY_FIELD["api_keys_file"].named == "SECURITY_API_KEYS_FILE (--api-keys-file)"
-    denial = md.tool_denial("docker_remove_container", md.Tier.DESTRUCTIVE, "containers", md.Settings())
+    denial = md.tool_denial(md.TOOLS["docker_remove_container"], md.Settings())
     assert denial == "docker_remove_container is destructive; set SAFETY_ALLOW_DESTRUCTIVE_OPERATIONS=true to allow it"
 
 
@@ -1164,7 +1164,7 @@ def test_annotations_follow_the_tier():
 ])
 def test_tool_denial(settings, name, expected):
     spec = md.TOOLS[name]
-    denial = md.tool_denial(name, spec.tier, spec.toolset, settings)
+    denial = md.tool_denial(spec, settings)
     if expected is None:
         assert denial is None
     else:
@@ -1321,17 +1321,17 @@ def test_validation_messages_are_short_and_specific():
 
 
 def test_engine_ceilings():
-    assert md.engine_denial("docker_version", md.Tier.SAFE, "prod", "read-only") is None
-    assert "read-only" in md.engine_denial("docker_run_container", md.Tier.MODERATE, "prod", "read-only")
-    assert md.engine_denial("docker_run_container", md.Tier.MODERATE, "ci", "no-destructive") is None
-    assert "destructive" in md.engine_denial("docker_remove_image", md.Tier.DESTRUCTIVE, "ci", "no-destructive")
-    assert md.engine_denial("docker_version", md.Tier.SAFE, "x", "admin") is not None  # unknown: closed
+    assert md.engine_denial(md.TOOLS["docker_version"], "prod", "read-only") is None
+    assert "read-only" in md.engine_denial(md.TOOLS["docker_run_container"], "prod", "read-only")
+    assert md.engine_denial(md.TOOLS["docker_run_container"], "ci", "no-destructive") is None
+    assert "destructive" in md.engine_denial(md.TOOLS["docker_remove_image"], "ci", "no-destructive")
+    assert md.engine_denial(md.TOOLS["docker_version"], "x", "admin") is not None  # unknown: closed
     only_read = md.Settings(allow_destructive=True, engines=(md.EngineConfig("a", "unix:///a", "read-only"),
                                                              md.EngineConfig("b", "unix:///b", "no-destructive")))
     spec = md.TOOLS["docker_remove_container"]
-    assert "every configured engine" in md.tool_denial(spec.name, spec.tier, spec.toolset, only_read)
+    assert "every configured engine" in md.tool_denial(spec, only_read)
     spec = md.TOOLS["docker_start_container"]
-    assert md.tool_denial(spec.name, spec.tier, spec.toolset, only_read) is None
+    assert md.tool_denial(spec, only_read) is None
 
 
 def test_argument_errors_speak_the_callers_terms(full):
@@ -6065,8 +6065,8 @@ def test_the_swarm_toolset_is_opt_in():
     for name in SWARM_TOOLS:
         spec = md.TOOLS[name]
         assert spec.toolset == "swarm" and (spec.tier is md.Tier.DESTRUCTIVE) is (name in SWARM_DESTRUCTIVE)
-        assert "MCP_TOOLSETS" in md.tool_denial(name, spec.tier, spec.toolset, md.Settings(allow_destructive=True))
-        assert md.tool_denial(name, spec.tier, spec.toolset, md.Settings(
+        assert "MCP_TOOLSETS" in md.tool_denial(spec, md.Settings(allow_destructive=True))
+        assert md.tool_denial(spec, md.Settings(
             allow_destructive=True, toolsets=md.TOOLSETS)) is None
 
 
@@ -6988,8 +6988,8 @@ def test_key_lifetimes_parse_days_and_hours_and_refuse_words():
 
 
 def test_roles_deny_tools_above_their_tier_or_named_as_denied():
-    assert md.role_denial("docker_remove_image", md.Tier.DESTRUCTIVE, md.Role(max_tier=md.Tier.MODERATE))
-    assert md.role_denial("docker_version", md.Tier.SAFE, md.Role(denied_tools=("docker_version",)))
+    assert md.role_denial(md.TOOLS["docker_remove_image"], md.Role(max_tier=md.Tier.MODERATE))
+    assert md.role_denial(md.TOOLS["docker_version"], md.Role(denied_tools=("docker_version",)))
 
 
 def test_client_addresses_and_host_headers_are_checked_against_their_allowlists():
@@ -7843,12 +7843,12 @@ def test_oauth_scopes_map_to_roles():
     assert md.scope_role({"profile"}, mapping) is None
     read = md.scope_role({"docker:read", "profile"}, mapping)
     assert read.max_tier is md.Tier.SAFE
-    assert {n for n in md.TOOLS if not md.role_denial(n, md.TOOLS[n].tier, read)} == \
+    assert {n for n in md.TOOLS if not md.role_denial(md.TOOLS[n], read)} == \
         {n for n, s in md.TOOLS.items() if s.tier is md.Tier.SAFE}
     admin = md.scope_role({"docker:read", "docker:admin"}, mapping)
-    assert all(md.role_denial(n, s.tier, admin) is None for n, s in md.TOOLS.items())
+    assert all(md.role_denial(s, admin) is None for s in md.TOOLS.values())
     narrow = md.scope_role({"docker:read", "runner"}, (*mapping, ("runner", "moderate", ("docker_run_container",))))
-    allowed = {n for n, s in md.TOOLS.items() if md.role_denial(n, s.tier, narrow) is None}
+    allowed = {n for n, s in md.TOOLS.items() if md.role_denial(s, narrow) is None}
     assert "docker_run_container" in allowed and "docker_stop_container" not in allowed and "docker_version" in allowed
     assert md.token_scopes({"scope": "a b", "scp": ["c"]}) == {"a", "b", "c"}
     assert md.metadata_paths("https://h.example/mcp") == ("/.well-known/oauth-protected-resource",
@@ -10464,3 +10464,32 @@ def test_the_test_image_is_checked_and_built_from_busybox_static(tmp_path):
         assert "CMD [\"sh\"]" in missing_test_image_parts(api, other)
     finally:
         api.remove_image(other, force=True)
+
+
+# === program shape: what a tool means to the policy, and the parts of the MCP wiring ===
+
+
+def test_the_policy_reads_what_a_tool_means_from_its_spec_not_its_name():
+    # the two meanings the policy asks about are declared by exactly the tools that have them
+    assert [name for name, spec in md.TOOLS.items() if spec.pushes_images] == ["docker_push_image"]
+    assert [name for name, spec in md.TOOLS.items() if spec.execs_in_container] == ["docker_exec_command"]
+    assert md.declared("docker_exec_command") is md.TOOLS["docker_exec_command"] and md.declared("start") is None
+    pinned = md.Settings(require_pinned_images=True)
+    assert rules(md.image_denials("docker_push_image", ("ghcr.io/me/app",), pinned)) == []
+    assert rules(md.image_denials("docker_pull_image", ("ghcr.io/me/app",), pinned)) == ["image_pinning"]
+    assert rules(md.image_denials("start", ("ghcr.io/me/app",), pinned)) == ["image_pinning"]  # no tool: asked
+    exec_reason = [d.reason for d in md.judge_request(md.PowerRequest("docker_exec_command", privileged=True),
+                                                      md.Settings(), md.HostFacts()) if d.rule == "privileged"]
+    run_reason = [d.reason for d in md.judge_request(md.PowerRequest("docker_run_container", privileged=True),
+                                                     md.Settings(), md.HostFacts()) if d.rule == "privileged"]
+    assert exec_reason == ["a privileged exec runs with every capability of the host"]
+    assert run_reason == ["privileged mode gives the container every device and capability of the host"]
+    # and a spec that says it, under any name, is judged by what it says
+    import dataclasses
+
+    renamed = dataclasses.replace(md.TOOLS["docker_push_image"], name="docker_publish_image")
+    md.TOOLS[renamed.name] = renamed
+    try:
+        assert rules(md.image_denials("docker_publish_image", ("ghcr.io/me/app",), pinned)) == []
+    finally:
+        del md.TOOLS[renamed.name]
