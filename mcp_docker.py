@@ -9750,104 +9750,52 @@ def _retrieved(task: asyncio.Future[Any]) -> None:
         task.exception()
 
 
-class DockerMCP:
-    """Connects the registry to the SDK: lists permitted tools and runs calls on the call path.
+def audit_record(name: str, arguments: Any, caller: Any, started: float, result: dict[str, Any] | None,
+                 error: ToolError | None, engine: str | None) -> dict[str, Any]:
+    """The audit log's record of one call decision: who, which tool on which engine, the redacted arguments,
+    a summary of the result (never its content) or the sanitized error, and how long it took."""
+    principal = getattr(caller, "principal", None)
+    event = "tool_call"
+    if not isinstance(name, str) or name not in TOOLS:
+        event = "unknown_tool"
+    elif error is not None and error.category == "policy_denied":
+        event = "policy_denied"
+    elif error is not None and error.category == "rate_limited":
+        event = "rate_limit_exceeded"
+    summary: dict[str, Any] = {"status": "error" if error else "ok"}
+    if result is not None:
+        summary["bytes"] = len(json.dumps(result, separators=(",", ":"), default=str))
+        summary["truncated"] = bool(result.get("truncated"))
+        summary.update({k: result[k] for k in ("id", "name", "count", "exit_code", "status")
+                        if isinstance(result.get(k), (str, int)) and k in result})
+        if isinstance(result.get("project"), str):  # a compose project operation: the project and its services
+            summary["project"] = result["project"]
+            summary["services"] = sorted({str(s.get("service")) for s in result.get("services") or []
+                                          if isinstance(s, dict)})[:64]
+    return {
+        "event_type": event,
+        "client_id": principal.client_id if principal else "stdio",
+        "client_ip": getattr(caller, "client_ip", None),
+        "api_key_hash": (principal.key_hash or "")[:16] or None if principal else None,
+        "session": getattr(caller, "session_id", None),
+        "tool_name": str(name)[:80],
+        "engine": engine,
+        "arguments": redact_arguments(arguments if isinstance(arguments, dict) else {}),
+        "result": summary,
+        "error": {"category": error.category, "message": redact_message(error.message)} if error else None,
+        "duration_ms": round((time.monotonic() - started) * 1000, 1),
+    }
 
-    Transports say who is calling through ``ctx.request`` (anything with ``principal``, ``role``,
-    ``client_ip`` and ``session_id`` attributes; None on stdio). Accountability is injected by the
-    CLI: ``audit`` receives one record per call decision (False: it could not be written),
-    ``audit_problem`` says why the log cannot be written now (None: it can), and
-    ``stdio_limiter`` guards stdio against a runaway agent.
-    """
 
-    def __init__(self, settings: Settings, engines: Engines | None = None):
-        self.settings = settings
-        self.engines = engines or Engines(settings)
-        self._listed: dict[tuple[Role | None, bool], list[Any]] = {}
+class ToolCalls:
+    """The call path of one permitted tool, after admission: validate the arguments, check the server-wide
+    tiers and the chosen engine's ceiling, run the handler (in a worker thread, or on the loop for an async
+    one) within its time budget, stop the engine's work when the caller goes, bound the result; and report
+    progress while it runs when the client asked for it. ``in_flight`` counts the calls running now."""
+
+    def __init__(self, settings: Settings, engines: Engines):
+        self.settings, self.engines = settings, engines
         self.in_flight = 0  # tool calls running now; a graceful shutdown waits for them
-        self.audit: Callable[[dict[str, Any]], bool] | None = None
-        self.audit_problem: Callable[[], str | None] = lambda: None
-        self.stdio_limiter: RateLimiter | None = None
-        self.log_levels: dict[str, str] = {}  # client connection -> the log level it set
-        self._confirmation_key = os.urandom(32)  # binds 2026-era confirmations to this process
-        import_sdk_lightly()
-
-    def permitted_tools(self, role: Role | None = None) -> list[ToolSpec]:
-        return [spec for spec, denial in catalogue(self.settings)
-                if denial is None and role_denial(spec, role) is None]
-
-    def mcp_tools(self, role: Role | None = None, protocol_version: str | None = None) -> list[Any]:
-        """The listing for ``role``. Clients of revisions before 2025-06-18 know a tool's title only as
-        ``annotations.title``; later ones read ``title`` and get it once."""
-        import mcp_types
-
-        titled_annotations = protocol_version in TITLE_IN_ANNOTATIONS_VERSIONS
-        key = (role, titled_annotations)
-        if key not in self._listed:  # the catalogue and settings are fixed for the server's lifetime
-            self._listed[key] = [
-                mcp_types.Tool(name=spec.name, title=spec.title, description=spec.description,
-                               input_schema=self.listed_schema(spec), output_schema=spec.output_schema,
-                               annotations=mcp_types.ToolAnnotations(**{
-                                   **({"title": spec.title} if titled_annotations else {}),
-                                   "read_only_hint": spec.annotations["readOnlyHint"],
-                                   "destructive_hint": spec.annotations["destructiveHint"],
-                                   "idempotent_hint": spec.annotations["idempotentHint"],
-                                   "open_world_hint": spec.annotations["openWorldHint"]}))
-                for spec in self.permitted_tools(role)
-            ]
-        return self._listed[key]
-
-    def admit(self, spec: ToolSpec, caller: Any) -> None:
-        """Checks that come before the tool's own: the caller's role, stdio's rate limit, the audit log.
-        The server-wide tiers and the chosen engine's ceiling follow in ``call``, on every path to an engine
-        (a confirmation's preview included), once the arguments are validated."""
-        denial = role_denial(spec, getattr(caller, "role", None))
-        if denial:
-            raise ToolError("policy_denied", denial)
-        set_call_ceiling(getattr(caller, "role", None))  # what the exec screen may allow this caller
-        if caller is None and self.stdio_limiter is not None:
-            wait = self.stdio_limiter.check("stdio", time.monotonic())
-            if wait:
-                raise ToolError("rate_limited", f"too many tool calls; retry in {max(1, round(wait + 0.5))}s "
-                                                "(SECURITY_RATE_LIMIT_RPM / SECURITY_RATE_LIMIT_BURST)")
-        problem = self.audit_problem()
-        if problem:
-            raise ToolError("unavailable", f"the audit log cannot be written ({problem}), so tool calls are "
-                                           "refused until it can; the server log says more")
-
-    def audit_record(self, name: str, arguments: Any, caller: Any, started: float,
-                     result: dict[str, Any] | None, error: ToolError | None) -> dict[str, Any]:
-        principal = getattr(caller, "principal", None)
-        event = "tool_call"
-        if not isinstance(name, str) or name not in TOOLS:
-            event = "unknown_tool"
-        elif error is not None and error.category == "policy_denied":
-            event = "policy_denied"
-        elif error is not None and error.category == "rate_limited":
-            event = "rate_limit_exceeded"
-        summary: dict[str, Any] = {"status": "error" if error else "ok"}
-        if result is not None:
-            summary["bytes"] = len(json.dumps(result, separators=(",", ":"), default=str))
-            summary["truncated"] = bool(result.get("truncated"))
-            summary.update({k: result[k] for k in ("id", "name", "count", "exit_code", "status")
-                            if isinstance(result.get(k), (str, int)) and k in result})
-            if isinstance(result.get("project"), str):  # a compose project operation: the project and its services
-                summary["project"] = result["project"]
-                summary["services"] = sorted({str(s.get("service")) for s in result.get("services") or []
-                                              if isinstance(s, dict)})[:64]
-        return {
-            "event_type": event,
-            "client_id": principal.client_id if principal else "stdio",
-            "client_ip": getattr(caller, "client_ip", None),
-            "api_key_hash": (principal.key_hash or "")[:16] or None if principal else None,
-            "session": getattr(caller, "session_id", None),
-            "tool_name": str(name)[:80],
-            "engine": self.engine_name(name, arguments),
-            "arguments": redact_arguments(arguments if isinstance(arguments, dict) else {}),
-            "result": summary,
-            "error": {"category": error.category, "message": redact_message(error.message)} if error else None,
-            "duration_ms": round((time.monotonic() - started) * 1000, 1),
-        }
 
     def engine_name(self, name: str, arguments: Any) -> str | None:
         """The engine a call is addressed to (for the audit log and confirmations), None for tools without one."""
@@ -9856,10 +9804,6 @@ class DockerMCP:
             return None
         chosen = arguments.get("engine") if isinstance(arguments, dict) else None
         return chosen[:64] if isinstance(chosen, str) else self.engines.all[0].name
-
-    def listed_schema(self, spec: ToolSpec) -> dict[str, Any]:
-        return listing_schema(spec.input_schema, list(self.engines.by_name) if self.engines.named else None,
-                              self.settings.allow_privileged)
 
     def validate(self, spec: ToolSpec, arguments: Any) -> dict[str, Any]:
         if arguments is None:
@@ -9993,7 +9937,17 @@ class DockerMCP:
                 task.cancel()
             task.add_done_callback(_retrieved)  # a call abandoned as it failed: its error is no news
 
-    async def confirm_destructive(self, ctx: Any, name: str, params: Any, client_id: str) -> Any:
+
+class DestructiveConfirmations:
+    """Asking the user before a destructive call: by elicitation, now, in the handshake era; in the stateless
+    revision by returning the question (InputRequiredResult) with a token bound to this process, the tool and
+    its arguments, which the client's retry must bring back. The question shows the call's dry-run preview."""
+
+    def __init__(self, settings: Settings, calls: ToolCalls):
+        self.settings, self.calls = settings, calls
+        self._key = os.urandom(32)  # binds 2026-era confirmations to this process
+
+    async def confirm(self, ctx: Any, name: str, params: Any, client_id: str) -> Any:
         """Ask the user before a destructive call: None to go ahead, an InputRequiredResult to ask a
         2026-era client; a refusal raises ToolError. A dry run needs no confirmation."""
         import mcp_types
@@ -10012,16 +9966,15 @@ class DockerMCP:
                              "was changed")
         responses = getattr(params, "input_responses", None)
         if responses is not None or getattr(params, "request_state", None) is not None:  # a 2026-era retry
-            if not confirmation_token_valid(self._confirmation_key, name, arguments, params.request_state,
-                                            time.time()):
+            if not confirmation_token_valid(self._key, name, arguments, params.request_state, time.time()):
                 raise ToolError("policy_denied", "[confirmation] the confirmation is missing, expired or was "
                                 "given for another request; call again")
             if elicitation_accepted((responses or {}).get("confirm")):
                 return None
             raise declined
-        preview_result = await self.call(name, {**arguments, "dry_run": True}, client_id)
-        message = confirmation_message(name, preview_result, self.engine_name(name, arguments) if self.engines.named
-                                       else None)
+        preview_result = await self.calls.call(name, {**arguments, "dry_run": True}, client_id)
+        engine = self.calls.engine_name(name, arguments) if self.calls.engines.named else None
+        message = confirmation_message(name, preview_result, engine)
         if ctx.session.can_send_request:  # handshake era: ask now, on this request
             try:
                 answer = await ctx.session.elicit_form(message, CONFIRMATION_SCHEMA, related_request_id=ctx.request_id)
@@ -10032,11 +9985,141 @@ class DockerMCP:
                 return None
             raise declined
         # 2026-07-28: no server-to-client requests; return the question and let the client retry with it.
-        token = confirmation_token(self._confirmation_key, name, arguments, int(time.time()) + 600)
+        token = confirmation_token(self._key, name, arguments, int(time.time()) + 600)
         return mcp_types.InputRequiredResult(
             input_requests={"confirm": mcp_types.ElicitRequest(params=mcp_types.ElicitRequestFormParams(
                 message=message, requested_schema=CONFIRMATION_SCHEMA))},
             request_state=token)
+
+
+class ClientLogLevels:
+    """Log messages to clients: the level each client connection set (logging/setLevel), or, in the stateless
+    revision, the level each request asks for in its own metadata."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.levels: dict[str, str] = {}  # client connection -> the log level it set
+
+    @staticmethod
+    def connection_of(ctx: Any) -> str | None:
+        """Which client connection a request came on: the SDK's session object is made per request, so
+        the key is the transport's MCP session (stdio has one connection per process)."""
+        if ctx.request is None:
+            return "stdio"
+        session_id = getattr(ctx.request, "session_id", None)
+        return f"http:{session_id}" if session_id else None
+
+    async def on_set_logging_level(self, ctx: Any, params: Any) -> Any:
+        import mcp_types
+
+        key = self.connection_of(ctx)
+        if key is not None:
+            if len(self.levels) >= 10_000:  # ended HTTP sessions leave their entry: drop the oldest
+                self.levels.pop(next(iter(self.levels)))
+            self.levels[key] = params.level
+        return mcp_types.EmptyResult()
+
+    async def send(self, ctx: Any, level: str, data: dict[str, Any]) -> None:
+        """A log message to the calling client, when it asked for this level (never secrets: tool names,
+        outcomes and the already sanitized error messages only)."""
+        import warnings
+
+        if not self.settings.logging_enabled:
+            return
+        if ctx.protocol_version in STATELESS_VERSIONS:  # stateless: each request opts in itself
+            meta = ctx.meta if isinstance(ctx.meta, Mapping) else {}
+            wanted = meta.get("io.modelcontextprotocol/logLevel")
+        else:
+            key = self.connection_of(ctx)
+            wanted = self.levels.get(key) if key is not None else None
+        if wanted not in CLIENT_LOG_LEVELS or CLIENT_LOG_LEVELS.index(level) < CLIENT_LOG_LEVELS.index(wanted):
+            return
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # logging is deprecated from 2026-07-28 on; older clients use it
+            try:
+                await ctx.session.send_log_message(level, data, logger=SERVER_NAME,
+                                                   related_request_id=ctx.request_id)
+            except Exception as exc:  # a log message is best effort; the call's answer is what counts
+                log.debug("log message to the client failed: %r", exc)
+
+
+class DockerMCP:
+    """The SDK's low-level server wired to the registry: the listing of permitted tools, the one tool pipeline
+    (``run_tool``: admit, confirm, call, audit) and the handlers for tools, resources, prompts, completion and
+    log levels. It composes the parts above: ``calls`` (ToolCalls), ``confirmations``
+    (DestructiveConfirmations) and ``client_logs`` (ClientLogLevels).
+
+    Transports say who is calling through ``ctx.request`` (anything with ``principal``, ``role``,
+    ``client_ip`` and ``session_id`` attributes; None on stdio). Accountability is injected by the
+    CLI: ``audit`` receives one record per call decision (False: it could not be written),
+    ``audit_problem`` says why the log cannot be written now (None: it can), and
+    ``stdio_limiter`` guards stdio against a runaway agent.
+    """
+
+    def __init__(self, settings: Settings, engines: Engines | None = None):
+        self.settings = settings
+        self.engines = engines or Engines(settings)
+        self._listed: dict[tuple[Role | None, bool], list[Any]] = {}
+        self.calls = ToolCalls(settings, self.engines)
+        self.confirmations = DestructiveConfirmations(settings, self.calls)
+        self.client_logs = ClientLogLevels(settings)
+        self.client_log = self.client_logs.send  # a log message to the calling client, at the level it set
+        self.audit: Callable[[dict[str, Any]], bool] | None = None
+        self.audit_problem: Callable[[], str | None] = lambda: None
+        self.stdio_limiter: RateLimiter | None = None
+        import_sdk_lightly()
+
+    @property
+    def in_flight(self) -> int:
+        """Tool calls running now (a graceful shutdown waits for them)."""
+        return self.calls.in_flight
+
+    def permitted_tools(self, role: Role | None = None) -> list[ToolSpec]:
+        return [spec for spec, denial in catalogue(self.settings)
+                if denial is None and role_denial(spec, role) is None]
+
+    def mcp_tools(self, role: Role | None = None, protocol_version: str | None = None) -> list[Any]:
+        """The listing for ``role``. Clients of revisions before 2025-06-18 know a tool's title only as
+        ``annotations.title``; later ones read ``title`` and get it once."""
+        import mcp_types
+
+        titled_annotations = protocol_version in TITLE_IN_ANNOTATIONS_VERSIONS
+        key = (role, titled_annotations)
+        if key not in self._listed:  # the catalogue and settings are fixed for the server's lifetime
+            self._listed[key] = [
+                mcp_types.Tool(name=spec.name, title=spec.title, description=spec.description,
+                               input_schema=self.listed_schema(spec), output_schema=spec.output_schema,
+                               annotations=mcp_types.ToolAnnotations(**{
+                                   **({"title": spec.title} if titled_annotations else {}),
+                                   "read_only_hint": spec.annotations["readOnlyHint"],
+                                   "destructive_hint": spec.annotations["destructiveHint"],
+                                   "idempotent_hint": spec.annotations["idempotentHint"],
+                                   "open_world_hint": spec.annotations["openWorldHint"]}))
+                for spec in self.permitted_tools(role)
+            ]
+        return self._listed[key]
+
+    def listed_schema(self, spec: ToolSpec) -> dict[str, Any]:
+        return listing_schema(spec.input_schema, list(self.engines.by_name) if self.engines.named else None,
+                              self.settings.allow_privileged)
+
+    def admit(self, spec: ToolSpec, caller: Any) -> None:
+        """Checks that come before the tool's own: the caller's role, stdio's rate limit, the audit log.
+        The server-wide tiers and the chosen engine's ceiling follow in ``ToolCalls.call``, on every path to an engine
+        (a confirmation's preview included), once the arguments are validated."""
+        denial = role_denial(spec, getattr(caller, "role", None))
+        if denial:
+            raise ToolError("policy_denied", denial)
+        set_call_ceiling(getattr(caller, "role", None))  # what the exec screen may allow this caller
+        if caller is None and self.stdio_limiter is not None:
+            wait = self.stdio_limiter.check("stdio", time.monotonic())
+            if wait:
+                raise ToolError("rate_limited", f"too many tool calls; retry in {max(1, round(wait + 0.5))}s "
+                                                "(SECURITY_RATE_LIMIT_RPM / SECURITY_RATE_LIMIT_BURST)")
+        problem = self.audit_problem()
+        if problem:
+            raise ToolError("unavailable", f"the audit log cannot be written ({problem}), so tool calls are "
+                                           "refused until it can; the server log says more")
 
     # -- the one tool pipeline: admit, confirm, call, audit, withhold when unaudited ----------------------
 
@@ -10058,63 +10141,21 @@ class DockerMCP:
                 raise ToolError("not_found", "this resource is not offered by this server's configuration")
             self.admit(spec, ctx.request)
             if params is not None:
-                outcome.question = await self.confirm_destructive(ctx, name, params, client_id)
+                outcome.question = await self.confirmations.confirm(ctx, name, params, client_id)
                 if outcome.question is not None:  # not a decision yet: the answer comes back as a new call
                     return outcome
-            outcome.result = await self.call_reporting_progress(ctx, name, arguments, client_id)
+            outcome.result = await self.calls.call_reporting_progress(ctx, name, arguments, client_id)
         except ToolError as error:
             outcome.failure = error
         finally:  # a cancelled call is recorded too
             if self.audit is not None and outcome.question is None:
-                outcome.audited = self.audit(self.audit_record(name, arguments, ctx.request, started,
-                                                               outcome.result, outcome.failure))
+                outcome.audited = self.audit(audit_record(name, arguments, ctx.request, started, outcome.result,
+                                                          outcome.failure, self.calls.engine_name(name, arguments)))
         if not outcome.audited and outcome.failure is None:
             outcome.result, outcome.failure = None, UNAUDITED
         return outcome
 
     # -- the SDK's handlers ------------------------------------------------------------------------------
-
-    @staticmethod
-    def connection_of(ctx: Any) -> str | None:
-        """Which client connection a request came on: the SDK's session object is made per request, so
-        the key is the transport's MCP session (stdio has one connection per process)."""
-        if ctx.request is None:
-            return "stdio"
-        session_id = getattr(ctx.request, "session_id", None)
-        return f"http:{session_id}" if session_id else None
-
-    async def on_set_logging_level(self, ctx: Any, params: Any) -> Any:
-        import mcp_types
-
-        key = self.connection_of(ctx)
-        if key is not None:
-            if len(self.log_levels) >= 10_000:  # ended HTTP sessions leave their entry: drop the oldest
-                self.log_levels.pop(next(iter(self.log_levels)))
-            self.log_levels[key] = params.level
-        return mcp_types.EmptyResult()
-
-    async def client_log(self, ctx: Any, level: str, data: dict[str, Any]) -> None:
-        """A log message to the calling client, when it asked for this level (never secrets: tool names,
-        outcomes and the already sanitized error messages only)."""
-        import warnings
-
-        if not self.settings.logging_enabled:
-            return
-        if ctx.protocol_version in STATELESS_VERSIONS:  # stateless: each request opts in itself
-            meta = ctx.meta if isinstance(ctx.meta, Mapping) else {}
-            wanted = meta.get("io.modelcontextprotocol/logLevel")
-        else:
-            key = self.connection_of(ctx)
-            wanted = self.log_levels.get(key) if key is not None else None
-        if wanted not in CLIENT_LOG_LEVELS or CLIENT_LOG_LEVELS.index(level) < CLIENT_LOG_LEVELS.index(wanted):
-            return
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # logging is deprecated from 2026-07-28 on; older clients use it
-            try:
-                await ctx.session.send_log_message(level, data, logger=SERVER_NAME,
-                                                   related_request_id=ctx.request_id)
-            except Exception as exc:  # a log message is best effort; the call's answer is what counts
-                log.debug("log message to the client failed: %r", exc)
 
     async def on_list_tools(self, ctx: Any, params: Any) -> Any:
         import mcp_types
@@ -10221,7 +10262,7 @@ class DockerMCP:
         if self.settings.prompts_enabled:
             optional.update(on_list_prompts=self.on_list_prompts, on_get_prompt=self.on_get_prompt)
         if self.settings.logging_enabled:
-            optional.update(on_set_logging_level=self.on_set_logging_level)
+            optional.update(on_set_logging_level=self.client_logs.on_set_logging_level)
         if self.settings.resources_enabled or self.settings.prompts_enabled:  # names for their arguments
             optional["on_completion"] = lambda ctx, params: complete_argument(self, ctx, params)
         with warnings.catch_warnings():

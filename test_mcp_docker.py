@@ -1312,12 +1312,12 @@ def test_validation_messages_are_short_and_specific():
     ]
     for args, message in cases:
         with pytest.raises(md.ToolError) as info:
-            app.validate(spec, args)
+            app.calls.validate(spec, args)
         assert info.value.category == "invalid_argument"
         assert message in info.value.message
         assert len(info.value.message) < 300
     with pytest.raises(md.ToolError):
-        app.validate(spec, ["not", "an", "object"])
+        app.calls.validate(spec, ["not", "an", "object"])
 
 
 def test_engine_ceilings():
@@ -6253,7 +6253,7 @@ def test_in_memory_a_result_whose_audit_record_fails_is_withheld_on_both_ways_in
         async def answered(name: str, arguments: Any, client_id: str = "", report: Any = None) -> dict[str, Any]:
             return {"secret": "output"}
 
-        http.app.mcp.call = answered  # type: ignore[method-assign]  # the tool ran and answered
+        http.app.mcp.calls.call = answered  # type: ignore[method-assign]  # the tool ran and answered
         session = await http.open_session()
         call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
                 "params": {"name": "docker_version", "arguments": {}}}
@@ -9369,9 +9369,9 @@ def test_fuzz_finding_a_call_failing_as_its_session_closes_leaves_no_unretrieved
             await gate.wait()
             raise md.ToolError("not_found", "no such image")
 
-        app.call = failing_call  # type: ignore[method-assign]
+        app.calls.call = failing_call  # type: ignore[method-assign]
         asked_for_progress = type("Context", (), {"meta": {"progress_token": 1}})()  # the watcher path
-        handler = loop.create_task(app.call_reporting_progress(asked_for_progress, "docker_version", {}))
+        handler = loop.create_task(app.calls.call_reporting_progress(asked_for_progress, "docker_version", {}))
         for _ in range(3):
             await asyncio.sleep(0)
         gate.set()
@@ -10493,3 +10493,4 @@ def test_the_policy_reads_what_a_tool_means_from_its_spec_not_its_name():
         assert rules(md.image_denials("docker_publish_image", ("ghcr.io/me/app",), pinned)) == []
     finally:
         del md.TOOLS[renamed.name]
+
