@@ -6,26 +6,47 @@ It lets an AI assistant manage a container engine through MCP while every operat
 classified into a safety tier, gated by configuration, bounded in size and time, and
 reported to the client as a short, sanitized result.
 
-Sections, in order (each uses only the ones above it):
+Sections, in order. Two placement rules hold throughout: each section uses only the ones above it, and
+sections 1-3 do no I/O (what the policy needs from the host or the engine is gathered at the edge, in
+section 4, and passed in).
 
 1. Configuration    -- ``Settings`` and the pure loader (flags > environment > env file > defaults),
                        named engines, engine discovery (pure: the caller passes the file checks)
 2. Errors           -- ``ToolError`` categories and the translation of engine failures (Docker's and Podman's)
-3. Policy           -- tiers, gating, per-engine ceilings, validation, bounding; the container safety
-                       policy (``CONTAINER_OPTIONS``: one row per create/run option; swarm service specs
-                       judged by it), untrusted output, destructive confirmations (pure)
-4. Engine and tools -- the lazy engine connections, summaries, and the one tool registry (swarm services
-                       and stacks included, the stack CLI behind a judging socket)
-5. MCP wiring       -- the SDK's low-level ``Server`` reading that registry; resources (container logs and
-                       stats, through their tools), prompts, completion of their arguments, log messages
-                       to clients, progress
+3. Policy           -- tiers, ``ToolSpec`` (what a tool is and means to the policy), gating, per-engine
+                       ceilings, validation, bounding; the container safety policy (``CONTAINER_OPTIONS``: one
+                       row per create/run option; swarm service specs judged by it), untrusted output,
+                       destructive confirmations (pure)
+4. Engine and tools -- the engines and the one tool registry (``@tool``), in these sub-sections:
+                         engine connections (lazy, several engines, probes)
+                         calls: what a handler gets, and the policy's edge (host paths, host facts)
+                         schema building blocks
+                         what tools/list carries
+                         summaries
+                         containers, images, networks, volumes, system
+                         compose projects (the host's Compose tool, its model judged first)
+                         files, waits, updates
+                         swarm (services and stacks, the stack CLI behind a judging socket)
+5. MCP wiring       -- the SDK's low-level ``Server`` reading that registry: ``ToolCalls`` (the call path),
+                       ``DestructiveConfirmations``, ``ClientLogLevels``, and ``DockerMCP`` composing them
+                       with the one tool pipeline (``run_tool``); resources (container logs and stats, through
+                       their tools), prompts, completion of their arguments, progress
 6. Access control   -- API keys, principals, client IPs, rate limits, the audit log, signed requests,
                        OAuth access tokens (JWT) and protected-resource metadata
-7. Transports       -- stdio; HTTP values and call slots; MCP sessions (event streams, channels); TLS;
-                       ``McpHttpApp`` (gate, route table, the three session protocols; no sockets);
-                       ``HttpConnection`` (h11 framing, limits, streaming); ``HttpServer`` (the listener)
+7. Transports       -- stdio and HTTP (Streamable HTTP in both eras, legacy SSE), in these sub-sections:
+                         stdio
+                         HTTP values and helpers (pure): ``HttpRequest``, ``HttpResponse``, ``CallSlot``
+                         MCP sessions: event streams and channels
+                         TLS
+                         MCP over HTTP: the gate, the routes and the sessions (no sockets): ``McpHttpApp``
+                         HTTP/1.1 connections: h11 framing, limits, streaming: ``HttpConnection``
+                         the listener: ``HttpServer``
 8. CLI              -- click commands: ``serve``, ``tools``, ``engines``, ``genkey``, ``keys``, ``audit``,
                        ``gencert``, ``sign-request``, ``doctor``, ``client-config``, ``systemd-unit``
+
+A request climbs the sections from the bottom and its answer goes back down: transport (7) -> access
+control (6) -> MCP wiring (5) -> the tool pipeline (``DockerMCP.run_tool``, 5) -> the tool (4) -> policy (3)
+-> engine (4), and back.
 
 Heavy imports (the ``mcp`` SDK, ``docker``, ``cryptography``) are deferred to the code paths that
 need them so that ``tools`` and ``--help`` stay fast and an engine is never needed to start.
@@ -5123,6 +5144,8 @@ def parse_until(value: str | None, now: float) -> float | None:
 # 4. Engine and tools
 # ---------------------------------------------------------------------------------------------
 
+# -- engine connections: lazy, several engines, probes ---------------------------------------------
+
 
 def engine_kind(version: Mapping[str, Any]) -> str:
     """docker or podman, from the engine's own version report (Podman names itself in Components)."""
@@ -5463,6 +5486,9 @@ def probe_engines(engines: list[Engine], timeout: float) -> list[dict[str, Any]]
         return rows
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
+
+
+# -- calls: what a handler gets, and the policy's edge (host paths, host facts) ---------------------
 
 
 class Cancellation:

@@ -10494,3 +10494,23 @@ def test_the_policy_reads_what_a_tool_means_from_its_spec_not_its_name():
     finally:
         del md.TOOLS[renamed.name]
 
+
+def test_the_module_docstring_names_the_sub_sections_of_sections_4_and_7_in_the_files_order():
+    source = Path(md.__file__).read_text().splitlines()
+    doc = md.__doc__ or ""
+    assert "each section uses only the ones above it" in doc and "sections 1-3 do no I/O" in doc
+    assert "A request climbs" in doc
+    section_lines = [i for i, line in enumerate(source) if re.fullmatch(r"# [1-8]\. .*", line)]
+    for number in (4, 7):
+        first = next(i for i in section_lines if source[i].startswith(f"# {number}. "))
+        last = next(i for i in section_lines if source[i].startswith(f"# {number + 1}. "))
+        banners = [re.match(r"# -- (.*?) -+$", line).group(1) for line in source[first:last]
+                   if re.match(r"# -- .* -+$", line)]
+        keys = [re.split(r"[:(]", banner)[0].strip() for banner in banners]
+        assert len(keys) >= 7, keys
+        listed = doc.split(f"\n{number}. ", 1)[1].split(f"\n{number + 1}. ", 1)[0]
+        at = 0
+        for key in keys:  # each sub-banner's title, in the file's order
+            found = listed.find(key, at)
+            assert found >= 0, f"section {number}: the docstring does not list {key!r} (after position {at})"
+            at = found + len(key)
