@@ -4218,49 +4218,54 @@ def managed_denial(kind: str, name: str, labels: Mapping[str, str] | None, setti
     return None
 
 
-def judge_request(request: PowerRequest, settings: Settings, host: HostFacts) -> list[Denial]:
-    """Every reason the request may not go ahead (empty: it may). Pure: no I/O."""
-    denials = [Denial("not_understood", problem, "correct the argument; what cannot be understood is refused")
-               for problem in request.problems]
+def host_power_denials(request: PowerRequest) -> list[Denial]:
+    """What would give the container (or an exec) power over the host: judged unless
+    SAFETY_ALLOW_PRIVILEGED_CONTAINERS is on."""
+    denials: list[Denial] = []
+    if request.privileged:
+        spec = declared(request.tool)
+        execs = spec is not None and spec.execs_in_container
+        denials.append(Denial("privileged", "privileged mode gives the container every device and "
+                              "capability of the host" if not execs else
+                              "a privileged exec runs with every capability of the host"))
+    unsafe_caps = [c for c in request.cap_add if c not in SAFE_CAPABILITIES]
+    if unsafe_caps:
+        denials.append(Denial("capabilities", f"capability {unsafe_caps[0]} is not in the engine's default "
+                              "set (the only ones that may be added)"))
+    for kind, mode in request.namespaces:
+        if mode == "host" or mode.startswith("container:"):
+            whose = "the host's" if mode == "host" else "another container's"
+            denials.append(Denial("host_namespace", f"{kind} namespace {mode!r} shares {whose} {kind} "
+                                  "namespace"))
+    if request.devices:
+        denials.append(Denial("devices", f"device {_short_repr(request.devices[0], 60)} gives the "
+                              "container a host device"))
+    for opt in request.security_opt:
+        if opt == "no-new-privileges:true" or re.fullmatch(r"label=level:[a-z0-9:.,-]+", opt) or \
+                opt == "apparmor=docker-default":
+            continue
+        denials.append(Denial("security_options", f"security option {_short_repr(opt, 60)} weakens "
+                              "seccomp, AppArmor, SELinux, masked paths or no-new-privileges"))
+    unsafe_sysctls = [name for name, _ in request.sysctls if name not in SAFE_SYSCTLS]
+    if unsafe_sysctls:
+        denials.append(Denial("sysctls", f"sysctl {unsafe_sysctls[0]} is outside the safe set"))
+    if request.volumes_from:
+        denials.append(Denial("volumes_from", "volumes_from copies another container's mounts, host "
+                              "paths included"))
+    denials.extend(request.findings)
+    if request.restart_policy and any(m.type == "bind" for m in request.mounts):
+        # The engine starts such a container again on its own (on exit, on its own restart) and
+        # follows the bind sources as they are then, without this policy seeing them.
+        denials.append(Denial("restart_policy", f"restart policy {request.restart_policy!r} lets the engine "
+                              "mount the bind sources again on its own, unjudged",
+                              f"use restart_policy 'no' with bind mounts (or {ALLOW_PRIVILEGED})"))
+    return denials
+
+
+def mount_denials(request: PowerRequest, settings: Settings, host: HostFacts) -> list[Denial]:
+    """The host paths and volumes the container would mount, and the build context it would be built from."""
     privileged_ok = settings.allow_privileged
-    if not privileged_ok:
-        if request.privileged:
-            spec = declared(request.tool)
-            execs = spec is not None and spec.execs_in_container
-            denials.append(Denial("privileged", "privileged mode gives the container every device and "
-                                  "capability of the host" if not execs else
-                                  "a privileged exec runs with every capability of the host"))
-        unsafe_caps = [c for c in request.cap_add if c not in SAFE_CAPABILITIES]
-        if unsafe_caps:
-            denials.append(Denial("capabilities", f"capability {unsafe_caps[0]} is not in the engine's default "
-                                  "set (the only ones that may be added)"))
-        for kind, mode in request.namespaces:
-            if mode == "host" or mode.startswith("container:"):
-                whose = "the host's" if mode == "host" else "another container's"
-                denials.append(Denial("host_namespace", f"{kind} namespace {mode!r} shares {whose} {kind} "
-                                      "namespace"))
-        if request.devices:
-            denials.append(Denial("devices", f"device {_short_repr(request.devices[0], 60)} gives the "
-                                  "container a host device"))
-        for opt in request.security_opt:
-            if opt == "no-new-privileges:true" or re.fullmatch(r"label=level:[a-z0-9:.,-]+", opt) or \
-                    opt == "apparmor=docker-default":
-                continue
-            denials.append(Denial("security_options", f"security option {_short_repr(opt, 60)} weakens "
-                                  "seccomp, AppArmor, SELinux, masked paths or no-new-privileges"))
-        unsafe_sysctls = [name for name, _ in request.sysctls if name not in SAFE_SYSCTLS]
-        if unsafe_sysctls:
-            denials.append(Denial("sysctls", f"sysctl {unsafe_sysctls[0]} is outside the safe set"))
-        if request.volumes_from:
-            denials.append(Denial("volumes_from", "volumes_from copies another container's mounts, host "
-                                  "paths included"))
-        denials.extend(request.findings)
-        if request.restart_policy and any(m.type == "bind" for m in request.mounts):
-            # The engine starts such a container again on its own (on exit, on its own restart) and
-            # follows the bind sources as they are then, without this policy seeing them.
-            denials.append(Denial("restart_policy", f"restart policy {request.restart_policy!r} lets the engine "
-                                  "mount the bind sources again on its own, unjudged",
-                                  f"use restart_policy 'no' with bind mounts (or {ALLOW_PRIVILEGED})"))
+    denials: list[Denial] = []
     for mount in request.mounts:
         if mount.type == "bind" and mount.host and not privileged_ok:
             if host.remote_engine:
@@ -4289,7 +4294,12 @@ def judge_request(request: PowerRequest, settings: Settings, host: HostFacts) ->
                                   "build context")
         if denial:
             denials.append(denial)
-    denials.extend(image_denials(request.tool, request.images, settings))
+    return denials
+
+
+def resource_limit_denials(request: PowerRequest, settings: Settings) -> list[Denial]:
+    """Memory, CPU and PID limits above (or, on the engine's record, missing under) the configured maximums."""
+    denials: list[Denial] = []
     limits = (("memory", request.memory, settings.container_memory_limit, "SAFETY_CONTAINER_MEMORY_LIMIT"),
               ("cpus", (request.nano_cpus or 0) / 1e9 or None, settings.container_cpu_limit,
                "SAFETY_CONTAINER_CPU_LIMIT"),
@@ -4307,6 +4317,18 @@ def judge_request(request: PowerRequest, settings: Settings, host: HostFacts) ->
     if request.memory_swap == -1 and request.memory is not None and settings.container_memory_limit:
         denials.append(Denial("resource_limits", "its swap is unlimited (memory_swap -1), so the memory limit does "
                               "not bound it", "give it a memory_swap limit, or set SAFETY_CONTAINER_MEMORY_LIMIT=0"))
+    return denials
+
+
+def judge_request(request: PowerRequest, settings: Settings, host: HostFacts) -> list[Denial]:
+    """Every reason the request may not go ahead (empty: it may). Pure: no I/O."""
+    denials = [Denial("not_understood", problem, "correct the argument; what cannot be understood is refused")
+               for problem in request.problems]
+    if not settings.allow_privileged:
+        denials.extend(host_power_denials(request))
+    denials.extend(mount_denials(request, settings, host))
+    denials.extend(image_denials(request.tool, request.images, settings))
+    denials.extend(resource_limit_denials(request, settings))
     for conflict in request.profile_conflicts:
         denials.append(Denial("container_profile", f"{conflict} conflicts with the hardened container profile",
                               "set SAFETY_CONTAINER_PROFILE=default"))
