@@ -11757,6 +11757,70 @@ async def claimed_stdio() -> AsyncIterator[tuple[int, int]]:
                 os.close(fd)
 
 
+def _is_pipe(fd: int) -> bool:
+    """A pipe or socket, not a terminal or file: the event loop would leave a terminal non-blocking."""
+    mode = os.fstat(fd).st_mode
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+
+
+async def _stdio_pipes(wire_in: int, wire_out: int, max_line_bytes: int) -> tuple[
+        asyncio.StreamReader | None, asyncio.StreamWriter | None]:
+    """Event-loop streams over the claimed stdin and stdout, for each of them that is a pipe (None: not one)."""
+    loop = asyncio.get_running_loop()
+    reader: asyncio.StreamReader | None = None
+    if _is_pipe(wire_in):
+        reader = asyncio.StreamReader(limit=max_line_bytes)
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
+                                     os.fdopen(os.dup(wire_in), "rb", 0))
+    writer: asyncio.StreamWriter | None = None
+    if _is_pipe(wire_out):
+        transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin,
+                                                            os.fdopen(os.dup(wire_out), "wb", 0))
+        writer = asyncio.StreamWriter(transport, protocol, None, loop)
+    return reader, writer
+
+
+async def _lines_from_pipe(reader: asyncio.StreamReader, too_long: Exception) -> AsyncIterator[bytes | Exception]:
+    """Each line read on the loop; a line longer than the reader's limit is skipped whole and given as ``too_long``."""
+    skipping = False
+    while True:
+        try:
+            line = await reader.readuntil(b"\n")
+        except asyncio.IncompleteReadError as end:
+            if end.partial and not skipping:
+                yield end.partial
+            return
+        except asyncio.LimitOverrunError as overrun:
+            await reader.readexactly(overrun.consumed)
+            skipping = True
+            continue
+        if skipping:
+            skipping = False
+            yield too_long
+        else:
+            yield line
+
+
+async def _lines_from_thread(fd: int, max_line_bytes: int, too_long: Exception) -> AsyncIterator[bytes | Exception]:
+    """Each line of a terminal or file, read in a worker thread; a longer line than the limit: ``too_long``."""
+    with os.fdopen(os.dup(fd), "rb") as handle:
+        skipping = False
+        while line := await asyncio.to_thread(handle.readline, max_line_bytes):
+            complete = line.endswith(b"\n")
+            if skipping or (not complete and len(line) >= max_line_bytes):
+                skipping = not complete
+                if complete:
+                    yield too_long
+                continue
+            yield line
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 @contextlib.asynccontextmanager
 async def stdio_message_streams(max_line_bytes: int, grace: float) -> AsyncIterator[tuple[Any, Any]]:
     """Newline-delimited JSON-RPC over stdin/stdout on the event loop itself when they are pipes or
@@ -11770,61 +11834,18 @@ async def stdio_message_streams(max_line_bytes: int, grace: float) -> AsyncItera
 
     to_server, server_reads = anyio.create_memory_object_stream[Any](64)
     server_writes, from_server = anyio.create_memory_object_stream[Any](64)
-    loop = asyncio.get_running_loop()
     too_long = ValueError(f"message longer than {max_line_bytes} bytes")
     unanswered: set[Any] = set()
     all_answered = asyncio.Event()
 
-    def is_pipe(fd: int) -> bool:  # not a terminal: the event loop would leave it non-blocking
-        mode = os.fstat(fd).st_mode
-        return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
-
     async with claimed_stdio() as (wire_in, wire_out):
-        reader: asyncio.StreamReader | None = None
-        if is_pipe(wire_in):
-            reader = asyncio.StreamReader(limit=max_line_bytes)
-            await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
-                                         os.fdopen(os.dup(wire_in), "rb", 0))
-        writer: asyncio.StreamWriter | None = None
-        if is_pipe(wire_out):
-            transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin,
-                                                                os.fdopen(os.dup(wire_out), "wb", 0))
-            writer = asyncio.StreamWriter(transport, protocol, None, loop)
-
-        async def lines_from_pipe(reader: asyncio.StreamReader) -> AsyncIterator[bytes | Exception]:
-            skipping = False
-            while True:
-                try:
-                    line = await reader.readuntil(b"\n")
-                except asyncio.IncompleteReadError as end:
-                    if end.partial and not skipping:
-                        yield end.partial
-                    return
-                except asyncio.LimitOverrunError as overrun:
-                    await reader.readexactly(overrun.consumed)
-                    skipping = True
-                    continue
-                if skipping:
-                    skipping = False
-                    yield too_long
-                else:
-                    yield line
-
-        async def lines_from_thread() -> AsyncIterator[bytes | Exception]:
-            with os.fdopen(os.dup(wire_in), "rb") as handle:
-                skipping = False
-                while line := await asyncio.to_thread(handle.readline, max_line_bytes):
-                    complete = line.endswith(b"\n")
-                    if skipping or (not complete and len(line) >= max_line_bytes):
-                        skipping = not complete
-                        if complete:
-                            yield too_long
-                        continue
-                    yield line
+        reader, writer = await _stdio_pipes(wire_in, wire_out, max_line_bytes)
 
         async def pump_in() -> None:
             async with to_server:
-                async for line in (lines_from_pipe(reader) if reader else lines_from_thread()):
+                lines = _lines_from_pipe(reader, too_long) if reader else \
+                    _lines_from_thread(wire_in, max_line_bytes, too_long)
+                async for line in lines:
                     if not isinstance(line, Exception) and not line.strip():
                         continue  # blank lines between messages are harmless
                     try:
@@ -11846,11 +11867,6 @@ async def stdio_message_streams(max_line_bytes: int, grace: float) -> AsyncItera
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(all_answered.wait(), grace)
 
-        def write_all(data: bytes) -> None:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(wire_out, view):]
-
         async def pump_out() -> None:
             async with from_server:
                 async for session_message in from_server:
@@ -11864,7 +11880,7 @@ async def stdio_message_streams(max_line_bytes: int, grace: float) -> AsyncItera
                         writer.write(data + b"\n")
                         await writer.drain()
                     else:
-                        await asyncio.to_thread(write_all, data + b"\n")
+                        await asyncio.to_thread(_write_all, wire_out, data + b"\n")
 
         async with anyio.create_task_group() as group:
             group.start_soon(pump_in)
