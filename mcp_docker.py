@@ -3075,6 +3075,34 @@ def _mount_images(flags: list[str]) -> list[str]:
     return images
 
 
+def _declare_args(rest: str, build_args: Mapping[str, str], meta: dict[str, str], escape: str) -> None:
+    """A global ARG line's names into ``meta``: the build argument given for it, else its default (expanded
+    with the names declared so far), else empty."""
+    for word in _WORDS_RE.split(rest):
+        name, has_default, default = word.partition("=")
+        if not name:
+            continue
+        if name in build_args:
+            meta[name] = build_args[name]
+        elif has_default:
+            value = _shell_word(default, meta, escape)
+            meta[name] = value if value is not None else default
+        else:
+            meta.setdefault(name, "")
+
+
+def _fetched_sources(rest: str) -> list[str]:
+    """The sources of an ADD (JSON or plain form; the last word is the destination) that the builder fetches
+    from elsewhere: a URL or git address, or one chosen by a variable."""
+    try:
+        words = json.loads(rest) if rest.startswith("[") else None
+    except ValueError:
+        words = None
+    if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+        words = [w for w in _WORDS_RE.split(rest) if w]
+    return [source for source in words[:-1] if _REMOTE_SOURCE_RE.match(source) or "$" in source]
+
+
 def _read_dockerfile(text: str, build_args: Mapping[str, str], modern: bool, heredocs: bool) -> DockerfileFacts:
     lines, escape, syntax, problems = _logical_lines(text, modern, heredocs)
     images: list[str] = list(syntax)
@@ -3102,17 +3130,7 @@ def _read_dockerfile(text: str, build_args: Mapping[str, str], modern: bool, her
                 instruction(rest, True)
             return
         if command == "arg" and not in_stage and not nested:
-            for word in _WORDS_RE.split(rest):
-                name, has_default, default = word.partition("=")
-                if not name:
-                    continue
-                if name in build_args:
-                    meta[name] = build_args[name]
-                elif has_default:
-                    value = _shell_word(default, meta, escape)
-                    meta[name] = value if value is not None else default
-                else:
-                    meta.setdefault(name, "")
+            _declare_args(rest, build_args, meta, escape)
             return
         if command == "from":
             if nested:
@@ -3139,15 +3157,7 @@ def _read_dockerfile(text: str, build_args: Mapping[str, str], modern: bool, her
                     if not known:
                         images.append(source)
             if command == "add":
-                try:
-                    words = json.loads(rest) if rest.startswith("[") else None
-                except ValueError:
-                    words = None
-                if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
-                    words = [w for w in _WORDS_RE.split(rest) if w]
-                for source in words[:-1]:
-                    if _REMOTE_SOURCE_RE.match(source) or "$" in source:
-                        fetches.append(source)
+                fetches.extend(_fetched_sources(rest))
             return
         if command == "run":
             run_steps += 1
@@ -4422,38 +4432,11 @@ def _compose_list(value: Any) -> list[Any]:
     return [value] if isinstance(value, (str, Mapping)) else list(value)
 
 
-def compose_service_args(project: str, name: str, service: Mapping[str, Any],
-                         volumes: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """One service of the normalized model -> create arguments for ``normalize_container_request``, plus
-    what it asks for that the container rules cannot express (each a problem, so refused)."""
-    problems = [f"key {key!r} is not one the policy can judge" for key in service
-                if key not in COMPOSE_PLAIN_KEYS and not key.startswith("x-") and service[key] is not None]
-    args: dict[str, Any] = {}
-    if service.get("image"):
-        args["image"] = str(service["image"])
-    for key in ("privileged", "read_only"):
-        if service.get(key) is not None:
-            args[key] = service[key] in (True, "true", "True", 1)
-    for key in ("cap_add", "cap_drop", "security_opt", "volumes_from"):
-        if service.get(key):
-            args[key] = [str(v) for v in _compose_list(service[key])]
-    for option in CONTAINER_OPTIONS:
-        mode = service.get(option.compose) if option.compose else None
-        if mode not in (None, ""):
-            mode = str(mode)  # service:<name> shares another container's namespace, as container:<id> does
-            args[option.name] = "container:" + mode[8:] if mode.startswith("service:") else mode
-    devices = []
-    for device in _compose_list(service.get("devices")):
-        if isinstance(device, Mapping):
-            device = ":".join(str(device.get(k)) for k in ("source", "target", "permissions") if device.get(k))
-        devices.append(str(device))
-    if devices:
-        args["devices"] = devices
-    sysctls = service.get("sysctls") or {}
-    if not isinstance(sysctls, Mapping):
-        sysctls = dict(str(item).partition("=")[::2] for item in sysctls)
-    if sysctls:
-        args["sysctls"] = dict(sysctls)
+def compose_service_mounts(project: str, service: Mapping[str, Any],
+                           volumes: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+    """A service's volumes and tmpfs as create-argument mounts (named volumes under the project's names), plus
+    the mounts the container rules cannot express (each a problem, so refused)."""
+    problems: list[str] = []
     mounts: list[dict[str, Any]] = []
     for volume in _compose_list(service.get("volumes")):
         if isinstance(volume, Mapping):
@@ -4486,6 +4469,43 @@ def compose_service_args(project: str, name: str, service: Mapping[str, Any],
         mounts.append({"type": kind, "source": source, "target": target, "read_only": read_only})
     for tmpfs in _compose_list(service.get("tmpfs")):
         mounts.append({"type": "tmpfs", "target": str(tmpfs).split(":", 1)[0]})
+    return mounts, problems
+
+
+def compose_service_args(project: str, name: str, service: Mapping[str, Any],
+                         volumes: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """One service of the normalized model -> create arguments for ``normalize_container_request``, plus
+    what it asks for that the container rules cannot express (each a problem, so refused)."""
+    problems = [f"key {key!r} is not one the policy can judge" for key in service
+                if key not in COMPOSE_PLAIN_KEYS and not key.startswith("x-") and service[key] is not None]
+    args: dict[str, Any] = {}
+    if service.get("image"):
+        args["image"] = str(service["image"])
+    for key in ("privileged", "read_only"):
+        if service.get(key) is not None:
+            args[key] = service[key] in (True, "true", "True", 1)
+    for key in ("cap_add", "cap_drop", "security_opt", "volumes_from"):
+        if service.get(key):
+            args[key] = [str(v) for v in _compose_list(service[key])]
+    for option in CONTAINER_OPTIONS:
+        mode = service.get(option.compose) if option.compose else None
+        if mode not in (None, ""):
+            mode = str(mode)  # service:<name> shares another container's namespace, as container:<id> does
+            args[option.name] = "container:" + mode[8:] if mode.startswith("service:") else mode
+    devices = []
+    for device in _compose_list(service.get("devices")):
+        if isinstance(device, Mapping):
+            device = ":".join(str(device.get(k)) for k in ("source", "target", "permissions") if device.get(k))
+        devices.append(str(device))
+    if devices:
+        args["devices"] = devices
+    sysctls = service.get("sysctls") or {}
+    if not isinstance(sysctls, Mapping):
+        sysctls = dict(str(item).partition("=")[::2] for item in sysctls)
+    if sysctls:
+        args["sysctls"] = dict(sysctls)
+    mounts, mount_problems = compose_service_mounts(project, service, volumes)
+    problems.extend(mount_problems)
     if mounts:
         args["mounts"] = mounts
     limits = ((service.get("deploy") or {}).get("resources") or {}).get("limits") or {}
