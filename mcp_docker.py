@@ -6,26 +6,47 @@ It lets an AI assistant manage a container engine through MCP while every operat
 classified into a safety tier, gated by configuration, bounded in size and time, and
 reported to the client as a short, sanitized result.
 
-Sections, in order (each uses only the ones above it):
+Sections, in order. Two placement rules hold throughout: each section uses only the ones above it, and
+sections 1-3 do no I/O (what the policy needs from the host or the engine is gathered at the edge, in
+section 4, and passed in).
 
 1. Configuration    -- ``Settings`` and the pure loader (flags > environment > env file > defaults),
                        named engines, engine discovery (pure: the caller passes the file checks)
 2. Errors           -- ``ToolError`` categories and the translation of engine failures (Docker's and Podman's)
-3. Policy           -- tiers, gating, per-engine ceilings, validation, bounding; the container safety
-                       policy (``CONTAINER_OPTIONS``: one row per create/run option; swarm service specs
-                       judged by it), untrusted output, destructive confirmations (pure)
-4. Engine and tools -- the lazy engine connections, summaries, and the one tool registry (swarm services
-                       and stacks included, the stack CLI behind a judging socket)
-5. MCP wiring       -- the SDK's low-level ``Server`` reading that registry; resources (container logs and
-                       stats, through their tools), prompts, completion of their arguments, log messages
-                       to clients, progress
+3. Policy           -- tiers, ``ToolSpec`` (what a tool is and means to the policy), gating, per-engine
+                       ceilings, validation, bounding; the container safety policy (``CONTAINER_OPTIONS``: one
+                       row per create/run option; swarm service specs judged by it), untrusted output,
+                       destructive confirmations (pure)
+4. Engine and tools -- the engines and the one tool registry (``@tool``), in these sub-sections:
+                         engine connections (lazy, several engines, probes)
+                         calls: what a handler gets, and the policy's edge (host paths, host facts)
+                         schema building blocks
+                         what tools/list carries
+                         summaries
+                         containers, images, networks, volumes, system
+                         compose projects (the host's Compose tool, its model judged first)
+                         files, waits, updates
+                         swarm (services and stacks, the stack CLI behind a judging socket)
+5. MCP wiring       -- the SDK's low-level ``Server`` reading that registry: ``ToolCalls`` (the call path),
+                       ``DestructiveConfirmations``, ``ClientLogLevels``, and ``DockerMCP`` composing them
+                       with the one tool pipeline (``run_tool``); resources (container logs and stats, through
+                       their tools), prompts, completion of their arguments, progress
 6. Access control   -- API keys, principals, client IPs, rate limits, the audit log, signed requests,
                        OAuth access tokens (JWT) and protected-resource metadata
-7. Transports       -- stdio; HTTP values and call slots; MCP sessions (event streams, channels); TLS;
-                       ``McpHttpApp`` (gate, route table, the three session protocols; no sockets);
-                       ``HttpConnection`` (h11 framing, limits, streaming); ``HttpServer`` (the listener)
+7. Transports       -- stdio and HTTP (Streamable HTTP in both eras, legacy SSE), in these sub-sections:
+                         stdio
+                         HTTP values and helpers (pure): ``HttpRequest``, ``HttpResponse``, ``CallSlot``
+                         MCP sessions: event streams and channels
+                         TLS
+                         MCP over HTTP: the gate, the routes and the sessions (no sockets): ``McpHttpApp``
+                         HTTP/1.1 connections: h11 framing, limits, streaming: ``HttpConnection``
+                         the listener: ``HttpServer``
 8. CLI              -- click commands: ``serve``, ``tools``, ``engines``, ``genkey``, ``keys``, ``audit``,
                        ``gencert``, ``sign-request``, ``doctor``, ``client-config``, ``systemd-unit``
+
+A request climbs the sections from the bottom and its answer goes back down: transport (7) -> access
+control (6) -> MCP wiring (5) -> the tool pipeline (``DockerMCP.run_tool``, 5) -> the tool (4) -> policy (3)
+-> engine (4), and back.
 
 Heavy imports (the ``mcp`` SDK, ``docker``, ``cryptography``) are deferred to the code paths that
 need them so that ``tools`` and ``--help`` stay fast and an engine is never needed to start.
@@ -1186,6 +1207,47 @@ TIER_ORDER = {Tier.SAFE: 0, Tier.MODERATE: 1, Tier.DESTRUCTIVE: 2}
 
 
 @dataclasses.dataclass(frozen=True)
+class ToolSpec:
+    """One tool as every layer sees it: listed, gated, judged and called from this one value. Declared by
+    ``@tool(...)`` in section 4; what a tool means to the policy is a field here, never its name."""
+
+    name: str
+    title: str
+    description: str
+    tier: Tier
+    toolset: str
+    input_schema: dict[str, Any]
+    output_schema: dict[str, Any]
+    handler: Callable[[Any], Any]  # given the Call (section 4), returns the answer; an async one gets
+    #                                awaitable engine methods (call.api)
+    idempotent: bool = False
+    open_world: bool = False
+    long_running: bool = False
+    list_field: str | None = None
+    keep_newest: bool = False
+    per_engine: bool = True  # takes the optional 'engine' argument and runs against that engine
+    budget_args: tuple[str, ...] = ()  # arguments (seconds) the tool waits for: added to its time budget
+    # What the tool means to the policy:
+    pushes_images: bool = False       # its images go to a registry and are not run here: pinning is not asked
+    execs_in_container: bool = False  # its power request is one process in an existing container, not a new one
+
+    @property
+    def annotations(self) -> dict[str, Any]:
+        return {"title": self.title, **tool_annotations(self.tier, idempotent=self.idempotent,
+                                                         open_world=self.open_world)}
+
+
+# The registry, filled by section 4's ``@tool`` declarations at import. The policy reads a tool's declared
+# meaning from it by name (``declared``), since a power request names the tool that asks.
+TOOLS: dict[str, ToolSpec] = {}
+
+
+def declared(tool: str) -> ToolSpec | None:
+    """The spec of the tool named ``tool``; None for a label that is no tool (a container 'start', 'update')."""
+    return TOOLS.get(tool)
+
+
+@dataclasses.dataclass(frozen=True)
 class Role:
     """What one principal may do, on top of the server-wide settings: a tier ceiling and tool lists."""
 
@@ -1194,10 +1256,11 @@ class Role:
     denied_tools: tuple[str, ...] = ()
 
 
-def role_denial(name: str, tier: Tier, role: Role | None) -> str | None:
+def role_denial(spec: ToolSpec, role: Role | None) -> str | None:
     """Why this principal's role does not permit the tool, or None when it does (or there is no role)."""
     if role is None:
         return None
+    name, tier = spec.name, spec.tier
     if name in role.denied_tools:
         return f"{name} is denied to this client by its role"
     if role.allowed_tools and name not in role.allowed_tools:
@@ -1210,8 +1273,9 @@ def role_denial(name: str, tier: Tier, role: Role | None) -> str | None:
 ACCESS_CEILING = {"full": Tier.DESTRUCTIVE, "no-destructive": Tier.MODERATE, "read-only": Tier.SAFE}
 
 
-def engine_denial(name: str, tier: Tier, engine: str, access: str) -> str | None:
+def engine_denial(spec: ToolSpec, engine: str, access: str) -> str | None:
     """Why a named engine's access level forbids this tool, or None when it allows it."""
+    name, tier = spec.name, spec.tier
     ceiling = ACCESS_CEILING.get(access)
     if ceiling is None or tier not in TIER_ORDER:  # fail closed on anything unknown
         return f"engine {engine!r} has no known access level"
@@ -1465,8 +1529,9 @@ def redact_arguments(value: Any, key: str = "") -> Any:
     return value
 
 
-def tool_denial(name: str, tier: Tier, toolset: str, settings: Settings) -> str | None:
+def tool_denial(spec: ToolSpec, settings: Settings) -> str | None:
     """Why the configuration does not permit this tool, or None when it does."""
+    name, tier, toolset = spec.name, spec.tier, spec.toolset
     if name in settings.denied_tools:
         return f"{name} is listed in {env_of('denied_tools')}"
     if settings.allowed_tools and name not in settings.allowed_tools:
@@ -1479,7 +1544,7 @@ def tool_denial(name: str, tier: Tier, toolset: str, settings: Settings) -> str 
         return f"{name} changes state; set {env_of('allow_moderate')}=true to allow it"
     if tier not in (Tier.SAFE, Tier.MODERATE, Tier.DESTRUCTIVE):  # fail closed on anything unknown
         return f"{name} has no known safety tier"
-    if settings.engines and all(engine_denial(name, tier, e.name, e.access) for e in settings.engines):
+    if settings.engines and all(engine_denial(spec, e.name, e.access) for e in settings.engines):
         return f"{name} is {tier.value} and every configured engine is limited below that ({env_of('engines')})"
     return None
 
@@ -2743,6 +2808,8 @@ def image_is_pinned(reference: str) -> bool:
 
 def image_denials(tool: str, images: tuple[str, ...], settings: Settings) -> list[Denial]:
     denials: list[Denial] = []
+    spec = declared(tool)
+    pushed = spec is not None and spec.pushes_images
     for image in images:
         if (settings.allowed_registries or settings.require_pinned_images) and "$" in image:
             denials.append(Denial("not_understood", f"image {_short_repr(image, 60)} is chosen by a build "
@@ -2760,7 +2827,7 @@ def image_denials(tool: str, images: tuple[str, ...], settings: Settings) -> lis
                 denials.append(Denial("image_registry", f"image {_short_repr(image, 60)} comes from {registry}, "
                                       f"which {env_of('allowed_registries')} does not list",
                                       f"add {registry} to {env_of('allowed_registries')}"))
-        if settings.require_pinned_images and tool != "docker_push_image" and not image_is_pinned(image):
+        if settings.require_pinned_images and not pushed and not image_is_pinned(image):
             denials.append(Denial("image_pinning", f"image {_short_repr(image, 60)} is not pinned (give a tag "
                                   "other than latest, or a digest)", f"set {env_of('require_pinned_images')}=false"))
     return denials
@@ -3009,6 +3076,34 @@ def _mount_images(flags: list[str]) -> list[str]:
     return images
 
 
+def _declare_args(rest: str, build_args: Mapping[str, str], meta: dict[str, str], escape: str) -> None:
+    """A global ARG line's names into ``meta``: the build argument given for it, else its default (expanded
+    with the names declared so far), else empty."""
+    for word in _WORDS_RE.split(rest):
+        name, has_default, default = word.partition("=")
+        if not name:
+            continue
+        if name in build_args:
+            meta[name] = build_args[name]
+        elif has_default:
+            value = _shell_word(default, meta, escape)
+            meta[name] = value if value is not None else default
+        else:
+            meta.setdefault(name, "")
+
+
+def _fetched_sources(rest: str) -> list[str]:
+    """The sources of an ADD (JSON or plain form; the last word is the destination) that the builder fetches
+    from elsewhere: a URL or git address, or one chosen by a variable."""
+    try:
+        words = json.loads(rest) if rest.startswith("[") else None
+    except ValueError:
+        words = None
+    if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+        words = [w for w in _WORDS_RE.split(rest) if w]
+    return [source for source in words[:-1] if _REMOTE_SOURCE_RE.match(source) or "$" in source]
+
+
 def _read_dockerfile(text: str, build_args: Mapping[str, str], modern: bool, heredocs: bool) -> DockerfileFacts:
     lines, escape, syntax, problems = _logical_lines(text, modern, heredocs)
     images: list[str] = list(syntax)
@@ -3036,17 +3131,7 @@ def _read_dockerfile(text: str, build_args: Mapping[str, str], modern: bool, her
                 instruction(rest, True)
             return
         if command == "arg" and not in_stage and not nested:
-            for word in _WORDS_RE.split(rest):
-                name, has_default, default = word.partition("=")
-                if not name:
-                    continue
-                if name in build_args:
-                    meta[name] = build_args[name]
-                elif has_default:
-                    value = _shell_word(default, meta, escape)
-                    meta[name] = value if value is not None else default
-                else:
-                    meta.setdefault(name, "")
+            _declare_args(rest, build_args, meta, escape)
             return
         if command == "from":
             if nested:
@@ -3073,15 +3158,7 @@ def _read_dockerfile(text: str, build_args: Mapping[str, str], modern: bool, her
                     if not known:
                         images.append(source)
             if command == "add":
-                try:
-                    words = json.loads(rest) if rest.startswith("[") else None
-                except ValueError:
-                    words = None
-                if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
-                    words = [w for w in _WORDS_RE.split(rest) if w]
-                for source in words[:-1]:
-                    if _REMOTE_SOURCE_RE.match(source) or "$" in source:
-                        fetches.append(source)
+                fetches.extend(_fetched_sources(rest))
             return
         if command == "run":
             run_steps += 1
@@ -4152,47 +4229,54 @@ def managed_denial(kind: str, name: str, labels: Mapping[str, str] | None, setti
     return None
 
 
-def judge_request(request: PowerRequest, settings: Settings, host: HostFacts) -> list[Denial]:
-    """Every reason the request may not go ahead (empty: it may). Pure: no I/O."""
-    denials = [Denial("not_understood", problem, "correct the argument; what cannot be understood is refused")
-               for problem in request.problems]
+def host_power_denials(request: PowerRequest) -> list[Denial]:
+    """What would give the container (or an exec) power over the host: judged unless
+    SAFETY_ALLOW_PRIVILEGED_CONTAINERS is on."""
+    denials: list[Denial] = []
+    if request.privileged:
+        spec = declared(request.tool)
+        execs = spec is not None and spec.execs_in_container
+        denials.append(Denial("privileged", "privileged mode gives the container every device and "
+                              "capability of the host" if not execs else
+                              "a privileged exec runs with every capability of the host"))
+    unsafe_caps = [c for c in request.cap_add if c not in SAFE_CAPABILITIES]
+    if unsafe_caps:
+        denials.append(Denial("capabilities", f"capability {unsafe_caps[0]} is not in the engine's default "
+                              "set (the only ones that may be added)"))
+    for kind, mode in request.namespaces:
+        if mode == "host" or mode.startswith("container:"):
+            whose = "the host's" if mode == "host" else "another container's"
+            denials.append(Denial("host_namespace", f"{kind} namespace {mode!r} shares {whose} {kind} "
+                                  "namespace"))
+    if request.devices:
+        denials.append(Denial("devices", f"device {_short_repr(request.devices[0], 60)} gives the "
+                              "container a host device"))
+    for opt in request.security_opt:
+        if opt == "no-new-privileges:true" or re.fullmatch(r"label=level:[a-z0-9:.,-]+", opt) or \
+                opt == "apparmor=docker-default":
+            continue
+        denials.append(Denial("security_options", f"security option {_short_repr(opt, 60)} weakens "
+                              "seccomp, AppArmor, SELinux, masked paths or no-new-privileges"))
+    unsafe_sysctls = [name for name, _ in request.sysctls if name not in SAFE_SYSCTLS]
+    if unsafe_sysctls:
+        denials.append(Denial("sysctls", f"sysctl {unsafe_sysctls[0]} is outside the safe set"))
+    if request.volumes_from:
+        denials.append(Denial("volumes_from", "volumes_from copies another container's mounts, host "
+                              "paths included"))
+    denials.extend(request.findings)
+    if request.restart_policy and any(m.type == "bind" for m in request.mounts):
+        # The engine starts such a container again on its own (on exit, on its own restart) and
+        # follows the bind sources as they are then, without this policy seeing them.
+        denials.append(Denial("restart_policy", f"restart policy {request.restart_policy!r} lets the engine "
+                              "mount the bind sources again on its own, unjudged",
+                              f"use restart_policy 'no' with bind mounts (or {ALLOW_PRIVILEGED})"))
+    return denials
+
+
+def mount_denials(request: PowerRequest, settings: Settings, host: HostFacts) -> list[Denial]:
+    """The host paths and volumes the container would mount, and the build context it would be built from."""
     privileged_ok = settings.allow_privileged
-    if not privileged_ok:
-        if request.privileged:
-            denials.append(Denial("privileged", "privileged mode gives the container every device and "
-                                  "capability of the host" if request.tool != "docker_exec_command" else
-                                  "a privileged exec runs with every capability of the host"))
-        unsafe_caps = [c for c in request.cap_add if c not in SAFE_CAPABILITIES]
-        if unsafe_caps:
-            denials.append(Denial("capabilities", f"capability {unsafe_caps[0]} is not in the engine's default "
-                                  "set (the only ones that may be added)"))
-        for kind, mode in request.namespaces:
-            if mode == "host" or mode.startswith("container:"):
-                whose = "the host's" if mode == "host" else "another container's"
-                denials.append(Denial("host_namespace", f"{kind} namespace {mode!r} shares {whose} {kind} "
-                                      "namespace"))
-        if request.devices:
-            denials.append(Denial("devices", f"device {_short_repr(request.devices[0], 60)} gives the "
-                                  "container a host device"))
-        for opt in request.security_opt:
-            if opt == "no-new-privileges:true" or re.fullmatch(r"label=level:[a-z0-9:.,-]+", opt) or \
-                    opt == "apparmor=docker-default":
-                continue
-            denials.append(Denial("security_options", f"security option {_short_repr(opt, 60)} weakens "
-                                  "seccomp, AppArmor, SELinux, masked paths or no-new-privileges"))
-        unsafe_sysctls = [name for name, _ in request.sysctls if name not in SAFE_SYSCTLS]
-        if unsafe_sysctls:
-            denials.append(Denial("sysctls", f"sysctl {unsafe_sysctls[0]} is outside the safe set"))
-        if request.volumes_from:
-            denials.append(Denial("volumes_from", "volumes_from copies another container's mounts, host "
-                                  "paths included"))
-        denials.extend(request.findings)
-        if request.restart_policy and any(m.type == "bind" for m in request.mounts):
-            # The engine starts such a container again on its own (on exit, on its own restart) and
-            # follows the bind sources as they are then, without this policy seeing them.
-            denials.append(Denial("restart_policy", f"restart policy {request.restart_policy!r} lets the engine "
-                                  "mount the bind sources again on its own, unjudged",
-                                  f"use restart_policy 'no' with bind mounts (or {ALLOW_PRIVILEGED})"))
+    denials: list[Denial] = []
     for mount in request.mounts:
         if mount.type == "bind" and mount.host and not privileged_ok:
             if host.remote_engine:
@@ -4221,7 +4305,12 @@ def judge_request(request: PowerRequest, settings: Settings, host: HostFacts) ->
                                   "build context")
         if denial:
             denials.append(denial)
-    denials.extend(image_denials(request.tool, request.images, settings))
+    return denials
+
+
+def resource_limit_denials(request: PowerRequest, settings: Settings) -> list[Denial]:
+    """Memory, CPU and PID limits above (or, on the engine's record, missing under) the configured maximums."""
+    denials: list[Denial] = []
     limits = (("memory", request.memory, settings.container_memory_limit, "SAFETY_CONTAINER_MEMORY_LIMIT"),
               ("cpus", (request.nano_cpus or 0) / 1e9 or None, settings.container_cpu_limit,
                "SAFETY_CONTAINER_CPU_LIMIT"),
@@ -4239,6 +4328,18 @@ def judge_request(request: PowerRequest, settings: Settings, host: HostFacts) ->
     if request.memory_swap == -1 and request.memory is not None and settings.container_memory_limit:
         denials.append(Denial("resource_limits", "its swap is unlimited (memory_swap -1), so the memory limit does "
                               "not bound it", "give it a memory_swap limit, or set SAFETY_CONTAINER_MEMORY_LIMIT=0"))
+    return denials
+
+
+def judge_request(request: PowerRequest, settings: Settings, host: HostFacts) -> list[Denial]:
+    """Every reason the request may not go ahead (empty: it may). Pure: no I/O."""
+    denials = [Denial("not_understood", problem, "correct the argument; what cannot be understood is refused")
+               for problem in request.problems]
+    if not settings.allow_privileged:
+        denials.extend(host_power_denials(request))
+    denials.extend(mount_denials(request, settings, host))
+    denials.extend(image_denials(request.tool, request.images, settings))
+    denials.extend(resource_limit_denials(request, settings))
     for conflict in request.profile_conflicts:
         denials.append(Denial("container_profile", f"{conflict} conflicts with the hardened container profile",
                               "set SAFETY_CONTAINER_PROFILE=default"))
@@ -4332,38 +4433,11 @@ def _compose_list(value: Any) -> list[Any]:
     return [value] if isinstance(value, (str, Mapping)) else list(value)
 
 
-def compose_service_args(project: str, name: str, service: Mapping[str, Any],
-                         volumes: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """One service of the normalized model -> create arguments for ``normalize_container_request``, plus
-    what it asks for that the container rules cannot express (each a problem, so refused)."""
-    problems = [f"key {key!r} is not one the policy can judge" for key in service
-                if key not in COMPOSE_PLAIN_KEYS and not key.startswith("x-") and service[key] is not None]
-    args: dict[str, Any] = {}
-    if service.get("image"):
-        args["image"] = str(service["image"])
-    for key in ("privileged", "read_only"):
-        if service.get(key) is not None:
-            args[key] = service[key] in (True, "true", "True", 1)
-    for key in ("cap_add", "cap_drop", "security_opt", "volumes_from"):
-        if service.get(key):
-            args[key] = [str(v) for v in _compose_list(service[key])]
-    for option in CONTAINER_OPTIONS:
-        mode = service.get(option.compose) if option.compose else None
-        if mode not in (None, ""):
-            mode = str(mode)  # service:<name> shares another container's namespace, as container:<id> does
-            args[option.name] = "container:" + mode[8:] if mode.startswith("service:") else mode
-    devices = []
-    for device in _compose_list(service.get("devices")):
-        if isinstance(device, Mapping):
-            device = ":".join(str(device.get(k)) for k in ("source", "target", "permissions") if device.get(k))
-        devices.append(str(device))
-    if devices:
-        args["devices"] = devices
-    sysctls = service.get("sysctls") or {}
-    if not isinstance(sysctls, Mapping):
-        sysctls = dict(str(item).partition("=")[::2] for item in sysctls)
-    if sysctls:
-        args["sysctls"] = dict(sysctls)
+def compose_service_mounts(project: str, service: Mapping[str, Any],
+                           volumes: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+    """A service's volumes and tmpfs as create-argument mounts (named volumes under the project's names), plus
+    the mounts the container rules cannot express (each a problem, so refused)."""
+    problems: list[str] = []
     mounts: list[dict[str, Any]] = []
     for volume in _compose_list(service.get("volumes")):
         if isinstance(volume, Mapping):
@@ -4396,6 +4470,43 @@ def compose_service_args(project: str, name: str, service: Mapping[str, Any],
         mounts.append({"type": kind, "source": source, "target": target, "read_only": read_only})
     for tmpfs in _compose_list(service.get("tmpfs")):
         mounts.append({"type": "tmpfs", "target": str(tmpfs).split(":", 1)[0]})
+    return mounts, problems
+
+
+def compose_service_args(project: str, name: str, service: Mapping[str, Any],
+                         volumes: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """One service of the normalized model -> create arguments for ``normalize_container_request``, plus
+    what it asks for that the container rules cannot express (each a problem, so refused)."""
+    problems = [f"key {key!r} is not one the policy can judge" for key in service
+                if key not in COMPOSE_PLAIN_KEYS and not key.startswith("x-") and service[key] is not None]
+    args: dict[str, Any] = {}
+    if service.get("image"):
+        args["image"] = str(service["image"])
+    for key in ("privileged", "read_only"):
+        if service.get(key) is not None:
+            args[key] = service[key] in (True, "true", "True", 1)
+    for key in ("cap_add", "cap_drop", "security_opt", "volumes_from"):
+        if service.get(key):
+            args[key] = [str(v) for v in _compose_list(service[key])]
+    for option in CONTAINER_OPTIONS:
+        mode = service.get(option.compose) if option.compose else None
+        if mode not in (None, ""):
+            mode = str(mode)  # service:<name> shares another container's namespace, as container:<id> does
+            args[option.name] = "container:" + mode[8:] if mode.startswith("service:") else mode
+    devices = []
+    for device in _compose_list(service.get("devices")):
+        if isinstance(device, Mapping):
+            device = ":".join(str(device.get(k)) for k in ("source", "target", "permissions") if device.get(k))
+        devices.append(str(device))
+    if devices:
+        args["devices"] = devices
+    sysctls = service.get("sysctls") or {}
+    if not isinstance(sysctls, Mapping):
+        sysctls = dict(str(item).partition("=")[::2] for item in sysctls)
+    if sysctls:
+        args["sysctls"] = dict(sysctls)
+    mounts, mount_problems = compose_service_mounts(project, service, volumes)
+    problems.extend(mount_problems)
     if mounts:
         args["mounts"] = mounts
     limits = ((service.get("deploy") or {}).get("resources") or {}).get("limits") or {}
@@ -5124,6 +5235,8 @@ def parse_until(value: str | None, now: float) -> float | None:
 # 4. Engine and tools
 # ---------------------------------------------------------------------------------------------
 
+# -- engine connections: lazy, several engines, probes ---------------------------------------------
+
 
 def engine_kind(version: Mapping[str, Any]) -> str:
     """docker or podman, from the engine's own version report (Podman names itself in Components)."""
@@ -5504,6 +5617,9 @@ def probe_engines(engines: list[Engine], timeout: float) -> list[dict[str, Any]]
         pool.shutdown(wait=False, cancel_futures=True)
 
 
+# -- calls: what a handler gets, and the policy's edge (host paths, host facts) ---------------------
+
+
 class Cancellation:
     """Lets the event loop stop work running in a worker thread: a flag the work checks between engine
     messages, and closers that end a blocking read on the engine's stream (the engine then stops too)."""
@@ -5642,31 +5758,6 @@ def ownership_labels(call: Call, labels: Mapping[str, str] | None = None) -> dic
             CREATED_LABEL: _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
 
 
-@dataclasses.dataclass(frozen=True)
-class ToolSpec:
-    name: str
-    title: str
-    description: str
-    tier: Tier
-    toolset: str
-    input_schema: dict[str, Any]
-    output_schema: dict[str, Any]
-    handler: Callable[[Call], Any]  # returns the answer; an async one gets awaitable engine methods (call.api)
-    idempotent: bool = False
-    open_world: bool = False
-    long_running: bool = False
-    list_field: str | None = None
-    keep_newest: bool = False
-    per_engine: bool = True  # takes the optional 'engine' argument and runs against that engine
-    budget_args: tuple[str, ...] = ()  # arguments (seconds) the tool waits for: added to its time budget
-
-    @property
-    def annotations(self) -> dict[str, Any]:
-        return {"title": self.title, **tool_annotations(self.tier, idempotent=self.idempotent,
-                                                         open_world=self.open_world)}
-
-
-TOOLS: dict[str, ToolSpec] = {}
 
 # -- schema building blocks: every parameter carries a description ---------------------------
 
@@ -6688,7 +6779,7 @@ def read_exec_output(sock: Any, call: Call, cap: int) -> tuple[bytes, bytes, boo
       }, required=("container", "command"),
       output=out({"exit_code": {"anyOf": [{"type": "integer"}, {"type": "null"}]}, "stdout": {"type": "string"},
                   "stderr": {"type": "string"}}, ("exit_code", "stdout", "stderr")),
-      budget_args=("timeout",))
+      budget_args=("timeout",), execs_in_container=True)
 def exec_command(call: Call) -> dict[str, Any]:
     a = call.args
     api = call.api
@@ -7233,7 +7324,7 @@ def tag_image(call: Call) -> dict[str, Any]:
 @tool("docker_push_image", title="Push an image", tier=Tier.MODERATE, toolset="images",
       description="Upload a local image to its registry (credentials come from the host's docker config).",
       params={"image": s_image("Image to push, 'registry/repository[:tag]'.")}, required=("image",),
-      output=OUT_ACTION, idempotent=True, open_world=True, long_running=True)
+      output=OUT_ACTION, idempotent=True, open_world=True, long_running=True, pushes_images=True)
 def push_image(call: Call) -> dict[str, Any]:
     # The registry rule applies to pushes too: an unlisted registry is also a way out for local images.
     enforce(PowerRequest("docker_push_image", images=(call.args["image"],)), call)
@@ -9861,7 +9952,7 @@ def naming_engine(engine: Engine | None) -> Any:
 
 def catalogue(settings: Settings) -> list[tuple[ToolSpec, str | None]]:
     """Every tool with the reason it is not permitted (None when it is), in registry order."""
-    return [(spec, tool_denial(spec.name, spec.tier, spec.toolset, settings)) for spec in TOOLS.values()]
+    return [(spec, tool_denial(spec, settings)) for spec in TOOLS.values()]
 
 
 def wants_progress(ctx: Any) -> bool:
@@ -10008,104 +10099,52 @@ def _retrieved(task: asyncio.Future[Any]) -> None:
         task.exception()
 
 
-class DockerMCP:
-    """Connects the registry to the SDK: lists permitted tools and runs calls on the call path.
+def audit_record(name: str, arguments: Any, caller: Any, started: float, result: dict[str, Any] | None,
+                 error: ToolError | None, engine: str | None) -> dict[str, Any]:
+    """The audit log's record of one call decision: who, which tool on which engine, the redacted arguments,
+    a summary of the result (never its content) or the sanitized error, and how long it took."""
+    principal = getattr(caller, "principal", None)
+    event = "tool_call"
+    if not isinstance(name, str) or name not in TOOLS:
+        event = "unknown_tool"
+    elif error is not None and error.category == "policy_denied":
+        event = "policy_denied"
+    elif error is not None and error.category == "rate_limited":
+        event = "rate_limit_exceeded"
+    summary: dict[str, Any] = {"status": "error" if error else "ok"}
+    if result is not None:
+        summary["bytes"] = len(json.dumps(result, separators=(",", ":"), default=str))
+        summary["truncated"] = bool(result.get("truncated"))
+        summary.update({k: result[k] for k in ("id", "name", "count", "exit_code", "status")
+                        if isinstance(result.get(k), (str, int)) and k in result})
+        if isinstance(result.get("project"), str):  # a compose project operation: the project and its services
+            summary["project"] = result["project"]
+            summary["services"] = sorted({str(s.get("service")) for s in result.get("services") or []
+                                          if isinstance(s, dict)})[:64]
+    return {
+        "event_type": event,
+        "client_id": principal.client_id if principal else "stdio",
+        "client_ip": getattr(caller, "client_ip", None),
+        "api_key_hash": (principal.key_hash or "")[:16] or None if principal else None,
+        "session": getattr(caller, "session_id", None),
+        "tool_name": str(name)[:80],
+        "engine": engine,
+        "arguments": redact_arguments(arguments if isinstance(arguments, dict) else {}),
+        "result": summary,
+        "error": {"category": error.category, "message": redact_message(error.message)} if error else None,
+        "duration_ms": round((time.monotonic() - started) * 1000, 1),
+    }
 
-    Transports say who is calling through ``ctx.request`` (anything with ``principal``, ``role``,
-    ``client_ip`` and ``session_id`` attributes; None on stdio). Accountability is injected by the
-    CLI: ``audit`` receives one record per call decision (False: it could not be written),
-    ``audit_problem`` says why the log cannot be written now (None: it can), and
-    ``stdio_limiter`` guards stdio against a runaway agent.
-    """
 
-    def __init__(self, settings: Settings, engines: Engines | None = None):
-        self.settings = settings
-        self.engines = engines or Engines(settings)
-        self._listed: dict[tuple[Role | None, bool], list[Any]] = {}
+class ToolCalls:
+    """The call path of one permitted tool, after admission: validate the arguments, check the server-wide
+    tiers and the chosen engine's ceiling, run the handler (in a worker thread, or on the loop for an async
+    one) within its time budget, stop the engine's work when the caller goes, bound the result; and report
+    progress while it runs when the client asked for it. ``in_flight`` counts the calls running now."""
+
+    def __init__(self, settings: Settings, engines: Engines):
+        self.settings, self.engines = settings, engines
         self.in_flight = 0  # tool calls running now; a graceful shutdown waits for them
-        self.audit: Callable[[dict[str, Any]], bool] | None = None
-        self.audit_problem: Callable[[], str | None] = lambda: None
-        self.stdio_limiter: RateLimiter | None = None
-        self.log_levels: dict[str, str] = {}  # client connection -> the log level it set
-        self._confirmation_key = os.urandom(32)  # binds 2026-era confirmations to this process
-        import_sdk_lightly()
-
-    def permitted_tools(self, role: Role | None = None) -> list[ToolSpec]:
-        return [spec for spec, denial in catalogue(self.settings)
-                if denial is None and role_denial(spec.name, spec.tier, role) is None]
-
-    def mcp_tools(self, role: Role | None = None, protocol_version: str | None = None) -> list[Any]:
-        """The listing for ``role``. Clients of revisions before 2025-06-18 know a tool's title only as
-        ``annotations.title``; later ones read ``title`` and get it once."""
-        import mcp_types
-
-        titled_annotations = protocol_version in TITLE_IN_ANNOTATIONS_VERSIONS
-        key = (role, titled_annotations)
-        if key not in self._listed:  # the catalogue and settings are fixed for the server's lifetime
-            self._listed[key] = [
-                mcp_types.Tool(name=spec.name, title=spec.title, description=spec.description,
-                               input_schema=self.listed_schema(spec), output_schema=spec.output_schema,
-                               annotations=mcp_types.ToolAnnotations(**{
-                                   **({"title": spec.title} if titled_annotations else {}),
-                                   "read_only_hint": spec.annotations["readOnlyHint"],
-                                   "destructive_hint": spec.annotations["destructiveHint"],
-                                   "idempotent_hint": spec.annotations["idempotentHint"],
-                                   "open_world_hint": spec.annotations["openWorldHint"]}))
-                for spec in self.permitted_tools(role)
-            ]
-        return self._listed[key]
-
-    def admit(self, spec: ToolSpec, caller: Any) -> None:
-        """Checks that come before the tool's own: the caller's role, stdio's rate limit, the audit log.
-        The server-wide tiers and the chosen engine's ceiling follow in ``call``, on every path to an engine
-        (a confirmation's preview included), once the arguments are validated."""
-        denial = role_denial(spec.name, spec.tier, getattr(caller, "role", None))
-        if denial:
-            raise ToolError("policy_denied", denial)
-        set_call_ceiling(getattr(caller, "role", None))  # what the exec screen may allow this caller
-        if caller is None and self.stdio_limiter is not None:
-            wait = self.stdio_limiter.check("stdio", time.monotonic())
-            if wait:
-                raise ToolError("rate_limited", f"too many tool calls; retry in {max(1, round(wait + 0.5))}s "
-                                                "(SECURITY_RATE_LIMIT_RPM / SECURITY_RATE_LIMIT_BURST)")
-        problem = self.audit_problem()
-        if problem:
-            raise ToolError("unavailable", f"the audit log cannot be written ({problem}), so tool calls are "
-                                           "refused until it can; the server log says more")
-
-    def audit_record(self, name: str, arguments: Any, caller: Any, started: float,
-                     result: dict[str, Any] | None, error: ToolError | None) -> dict[str, Any]:
-        principal = getattr(caller, "principal", None)
-        event = "tool_call"
-        if not isinstance(name, str) or name not in TOOLS:
-            event = "unknown_tool"
-        elif error is not None and error.category == "policy_denied":
-            event = "policy_denied"
-        elif error is not None and error.category == "rate_limited":
-            event = "rate_limit_exceeded"
-        summary: dict[str, Any] = {"status": "error" if error else "ok"}
-        if result is not None:
-            summary["bytes"] = len(json.dumps(result, separators=(",", ":"), default=str))
-            summary["truncated"] = bool(result.get("truncated"))
-            summary.update({k: result[k] for k in ("id", "name", "count", "exit_code", "status")
-                            if isinstance(result.get(k), (str, int)) and k in result})
-            if isinstance(result.get("project"), str):  # a compose project operation: the project and its services
-                summary["project"] = result["project"]
-                summary["services"] = sorted({str(s.get("service")) for s in result.get("services") or []
-                                              if isinstance(s, dict)})[:64]
-        return {
-            "event_type": event,
-            "client_id": principal.client_id if principal else "stdio",
-            "client_ip": getattr(caller, "client_ip", None),
-            "api_key_hash": (principal.key_hash or "")[:16] or None if principal else None,
-            "session": getattr(caller, "session_id", None),
-            "tool_name": str(name)[:80],
-            "engine": self.engine_name(name, arguments),
-            "arguments": redact_arguments(arguments if isinstance(arguments, dict) else {}),
-            "result": summary,
-            "error": {"category": error.category, "message": redact_message(error.message)} if error else None,
-            "duration_ms": round((time.monotonic() - started) * 1000, 1),
-        }
 
     def engine_name(self, name: str, arguments: Any) -> str | None:
         """The engine a call is addressed to (for the audit log and confirmations), None for tools without one."""
@@ -10114,10 +10153,6 @@ class DockerMCP:
             return None
         chosen = arguments.get("engine") if isinstance(arguments, dict) else None
         return chosen[:64] if isinstance(chosen, str) else self.engines.all[0].name
-
-    def listed_schema(self, spec: ToolSpec) -> dict[str, Any]:
-        return listing_schema(spec.input_schema, list(self.engines.by_name) if self.engines.named else None,
-                              self.settings.allow_privileged)
 
     def validate(self, spec: ToolSpec, arguments: Any) -> dict[str, Any]:
         if arguments is None:
@@ -10139,13 +10174,13 @@ class DockerMCP:
         import anyio
 
         spec = TOOLS[name]
-        denial = tool_denial(spec.name, spec.tier, spec.toolset, self.settings)  # checked again on every call
+        denial = tool_denial(spec, self.settings)  # checked again on every call
         if denial:
             raise ToolError("policy_denied", denial)
         args = dict(self.validate(spec, arguments))
         engine = self.engines.select(args.pop("engine", None)) if spec.per_engine else None
         if engine is not None:  # a named engine's own ceiling, checked on every call
-            denial = engine_denial(spec.name, spec.tier, engine.name, engine.access)
+            denial = engine_denial(spec, engine.name, engine.access)
             if denial:
                 raise ToolError("policy_denied", denial)
             narrow_call_ceiling(engine.access)
@@ -10251,7 +10286,17 @@ class DockerMCP:
                 task.cancel()
             task.add_done_callback(_retrieved)  # a call abandoned as it failed: its error is no news
 
-    async def confirm_destructive(self, ctx: Any, name: str, params: Any, client_id: str) -> Any:
+
+class DestructiveConfirmations:
+    """Asking the user before a destructive call: by elicitation, now, in the handshake era; in the stateless
+    revision by returning the question (InputRequiredResult) with a token bound to this process, the tool and
+    its arguments, which the client's retry must bring back. The question shows the call's dry-run preview."""
+
+    def __init__(self, settings: Settings, calls: ToolCalls):
+        self.settings, self.calls = settings, calls
+        self._key = os.urandom(32)  # binds 2026-era confirmations to this process
+
+    async def confirm(self, ctx: Any, name: str, params: Any, client_id: str) -> Any:
         """Ask the user before a destructive call: None to go ahead, an InputRequiredResult to ask a
         2026-era client; a refusal raises ToolError. A dry run needs no confirmation."""
         import mcp_types
@@ -10270,16 +10315,15 @@ class DockerMCP:
                              "was changed")
         responses = getattr(params, "input_responses", None)
         if responses is not None or getattr(params, "request_state", None) is not None:  # a 2026-era retry
-            if not confirmation_token_valid(self._confirmation_key, name, arguments, params.request_state,
-                                            time.time()):
+            if not confirmation_token_valid(self._key, name, arguments, params.request_state, time.time()):
                 raise ToolError("policy_denied", "[confirmation] the confirmation is missing, expired or was "
                                 "given for another request; call again")
             if elicitation_accepted((responses or {}).get("confirm")):
                 return None
             raise declined
-        preview_result = await self.call(name, {**arguments, "dry_run": True}, client_id)
-        message = confirmation_message(name, preview_result, self.engine_name(name, arguments) if self.engines.named
-                                       else None)
+        preview_result = await self.calls.call(name, {**arguments, "dry_run": True}, client_id)
+        engine = self.calls.engine_name(name, arguments) if self.calls.engines.named else None
+        message = confirmation_message(name, preview_result, engine)
         if ctx.session.can_send_request:  # handshake era: ask now, on this request
             try:
                 answer = await ctx.session.elicit_form(message, CONFIRMATION_SCHEMA, related_request_id=ctx.request_id)
@@ -10290,11 +10334,141 @@ class DockerMCP:
                 return None
             raise declined
         # 2026-07-28: no server-to-client requests; return the question and let the client retry with it.
-        token = confirmation_token(self._confirmation_key, name, arguments, int(time.time()) + 600)
+        token = confirmation_token(self._key, name, arguments, int(time.time()) + 600)
         return mcp_types.InputRequiredResult(
             input_requests={"confirm": mcp_types.ElicitRequest(params=mcp_types.ElicitRequestFormParams(
                 message=message, requested_schema=CONFIRMATION_SCHEMA))},
             request_state=token)
+
+
+class ClientLogLevels:
+    """Log messages to clients: the level each client connection set (logging/setLevel), or, in the stateless
+    revision, the level each request asks for in its own metadata."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.levels: dict[str, str] = {}  # client connection -> the log level it set
+
+    @staticmethod
+    def connection_of(ctx: Any) -> str | None:
+        """Which client connection a request came on: the SDK's session object is made per request, so
+        the key is the transport's MCP session (stdio has one connection per process)."""
+        if ctx.request is None:
+            return "stdio"
+        session_id = getattr(ctx.request, "session_id", None)
+        return f"http:{session_id}" if session_id else None
+
+    async def on_set_logging_level(self, ctx: Any, params: Any) -> Any:
+        import mcp_types
+
+        key = self.connection_of(ctx)
+        if key is not None:
+            if len(self.levels) >= 10_000:  # ended HTTP sessions leave their entry: drop the oldest
+                self.levels.pop(next(iter(self.levels)))
+            self.levels[key] = params.level
+        return mcp_types.EmptyResult()
+
+    async def send(self, ctx: Any, level: str, data: dict[str, Any]) -> None:
+        """A log message to the calling client, when it asked for this level (never secrets: tool names,
+        outcomes and the already sanitized error messages only)."""
+        import warnings
+
+        if not self.settings.logging_enabled:
+            return
+        if ctx.protocol_version in STATELESS_VERSIONS:  # stateless: each request opts in itself
+            meta = ctx.meta if isinstance(ctx.meta, Mapping) else {}
+            wanted = meta.get("io.modelcontextprotocol/logLevel")
+        else:
+            key = self.connection_of(ctx)
+            wanted = self.levels.get(key) if key is not None else None
+        if wanted not in CLIENT_LOG_LEVELS or CLIENT_LOG_LEVELS.index(level) < CLIENT_LOG_LEVELS.index(wanted):
+            return
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # logging is deprecated from 2026-07-28 on; older clients use it
+            try:
+                await ctx.session.send_log_message(level, data, logger=SERVER_NAME,
+                                                   related_request_id=ctx.request_id)
+            except Exception as exc:  # a log message is best effort; the call's answer is what counts
+                log.debug("log message to the client failed: %r", exc)
+
+
+class DockerMCP:
+    """The SDK's low-level server wired to the registry: the listing of permitted tools, the one tool pipeline
+    (``run_tool``: admit, confirm, call, audit) and the handlers for tools, resources, prompts, completion and
+    log levels. It composes the parts above: ``calls`` (ToolCalls), ``confirmations``
+    (DestructiveConfirmations) and ``client_logs`` (ClientLogLevels).
+
+    Transports say who is calling through ``ctx.request`` (anything with ``principal``, ``role``,
+    ``client_ip`` and ``session_id`` attributes; None on stdio). Accountability is injected by the
+    CLI: ``audit`` receives one record per call decision (False: it could not be written),
+    ``audit_problem`` says why the log cannot be written now (None: it can), and
+    ``stdio_limiter`` guards stdio against a runaway agent.
+    """
+
+    def __init__(self, settings: Settings, engines: Engines | None = None):
+        self.settings = settings
+        self.engines = engines or Engines(settings)
+        self._listed: dict[tuple[Role | None, bool], list[Any]] = {}
+        self.calls = ToolCalls(settings, self.engines)
+        self.confirmations = DestructiveConfirmations(settings, self.calls)
+        self.client_logs = ClientLogLevels(settings)
+        self.client_log = self.client_logs.send  # a log message to the calling client, at the level it set
+        self.audit: Callable[[dict[str, Any]], bool] | None = None
+        self.audit_problem: Callable[[], str | None] = lambda: None
+        self.stdio_limiter: RateLimiter | None = None
+        import_sdk_lightly()
+
+    @property
+    def in_flight(self) -> int:
+        """Tool calls running now (a graceful shutdown waits for them)."""
+        return self.calls.in_flight
+
+    def permitted_tools(self, role: Role | None = None) -> list[ToolSpec]:
+        return [spec for spec, denial in catalogue(self.settings)
+                if denial is None and role_denial(spec, role) is None]
+
+    def mcp_tools(self, role: Role | None = None, protocol_version: str | None = None) -> list[Any]:
+        """The listing for ``role``. Clients of revisions before 2025-06-18 know a tool's title only as
+        ``annotations.title``; later ones read ``title`` and get it once."""
+        import mcp_types
+
+        titled_annotations = protocol_version in TITLE_IN_ANNOTATIONS_VERSIONS
+        key = (role, titled_annotations)
+        if key not in self._listed:  # the catalogue and settings are fixed for the server's lifetime
+            self._listed[key] = [
+                mcp_types.Tool(name=spec.name, title=spec.title, description=spec.description,
+                               input_schema=self.listed_schema(spec), output_schema=spec.output_schema,
+                               annotations=mcp_types.ToolAnnotations(**{
+                                   **({"title": spec.title} if titled_annotations else {}),
+                                   "read_only_hint": spec.annotations["readOnlyHint"],
+                                   "destructive_hint": spec.annotations["destructiveHint"],
+                                   "idempotent_hint": spec.annotations["idempotentHint"],
+                                   "open_world_hint": spec.annotations["openWorldHint"]}))
+                for spec in self.permitted_tools(role)
+            ]
+        return self._listed[key]
+
+    def listed_schema(self, spec: ToolSpec) -> dict[str, Any]:
+        return listing_schema(spec.input_schema, list(self.engines.by_name) if self.engines.named else None,
+                              self.settings.allow_privileged)
+
+    def admit(self, spec: ToolSpec, caller: Any) -> None:
+        """Checks that come before the tool's own: the caller's role, stdio's rate limit, the audit log.
+        The server-wide tiers and the chosen engine's ceiling follow in ``ToolCalls.call``, on every path to an engine
+        (a confirmation's preview included), once the arguments are validated."""
+        denial = role_denial(spec, getattr(caller, "role", None))
+        if denial:
+            raise ToolError("policy_denied", denial)
+        set_call_ceiling(getattr(caller, "role", None))  # what the exec screen may allow this caller
+        if caller is None and self.stdio_limiter is not None:
+            wait = self.stdio_limiter.check("stdio", time.monotonic())
+            if wait:
+                raise ToolError("rate_limited", f"too many tool calls; retry in {max(1, round(wait + 0.5))}s "
+                                                "(SECURITY_RATE_LIMIT_RPM / SECURITY_RATE_LIMIT_BURST)")
+        problem = self.audit_problem()
+        if problem:
+            raise ToolError("unavailable", f"the audit log cannot be written ({problem}), so tool calls are "
+                                           "refused until it can; the server log says more")
 
     # -- the one tool pipeline: admit, confirm, call, audit, withhold when unaudited ----------------------
 
@@ -10316,63 +10490,21 @@ class DockerMCP:
                 raise ToolError("not_found", "this resource is not offered by this server's configuration")
             self.admit(spec, ctx.request)
             if params is not None:
-                outcome.question = await self.confirm_destructive(ctx, name, params, client_id)
+                outcome.question = await self.confirmations.confirm(ctx, name, params, client_id)
                 if outcome.question is not None:  # not a decision yet: the answer comes back as a new call
                     return outcome
-            outcome.result = await self.call_reporting_progress(ctx, name, arguments, client_id)
+            outcome.result = await self.calls.call_reporting_progress(ctx, name, arguments, client_id)
         except ToolError as error:
             outcome.failure = error
         finally:  # a cancelled call is recorded too
             if self.audit is not None and outcome.question is None:
-                outcome.audited = self.audit(self.audit_record(name, arguments, ctx.request, started,
-                                                               outcome.result, outcome.failure))
+                outcome.audited = self.audit(audit_record(name, arguments, ctx.request, started, outcome.result,
+                                                          outcome.failure, self.calls.engine_name(name, arguments)))
         if not outcome.audited and outcome.failure is None:
             outcome.result, outcome.failure = None, UNAUDITED
         return outcome
 
     # -- the SDK's handlers ------------------------------------------------------------------------------
-
-    @staticmethod
-    def connection_of(ctx: Any) -> str | None:
-        """Which client connection a request came on: the SDK's session object is made per request, so
-        the key is the transport's MCP session (stdio has one connection per process)."""
-        if ctx.request is None:
-            return "stdio"
-        session_id = getattr(ctx.request, "session_id", None)
-        return f"http:{session_id}" if session_id else None
-
-    async def on_set_logging_level(self, ctx: Any, params: Any) -> Any:
-        import mcp_types
-
-        key = self.connection_of(ctx)
-        if key is not None:
-            if len(self.log_levels) >= 10_000:  # ended HTTP sessions leave their entry: drop the oldest
-                self.log_levels.pop(next(iter(self.log_levels)))
-            self.log_levels[key] = params.level
-        return mcp_types.EmptyResult()
-
-    async def client_log(self, ctx: Any, level: str, data: dict[str, Any]) -> None:
-        """A log message to the calling client, when it asked for this level (never secrets: tool names,
-        outcomes and the already sanitized error messages only)."""
-        import warnings
-
-        if not self.settings.logging_enabled:
-            return
-        if ctx.protocol_version in STATELESS_VERSIONS:  # stateless: each request opts in itself
-            meta = ctx.meta if isinstance(ctx.meta, Mapping) else {}
-            wanted = meta.get("io.modelcontextprotocol/logLevel")
-        else:
-            key = self.connection_of(ctx)
-            wanted = self.log_levels.get(key) if key is not None else None
-        if wanted not in CLIENT_LOG_LEVELS or CLIENT_LOG_LEVELS.index(level) < CLIENT_LOG_LEVELS.index(wanted):
-            return
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # logging is deprecated from 2026-07-28 on; older clients use it
-            try:
-                await ctx.session.send_log_message(level, data, logger=SERVER_NAME,
-                                                   related_request_id=ctx.request_id)
-            except Exception as exc:  # a log message is best effort; the call's answer is what counts
-                log.debug("log message to the client failed: %r", exc)
 
     async def on_list_tools(self, ctx: Any, params: Any) -> Any:
         import mcp_types
@@ -10440,8 +10572,7 @@ class DockerMCP:
                                                "docker://containers/{container}/stats")
         name = RESOURCE_TEMPLATES[match.group(2)][0]
         arguments = {"container": unquote(match.group(1))}
-        outcome = await self.run_tool(ctx, name, arguments, offered=lambda spec: tool_denial(
-            spec.name, spec.tier, spec.toolset, self.settings) is None)
+        outcome = await self.run_tool(ctx, name, arguments, offered=lambda spec: tool_denial(spec, self.settings) is None)
         if outcome.failure is not None:
             failure = outcome.failure
             code = RESOURCE_NOT_FOUND if failure.category == "not_found" else mcp_types.INVALID_PARAMS
@@ -10483,7 +10614,7 @@ class DockerMCP:
         if self.settings.prompts_enabled:
             optional.update(on_list_prompts=self.on_list_prompts, on_get_prompt=self.on_get_prompt)
         if self.settings.logging_enabled:
-            optional.update(on_set_logging_level=self.on_set_logging_level)
+            optional.update(on_set_logging_level=self.client_logs.on_set_logging_level)
         if self.settings.resources_enabled or self.settings.prompts_enabled:  # names for their arguments
             optional["on_completion"] = lambda ctx, params: complete_argument(self, ctx, params)
         with warnings.catch_warnings():
@@ -11970,6 +12101,70 @@ async def claimed_stdio() -> AsyncIterator[tuple[int, int]]:
                 os.close(fd)
 
 
+def _is_pipe(fd: int) -> bool:
+    """A pipe or socket, not a terminal or file: the event loop would leave a terminal non-blocking."""
+    mode = os.fstat(fd).st_mode
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+
+
+async def _stdio_pipes(wire_in: int, wire_out: int, max_line_bytes: int) -> tuple[
+        asyncio.StreamReader | None, asyncio.StreamWriter | None]:
+    """Event-loop streams over the claimed stdin and stdout, for each of them that is a pipe (None: not one)."""
+    loop = asyncio.get_running_loop()
+    reader: asyncio.StreamReader | None = None
+    if _is_pipe(wire_in):
+        reader = asyncio.StreamReader(limit=max_line_bytes)
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
+                                     os.fdopen(os.dup(wire_in), "rb", 0))
+    writer: asyncio.StreamWriter | None = None
+    if _is_pipe(wire_out):
+        transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin,
+                                                            os.fdopen(os.dup(wire_out), "wb", 0))
+        writer = asyncio.StreamWriter(transport, protocol, None, loop)
+    return reader, writer
+
+
+async def _lines_from_pipe(reader: asyncio.StreamReader, too_long: Exception) -> AsyncIterator[bytes | Exception]:
+    """Each line read on the loop; a line longer than the reader's limit is skipped whole and given as ``too_long``."""
+    skipping = False
+    while True:
+        try:
+            line = await reader.readuntil(b"\n")
+        except asyncio.IncompleteReadError as end:
+            if end.partial and not skipping:
+                yield end.partial
+            return
+        except asyncio.LimitOverrunError as overrun:
+            await reader.readexactly(overrun.consumed)
+            skipping = True
+            continue
+        if skipping:
+            skipping = False
+            yield too_long
+        else:
+            yield line
+
+
+async def _lines_from_thread(fd: int, max_line_bytes: int, too_long: Exception) -> AsyncIterator[bytes | Exception]:
+    """Each line of a terminal or file, read in a worker thread; a longer line than the limit: ``too_long``."""
+    with os.fdopen(os.dup(fd), "rb") as handle:
+        skipping = False
+        while line := await asyncio.to_thread(handle.readline, max_line_bytes):
+            complete = line.endswith(b"\n")
+            if skipping or (not complete and len(line) >= max_line_bytes):
+                skipping = not complete
+                if complete:
+                    yield too_long
+                continue
+            yield line
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 @contextlib.asynccontextmanager
 async def stdio_message_streams(max_line_bytes: int, grace: float) -> AsyncIterator[tuple[Any, Any]]:
     """Newline-delimited JSON-RPC over stdin/stdout on the event loop itself when they are pipes or
@@ -11983,61 +12178,18 @@ async def stdio_message_streams(max_line_bytes: int, grace: float) -> AsyncItera
 
     to_server, server_reads = anyio.create_memory_object_stream[Any](64)
     server_writes, from_server = anyio.create_memory_object_stream[Any](64)
-    loop = asyncio.get_running_loop()
     too_long = ValueError(f"message longer than {max_line_bytes} bytes")
     unanswered: set[Any] = set()
     all_answered = asyncio.Event()
 
-    def is_pipe(fd: int) -> bool:  # not a terminal: the event loop would leave it non-blocking
-        mode = os.fstat(fd).st_mode
-        return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
-
     async with claimed_stdio() as (wire_in, wire_out):
-        reader: asyncio.StreamReader | None = None
-        if is_pipe(wire_in):
-            reader = asyncio.StreamReader(limit=max_line_bytes)
-            await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
-                                         os.fdopen(os.dup(wire_in), "rb", 0))
-        writer: asyncio.StreamWriter | None = None
-        if is_pipe(wire_out):
-            transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin,
-                                                                os.fdopen(os.dup(wire_out), "wb", 0))
-            writer = asyncio.StreamWriter(transport, protocol, None, loop)
-
-        async def lines_from_pipe(reader: asyncio.StreamReader) -> AsyncIterator[bytes | Exception]:
-            skipping = False
-            while True:
-                try:
-                    line = await reader.readuntil(b"\n")
-                except asyncio.IncompleteReadError as end:
-                    if end.partial and not skipping:
-                        yield end.partial
-                    return
-                except asyncio.LimitOverrunError as overrun:
-                    await reader.readexactly(overrun.consumed)
-                    skipping = True
-                    continue
-                if skipping:
-                    skipping = False
-                    yield too_long
-                else:
-                    yield line
-
-        async def lines_from_thread() -> AsyncIterator[bytes | Exception]:
-            with os.fdopen(os.dup(wire_in), "rb") as handle:
-                skipping = False
-                while line := await asyncio.to_thread(handle.readline, max_line_bytes):
-                    complete = line.endswith(b"\n")
-                    if skipping or (not complete and len(line) >= max_line_bytes):
-                        skipping = not complete
-                        if complete:
-                            yield too_long
-                        continue
-                    yield line
+        reader, writer = await _stdio_pipes(wire_in, wire_out, max_line_bytes)
 
         async def pump_in() -> None:
             async with to_server:
-                async for line in (lines_from_pipe(reader) if reader else lines_from_thread()):
+                lines = _lines_from_pipe(reader, too_long) if reader else \
+                    _lines_from_thread(wire_in, max_line_bytes, too_long)
+                async for line in lines:
                     if not isinstance(line, Exception) and not line.strip():
                         continue  # blank lines between messages are harmless
                     try:
@@ -12059,11 +12211,6 @@ async def stdio_message_streams(max_line_bytes: int, grace: float) -> AsyncItera
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(all_answered.wait(), grace)
 
-        def write_all(data: bytes) -> None:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(wire_out, view):]
-
         async def pump_out() -> None:
             async with from_server:
                 async for session_message in from_server:
@@ -12079,7 +12226,7 @@ async def stdio_message_streams(max_line_bytes: int, grace: float) -> AsyncItera
                         writer.write(b"\n")
                         await writer.drain()
                     else:
-                        await asyncio.to_thread(write_all, data + b"\n")
+                        await asyncio.to_thread(_write_all, wire_out, data + b"\n")
 
         async with anyio.create_task_group() as group:
             group.start_soon(pump_in)

@@ -807,7 +807,7 @@ def test_env_of_and_setting_fix_name_settings_as_the_specs_do():
     assert md.setting_fix("reveal_secrets", False) == "--no-reveal-secrets (SAFETY_REVEAL_SECRETS=false)"
     assert md.setting_fix("engine_timeout", 120.0) == "--engine-timeout 120 (MCP_ENGINE_TIMEOUT=120)"
     assert md.SETTINGS_BY_FIELD["api_keys_file"].named == "SECURITY_API_KEYS_FILE (--api-keys-file)"
-    denial = md.tool_denial("docker_remove_container", md.Tier.DESTRUCTIVE, "containers", md.Settings())
+    denial = md.tool_denial(md.TOOLS["docker_remove_container"], md.Settings())
     assert denial == "docker_remove_container is destructive; set SAFETY_ALLOW_DESTRUCTIVE_OPERATIONS=true to allow it"
 
 
@@ -1164,7 +1164,7 @@ def test_annotations_follow_the_tier():
 ])
 def test_tool_denial(settings, name, expected):
     spec = md.TOOLS[name]
-    denial = md.tool_denial(name, spec.tier, spec.toolset, settings)
+    denial = md.tool_denial(spec, settings)
     if expected is None:
         assert denial is None
     else:
@@ -1312,26 +1312,26 @@ def test_validation_messages_are_short_and_specific():
     ]
     for args, message in cases:
         with pytest.raises(md.ToolError) as info:
-            app.validate(spec, args)
+            app.calls.validate(spec, args)
         assert info.value.category == "invalid_argument"
         assert message in info.value.message
         assert len(info.value.message) < 300
     with pytest.raises(md.ToolError):
-        app.validate(spec, ["not", "an", "object"])
+        app.calls.validate(spec, ["not", "an", "object"])
 
 
 def test_engine_ceilings():
-    assert md.engine_denial("docker_version", md.Tier.SAFE, "prod", "read-only") is None
-    assert "read-only" in md.engine_denial("docker_run_container", md.Tier.MODERATE, "prod", "read-only")
-    assert md.engine_denial("docker_run_container", md.Tier.MODERATE, "ci", "no-destructive") is None
-    assert "destructive" in md.engine_denial("docker_remove_image", md.Tier.DESTRUCTIVE, "ci", "no-destructive")
-    assert md.engine_denial("docker_version", md.Tier.SAFE, "x", "admin") is not None  # unknown: closed
+    assert md.engine_denial(md.TOOLS["docker_version"], "prod", "read-only") is None
+    assert "read-only" in md.engine_denial(md.TOOLS["docker_run_container"], "prod", "read-only")
+    assert md.engine_denial(md.TOOLS["docker_run_container"], "ci", "no-destructive") is None
+    assert "destructive" in md.engine_denial(md.TOOLS["docker_remove_image"], "ci", "no-destructive")
+    assert md.engine_denial(md.TOOLS["docker_version"], "x", "admin") is not None  # unknown: closed
     only_read = md.Settings(allow_destructive=True, engines=(md.EngineConfig("a", "unix:///a", "read-only"),
                                                              md.EngineConfig("b", "unix:///b", "no-destructive")))
     spec = md.TOOLS["docker_remove_container"]
-    assert "every configured engine" in md.tool_denial(spec.name, spec.tier, spec.toolset, only_read)
+    assert "every configured engine" in md.tool_denial(spec, only_read)
     spec = md.TOOLS["docker_start_container"]
-    assert md.tool_denial(spec.name, spec.tier, spec.toolset, only_read) is None
+    assert md.tool_denial(spec, only_read) is None
 
 
 def test_argument_errors_speak_the_callers_terms(full):
@@ -6142,8 +6142,8 @@ def test_the_swarm_toolset_is_opt_in():
     for name in SWARM_TOOLS:
         spec = md.TOOLS[name]
         assert spec.toolset == "swarm" and (spec.tier is md.Tier.DESTRUCTIVE) is (name in SWARM_DESTRUCTIVE)
-        assert "MCP_TOOLSETS" in md.tool_denial(name, spec.tier, spec.toolset, md.Settings(allow_destructive=True))
-        assert md.tool_denial(name, spec.tier, spec.toolset, md.Settings(
+        assert "MCP_TOOLSETS" in md.tool_denial(spec, md.Settings(allow_destructive=True))
+        assert md.tool_denial(spec, md.Settings(
             allow_destructive=True, toolsets=md.TOOLSETS)) is None
 
 
@@ -6330,7 +6330,7 @@ def test_in_memory_a_result_whose_audit_record_fails_is_withheld_on_both_ways_in
         async def answered(name: str, arguments: Any, client_id: str = "", report: Any = None) -> dict[str, Any]:
             return {"secret": "output"}
 
-        http.app.mcp.call = answered  # type: ignore[method-assign]  # the tool ran and answered
+        http.app.mcp.calls.call = answered  # type: ignore[method-assign]  # the tool ran and answered
         session = await http.open_session()
         call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
                 "params": {"name": "docker_version", "arguments": {}}}
@@ -7065,8 +7065,8 @@ def test_key_lifetimes_parse_days_and_hours_and_refuse_words():
 
 
 def test_roles_deny_tools_above_their_tier_or_named_as_denied():
-    assert md.role_denial("docker_remove_image", md.Tier.DESTRUCTIVE, md.Role(max_tier=md.Tier.MODERATE))
-    assert md.role_denial("docker_version", md.Tier.SAFE, md.Role(denied_tools=("docker_version",)))
+    assert md.role_denial(md.TOOLS["docker_remove_image"], md.Role(max_tier=md.Tier.MODERATE))
+    assert md.role_denial(md.TOOLS["docker_version"], md.Role(denied_tools=("docker_version",)))
 
 
 def test_client_addresses_and_host_headers_are_checked_against_their_allowlists():
@@ -7962,12 +7962,12 @@ def test_oauth_scopes_map_to_roles():
     assert md.scope_role({"profile"}, mapping) is None
     read = md.scope_role({"docker:read", "profile"}, mapping)
     assert read.max_tier is md.Tier.SAFE
-    assert {n for n in md.TOOLS if not md.role_denial(n, md.TOOLS[n].tier, read)} == \
+    assert {n for n in md.TOOLS if not md.role_denial(md.TOOLS[n], read)} == \
         {n for n, s in md.TOOLS.items() if s.tier is md.Tier.SAFE}
     admin = md.scope_role({"docker:read", "docker:admin"}, mapping)
-    assert all(md.role_denial(n, s.tier, admin) is None for n, s in md.TOOLS.items())
+    assert all(md.role_denial(s, admin) is None for s in md.TOOLS.values())
     narrow = md.scope_role({"docker:read", "runner"}, (*mapping, ("runner", "moderate", ("docker_run_container",))))
-    allowed = {n for n, s in md.TOOLS.items() if md.role_denial(n, s.tier, narrow) is None}
+    allowed = {n for n, s in md.TOOLS.items() if md.role_denial(s, narrow) is None}
     assert "docker_run_container" in allowed and "docker_stop_container" not in allowed and "docker_version" in allowed
     assert md.token_scopes({"scope": "a b", "scp": ["c"]}) == {"a", "b", "c"}
     assert md.metadata_paths("https://h.example/mcp") == ("/.well-known/oauth-protected-resource",
@@ -9488,9 +9488,9 @@ def test_fuzz_finding_a_call_failing_as_its_session_closes_leaves_no_unretrieved
             await gate.wait()
             raise md.ToolError("not_found", "no such image")
 
-        app.call = failing_call  # type: ignore[method-assign]
+        app.calls.call = failing_call  # type: ignore[method-assign]
         asked_for_progress = type("Context", (), {"meta": {"progress_token": 1}})()  # the watcher path
-        handler = loop.create_task(app.call_reporting_progress(asked_for_progress, "docker_version", {}))
+        handler = loop.create_task(app.calls.call_reporting_progress(asked_for_progress, "docker_version", {}))
         for _ in range(3):
             await asyncio.sleep(0)
         gate.set()
@@ -10943,3 +10943,53 @@ def test_copy_out_of_a_text_whose_escaping_would_not_fit_is_exact_base64():
         assert file_in(name, "/tmp/bad.bin") is None  # refused before anything reached the engine
     finally:
         h.close()
+
+
+# === program shape: what a tool means to the policy, and the parts of the MCP wiring ===
+
+
+def test_the_policy_reads_what_a_tool_means_from_its_spec_not_its_name():
+    # the two meanings the policy asks about are declared by exactly the tools that have them
+    assert [name for name, spec in md.TOOLS.items() if spec.pushes_images] == ["docker_push_image"]
+    assert [name for name, spec in md.TOOLS.items() if spec.execs_in_container] == ["docker_exec_command"]
+    assert md.declared("docker_exec_command") is md.TOOLS["docker_exec_command"] and md.declared("start") is None
+    pinned = md.Settings(require_pinned_images=True)
+    assert rules(md.image_denials("docker_push_image", ("ghcr.io/me/app",), pinned)) == []
+    assert rules(md.image_denials("docker_pull_image", ("ghcr.io/me/app",), pinned)) == ["image_pinning"]
+    assert rules(md.image_denials("start", ("ghcr.io/me/app",), pinned)) == ["image_pinning"]  # no tool: asked
+    exec_reason = [d.reason for d in md.judge_request(md.PowerRequest("docker_exec_command", privileged=True),
+                                                      md.Settings(), md.HostFacts()) if d.rule == "privileged"]
+    run_reason = [d.reason for d in md.judge_request(md.PowerRequest("docker_run_container", privileged=True),
+                                                     md.Settings(), md.HostFacts()) if d.rule == "privileged"]
+    assert exec_reason == ["a privileged exec runs with every capability of the host"]
+    assert run_reason == ["privileged mode gives the container every device and capability of the host"]
+    # and a spec that says it, under any name, is judged by what it says
+    import dataclasses
+
+    renamed = dataclasses.replace(md.TOOLS["docker_push_image"], name="docker_publish_image")
+    md.TOOLS[renamed.name] = renamed
+    try:
+        assert rules(md.image_denials("docker_publish_image", ("ghcr.io/me/app",), pinned)) == []
+    finally:
+        del md.TOOLS[renamed.name]
+
+
+def test_the_module_docstring_names_the_sub_sections_of_sections_4_and_7_in_the_files_order():
+    source = Path(md.__file__).read_text().splitlines()
+    doc = md.__doc__ or ""
+    assert "each section uses only the ones above it" in doc and "sections 1-3 do no I/O" in doc
+    assert "A request climbs" in doc
+    section_lines = [i for i, line in enumerate(source) if re.fullmatch(r"# [1-8]\. .*", line)]
+    for number in (4, 7):
+        first = next(i for i in section_lines if source[i].startswith(f"# {number}. "))
+        last = next(i for i in section_lines if source[i].startswith(f"# {number + 1}. "))
+        banners = [re.match(r"# -- (.*?) -+$", line).group(1) for line in source[first:last]
+                   if re.match(r"# -- .* -+$", line)]
+        keys = [re.split(r"[:(]", banner)[0].strip() for banner in banners]
+        assert len(keys) >= 7, keys
+        listed = doc.split(f"\n{number}. ", 1)[1].split(f"\n{number + 1}. ", 1)[0]
+        at = 0
+        for key in keys:  # each sub-banner's title, in the file's order
+            found = listed.find(key, at)
+            assert found >= 0, f"section {number}: the docstring does not list {key!r} (after position {at})"
+            at = found + len(key)
