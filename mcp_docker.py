@@ -8918,26 +8918,10 @@ def swarm_guard(handler: Callable[[Call], Any]) -> Callable[[Call], Any]:
     answer could not be cached into a wrong one (for async handlers too: the wrapper stays a coroutine)."""
     import functools
 
-    if asyncio.iscoroutinefunction(handler):
-        @functools.wraps(handler)
-        async def guarded_on_loop(call: Call) -> Any:
-            swarm_manager(call)
-            try:
-                return await handler(call)
-            except ToolError:
-                raise
-            except Exception as exc:
-                error = not_a_manager_error(exc)
-                if error is not None:
-                    raise error from None
-                raise
-        return guarded_on_loop
-
-    @functools.wraps(handler)
-    def guarded(call: Call) -> Any:
-        swarm_manager(call)
+    @contextlib.contextmanager
+    def manager_errors() -> Iterator[None]:
         try:
-            return handler(call)
+            yield
         except ToolError:
             raise
         except Exception as exc:
@@ -8945,6 +8929,20 @@ def swarm_guard(handler: Callable[[Call], Any]) -> Callable[[Call], Any]:
             if error is not None:
                 raise error from None
             raise
+
+    if asyncio.iscoroutinefunction(handler):
+        @functools.wraps(handler)
+        async def guarded_on_loop(call: Call) -> Any:
+            swarm_manager(call)
+            with manager_errors():
+                return await handler(call)
+        return guarded_on_loop
+
+    @functools.wraps(handler)
+    def guarded(call: Call) -> Any:
+        swarm_manager(call)
+        with manager_errors():
+            return handler(call)
 
     return guarded
 
