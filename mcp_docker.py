@@ -3519,163 +3519,183 @@ def _balanced(script: str, start: int, open_: str, close: str) -> int:
     return len(script)
 
 
-def shell_tokens(script: str) -> list[ShellWord | str]:
-    """POSIX shell words and operators (operators as plain strings). Lenient: an unterminated quote takes the
-    rest of the script, as far as judging it goes. Here-document bodies are skipped (they are data; what reads
-    them is judged by its redirection)."""
-    tokens: list[ShellWord | str] = []
-    text: list[str] = []
-    dynamic: list[str] = []
-    subs: list[str] = []
-    started = brace = False
-    heredocs: list[tuple[str, bool]] = []
-    index, length = 0, len(script)
+class ShellLexer:
+    """One pass of ``shell_tokens`` over a script: the words and operators so far, the word being read
+    (its text, the expansions that make it dynamic, the command substitutions inside it) and the
+    here-documents whose bodies follow the next newline."""
 
-    def finish() -> None:
-        nonlocal started, brace
-        if started:
-            tokens.append(ShellWord("".join(text), dynamic[0] if dynamic else "", list(subs), brace))
-        text.clear()
-        dynamic.clear()
-        subs.clear()
-        started = brace = False
+    def __init__(self, script: str):
+        self.script, self.length, self.index = script, len(script), 0
+        self.tokens: list[ShellWord | str] = []
+        self.text: list[str] = []
+        self.dynamic: list[str] = []
+        self.subs: list[str] = []
+        self.started = self.brace = False
+        self.heredocs: list[tuple[str, bool]] = []
 
-    def dollar(at: int) -> int:
+    def run(self) -> list[ShellWord | str]:
+        while self.index < self.length:
+            self.index = self.step(self.script[self.index], self.index)
+        self.finish()
+        return self.tokens
+
+    def finish(self) -> None:
+        """End the word being read (if one was started)."""
+        if self.started:
+            self.tokens.append(ShellWord("".join(self.text), self.dynamic[0] if self.dynamic else "", list(self.subs),
+                                         self.brace))
+        self.text.clear()
+        self.dynamic.clear()
+        self.subs.clear()
+        self.started = self.brace = False
+
+    def step(self, char: str, index: int) -> int:
+        """Read what starts at ``index`` (``char``); return the index after it."""
+        script, length = self.script, self.length
+        if char in " \t":
+            self.finish()
+            return index + 1
+        if char == "\\":
+            if script.startswith("\\\n", index):
+                return index + 2
+            self.text.append(script[index + 1:index + 2])
+            self.started = True
+            return index + 2
+        if char == "#" and not self.started:
+            end = script.find("\n", index)
+            return length if end < 0 else end
+        if char == "'":
+            end = script.find("'", index + 1)
+            end = length if end < 0 else end
+            self.text.append(script[index + 1:end])
+            self.started = True
+            return end + 1
+        if char == '"':
+            self.started = True
+            return self.double_quoted(index + 1)
+        if char == "$":
+            self.started = True
+            return self.dollar(index)
+        if char == "`":
+            self.started = True
+            return self.backquoted(index)
+        if char in "<>" and index + 1 < length and script[index + 1] == "(":  # process substitution
+            end = _balanced(script, index + 2, "(", ")")
+            self.subs.append(script[index + 2:end - 1])
+            self.dynamic.append(char + "(...)")
+            self.text.append(script[index:end])
+            self.started = True
+            return end
+        operator = next((op for op in _OPERATORS if script.startswith(op, index)), None) \
+            if char in _OPERATOR_START else None
+        if operator is None:
+            self.text.append(char)
+            self.started = True
+            self.brace = self.brace or char == "{"
+            return index + 1
+        return self.operator(operator, index)
+
+    def double_quoted(self, index: int) -> int:
+        """Read the inside of "..." from ``index``; return the index after the closing quote."""
+        script, length = self.script, self.length
+        while index < length and script[index] != '"':
+            if script[index] == "\\" and index + 1 < length:
+                self.text.append(script[index + 1] if script[index + 1] in '$`"\\\n' else script[index:index + 2])
+                index += 2
+            elif script[index] == "$":
+                index = self.dollar(index)
+            elif script[index] == "`":
+                index = self.backquoted(index)
+            else:
+                self.text.append(script[index])
+                index += 1
+        return index + 1
+
+    def backquoted(self, at: int) -> int:
+        """Read a `...` command substitution starting at ``at``; return the index after it."""
+        end = self.script.find("`", at + 1)
+        end = self.length if end < 0 else end
+        self.subs.append(self.script[at + 1:end])
+        self.dynamic.append("`...`")
+        self.text.append(self.script[at:end + 1])
+        return end + 1
+
+    def dollar(self, at: int) -> int:
         """Read an expansion starting at ``$``; return the index after it."""
+        script, length = self.script, self.length
         nxt = script[at + 1] if at + 1 < length else ""
         if script.startswith("$((", at):
             end = _balanced(script, at + 3, "(", ")")
             end = _balanced(script, end, "(", ")") if end < length and script[end - 1] == ")" else end
-            dynamic.append("$((...))")
-            text.append(script[at:end])
+            self.dynamic.append("$((...))")
+            self.text.append(script[at:end])
             return end
         if nxt == "(":
             end = _balanced(script, at + 2, "(", ")")
-            subs.append(script[at + 2:end - 1])
-            dynamic.append("$(...)")
-            text.append(script[at:end])
+            self.subs.append(script[at + 2:end - 1])
+            self.dynamic.append("$(...)")
+            self.text.append(script[at:end])
             return end
         if nxt == "{":
             end = _balanced(script, at + 2, "{", "}")
             inner = script[at + 2:end - 1]
-            dynamic.append("${!...} (indirection)" if inner.startswith("!") else "${...}")
+            self.dynamic.append("${!...} (indirection)" if inner.startswith("!") else "${...}")
             if "$(" in inner or "`" in inner:
-                subs.append(inner)
-            text.append(script[at:end])
+                self.subs.append(inner)
+            self.text.append(script[at:end])
             return end
         if nxt == "'":  # bash's $'...': escapes such as \x72 decode at run time
             end = at + 2
             while end < length and script[end] != "'":
                 end += 2 if script[end] == "\\" else 1
-            dynamic.append("$'...'")
-            text.append(script[at:end + 1])
+            self.dynamic.append("$'...'")
+            self.text.append(script[at:end + 1])
             return end + 1
         match = _PARAMETER_RE.match(script, at)
         if match:
-            dynamic.append(match.group(0))
-            text.append(match.group(0))
+            self.dynamic.append(match.group(0))
+            self.text.append(match.group(0))
             return at + len(match.group(0))
-        text.append("$")
+        self.text.append("$")
         return at + 1
 
-    while index < length:
-        char = script[index]
-        if char in " \t":
-            finish()
-            index += 1
-            continue
-        if char == "\\":
-            if script.startswith("\\\n", index):
-                index += 2
-                continue
-            text.append(script[index + 1:index + 2])
-            started = True
-            index += 2
-            continue
-        if char == "#" and not started:
-            end = script.find("\n", index)
-            index = length if end < 0 else end
-            continue
-        if char == "'":
-            end = script.find("'", index + 1)
-            end = length if end < 0 else end
-            text.append(script[index + 1:end])
-            started = True
-            index = end + 1
-            continue
-        if char == '"':
-            started = True
-            index += 1
-            while index < length and script[index] != '"':
-                if script[index] == "\\" and index + 1 < length:
-                    text.append(script[index + 1] if script[index + 1] in '$`"\\\n' else script[index:index + 2])
-                    index += 2
-                elif script[index] == "$":
-                    index = dollar(index)
-                elif script[index] == "`":
-                    end = script.find("`", index + 1)
-                    end = length if end < 0 else end
-                    subs.append(script[index + 1:end])
-                    dynamic.append("`...`")
-                    text.append(script[index:end + 1])
-                    index = end + 1
-                else:
-                    text.append(script[index])
-                    index += 1
-            index += 1
-            continue
-        if char == "$":
-            started = True
-            index = dollar(index)
-            continue
-        if char == "`":
-            end = script.find("`", index + 1)
-            end = length if end < 0 else end
-            subs.append(script[index + 1:end])
-            dynamic.append("`...`")
-            text.append(script[index:end + 1])
-            started = True
-            index = end + 1
-            continue
-        if char in "<>" and index + 1 < length and script[index + 1] == "(":  # process substitution
-            end = _balanced(script, index + 2, "(", ")")
-            subs.append(script[index + 2:end - 1])
-            dynamic.append(char + "(...)")
-            text.append(script[index:end])
-            started = True
-            index = end
-            continue
-        operator = next((op for op in _OPERATORS if script.startswith(op, index)), None) \
-            if char in _OPERATOR_START else None
-        if operator is None:
-            text.append(char)
-            started = True
-            brace = brace or char == "{"
-            index += 1
-            continue
-        if operator in _REDIRECTIONS and started and not dynamic and "".join(text).isdigit():
-            text.clear()  # an io number (2>), part of the redirection
-            started = False
-        finish()
-        tokens.append(operator)
+    def operator(self, operator: str, index: int) -> int:
+        """An operator at ``index``: it ends the word (an io number before a redirection is part of it);
+        a here-document's delimiter is read after ``<<``, and the bodies are skipped after the newline."""
+        if operator in _REDIRECTIONS and self.started and not self.dynamic and "".join(self.text).isdigit():
+            self.text.clear()  # an io number (2>), part of the redirection
+            self.started = False
+        self.finish()
+        self.tokens.append(operator)
         index += len(operator)
         if operator in ("<<", "<<-"):
-            match = re.match(r"[ \t]*(['\"]?)([^\s;&|<>()'\"]+)\1", script[index:])
+            match = re.match(r"[ \t]*(['\"]?)([^\s;&|<>()'\"]+)\1", self.script[index:])
             if match:
-                heredocs.append((match.group(2), operator == "<<-"))
-                tokens.append(ShellWord(match.group(2)))
+                self.heredocs.append((match.group(2), operator == "<<-"))
+                self.tokens.append(ShellWord(match.group(2)))
                 index += len(match.group(0))
-        if operator == "\n" and heredocs:
-            for delimiter, strip_tabs in heredocs:
-                while index < length:
-                    end = script.find("\n", index)
-                    line = script[index:length if end < 0 else end]
-                    index = length if end < 0 else end + 1
-                    if (line.lstrip("\t") if strip_tabs else line) == delimiter:
-                        break
-            heredocs.clear()
-    finish()
-    return tokens
+        if operator == "\n" and self.heredocs:
+            index = self.skip_heredoc_bodies(index)
+        return index
+
+    def skip_heredoc_bodies(self, index: int) -> int:
+        script, length = self.script, self.length
+        for delimiter, strip_tabs in self.heredocs:
+            while index < length:
+                end = script.find("\n", index)
+                line = script[index:length if end < 0 else end]
+                index = length if end < 0 else end + 1
+                if (line.lstrip("\t") if strip_tabs else line) == delimiter:
+                    break
+        self.heredocs.clear()
+        return index
+
+
+def shell_tokens(script: str) -> list[ShellWord | str]:
+    """POSIX shell words and operators (operators as plain strings). Lenient: an unterminated quote takes the
+    rest of the script, as far as judging it goes. Here-document bodies are skipped (they are data; what reads
+    them is judged by its redirection)."""
+    return ShellLexer(script).run()
 
 
 @dataclasses.dataclass
