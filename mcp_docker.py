@@ -3895,9 +3895,15 @@ def _judge_target(word: ShellWord, context: _Context, what: str) -> bool:
     return False
 
 
+# A part's answer when the command is not of its kind (the next part looks); None is "of its kind, and fine".
+NOT_MINE: Any = object()
+
+
 def _judge_simple_command(argv: list[Any], depth: int, context: _Context | None = None,
                           command: SimpleCommand | None = None) -> str | None:
-    """Why this one command is a known-destructive shape (a str), None, or Indeterminate."""
+    """Why this one command is a known-destructive shape (a str), None, or Indeterminate: the words as the
+    shell will run them (substitutions judged, braces expanded, wrappers such as env or xargs taken off),
+    then each kind of command judged by its own part, in order, until one says it is of its kind."""
     context = context or _Context()
     words = [w if isinstance(w, ShellWord) else ShellWord(str(w)) for w in argv]
     for word in words:
@@ -3926,6 +3932,17 @@ def _judge_simple_command(argv: list[Any], depth: int, context: _Context | None 
     _note_written_files(head, args, context)
     stdin_script = (command is not None and command.piped_in) or any(
         op in ("<<", "<<-", "<<<") or (op == "<" and w.dynamic) for op, w in redirections)
+    for part in (_judge_builtin, _judge_shell_call, _judge_interpreter_call, _judge_program_text,
+                 _judge_deletion, _judge_disk_and_system):
+        verdict = part(head, args, texts, context, depth, stdin_script, from_stdin)
+        if verdict is not NOT_MINE:
+            return verdict
+    return None
+
+
+def _judge_builtin(head: str, args: list[ShellWord], texts: list[str], context: _Context, depth: int,
+                   stdin_script: bool, from_stdin: bool) -> Any:
+    """eval, trap, alias, function, source and the directory builtins."""
     if head in ("eval", "trap"):
         literal = args if head == "eval" else args[:1]
         if any(w.dynamic for w in literal):
@@ -3944,6 +3961,12 @@ def _judge_simple_command(argv: list[Any], depth: int, context: _Context | None 
     if head == "popd":
         context.cwd, context.cwd_why = "?", "popd"
         return None
+    return NOT_MINE
+
+
+def _judge_shell_call(head: str, args: list[ShellWord], texts: list[str], context: _Context, depth: int,
+                      stdin_script: bool, from_stdin: bool) -> Any:
+    """A shell (or su/runuser) with a script: -c, an operand, or stdin."""
     if head in _SHELLS or head in ("su", "runuser"):
         for index, arg in enumerate(texts):
             if (re.fullmatch(r"-[a-zA-Z]*c[a-zA-Z]*", arg) or arg == "--command") and index + 1 < len(args):
@@ -3962,6 +3985,12 @@ def _judge_simple_command(argv: list[Any], depth: int, context: _Context | None 
             if (not operands or "-s" in texts) and stdin_script:
                 raise Indeterminate(f"{head} reads its script from a pipe or a here-document")
         return None
+    return NOT_MINE
+
+
+def _judge_interpreter_call(head: str, args: list[ShellWord], texts: list[str], context: _Context, depth: int,
+                            stdin_script: bool, from_stdin: bool) -> Any:
+    """python, perl, ruby, node, php, lua with inline code, a program file or stdin."""
     interpreter = re.sub(r"[0-9.]+$", "", head) if re.match(r"(python|pypy|perl|ruby|node|php|lua)[0-9.]*$", head) \
         else head
     if interpreter in ("python", "pypy"):
@@ -3991,6 +4020,12 @@ def _judge_simple_command(argv: list[Any], depth: int, context: _Context | None 
         if operands and operands[0].dynamic:
             raise Indeterminate(f"{head} runs a program from {operands[0].dynamic}")
         return None
+    return NOT_MINE
+
+
+def _judge_program_text(head: str, args: list[ShellWord], texts: list[str], context: _Context, depth: int,
+                        stdin_script: bool, from_stdin: bool) -> Any:
+    """Options that run commands (_COMMAND_OPTIONS, vi), sed programs that execute, awk programs."""
     if head in _COMMAND_OPTIONS or head.startswith("vi"):
         reason = _judge_command_options(head, args, depth)
         if reason:
@@ -4006,8 +4041,13 @@ def _judge_simple_command(argv: list[Any], depth: int, context: _Context | None 
         if program is not None and (program.dynamic or _AWK_EXEC_RE.search(program.text)):
             raise Indeterminate(f"an {head} program runs commands (system, pipes), which the screen cannot follow")
         return None
+    return NOT_MINE
+
+
+def _judge_deletion(head: str, args: list[ShellWord], texts: list[str], context: _Context, depth: int,
+                    stdin_script: bool, from_stdin: bool) -> Any:
+    """rm, find -delete/-exec, and what reads its targets from stdin."""
     flags, operand_words = _flags_words(args)
-    operands = [w.text for w in operand_words]
     deleting = head in ("rm", "shred", "wipe", "unlink", "rmdir") or \
         (head in ("chmod", "chown", "chgrp") and {"R", "--recursive"} & flags) or head == "mv"
     if from_stdin and deleting and (head != "rm" or {"r", "R", "--recursive"} & flags):
@@ -4037,6 +4077,14 @@ def _judge_simple_command(argv: list[Any], depth: int, context: _Context | None 
         if deletes and any(_judge_target(p, context, "find -delete") for p in (paths or [ShellWord(".")])):
             return "find ... -delete over the root or a top-level directory"
         return None
+    return NOT_MINE
+
+
+def _judge_disk_and_system(head: str, args: list[ShellWord], texts: list[str], context: _Context, depth: int,
+                           stdin_script: bool, from_stdin: bool) -> Any:
+    """Disks (mkfs, partitioning, dd, tee, shred), recursive chmod/chown of the root, mv of it, shutdown, kill -1."""
+    flags, operand_words = _flags_words(args)
+    operands = [w.text for w in operand_words]
     if head.startswith("mkfs") or head in _DISK_TOOLS:
         return f"{head} formats or wipes a disk"
     if head in _PARTITION_TOOLS and not {"l", "--list", "s", "--print"} & flags and operands:
@@ -4063,6 +4111,8 @@ def _judge_simple_command(argv: list[Any], depth: int, context: _Context | None 
     if head == "killall5" or (head in ("kill", "pkill") and any(a == "-1" for a in texts[1:])):
         return "kill -1 signals every process"
     return None
+
+
 
 
 def _judge_command_options(head: str, args: list[ShellWord], depth: int) -> str | None:
