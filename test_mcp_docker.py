@@ -216,11 +216,19 @@ def cleanup_test_objects() -> None:
 
 def cleanup_engine(api: Any) -> None:
     label_filter = {"label": [TEST_LABEL]}
-    for c in api.containers(all=True):
-        if any(n.lstrip("/").startswith(PREFIX) for n in c.get("Names") or []) or \
-                (c.get("Labels") or {}).get("io.mcp-docker.test") == PREFIX:
-            with contextlib.suppress(Exception):
-                api.remove_container(c["Id"], force=True, v=True)
+    pending = [c["Id"] for c in api.containers(all=True)
+               if any(n.lstrip("/").startswith(PREFIX) for n in c.get("Names") or []) or
+               (c.get("Labels") or {}).get("io.mcp-docker.test") == PREFIX]
+    for _ in range(3):  # Podman keeps a container whose namespaces another one borrows until that one is gone
+        failed = []
+        for container_id in pending:
+            try:
+                api.remove_container(container_id, force=True, v=True)
+            except Exception:
+                failed.append(container_id)
+        if not failed:
+            break
+        pending = failed
     for n in api.networks():
         if n["Name"].startswith(PREFIX):
             with contextlib.suppress(Exception):
