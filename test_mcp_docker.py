@@ -4710,27 +4710,44 @@ def test_probing_engines_reports_a_slow_one_without_waiting_for_it():
     assert rows[0]["transport"] == "unix" and "nonexistent" not in json.dumps(rows)
 
 
-class SocketProxy:
-    """A unix-socket proxy to the real engine that can be started late, to simulate an engine coming back."""
+class SocketListener:
+    """A listening socket served by a thread per connection; a subclass says what ``_serve`` does with one."""
 
-    def __init__(self, path: str, target: str = "/var/run/docker.sock"):
-        self.path, self.target = path, target
-        self.server: socket.socket | None = None
-        self.open: list[socket.socket] = []
+    server: socket.socket | None = None
 
-    def start(self) -> None:
-        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.server.bind(self.path)
-        self.server.listen(16)
+    def listen_on(self, server: socket.socket, backlog: int = 16) -> None:
+        server.listen(backlog)
+        self.server = server
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
+        assert self.server is not None
         while True:
             try:
                 conn, _ = self.server.accept()
             except OSError:
                 return
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+
+def unix_socket_at(path: str) -> socket.socket:
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    return server
+
+
+class SocketProxy(SocketListener):
+    """A unix-socket proxy to the real engine that can be started late, to simulate an engine coming back."""
+
+    def __init__(self, path: str, target: str = "/var/run/docker.sock"):
+        self.path, self.target = path, target
+        self.open: list[socket.socket] = []
+
+    def start(self) -> None:
+        self.listen_on(unix_socket_at(self.path))
 
     def _wrap(self, conn: socket.socket) -> socket.socket:
         return conn  # the TLS proxy shakes hands here
@@ -5062,9 +5079,9 @@ class TLSEngineProxy(SocketProxy):
         self.context.load_cert_chain(certs / "server-cert.pem", certs / "server-key.pem")
         self.context.load_verify_locations(certs / "ca.pem")
         self.context.verify_mode = ssl.CERT_REQUIRED
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
+        server = socket.create_server(("127.0.0.1", 0))
+        self.port = server.getsockname()[1]
+        self.listen_on(server)
 
     def _wrap(self, conn: socket.socket) -> socket.socket:
         return self.context.wrap_socket(conn, server_side=True)
@@ -10659,25 +10676,14 @@ def test_a_lookup_the_prefetch_did_not_make_fails_the_call_instead_of_answering_
                               {"gone": None}.__getitem__)
 
 
-class FakeEngineSocket:
+class FakeEngineSocket(SocketListener):
     """A unix socket that answers HTTP/1.1 like the engine, scripted per request: ``answer`` (keep the
     connection), ``close_idle`` (answer, then drop the kept-alive connection, as the engine does to idle
     ones) or ``die_answering`` (half an answer, then close)."""
 
     def __init__(self, path: str, script: list[str]):
         self.path, self.script, self.requests = path, list(script), []
-        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.server.bind(path)
-        self.server.listen(4)
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+        self.listen_on(unix_socket_at(path), backlog=4)
 
     def _serve(self, conn: socket.socket) -> None:
         with conn:
@@ -10741,11 +10747,9 @@ class TcpEngineProxy(SocketProxy):
     worker threads (ThreadedRequests), not on its event loop."""
 
     def start(self) -> None:
-        self.server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.server.bind(("127.0.0.1", 0))
-        self.server.listen(16)
-        self.port = self.server.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
+        server = socket.create_server(("127.0.0.1", 0))
+        self.port = server.getsockname()[1]
+        self.listen_on(server)
 
 
 class TestSwarmToolsOnTheLoopAndThroughThreads:
