@@ -3371,7 +3371,7 @@ def build_allowed():
 def test_builds_fetch_nothing_from_the_hosts_loopback(build_harness, probe):
     import docker
 
-    api = docker.APIClient(base_url=ENGINE_URL)
+    api = engine_client()
     base = f"{PREFIX}-onbuild:1"
     # A base image whose ONBUILD trigger fetches from the host: the engine would run it inside our build.
     _, error = build_on_engine(api, f"FROM {TEST_IMAGE}\nONBUILD ADD {probe.url('onbuild')} /o\n", base)
@@ -3426,7 +3426,7 @@ def test_builds_fetch_nothing_from_the_hosts_loopback(build_harness, probe):
 def test_hidden_froms_do_not_escape_the_image_policy(build_harness):
     import docker
 
-    api = docker.APIClient(base_url=ENGINE_URL)
+    api = engine_client()
     tag = f"{PREFIX}-hidden:1"
     hidden = [
         f"FROM {TEST_IMAGE}\n# a comment ending in a backslash \\\nFROM busybox:latest\n",
@@ -3451,9 +3451,7 @@ def test_hidden_froms_do_not_escape_the_image_policy(build_harness):
 @pytest.mark.engine
 @pytest.mark.adversarial
 def test_build_steps_are_bounded(build_harness, build_allowed):
-    import docker
-
-    api = docker.APIClient(base_url=ENGINE_URL)
+    api = engine_client()
     harness = build_allowed if "podman" in ENGINE_URL else build_harness
     tag = f"{PREFIX}-bounded:1"
     bomb = (f"FROM {TEST_IMAGE}\nRUN n=0; for i in $(seq 1 120); do (sleep 20 &) 2>/dev/null && n=$((n+1)); done; "
@@ -3470,7 +3468,7 @@ def test_build_steps_are_bounded(build_harness, build_allowed):
 def test_a_failed_build_says_why_and_a_rebuild_is_the_same_image(build_allowed):
     import docker
 
-    api = docker.APIClient(base_url=ENGINE_URL)
+    api = engine_client()
     tag = f"{PREFIX}-rebuild:1"
     failed = build_allowed.error("docker_build_image", {"tag": tag, "dockerfile": f"FROM {TEST_IMAGE}\nRUN echo "
                                                         "why-it-failed-is-here; exit 3\n"}, "invalid_argument")
@@ -3495,9 +3493,7 @@ def test_a_failed_build_says_why_and_a_rebuild_is_the_same_image(build_allowed):
 @pytest.mark.engine
 @pytest.mark.adversarial
 def test_image_names_the_server_did_not_create_are_not_repointed(full):
-    import docker
-
-    api = docker.APIClient(base_url=ENGINE_URL)
+    api = engine_client()
     operator = f"{PREFIX}-operator"
     _, error = build_on_engine(api, f"FROM {TEST_IMAGE}\nENV OPERATOR=1\n", f"{operator}:1")
     assert error is None
@@ -3560,11 +3556,10 @@ def test_the_parser_sees_every_from_the_engine_builds_from():
     comments and blank lines, CR, form feeds, ARG substitution, stage names) built on the real engine:
     every FROM the engine used is one the parser found. No pulls: only local images and scratch."""
     require_engine()
-    import docker
     from hypothesis import HealthCheck, example, given, settings
     from hypothesis import strategies as st
 
-    api = docker.APIClient(base_url=ENGINE_URL)
+    api = engine_client()
     marks = marker_images(api)
     ids = {mark: api.inspect_image(mark)["Id"].split(":")[-1][:12] for mark in marks}
     tag = f"{PREFIX}-prop:1"
@@ -3606,9 +3601,8 @@ def test_the_parser_sees_every_from_the_engine_builds_from():
 @pytest.mark.adversarial
 def test_the_dockerfile_judged_is_the_dockerfile_built(tmp_path):
     require_engine()
-    import docker
 
-    api = docker.APIClient(base_url=ENGINE_URL)
+    api = engine_client()
     context = tmp_path / "ctx"
     context.mkdir()
     outside = tmp_path / "outside-secret"
@@ -3642,7 +3636,6 @@ def test_build_progress_counts_the_steps_as_written(build_allowed):
     async def record(progress: float, total: float | None, message: str | None) -> None:
         updates.append((progress, total, message))
 
-    import docker
 
     tag = f"{PREFIX}-steps:1"
     dockerfile = f"FROM {TEST_IMAGE}\nENV A=1\nRUN true\n"  # three steps; the server adds one LABEL per label
@@ -3651,7 +3644,7 @@ def test_build_progress_counts_the_steps_as_written(build_allowed):
         progress_callback=record))
     assert not result.is_error, result.content[0].text
     assert updates and updates[-1] == (3.0, 3.0, "step 3 of 3") and all(u[1] == 3.0 for u in updates), updates
-    remove_images(docker.APIClient(base_url=ENGINE_URL), tag)
+    remove_images(engine_client(), tag)
 
 
 # -- networks that must not re-route the host ---------------------------------------------------
@@ -3705,7 +3698,7 @@ def host_route_table() -> str:
 def test_networks_cannot_reroute_the_host(full):
     import docker
 
-    api = docker.APIClient(base_url=ENGINE_URL)
+    api = engine_client()
     before = host_route_table()
     import ipaddress
 
@@ -5504,11 +5497,10 @@ def test_image_tools(full):
 
 
 def test_prune_images_with_label(full):
-    import docker
 
     # A rebuild of the tag removes our old image (see the build tests at the end), so the dangling one that
     # prune must find is made on the engine directly: built, tagged, then its name moved away.
-    api = docker.APIClient(base_url=ENGINE_URL)
+    api = engine_client()
     built = full.ok("docker_build_image", {"tag": f"{PREFIX}-dangling:1", "network": "none",
                                            "dockerfile": f"FROM {TEST_IMAGE}\nENV ONE=1\n",
                                            "labels": {"io.mcp-docker.test": PREFIX}})
@@ -6524,7 +6516,6 @@ def test_stream_progress_counts_steps_layers_and_bytes():
 
 
 def test_build_reports_progress_and_cancellation_stops_it(full):
-    import docker
 
     updates: list[tuple[float, float | None, str | None]] = []
 
@@ -6564,7 +6555,7 @@ def test_build_reports_progress_and_cancellation_stops_it(full):
             await task
 
     full.submit(cancel_midway(), timeout=60)
-    api = docker.APIClient(base_url=ENGINE_URL)
+    api = engine_client()
     try:
         def sleeping() -> list[Any]:
             return [c for c in api.containers() if marker in (c.get("Command") or "")]
@@ -6744,12 +6735,11 @@ def test_pull_and_push_report_progress_through_a_local_registry(full):
     import io
     import tarfile
 
-    import docker
 
     if engine_kind_under_test() == "podman":
         pytest.skip("Podman refuses a plain-HTTP registry unless registries.conf lists it as insecure")
     registry = LocalRegistry()
-    api = docker.APIClient(base_url=ENGINE_URL)
+    api = engine_client()
     reference = f"{registry.address}/{PREFIX}-img:1"
     try:
         # An image of its own (random, so incompressible, and absent from the engine once removed): the
