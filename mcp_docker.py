@@ -11160,6 +11160,16 @@ def audit_error_reason(exc: OSError) -> str:
     return AUDIT_ERROR_REASONS.get(exc.errno or 0) or sanitize_engine_text(exc.strerror or str(exc), 80)
 
 
+def audit_chain_position(line: bytes) -> tuple[str, int] | None:
+    """(hash, seq) of one audit line, the point the next line chains to; None when it is no readable
+    record (an edited line)."""
+    try:
+        record = json.loads(line)
+        return str(record["hash"]), int(record["seq"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def audit_line(record: Mapping[str, Any], seq: int, previous_hash: str) -> tuple[bytes, str]:
     """One audit line: the record, its sequence number, the previous line's hash and its own."""
     body = {"seq": seq, "timestamp": _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds"),
@@ -11315,19 +11325,13 @@ class AuditLog:
             log.warning("audit log: cutting off a torn last line (%d bytes) left by an interrupted writer", len(torn))
             events.append({"event_type": "audit_tail_repaired", "cut_bytes": len(torn),
                            "cut_sha256": hashlib.sha256(torn).hexdigest()})
-        if last:
-            try:
-                record = json.loads(last)
-                return str(record["hash"]), int(record["seq"]), events, end, torn
-            except (ValueError, KeyError, TypeError):
-                pass  # an edited last line: start a new chain, which `audit verify` shows
-            return AUDIT_GENESIS, 0, events, end, torn
+        if last:  # an edited last line (no position) starts a new chain, which `audit verify` shows
+            return *(audit_chain_position(last) or (AUDIT_GENESIS, 0)), events, end, torn
         rotated_end = self._previous_file_end()
         if rotated_end is not None and (self.last_written is None or rotated_end[1] >= self.last_written[1]):
             # A writer was killed in the middle of a rotation (after the rename, before or inside the new
             # file's first line): the chain goes on from the file it renamed, and this line says so.
-            events.insert(0, {"event_type": "audit_rotated", "previous_file": os.path.basename(self.path) + ".1",
-                              "finished_by_next_writer": True})
+            events.insert(0, self._rotated_event(finished_by_next_writer=True))
             return *rotated_end, events, end, torn
         if self.last_written is not None:
             previous_hash, seq = self.last_written
@@ -11344,12 +11348,15 @@ class AuditLog:
             return None
         try:
             _, last = self._last_complete_line(fd, os.fstat(fd).st_size)
-            record = json.loads(last) if last else None
-            return (str(record["hash"]), int(record["seq"])) if isinstance(record, dict) else None
-        except (OSError, ValueError, KeyError, TypeError):
+        except OSError:
             return None
         finally:
             os.close(fd)
+        return audit_chain_position(last) if last else None
+
+    def _rotated_event(self, **extra: Any) -> dict[str, Any]:
+        """A new file's first line: the chain goes on from ``path.1``."""
+        return {"event_type": "audit_rotated", "previous_file": os.path.basename(self.path) + ".1", **extra}
 
     def _put(self, fd: int, data: bytes, at: int | None) -> int:
         """Append ``data``, or write it over a torn tail starting at ``at`` (so that a writer killed here
@@ -11446,7 +11453,7 @@ class AuditLog:
                     os.replace(f"{self.path}.{index}", f"{self.path}.{index + 1}")
         if self.syncer is not None:
             os.fsync(fd)  # the background syncer only knows the current file
-        rotated = [{"event_type": "audit_rotated", "previous_file": os.path.basename(first_backup)}]
+        rotated = [self._rotated_event()]
         side_name = f"{self.path}.rotating"  # only the holder of the current file's lock rotates: one name is enough
         new = os.open(side_name, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
