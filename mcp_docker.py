@@ -3525,7 +3525,7 @@ class ShellLexer:
     here-documents whose bodies follow the next newline."""
 
     def __init__(self, script: str):
-        self.script, self.length, self.index = script, len(script), 0
+        self.script, self.length = script, len(script)
         self.tokens: list[ShellWord | str] = []
         self.text: list[str] = []
         self.dynamic: list[str] = []
@@ -3534,8 +3534,9 @@ class ShellLexer:
         self.heredocs: list[tuple[str, bool]] = []
 
     def run(self) -> list[ShellWord | str]:
-        while self.index < self.length:
-            self.index = self.step(self.script[self.index], self.index)
+        index = 0
+        while index < self.length:
+            index = self.step(self.script[index], index)
         self.finish()
         return self.tokens
 
@@ -5080,6 +5081,14 @@ INJECTION_NEEDLES: dict[str, tuple[str, ...]] = dict(zip((reason for reason, _ i
     ("<", "inst]", "system", "assistant", "human"),
     ("tool", "function", "arguments", "<", "docker_"),
 ), strict=True))
+
+
+def needles_allow(lowered: str | None, needles: tuple[str, ...]) -> bool:
+    """Whether a pattern with these needles can match a text: ``lowered`` is the text lower-cased when it is
+    ASCII, None for other text (every pattern may match it)."""
+    return lowered is None or any(needle in lowered for needle in needles)
+
+
 # The same heuristics over many lines joined at once: ``^`` then matches at every line's start.
 INJECTION_PATTERNS_MULTILINE = tuple(re.compile(pattern.pattern, pattern.flags | re.M) for _, pattern in INJECTION_PATTERNS)
 
@@ -5129,7 +5138,7 @@ class UntrustedOutput:
     def _redact(self, text: str) -> str:
         lowered = text.lower() if text.isascii() else None  # the needles' view (other text runs every pattern)
         for kind, pattern in SECRET_PATTERNS:
-            if lowered is not None and not any(needle in lowered for needle in SECRET_NEEDLES[kind]):
+            if not needles_allow(lowered, SECRET_NEEDLES[kind]):
                 continue
             def replace(match: re.Match[str], kind: str = kind) -> str:
                 self.redactions += 1
@@ -5163,7 +5172,7 @@ class UntrustedOutput:
             offset += len(line) + 1
         touched: set[int] = set()
         for (reason, _), everywhere in zip(INJECTION_PATTERNS, INJECTION_PATTERNS_MULTILINE, strict=True):
-            if lowered is not None and not any(needle in lowered for needle in INJECTION_NEEDLES[reason]):
+            if not needles_allow(lowered, INJECTION_NEEDLES[reason]):
                 continue
             for match in everywhere.finditer(joined):
                 first = bisect.bisect_right(starts, match.start()) - 1
