@@ -5198,7 +5198,7 @@ class UntrustedOutput:
         return text if len(text) <= self.max_chars else text[: self.max_chars] + "...[cut]"
 
     def text(self, where: str, text: str) -> str:
-        self._mark(where)
+        self.mark(where)
         cleaned = self.clean(text)
         self._scan(where, cleaned)
         return cleaned
@@ -5206,7 +5206,7 @@ class UntrustedOutput:
     def lines(self, where: str, lines: list[str]) -> list[str]:
         """Clean lines together, so a secret spanning lines (a PEM key) is still found; each line is capped on
         its own (how many lines fit is the answer's bound to decide, and it keeps the newest)."""
-        self._mark(where)
+        self.mark(where)
         cleaned = self.clean("\n".join(lines), cut=False) if lines else ""
         out = [self._cut(line) for line in cleaned.split("\n")] if lines else []
         self._scan_lines([f"{where}[{number}]" for number in range(len(out))], out)
@@ -5214,7 +5214,7 @@ class UntrustedOutput:
 
     def value(self, where: str, value: Any) -> Any:
         """Clean every string in a JSON-like value (keys included)."""
-        self._mark(where)
+        self.mark(where)
         if isinstance(value, str):
             cleaned = self.clean(value)
             self._scan(where, cleaned)
@@ -5225,7 +5225,9 @@ class UntrustedOutput:
             return {self.value(where, str(k)): self.value(f"{where}.{k}", v) for k, v in value.items()}
         return value
 
-    def _mark(self, where: str) -> None:
+    def mark(self, where: str) -> None:
+        """List ``where``'s field as container-written, as text(), lines() and value() do; alone, for what is
+        passed on exact and so not cleaned (a binary file as base64)."""
         field = re.split(r"[.\[]", where, maxsplit=1)[0]
         if field not in self.fields:
             self.fields.append(field)
@@ -8828,7 +8830,7 @@ def copy_from_container(call: Call) -> dict[str, Any]:
                         result.update(encoding="text", content_block=1,
                                       content=ContentBlock(untrusted.text("content", text)))
                     else:  # binary, or text with control characters: exact, as base64 (untrusted all the same)
-                        untrusted._mark("content")  # listed as untrusted: base64 is not cleaned, only marked
+                        untrusted.mark("content")  # listed as untrusted: base64 is not cleaned, only marked
                         result.update(encoding="base64", content_block=1,
                                       content=ContentBlock(base64.b64encode(data).decode("ascii")))
                     break
