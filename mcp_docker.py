@@ -5822,6 +5822,11 @@ def guard_managed(call: Call, kind: str, name: str) -> None:
         raise denial_error([denial])
 
 
+def volume_row(volume: Mapping[str, Any]) -> dict[str, Any]:
+    """What the policy needs to know about a volume, from the engine's inspect answer."""
+    return {"driver": volume.get("Driver"), "options": volume.get("Options") or {}, "labels": volume.get("Labels") or {}}
+
+
 def volume_facts(api: Any, name: str) -> dict[str, Any] | None:
     """What the policy needs to know about an existing volume, or None when there is none yet."""
     try:
@@ -5830,7 +5835,7 @@ def volume_facts(api: Any, name: str) -> dict[str, Any] | None:
         if translate_engine_error(exc).category == "not_found":
             return None
         raise
-    return {"driver": volume.get("Driver"), "options": volume.get("Options") or {}, "labels": volume.get("Labels") or {}}
+    return volume_row(volume)
 
 
 def ownership_labels(call: Call, labels: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -9088,29 +9093,20 @@ async def judged_service_spec_on_loop(call: Call, tool: str, spec: Mapping[str, 
     answers; a lookup of anything not fetched is an error, never a silent "there is none"."""
     import anyio
 
+    async def inspected(lookup: Awaitable[Any], row: Callable[[Any], dict[str, Any]]) -> dict[str, Any] | None:
+        try:
+            return row(await lookup)
+        except Exception as exc:
+            if translate_engine_error(exc).category != "not_found":
+                raise
+            return None  # there is none (yet)
+
     api = call.api
     binds, targets, names = spec_lookups(spec)
-    found_networks: dict[str, Any] = {}
-    for target in dict.fromkeys(targets):
-        try:
-            found_networks[target] = network_row(await api.inspect_network(target))
-        except Exception as exc:
-            if translate_engine_error(exc).category != "not_found":
-                raise
-            found_networks[target] = None
-    found_volumes: dict[str, Any] = {}
-    for name in dict.fromkeys(names):
-        if not re.fullmatch(NAME_TEXT, name) or len(name) > 255:
-            continue  # the judge refuses it without asking
-        try:
-            volume = await api.inspect_volume(name)
-        except Exception as exc:
-            if translate_engine_error(exc).category != "not_found":
-                raise
-            found_volumes[name] = None
-        else:
-            found_volumes[name] = {"driver": volume.get("Driver"), "options": volume.get("Options") or {},
-                                   "labels": volume.get("Labels") or {}}
+    found_networks = {target: await inspected(api.inspect_network(target), network_row)
+                      for target in dict.fromkeys(targets)}
+    found_volumes = {name: await inspected(api.inspect_volume(name), volume_row) for name in dict.fromkeys(names)
+                     if re.fullmatch(NAME_TEXT, name) and len(name) <= 255}  # the judge refuses others unasked
     facts = await anyio.to_thread.run_sync(service_host_facts, call, True) if binds else service_host_facts(call, False)
     nodes = len(await api.nodes()) if binds else 1
     judge_service_spec(call, tool, spec, facts, nodes, found_volumes.__getitem__, found_networks.__getitem__)
