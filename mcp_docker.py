@@ -661,6 +661,9 @@ SETTING_SPECS: tuple[SettingSpec, ...] = (
     SettingSpec("copy_max_bytes", "MCP_COPY_MAX_BYTES", _parse_size_setting, 16 * 1024**2,
                 "Most bytes docker_copy_to_container writes and docker_copy_from_container returns in one call.",
                 show=_show_size),
+    SettingSpec("copy_host_allowlist", "SAFETY_COPY_HOST_ALLOWLIST", _parse_path_list, (),
+                "Comma list of host directories the copy tools' host_path may read files from and write new files "
+                "under (empty = none: the content travels in the call)."),
     SettingSpec("allow_public_ports", "SAFETY_ALLOW_PUBLIC_PORTS", _parse_bool, False,
                 "Let compose projects publish ports on addresses other than loopback (0.0.0.0 ...); "
                 "when off, ports without an address are published on 127.0.0.1."),
@@ -2003,6 +2006,7 @@ class HostFacts:
 
     volume_roots: tuple[str, ...] = ()   # SAFETY_VOLUME_MOUNT_ALLOWLIST, symlinks resolved
     build_roots: tuple[str, ...] = ()    # SAFETY_BUILD_CONTEXT_ALLOWLIST, symlinks resolved
+    copy_roots: tuple[str, ...] = ()     # SAFETY_COPY_HOST_ALLOWLIST, symlinks resolved
     sensitive: tuple[str, ...] = SENSITIVE_HOST_PATHS
     remote_engine: bool = False
     allowed_sockets: tuple[str, ...] = ()   # SAFETY_ALLOWED_SOCKETS, symlinks resolved
@@ -2043,6 +2047,9 @@ def _is_within(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
+HOST_PATH_RULES = {"bind mount": "bind_mount", "build context": "build_context", "host_path": "copy_host_path"}
+
+
 def host_path_denial(host: HostPath, roots: tuple[str, ...], facts: HostFacts, allow_setting: str,
                      what: str) -> Denial | None:
     """Judge one host path: sockets, sensitive paths and their ancestors, the allowlist, then the sockets a
@@ -2061,7 +2068,7 @@ def host_path_denial(host: HostPath, roots: tuple[str, ...], facts: HostFacts, a
                               f"path or contains one ({shown} overlaps {sensitive})")
     if not any(_is_within(host.real, root) for root in roots):
         where = "is not" if host.real == host.path else f"resolves to {host.real!r}, which is not"
-        return Denial("bind_mount" if what == "bind mount" else "build_context",
+        return Denial(HOST_PATH_RULES.get(what, "build_context"),
                       f"{what} {_short_repr(host.given, 60)} {where} under {allow_setting}",
                       f"add its directory to {allow_setting} (or {ALLOW_PRIVILEGED})")
     for socket in host.sockets:
@@ -4290,6 +4297,16 @@ def command_denial(command: Sequence[str], settings: Settings) -> Denial | None:
                   f"{env_of('allow_destructive_commands')}=true), or give the command as a plain argument list")
 
 
+def host_write_denial(settings: Settings) -> Denial | None:
+    """A copy out to host_path writes a file on this host, which changes state: it needs the moderate tier,
+    server-wide and for this caller (its role, its engine), although reading a file out needs none."""
+    if settings.allow_moderate and TIER_ORDER[CALL_CEILING.get()] >= TIER_ORDER[Tier.MODERATE]:
+        return None
+    return Denial("copy_host_write", "writing to this host's files changes state (the moderate tier), which is off "
+                  "for this call", f"set {env_of('allow_moderate')}=true and use a role and engine that allow "
+                  "moderate operations, or leave out host_path to get the content in the answer")
+
+
 # -- the judge ----------------------------------------------------------------------------------------
 
 
@@ -5792,6 +5809,7 @@ def gather_host_facts(settings: Settings, engine_url: str = "", other_engine_url
                                 *sorted(os.path.realpath(path) for path in sockets))
     return HostFacts(volume_roots=tuple(os.path.realpath(p) for p in settings.volume_mount_allowlist),
                      build_roots=tuple(os.path.realpath(p) for p in settings.build_context_allowlist),
+                     copy_roots=tuple(os.path.realpath(p) for p in settings.copy_host_allowlist),
                      sensitive=sensitive, remote_engine=not engine_is_local(engine_url),
                      allowed_sockets=tuple(os.path.realpath(p) for p in settings.allowed_sockets))
 
@@ -8617,10 +8635,11 @@ class CopyFile:
     only as the archive is built. (Decoding a chunk at a time while the archive streams to the engine was
     measured: on a loaded two-core machine it was slower than one decode and one body, so it is not done.)"""
 
-    __slots__ = ("data", "encoded", "size")
+    __slots__ = ("data", "encoded", "mode", "size")
 
     def __init__(self, data: bytes, encoded: bool):
         self.data, self.encoded = data, encoded  # encoded: checked_base64's answer
+        self.mode: int | None = None  # its own mode (a host file's), else the call's
         self.size = len(data) // 4 * 3 - data[-2:].count(b"=") if encoded else len(data)
 
     def chunks(self) -> Iterator[bytes]:
@@ -8629,8 +8648,9 @@ class CopyFile:
         yield binascii.a2b_base64(self.data) if self.encoded else self.data
 
 
-def copy_archive(files: Mapping[str, CopyFile], mode: int) -> Iterator[bytes]:
-    """A tar of regular files (and the directories above them) under relative, checked names, in pieces:
+def copy_archive(files: Mapping[str, CopyFile], mode: int, directories: Sequence[str] = ()) -> Iterator[bytes]:
+    """A tar of regular files (and the directories above them, and ``directories``, empty ones included)
+    under relative, checked names, in pieces:
     the bytes ``tarfile`` writes for them (PAX headers, 512-byte blocks, end blocks, a whole record),
     without its BytesIO round trip (joined once, each file's bytes are copied once)."""
     import tarfile
@@ -8644,16 +8664,19 @@ def copy_archive(files: Mapping[str, CopyFile], mode: int) -> Iterator[bytes]:
         info.type, info.size, info.mode, info.mtime = kind, size, file_mode, now
         return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
-    for name, item in sorted(files.items()):
+    entries: list[tuple[str, CopyFile | None]] = [*files.items(), *((name, None) for name in directories)]
+    for name, item in sorted(entries, key=lambda entry: entry[0]):
         parts = name.split("/")
-        for depth in range(1, len(parts)):
+        for depth in range(1, len(parts) + (item is None)):
             directory = "/".join(parts[:depth])
             if directory not in made:
                 made.add(directory)
                 block = header(directory, tarfile.DIRTYPE, 0, 0o755)
                 written += len(block)
                 yield block
-        block = header(name, tarfile.REGTYPE, item.size, mode)
+        if item is None:
+            continue
+        block = header(name, tarfile.REGTYPE, item.size, mode if item.mode is None else item.mode)
         written += len(block)
         yield block
         for chunk in item.chunks():
@@ -8694,11 +8717,359 @@ def copy_contents(call: Call) -> dict[str, CopyFile]:
     return files
 
 
+# Host files, for copies with host_path: only under SAFETY_COPY_HOST_ALLOWLIST. The path is judged like a
+# bind source (the allowlist with links resolved, sensitive paths), then walked from its allowed root one
+# component at a time with O_NOFOLLOW, each directory held open for the next step: a link anywhere below
+# the root, there before the call or swapped in during it, makes the copy fail instead of redirecting it.
+# Only regular files and directories are read or made. What a copy out writes is new (O_EXCL: it never
+# replaces or writes through anything), has no set-id bits, and is removed again when the copy fails.
+
+HOST_COPY_SETTING = "SAFETY_COPY_HOST_ALLOWLIST"
+HOST_COPY_MAX_ENTRIES = 10_000  # files and directories one host copy reads or writes
+O_HOST_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+O_HOST_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # a FIFO swapped in cannot block
+O_HOST_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def host_copy_error(error: OSError, given: str, name: str) -> ToolError:
+    """An OSError of the walk, told in the caller's words (host_path and the name below it), never ours."""
+    shown = f"{_short_repr(given, 80)}" + (f" (at {_short_repr(name, 60)})" if name else "")
+    if error.errno == errno.ELOOP:
+        return ToolError("policy_denied", f"[copy_host_path] host_path {shown} goes through a symbolic link; "
+                         "copies follow no links on this host")
+    if error.errno == errno.ENOENT:
+        return ToolError("not_found", f"host_path {shown} does not exist")
+    if error.errno == errno.ENOTDIR:
+        return ToolError("invalid_argument", f"host_path {shown}: a part of it is not a directory")
+    if error.errno == errno.EEXIST:
+        return ToolError("conflict", f"host_path {shown} exists already; a copy out makes a new file or directory "
+                         "(remove it, or choose a new path)")
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return ToolError("permission", f"host_path {shown}: this server may not {'write' if error.errno == errno.EROFS else 'use'} it")
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ToolError("unavailable", f"host_path {shown}: no space left on this host's disk")
+    return ToolError("invalid_argument", f"host_path {shown}: {os.strerror(error.errno or 0).lower()}")
+
+
+class HostCopyPath:
+    """``host_path`` judged, and its directory opened by walking down from its allowed root without
+    following links: ``parent`` (a descriptor the caller closes with ``close``) and ``name``, the last
+    component ('' when host_path is the root itself)."""
+
+    def __init__(self, call: Call, given: str):
+        self.given = given
+        problem = host_path_problem(given)
+        if problem:
+            raise ToolError("invalid_argument", f"host_path: {problem}")
+        roots = call.settings.copy_host_allowlist
+        if not roots:
+            raise denial_error([Denial("copy_host_path", f"copies with host files are off ({HOST_COPY_SETTING} is "
+                                       "empty)", f"set {HOST_COPY_SETTING} to the directories copies may use, or "
+                                       "pass the content in the call")])
+        # The walk starts at the root as configured (its own links are the operator's) and takes the rest
+        # of the path as written: a link below the root is refused before anything else is said about it
+        # (where it points is not told), and the rest is judged like a bind source (sensitive paths).
+        path = lexical_path(given)
+        found = next(((root, form) for root in roots for form in dict.fromkeys((lexical_path(root),
+                                                                                os.path.realpath(root)))
+                      if _is_within(path, form)), None)
+        if found is None:
+            raise denial_error([Denial("copy_host_path", f"host_path {_short_repr(given, 80)} is not under "
+                                       f"{HOST_COPY_SETTING}", "give a path under one of its directories, or "
+                                       "add its directory to it")])
+        self.root = found[1]
+        parts = [part for part in path[len(self.root):].split("/") if part]
+        host = resolve_host_path(given)
+        if host.real != posixpath.join(os.path.realpath(found[0]), *parts):
+            raise ToolError("policy_denied", f"[copy_host_path] host_path {_short_repr(given, 80)} goes through a "
+                            "symbolic link; copies follow no links on this host")
+        facts = gather_host_facts(call.settings, call.engine_url)
+        denial = host_path_denial(host, facts.copy_roots, facts, HOST_COPY_SETTING, "host_path")
+        if denial:
+            raise denial_error([denial])
+        self.name = parts.pop() if parts else ""
+        self.parent = self.open_directory(self.root, parts, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def open_directory(self, root: str, parts: list[str], root_flags: int = O_HOST_DIRECTORY) -> int:
+        try:
+            fd = os.open(root, root_flags)
+        except OSError as error:
+            raise host_copy_error(error, self.given, "") from None
+        done: list[str] = []
+        try:
+            for part in parts:
+                try:
+                    next_fd = os.open(part, O_HOST_DIRECTORY, dir_fd=fd)
+                except OSError as error:
+                    raise host_copy_error(error, self.given, "/".join((*done, part))) from None
+                os.close(fd)
+                fd = next_fd
+                done.append(part)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def close(self) -> None:
+        os.close(self.parent)
+
+
+def read_host_file(fd: int, size: int, given: str, name: str) -> bytes:
+    """All of an open regular file, which must still be ``size`` bytes long (a file that grows or shrinks
+    while it is copied is refused, not copied half-old)."""
+    chunks, left = [], size + 1
+    while left > 0:
+        chunk = os.read(fd, min(left, 1 << 24))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    if len(data) != size:
+        raise ToolError("conflict", f"host_path {_short_repr(given, 80)}: {_short_repr(name or given, 60)} changed "
+                        "while it was being copied; copy it again")
+    return data
+
+
+class HostFilesIn:
+    """The files a copy in reads from host_path: one regular file, or a directory's regular files and
+    directories (a link, device, FIFO or socket anywhere in it refuses the copy), within MCP_COPY_MAX_BYTES
+    and HOST_COPY_MAX_ENTRIES. ``files`` maps relative names to their content, ``directories`` lists the
+    directories (empty ones too); ``is_directory`` says which host_path was."""
+
+    def __init__(self, call: Call, given: str):
+        self.call, self.given = call, given
+        self.files: dict[str, CopyFile] = {}
+        self.directories: list[str] = []
+        self.total = 0
+        place = HostCopyPath(call, given)
+        try:
+            if not place.name:
+                self.is_directory = True
+                self.read_directory(os.dup(place.parent), "")
+                return
+            kind = self.kind_of(place.parent, place.name, place.name)
+            self.is_directory = kind == "directory"
+            if self.is_directory:
+                self.read_directory(self.open_entry(place.parent, place.name, O_HOST_DIRECTORY, place.name), "")
+            else:
+                self.read_file(place.parent, place.name, place.name)
+        finally:
+            place.close()
+
+    def kind_of(self, parent: int, name: str, shown: str) -> str:
+        try:
+            mode = os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode
+        except OSError as error:
+            raise host_copy_error(error, self.given, shown) from None
+        if stat.S_ISLNK(mode):
+            raise ToolError("policy_denied", f"[copy_host_path] host_path {_short_repr(self.given, 80)}: "
+                            f"{_short_repr(shown, 60)} is a symbolic link; copies follow no links on this host")
+        if stat.S_ISDIR(mode):
+            return "directory"
+        if not stat.S_ISREG(mode):
+            raise ToolError("invalid_argument", f"host_path {_short_repr(self.given, 80)}: {_short_repr(shown, 60)} is "
+                            "not a regular file or directory (devices, FIFOs and sockets are not copied)")
+        return "file"
+
+    def open_entry(self, parent: int, name: str, flags: int, shown: str) -> int:
+        try:
+            return os.open(name, flags, dir_fd=parent)
+        except OSError as error:
+            raise host_copy_error(error, self.given, shown) from None
+
+    def count(self, size: int = 0) -> None:
+        self.total += size
+        if len(self.files) + len(self.directories) >= HOST_COPY_MAX_ENTRIES:
+            raise ToolError("invalid_argument", f"host_path {_short_repr(self.given, 80)} holds more than "
+                            f"{HOST_COPY_MAX_ENTRIES} files and directories; copy a smaller part of it")
+        if self.total > self.call.settings.copy_max_bytes:
+            raise ToolError("invalid_argument", f"host_path {_short_repr(self.given, 80)} holds more than "
+                            f"MCP_COPY_MAX_BYTES ({self.call.settings.copy_max_bytes}); raise it to copy more")
+
+    def read_file(self, parent: int, name: str, shown: str, relative: str = "") -> None:
+        fd = self.open_entry(parent, name, O_HOST_READ, shown)
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):  # swapped after it was looked at
+                raise ToolError("invalid_argument", f"host_path {_short_repr(self.given, 80)}: {_short_repr(shown, 60)} "
+                                "is not a regular file")
+            self.count(info.st_size)
+            file = CopyFile(read_host_file(fd, info.st_size, self.given, shown), False)
+            file.mode = stat.S_IMODE(info.st_mode) & 0o777  # no set-id or sticky bits into the container
+            self.files[relative or name] = file
+        finally:
+            os.close(fd)
+
+    def read_directory(self, fd: int, relative: str) -> None:
+        try:
+            with os.scandir(fd) as entries:
+                names = sorted(entry.name for entry in entries)
+            for name in names:
+                inner = f"{relative}/{name}" if relative else name
+                self.call.remaining()
+                if self.kind_of(fd, name, inner) == "directory":
+                    self.count()
+                    self.directories.append(inner)
+                    self.read_directory(self.open_entry(fd, name, O_HOST_DIRECTORY, inner), inner)
+                else:
+                    self.read_file(fd, name, inner, inner)
+        except OSError as error:
+            raise host_copy_error(error, self.given, relative) from None
+        finally:
+            os.close(fd)
+
+
+class HostFilesOut:
+    """Writes what a copy out reads from the engine's archive to host_path, which must not exist yet: a
+    regular file, or a directory of the archive's regular files and directories. Links, devices and FIFOs
+    in the archive are not made on this host (``skipped`` names them); names that would leave host_path
+    ('..', absolute) refuse the copy. Within MCP_COPY_MAX_BYTES and HOST_COPY_MAX_ENTRIES; on any failure
+    what was made is removed, so a copy that fails leaves nothing behind."""
+
+    def __init__(self, call: Call, given: str):
+        self.call, self.given = call, given
+        self.place = HostCopyPath(call, given)
+        if not self.place.name:
+            self.place.close()
+            raise ToolError("conflict", f"host_path {_short_repr(given, 80)} is an allowed directory itself; name a "
+                            "new file or directory under it")
+        self.made: str | None = None  # "file" or "directory" once host_path exists because of this copy
+        self.total = self.entries = 0
+        self.skipped: list[dict[str, str]] = []  # the first 100 of them
+        self.skipped_count = 0
+
+    def budget(self, size: int) -> None:
+        self.total += size
+        self.entries += 1
+        if self.total > self.call.settings.copy_max_bytes:
+            raise ToolError("invalid_argument", f"{self.total} bytes to copy out is more than MCP_COPY_MAX_BYTES "
+                            f"({self.call.settings.copy_max_bytes}); raise it to copy more (nothing was kept)")
+        if self.entries > HOST_COPY_MAX_ENTRIES:
+            raise ToolError("invalid_argument", f"the directory holds more than {HOST_COPY_MAX_ENTRIES} entries; "
+                            "copy a smaller part of it (nothing was kept)")
+
+    def create(self, parent: int, name: str, shown: str, member: Any, source: Any) -> None:
+        """One new regular file with the member's bytes, its mode without set-id bits."""
+        try:
+            fd = os.open(name, O_HOST_CREATE, 0o600, dir_fd=parent)
+        except OSError as error:
+            raise host_copy_error(error, self.given, shown) from None
+        try:
+            if self.made is None:
+                self.made = "file"
+            while True:
+                self.call.remaining()
+                chunk = source.read(COPY_READ_CHUNK)
+                if not chunk:
+                    break
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view):]
+            os.fchmod(fd, stat.S_IMODE(member.mode) & 0o777)
+        except OSError as error:
+            raise host_copy_error(error, self.given, shown) from None
+        finally:
+            os.close(fd)
+
+    def write_file(self, archive: Any, member: Any) -> dict[str, Any]:
+        self.budget(member.size)
+        self.create(self.place.parent, self.place.name, "", member, archive.extractfile(member))
+        return {"type": "file", "bytes": member.size, "files": 1}
+
+    def write_directory(self, archive: Any, first: Any) -> dict[str, Any]:
+        top = first.name.rstrip("/")
+        try:
+            os.mkdir(self.place.name, 0o700, dir_fd=self.place.parent)
+        except OSError as error:
+            raise host_copy_error(error, self.given, "") from None
+        self.made = "directory"
+        files = directories = 0
+        for member in archive:  # (a stream's iteration starts again at its first member)
+            self.call.remaining()
+            if member is first:
+                continue
+            name = member.name.rstrip("/")
+            relative = name[len(top) + 1:] if name.startswith(top + "/") else None
+            parts = relative.split("/") if relative else []
+            if not parts or any(part in ("", ".", "..") for part in parts):
+                raise ToolError("engine_error", f"the engine's archive names {_short_repr(member.name, 60)} outside "
+                                "the directory copied; nothing was kept")
+            kind = TAR_KINDS.get(member.type, "other")
+            if kind not in ("file", "directory"):
+                self.budget(0)
+                self.skipped_count += 1
+                if len(self.skipped) < 100:
+                    self.skipped.append({"name": relative, "type": kind})
+                continue
+            parent = self.directory_of(parts[:-1])
+            try:
+                if kind == "directory":
+                    self.budget(0)
+                    self.make_directory(parent, parts[-1], relative, member.mode)
+                    directories += 1
+                else:
+                    self.budget(member.size)
+                    self.create(parent, parts[-1], relative, member, archive.extractfile(member))
+                    files += 1
+            finally:
+                os.close(parent)
+        return {"type": "directory", "bytes": self.total, "files": files, "directories": directories}
+
+    def directory_of(self, parts: list[str]) -> int:
+        """The directory ``parts`` under host_path, opened without following links, made where missing."""
+        fd = -1
+        try:
+            fd = os.open(self.place.name, O_HOST_DIRECTORY, dir_fd=self.place.parent)
+            for depth, part in enumerate(parts, 1):
+                try:
+                    next_fd = os.open(part, O_HOST_DIRECTORY, dir_fd=fd)
+                except FileNotFoundError:
+                    self.budget(0)
+                    self.make_directory(fd, part, "/".join(parts[:depth]), 0o755)
+                    next_fd = os.open(part, O_HOST_DIRECTORY, dir_fd=fd)
+                os.close(fd)
+                fd = next_fd
+        except OSError as error:
+            if fd >= 0:
+                os.close(fd)
+            raise host_copy_error(error, self.given, "/".join(parts)) from None
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            raise
+        return fd
+
+    def make_directory(self, parent: int, name: str, shown: str, mode: int) -> None:
+        try:
+            os.mkdir(name, (stat.S_IMODE(mode) & 0o777) | 0o700, dir_fd=parent)
+        except FileExistsError:  # made already on the way to a file listed before it: it must be ours
+            if not stat.S_ISDIR(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode):
+                raise ToolError("engine_error", f"the engine's archive names {_short_repr(shown, 60)} twice") from None
+        except OSError as error:
+            raise host_copy_error(error, self.given, shown) from None
+
+    def undo(self) -> None:
+        """Remove what this copy made (through descriptors: a link swapped in is removed, not followed)."""
+        import shutil
+
+        with contextlib.suppress(OSError):
+            if self.made == "file":
+                os.unlink(self.place.name, dir_fd=self.place.parent)
+            elif self.made == "directory":
+                shutil.rmtree(self.place.name, dir_fd=self.place.parent)
+
+    def close(self) -> None:
+        self.place.close()
+
+
 @tool("docker_copy_to_container", title="Copy files into a container", tier=Tier.MODERATE, toolset="containers",
       description="Write content at path, or files under the directory path, into a container (archive API).",
       params={"container": s_container(),
               "path": s_str("Absolute path: the file (content) or directory (files).", pattern=r"^/",
                             max_length=4096),
+              "host_path": s_str("Or a host file (to path) or directory (under path), under "
+                                 "SAFETY_COPY_HOST_ALLOWLIST.", max_length=4096),
               "content": s_str("File content.", max_length=64 * 1024 * 1024),
               "files": {"type": "object", "description": "Relative name -> content.",
                         "maxProperties": 64, "propertyNames": {"maxLength": 1024},
@@ -8709,21 +9080,40 @@ def copy_contents(call: Call) -> dict[str, CopyFile]:
 def copy_to_container(call: Call) -> dict[str, Any]:
     a = call.args
     container = a["container"]
+    if sum(a.get(key) is not None for key in ("content", "files", "host_path")) > 1:
+        raise ToolError("invalid_argument", "give one of content, files or host_path")
     enforce_container_power(call, container, "copy")
-    files = copy_contents(call)
     path = lexical_path(a["path"])
-    target = posixpath.dirname(path.rstrip("/")) or "/" if a.get("content") is not None else path
-    if a.get("content") is not None and a.get("files"):
-        raise ToolError("invalid_argument", "give content or files, not both")
+    directories: list[str] = []
+    if a.get("host_path") is not None:
+        host = HostFilesIn(call, a["host_path"])
+        files, directories = host.files, host.directories
+        if a.get("mode"):  # the caller's mode for every file, over the host files' own
+            for item in files.values():
+                item.mode = None
+        if not host.is_directory:  # one file: it lands at path, like content
+            files = {posixpath.basename(path.rstrip("/")) or "file": next(iter(files.values()))}
+        one_file = not host.is_directory
+    else:
+        files, one_file = copy_contents(call), a.get("content") is not None
+    target = posixpath.dirname(path.rstrip("/")) or "/" if one_file else path
+    if one_file and path.rstrip("/") in ("", "/"):
+        raise ToolError("invalid_argument", "path names the file to write; give its absolute path, not /")
     if not refuse_linked_path(call, container, target):
         raise ToolError("not_found", f"directory {_short_repr(target, 80)} does not exist in the container")
-    for name in files:  # every directory on the way that exists already must not be a link either
+    # every directory on the way that exists already must not be a link either (each asked once)
+    checked: dict[str, bool] = {}
+    for name in (*files, *(f"{directory}/." for directory in directories)):
         parts = name.split("/")[:-1]
         for depth in range(1, len(parts) + 1):
-            if not refuse_linked_path(call, container, posixpath.join(target, *parts[:depth])):
+            directory = "/".join(parts[:depth])
+            if directory not in checked:
+                checked[directory] = refuse_linked_path(call, container, posixpath.join(target, directory))
+            if not checked[directory]:
                 break
-    call.api.put_archive(container, target, b"".join(copy_archive(files, int(a.get("mode") or "0644", 8))))
-    return {"id": container, "status": "copied", "path": target, "files": sorted(files),
+    call.api.put_archive(container, target, b"".join(copy_archive(files, int(a.get("mode") or "0644", 8),
+                                                                  directories)))
+    return {"id": container, "status": "copied", "path": target, "files": sorted(files)[:200], "count": len(files),
             "bytes": sum(item.size for item in files.values())}
 
 
@@ -8787,7 +9177,9 @@ TAR_KINDS = {b"0": "file", b"\0": "file", b"1": "hardlink", b"2": "symlink", b"3
       params={"container": s_container(), "path": s_str("Absolute path in the container.", pattern=r"^/",
                                                          max_length=4096),
               "max_bytes": s_int("Most bytes to return.", 1, 64 * 1024 * 1024, 1024 * 1024),
-              "limit": s_limit(200, 5000)},
+              "limit": s_limit(200, 5000),
+              "host_path": s_str("Or write it to this new host path, under SAFETY_COPY_HOST_ALLOWLIST.",
+                                 max_length=4096)},
       required=("container", "path"),
       output=out({"path": {"type": "string"}, "type": {"type": "string"}, "encoding": {"type": "string"},
                   "content_block": {"type": "integer"}}, ("path", "type")),
@@ -8798,6 +9190,8 @@ def copy_from_container(call: Call) -> dict[str, Any]:
 
     a = call.args
     container = a["container"]
+    if a.get("host_path") is not None:
+        return copy_to_host(call)
     enforce_container_power(call, container, "copy")
     # The answer must fit MCP_MAX_OUTPUT_BYTES whole (base64 is 4/3 of the bytes): the cut is ours, and says so.
     answer_budget = max(1368, call.settings.max_output_bytes - 8192)
@@ -8858,6 +9252,62 @@ def copy_from_container(call: Call) -> dict[str, Any]:
     limit = a.get("limit", 200)
     return untrusted.attach({**result, "type": "directory", "entries": untrusted.value("entries", entries[:limit]),
                              "count": min(len(entries), limit), "truncated": len(entries) > limit or stream.cut})
+
+
+def copy_to_host(call: Call) -> dict[str, Any]:
+    """docker_copy_from_container with host_path: the engine's archive streamed onto this host (see
+    ``HostFilesOut``), nothing of it in the answer."""
+    import tarfile
+
+    a = call.args
+    denial = host_write_denial(call.settings)
+    if denial:
+        raise denial_error([denial])
+    container = a["container"]
+    enforce_container_power(call, container, "copy")
+    stat_info = container_path_stat(call, container, a["path"])
+    if stat_info is None:
+        raise ToolError("not_found", f"{_short_repr(a['path'], 80)} does not exist in the container")
+    if int(stat_info.get("mode") or 0) & GO_MODE_SYMLINK:
+        raise ToolError("invalid_argument", f"{_short_repr(a['path'], 80)} is a symbolic link in the container; "
+                        "copy the path it points to")
+    writer = HostFilesOut(call, a["host_path"])
+    chunks: Any = None
+    try:
+        chunks, _ = call.api.get_archive(container, a["path"], chunk_size=COPY_READ_CHUNK)
+        # headers and padding come on top of the bytes the cap counts: the stream's own bound is wider
+        stream = CappedStream(chunks, 2 * call.settings.copy_max_bytes + 16 * 1024 * 1024, call)
+        with tarfile.open(fileobj=stream, mode="r|", bufsize=COPY_READ_CHUNK) as archive:
+            first = archive.next()
+            kind = TAR_KINDS.get(first.type, "other") if first is not None else "nothing"
+            if kind == "file":
+                done = writer.write_file(archive, first)
+            elif kind == "directory":
+                done = writer.write_directory(archive, first)
+            else:
+                raise ToolError("invalid_argument", f"{_short_repr(a['path'], 80)} is a {kind} in the container; "
+                                "a copy out takes a file or a directory")
+        if stream.cut:
+            raise ToolError("invalid_argument", "the engine's archive is larger than MCP_COPY_MAX_BYTES allows "
+                            "(nothing was kept)")
+    except tarfile.TarError:
+        writer.undo()
+        raise ToolError("engine_error", "the engine's archive could not be read (nothing was kept)") from None
+    except BaseException:
+        writer.undo()
+        raise
+    finally:
+        writer.close()
+        close = getattr(chunks, "close", None)
+        if close:
+            with contextlib.suppress(Exception):
+                close()
+    # the names of what was not made come from the container: untrusted, like a listing
+    untrusted = UntrustedOutput(max_chars=64 * 1024, redact=not call.settings.reveal_secrets)
+    answer = {"id": container, "status": "copied", "path": a["path"], "host_path": a["host_path"], **done}
+    if writer.skipped_count:
+        answer.update(skipped=untrusted.value("skipped", writer.skipped), skipped_count=writer.skipped_count)
+    return untrusted.attach(answer)
 
 
 WAIT_CONDITIONS = ("running", "healthy", "exited", "log")

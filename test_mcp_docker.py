@@ -95,6 +95,7 @@ import random
 import re
 import secrets
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -10995,3 +10996,236 @@ def test_the_module_docstring_names_the_sub_sections_of_sections_4_and_7_in_the_
             found = listed.find(key, at)
             assert found >= 0, f"section {number}: the docstring does not list {key!r} (after position {at})"
             at = found + len(key)
+
+
+# -- copies with host files (host_path under SAFETY_COPY_HOST_ALLOWLIST) ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def host_copier():
+    """A server whose copies may use host files under one allowed root; beside it, outside the root, a
+    directory with a secret that no copy may read or write."""
+    import shutil
+    import tempfile
+
+    require_engine()
+    base = Path(tempfile.mkdtemp(prefix=f"{PREFIX}-hostcopy-"))
+    root, outside = base / "root", base / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (outside / "secret").write_text("SECRET-OUTSIDE\n")
+    harness = Harness(env={"MCP_COPY_MAX_BYTES": "32m", "SAFETY_COPY_HOST_ALLOWLIST": str(root)})
+    try:
+        yield harness, root, outside
+    finally:
+        harness.close()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def archive_members(container: str, path: str) -> dict[str, Any]:
+    """The engine's own archive of a path in a container: member name -> TarInfo."""
+    import io
+    import tarfile
+
+    chunks, _ = engine_client().get_archive(container, path)
+    with tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as archive:
+        return {member.name: member for member in archive.getmembers()}
+
+
+def host_entries(top: Path) -> dict[str, tuple[str, int]]:
+    """Every entry under ``top`` (links not followed): relative name -> (kind, permission bits)."""
+    found = {}
+    for path in sorted(top.rglob("*")):
+        info = path.lstat()
+        kind = "link" if stat.S_ISLNK(info.st_mode) else "dir" if stat.S_ISDIR(info.st_mode) else \
+            "file" if stat.S_ISREG(info.st_mode) else "other"
+        found[str(path.relative_to(top))] = (kind, stat.S_IMODE(info.st_mode))
+    return found
+
+
+def test_copy_with_host_files_round_trips_files_trees_and_modes(host_copier):
+    h, root, _ = host_copier
+    name = sleeper(h, "hostcopy")
+    blob = os.urandom(3 * 1024 * 1024 + 17)
+    (root / "blob.bin").write_bytes(blob)
+    site = root / "site"
+    (site / "bin").mkdir(parents=True)
+    (site / "empty").mkdir()
+    (site / "index.html").write_text("<p>hi</p>\n")
+    (site / "bin" / "run.sh").write_text("#!/bin/sh\necho run\n")
+    os.chmod(site / "bin" / "run.sh", 0o755)
+
+    done = h.ok("docker_copy_to_container", {"container": name, "path": "/tmp/in.bin",
+                                             "host_path": str(root / "blob.bin")})
+    assert done["files"] == ["in.bin"] and done["bytes"] == len(blob) and file_in(name, "/tmp/in.bin") == blob
+    engine_exec(name, "busybox", "mkdir", "/tmp/srv")
+    h.ok("docker_copy_to_container", {"container": name, "path": "/tmp/srv", "host_path": str(site)})
+    members = archive_members(name, "/tmp/srv")
+    assert file_in(name, "/tmp/srv/index.html") == b"<p>hi</p>\n"
+    assert stat.S_IMODE(members["srv/bin/run.sh"].mode) == 0o755 and members["srv/empty"].isdir()
+    h.ok("docker_copy_to_container", {"container": name, "path": "/tmp/srv", "host_path": str(site), "mode": "0600"})
+    assert stat.S_IMODE(archive_members(name, "/tmp/srv/bin/run.sh")["run.sh"].mode) == 0o600  # the caller's mode
+
+    out = h.ok("docker_copy_from_container", {"container": name, "path": "/tmp/in.bin",
+                                              "host_path": str(root / "out.bin")})
+    assert out["type"] == "file" and out["bytes"] == len(blob) and "content_block" not in out
+    assert (root / "out.bin").read_bytes() == blob
+    engine_exec(name, "busybox", "sh", "-c", "mkdir -p /tmp/tree/deep && echo x > /tmp/tree/deep/x && "
+                "echo s > /tmp/tree/suid && chmod 4755 /tmp/tree/suid")
+    tree = h.ok("docker_copy_from_container", {"container": name, "path": "/tmp/tree",
+                                               "host_path": str(root / "tree")})
+    assert tree["type"] == "directory" and tree["files"] == 2
+    assert (root / "tree" / "deep" / "x").read_text() == "x\n"
+    assert host_entries(root / "tree")["suid"] == ("file", 0o755)  # no set-id bit lands on this host
+    # the answer names what it made and nothing of the content
+    assert "skipped" not in tree
+
+
+@pytest.mark.adversarial
+def test_copy_in_reads_no_host_file_outside_its_allowlist_nor_through_any_link(host_copier):
+    h, root, outside = host_copier
+    name = sleeper(h, "hostcopyin")
+    secret = outside / "secret"
+    (root / "file-link").symlink_to(secret)
+    (root / "in-dir-link").symlink_to(outside)
+    (root / "in-tree").mkdir()
+    (root / "in-tree" / "ok.txt").write_text("ok\n")
+    (root / "in-tree" / "inner-link").symlink_to(secret)
+    os.mkfifo(root / "fifo")
+    attempts = {
+        str(secret): "policy_denied",                              # outside the allowlist
+        f"{root}/../outside/secret": "policy_denied",              # '..' out of it
+        str(root / "file-link"): "policy_denied",                  # a link to a file outside
+        str(root / "in-dir-link" / "secret"): "policy_denied",     # through a directory link
+        str(root / "in-dir-link"): "policy_denied",                # the link itself, as a directory
+        str(root / "in-tree"): "policy_denied",                       # a tree with a link anywhere in it
+        str(root / "fifo"): "invalid_argument",                    # a FIFO: refused, and nothing blocks
+        "relative/path": "invalid_argument",
+        str(root / "missing"): "not_found",
+    }
+    for given, category in attempts.items():
+        message = h.error("docker_copy_to_container", {"container": name, "path": "/tmp/got",
+                                                       "host_path": given}, category)
+        assert str(outside) not in message.replace(given, "")  # no host path the caller did not give
+    assert file_in(name, "/tmp/got") is None and file_in(name, "/tmp/got/ok.txt") is None
+    assert b"SECRET" not in (file_in(name, "/tmp/got/inner-link") or b"")
+    # a server without the setting: copies with host files are off, and the refusal names the setting
+    plain = Harness()
+    try:
+        message = plain.error("docker_copy_to_container", {"container": name, "path": "/tmp/got",
+                                                           "host_path": str(root / "in-tree" / "ok.txt")},
+                              "policy_denied")
+        assert "[copy_host_path]" in message and "SAFETY_COPY_HOST_ALLOWLIST" in message
+    finally:
+        plain.close()
+    assert file_in(name, "/tmp/got") is None
+
+
+@pytest.mark.adversarial
+def test_copy_out_writes_no_host_file_outside_its_allowlist_through_a_link_or_over_a_file(host_copier):
+    h, root, outside = host_copier
+    name = sleeper(h, "hostcopyout")
+    engine_exec(name, "busybox", "sh", "-c", "echo payload > /tmp/p && mkdir /tmp/d && echo in > /tmp/d/f && "
+                "ln -s /etc/shadow /tmp/d/shadow-link && ln /tmp/d/f /tmp/d/hard && mkfifo /tmp/d/fifo")
+    (root / "exists").write_text("mine\n")
+    (root / "dangling").symlink_to(outside / "new-from-container")
+    (root / "out-dir-link").symlink_to(outside)
+    before = host_entries(outside)
+    for given, category in {str(outside / "x"): "policy_denied", f"{root}/../outside/x": "policy_denied",
+                            str(root / "dangling"): "policy_denied", str(root / "out-dir-link" / "x"): "policy_denied",
+                            str(root / "exists"): "conflict", str(root): "conflict",
+                            str(root / "no-dir" / "x"): "not_found"}.items():
+        h.error("docker_copy_from_container", {"container": name, "path": "/tmp/p", "host_path": given}, category)
+    assert host_entries(outside) == before and (root / "exists").read_text() == "mine\n"
+    assert not (outside / "new-from-container").exists()
+    # a directory with a link, a hard link and a FIFO: only regular files and directories are made here
+    tree = h.ok("docker_copy_from_container", {"container": name, "path": "/tmp/d", "host_path": str(root / "d")})
+    made = host_entries(root / "d")
+    assert all(kind in ("file", "dir") for kind, _ in made.values()), made
+    assert (root / "d" / "f").read_text() == "in\n"
+    assert {entry["name"] for entry in tree["skipped"]} >= {"shadow-link", "fifo"}
+    assert "skipped" in tree["untrusted"]["fields"]  # the container's names are untrusted
+    # an over-powered container: nothing copied out of it to this host
+    api = engine_client()
+    powered = f"{PREFIX}-hostcopypower"
+    created = api.create_container(TEST_IMAGE, ["sleep", "600"], name=powered, labels={"io.mcp-docker.test": PREFIX},
+                                   host_config=api.create_host_config(cap_add=["SYS_ADMIN"], network_mode="none"))
+    api.start(created["Id"])
+    h.error("docker_copy_from_container", {"container": powered, "path": "/etc/passwd",
+                                           "host_path": str(root / "powered")}, "policy_denied")
+    (root / "in.txt").write_text("in\n")
+    h.error("docker_copy_to_container", {"container": powered, "path": "/tmp/x", "host_path": str(root / "in.txt")},
+            "policy_denied")
+    assert not (root / "powered").exists() and file_in(powered, "/tmp/x") is None
+
+
+@pytest.mark.adversarial
+def test_copy_out_to_host_needs_the_moderate_tier_and_its_size_cap_leaves_nothing(host_copier):
+    h, root, _ = host_copier
+    name = sleeper(h, "hostcopycap")
+    engine_exec(name, "busybox", "sh", "-c", "head -c 5000 /dev/zero > /tmp/big && mkdir /tmp/bigdir && "
+                "echo a > /tmp/bigdir/a && head -c 5000 /dev/zero > /tmp/bigdir/z")
+    capped = Harness(env={"MCP_COPY_MAX_BYTES": "4k", "SAFETY_COPY_HOST_ALLOWLIST": str(root)})
+    read_only = Harness(env={"SAFETY_ALLOW_MODERATE_OPERATIONS": "false", "SAFETY_COPY_HOST_ALLOWLIST": str(root)})
+    try:
+        for path, target in (("/tmp/big", "big"), ("/tmp/bigdir", "bigdir")):
+            message = capped.error("docker_copy_from_container", {"container": name, "path": path,
+                                                                  "host_path": str(root / target)}, "invalid_argument")
+            assert "MCP_COPY_MAX_BYTES" in message and not (root / target).exists()  # nothing was kept
+        message = read_only.error("docker_copy_from_container", {"container": name, "path": "/tmp/big",
+                                                                 "host_path": str(root / "ro")}, "policy_denied")
+        assert "[copy_host_write]" in message and not (root / "ro").exists()
+        assert read_only.ok("docker_copy_from_container", {"container": name, "path": "/tmp/bigdir"})["type"] == \
+            "directory"  # reading into the answer is still a safe call
+    finally:
+        capped.close()
+        read_only.close()
+
+
+@pytest.mark.adversarial
+def test_a_directory_swapped_for_a_link_during_host_copies_never_redirects_them(host_copier):
+    """A host process flips root/flip between a real directory and a link to the outside directory while
+    copies go in and out through it: each copy either uses the real directory or fails; the container never
+    gets the outside secret, and nothing is ever written outside."""
+    import threading
+
+    h, root, outside = host_copier
+    name = sleeper(h, "hostcopyrace")
+    engine_exec(name, "busybox", "sh", "-c", "echo from-container > /tmp/c")
+    real, flip = root / "flip-real", root / "flip"
+    flip.mkdir()
+    (flip / "secret").write_text("benign\n")
+    stop = threading.Event()
+
+    def flipper():  # the directory moves aside and a link to the outside takes its name, and back
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                os.rename(flip, real)
+                os.symlink(outside, flip)
+            time.sleep(0.0005)
+            with contextlib.suppress(OSError):
+                os.unlink(flip)
+                os.rename(real, flip)
+            time.sleep(0.0005)
+
+    thread = threading.Thread(target=flipper, daemon=True)
+    thread.start()
+    outcomes: dict[str, int] = {}
+    try:
+        for index in range(60):
+            result = h.call("docker_copy_to_container", {"container": name, "path": f"/tmp/got{index}",
+                                                         "host_path": str(flip / "secret")})
+            outcomes["in-ok" if not result.is_error else "in-refused"] = outcomes.get(
+                "in-ok" if not result.is_error else "in-refused", 0) + 1
+            got = file_in(name, f"/tmp/got{index}")
+            assert got in (None, b"benign\n"), got
+            result = h.call("docker_copy_from_container", {"container": name, "path": "/tmp/c",
+                                                           "host_path": str(flip / f"out{index}")})
+            outcomes["out-ok" if not result.is_error else "out-refused"] = outcomes.get(
+                "out-ok" if not result.is_error else "out-refused", 0) + 1
+    finally:
+        stop.set()
+        thread.join(5)
+    assert sorted(p.name for p in outside.iterdir()) == ["secret"], outcomes  # nothing written outside
+    assert (outside / "secret").read_text() == "SECRET-OUTSIDE\n"
+    assert outcomes.get("in-refused") and outcomes.get("out-refused"), outcomes  # the flips did land
