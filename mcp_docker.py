@@ -8920,6 +8920,76 @@ class HostFilesIn:
             os.close(fd)
 
 
+class ArchiveStream:
+    """The engine's archive of one file, read straight off its chunks: the headers parsed here (ustar, PAX
+    and GNU long names), the file's bytes handed on as they arrive. (Through tarfile's stream buffers, a
+    10 MB file was copied three more times, a fifth of a copy out's time.)"""
+
+    def __init__(self, chunks: Any, call: Call):
+        self.chunks, self.call = iter(chunks), call
+        self.pending = memoryview(b"")
+
+    def more(self) -> None:
+        self.call.remaining()
+        chunk = next(self.chunks, b"")
+        if not chunk:
+            raise ToolError("engine_error", "the engine's archive ended early (nothing was kept)")
+        self.pending = memoryview(bytes(self.pending) + chunk) if self.pending else memoryview(chunk)
+
+    def take(self, size: int) -> bytes:
+        while len(self.pending) < size:
+            self.more()
+        data = bytes(self.pending[:size])
+        self.pending = self.pending[size:]
+        return data
+
+    def pieces(self, size: int) -> Iterator[memoryview]:
+        """The next ``size`` bytes, in the pieces they came in (views: no copy)."""
+        while size:
+            if not self.pending:
+                self.more()
+            piece = self.pending[:size]
+            self.pending = self.pending[len(piece):]
+            size -= len(piece)
+            yield piece
+
+    def first_member(self) -> tuple[str, int, int]:
+        """(kind, size, mode) of the archive's first member, its extension headers applied."""
+        import tarfile
+
+        size: int | None = None
+        while True:
+            block = self.take(tarfile.BLOCKSIZE)
+            try:
+                info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+            except tarfile.HeaderError:
+                raise ToolError("engine_error", "the engine's archive could not be read (nothing was kept)") from None
+            if info.type not in (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK):
+                kind = TAR_KINDS.get(info.type, "other")
+                return kind, info.size if size is None else size, info.mode
+            payload = self.take(-(-info.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE)[:info.size]
+            if info.type == tarfile.XHDTYPE:  # records "<length> <key>=<value>\n"; only size matters here
+                size = pax_size(payload, size)
+
+
+def pax_size(records: bytes, size: int | None) -> int | None:
+    """The size a PAX extended header gives (``size`` when it gives none)."""
+    at = 0
+    try:
+        while at < len(records):
+            space = records.index(b" ", at)
+            length = int(records[at:space])
+            if length <= space - at:
+                raise ValueError("a record shorter than its length field")
+            key, _, value = records[space + 1:at + length - 1].partition(b"=")
+            if key == b"size":
+                size = int(value)
+            at += length
+    except ValueError:
+        raise ToolError("engine_error", "the engine's archive could not be read (nothing was kept)") from None
+    return size
+
+
 class HostFilesOut:
     """Writes what a copy out reads from the engine's archive to host_path, which must not exist yet: a
     regular file, or a directory of the archive's regular files and directories. Links, devices and FIFOs
@@ -8949,8 +9019,8 @@ class HostFilesOut:
             raise ToolError("invalid_argument", f"the directory holds more than {HOST_COPY_MAX_ENTRIES} entries; "
                             "copy a smaller part of it (nothing was kept)")
 
-    def create(self, parent: int, name: str, shown: str, member: Any, source: Any) -> None:
-        """One new regular file with the member's bytes, its mode without set-id bits."""
+    def create(self, parent: int, name: str, shown: str, mode: int, pieces: Iterator[Any]) -> None:
+        """One new regular file with a member's bytes (``pieces``), its mode without set-id bits."""
         try:
             fd = os.open(name, O_HOST_CREATE, 0o600, dir_fd=parent)
         except OSError as error:
@@ -8958,24 +9028,24 @@ class HostFilesOut:
         try:
             if self.made is None:
                 self.made = "file"
-            while True:
-                self.call.remaining()
-                chunk = source.read(COPY_READ_CHUNK)
-                if not chunk:
-                    break
-                view = memoryview(chunk)
+            for piece in pieces:
+                view = memoryview(piece)
                 while view:
                     view = view[os.write(fd, view):]
-            os.fchmod(fd, stat.S_IMODE(member.mode) & 0o777)
+            os.fchmod(fd, stat.S_IMODE(mode) & 0o777)
         except OSError as error:
             raise host_copy_error(error, self.given, shown) from None
         finally:
             os.close(fd)
 
-    def write_file(self, archive: Any, member: Any) -> dict[str, Any]:
-        self.budget(member.size)
-        self.create(self.place.parent, self.place.name, "", member, archive.extractfile(member))
-        return {"type": "file", "bytes": member.size, "files": 1}
+    def write_file(self, archive: ArchiveStream) -> dict[str, Any]:
+        kind, size, mode = archive.first_member()
+        if kind != "file":
+            raise ToolError("invalid_argument", f"the path is a {kind} in the container; a copy out takes a file or a "
+                            "directory")
+        self.budget(size)
+        self.create(self.place.parent, self.place.name, "", mode, archive.pieces(size))
+        return {"type": "file", "bytes": size, "files": 1}
 
     def write_directory(self, archive: Any, first: Any) -> dict[str, Any]:
         top = first.name.rstrip("/")
@@ -9010,7 +9080,7 @@ class HostFilesOut:
                     directories += 1
                 else:
                     self.budget(member.size)
-                    self.create(parent, parts[-1], relative, member, archive.extractfile(member))
+                    self.create(parent, parts[-1], relative, member.mode, self.member_pieces(archive, member))
                     files += 1
             finally:
                 os.close(parent)
@@ -9039,6 +9109,15 @@ class HostFilesOut:
                 os.close(fd)
             raise
         return fd
+
+    def member_pieces(self, archive: Any, member: Any) -> Iterator[bytes]:
+        handle = archive.extractfile(member)
+        while True:
+            self.call.remaining()
+            piece = handle.read(COPY_READ_CHUNK)
+            if not piece:
+                return
+            yield piece
 
     def make_directory(self, parent: int, name: str, shown: str, mode: int) -> None:
         try:
@@ -9277,16 +9356,16 @@ def copy_to_host(call: Call) -> dict[str, Any]:
         chunks, _ = call.api.get_archive(container, a["path"], chunk_size=COPY_READ_CHUNK)
         # headers and padding come on top of the bytes the cap counts: the stream's own bound is wider
         stream = CappedStream(chunks, 2 * call.settings.copy_max_bytes + 16 * 1024 * 1024, call)
-        with tarfile.open(fileobj=stream, mode="r|", bufsize=COPY_READ_CHUNK) as archive:
-            first = archive.next()
-            kind = TAR_KINDS.get(first.type, "other") if first is not None else "nothing"
-            if kind == "file":
-                done = writer.write_file(archive, first)
-            elif kind == "directory":
+        if not int(stat_info.get("mode") or 0) & GO_MODE_DIR:  # a file (or what the archive says it is)
+            done = writer.write_file(ArchiveStream(chunks, call))
+        else:
+            with tarfile.open(fileobj=stream, mode="r|", bufsize=COPY_READ_CHUNK) as archive:
+                first = archive.next()
+                kind = TAR_KINDS.get(first.type, "other") if first is not None else "nothing"
+                if kind != "directory":
+                    raise ToolError("engine_error", f"the engine's archive of {_short_repr(a['path'], 80)} holds a "
+                                    f"{kind}, not the directory it said; nothing was kept")
                 done = writer.write_directory(archive, first)
-            else:
-                raise ToolError("invalid_argument", f"{_short_repr(a['path'], 80)} is a {kind} in the container; "
-                                "a copy out takes a file or a directory")
         if stream.cut:
             raise ToolError("invalid_argument", "the engine's archive is larger than MCP_COPY_MAX_BYTES allows "
                             "(nothing was kept)")

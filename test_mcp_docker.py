@@ -11229,3 +11229,50 @@ def test_a_directory_swapped_for_a_link_during_host_copies_never_redirects_them(
     assert sorted(p.name for p in outside.iterdir()) == ["secret"], outcomes  # nothing written outside
     assert (outside / "secret").read_text() == "SECRET-OUTSIDE\n"
     assert outcomes.get("in-refused") and outcomes.get("out-refused"), outcomes  # the flips did land
+
+
+def test_archive_stream_reads_one_file_through_ustar_pax_and_gnu_headers_in_any_chunking():
+    import io
+    import tarfile
+
+    class Clock:
+        def remaining(self) -> float:
+            return 60.0
+
+    rng = random.Random(1717)
+    for tar_format in (tarfile.USTAR_FORMAT, tarfile.PAX_FORMAT, tarfile.GNU_FORMAT):
+        for name in ("f.bin", "d/" * 80 + "long-name.bin", "ü-" * 60 + ".txt"):
+            if tar_format == tarfile.USTAR_FORMAT and len(name.encode()) > 100:
+                continue
+            data = rng.randbytes(rng.choice((0, 1, 511, 512, 513, 70_000)))
+            buffer = io.BytesIO()
+            with tarfile.open(fileobj=buffer, mode="w", format=tar_format) as archive:
+                info = tarfile.TarInfo(name)
+                info.size, info.mode = len(data), 0o4751
+                archive.addfile(info, io.BytesIO(data))
+            raw = buffer.getvalue()
+            cuts = sorted(rng.sample(range(1, len(raw)), min(12, len(raw) - 1)))
+            chunks = [raw[a:b] for a, b in zip([0, *cuts], [*cuts, len(raw)], strict=True)]
+            stream = md.ArchiveStream(chunks, Clock())
+            kind, size, mode = stream.first_member()
+            assert (kind, size, mode) == ("file", len(data), 0o4751), (tar_format, name)
+            assert b"".join(bytes(piece) for piece in stream.pieces(size)) == data
+    # a cut-short archive and a malformed PAX record are engine errors, never a hang or a crash
+    with pytest.raises(md.ToolError, match="ended early"):
+        md.ArchiveStream([raw[:700]], Clock()).first_member()
+    for records in (b"0 size=5\n", b"x size=5\n", b"3 size=5\n", b"99"):
+        with pytest.raises(md.ToolError, match="could not be read"):
+            md.pax_size(records, None)
+    assert md.pax_size(b"12 size=345\n", None) == 345 and md.pax_size(b"", 7) == 7
+
+
+def test_copy_out_to_host_of_a_file_with_a_long_name_and_an_empty_file(host_copier):
+    h, root, _ = host_copier
+    name = sleeper(h, "hostcopylong")
+    long_name = "/tmp/" + "n" * 150  # beyond ustar's 100 characters: the engine writes an extension header
+    engine_exec(name, "busybox", "sh", "-c", f"echo long > {long_name} && : > /tmp/empty")
+    h.ok("docker_copy_from_container", {"container": name, "path": long_name, "host_path": str(root / "long")})
+    assert (root / "long").read_text() == "long\n"
+    empty = h.ok("docker_copy_from_container", {"container": name, "path": "/tmp/empty",
+                                                "host_path": str(root / "empty")})
+    assert empty["bytes"] == 0 and (root / "empty").read_bytes() == b""
