@@ -8726,6 +8726,7 @@ def copy_contents(call: Call) -> dict[str, CopyFile]:
 
 HOST_COPY_SETTING = "SAFETY_COPY_HOST_ALLOWLIST"
 HOST_COPY_MAX_ENTRIES = 10_000  # files and directories one host copy reads or writes
+HOST_COPY_MAX_DEPTH = 128  # directories deep below host_path (a walk holds one descriptor per level)
 O_HOST_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 O_HOST_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # a FIFO swapped in cannot block
 O_HOST_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -8902,6 +8903,10 @@ class HostFilesIn:
             os.close(fd)
 
     def read_directory(self, fd: int, relative: str) -> None:
+        if relative.count("/") >= HOST_COPY_MAX_DEPTH:
+            os.close(fd)
+            raise ToolError("invalid_argument", f"host_path {_short_repr(self.given, 80)} is more than "
+                            f"{HOST_COPY_MAX_DEPTH} directories deep; copy a part of it")
         try:
             with os.scandir(fd) as entries:
                 names = sorted(entry.name for entry in entries)
@@ -9062,6 +9067,9 @@ class HostFilesOut:
             name = member.name.rstrip("/")
             relative = name[len(top) + 1:] if name.startswith(top + "/") else None
             parts = relative.split("/") if relative else []
+            if len(parts) > HOST_COPY_MAX_DEPTH:
+                raise ToolError("invalid_argument", f"the directory is more than {HOST_COPY_MAX_DEPTH} directories "
+                                "deep; copy a part of it (nothing was kept)")
             if not parts or any(part in ("", ".", "..") for part in parts):
                 raise ToolError("engine_error", f"the engine's archive names {_short_repr(member.name, 60)} outside "
                                 "the directory copied; nothing was kept")
@@ -9147,8 +9155,8 @@ class HostFilesOut:
       params={"container": s_container(),
               "path": s_str("Absolute path: the file (content) or directory (files).", pattern=r"^/",
                             max_length=4096),
-              "host_path": s_str("Or a host file (to path) or directory (under path), under "
-                                 "SAFETY_COPY_HOST_ALLOWLIST.", max_length=4096),
+              "host_path": s_str("Or a host file or directory under SAFETY_COPY_HOST_ALLOWLIST.",
+                                 max_length=4096),
               "content": s_str("File content.", max_length=64 * 1024 * 1024),
               "files": {"type": "object", "description": "Relative name -> content.",
                         "maxProperties": 64, "propertyNames": {"maxLength": 1024},
@@ -9257,7 +9265,7 @@ TAR_KINDS = {b"0": "file", b"\0": "file", b"1": "hardlink", b"2": "symlink", b"3
                                                          max_length=4096),
               "max_bytes": s_int("Most bytes to return.", 1, 64 * 1024 * 1024, 1024 * 1024),
               "limit": s_limit(200, 5000),
-              "host_path": s_str("Or write it to this new host path, under SAFETY_COPY_HOST_ALLOWLIST.",
+              "host_path": s_str("Or write it to this new path under SAFETY_COPY_HOST_ALLOWLIST.",
                                  max_length=4096)},
       required=("container", "path"),
       output=out({"path": {"type": "string"}, "type": {"type": "string"}, "encoding": {"type": "string"},

@@ -11276,3 +11276,15 @@ def test_copy_out_to_host_of_a_file_with_a_long_name_and_an_empty_file(host_copi
     empty = h.ok("docker_copy_from_container", {"container": name, "path": "/tmp/empty",
                                                 "host_path": str(root / "empty")})
     assert empty["bytes"] == 0 and (root / "empty").read_bytes() == b""
+
+
+def test_copy_in_from_a_host_tree_deeper_than_its_bound_is_refused_clearly(host_copier):
+    h, root, _ = host_copier
+    name = sleeper(h, "hostcopydeep")
+    deep = root / "deep"
+    os.makedirs(os.path.join(deep, *["d"] * (md.HOST_COPY_MAX_DEPTH + 2)))
+    message = h.error("docker_copy_to_container", {"container": name, "path": "/tmp",
+                                                   "host_path": str(deep)}, "invalid_argument")
+    assert f"more than {md.HOST_COPY_MAX_DEPTH} directories deep" in message
+    assert file_in(name, "/tmp/d") is None
+    h.ok("docker_version")  # and the server keeps serving
