@@ -4297,16 +4297,6 @@ def command_denial(command: Sequence[str], settings: Settings) -> Denial | None:
                   f"{env_of('allow_destructive_commands')}=true), or give the command as a plain argument list")
 
 
-def host_write_denial(settings: Settings) -> Denial | None:
-    """A copy out to host_path writes a file on this host, which changes state: it needs the moderate tier,
-    server-wide and for this caller (its role, its engine), although reading a file out needs none."""
-    if settings.allow_moderate and TIER_ORDER[CALL_CEILING.get()] >= TIER_ORDER[Tier.MODERATE]:
-        return None
-    return Denial("copy_host_write", "writing to this host's files changes state (the moderate tier), which is off "
-                  "for this call", f"set {env_of('allow_moderate')}=true and use a role and engine that allow "
-                  "moderate operations, or leave out host_path to get the content in the answer")
-
-
 # -- the judge ----------------------------------------------------------------------------------------
 
 
@@ -9264,9 +9254,7 @@ TAR_KINDS = {b"0": "file", b"\0": "file", b"1": "hardlink", b"2": "symlink", b"3
       params={"container": s_container(), "path": s_str("Absolute path in the container.", pattern=r"^/",
                                                          max_length=4096),
               "max_bytes": s_int("Most bytes to return.", 1, 64 * 1024 * 1024, 1024 * 1024),
-              "limit": s_limit(200, 5000),
-              "host_path": s_str("Or write it to this new path under SAFETY_COPY_HOST_ALLOWLIST.",
-                                 max_length=4096)},
+              "limit": s_limit(200, 5000)},
       required=("container", "path"),
       output=out({"path": {"type": "string"}, "type": {"type": "string"}, "encoding": {"type": "string"},
                   "content_block": {"type": "integer"}}, ("path", "type")),
@@ -9277,8 +9265,6 @@ def copy_from_container(call: Call) -> dict[str, Any]:
 
     a = call.args
     container = a["container"]
-    if a.get("host_path") is not None:
-        return copy_to_host(call)
     enforce_container_power(call, container, "copy")
     # The answer must fit MCP_MAX_OUTPUT_BYTES whole (base64 is 4/3 of the bytes): the cut is ours, and says so.
     answer_budget = max(1368, call.settings.max_output_bytes - 8192)
@@ -9341,15 +9327,23 @@ def copy_from_container(call: Call) -> dict[str, Any]:
                              "count": min(len(entries), limit), "truncated": len(entries) > limit or stream.cut})
 
 
+# A tool of its own rather than a host_path on docker_copy_from_container: writing on this host changes
+# state, so it is moderate (tiers, roles, engine ceilings and readOnlyHint say so), while reading a file
+# into the answer stays a safe call.
+@tool("docker_copy_to_host", title="Copy from a container to a host path", tier=Tier.MODERATE, toolset="containers",
+      description="Write a container's file or directory to a new host path under SAFETY_COPY_HOST_ALLOWLIST "
+                  "(archive API; regular files and directories only).",
+      params={"container": s_container(), "path": s_str("Absolute path in the container.", pattern=r"^/",
+                                                         max_length=4096),
+              "host_path": s_str("New host path under SAFETY_COPY_HOST_ALLOWLIST.", max_length=4096)},
+      required=("container", "path", "host_path"),
+      output=out({"path": {"type": "string"}, "type": {"type": "string"}, "host_path": {"type": "string"},
+                  "bytes": {"type": "integer"}}, ("path", "type", "host_path")))
 def copy_to_host(call: Call) -> dict[str, Any]:
-    """docker_copy_from_container with host_path: the engine's archive streamed onto this host (see
-    ``HostFilesOut``), nothing of it in the answer."""
+    """The engine's archive streamed onto this host (see ``HostFilesOut``), nothing of it in the answer."""
     import tarfile
 
     a = call.args
-    denial = host_write_denial(call.settings)
-    if denial:
-        raise denial_error([denial])
     container = a["container"]
     enforce_container_power(call, container, "copy")
     stat_info = container_path_stat(call, container, a["path"])

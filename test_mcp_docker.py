@@ -11066,13 +11066,13 @@ def test_copy_with_host_files_round_trips_files_trees_and_modes(host_copier):
     h.ok("docker_copy_to_container", {"container": name, "path": "/tmp/srv", "host_path": str(site), "mode": "0600"})
     assert stat.S_IMODE(archive_members(name, "/tmp/srv/bin/run.sh")["run.sh"].mode) == 0o600  # the caller's mode
 
-    out = h.ok("docker_copy_from_container", {"container": name, "path": "/tmp/in.bin",
+    out = h.ok("docker_copy_to_host", {"container": name, "path": "/tmp/in.bin",
                                               "host_path": str(root / "out.bin")})
     assert out["type"] == "file" and out["bytes"] == len(blob) and "content_block" not in out
     assert (root / "out.bin").read_bytes() == blob
     engine_exec(name, "busybox", "sh", "-c", "mkdir -p /tmp/tree/deep && echo x > /tmp/tree/deep/x && "
                 "echo s > /tmp/tree/suid && chmod 4755 /tmp/tree/suid")
-    tree = h.ok("docker_copy_from_container", {"container": name, "path": "/tmp/tree",
+    tree = h.ok("docker_copy_to_host", {"container": name, "path": "/tmp/tree",
                                                "host_path": str(root / "tree")})
     assert tree["type"] == "directory" and tree["files"] == 2
     assert (root / "tree" / "deep" / "x").read_text() == "x\n"
@@ -11135,11 +11135,11 @@ def test_copy_out_writes_no_host_file_outside_its_allowlist_through_a_link_or_ov
                             str(root / "dangling"): "policy_denied", str(root / "out-dir-link" / "x"): "policy_denied",
                             str(root / "exists"): "conflict", str(root): "conflict",
                             str(root / "no-dir" / "x"): "not_found"}.items():
-        h.error("docker_copy_from_container", {"container": name, "path": "/tmp/p", "host_path": given}, category)
+        h.error("docker_copy_to_host", {"container": name, "path": "/tmp/p", "host_path": given}, category)
     assert host_entries(outside) == before and (root / "exists").read_text() == "mine\n"
     assert not (outside / "new-from-container").exists()
     # a directory with a link, a hard link and a FIFO: only regular files and directories are made here
-    tree = h.ok("docker_copy_from_container", {"container": name, "path": "/tmp/d", "host_path": str(root / "d")})
+    tree = h.ok("docker_copy_to_host", {"container": name, "path": "/tmp/d", "host_path": str(root / "d")})
     made = host_entries(root / "d")
     assert all(kind in ("file", "dir") for kind, _ in made.values()), made
     assert (root / "d" / "f").read_text() == "in\n"
@@ -11151,7 +11151,7 @@ def test_copy_out_writes_no_host_file_outside_its_allowlist_through_a_link_or_ov
     created = api.create_container(TEST_IMAGE, ["sleep", "600"], name=powered, labels={"io.mcp-docker.test": PREFIX},
                                    host_config=api.create_host_config(cap_add=["SYS_ADMIN"], network_mode="none"))
     api.start(created["Id"])
-    h.error("docker_copy_from_container", {"container": powered, "path": "/etc/passwd",
+    h.error("docker_copy_to_host", {"container": powered, "path": "/etc/passwd",
                                            "host_path": str(root / "powered")}, "policy_denied")
     (root / "in.txt").write_text("in\n")
     h.error("docker_copy_to_container", {"container": powered, "path": "/tmp/x", "host_path": str(root / "in.txt")},
@@ -11160,7 +11160,7 @@ def test_copy_out_writes_no_host_file_outside_its_allowlist_through_a_link_or_ov
 
 
 @pytest.mark.adversarial
-def test_copy_out_to_host_needs_the_moderate_tier_and_its_size_cap_leaves_nothing(host_copier):
+def test_copy_to_host_is_a_moderate_tool_and_its_size_cap_leaves_nothing(host_copier):
     h, root, _ = host_copier
     name = sleeper(h, "hostcopycap")
     engine_exec(name, "busybox", "sh", "-c", "head -c 5000 /dev/zero > /tmp/big && mkdir /tmp/bigdir && "
@@ -11169,12 +11169,15 @@ def test_copy_out_to_host_needs_the_moderate_tier_and_its_size_cap_leaves_nothin
     read_only = Harness(env={"SAFETY_ALLOW_MODERATE_OPERATIONS": "false", "SAFETY_COPY_HOST_ALLOWLIST": str(root)})
     try:
         for path, target in (("/tmp/big", "big"), ("/tmp/bigdir", "bigdir")):
-            message = capped.error("docker_copy_from_container", {"container": name, "path": path,
-                                                                  "host_path": str(root / target)}, "invalid_argument")
+            message = capped.error("docker_copy_to_host", {"container": name, "path": path,
+                                                           "host_path": str(root / target)}, "invalid_argument")
             assert "MCP_COPY_MAX_BYTES" in message and not (root / target).exists()  # nothing was kept
-        message = read_only.error("docker_copy_from_container", {"container": name, "path": "/tmp/big",
-                                                                 "host_path": str(root / "ro")}, "policy_denied")
-        assert "[copy_host_write]" in message and not (root / "ro").exists()
+        message = read_only.error("docker_copy_to_host", {"container": name, "path": "/tmp/big",
+                                                          "host_path": str(root / "ro")}, "policy_denied")
+        assert "SAFETY_ALLOW_MODERATE_OPERATIONS" in message and not (root / "ro").exists()
+        listed = {tool.name: tool for tool in h.list_tools().tools}
+        assert listed["docker_copy_to_host"].annotations.read_only_hint is False  # it writes on this host
+        assert listed["docker_copy_from_container"].annotations.read_only_hint is True
         assert read_only.ok("docker_copy_from_container", {"container": name, "path": "/tmp/bigdir"})["type"] == \
             "directory"  # reading into the answer is still a safe call
     finally:
@@ -11219,7 +11222,7 @@ def test_a_directory_swapped_for_a_link_during_host_copies_never_redirects_them(
                 "in-ok" if not result.is_error else "in-refused", 0) + 1
             got = file_in(name, f"/tmp/got{index}")
             assert got in (None, b"benign\n"), got
-            result = h.call("docker_copy_from_container", {"container": name, "path": "/tmp/c",
+            result = h.call("docker_copy_to_host", {"container": name, "path": "/tmp/c",
                                                            "host_path": str(flip / f"out{index}")})
             outcomes["out-ok" if not result.is_error else "out-refused"] = outcomes.get(
                 "out-ok" if not result.is_error else "out-refused", 0) + 1
@@ -11271,9 +11274,9 @@ def test_copy_out_to_host_of_a_file_with_a_long_name_and_an_empty_file(host_copi
     name = sleeper(h, "hostcopylong")
     long_name = "/tmp/" + "n" * 150  # beyond ustar's 100 characters: the engine writes an extension header
     engine_exec(name, "busybox", "sh", "-c", f"echo long > {long_name} && : > /tmp/empty")
-    h.ok("docker_copy_from_container", {"container": name, "path": long_name, "host_path": str(root / "long")})
+    h.ok("docker_copy_to_host", {"container": name, "path": long_name, "host_path": str(root / "long")})
     assert (root / "long").read_text() == "long\n"
-    empty = h.ok("docker_copy_from_container", {"container": name, "path": "/tmp/empty",
+    empty = h.ok("docker_copy_to_host", {"container": name, "path": "/tmp/empty",
                                                 "host_path": str(root / "empty")})
     assert empty["bytes"] == 0 and (root / "empty").read_bytes() == b""
 

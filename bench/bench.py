@@ -1641,12 +1641,12 @@ def bench_copy(api: Any, env: dict[str, str], runs: int) -> dict[str, Any]:
                 check_tool_result(result, "stdio docker_copy_to_container host_path")
                 host_in_floor = copy_floor_host_in(api, container_id, source)
                 target = os.path.join(exchange, f"out{index}.bin")
-                host_out, result = raw.call_tool("docker_copy_from_container", {
+                host_out, result = raw.call_tool("docker_copy_to_host", {
                     "container": container_id, "path": "/tmp/host.bin", "host_path": target})
-                check_tool_result(result, "stdio docker_copy_from_container host_path")
+                check_tool_result(result, "stdio docker_copy_to_host")
                 with open(target, "rb") as handle:
                     if handle.read() != data:
-                        raise BenchError("docker_copy_from_container host_path did not write the bytes copied in")
+                        raise BenchError("docker_copy_to_host did not write the bytes copied in")
                 floor_target = os.path.join(exchange, f"floor{index}.bin")
                 host_out_floor = copy_floor_host_out(api, container_id, floor_target)
                 with open(floor_target, "rb") as handle:
