@@ -8942,7 +8942,7 @@ class ArchiveStream:
         self.call.remaining()
         chunk = next(self.chunks, b"")
         if not chunk:
-            raise ToolError("engine_error", "the engine's archive ended early (nothing was kept)")
+            raise ToolError("engine_error", "the engine's archive ended early")
         self.pending = memoryview(bytes(self.pending) + chunk) if self.pending else memoryview(chunk)
 
     def take(self, size: int) -> bytes:
@@ -9262,6 +9262,39 @@ TAR_KINDS = {b"0": "file", b"\0": "file", b"1": "hardlink", b"2": "symlink", b"3
              b"4": "block device", b"5": "directory", b"6": "fifo"}
 
 
+def close_archive(chunks: Any) -> None:
+    """Let the engine's archive stream go (its connection closed, not returned half-read to the pool)."""
+    close = getattr(chunks, "close", None)
+    if close:
+        with contextlib.suppress(Exception):
+            close()
+
+
+def file_content_answer(result: dict[str, Any], untrusted: UntrustedOutput, data: bytes, size: int,
+                        answer_budget: int) -> dict[str, Any]:
+    """A file's answer: its first bytes as text when they are text that fits, else exact as base64, in a
+    content block of their own; untrusted either way."""
+    import base64
+
+    result.update(type="file", size=size, truncated=size > len(data))
+    try:
+        text: str | None = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    # text with control characters, or whose JSON escaping would not fit the answer (quotes, backslashes,
+    # newlines double), goes exact as base64, which always fits
+    if text is not None and (re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", text)
+                             or json_text_length(text) > answer_budget):
+        text = None
+    if text is not None:
+        result.update(encoding="text", content_block=1, content=ContentBlock(untrusted.text("content", text)))
+    else:  # binary, or text with control characters: exact, as base64 (untrusted all the same)
+        untrusted.mark("content")  # listed as untrusted: base64 is not cleaned, only marked
+        result.update(encoding="base64", content_block=1,
+                      content=ContentBlock(base64.b64encode(data).decode("ascii")))
+    return result
+
+
 @tool("docker_copy_from_container", title="Copy a file out of a container", tier=Tier.SAFE, toolset="containers",
       description="Read a file from a container (text, or base64 if binary; the content is the text of "
                   "content block content_block) or list a directory, newest first. Untrusted content.",
@@ -9274,7 +9307,6 @@ TAR_KINDS = {b"0": "file", b"\0": "file", b"1": "hardlink", b"2": "symlink", b"3
                   "content_block": {"type": "integer"}}, ("path", "type")),
       list_field="entries")
 def copy_from_container(call: Call) -> dict[str, Any]:
-    import base64
     import tarfile
 
     a = call.args
@@ -9290,11 +9322,21 @@ def copy_from_container(call: Call) -> dict[str, Any]:
     if int(stat_info.get("mode") or 0) & GO_MODE_SYMLINK:  # Podman's archive would follow it: described instead
         return untrusted.attach({"path": a["path"], "type": "symlink",
                                  "link_target": untrusted.value("link_target", str(stat_info.get("linkTarget") or ""))})
+    result: dict[str, Any] = {"path": a["path"]}
+    if not int(stat_info.get("mode") or 0) & GO_MODE_DIR:  # a file, read straight off the archive's chunks
+        chunks, _ = call.api.get_archive(container, a["path"], chunk_size=COPY_READ_CHUNK)
+        try:
+            archive = ArchiveStream(chunks, call)
+            kind, size, _ = archive.first_member()
+            if kind == "file":
+                data = b"".join(archive.pieces(min(size, max_bytes)))
+                return untrusted.attach(file_content_answer(result, untrusted, data, size, answer_budget))
+        finally:  # (a device, a FIFO ...: described below, from the archive read again)
+            close_archive(chunks)
     chunks, _ = call.api.get_archive(container, a["path"], chunk_size=COPY_READ_CHUNK)
     # A directory's archive is read up to a bound of its own: the listing says when it stopped.
     stream = CappedStream(chunks, max(4 * max_bytes, 16 * 1024 * 1024), call)
     entries: list[dict[str, Any]] = []
-    result: dict[str, Any] = {"path": a["path"]}
     try:
         with tarfile.open(fileobj=stream, mode="r|", bufsize=COPY_READ_CHUNK) as archive:
             for member in archive:
@@ -9302,24 +9344,7 @@ def copy_from_container(call: Call) -> dict[str, Any]:
                 if not entries and not result.get("type") and kind == "file":
                     handle = archive.extractfile(member)
                     data = handle.read(max_bytes) if handle else b""
-                    result.update(type="file", size=member.size, truncated=member.size > len(data))
-                    try:
-                        text = data.decode("utf-8")
-                    except UnicodeDecodeError:
-                        text = None
-                    # text with control characters, or whose JSON escaping would not fit the answer (quotes,
-                    # backslashes, newlines double), goes exact as base64, which always fits
-                    if text is not None and (re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", text)
-                                             or json_text_length(text) > answer_budget):
-                        text = None
-                    if text is not None:
-                        result.update(encoding="text", content_block=1,
-                                      content=ContentBlock(untrusted.text("content", text)))
-                    else:  # binary, or text with control characters: exact, as base64 (untrusted all the same)
-                        untrusted.mark("content")  # listed as untrusted: base64 is not cleaned, only marked
-                        result.update(encoding="base64", content_block=1,
-                                      content=ContentBlock(base64.b64encode(data).decode("ascii")))
-                    break
+                    return untrusted.attach(file_content_answer(result, untrusted, data, member.size, answer_budget))
                 entries.append({"name": member.name, "type": kind, "size": member.size, "mode": oct(member.mode),
                                 "modified": iso_time(member.mtime),
                                 **({"link_target": member.linkname} if member.linkname else {})})
@@ -9327,12 +9352,7 @@ def copy_from_container(call: Call) -> dict[str, Any]:
         if not stream.cut:
             raise ToolError("engine_error", "the engine's archive could not be read") from None
     finally:
-        close = getattr(chunks, "close", None)
-        if close:
-            with contextlib.suppress(Exception):
-                close()
-    if result.get("type") == "file":
-        return untrusted.attach(result)
+        close_archive(chunks)
     if len(entries) == 1 and entries[0]["type"] != "directory":  # a link, a device ...: described, never followed
         return untrusted.attach({**result, **untrusted.value("entry", entries[0])})
     entries.sort(key=lambda e: e["modified"] or "", reverse=True)

@@ -11291,3 +11291,12 @@ def test_copy_in_from_a_host_tree_deeper_than_its_bound_is_refused_clearly(host_
     assert f"more than {md.HOST_COPY_MAX_DEPTH} directories deep" in message
     assert file_in(name, "/tmp/d") is None
     h.ok("docker_version")  # and the server keeps serving
+
+
+def test_copy_out_of_a_fifo_or_an_empty_file_answers_without_blocking(filer):
+    name = sleeper(filer, "copyfifo")
+    engine_exec(name, "busybox", "sh", "-c", "mkfifo /tmp/pipe && : > /tmp/empty")
+    pipe, content = copied_out(filer, {"container": name, "path": "/tmp/pipe"})
+    assert pipe["type"] == "fifo" and content is None  # described from the archive, never read
+    empty, content = copied_out(filer, {"container": name, "path": "/tmp/empty"})
+    assert empty["type"] == "file" and empty["size"] == 0 and content == ""
