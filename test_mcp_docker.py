@@ -11288,3 +11288,223 @@ def test_copy_in_from_a_host_tree_deeper_than_its_bound_is_refused_clearly(host_
     assert f"more than {md.HOST_COPY_MAX_DEPTH} directories deep" in message
     assert file_in(name, "/tmp/d") is None
     h.ok("docker_version")  # and the server keeps serving
+
+
+# =============================================================================================
+# === host copy red team ===
+# =============================================================================================
+# Attacks on copies with host_path, from a hostile caller, a hostile container and a hostile local user who
+# can write in the allowed directory; each judged on this host's own files and the engine's state.
+
+
+def _red_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+@pytest.mark.adversarial
+def test_host_copy_red_team_copy_out_applies_the_umask_so_no_world_writable_file_lands(host_copier):
+    """A container's 0777 file and 0777 directory land under this server's umask (the server inherits the
+    suite's), not world-writable: fchmod after creation used to bypass the umask."""
+    h, root, _ = host_copier
+    name = sleeper(h, "redumask")
+    engine_exec(name, "busybox", "sh", "-c", "echo w > /tmp/w && chmod 0777 /tmp/w && mkdir -p /tmp/wd/in && "
+                "echo w > /tmp/wd/in/f && chmod 0666 /tmp/wd/in/f && chmod 0777 /tmp/wd/in")
+    mask = _red_umask()
+    assert mask & 0o002, "the suite runs with a umask that clears other-write"
+    h.ok("docker_copy_from_container", {"container": name, "path": "/tmp/w", "host_path": str(root / "red-w")})
+    h.ok("docker_copy_from_container", {"container": name, "path": "/tmp/wd", "host_path": str(root / "red-wd")})
+    assert stat.S_IMODE(os.lstat(root / "red-w").st_mode) == 0o777 & ~mask
+    made = host_entries(root / "red-wd")
+    assert made["in"] == ("dir", 0o777 & ~mask) and made["in/f"] == ("file", 0o666 & ~mask), made
+    assert not any(mode & 0o002 for _, mode in made.values())
+
+
+def test_host_copy_red_team_place_rule_keeps_home_hidden_entries_and_var_state_from_broad_roots():
+    deny = md.host_copy_place_denial
+    homes = ("/home/ann", "/var/www", "/")
+    for path, root in (("/home/ann/.bash_profile", "/"), ("/home/ann/.local/bin/ls", "/home/ann"),
+                       ("/home/ann/.gitconfig", "/home"), ("/var/www/.profile", "/var"),
+                       ("/var/lib/polkit-1/localauthority/50-local.d/x.pkla", "/"),
+                       ("/var/spool/cron/crontabs/root", "/var"), ("/var/backups/shadow.bak", "/"),
+                       ("/var/cache/debconf/passwords.dat", "/var/cache/.."), ("/var", "/")):
+        denial = deny(md.lexical_path(path), md.lexical_path(root), homes, path)
+        assert denial is not None and denial.rule == "sensitive_path", (path, root)
+        assert "/home/ann" not in denial.reason.replace(path, "")  # no path the caller did not give
+    for path, root in (("/home/ann/project/.env", "/home/ann"), ("/home/ann/site", "/home/ann"),
+                       ("/home/ann/.cache/app/x", "/home/ann/.cache/app"),  # named by the allowlist itself
+                       ("/var/lib/app/data", "/var/lib/app"), ("/srv/x/.hidden", "/srv"), ("/tmp/.x", "/")):
+        assert deny(path, root, homes, path) is None, (path, root)
+
+
+@pytest.mark.adversarial
+def test_host_copy_red_team_a_broad_allowlist_never_reaches_system_or_home_state():
+    """Allowlist / and /var: copies in and out of /proc, /sys, /dev/shm, engine sockets, /var/lib, a home's
+    hidden entries ... are refused by name, nothing is read into the container and nothing is made here."""
+    import pwd
+    import shutil
+    import tempfile
+
+    require_engine()
+    sentinel_dir = Path(tempfile.mkdtemp(prefix=f"{PREFIX}-red-", dir="/var/lib"))
+    (sentinel_dir / "state").write_text("STATE-SECRET\n")
+    homes = sorted({entry.pw_dir for entry in pwd.getpwall()
+                    if entry.pw_dir not in ("/", "") and os.path.isdir(entry.pw_dir)
+                    and not any(md._is_within(os.path.realpath(entry.pw_dir), s) for s in md.SENSITIVE_HOST_PATHS)})
+    h = Harness(env={"SAFETY_COPY_HOST_ALLOWLIST": "/,/var"})
+    try:
+        name = sleeper(h, "redbroad")
+        engine_exec(name, "busybox", "sh", "-c", "echo payload > /tmp/p")
+        reads = ["/proc/self/environ", "/proc/1/environ", "/sys/kernel/notes", "/dev/shm", "/var/run/docker.sock",
+                 "/run", "/etc/shadow", "/root/.bash_history", f"//var/lib/./{sentinel_dir.name}/state",
+                 str(sentinel_dir / "state"), str(sentinel_dir), "/var", "/"]
+        writes = ["/dev/shm/red", "/proc/red", f"{sentinel_dir}/new", "/var/spool/red", "/etc/cron.d/red",
+                  "/root/.bash_profile"]
+        for home in homes[:3]:  # a hidden entry that does not exist: old code said not_found, never refused
+            reads.append(f"{home}/.{PREFIX}-red/x")
+            writes.append(f"{home}/.{PREFIX}-red/x")
+        for given in reads:
+            message = h.error("docker_copy_to_container", {"container": name, "path": "/tmp/got", "host_path": given},
+                              "policy_denied")
+            assert "[sensitive_path]" in message or "[engine_socket]" in message or "symbolic link" in message, \
+                (given, message)
+        assert file_in(name, "/tmp/got") is None
+        for given in writes:
+            message = h.error("docker_copy_from_container", {"container": name, "path": "/tmp/p",
+                                                             "host_path": given}, "policy_denied")
+            assert not os.path.lexists(given), given
+        assert sorted(os.listdir(sentinel_dir)) == ["state"]
+        assert not os.path.lexists("/var/spool/red")
+    finally:
+        h.close()
+        shutil.rmtree(sentinel_dir, ignore_errors=True)
+
+
+@pytest.mark.adversarial
+def test_host_copy_red_team_a_directory_swapped_mid_copy_out_keeps_its_files_and_gets_none_of_ours(tmp_path):
+    """A local user renames the directory a copy out is filling and puts a directory of theirs (or a victim's)
+    in its place; the copy then fails. The files after the swap go into the directory the copy made (held
+    open), not into theirs, and the clean-up removes what the copy made, never their files."""
+    import io
+    import tarfile
+
+    root = tmp_path / "root"
+    root.mkdir()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        top = tarfile.TarInfo("top")
+        top.type, top.mode = tarfile.DIRTYPE, 0o755
+        archive.addfile(top)
+        for member in ("top/a", "top/sub/b", "top/../escape"):  # the last one makes the copy fail
+            info = tarfile.TarInfo(member)
+            info.size = 4
+            archive.addfile(info, io.BytesIO(b"data"))
+    raw = buffer.getvalue()
+    out, moved, victim_file = root / "out", root / "moved", root / "out" / "keep"
+
+    class SwappingStream:  # the archive, with the local user's move after the copy made its first file
+        def __init__(self) -> None:
+            self.at, self.swapped = 0, False
+
+        def read(self, size: int = -1) -> bytes:
+            if not self.swapped and (out / "a").exists():
+                self.swapped = True
+                os.rename(out, moved)
+                out.mkdir()
+                victim_file.write_text("victim\n")
+            size = len(raw) - self.at if size < 0 else size
+            data = raw[self.at:self.at + min(size, 512)]
+            self.at += len(data)
+            return data
+
+    settings = md.load_settings({}, {"SAFETY_COPY_HOST_ALLOWLIST": str(root)})
+    call = md.Call(api=None, args={}, settings=settings, deadline=time.monotonic() + 60)
+    writer = md.HostFilesOut(call, str(out))
+    stream = SwappingStream()
+    try:
+        with pytest.raises(md.ToolError, match="outside the directory copied"), \
+                tarfile.open(fileobj=stream, mode="r|", bufsize=512) as archive:
+            writer.write_directory(archive, archive.next())
+        writer.undo()
+    finally:
+        writer.close()
+    assert stream.swapped
+    assert victim_file.read_text() == "victim\n" and sorted(os.listdir(out)) == ["keep"]  # theirs, untouched
+    assert os.listdir(moved) == []  # ours, emptied (its name is theirs now: the directory itself stays)
+    assert not (root / "escape").exists()
+
+
+@pytest.mark.adversarial
+def test_host_copy_red_team_a_file_put_in_place_of_a_failed_copy_out_is_not_removed(tmp_path):
+    """The single-file case: the file a copy out made is swapped for someone else's before the copy fails;
+    the clean-up leaves theirs."""
+    import io
+    import tarfile
+
+    root = tmp_path / "root"
+    root.mkdir()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        info = tarfile.TarInfo("f")
+        info.size = 4096
+        archive.addfile(info, io.BytesIO(b"x" * 4096))
+    raw = buffer.getvalue()[:2048]  # the archive is cut short: the copy fails after making the file
+    target = root / "f"
+
+    def chunks():
+        yield raw[:1024]
+        os.rename(target, root / "ours")
+        target.write_text("theirs\n")
+        yield raw[1024:]
+
+    settings = md.load_settings({}, {"SAFETY_COPY_HOST_ALLOWLIST": str(root)})
+    call = md.Call(api=None, args={}, settings=settings, deadline=time.monotonic() + 60)
+    writer = md.HostFilesOut(call, str(target))
+    try:
+        with pytest.raises(md.ToolError, match="ended early"):
+            writer.write_file(md.ArchiveStream(chunks(), call))
+        writer.undo()
+    finally:
+        writer.close()
+    assert target.read_text() == "theirs\n"
+
+
+def test_host_copy_red_team_failing_host_copies_leak_no_descriptor(tmp_path):
+    root = tmp_path / "root"
+    (root / "tree" / "inner").mkdir(parents=True)
+    (root / "tree" / "inner" / "link").symlink_to("/etc/hostname")
+    (root / "exists").write_text("x")
+    os.mkfifo(root / "fifo")
+    os.makedirs(os.path.join(root, "deep", *["d"] * (md.HOST_COPY_MAX_DEPTH + 1)))
+    settings = md.load_settings({}, {"SAFETY_COPY_HOST_ALLOWLIST": str(root)})
+    call = md.Call(api=None, args={}, settings=settings, deadline=time.monotonic() + 60)
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        for given in ("tree", "fifo", "deep", "missing", "tree/inner/link", "exists/x"):
+            with pytest.raises(md.ToolError):
+                md.HostFilesIn(call, str(root / given))
+        for given in ("tree/inner/link/x", "missing/x", "exists/x", ""):
+            with pytest.raises(md.ToolError):
+                md.HostFilesOut(call, str(root / given) if given else str(root))
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+@pytest.mark.adversarial
+def test_host_copy_red_team_copy_out_to_host_is_refused_on_a_read_only_engine(host_copier):
+    """The engine's access level caps the call's tier: a read-only engine reads into the answer but never
+    writes this host's files, even on a server that allows moderate operations."""
+    _, root, _ = host_copier
+    h = Harness(["--engine", f"main={ENGINE_URL}", "--engine", f"ro={ENGINE_URL};read-only"],
+                env={"SAFETY_COPY_HOST_ALLOWLIST": str(root)})
+    try:
+        name = sleeper(h, "redro")
+        engine_exec(name, "busybox", "sh", "-c", "echo ro > /tmp/ro")
+        message = h.error("docker_copy_from_container", {"container": name, "path": "/tmp/ro", "engine": "ro",
+                                                         "host_path": str(root / "red-ro")}, "policy_denied")
+        assert "[copy_host_write]" in message and not (root / "red-ro").exists()
+        assert h.ok("docker_copy_from_container", {"container": name, "path": "/tmp/ro", "engine": "ro"})["type"] == "file"
+        h.ok("docker_copy_from_container", {"container": name, "path": "/tmp/ro", "host_path": str(root / "red-ro")})
+        assert (root / "red-ro").read_text() == "ro\n"
+    finally:
+        h.close()
