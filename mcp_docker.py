@@ -8725,6 +8725,30 @@ def copy_contents(call: Call) -> dict[str, CopyFile]:
 # replaces or writes through anything), has no set-id bits, and is removed again when the copy fails.
 
 HOST_COPY_SETTING = "SAFETY_COPY_HOST_ALLOWLIST"
+
+
+def readable_name(name: str) -> str:
+    """A file name as an answer may carry it: bytes that are not UTF-8 (kept by the OS and tarfile as lone
+    surrogates, which no JSON writer can encode: one killed the stdio server) shown as \\xNN escapes."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        try:
+            return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:
+            return name.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def without_surrogates(value: Any) -> Any:
+    """``value`` with every string passed through ``readable_name`` (dicts, lists and tuples walked)."""
+    if isinstance(value, str):
+        return readable_name(value)
+    if isinstance(value, dict):
+        return {without_surrogates(key): without_surrogates(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [without_surrogates(item) for item in value]
+    return value
 HOST_COPY_MAX_ENTRIES = 10_000  # files and directories one host copy reads or writes
 HOST_COPY_MAX_DEPTH = 128  # directories deep below host_path (a walk holds one descriptor per level)
 O_HOST_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -9130,7 +9154,7 @@ class HostFilesOut:
                 self.budget(0)
                 self.skipped_count += 1
                 if len(self.skipped) < 100:
-                    self.skipped.append({"name": relative, "type": kind})
+                    self.skipped.append({"name": readable_name(relative), "type": kind})
                 continue
             parent = self.directory_of(parts[:-1])
             try:
@@ -9274,7 +9298,8 @@ def copy_to_container(call: Call) -> dict[str, Any]:
                 break
     call.api.put_archive(container, target, b"".join(copy_archive(files, int(a.get("mode") or "0644", 8),
                                                                   directories)))
-    return {"id": container, "status": "copied", "path": target, "files": sorted(files)[:200], "count": len(files),
+    return {"id": container, "status": "copied", "path": target, "files": [readable_name(name) for name in
+                                                                            sorted(files)[:200]], "count": len(files),
             "bytes": sum(item.size for item in files.values())}
 
 
@@ -9394,9 +9419,9 @@ def copy_from_container(call: Call) -> dict[str, Any]:
                         result.update(encoding="base64", content_block=1,
                                       content=ContentBlock(base64.b64encode(data).decode("ascii")))
                     break
-                entries.append({"name": member.name, "type": kind, "size": member.size, "mode": oct(member.mode),
-                                "modified": iso_time(member.mtime),
-                                **({"link_target": member.linkname} if member.linkname else {})})
+                entries.append({"name": readable_name(member.name), "type": kind, "size": member.size,
+                                "mode": oct(member.mode), "modified": iso_time(member.mtime),
+                                **({"link_target": readable_name(member.linkname)} if member.linkname else {})})
     except tarfile.TarError:
         if not stream.cut:
             raise ToolError("engine_error", "the engine's archive could not be read") from None
@@ -11227,6 +11252,9 @@ class DockerMCP:
         blocks = [mcp_types.TextContent(type="text", text=v.text) for v in result.values() if isinstance(v, ContentBlock)]
         result = {k: v for k, v in result.items() if not isinstance(v, ContentBlock)} if blocks else result
         text = json.dumps(result, separators=(",", ":"), default=str)
+        if "\\ud" in text:  # maybe a lone surrogate (a name that is not UTF-8), which would kill the writer
+            result = without_surrogates(result)
+            text = json.dumps(result, separators=(",", ":"), default=str)
         return mcp_types.CallToolResult(content=[mcp_types.TextContent(type="text", text=text), *blocks],
                                         structured_content=result)
 

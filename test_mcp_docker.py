@@ -11508,3 +11508,26 @@ def test_host_copy_red_team_copy_out_to_host_is_refused_on_a_read_only_engine(ho
         assert (root / "red-ro").read_text() == "ro\n"
     finally:
         h.close()
+
+
+@pytest.mark.adversarial
+def test_host_copy_red_team_names_that_are_not_utf8_never_kill_the_server(host_copier):
+    """A file name that is not UTF-8, made by a container process or by a local user in the allowed
+    directory: the answers show it escaped (it used to reach the stdio writer as a lone surrogate and end
+    the server), the bytes of the name land as they were, and the server keeps serving."""
+    h, root, _ = host_copier
+    name = sleeper(h, "rednames")
+    engine_exec(name, "busybox", "sh", "-c", "mkdir /tmp/n && echo x > \"/tmp/n/$(printf 'a\\377b')\" && "
+                "ln -s /nowhere \"/tmp/n/$(printf 'l\\376')\"")
+    listing = h.ok("docker_copy_from_container", {"container": name, "path": "/tmp/n"})
+    assert {"n/a\\xffb", "n/l\\xfe"} <= {entry["name"] for entry in listing["entries"]}, listing["entries"]
+    out = h.ok("docker_copy_from_container", {"container": name, "path": "/tmp/n", "host_path": str(root / "red-n")})
+    assert [entry["name"] for entry in out["skipped"]] == ["l\\xfe"]
+    assert os.listdir(os.fsencode(root / "red-n")) == [b"a\xffb"]
+    (root / "red-in").mkdir()
+    (Path(os.fsdecode(os.fsencode(root / "red-in") + b"/c\xfdd"))).write_text("y\n")
+    engine_exec(name, "busybox", "mkdir", "/tmp/in")
+    done = h.ok("docker_copy_to_container", {"container": name, "path": "/tmp/in", "host_path": str(root / "red-in")})
+    assert done["files"] == ["c\\xfdd"]
+    assert os.fsdecode(b"in/c\xfdd") in archive_members(name, "/tmp/in")  # the name's bytes, as they were
+    h.ok("docker_version")
