@@ -8878,6 +8878,17 @@ class HostCopyPath:
         os.close(self.parent)
 
 
+def hard_links_protected() -> bool:
+    """Whether the kernel lets a user hard-link only files they may read and write (fs.protected_hardlinks):
+    then a link in the allowed directory reaches nothing its maker could not read already. (Read when a
+    file with other links is met, which is rare: not cached, the setting can change.)"""
+    try:
+        with open("/proc/sys/fs/protected_hardlinks", "rb") as flag:
+            return flag.read().strip() == b"1"
+    except OSError:
+        return False
+
+
 def read_host_file(fd: int, size: int, given: str, name: str) -> bytes:
     """All of an open regular file, which must still be ``size`` bytes long (a file that grows or shrinks
     while it is copied is refused, not copied half-old)."""
@@ -8958,6 +8969,10 @@ class HostFilesIn:
             if not stat.S_ISREG(info.st_mode):  # swapped after it was looked at
                 raise ToolError("invalid_argument", f"host_path {_short_repr(self.given, 80)}: {_short_repr(shown, 60)} "
                                 "is not a regular file")
+            if info.st_nlink > 1 and not hard_links_protected():  # a link to /etc/shadow, made by anyone
+                raise ToolError("policy_denied", f"[copy_host_path] host_path {_short_repr(self.given, 80)}: "
+                                f"{_short_repr(shown, 60)} has other hard links, and this kernel lets any user "
+                                "hard-link any file (fs.protected_hardlinks is off); copy a file without them")
             self.count(info.st_size)
             file = CopyFile(read_host_file(fd, info.st_size, self.given, shown), False)
             file.mode = stat.S_IMODE(info.st_mode) & 0o777  # no set-id or sticky bits into the container

@@ -11531,3 +11531,24 @@ def test_host_copy_red_team_names_that_are_not_utf8_never_kill_the_server(host_c
     assert done["files"] == ["c\\xfdd"]
     assert os.fsdecode(b"in/c\xfdd") in archive_members(name, "/tmp/in")  # the name's bytes, as they were
     h.ok("docker_version")
+
+
+def test_host_copy_red_team_hard_links_are_refused_where_the_kernel_does_not_protect_them(tmp_path, monkeypatch):
+    """With fs.protected_hardlinks off, any local user can hard-link a file they cannot read (/etc/shadow on
+    the same filesystem) into the allowed directory: a copy in then refuses files with other links. With it
+    on (this machine), a link reaches only what its maker could read, and is copied."""
+    root = tmp_path / "root"
+    root.mkdir()
+    (tmp_path / "elsewhere").write_text("SECRET\n")
+    os.link(tmp_path / "elsewhere", root / "linked")
+    (root / "tree").mkdir()
+    os.link(tmp_path / "elsewhere", root / "tree" / "linked")
+    settings = md.load_settings({}, {"SAFETY_COPY_HOST_ALLOWLIST": str(root)})
+    call = md.Call(api=None, args={}, settings=settings, deadline=time.monotonic() + 60)
+    monkeypatch.setattr(md, "hard_links_protected", lambda: False)
+    for given in ("linked", "tree"):
+        with pytest.raises(md.ToolError, match=r"\[copy_host_path\].*hard links.*protected_hardlinks") as refused:
+            md.HostFilesIn(call, str(root / given))
+        assert str(tmp_path / "elsewhere") not in str(refused.value)
+    monkeypatch.setattr(md, "hard_links_protected", lambda: True)
+    assert md.HostFilesIn(call, str(root / "linked")).files["linked"].size == 7
