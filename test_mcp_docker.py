@@ -11552,3 +11552,51 @@ def test_host_copy_red_team_hard_links_are_refused_where_the_kernel_does_not_pro
         assert str(tmp_path / "elsewhere") not in str(refused.value)
     monkeypatch.setattr(md, "hard_links_protected", lambda: True)
     assert md.HostFilesIn(call, str(root / "linked")).files["linked"].size == 7
+
+
+def _red_children() -> set[int]:
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                status = Path(f"/proc/{entry}/status").read_text()
+                if f"\nPPid:\t{os.getpid()}\n" in status:
+                    found.add(int(entry))
+    return found
+
+
+@pytest.mark.adversarial
+def test_host_copy_red_team_many_failing_host_copies_leave_the_server_no_open_descriptor(tmp_path):
+    """Copies that fail every way (links, conflicts, caps cut mid-stream, a missing parent, a FIFO) leave
+    the server process with the descriptors it had: counted in /proc/<server pid>/fd."""
+    require_engine()
+    root = tmp_path / "root"
+    (root / "tree").mkdir(parents=True)
+    (root / "tree" / "link").symlink_to("/etc/hostname")
+    (root / "exists").write_text("x")
+    os.mkfifo(root / "fifo")
+    before_children = _red_children()
+    h = Harness(env={"MCP_COPY_MAX_BYTES": "4k", "SAFETY_COPY_HOST_ALLOWLIST": str(root)})
+    try:
+        (server,) = _red_children() - before_children
+        name = sleeper(h, "redfds")
+        engine_exec(name, "busybox", "sh", "-c", "head -c 9000 /dev/zero > /tmp/big && mkdir /tmp/bd && "
+                    "head -c 3000 /dev/zero > /tmp/bd/a && head -c 3000 /dev/zero > /tmp/bd/b && echo s > /tmp/s")
+
+        def failing_round() -> None:
+            for given in ("tree", "fifo", "tree/link", "missing"):
+                h.error("docker_copy_to_container", {"container": name, "path": "/tmp/x", "host_path": str(root / given)})
+            for path, given in (("/tmp/big", "big"), ("/tmp/bd", "bd"), ("/tmp/s", "exists"), ("/tmp/s", "no/x"),
+                                ("/tmp/s", "tree/link"), ("/tmp/missing", "m")):
+                h.error("docker_copy_from_container", {"container": name, "path": path, "host_path": str(root / given)})
+
+        failing_round()  # the engine connection pool fills to its size here
+        h.ok("docker_copy_from_container", {"container": name, "path": "/tmp/s", "host_path": str(root / "ok")})
+        before = len(os.listdir(f"/proc/{server}/fd"))
+        for _ in range(10):
+            failing_round()
+        after = len(os.listdir(f"/proc/{server}/fd"))
+        assert after <= before, (before, after)
+        assert sorted(os.listdir(root)) == ["exists", "fifo", "ok", "tree"]  # nothing left by the failures
+    finally:
+        h.close()
