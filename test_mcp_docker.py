@@ -11297,28 +11297,27 @@ def test_copy_in_from_a_host_tree_deeper_than_its_bound_is_refused_clearly(host_
 # can write in the allowed directory; each judged on this host's own files and the engine's state.
 
 
-def _red_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 @pytest.mark.adversarial
 def test_host_copy_red_team_copy_out_applies_the_umask_so_no_world_writable_file_lands(host_copier):
-    """A container's 0777 file and 0777 directory land under this server's umask (the server inherits the
-    suite's), not world-writable: fchmod after creation used to bypass the umask."""
-    h, root, _ = host_copier
-    name = sleeper(h, "redumask")
-    engine_exec(name, "busybox", "sh", "-c", "echo w > /tmp/w && chmod 0777 /tmp/w && mkdir -p /tmp/wd/in && "
-                "echo w > /tmp/wd/in/f && chmod 0666 /tmp/wd/in/f && chmod 0777 /tmp/wd/in")
-    mask = _red_umask()
-    assert mask & 0o002, "the suite runs with a umask that clears other-write"
-    h.ok("docker_copy_from_container", {"container": name, "path": "/tmp/w", "host_path": str(root / "red-w")})
-    h.ok("docker_copy_from_container", {"container": name, "path": "/tmp/wd", "host_path": str(root / "red-wd")})
-    assert stat.S_IMODE(os.lstat(root / "red-w").st_mode) == 0o777 & ~mask
+    """A container's 0777 file and 0777 directory land under this server's umask (0027 here, set when the
+    server starts), not world-writable: an fchmod after creation used to bypass the umask."""
+    _, root, _ = host_copier
+    mask = os.umask(0o027)
+    try:
+        h = Harness(env={"SAFETY_COPY_HOST_ALLOWLIST": str(root)})  # the server inherits the umask
+    finally:
+        os.umask(mask)
+    try:
+        name = sleeper(h, "redumask")
+        engine_exec(name, "busybox", "sh", "-c", "echo w > /tmp/w && chmod 0777 /tmp/w && mkdir -p /tmp/wd/in && "
+                    "echo w > /tmp/wd/in/f && chmod 0666 /tmp/wd/in/f && chmod 0777 /tmp/wd/in")
+        h.ok("docker_copy_from_container", {"container": name, "path": "/tmp/w", "host_path": str(root / "red-w")})
+        h.ok("docker_copy_from_container", {"container": name, "path": "/tmp/wd", "host_path": str(root / "red-wd")})
+    finally:
+        h.close()
+    assert stat.S_IMODE(os.lstat(root / "red-w").st_mode) == 0o750
     made = host_entries(root / "red-wd")
-    assert made["in"] == ("dir", 0o777 & ~mask) and made["in/f"] == ("file", 0o666 & ~mask), made
-    assert not any(mode & 0o002 for _, mode in made.values())
+    assert made["in"] == ("dir", 0o750) and made["in/f"] == ("file", 0o640), made
 
 
 def test_host_copy_red_team_place_rule_keeps_home_hidden_entries_and_var_state_from_broad_roots():
