@@ -11599,3 +11599,32 @@ def test_host_copy_red_team_many_failing_host_copies_leave_the_server_no_open_de
         assert sorted(os.listdir(root)) == ["exists", "fifo", "ok", "tree"]  # nothing left by the failures
     finally:
         h.close()
+
+
+@pytest.mark.adversarial
+def test_host_copy_red_team_path_forms_neither_escape_the_allowlist_nor_confuse_it(host_copier):
+    """A sibling whose name starts like the allowed root, '//' and '/./' parts, a trailing slash, a name
+    that only looks like the root's (a Unicode lookalike): judged on the path as the kernel walks it."""
+    h, root, outside = host_copier
+    name = sleeper(h, "redforms")
+    sibling = Path(f"{root}-evil")
+    sibling.mkdir()
+    try:
+        (sibling / "s").write_text("SIBLING\n")
+        (root / "red-f.txt").write_text("ok\n")
+        lookalike = str(root).replace("root", "r\u043eot")  # a Cyrillic o
+        for given in (str(sibling / "s"), f"{root}-evil/s", f"{root}/..//{root.name}-evil/s", f"{lookalike}/red-f.txt"):
+            h.error("docker_copy_to_container", {"container": name, "path": "/tmp/got", "host_path": given},
+                    "policy_denied")
+            h.error("docker_copy_from_container", {"container": name, "path": "/etc/hostname",
+                                                   "host_path": given + "-new"}, "policy_denied")
+        assert file_in(name, "/tmp/got") is None and sorted(os.listdir(sibling)) == ["s"]
+        for index, given in enumerate((f"/{root}//red-f.txt", f"{root}/./red-f.txt", f"{root}/red-f.txt/")):
+            h.ok("docker_copy_to_container", {"container": name, "path": f"/tmp/f{index}", "host_path": given})
+            assert file_in(name, f"/tmp/f{index}") == b"ok\n"
+        h.ok("docker_copy_from_container", {"container": name, "path": "/tmp/f0", "host_path": f"/{root}/./red-g//"})
+        assert (root / "red-g").read_text() == "ok\n"
+    finally:
+        import shutil
+
+        shutil.rmtree(sibling, ignore_errors=True)
