@@ -11628,3 +11628,32 @@ def test_host_copy_red_team_path_forms_neither_escape_the_allowlist_nor_confuse_
         import shutil
 
         shutil.rmtree(sibling, ignore_errors=True)
+
+
+@pytest.mark.engine
+@pytest.mark.adversarial
+def test_host_copy_red_team_a_safe_tier_key_over_http_reads_but_never_writes_host_files(tmp_path):
+    """Over HTTP, a key whose role stops at the safe tier may copy a file out into its answer, but not onto
+    this host (host_path), on a server that allows moderate operations; a moderate key may."""
+    root = tmp_path / "root"
+    root.mkdir()
+    keys_file, (reader_key, writer_key) = make_keys(tmp_path, ["--client-id", "reader", "--tier", "safe"],
+                                                    ["--client-id", "writer", "--tier", "moderate"])
+    name = standalone_sleeper("redhttp")
+    engine_exec(name, "busybox", "sh", "-c", "echo over-http > /tmp/h")
+    with http_server([], {"SECURITY_API_KEYS_FILE": keys_file, "SAFETY_COPY_HOST_ALLOWLIST": str(root)}) as server:
+        reader = http_harness(server.url, key=reader_key)
+        try:
+            message = reader.error("docker_copy_from_container", {"container": name, "path": "/tmp/h",
+                                                                  "host_path": str(root / "by-reader")}, "policy_denied")
+            assert "[copy_host_write]" in message and not (root / "by-reader").exists()
+            assert reader.ok("docker_copy_from_container", {"container": name, "path": "/tmp/h"})["type"] == "file"
+        finally:
+            reader.close()
+        writer = http_harness(server.url, key=writer_key)
+        try:
+            writer.ok("docker_copy_from_container", {"container": name, "path": "/tmp/h",
+                                                     "host_path": str(root / "by-writer")})
+        finally:
+            writer.close()
+    assert (root / "by-writer").read_text() == "over-http\n"
