@@ -11657,3 +11657,21 @@ def test_host_copy_red_team_a_safe_tier_key_over_http_reads_but_never_writes_hos
         finally:
             writer.close()
     assert (root / "by-writer").read_text() == "over-http\n"
+
+
+@pytest.mark.adversarial
+def test_host_copy_red_team_sparse_files_are_capped_by_their_size_before_anything_is_read(host_copier):
+    """A sparse file takes no disk but reads as its whole size: a 1 TiB one on this host and a 1 GiB one in the
+    container are refused by MCP_COPY_MAX_BYTES (32m here) at once, and nothing is kept."""
+    h, root, _ = host_copier
+    name = sleeper(h, "redsparse")
+    with open(root / "red-sparse", "wb") as sparse:
+        sparse.truncate(1 << 40)
+    message = h.error("docker_copy_to_container", {"container": name, "path": "/tmp/sparse",
+                                                   "host_path": str(root / "red-sparse")}, "invalid_argument")
+    assert "MCP_COPY_MAX_BYTES" in message and file_in(name, "/tmp/sparse") is None
+    engine_exec(name, "busybox", "truncate", "-s", "1G", "/tmp/sparse-in")
+    message = h.error("docker_copy_from_container", {"container": name, "path": "/tmp/sparse-in",
+                                                     "host_path": str(root / "red-sparse-out")}, "invalid_argument")
+    assert "MCP_COPY_MAX_BYTES" in message and not (root / "red-sparse-out").exists()
+    h.ok("docker_version")
