@@ -11675,3 +11675,22 @@ def test_host_copy_red_team_sparse_files_are_capped_by_their_size_before_anythin
                                                      "host_path": str(root / "red-sparse-out")}, "invalid_argument")
     assert "MCP_COPY_MAX_BYTES" in message and not (root / "red-sparse-out").exists()
     h.ok("docker_version")
+
+
+@pytest.mark.adversarial
+def test_host_copy_red_team_many_empty_files_hit_the_entry_bound_and_leave_nothing(host_copier):
+    """Empty files cost no bytes: the bound on entries stops a tree of 10,001 of them, in and out."""
+    h, root, _ = host_copier
+    name = sleeper(h, "redmany")
+    many = root / "red-many"
+    many.mkdir()
+    for index in range(md.HOST_COPY_MAX_ENTRIES + 1):
+        (many / f"e{index}").touch()
+    message = h.error("docker_copy_to_container", {"container": name, "path": "/tmp",
+                                                   "host_path": str(many)}, "invalid_argument")
+    assert f"more than {md.HOST_COPY_MAX_ENTRIES}" in message and file_in(name, "/tmp/e0") is None
+    engine_exec(name, "busybox", "sh", "-c", f"mkdir /tmp/m && cd /tmp/m && seq {md.HOST_COPY_MAX_ENTRIES + 1} | "
+                "busybox xargs busybox touch")
+    message = h.error("docker_copy_from_container", {"container": name, "path": "/tmp/m",
+                                                     "host_path": str(root / "red-many-out")}, "invalid_argument")
+    assert f"more than {md.HOST_COPY_MAX_ENTRIES}" in message and not (root / "red-many-out").exists()
