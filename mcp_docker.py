@@ -9147,6 +9147,8 @@ class HostFilesOut:
             raise host_copy_error(error, self.given, "") from None
         info = os.fstat(self.top)
         if info.st_uid != os.geteuid() or stat.S_IMODE(info.st_mode) & 0o077 or os.listdir(self.top):
+            os.close(self.top)  # not ours: the clean-up must not touch it
+            self.top = -1
             raise ToolError("conflict", f"host_path {_short_repr(self.given, 80)} was replaced while the copy "
                             "made it (another process on this host); nothing was kept")
         self.made_id = (info.st_dev, info.st_ino)

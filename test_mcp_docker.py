@@ -11694,3 +11694,43 @@ def test_host_copy_red_team_many_empty_files_hit_the_entry_bound_and_leave_nothi
     message = h.error("docker_copy_from_container", {"container": name, "path": "/tmp/m",
                                                      "host_path": str(root / "red-many-out")}, "invalid_argument")
     assert f"more than {md.HOST_COPY_MAX_ENTRIES}" in message and not (root / "red-many-out").exists()
+
+
+@pytest.mark.adversarial
+def test_host_copy_red_team_a_directory_swapped_in_as_the_copy_makes_it_is_left_alone(tmp_path, monkeypatch):
+    """The swap lands between the copy's mkdir and its open: what it then holds is another user's directory
+    with their files. The copy refuses (conflict) and its clean-up removes none of their files."""
+    import io
+    import tarfile
+
+    root = tmp_path / "root"
+    root.mkdir()
+    out = root / "out"
+    real_mkdir = os.mkdir
+
+    def mkdir_then_swap(path, mode=0o777, *, dir_fd=None):
+        real_mkdir(path, mode, dir_fd=dir_fd)
+        if path == "out" and dir_fd is not None:
+            os.rename(out, root / "ours")
+            real_mkdir(out)
+            (out / "theirs").write_text("theirs\n")
+            os.chown(out, 65534, 65534)
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        top = tarfile.TarInfo("top")
+        top.type = tarfile.DIRTYPE
+        archive.addfile(top)
+    settings = md.load_settings({}, {"SAFETY_COPY_HOST_ALLOWLIST": str(root)})
+    call = md.Call(api=None, args={}, settings=settings, deadline=time.monotonic() + 60)
+    writer = md.HostFilesOut(call, str(out))
+    monkeypatch.setattr(md.os, "mkdir", mkdir_then_swap)
+    try:
+        with tarfile.open(fileobj=io.BytesIO(buffer.getvalue()), mode="r|") as archive, \
+                pytest.raises(md.ToolError, match="replaced while the copy made it"):
+            writer.write_directory(archive, archive.next())
+        writer.undo()
+    finally:
+        monkeypatch.undo()
+        writer.close()
+    assert (out / "theirs").read_text() == "theirs\n"
