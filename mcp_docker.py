@@ -8732,8 +8732,39 @@ HOST_COPY_SETTING = "SAFETY_COPY_HOST_ALLOWLIST"
 HOST_COPY_MAX_ENTRIES = 10_000  # files and directories one host copy reads or writes
 HOST_COPY_MAX_DEPTH = 128  # directories deep below host_path (a walk holds one descriptor per level)
 O_HOST_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-O_HOST_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # a FIFO swapped in cannot block
+# a FIFO swapped in cannot block, a terminal swapped in does not become this server's controlling terminal
+O_HOST_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+# Beyond the sensitive paths of bind mounts: places where a new file runs code or grants power, or whose
+# files are secrets (a crontab in /var/spool/cron, a polkit rule in /var/lib/polkit-1, shadow.bak in
+# /var/backups, debconf's passwords in /var/cache), and a home directory's hidden entries (.bash_profile,
+# .profile, .gitconfig, .local/bin, .npmrc, .bash_history ...). A copy reaches them only when the
+# allowlist names them (or a directory in them) itself, not through a broad root such as / or a home.
+HOST_COPY_SENSITIVE = ("/var/lib", "/var/spool", "/var/cache", "/var/backups", "/var/mail", "/var/db")
 O_HOST_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def readable_name(name: str) -> str:
+    """A file name as an answer may carry it: bytes that are not UTF-8 (kept by the OS and tarfile as lone
+    surrogates, which no JSON writer can encode: one killed the stdio server) shown as \\xNN escapes."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        try:
+            return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:
+            return name.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def without_surrogates(value: Any) -> Any:
+    """``value`` with every string passed through ``readable_name`` (dicts, lists and tuples walked)."""
+    if isinstance(value, str):
+        return readable_name(value)
+    if isinstance(value, dict):
+        return {without_surrogates(key): without_surrogates(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [without_surrogates(item) for item in value]
+    return value
 
 
 def host_copy_error(error: OSError, given: str, name: str) -> ToolError:
@@ -8754,6 +8785,35 @@ def host_copy_error(error: OSError, given: str, name: str) -> ToolError:
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         return ToolError("unavailable", f"host_path {shown}: no space left on this host's disk")
     return ToolError("invalid_argument", f"host_path {shown}: {os.strerror(error.errno or 0).lower()}")
+
+
+def host_copy_place_denial(path: str, root: str, homes: Sequence[str], given: str) -> Denial | None:
+    """``path`` (under the allowed ``root``) judged against ``HOST_COPY_SENSITIVE`` and the hidden entries of
+    the home directories ``homes``: refused unless ``root`` is at or inside the place itself."""
+    for place in HOST_COPY_SENSITIVE:
+        if (_is_within(path, place) or _is_within(place, path)) and not _is_within(root, place):
+            return Denial("sensitive_path", f"host_path {_short_repr(given, 80)} is in or contains {place}, where "
+                          "new files run code or grant power and old ones hold secrets",
+                          f"add the directory itself to {HOST_COPY_SETTING} if copies must use it")
+    for home in homes:
+        if home == "/" or path == home or not _is_within(path, home):
+            continue
+        entry = posixpath.join(home, path[len(home.rstrip("/")) + 1:].split("/")[0])
+        if posixpath.basename(entry).startswith(".") and not _is_within(root, entry):
+            return Denial("sensitive_path", f"host_path {_short_repr(given, 80)} is a hidden entry of a home "
+                          "directory (startup files, settings and credentials live there)",
+                          f"add that entry itself to {HOST_COPY_SETTING} if copies must use it")
+    return None
+
+
+def host_homes() -> tuple[str, ...]:
+    """This host's home directories, links resolved (as ``gather_host_facts`` finds them)."""
+    homes = {os.path.expanduser("~"), "/root"}
+    with contextlib.suppress(ImportError, KeyError, OSError):
+        import pwd
+
+        homes.update(entry.pw_dir for entry in pwd.getpwall())
+    return tuple(sorted(os.path.realpath(home) for home in homes if home.startswith("/")))
 
 
 class HostCopyPath:
@@ -8790,6 +8850,9 @@ class HostCopyPath:
                             "symbolic link; copies follow no links on this host")
         facts = gather_host_facts(call.settings, call.engine_url)
         denial = host_path_denial(host, facts.copy_roots, facts, HOST_COPY_SETTING, "host_path")
+        homes = host_homes()
+        for judged, root in ((path, self.root), (host.real, os.path.realpath(found[0]))):
+            denial = denial or host_copy_place_denial(judged, root, homes, given)
         if denial:
             raise denial_error([denial])
         self.name = parts.pop() if parts else ""
@@ -8817,6 +8880,17 @@ class HostCopyPath:
 
     def close(self) -> None:
         os.close(self.parent)
+
+
+def hard_links_protected() -> bool:
+    """Whether the kernel lets a user hard-link only files they may read and write (fs.protected_hardlinks):
+    then a link in the allowed directory reaches nothing its maker could not read already. (Read when a
+    file with other links is met, which is rare: not cached, the setting can change.)"""
+    try:
+        with open("/proc/sys/fs/protected_hardlinks", "rb") as flag:
+            return flag.read().strip() == b"1"
+    except OSError:
+        return False
 
 
 def read_host_file(fd: int, size: int, given: str, name: str) -> bytes:
@@ -8899,6 +8973,10 @@ class HostFilesIn:
             if not stat.S_ISREG(info.st_mode):  # swapped after it was looked at
                 raise ToolError("invalid_argument", f"host_path {_short_repr(self.given, 80)}: {_short_repr(shown, 60)} "
                                 "is not a regular file")
+            if info.st_nlink > 1 and not hard_links_protected():  # a link to /etc/shadow, made by anyone
+                raise ToolError("policy_denied", f"[copy_host_path] host_path {_short_repr(self.given, 80)}: "
+                                f"{_short_repr(shown, 60)} has other hard links, and this kernel lets any user "
+                                "hard-link any file (fs.protected_hardlinks is off); copy a file without them")
             self.count(info.st_size)
             file = CopyFile(read_host_file(fd, info.st_size, self.given, shown), False)
             file.mode = stat.S_IMODE(info.st_mode) & 0o777  # no set-id or sticky bits into the container
@@ -9004,7 +9082,10 @@ class HostFilesOut:
     regular file, or a directory of the archive's regular files and directories. Links, devices and FIFOs
     in the archive are not made on this host (``skipped`` names them); names that would leave host_path
     ('..', absolute) refuse the copy. Within MCP_COPY_MAX_BYTES and HOST_COPY_MAX_ENTRIES; on any failure
-    what was made is removed, so a copy that fails leaves nothing behind."""
+    what was made is removed, so a copy that fails leaves nothing behind. Modes are the archive's less
+    set-id bits and less this server's umask (a container's 0777 file is not world-writable here). The
+    directory made is held open from its making on: a local user who renames it away and puts another in
+    its place mid-copy gets neither the rest of the files written into theirs nor theirs removed."""
 
     def __init__(self, call: Call, given: str):
         self.call, self.given = call, given
@@ -9014,6 +9095,8 @@ class HostFilesOut:
             raise ToolError("conflict", f"host_path {_short_repr(given, 80)} is an allowed directory itself; name a "
                             "new file or directory under it")
         self.made: str | None = None  # "file" or "directory" once host_path exists because of this copy
+        self.made_id: tuple[int, int] | None = None  # (device, inode) of what this copy made at host_path
+        self.top = -1  # the directory this copy made, held open
         self.total = self.entries = 0
         self.skipped: list[dict[str, str]] = []  # the first 100 of them
         self.skipped_count = 0
@@ -9029,19 +9112,21 @@ class HostFilesOut:
                             "copy a smaller part of it (nothing was kept)")
 
     def create(self, parent: int, name: str, shown: str, mode: int, pieces: Iterator[Any]) -> None:
-        """One new regular file with a member's bytes (``pieces``), its mode without set-id bits."""
+        """One new regular file with a member's bytes (``pieces``), its mode without set-id bits and under the
+        umask (the mode is given at creation, where the kernel applies the umask; the descriptor that creates
+        the file may write it whatever the mode says)."""
         try:
-            fd = os.open(name, O_HOST_CREATE, 0o600, dir_fd=parent)
+            fd = os.open(name, O_HOST_CREATE, stat.S_IMODE(mode) & 0o777, dir_fd=parent)
         except OSError as error:
             raise host_copy_error(error, self.given, shown) from None
         try:
             if self.made is None:
-                self.made = "file"
+                info = os.fstat(fd)
+                self.made, self.made_id = "file", (info.st_dev, info.st_ino)
             for piece in pieces:
                 view = memoryview(piece)
                 while view:
                     view = view[os.write(fd, view):]
-            os.fchmod(fd, stat.S_IMODE(mode) & 0o777)
         except OSError as error:
             raise host_copy_error(error, self.given, shown) from None
         finally:
@@ -9060,9 +9145,17 @@ class HostFilesOut:
         top = first.name.rstrip("/")
         try:
             os.mkdir(self.place.name, 0o700, dir_fd=self.place.parent)
+            self.made = "directory"
+            self.top = os.open(self.place.name, O_HOST_DIRECTORY, dir_fd=self.place.parent)
         except OSError as error:
             raise host_copy_error(error, self.given, "") from None
-        self.made = "directory"
+        info = os.fstat(self.top)
+        if info.st_uid != os.geteuid() or stat.S_IMODE(info.st_mode) & 0o077 or os.listdir(self.top):
+            os.close(self.top)  # not ours: the clean-up must not touch it
+            self.top = -1
+            raise ToolError("conflict", f"host_path {_short_repr(self.given, 80)} was replaced while the copy "
+                            "made it (another process on this host); nothing was kept")
+        self.made_id = (info.st_dev, info.st_ino)
         files = directories = 0
         for member in archive:  # (a stream's iteration starts again at its first member)
             self.call.remaining()
@@ -9082,7 +9175,7 @@ class HostFilesOut:
                 self.budget(0)
                 self.skipped_count += 1
                 if len(self.skipped) < 100:
-                    self.skipped.append({"name": relative, "type": kind})
+                    self.skipped.append({"name": readable_name(relative), "type": kind})
                 continue
             parent = self.directory_of(parts[:-1])
             try:
@@ -9102,7 +9195,7 @@ class HostFilesOut:
         """The directory ``parts`` under host_path, opened without following links, made where missing."""
         fd = -1
         try:
-            fd = os.open(self.place.name, O_HOST_DIRECTORY, dir_fd=self.place.parent)
+            fd = os.dup(self.top)
             for depth, part in enumerate(parts, 1):
                 try:
                     next_fd = os.open(part, O_HOST_DIRECTORY, dir_fd=fd)
@@ -9141,17 +9234,39 @@ class HostFilesOut:
             raise host_copy_error(error, self.given, shown) from None
 
     def undo(self) -> None:
-        """Remove what this copy made (through descriptors: a link swapped in is removed, not followed)."""
-        import shutil
-
+        """Remove what this copy made, and only that: the directory's content through the descriptor held
+        since its making, and the name host_path only while it is still what this copy made (a file or
+        directory put there by someone else since is left alone; links are never followed)."""
         with contextlib.suppress(OSError):
-            if self.made == "file":
-                os.unlink(self.place.name, dir_fd=self.place.parent)
-            elif self.made == "directory":
-                shutil.rmtree(self.place.name, dir_fd=self.place.parent)
+            if self.made == "directory" and self.top >= 0:
+                remove_content(self.top)
+            if self.made_id is not None:
+                info = os.stat(self.place.name, dir_fd=self.place.parent, follow_symlinks=False)
+                if (info.st_dev, info.st_ino) == self.made_id:
+                    if self.made == "file":
+                        os.unlink(self.place.name, dir_fd=self.place.parent)
+                    else:
+                        os.rmdir(self.place.name, dir_fd=self.place.parent)
 
     def close(self) -> None:
+        if self.top >= 0:
+            os.close(self.top)
+            self.top = -1
         self.place.close()
+
+
+def remove_content(fd: int) -> None:
+    """Remove everything in the open directory ``fd`` (links removed, not followed; one descriptor a level)."""
+    for name in os.listdir(fd):
+        if stat.S_ISDIR(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
+            inner = os.open(name, O_HOST_DIRECTORY, dir_fd=fd)
+            try:
+                remove_content(inner)
+            finally:
+                os.close(inner)
+            os.rmdir(name, dir_fd=fd)
+        else:
+            os.unlink(name, dir_fd=fd)
 
 
 @tool("docker_copy_to_container", title="Copy files into a container", tier=Tier.MODERATE, toolset="containers",
@@ -9204,7 +9319,8 @@ def copy_to_container(call: Call) -> dict[str, Any]:
                 break
     call.api.put_archive(container, target, SizedPieces(list(copy_archive(files, int(a.get("mode") or "0644", 8),
                                                                           directories))))
-    return {"id": container, "status": "copied", "path": target, "files": sorted(files)[:200], "count": len(files),
+    return {"id": container, "status": "copied", "path": target, "files": [readable_name(name) for name in
+                                                                            sorted(files)[:200]], "count": len(files),
             "bytes": sum(item.size for item in files.values())}
 
 
@@ -9345,9 +9461,9 @@ def copy_from_container(call: Call) -> dict[str, Any]:
                     handle = archive.extractfile(member)
                     data = handle.read(max_bytes) if handle else b""
                     return untrusted.attach(file_content_answer(result, untrusted, data, member.size, answer_budget))
-                entries.append({"name": member.name, "type": kind, "size": member.size, "mode": oct(member.mode),
-                                "modified": iso_time(member.mtime),
-                                **({"link_target": member.linkname} if member.linkname else {})})
+                entries.append({"name": readable_name(member.name), "type": kind, "size": member.size,
+                                "mode": oct(member.mode), "modified": iso_time(member.mtime),
+                                **({"link_target": readable_name(member.linkname)} if member.linkname else {})})
     except tarfile.TarError:
         if not stream.cut:
             raise ToolError("engine_error", "the engine's archive could not be read") from None
@@ -11181,6 +11297,9 @@ class DockerMCP:
         blocks = [mcp_types.TextContent(type="text", text=v.text) for v in result.values() if isinstance(v, ContentBlock)]
         result = {k: v for k, v in result.items() if not isinstance(v, ContentBlock)} if blocks else result
         text = json.dumps(result, separators=(",", ":"), default=str)
+        if "\\ud" in text:  # maybe a lone surrogate (a name that is not UTF-8), which would kill the writer
+            result = without_surrogates(result)
+            text = json.dumps(result, separators=(",", ":"), default=str)
         return mcp_types.CallToolResult(content=[mcp_types.TextContent(type="text", text=text), *blocks],
                                         structured_content=result)
 

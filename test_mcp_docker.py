@@ -11300,3 +11300,449 @@ def test_copy_out_of_a_fifo_or_an_empty_file_answers_without_blocking(filer):
     assert pipe["type"] == "fifo" and content is None  # described from the archive, never read
     empty, content = copied_out(filer, {"container": name, "path": "/tmp/empty"})
     assert empty["type"] == "file" and empty["size"] == 0 and content == ""
+
+
+# =============================================================================================
+# === host copy red team ===
+# =============================================================================================
+# Attacks on copies with host_path, from a hostile caller, a hostile container and a hostile local user who
+# can write in the allowed directory; each judged on this host's own files and the engine's state.
+
+
+@pytest.mark.adversarial
+def test_host_copy_red_team_copy_out_applies_the_umask_so_no_world_writable_file_lands(host_copier):
+    """A container's 0777 file and 0777 directory land under this server's umask (0027 here, set when the
+    server starts), not world-writable: an fchmod after creation used to bypass the umask."""
+    _, root, _ = host_copier
+    mask = os.umask(0o027)
+    try:
+        h = Harness(env={"SAFETY_COPY_HOST_ALLOWLIST": str(root)})  # the server inherits the umask
+    finally:
+        os.umask(mask)
+    try:
+        name = sleeper(h, "redumask")
+        engine_exec(name, "busybox", "sh", "-c", "echo w > /tmp/w && chmod 0777 /tmp/w && mkdir -p /tmp/wd/in && "
+                    "echo w > /tmp/wd/in/f && chmod 0666 /tmp/wd/in/f && chmod 0777 /tmp/wd/in")
+        h.ok("docker_copy_to_host", {"container": name, "path": "/tmp/w", "host_path": str(root / "red-w")})
+        h.ok("docker_copy_to_host", {"container": name, "path": "/tmp/wd", "host_path": str(root / "red-wd")})
+    finally:
+        h.close()
+    assert stat.S_IMODE(os.lstat(root / "red-w").st_mode) == 0o750
+    made = host_entries(root / "red-wd")
+    assert made["in"] == ("dir", 0o750) and made["in/f"] == ("file", 0o640), made
+
+
+def test_host_copy_red_team_place_rule_keeps_home_hidden_entries_and_var_state_from_broad_roots():
+    deny = md.host_copy_place_denial
+    homes = ("/home/ann", "/var/www", "/")
+    for path, root in (("/home/ann/.bash_profile", "/"), ("/home/ann/.local/bin/ls", "/home/ann"),
+                       ("/home/ann/.gitconfig", "/home"), ("/var/www/.profile", "/var"),
+                       ("/var/lib/polkit-1/localauthority/50-local.d/x.pkla", "/"),
+                       ("/var/spool/cron/crontabs/root", "/var"), ("/var/backups/shadow.bak", "/"),
+                       ("/var/cache/debconf/passwords.dat", "/var/cache/.."), ("/var", "/")):
+        denial = deny(md.lexical_path(path), md.lexical_path(root), homes, path)
+        assert denial is not None and denial.rule == "sensitive_path", (path, root)
+        assert "/home/ann" not in denial.reason.replace(path, "")  # no path the caller did not give
+    for path, root in (("/home/ann/project/.env", "/home/ann"), ("/home/ann/site", "/home/ann"),
+                       ("/home/ann/.cache/app/x", "/home/ann/.cache/app"),  # named by the allowlist itself
+                       ("/var/lib/app/data", "/var/lib/app"), ("/srv/x/.hidden", "/srv"), ("/tmp/.x", "/")):
+        assert deny(path, root, homes, path) is None, (path, root)
+
+
+@pytest.mark.adversarial
+def test_host_copy_red_team_a_broad_allowlist_never_reaches_system_or_home_state():
+    """Allowlist / and /var: copies in and out of /proc, /sys, /dev/shm, engine sockets, /var/lib, a home's
+    hidden entries ... are refused by name, nothing is read into the container and nothing is made here."""
+    import pwd
+    import shutil
+    import tempfile
+
+    require_engine()
+    sentinel_dir = Path(tempfile.mkdtemp(prefix=f"{PREFIX}-red-", dir="/var/lib"))
+    (sentinel_dir / "state").write_text("STATE-SECRET\n")
+    homes = sorted({entry.pw_dir for entry in pwd.getpwall()
+                    if entry.pw_dir not in ("/", "") and os.path.isdir(entry.pw_dir)
+                    and not any(md._is_within(os.path.realpath(entry.pw_dir), s) for s in md.SENSITIVE_HOST_PATHS)})
+    h = Harness(env={"SAFETY_COPY_HOST_ALLOWLIST": "/,/var"})
+    try:
+        name = sleeper(h, "redbroad")
+        engine_exec(name, "busybox", "sh", "-c", "echo payload > /tmp/p")
+        reads = ["/proc/self/environ", "/proc/1/environ", "/sys/kernel/notes", "/dev/shm", "/var/run/docker.sock",
+                 "/run", "/etc/shadow", "/root/.bash_history", f"//var/lib/./{sentinel_dir.name}/state",
+                 str(sentinel_dir / "state"), str(sentinel_dir), "/var", "/"]
+        writes = ["/dev/shm/red", "/proc/red", f"{sentinel_dir}/new", "/var/spool/red", "/etc/cron.d/red",
+                  "/root/.bash_profile"]
+        for home in homes[:3]:  # a hidden entry that does not exist: old code said not_found, never refused
+            reads.append(f"{home}/.{PREFIX}-red/x")
+            writes.append(f"{home}/.{PREFIX}-red/x")
+        for given in reads:
+            message = h.error("docker_copy_to_container", {"container": name, "path": "/tmp/got", "host_path": given},
+                              "policy_denied")
+            assert "[sensitive_path]" in message or "[engine_socket]" in message or "symbolic link" in message, \
+                (given, message)
+        assert file_in(name, "/tmp/got") is None
+        for given in writes:
+            message = h.error("docker_copy_to_host", {"container": name, "path": "/tmp/p",
+                                                             "host_path": given}, "policy_denied")
+            assert not os.path.lexists(given), given
+        assert sorted(os.listdir(sentinel_dir)) == ["state"]
+        assert not os.path.lexists("/var/spool/red")
+    finally:
+        h.close()
+        shutil.rmtree(sentinel_dir, ignore_errors=True)
+
+
+@pytest.mark.adversarial
+def test_host_copy_red_team_a_directory_swapped_mid_copy_out_keeps_its_files_and_gets_none_of_ours(tmp_path):
+    """A local user renames the directory a copy out is filling and puts a directory of theirs (or a victim's)
+    in its place; the copy then fails. The files after the swap go into the directory the copy made (held
+    open), not into theirs, and the clean-up removes what the copy made, never their files."""
+    import io
+    import tarfile
+
+    root = tmp_path / "root"
+    root.mkdir()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        top = tarfile.TarInfo("top")
+        top.type, top.mode = tarfile.DIRTYPE, 0o755
+        archive.addfile(top)
+        for member in ("top/a", "top/sub/b", "top/../escape"):  # the last one makes the copy fail
+            info = tarfile.TarInfo(member)
+            info.size = 4
+            archive.addfile(info, io.BytesIO(b"data"))
+    raw = buffer.getvalue()
+    out, moved, victim_file = root / "out", root / "moved", root / "out" / "keep"
+
+    class SwappingStream:  # the archive, with the local user's move after the copy made its first file
+        def __init__(self) -> None:
+            self.at, self.swapped = 0, False
+
+        def read(self, size: int = -1) -> bytes:
+            if not self.swapped and (out / "a").exists():
+                self.swapped = True
+                os.rename(out, moved)
+                out.mkdir()
+                victim_file.write_text("victim\n")
+            size = len(raw) - self.at if size < 0 else size
+            data = raw[self.at:self.at + min(size, 512)]
+            self.at += len(data)
+            return data
+
+    settings = md.load_settings({}, {"SAFETY_COPY_HOST_ALLOWLIST": str(root)})
+    call = md.Call(api=None, args={}, settings=settings, deadline=time.monotonic() + 60)
+    writer = md.HostFilesOut(call, str(out))
+    stream = SwappingStream()
+    try:
+        with pytest.raises(md.ToolError, match="outside the directory copied"), \
+                tarfile.open(fileobj=stream, mode="r|", bufsize=512) as archive:
+            writer.write_directory(archive, archive.next())
+        writer.undo()
+    finally:
+        writer.close()
+    assert stream.swapped
+    assert victim_file.read_text() == "victim\n" and sorted(os.listdir(out)) == ["keep"]  # theirs, untouched
+    assert os.listdir(moved) == []  # ours, emptied (its name is theirs now: the directory itself stays)
+    assert not (root / "escape").exists()
+
+
+@pytest.mark.adversarial
+def test_host_copy_red_team_a_file_put_in_place_of_a_failed_copy_out_is_not_removed(tmp_path):
+    """The single-file case: the file a copy out made is swapped for someone else's before the copy fails;
+    the clean-up leaves theirs."""
+    import io
+    import tarfile
+
+    root = tmp_path / "root"
+    root.mkdir()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        info = tarfile.TarInfo("f")
+        info.size = 4096
+        archive.addfile(info, io.BytesIO(b"x" * 4096))
+    raw = buffer.getvalue()[:2048]  # the archive is cut short: the copy fails after making the file
+    target = root / "f"
+
+    def chunks():
+        yield raw[:1024]
+        os.rename(target, root / "ours")
+        target.write_text("theirs\n")
+        yield raw[1024:]
+
+    settings = md.load_settings({}, {"SAFETY_COPY_HOST_ALLOWLIST": str(root)})
+    call = md.Call(api=None, args={}, settings=settings, deadline=time.monotonic() + 60)
+    writer = md.HostFilesOut(call, str(target))
+    try:
+        with pytest.raises(md.ToolError, match="ended early"):
+            writer.write_file(md.ArchiveStream(chunks(), call))
+        writer.undo()
+    finally:
+        writer.close()
+    assert target.read_text() == "theirs\n"
+
+
+def test_host_copy_red_team_failing_host_copies_leak_no_descriptor(tmp_path):
+    root = tmp_path / "root"
+    (root / "tree" / "inner").mkdir(parents=True)
+    (root / "tree" / "inner" / "link").symlink_to("/etc/hostname")
+    (root / "exists").write_text("x")
+    os.mkfifo(root / "fifo")
+    os.makedirs(os.path.join(root, "deep", *["d"] * (md.HOST_COPY_MAX_DEPTH + 1)))
+    settings = md.load_settings({}, {"SAFETY_COPY_HOST_ALLOWLIST": str(root)})
+    call = md.Call(api=None, args={}, settings=settings, deadline=time.monotonic() + 60)
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        for given in ("tree", "fifo", "deep", "missing", "tree/inner/link", "exists/x"):
+            with pytest.raises(md.ToolError):
+                md.HostFilesIn(call, str(root / given))
+        for given in ("tree/inner/link/x", "missing/x", "exists/x", ""):
+            with pytest.raises(md.ToolError):
+                md.HostFilesOut(call, str(root / given) if given else str(root))
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+@pytest.mark.adversarial
+def test_host_copy_red_team_copy_out_to_host_is_refused_on_a_read_only_engine(host_copier):
+    """The engine's access level caps the call's tier: a read-only engine reads into the answer but never
+    writes this host's files, even on a server that allows moderate operations."""
+    _, root, _ = host_copier
+    h = Harness(["--engine", f"main={ENGINE_URL}", "--engine", f"ro={ENGINE_URL};read-only"],
+                env={"SAFETY_COPY_HOST_ALLOWLIST": str(root)})
+    try:
+        name = sleeper(h, "redro")
+        engine_exec(name, "busybox", "sh", "-c", "echo ro > /tmp/ro")
+        message = h.error("docker_copy_to_host", {"container": name, "path": "/tmp/ro", "engine": "ro",
+                                                         "host_path": str(root / "red-ro")}, "policy_denied")
+        assert "is read-only (docker_copy_to_host is moderate)" in message and not (root / "red-ro").exists()
+        assert h.ok("docker_copy_from_container", {"container": name, "path": "/tmp/ro", "engine": "ro"})["type"] == "file"
+        h.ok("docker_copy_to_host", {"container": name, "path": "/tmp/ro", "host_path": str(root / "red-ro")})
+        assert (root / "red-ro").read_text() == "ro\n"
+    finally:
+        h.close()
+
+
+@pytest.mark.adversarial
+def test_host_copy_red_team_names_that_are_not_utf8_never_kill_the_server(host_copier):
+    """A file name that is not UTF-8, made by a container process or by a local user in the allowed
+    directory: the answers show it escaped (it used to reach the stdio writer as a lone surrogate and end
+    the server), the bytes of the name land as they were, and the server keeps serving."""
+    h, root, _ = host_copier
+    name = sleeper(h, "rednames")
+    engine_exec(name, "busybox", "sh", "-c", "mkdir /tmp/n && echo x > \"/tmp/n/$(printf 'a\\377b')\" && "
+                "ln -s /nowhere \"/tmp/n/$(printf 'l\\376')\"")
+    listing = h.ok("docker_copy_from_container", {"container": name, "path": "/tmp/n"})
+    assert {"n/a\\xffb", "n/l\\xfe"} <= {entry["name"] for entry in listing["entries"]}, listing["entries"]
+    out = h.ok("docker_copy_to_host", {"container": name, "path": "/tmp/n", "host_path": str(root / "red-n")})
+    assert [entry["name"] for entry in out["skipped"]] == ["l\\xfe"]
+    assert os.listdir(os.fsencode(root / "red-n")) == [b"a\xffb"]
+    (root / "red-in").mkdir()
+    (Path(os.fsdecode(os.fsencode(root / "red-in") + b"/c\xfdd"))).write_text("y\n")
+    engine_exec(name, "busybox", "mkdir", "/tmp/in")
+    done = h.ok("docker_copy_to_container", {"container": name, "path": "/tmp/in", "host_path": str(root / "red-in")})
+    assert done["files"] == ["c\\xfdd"]
+    assert os.fsdecode(b"in/c\xfdd") in archive_members(name, "/tmp/in")  # the name's bytes, as they were
+    h.ok("docker_version")
+
+
+def test_host_copy_red_team_hard_links_are_refused_where_the_kernel_does_not_protect_them(tmp_path, monkeypatch):
+    """With fs.protected_hardlinks off, any local user can hard-link a file they cannot read (/etc/shadow on
+    the same filesystem) into the allowed directory: a copy in then refuses files with other links. With it
+    on (this machine), a link reaches only what its maker could read, and is copied."""
+    root = tmp_path / "root"
+    root.mkdir()
+    (tmp_path / "elsewhere").write_text("SECRET\n")
+    os.link(tmp_path / "elsewhere", root / "linked")
+    (root / "tree").mkdir()
+    os.link(tmp_path / "elsewhere", root / "tree" / "linked")
+    settings = md.load_settings({}, {"SAFETY_COPY_HOST_ALLOWLIST": str(root)})
+    call = md.Call(api=None, args={}, settings=settings, deadline=time.monotonic() + 60)
+    monkeypatch.setattr(md, "hard_links_protected", lambda: False)
+    for given in ("linked", "tree"):
+        with pytest.raises(md.ToolError, match=r"\[copy_host_path\].*hard links.*protected_hardlinks") as refused:
+            md.HostFilesIn(call, str(root / given))
+        assert str(tmp_path / "elsewhere") not in str(refused.value)
+    monkeypatch.setattr(md, "hard_links_protected", lambda: True)
+    assert md.HostFilesIn(call, str(root / "linked")).files["linked"].size == 7
+
+
+def _red_children() -> set[int]:
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                status = Path(f"/proc/{entry}/status").read_text()
+                if f"\nPPid:\t{os.getpid()}\n" in status:
+                    found.add(int(entry))
+    return found
+
+
+@pytest.mark.adversarial
+def test_host_copy_red_team_many_failing_host_copies_leave_the_server_no_open_descriptor(tmp_path):
+    """Copies that fail every way (links, conflicts, caps cut mid-stream, a missing parent, a FIFO) leave
+    the server process with the descriptors it had: counted in /proc/<server pid>/fd."""
+    require_engine()
+    root = tmp_path / "root"
+    (root / "tree").mkdir(parents=True)
+    (root / "tree" / "link").symlink_to("/etc/hostname")
+    (root / "exists").write_text("x")
+    os.mkfifo(root / "fifo")
+    before_children = _red_children()
+    h = Harness(env={"MCP_COPY_MAX_BYTES": "4k", "SAFETY_COPY_HOST_ALLOWLIST": str(root)})
+    try:
+        (server,) = _red_children() - before_children
+        name = sleeper(h, "redfds")
+        engine_exec(name, "busybox", "sh", "-c", "head -c 9000 /dev/zero > /tmp/big && mkdir /tmp/bd && "
+                    "head -c 3000 /dev/zero > /tmp/bd/a && head -c 3000 /dev/zero > /tmp/bd/b && echo s > /tmp/s")
+
+        def failing_round() -> None:
+            for given in ("tree", "fifo", "tree/link", "missing"):
+                h.error("docker_copy_to_container", {"container": name, "path": "/tmp/x", "host_path": str(root / given)})
+            for path, given in (("/tmp/big", "big"), ("/tmp/bd", "bd"), ("/tmp/s", "exists"), ("/tmp/s", "no/x"),
+                                ("/tmp/s", "tree/link"), ("/tmp/missing", "m")):
+                h.error("docker_copy_to_host", {"container": name, "path": path, "host_path": str(root / given)})
+
+        failing_round()  # the engine connection pool fills to its size here
+        h.ok("docker_copy_to_host", {"container": name, "path": "/tmp/s", "host_path": str(root / "ok")})
+        before = len(os.listdir(f"/proc/{server}/fd"))
+        for _ in range(10):
+            failing_round()
+        after = len(os.listdir(f"/proc/{server}/fd"))
+        assert after <= before, (before, after)
+        assert sorted(os.listdir(root)) == ["exists", "fifo", "ok", "tree"]  # nothing left by the failures
+    finally:
+        h.close()
+
+
+@pytest.mark.adversarial
+def test_host_copy_red_team_path_forms_neither_escape_the_allowlist_nor_confuse_it(host_copier):
+    """A sibling whose name starts like the allowed root, '//' and '/./' parts, a trailing slash, a name
+    that only looks like the root's (a Unicode lookalike): judged on the path as the kernel walks it."""
+    h, root, outside = host_copier
+    name = sleeper(h, "redforms")
+    sibling = Path(f"{root}-evil")
+    sibling.mkdir()
+    try:
+        (sibling / "s").write_text("SIBLING\n")
+        (root / "red-f.txt").write_text("ok\n")
+        lookalike = str(root).replace("root", "r\u043eot")  # a Cyrillic o
+        for given in (str(sibling / "s"), f"{root}-evil/s", f"{root}/..//{root.name}-evil/s", f"{lookalike}/red-f.txt"):
+            h.error("docker_copy_to_container", {"container": name, "path": "/tmp/got", "host_path": given},
+                    "policy_denied")
+            h.error("docker_copy_to_host", {"container": name, "path": "/etc/hostname",
+                                                   "host_path": given + "-new"}, "policy_denied")
+        assert file_in(name, "/tmp/got") is None and sorted(os.listdir(sibling)) == ["s"]
+        for index, given in enumerate((f"/{root}//red-f.txt", f"{root}/./red-f.txt", f"{root}/red-f.txt/")):
+            h.ok("docker_copy_to_container", {"container": name, "path": f"/tmp/f{index}", "host_path": given})
+            assert file_in(name, f"/tmp/f{index}") == b"ok\n"
+        h.ok("docker_copy_to_host", {"container": name, "path": "/tmp/f0", "host_path": f"/{root}/./red-g//"})
+        assert (root / "red-g").read_text() == "ok\n"
+    finally:
+        import shutil
+
+        shutil.rmtree(sibling, ignore_errors=True)
+
+
+@pytest.mark.engine
+@pytest.mark.adversarial
+def test_host_copy_red_team_a_safe_tier_key_over_http_reads_but_never_writes_host_files(tmp_path):
+    """Over HTTP, a key whose role stops at the safe tier may copy a file out into its answer, but not onto
+    this host (host_path), on a server that allows moderate operations; a moderate key may."""
+    root = tmp_path / "root"
+    root.mkdir()
+    keys_file, (reader_key, writer_key) = make_keys(tmp_path, ["--client-id", "reader", "--tier", "safe"],
+                                                    ["--client-id", "writer", "--tier", "moderate"])
+    name = standalone_sleeper("redhttp")
+    engine_exec(name, "busybox", "sh", "-c", "echo over-http > /tmp/h")
+    with http_server([], {"SECURITY_API_KEYS_FILE": keys_file, "SAFETY_COPY_HOST_ALLOWLIST": str(root)}) as server:
+        reader = http_harness(server.url, key=reader_key)
+        try:
+            message = reader.error("docker_copy_to_host", {"container": name, "path": "/tmp/h",
+                                                                  "host_path": str(root / "by-reader")}, "policy_denied")
+            assert "above this client's role ceiling (safe)" in message and not (root / "by-reader").exists()
+            assert reader.ok("docker_copy_from_container", {"container": name, "path": "/tmp/h"})["type"] == "file"
+        finally:
+            reader.close()
+        writer = http_harness(server.url, key=writer_key)
+        try:
+            writer.ok("docker_copy_to_host", {"container": name, "path": "/tmp/h",
+                                                     "host_path": str(root / "by-writer")})
+        finally:
+            writer.close()
+    assert (root / "by-writer").read_text() == "over-http\n"
+
+
+@pytest.mark.adversarial
+def test_host_copy_red_team_sparse_files_are_capped_by_their_size_before_anything_is_read(host_copier):
+    """A sparse file takes no disk but reads as its whole size: a 1 TiB one on this host and a 1 GiB one in the
+    container are refused by MCP_COPY_MAX_BYTES (32m here) at once, and nothing is kept."""
+    h, root, _ = host_copier
+    name = sleeper(h, "redsparse")
+    with open(root / "red-sparse", "wb") as sparse:
+        sparse.truncate(1 << 40)
+    message = h.error("docker_copy_to_container", {"container": name, "path": "/tmp/sparse",
+                                                   "host_path": str(root / "red-sparse")}, "invalid_argument")
+    assert "MCP_COPY_MAX_BYTES" in message and file_in(name, "/tmp/sparse") is None
+    engine_exec(name, "busybox", "truncate", "-s", "1G", "/tmp/sparse-in")
+    message = h.error("docker_copy_to_host", {"container": name, "path": "/tmp/sparse-in",
+                                                     "host_path": str(root / "red-sparse-out")}, "invalid_argument")
+    assert "MCP_COPY_MAX_BYTES" in message and not (root / "red-sparse-out").exists()
+    h.ok("docker_version")
+
+
+@pytest.mark.adversarial
+def test_host_copy_red_team_many_empty_files_hit_the_entry_bound_and_leave_nothing(host_copier):
+    """Empty files cost no bytes: the bound on entries stops a tree of 10,001 of them, in and out."""
+    h, root, _ = host_copier
+    name = sleeper(h, "redmany")
+    many = root / "red-many"
+    many.mkdir()
+    for index in range(md.HOST_COPY_MAX_ENTRIES + 1):
+        (many / f"e{index}").touch()
+    message = h.error("docker_copy_to_container", {"container": name, "path": "/tmp",
+                                                   "host_path": str(many)}, "invalid_argument")
+    assert f"more than {md.HOST_COPY_MAX_ENTRIES}" in message and file_in(name, "/tmp/e0") is None
+    engine_exec(name, "busybox", "sh", "-c", f"mkdir /tmp/m && cd /tmp/m && seq {md.HOST_COPY_MAX_ENTRIES + 1} | "
+                "busybox xargs busybox touch")
+    message = h.error("docker_copy_to_host", {"container": name, "path": "/tmp/m",
+                                                     "host_path": str(root / "red-many-out")}, "invalid_argument")
+    assert f"more than {md.HOST_COPY_MAX_ENTRIES}" in message and not (root / "red-many-out").exists()
+
+
+@pytest.mark.adversarial
+def test_host_copy_red_team_a_directory_swapped_in_as_the_copy_makes_it_is_left_alone(tmp_path, monkeypatch):
+    """The swap lands between the copy's mkdir and its open: what it then holds is another user's directory
+    with their files. The copy refuses (conflict) and its clean-up removes none of their files."""
+    import io
+    import tarfile
+
+    root = tmp_path / "root"
+    root.mkdir()
+    out = root / "out"
+    real_mkdir = os.mkdir
+
+    def mkdir_then_swap(path, mode=0o777, *, dir_fd=None):
+        real_mkdir(path, mode, dir_fd=dir_fd)
+        if path == "out" and dir_fd is not None:
+            os.rename(out, root / "ours")
+            real_mkdir(out)
+            (out / "theirs").write_text("theirs\n")
+            os.chown(out, 65534, 65534)
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        top = tarfile.TarInfo("top")
+        top.type = tarfile.DIRTYPE
+        archive.addfile(top)
+    settings = md.load_settings({}, {"SAFETY_COPY_HOST_ALLOWLIST": str(root)})
+    call = md.Call(api=None, args={}, settings=settings, deadline=time.monotonic() + 60)
+    writer = md.HostFilesOut(call, str(out))
+    monkeypatch.setattr(md.os, "mkdir", mkdir_then_swap)
+    try:
+        with tarfile.open(fileobj=io.BytesIO(buffer.getvalue()), mode="r|") as archive, \
+                pytest.raises(md.ToolError, match="replaced while the copy made it"):
+            writer.write_directory(archive, archive.next())
+        writer.undo()
+    finally:
+        monkeypatch.undo()
+        writer.close()
+    assert (out / "theirs").read_text() == "theirs\n"
