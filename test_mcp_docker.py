@@ -11746,3 +11746,16 @@ def test_host_copy_red_team_a_directory_swapped_in_as_the_copy_makes_it_is_left_
         monkeypatch.undo()
         writer.close()
     assert (out / "theirs").read_text() == "theirs\n"
+
+
+def test_an_answer_that_cannot_be_encoded_becomes_an_error_for_its_request_not_the_end_of_the_server():
+    import mcp_types
+
+    good = mcp_types.JSONRPCResponse(jsonrpc="2.0", id=3, result={"name": "ok"})
+    assert json.loads(md.stdio_message_bytes(good)) == {"jsonrpc": "2.0", "id": 3, "result": {"name": "ok"}}
+    bad = mcp_types.JSONRPCResponse(jsonrpc="2.0", id=7, result={"name": "caf\udce9"})  # a lone surrogate
+    assert json.loads(md.stdio_message_bytes(bad)) == {"jsonrpc": "2.0", "id": 7, "error": {
+        "code": -32603, "message": "the answer could not be encoded"}}
+    note = mcp_types.JSONRPCNotification(jsonrpc="2.0", method="notifications/message",
+                                         params={"level": "info", "data": "caf\udce9"})
+    assert md.stdio_message_bytes(note) is None  # dropped (and logged), never a crash
