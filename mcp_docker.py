@@ -9911,11 +9911,30 @@ def convergence(service: Mapping[str, Any], tasks: list[Mapping[str, Any]]) -> t
     return done, update or "running", running, wanted
 
 
+# Converged means every task running, the same tasks, for this long: a task that exits at once is otherwise
+# seen running by a lucky poll (docker's CLI watches 5 s). A wait that runs out of time inside the window
+# answers with what it saw last.
+SERVICE_STEADY_SECONDS = 2.0
+
+
 class ServiceWatch:
     """One wait for a service to converge: each poll's answer -> progress, and the outcome when done."""
 
     def __init__(self, call: Call, timeout: float):
         self.call, self.deadline, self.step, self.last = call, time.monotonic() + timeout, 0, ""
+        self.steady_since: float | None = None  # since when every task ran, and which tasks they were
+        self.steady_tasks: frozenset[str] = frozenset()
+
+    def steady(self, done: bool, tasks: list[Mapping[str, Any]]) -> bool:
+        """Whether the same tasks have all been running for SERVICE_STEADY_SECONDS (``done`` now)."""
+        if not done:
+            self.steady_since = None
+            return False
+        now = time.monotonic()
+        ids = frozenset(str(t.get("ID")) for t in tasks if t.get("DesiredState") == "running")
+        if self.steady_since is None or ids != self.steady_tasks:
+            self.steady_since, self.steady_tasks = now, ids
+        return now - self.steady_since >= SERVICE_STEADY_SECONDS
 
     def outcome(self, service: Mapping[str, Any], tasks: list[Mapping[str, Any]]) -> dict[str, Any] | None:
         """The answer's fields once converged (or out of time, or paused); None: poll again."""
@@ -9925,7 +9944,8 @@ class ServiceWatch:
             self.step += 1
             self.call.report(self.step, None, message)
             self.last = message
-        if not (done or time.monotonic() >= self.deadline or self.call.remaining() < SWARM_POLL_SECONDS * 2):
+        settled = state.endswith("paused") or self.steady(done, tasks)
+        if not (settled or time.monotonic() >= self.deadline or self.call.remaining() < SWARM_POLL_SECONDS * 2):
             return None
         errors = [sanitize_engine_text(t["Status"]["Err"]) for t in sorted(
             tasks, key=lambda t: str((t.get("Status") or {}).get("Timestamp")), reverse=True)

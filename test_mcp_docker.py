@@ -11759,3 +11759,37 @@ def test_an_answer_that_cannot_be_encoded_becomes_an_error_for_its_request_not_t
     note = mcp_types.JSONRPCNotification(jsonrpc="2.0", method="notifications/message",
                                          params={"level": "info", "data": "caf\udce9"})
     assert md.stdio_message_bytes(note) is None  # dropped (and logged), never a crash
+
+
+def test_a_service_converges_only_when_the_same_tasks_ran_for_the_steady_window(monkeypatch):
+    """A task that exits at once can be caught running by one poll: converged needs the same tasks running
+    for SERVICE_STEADY_SECONDS; a task that failed or was replaced in between starts the window again."""
+    clock = [1000.0]
+    monkeypatch.setattr(md.time, "monotonic", lambda: clock[0])
+    service = {"Spec": {"Mode": {"Replicated": {"Replicas": 1}}, "TaskTemplate": {"ContainerSpec": {"Image": "b:1"}}}}
+
+    def task(task_id: str, state: str = "running", desired: str = "running") -> dict[str, Any]:
+        return {"ID": task_id, "DesiredState": desired, "Status": {"State": state},
+                "Spec": {"ContainerSpec": {"Image": "b:1"}}}
+
+    class Budget:
+        report = None
+
+        def remaining(self) -> float:
+            return 600.0
+
+    watch = md.ServiceWatch(Budget(), timeout=30)
+    assert watch.outcome(service, [task("t1")]) is None                                  # running, just now
+    clock[0] += 0.5
+    assert watch.outcome(service, [task("t1", "failed", "shutdown")]) is None            # it exited: no longer
+    clock[0] += 0.5
+    assert watch.outcome(service, [task("t1", "failed", "shutdown"), task("t2")]) is None  # a new task: anew
+    clock[0] += md.SERVICE_STEADY_SECONDS - 0.1
+    assert watch.outcome(service, [task("t1", "failed", "shutdown"), task("t2")]) is None
+    clock[0] += 0.2
+    assert watch.outcome(service, [task("t1", "failed", "shutdown"), task("t2")])["converged"] is True
+    # out of time with the task gone: not converged, whatever a poll saw before
+    quick = md.ServiceWatch(Budget(), timeout=1)
+    assert quick.outcome(service, [task("t3")]) is None
+    clock[0] += 1.5
+    assert quick.outcome(service, [task("t3", "failed", "shutdown")])["converged"] is False
