@@ -7161,7 +7161,10 @@ def build_context_archive(context: str | None, dockerfile: str | None, files: Ma
     return archive
 
 
-BUILD_CGROUP = "mcp-docker-build"
+# The parent cgroup of a build's steps, one per kind of engine: on cgroup v1 each engine's runtime sets the
+# parent's device rules, which the kernel refuses while the other engine's steps are children of it (a
+# Podman build failed with "devices.deny: invalid argument" while a Docker build ran).
+BUILD_CGROUP = {"docker": "mcp-docker-build", "podman": "mcp-podman-build"}
 BUILD_LOG_TAIL_LINES = 20
 
 
@@ -7186,14 +7189,15 @@ def build_cgroup_parent(call: Call) -> str | None:
         root = "/sys/fs/cgroup/pids" if os.path.isdir("/sys/fs/cgroup/pids") else "/sys/fs/cgroup"
         if root == "/sys/fs/cgroup" and "pids" not in _read_small_file("/sys/fs/cgroup/cgroup.subtree_control").split():
             return None
-        path = os.path.join(root, BUILD_CGROUP)
+        name = BUILD_CGROUP.get(call.kind, BUILD_CGROUP["docker"])
+        path = os.path.join(root, name)
         os.makedirs(path, exist_ok=True)
         with open(os.path.join(path, "pids.max"), "w") as handle:
             handle.write(str(limit) if limit else "max")
         with open(os.path.join(path, "pids.max")) as handle:  # what the kernel took, not what was written
             if handle.read().strip() != (str(limit) if limit else "max"):
                 return None
-        return "/" + BUILD_CGROUP
+        return "/" + name
     return None
 
 

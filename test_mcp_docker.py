@@ -11793,3 +11793,32 @@ def test_a_service_converges_only_when_the_same_tasks_ran_for_the_steady_window(
     assert quick.outcome(service, [task("t3")]) is None
     clock[0] += 1.5
     assert quick.outcome(service, [task("t3", "failed", "shutdown")])["converged"] is False
+
+
+@pytest.mark.multi_engine
+def test_builds_on_docker_and_podman_at_the_same_time_each_get_their_own_bounded_parent():
+    """Each engine's build steps run under a parent cgroup of their own: on cgroup v1 a runtime rewrites its
+    parent's device rules, which the kernel refuses while the other engine's steps sit under it."""
+    if not TEST_ENGINES:
+        pytest.skip("set MCP_DOCKER_TEST_ENGINES=docker=unix:///var/run/docker.sock,podman=unix:///tmp/podman.sock")
+    require_engine()
+    import docker
+
+    urls = {e.name: e.url for e in md.load_settings({}, {"MCP_ENGINES": TEST_ENGINES}).engines}
+    engines = list(urls)
+    h = Harness(["--engine", TEST_ENGINES], env={"SAFETY_ALLOW_BUILD_NETWORK": "true"})  # Podman's RUN rule
+    tags = {engine: f"{PREFIX}-parallel-{engine}:1" for engine in engines}
+    try:
+        for round_number in range(2):
+            calls = {engine: asyncio.run_coroutine_threadsafe(h.client.call_tool("docker_build_image", {
+                "engine": engine, "tag": tags[engine], "labels": {"io.mcp-docker.test": PREFIX},
+                "dockerfile": f"FROM {TEST_IMAGE}\nRUN sleep 3; echo built-{round_number}-{PREFIX}\n"}), h.loop)
+                for engine in engines}
+            for engine, pending in calls.items():
+                result = pending.result(240)
+                assert not result.is_error, f"{engine}: {result.content[0].text[:2000]}"
+    finally:
+        h.close()
+        for engine in engines:
+            with contextlib.suppress(docker.errors.NotFound):
+                docker.APIClient(base_url=urls[engine]).remove_image(tags[engine], force=True)
