@@ -9533,10 +9533,7 @@ def copy_to_host(call: Call) -> dict[str, Any]:
         raise
     finally:
         writer.close()
-        close = getattr(chunks, "close", None)
-        if close:
-            with contextlib.suppress(Exception):
-                close()
+        close_archive(chunks)
     # the names of what was not made come from the container: untrusted, like a listing
     untrusted = UntrustedOutput(max_chars=64 * 1024, redact=not call.settings.reveal_secrets)
     answer = {"id": container, "status": "copied", "path": a["path"], "host_path": a["host_path"], **done}
