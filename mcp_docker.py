@@ -2010,6 +2010,7 @@ class HostFacts:
     sensitive: tuple[str, ...] = SENSITIVE_HOST_PATHS
     remote_engine: bool = False
     allowed_sockets: tuple[str, ...] = ()   # SAFETY_ALLOWED_SOCKETS, symlinks resolved
+    homes: tuple[str, ...] = ()             # this host's home directories, symlinks resolved
 
 
 def sensitive_paths(home_dirs: tuple[str, ...], *engine_sockets: str) -> tuple[str, ...]:
@@ -5783,25 +5784,31 @@ def resolve_host_path(text: str) -> HostPath:
     return HostPath(given=text, path=path, real=real, is_socket=is_socket)
 
 
-def gather_host_facts(settings: Settings, engine_url: str = "", other_engine_urls: tuple[str, ...] = ()) -> HostFacts:
-    """Allowlists with symlinks resolved, and the sensitive paths of this host (home directories and the
-    socket of every engine this server knows included). ``engine_url`` is the engine the call runs on:
-    when it is not local, host paths cannot be checked."""
+def host_homes() -> tuple[str, ...]:
+    """This host's home directories (every user's, and this process's), symlinks resolved."""
     homes = {os.path.expanduser("~"), "/root"}
     with contextlib.suppress(ImportError, KeyError, OSError):
         import pwd
 
         homes.update(entry.pw_dir for entry in pwd.getpwall())
+    return tuple(sorted(os.path.realpath(home) for home in homes if home))
+
+
+def gather_host_facts(settings: Settings, engine_url: str = "", other_engine_urls: tuple[str, ...] = ()) -> HostFacts:
+    """Allowlists with symlinks resolved, and the sensitive paths of this host (home directories and the
+    socket of every engine this server knows included). ``engine_url`` is the engine the call runs on:
+    when it is not local, host paths cannot be checked."""
+    homes = host_homes()
     engine_url = engine_url or settings.docker_host or os.environ.get("DOCKER_HOST", "")
     sockets = {url[len("unix://"):] for url in (engine_url, *other_engine_urls) if url.startswith("unix://")}
     sockets.add(DEFAULT_DOCKER_SOCKET)
-    sensitive = sensitive_paths(tuple(sorted(os.path.realpath(h) for h in homes if h)),
+    sensitive = sensitive_paths(homes,
                                 *sorted(os.path.realpath(path) for path in sockets))
     return HostFacts(volume_roots=tuple(os.path.realpath(p) for p in settings.volume_mount_allowlist),
                      build_roots=tuple(os.path.realpath(p) for p in settings.build_context_allowlist),
                      copy_roots=tuple(os.path.realpath(p) for p in settings.copy_host_allowlist),
                      sensitive=sensitive, remote_engine=not engine_is_local(engine_url),
-                     allowed_sockets=tuple(os.path.realpath(p) for p in settings.allowed_sockets))
+                     allowed_sockets=tuple(os.path.realpath(p) for p in settings.allowed_sockets), homes=homes)
 
 
 def enforce(request: PowerRequest, call: Call) -> None:
@@ -8810,16 +8817,6 @@ def host_copy_place_denial(path: str, root: str, homes: Sequence[str], given: st
     return None
 
 
-def host_homes() -> tuple[str, ...]:
-    """This host's home directories, links resolved (as ``gather_host_facts`` finds them)."""
-    homes = {os.path.expanduser("~"), "/root"}
-    with contextlib.suppress(ImportError, KeyError, OSError):
-        import pwd
-
-        homes.update(entry.pw_dir for entry in pwd.getpwall())
-    return tuple(sorted(os.path.realpath(home) for home in homes if home.startswith("/")))
-
-
 class HostCopyPath:
     """``host_path`` judged, and its directory opened by walking down from its allowed root without
     following links: ``parent`` (a descriptor the caller closes with ``close``) and ``name``, the last
@@ -8854,9 +8851,8 @@ class HostCopyPath:
                             "symbolic link; copies follow no links on this host")
         facts = gather_host_facts(call.settings, call.engine_url)
         denial = host_path_denial(host, facts.copy_roots, facts, HOST_COPY_SETTING, "host_path")
-        homes = host_homes()
         for judged, root in ((path, self.root), (host.real, os.path.realpath(found[0]))):
-            denial = denial or host_copy_place_denial(judged, root, homes, given)
+            denial = denial or host_copy_place_denial(judged, root, facts.homes, given)
         if denial:
             raise denial_error([denial])
         self.name = parts.pop() if parts else ""
