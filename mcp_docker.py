@@ -9050,7 +9050,7 @@ class ArchiveStream:
             try:
                 info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
             except tarfile.HeaderError:
-                raise ToolError("engine_error", "the engine's archive could not be read (nothing was kept)") from None
+                raise ToolError("engine_error", "the engine's archive could not be read") from None
             if info.type not in (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK):
                 kind = TAR_KINDS.get(info.type, "other")
                 return kind, info.size if size is None else size, info.mode
@@ -9073,7 +9073,7 @@ def pax_size(records: bytes, size: int | None) -> int | None:
                 size = int(value)
             at += length
     except ValueError:
-        raise ToolError("engine_error", "the engine's archive could not be read (nothing was kept)") from None
+        raise ToolError("engine_error", "the engine's archive could not be read") from None
     return size
 
 
@@ -9506,11 +9506,11 @@ def copy_to_host(call: Call) -> dict[str, Any]:
     chunks: Any = None
     try:
         chunks, _ = call.api.get_archive(container, a["path"], chunk_size=COPY_READ_CHUNK)
-        # headers and padding come on top of the bytes the cap counts: the stream's own bound is wider
-        stream = CappedStream(chunks, 2 * call.settings.copy_max_bytes + 16 * 1024 * 1024, call)
         if not int(stat_info.get("mode") or 0) & GO_MODE_DIR:  # a file (or what the archive says it is)
-            done = writer.write_file(ArchiveStream(chunks, call))
+            done = writer.write_file(ArchiveStream(chunks, call))  # its size is budgeted before it is read
         else:
+            # headers and padding come on top of the bytes the cap counts: the stream's own bound is wider
+            stream = CappedStream(chunks, 2 * call.settings.copy_max_bytes + 16 * 1024 * 1024, call)
             with tarfile.open(fileobj=stream, mode="r|", bufsize=COPY_READ_CHUNK) as archive:
                 first = archive.next()
                 kind = TAR_KINDS.get(first.type, "other") if first is not None else "nothing"
@@ -9518,9 +9518,9 @@ def copy_to_host(call: Call) -> dict[str, Any]:
                     raise ToolError("engine_error", f"the engine's archive of {_short_repr(a['path'], 80)} holds a "
                                     f"{kind}, not the directory it said; nothing was kept")
                 done = writer.write_directory(archive, first)
-        if stream.cut:
-            raise ToolError("invalid_argument", "the engine's archive is larger than MCP_COPY_MAX_BYTES allows "
-                            "(nothing was kept)")
+            if stream.cut:
+                raise ToolError("invalid_argument", "the engine's archive is larger than MCP_COPY_MAX_BYTES allows "
+                                "(nothing was kept)")
     except tarfile.TarError:
         writer.undo()
         raise ToolError("engine_error", "the engine's archive could not be read (nothing was kept)") from None
