@@ -9175,7 +9175,7 @@ class HostFilesOut:
                 self.budget(0)
                 self.skipped_count += 1
                 if len(self.skipped) < 100:
-                    self.skipped.append({"name": readable_name(relative), "type": kind})
+                    self.skipped.append({"name": relative, "type": kind})
                 continue
             parent = self.directory_of(parts[:-1])
             try:
@@ -9319,8 +9319,7 @@ def copy_to_container(call: Call) -> dict[str, Any]:
                 break
     call.api.put_archive(container, target, SizedPieces(list(copy_archive(files, int(a.get("mode") or "0644", 8),
                                                                           directories))))
-    return {"id": container, "status": "copied", "path": target, "files": [readable_name(name) for name in
-                                                                            sorted(files)[:200]], "count": len(files),
+    return {"id": container, "status": "copied", "path": target, "files": sorted(files)[:200], "count": len(files),
             "bytes": sum(item.size for item in files.values())}
 
 
@@ -9461,9 +9460,9 @@ def copy_from_container(call: Call) -> dict[str, Any]:
                     handle = archive.extractfile(member)
                     data = handle.read(max_bytes) if handle else b""
                     return untrusted.attach(file_content_answer(result, untrusted, data, member.size, answer_budget))
-                entries.append({"name": readable_name(member.name), "type": kind, "size": member.size,
-                                "mode": oct(member.mode), "modified": iso_time(member.mtime),
-                                **({"link_target": readable_name(member.linkname)} if member.linkname else {})})
+                entries.append({"name": member.name, "type": kind, "size": member.size, "mode": oct(member.mode),
+                                "modified": iso_time(member.mtime),
+                                **({"link_target": member.linkname} if member.linkname else {})})
     except tarfile.TarError:
         if not stream.cut:
             raise ToolError("engine_error", "the engine's archive could not be read") from None
@@ -11314,7 +11313,10 @@ class DockerMCP:
         blocks = [mcp_types.TextContent(type="text", text=v.text) for v in result.values() if isinstance(v, ContentBlock)]
         result = {k: v for k, v in result.items() if not isinstance(v, ContentBlock)} if blocks else result
         text = json.dumps(result, separators=(",", ":"), default=str)
-        if "\\ud" in text:  # maybe a lone surrogate (a name that is not UTF-8), which would kill the writer
+        # A file name that is not UTF-8 (from a container's archive or a host directory) reaches a result as a
+        # lone surrogate, which no JSON writer encodes (one ended the stdio server): every answer shows it as
+        # \xNN escapes here, in one place, whichever tool carried it.
+        if "\\ud" in text:  # json.dumps escapes every surrogate so; a valid pair (an emoji) walks unchanged
             result = without_surrogates(result)
             text = json.dumps(result, separators=(",", ":"), default=str)
         return mcp_types.CallToolResult(content=[mcp_types.TextContent(type="text", text=text), *blocks],
