@@ -8856,11 +8856,13 @@ class HostCopyPath:
         if denial:
             raise denial_error([denial])
         self.name = parts.pop() if parts else ""
-        self.parent = self.open_directory(self.root, parts, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.parent = self.open_directory(parts)
 
-    def open_directory(self, root: str, parts: list[str], root_flags: int = O_HOST_DIRECTORY) -> int:
+    def open_directory(self, parts: list[str]) -> int:
+        """The directory ``parts`` below the root, each step opened without following a link (the root
+        itself may be one: it is the operator's)."""
         try:
-            fd = os.open(root, root_flags)
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as error:
             raise host_copy_error(error, self.given, "") from None
         done: list[str] = []
@@ -12950,7 +12952,6 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-
 def stdio_message_bytes(message: Any) -> bytes | None:
     """One outgoing message as a JSON line's bytes (model_dump_json is this and a decode to str; the pipe
     wants bytes: a 14 MB answer 56 -> 23 ms). An answer that cannot be encoded becomes the JSON-RPC error
@@ -12964,6 +12965,7 @@ def stdio_message_bytes(message: Any) -> bytes | None:
             return None
         return json.dumps({"jsonrpc": "2.0", "id": request_id, "error": {
             "code": -32603, "message": "the answer could not be encoded"}}, separators=(",", ":")).encode()
+
 
 @contextlib.asynccontextmanager
 async def stdio_message_streams(max_line_bytes: int, grace: float) -> AsyncIterator[tuple[Any, Any]]:
