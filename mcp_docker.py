@@ -8888,11 +8888,7 @@ def hard_links_protected() -> bool:
     """Whether the kernel lets a user hard-link only files they may read and write (fs.protected_hardlinks):
     then a link in the allowed directory reaches nothing its maker could not read already. (Read when a
     file with other links is met, which is rare: not cached, the setting can change.)"""
-    try:
-        with open("/proc/sys/fs/protected_hardlinks", "rb") as flag:
-            return flag.read().strip() == b"1"
-    except OSError:
-        return False
+    return _read_small_file("/proc/sys/fs/protected_hardlinks").strip() == "1"
 
 
 def read_host_file(fd: int, size: int, given: str, name: str) -> bytes:
